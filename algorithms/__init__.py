@@ -1,0 +1,104 @@
+"""Meta-gradient estimators behind one entry point (the suite's contract).
+
+    grads, info = meta_gradient(name, loss_fn, params, support, query, inner=..., **hparams)
+
+``loss_fn(params, x, y) -> scalar``; ``params: dict[str, Tensor]``; ``support`` and
+``query`` are ``(x, y)``; ``inner`` is an :class:`InnerConfig` or a dict of its fields
+(steps / lr / optimizer / prox_lam / ...). ``grads`` has the keys and shapes of
+``params``; ``info`` holds floats: ``query_loss_before``, ``query_loss_after``,
+``inner_grad_norm`` (||∇G(φ_K)||) and, for iMAML, ``cg_residual``.
+
+Estimators (one file each): ``maml`` (second order, exact through the unroll),
+``fomaml``, ``reptile`` (pseudo-gradient θ − φ_K) and ``imaml`` (implicit gradient by CG;
+hparams ``lam``, ``cg_steps``, ``cg_damping``; inner optimizer sgd/momentum/adam or
+``hf``). :func:`meta_gradient_batch` runs a stacked meta-batch by a per-task loop or by
+``torch.func.vmap`` and averages.
+"""
+from __future__ import annotations
+
+import inspect
+import math
+from typing import Any, Callable
+
+import torch
+from torch.func import vmap
+
+from .fomaml import fomaml
+from .imaml import imaml
+from .inner import OPTIMIZERS, InnerConfig, inner_objective, solve_inner
+from .maml import maml
+from .reptile import reptile
+
+ESTIMATORS: dict[str, Callable] = {"maml": maml, "fomaml": fomaml, "reptile": reptile, "imaml": imaml}
+_COMMON = {"metric_fn", "diagnostics_full"}
+
+__all__ = ["ESTIMATORS", "OPTIMIZERS", "InnerConfig", "inner_objective", "meta_gradient",
+           "meta_gradient_batch", "solve_inner", "validate"]
+
+
+def validate(name: str, inner: InnerConfig | dict | None, hparams: dict[str, Any]) -> InnerConfig:
+    """Check the estimator name, the inner config and the hparams; raise ValueError naming the culprit."""
+    if name not in ESTIMATORS:
+        raise ValueError(f"algorithm name={name!r} is unknown; allowed: {sorted(ESTIMATORS)}")
+    cfg = InnerConfig.make(inner)
+    allowed = set(inspect.signature(ESTIMATORS[name]).parameters) - {"loss_fn", "params", "support", "query", "inner"}
+    unknown = sorted(set(hparams) - allowed)
+    if unknown:
+        raise ValueError(f"{name}: unknown hyperparameter(s) {unknown}; allowed: {sorted(allowed)}")
+    if name == "imaml":
+        lam = hparams.get("lam", 2.0)
+        if not (isinstance(lam, (int, float)) and math.isfinite(lam) and lam > 0):
+            raise ValueError(f"imaml: lam={lam!r} must be a finite number > 0")
+        cg = hparams.get("cg_steps", 5)
+        if isinstance(cg, bool) or not isinstance(cg, int) or cg < 1:
+            raise ValueError(f"imaml: cg_steps={cg!r} must be an integer >= 1")
+        if hparams.get("cg_damping", 0.0) < 0:
+            raise ValueError(f"imaml: cg_damping={hparams['cg_damping']!r} must be >= 0")
+        if hparams.get("hvp_mode", "fwdrev") not in ("fwdrev", "revrev"):
+            raise ValueError(f"imaml: hvp_mode={hparams['hvp_mode']!r}; allowed: ['fwdrev', 'revrev']")
+        if cfg.prox_lam is not None and cfg.prox_lam != lam:
+            raise ValueError(f"imaml: inner.prox_lam={cfg.prox_lam!r} differs from lam={lam!r}; "
+                             "iMAML's proximal weight is lam (leave inner.prox_lam unset)")
+    elif cfg.optimizer == "hf":
+        raise ValueError(f"inner.optimizer='hf' is only available for imaml, not {name!r}; "
+                         f"allowed for {name}: {[o for o in OPTIMIZERS if o != 'hf']}")
+    return cfg
+
+
+def meta_gradient(name: str, loss_fn, params: dict[str, torch.Tensor], support, query,
+                  inner: InnerConfig | dict | None = None, **hparams) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+    """Meta-gradient of one task. See the module docstring."""
+    cfg = validate(name, inner, hparams)
+    grads, aux = ESTIMATORS[name](loss_fn, params, support, query, cfg, **hparams)
+    return {k: v.detach() for k, v in grads.items()}, {k: float(v) for k, v in aux.items()}
+
+
+def meta_gradient_batch(name: str, loss_fn, params: dict[str, torch.Tensor], tasks,
+                        inner: InnerConfig | dict | None = None, batching: str = "loop",
+                        **hparams) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """Average meta-gradient over a meta-batch.
+
+    ``tasks = (xs, ys, xq, yq)`` stacked along a leading task dimension. ``batching`` is
+    ``loop`` (one task at a time) or ``vmap`` (``torch.func.vmap`` over tasks; same
+    numbers up to float rounding). Returns the mean gradient and per-task ``info`` tensors.
+    The ``hf`` inner solver has data-dependent control flow and always loops.
+    """
+    cfg = validate(name, inner, hparams)
+    if batching not in ("loop", "vmap"):
+        raise ValueError(f"batching={batching!r} is unknown; allowed: ['loop', 'vmap']")
+    fn = ESTIMATORS[name]
+    xs, ys, xq, yq = tasks
+    if batching == "vmap" and cfg.optimizer != "hf":
+        def one(xs_, ys_, xq_, yq_):
+            return fn(loss_fn, params, (xs_, ys_), (xq_, yq_), cfg, **hparams)
+        grads, aux = vmap(one)(xs, ys, xq, yq)
+        return {k: v.mean(0).detach() for k, v in grads.items()}, {k: v.detach() for k, v in aux.items()}
+    total, auxes = None, []
+    for i in range(xs.shape[0]):
+        g, a = fn(loss_fn, params, (xs[i], ys[i]), (xq[i], yq[i]), cfg, **hparams)
+        g = {k: v.detach() for k, v in g.items()}
+        total = g if total is None else {k: total[k] + g[k] for k in g}
+        auxes.append(a)
+    n = xs.shape[0]
+    return ({k: v / n for k, v in total.items()},
+            {k: torch.stack([a[k] for a in auxes]).detach() for k in auxes[0]})

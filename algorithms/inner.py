@@ -1,0 +1,189 @@
+"""The inner problem shared by every estimator, and the functional inner optimizers.
+
+Inner objective (iMAML, Rajeswaran et al. 2019, Eq. 4; MAML is the special case λ = 0):
+
+    G(φ) = L_support(φ) + (prox_lam / 2) · ||φ − θ||²
+
+run for ``steps`` iterations of ``sgd``, ``momentum`` (heavy ball, optional Nesterov),
+``adam`` or — without a differentiable path — ``hf`` (Hessian-free Newton-CG with a
+backtracking line search, the paper's iMAML-HF). The first three are pure tensor
+arithmetic, so MAML differentiates through them (``torch.func.grad`` of the unrolled loop)
+and they run under ``vmap``. Their update rules are exactly ``torch.optim``'s SGD /
+SGD(momentum, nesterov) / Adam, which the tests check step by step.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Callable
+
+import torch
+from torch.func import grad
+
+from .linalg import Params, hvp, tree_add, tree_dot, tree_norm, truncated_newton_direction
+
+LossFn = Callable[[Params, torch.Tensor, torch.Tensor], torch.Tensor]
+OPTIMIZERS = ("sgd", "momentum", "adam", "hf")
+
+
+@dataclass(frozen=True)
+class InnerConfig:
+    """How the inner problem is solved. ``prox_lam=None`` means the estimator's own default
+    (0 for MAML / FOMAML / Reptile, λ for iMAML). For ``hf``, ``lr`` is the first step
+    tried by the backtracking line search (1.0 is a pure Newton step)."""
+
+    steps: int = 5
+    lr: float = 0.01
+    optimizer: str = "sgd"
+    prox_lam: float | None = None
+    momentum: float = 0.9
+    nesterov: bool = False
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    hf_cg_steps: int = 5
+    hf_ls_steps: int = 10
+
+    @classmethod
+    def make(cls, inner: "InnerConfig | dict[str, Any] | None") -> "InnerConfig":
+        if inner is None:
+            cfg = cls()
+        elif isinstance(inner, InnerConfig):
+            cfg = inner
+        else:
+            names = {f.name for f in fields(cls)}
+            unknown = sorted(set(inner) - names)
+            if unknown:
+                raise ValueError(f"inner: unknown key(s) {unknown}; allowed: {sorted(names)}")
+            d = dict(inner)
+            if "betas" in d:
+                d["betas"] = tuple(d["betas"])
+            cfg = cls(**d)
+        cfg.validate()
+        return cfg
+
+    def validate(self) -> None:
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"inner.optimizer={self.optimizer!r} is unknown; allowed: {list(OPTIMIZERS)}")
+        if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 0:
+            raise ValueError(f"inner.steps={self.steps!r} must be an integer >= 0")
+        if not (isinstance(self.lr, (int, float)) and self.lr > 0 and math.isfinite(self.lr)):
+            raise ValueError(f"inner.lr={self.lr!r} must be a finite number > 0")
+        if self.prox_lam is not None and not self.prox_lam >= 0:
+            raise ValueError(f"inner.prox_lam={self.prox_lam!r} must be >= 0 (or None for the estimator default)")
+        if not 0 <= self.momentum < 1:
+            raise ValueError(f"inner.momentum={self.momentum!r} must be in [0, 1)")
+        if not (0 <= self.betas[0] < 1 and 0 <= self.betas[1] < 1):
+            raise ValueError(f"inner.betas={self.betas!r} must each be in [0, 1)")
+        if self.hf_cg_steps < 1 or self.hf_ls_steps < 0:
+            raise ValueError("inner.hf_cg_steps must be >= 1 and inner.hf_ls_steps >= 0")
+
+    def with_prox(self, lam: float) -> "InnerConfig":
+        d = asdict(self)
+        d["prox_lam"] = lam
+        return InnerConfig(**d)
+
+    @property
+    def lam(self) -> float:
+        return self.prox_lam or 0.0
+
+
+def inner_objective(loss_fn: LossFn, phi: Params, theta: Params, x: torch.Tensor, y: torch.Tensor,
+                    prox_lam: float) -> torch.Tensor:
+    """G(φ) = L(φ; x, y) + (prox_lam/2)·||φ − θ||²."""
+    loss = loss_fn(phi, x, y)
+    if prox_lam:
+        loss = loss + 0.5 * prox_lam * sum(((phi[k] - theta[k]) ** 2).sum() for k in phi)
+    return loss
+
+
+def _init_state(phi: Params, cfg: InnerConfig) -> dict[str, Params]:
+    if cfg.optimizer == "momentum":
+        return {"buf": {k: torch.zeros_like(v) for k, v in phi.items()}}
+    if cfg.optimizer == "adam":
+        z = {k: torch.zeros_like(v) for k, v in phi.items()}
+        return {"m": z, "v": dict(z)}
+    return {}
+
+
+def _step(phi: Params, g: Params, state: dict[str, Params], cfg: InnerConfig, t: int):
+    """One update, matching torch.optim (t is 1-based)."""
+    if cfg.optimizer == "sgd":
+        return {k: phi[k] - cfg.lr * g[k] for k in phi}, state
+    if cfg.optimizer == "momentum":
+        # torch.optim.SGD: the first step's buffer is the gradient itself.
+        buf = {k: g[k] if t == 1 else cfg.momentum * state["buf"][k] + g[k] for k in phi}
+        d = {k: g[k] + cfg.momentum * buf[k] for k in phi} if cfg.nesterov else buf
+        return {k: phi[k] - cfg.lr * d[k] for k in phi}, {"buf": buf}
+    if cfg.optimizer == "adam":
+        b1, b2 = cfg.betas
+        m = {k: b1 * state["m"][k] + (1 - b1) * g[k] for k in phi}
+        v = {k: b2 * state["v"][k] + (1 - b2) * g[k] * g[k] for k in phi}
+        bc1, bc2 = 1 - b1 ** t, 1 - b2 ** t
+        # The 1e-30 keeps d sqrt(v)/dv finite where a gradient is exactly zero (dead ReLU),
+        # so MAML's second-order path gets 0 rather than 0·inf = nan; it changes no iterate
+        # beyond rounding (sqrt(1e-30) = 1e-15 ≪ eps).
+        new = {k: phi[k] - (cfg.lr / bc1) * m[k] / ((v[k] + 1e-30).sqrt() / math.sqrt(bc2) + cfg.eps) for k in phi}
+        return new, {"m": m, "v": v}
+    raise ValueError(f"optimizer {cfg.optimizer!r} has no differentiable step")
+
+
+def solve_inner(loss_fn: LossFn, theta: Params, support: tuple[torch.Tensor, torch.Tensor],
+                cfg: InnerConfig, detach: bool = True, prox_lam: float | None = None) -> Params:
+    """Run the inner optimizer from φ₀ = θ and return φ_K.
+
+    ``detach=True`` (FOMAML, Reptile, iMAML): θ is detached and no graph is kept across
+    steps, so memory is flat in K. ``detach=False`` (MAML): every step stays on the graph
+    of the enclosing ``torch.func.grad`` so the meta-gradient is exact through the unroll.
+    """
+    lam = cfg.lam if prox_lam is None else prox_lam
+    x, y = support
+    if detach:
+        theta = {k: v.detach() for k, v in theta.items()}
+    phi = dict(theta)
+    if cfg.optimizer == "hf":
+        if not detach:
+            raise ValueError("inner.optimizer='hf' is not differentiable: use it with imaml only")
+        return _solve_hf(loss_fn, theta, x, y, cfg, lam)
+
+    def G(p):
+        return inner_objective(loss_fn, p, theta, x, y, lam)
+
+    state = _init_state(phi, cfg)
+    for t in range(1, cfg.steps + 1):
+        g = grad(G)(phi)
+        if detach:
+            g = {k: v.detach() for k, v in g.items()}
+        phi, state = _step(phi, g, state, cfg, t)
+    return phi
+
+
+def _solve_hf(loss_fn: LossFn, theta: Params, x, y, cfg: InnerConfig, lam: float) -> Params:
+    """Hessian-free inner solver (iMAML-HF, Rajeswaran et al. 2019, §4 and Table 2):
+    each step takes a truncated-Newton direction from ``hf_cg_steps`` CG iterations on
+    ∇²G, then backtracks (Armijo, c = 1e-4, halving) from step ``lr``."""
+    def G(p):
+        return inner_objective(loss_fn, p, theta, x, y, lam)
+
+    phi = dict(theta)
+    for _ in range(cfg.steps):
+        g = {k: v.detach() for k, v in grad(G)(phi).items()}
+        d = truncated_newton_direction(lambda v: hvp(G, phi, v), g, cfg.hf_cg_steps)
+        d = {k: v.detach() for k, v in d.items()}
+        f0, slope = G(phi).item(), tree_dot(g, d).item()
+        if slope >= 0:  # not a descent direction (rounding): fall back to steepest descent
+            d, slope = {k: -v for k, v in g.items()}, -tree_dot(g, g).item()
+        step = cfg.lr
+        for _ in range(cfg.hf_ls_steps):
+            if G(tree_add(phi, d, step)).item() <= f0 + 1e-4 * step * slope:
+                break
+            step *= 0.5
+        phi = {k: v.detach() for k, v in tree_add(phi, d, step).items()}
+    return phi
+
+
+def inner_grad_norm(loss_fn: LossFn, phi: Params, theta: Params, support, lam: float) -> torch.Tensor:
+    """||∇G(φ)||: how well the inner problem was solved (iMAML's δ)."""
+    x, y = support
+    theta = {k: v.detach() for k, v in theta.items()}
+    g = grad(lambda p: inner_objective(loss_fn, p, theta, x, y, lam))({k: v.detach() for k, v in phi.items()})
+    return tree_norm(g).detach()

@@ -1,0 +1,24 @@
+"""MAML: the exact meta-gradient of the unrolled inner loop (Finn, Abbeel & Levine, ICML 2017, Eq. 1–2).
+
+d/dθ L_query(φ_K(θ)), differentiating through every inner step (second order), here by
+``torch.func.grad`` of the whole unrolled objective. Memory grows linearly in K because
+every inner step's activations stay on the graph.
+"""
+from __future__ import annotations
+
+from torch.func import grad
+
+from ._common import diagnostics
+from .inner import InnerConfig, solve_inner
+
+
+def maml(loss_fn, params, support, query, inner: InnerConfig, metric_fn=None, diagnostics_full: bool = True):
+    lam = inner.lam
+
+    def meta_objective(theta):
+        phi = solve_inner(loss_fn, theta, support, inner, detach=False)
+        loss = loss_fn(phi, *query)
+        return loss, ({k: v.detach() for k, v in phi.items()}, loss.detach())
+
+    grads, (phi, qloss) = grad(meta_objective, has_aux=True)(params)
+    return grads, diagnostics(loss_fn, params, phi, support, query, lam, qloss, metric_fn, diagnostics_full)

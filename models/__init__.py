@@ -1,0 +1,128 @@
+"""The standard networks as pure functions ``forward(params, x)`` over a dict of tensors.
+
+- ``mlp``: 1-40-40-1 ReLU (sinusoid; Finn et al. 2017 §5.1).
+- ``conv4``: 4 × [3×3 conv → batch norm → ReLU] + linear head.
+  Omniglot (MAML / iMAML reference code): 64 filters, stride-2 convs, no pooling.
+  mini-ImageNet (MAML reference code): 32 filters, stride 1, 2×2 max-pool, flatten 5·5·32.
+  ``head='mean'`` averages the final feature map (MAML reference, learn2learn's
+  ``OmniglotCNN``); ``head='flatten'`` flattens it (official iMAML release: 2·2·64 = 256).
+
+Batch norm always normalises with the statistics of the batch it sees (eps 1e-3, as in
+the TF reference): ``bn_mode='transductive'`` feeds the whole query set as one batch
+(MAML reference; the default), ``bn_mode='per_example'`` evaluates each query image
+together with the support set (Nichol et al. 2018's non-transductive protocol) — the
+trainer implements the latter at evaluation time. No running statistics exist, so the
+functions are pure and run under ``vmap``.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+Params = dict[str, torch.Tensor]
+BN_EPS = 1e-3
+
+
+def _xavier(shape, fan_in, fan_out, g, dtype):
+    a = math.sqrt(6.0 / (fan_in + fan_out))
+    return (torch.rand(shape, generator=g, dtype=dtype) * 2 - 1) * a
+
+
+def init_mlp(g: torch.Generator, dtype=torch.float32, hidden=(40, 40), n_in=1, n_out=1) -> Params:
+    sizes = [n_in, *hidden, n_out]
+    p = {}
+    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+        bound = 1 / math.sqrt(a)  # torch.nn.Linear's default init
+        p[f"fc{i}.weight"] = (torch.rand(b, a, generator=g, dtype=dtype) * 2 - 1) * bound
+        p[f"fc{i}.bias"] = (torch.rand(b, generator=g, dtype=dtype) * 2 - 1) * bound
+    return p
+
+
+def mlp(params: Params, x: torch.Tensor) -> torch.Tensor:
+    n = len(params) // 2
+    for i in range(n):
+        x = F.linear(x, params[f"fc{i}.weight"], params[f"fc{i}.bias"])
+        if i < n - 1:
+            x = F.relu(x)
+    return x
+
+
+def init_conv4(g: torch.Generator, ways: int, channels: int, filters: int, feat_dim: int,
+               dtype=torch.float32) -> Params:
+    """Xavier-uniform convs with zero bias, batch-norm scale U[0,1], shift 0 (as learn2learn's
+    ``maml_init_``); head weights N(0, 1)·xavier scale, zero bias."""
+    p = {}
+    c_in = channels
+    for i in range(4):
+        p[f"conv{i}.weight"] = _xavier((filters, c_in, 3, 3), c_in * 9, filters * 9, g, dtype)
+        p[f"conv{i}.bias"] = torch.zeros(filters, dtype=dtype)
+        p[f"bn{i}.weight"] = torch.rand(filters, generator=g, dtype=dtype)
+        p[f"bn{i}.bias"] = torch.zeros(filters, dtype=dtype)
+        c_in = filters
+    p["head.weight"] = _xavier((ways, feat_dim), feat_dim, ways, g, dtype)
+    p["head.bias"] = torch.zeros(ways, dtype=dtype)
+    return p
+
+
+def batch_norm(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Batch norm with the batch's own statistics (biased variance), no running stats."""
+    mean = x.mean(dim=(0, 2, 3), keepdim=True)
+    var = x.var(dim=(0, 2, 3), unbiased=False, keepdim=True)
+    return (x - mean) * torch.rsqrt(var + BN_EPS) * w.view(1, -1, 1, 1) + b.view(1, -1, 1, 1)
+
+
+def conv4(params: Params, x: torch.Tensor, stride: int = 2, pool: bool = False, head: str = "mean") -> torch.Tensor:
+    for i in range(4):
+        x = F.conv2d(x, params[f"conv{i}.weight"], params[f"conv{i}.bias"], stride=stride, padding=1)
+        x = F.relu(batch_norm(x, params[f"bn{i}.weight"], params[f"bn{i}.bias"]))
+        if pool:
+            x = F.max_pool2d(x, 2, 2)
+    x = x.mean(dim=(2, 3)) if head == "mean" else x.flatten(1)
+    return F.linear(x, params["head.weight"], params["head.bias"])
+
+
+def build(name: str, *, ways: int = 1, seed: int = 0, dtype=torch.float32, head: str = "mean",
+          image_size: int = 28) -> tuple[Params, Callable[[Params, torch.Tensor], torch.Tensor]]:
+    """Return (initial params, forward). Names: ``mlp``, ``conv4_omniglot``, ``conv4_miniimagenet``."""
+    g = torch.Generator().manual_seed(seed)
+    if name == "mlp":
+        return init_mlp(g, dtype), mlp
+    if head not in ("mean", "flatten"):
+        raise ValueError(f"model.head={head!r}; allowed: ['mean', 'flatten']")
+    if name == "conv4_omniglot":
+        side = image_size
+        for _ in range(4):
+            side = (side + 2 - 3) // 2 + 1
+        feat = 64 if head == "mean" else 64 * side * side
+        fwd = (lambda p, x: conv4(p, x, stride=2, pool=False, head="mean")) if head == "mean" else \
+              (lambda p, x: conv4(p, x, stride=2, pool=False, head="flatten"))
+        return init_conv4(g, ways, 1, 64, feat, dtype), fwd
+    if name == "conv4_miniimagenet":
+        side = image_size
+        for _ in range(4):
+            side //= 2
+        feat = 32 if head == "mean" else 32 * side * side
+        fwd = (lambda p, x: conv4(p, x, stride=1, pool=True, head=head))
+        return init_conv4(g, ways, 3, 32, feat, dtype), fwd
+    raise ValueError(f"model name={name!r} is unknown; allowed: ['mlp', 'conv4_omniglot', 'conv4_miniimagenet']")
+
+
+def cross_entropy_loss(forward):
+    def loss_fn(params, x, y):
+        return F.cross_entropy(forward(params, x), y)
+    return loss_fn
+
+
+def accuracy_metric(forward):
+    def metric_fn(params, x, y):
+        return (forward(params, x).argmax(-1) == y).to(x.dtype).mean()
+    return metric_fn
+
+
+def mse_loss(forward):
+    def loss_fn(params, x, y):
+        return F.mse_loss(forward(params, x), y)
+    return loss_fn
