@@ -54,7 +54,7 @@ def validate(name: str, inner: InnerConfig | dict | None, hparams: dict[str, Any
             raise ValueError(f"imaml: cg_steps={cg!r} must be an integer >= 1")
         if hparams.get("cg_damping", 0.0) < 0:
             raise ValueError(f"imaml: cg_damping={hparams['cg_damping']!r} must be >= 0")
-        if hparams.get("hvp_mode", "fwdrev") not in ("fwdrev", "revrev"):
+        if hparams.get("hvp_mode", "revrev") not in ("fwdrev", "revrev"):
             raise ValueError(f"imaml: hvp_mode={hparams['hvp_mode']!r}; allowed: ['fwdrev', 'revrev']")
         if cfg.prox_lam is not None and cfg.prox_lam != lam:
             raise ValueError(f"imaml: inner.prox_lam={cfg.prox_lam!r} differs from lam={lam!r}; "

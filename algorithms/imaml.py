@@ -25,7 +25,7 @@ from .linalg import conjugate_gradient, hvp
 
 
 def imaml(loss_fn, params, support, query, inner: InnerConfig, lam: float = 2.0, cg_steps: int = 5,
-          cg_damping: float = 0.0, hvp_mode: str = "fwdrev", metric_fn=None, diagnostics_full: bool = True):
+          cg_damping: float = 0.0, hvp_mode: str = "revrev", metric_fn=None, diagnostics_full: bool = True):
     phi = solve_inner(loss_fn, params, support, inner, detach=True, prox_lam=lam)
     gq, qloss = grad_and_value(loss_fn)(phi, *query)
     xs, ys = support
