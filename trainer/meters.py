@@ -11,18 +11,33 @@
 """
 from __future__ import annotations
 
+import contextlib
 import os
+import resource
+import sys
+import time
 
-# Quiet the profiler's C++ logging (must be set before kineto initialises).
-os.environ.setdefault("KINETO_LOG_LEVEL", "4")
-os.environ.setdefault("KINETO_USE_DAEMON", "0")
+import torch
+from torch.profiler import ProfilerActivity, profile
 
-import resource  # noqa: E402
-import sys  # noqa: E402
-import time  # noqa: E402
 
-import torch  # noqa: E402
-from torch.profiler import ProfilerActivity, profile  # noqa: E402
+@contextlib.contextmanager
+def _quiet_stderr():
+    """Kineto prints start/stop lines straight to fd 2 whatever its log level; hide them."""
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):
+        yield
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
 
 
 class AllocationMeter:
@@ -35,11 +50,13 @@ class AllocationMeter:
 
     def __enter__(self):
         self._prof = profile(activities=[ProfilerActivity.CPU], profile_memory=True)
-        self._prof.__enter__()
+        with _quiet_stderr():
+            self._prof.__enter__()
         return self
 
     def __exit__(self, *exc):
-        self._prof.__exit__(*exc)
+        with _quiet_stderr():
+            self._prof.__exit__(*exc)
         events = [e for e in self._prof.profiler.kineto_results.events()
                   if e.name() == "[memory]" and e.device_type() == torch.autograd.DeviceType.CPU]
         events.sort(key=lambda e: e.start_ns())

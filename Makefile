@@ -1,0 +1,48 @@
+# metagrad-bench — `make help` lists the targets.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PROFILE ?= cpu
+SEEDS ?= 0
+# Real data: ../shared/data beside the checkout when it exists, else ./data (override: make … DATA=/path)
+DATA ?= $(shell if [ -d ../shared/data ]; then realpath ../shared/data; else echo data; fi)
+export METAGRAD_DATA ?= $(DATA)
+export KINETO_LOG_LEVEL ?= 4
+ALGOS := maml,fomaml,reptile,imaml,imaml_hf
+OUT := runs/reproduce/$(PROFILE)
+
+.PHONY: help setup reproduce test test-all sweep report bench gpu-check clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+	@echo "  variables: PROFILE=cpu|paper  SEEDS=0,1,2  DATA=$(DATA)"
+
+setup: $(VENV)/.setup-done  ## create .venv with all dependencies (learn2learn rebuilt for Python 3.11)
+$(VENV)/.setup-done: pyproject.toml tools/setup.sh
+	VENV=$(VENV) bash tools/setup.sh
+
+reproduce: setup  ## the whole reproduction at PROFILE (cpu: minutes on 2 cores), then the report
+	rm -rf $(OUT)
+	$(PY) train.py -m algorithm=$(ALGOS) dataset=sinusoid profile=$(PROFILE) seed=$(SEEDS) \
+	    hydra.sweep.dir=$(OUT)/sinusoid
+	$(PY) report.py
+
+test: setup  ## the test suite (CPU, no network; real data from DATA when present)
+	$(PY) -m pytest -m "not slow" -q
+
+test-all: setup  ## every test, the slow ones too
+	$(PY) -m pytest -q
+
+sweep: setup  ## inner-step sweep: algorithm × inner_steps × seeds (Hydra multirun)
+	$(PY) train.py -m algorithm=$(ALGOS) inner_steps=1,2,5,10,20,40 seed=$(SEEDS) dataset=sinusoid \
+	    profile=$(PROFILE) hydra.sweep.dir=runs/sweep/$(PROFILE)/sinusoid
+	$(PY) report.py
+
+report: setup  ## regenerate reports/REPORT.md, tables and figures from runs/
+	$(PY) report.py
+
+bench: setup  ## benchmark harness → reports/BENCHMARKS.md
+	$(PY) -m bench
+
+clean:  ## remove run outputs and caches (not the venv)
+	rm -rf runs outputs multirun .cache

@@ -1,0 +1,64 @@
+"""Every config combination composes and validates (lightning-hydra-template style)."""
+import itertools
+from pathlib import Path
+
+import pytest
+
+from trainer import ConfigError, compose, validate
+
+CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+ALGOS = sorted(p.stem for p in (CONFIGS / "algorithm").glob("*.yaml"))
+DATASETS = sorted(p.stem for p in (CONFIGS / "dataset").glob("*.yaml"))
+OPTIMS = sorted(p.stem for p in (CONFIGS / "inner_optim").glob("*.yaml"))
+EXPERIMENTS = sorted(p.stem for p in (CONFIGS / "experiment").glob("*.yaml"))
+PROFILES = sorted(p.stem for p in (CONFIGS / "profile").glob("*.yaml"))
+
+
+def test_groups_exist():
+    assert {"maml", "fomaml", "reptile", "imaml", "imaml_hf"} <= set(ALGOS)
+    assert {"sinusoid", "omniglot", "miniimagenet"} <= set(DATASETS)
+    assert {"sgd", "momentum", "adam"} <= set(OPTIMS)
+    assert {"cpu", "paper"} <= set(PROFILES)
+    assert "smoke" in EXPERIMENTS
+
+
+@pytest.mark.parametrize("algo,dataset,profile", list(itertools.product(ALGOS, DATASETS, PROFILES)))
+def test_compose_algorithm_dataset_profile(algo, dataset, profile):
+    cfg = compose([f"algorithm={algo}", f"dataset={dataset}", f"profile={profile}"])
+    assert cfg.algorithm.name == algo and cfg.dataset.name == dataset and cfg.profile == profile
+    assert cfg.meta_iterations > 0 and cfg.eval.num_tasks > 0
+    if dataset == "sinusoid":
+        validate(cfg)  # real-data datasets are validated in their own tests (data root)
+    if algo == "imaml_hf":
+        assert cfg.inner_optim.name == "hf"
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_compose_experiment(experiment):
+    cfg = compose([f"experiment={experiment}"])
+    assert cfg.get("experiment_name") == experiment
+    if cfg.dataset.name == "sinusoid":
+        validate(cfg)
+
+
+@pytest.mark.parametrize("optim", [o for o in OPTIMS if o != "hf"])
+def test_inner_optimizers_compose_for_every_gradient_algorithm(optim):
+    for algo in ("maml", "fomaml", "reptile", "imaml"):
+        validate(compose([f"algorithm={algo}", f"inner_optim={optim}"]))
+
+
+def test_hf_refused_outside_imaml():
+    with pytest.raises(ConfigError, match="inner_optim=hf is only for iMAML"):
+        validate(compose(["algorithm=maml", "inner_optim=hf"]))
+
+
+def test_paper_profile_budgets():
+    assert compose(["profile=paper"]).meta_iterations == 70000
+    assert compose(["profile=paper", "dataset=omniglot"]).meta_iterations == 60000
+
+
+def test_outer_optimizer_is_explicit_per_algorithm():
+    for algo, (opt, lr, anneal) in {"maml": ("adam", 1e-3, False), "imaml": ("adam", 1e-3, False),
+                                    "fomaml": ("adam", 1e-3, False), "reptile": ("sgd", 1.0, True)}.items():
+        o = compose([f"algorithm={algo}"]).algorithm.outer
+        assert (o.optimizer, o.lr, o.anneal) == (opt, lr, anneal)

@@ -1,0 +1,141 @@
+"""Config composition and validation, before any work and before any output folder exists.
+
+Every check raises :class:`ConfigError` with one line naming the key, the value and what is
+allowed; ``train.py`` prints it and exits with status 2.
+"""
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+ALGORITHMS = ("maml", "fomaml", "reptile", "imaml", "imaml_hf")
+DATASETS = ("sinusoid", "omniglot", "miniimagenet")
+OPTIMIZERS = ("sgd", "momentum", "adam", "hf")
+OUTER = ("adam", "sgd")
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def compose(overrides: list[str] | None = None, config_name: str = "train") -> DictConfig:
+    """The resolved config ``python train.py <overrides>`` would run (Hydra compose API)."""
+    from hydra import compose as hcompose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = hcompose(config_name=config_name, overrides=list(overrides or []), return_hydra_config=False)
+    return cfg
+
+
+def _num(cfg, key):
+    try:
+        v = OmegaConf.select(cfg, key, throw_on_missing=True)
+    except Exception as e:
+        raise ConfigError(f"{key}: cannot be resolved ({e})") from None
+    return v
+
+
+def _int(cfg, key, lo, what):
+    v = _num(cfg, key)
+    if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+        raise ConfigError(f"{key}={v!r} is invalid: {what}")
+    return v
+
+
+def _pos(cfg, key, what="must be a finite number > 0"):
+    v = _num(cfg, key)
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
+        raise ConfigError(f"{key}={v!r} is invalid: {what}")
+    return v
+
+
+def data_root(cfg) -> Path:
+    root = cfg.data.root or os.environ.get("METAGRAD_DATA") or "data"
+    return Path(root)
+
+
+def validate(cfg: DictConfig) -> None:
+    """Check the resolved config; raise ConfigError on the first problem."""
+    algo = _num(cfg, "algorithm.name")
+    if algo not in ALGORITHMS:
+        raise ConfigError(f"algorithm={algo!r} is unknown; choose one of {list(ALGORITHMS)}")
+    ds = _num(cfg, "dataset.name")
+    if ds not in DATASETS:
+        raise ConfigError(f"dataset={ds!r} is unknown; choose one of {list(DATASETS)}")
+    opt = _num(cfg, "inner_optim.name")
+    if opt not in OPTIMIZERS:
+        raise ConfigError(f"inner_optim={opt!r} is unknown; choose one of {list(OPTIMIZERS)}")
+    if opt == "hf" and cfg.algorithm.estimator != "imaml":
+        raise ConfigError(f"inner_optim=hf is only for iMAML (algorithm=imaml or imaml_hf), not algorithm={algo}")
+    if cfg.algorithm.outer.optimizer not in OUTER:
+        raise ConfigError(f"algorithm.outer.optimizer={cfg.algorithm.outer.optimizer!r}; choose one of {list(OUTER)}")
+    _pos(cfg, "algorithm.outer.lr")
+    _int(cfg, "inner_steps", 0, "must be an integer >= 0")
+    _int(cfg, "test_inner_steps", 0, "must be an integer >= 0")
+    for k in cfg.eval.steps_list or []:
+        if isinstance(k, bool) or not isinstance(k, int) or k < 0:
+            raise ConfigError(f"eval.steps_list contains {k!r}: step counts must be integers >= 0")
+    _pos(cfg, "inner_lr")
+    if cfg.algorithm.estimator == "imaml":
+        _pos(cfg, "algorithm.hparams.lam", "must be > 0 (iMAML's proximal weight λ)")
+        _int(cfg, "algorithm.hparams.cg_steps", 1, "must be an integer >= 1")
+        if cfg.algorithm.hparams.get("cg_damping", 0) < 0:
+            raise ConfigError(f"algorithm.hparams.cg_damping={cfg.algorithm.hparams.cg_damping!r} must be >= 0")
+    _int(cfg, "meta_batch_size", 1, "must be an integer >= 1")
+    _int(cfg, "meta_iterations", 0, "must be an integer >= 0")
+    if ds != "sinusoid":
+        _int(cfg, "ways", 2, "must be an integer >= 2 (N-way classification)")
+    _int(cfg, "shots", 1, "must be an integer >= 1")
+    _int(cfg, "query_shots", 1, "must be an integer >= 1")
+    _int(cfg, "eval.num_tasks", 1, "must be an integer >= 1")
+    _int(cfg, "seed", 0, "must be an integer >= 0")
+    if cfg.dtype not in ("float32", "float64"):
+        raise ConfigError(f"dtype={cfg.dtype!r} is invalid; choose float32 or float64")
+    if cfg.device not in ("auto", "cpu", "cuda"):
+        raise ConfigError(f"device={cfg.device!r} is invalid; choose auto, cpu or cuda")
+    if cfg.device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device=cuda but CUDA is not available here; use device=cpu or device=auto")
+    if cfg.batching not in ("auto", "loop", "vmap"):
+        raise ConfigError(f"batching={cfg.batching!r} is invalid; choose auto, loop or vmap")
+    if cfg.eval.bn_mode not in ("transductive", "per_example"):
+        raise ConfigError(f"eval.bn_mode={cfg.eval.bn_mode!r} is invalid; choose transductive or per_example")
+    if cfg.logger.name not in ("csv", "wandb"):
+        raise ConfigError(f"logger={cfg.logger.name!r} is unknown; choose csv or wandb")
+    if ds != "sinusoid":
+        root = data_root(cfg)
+        if not root.exists():
+            raise ConfigError(f"data.root={str(root)!r} does not exist; point data.root (or $METAGRAD_DATA) "
+                              f"at the folder holding the {ds} data (see README: Data)")
+        import datasets
+        check = getattr(datasets, "validate", None)
+        if check is not None:
+            try:
+                check(cfg)
+            except ValueError as e:
+                raise ConfigError(str(e)) from None
+
+
+def resolve_device(cfg) -> torch.device:
+    if cfg.device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(cfg.device)
+
+
+def inner_config(cfg, steps: int | None = None) -> dict:
+    """The :class:`algorithms.InnerConfig` fields this run uses."""
+    o = cfg.inner_optim
+    d = {"steps": cfg.inner_steps if steps is None else steps, "optimizer": o.name, "lr": float(cfg.inner_lr)}
+    if o.name == "momentum":
+        d.update(momentum=float(o.momentum), nesterov=bool(o.nesterov))
+    elif o.name == "adam":
+        d.update(betas=tuple(float(b) for b in o.betas), eps=float(o.eps))
+    elif o.name == "hf":
+        d.update(hf_cg_steps=int(o.hf_cg_steps), hf_ls_steps=int(o.hf_ls_steps), lr=float(o.ls_init_step))
+    return d

@@ -1,0 +1,254 @@
+"""The one training loop every algorithm shares.
+
+sample a meta-batch → ``meta_gradient_batch`` (loop or vmap) → outer step → log →
+periodic validation and checkpoints → final test on the fixed test tasks → summary.json.
+The loop never knows which estimator it runs. Failures are outcomes: a non-finite loss or
+meta-gradient ends the run as ``diverged``, CUDA out-of-memory as ``oom``, SIGINT/SIGTERM
+as ``interrupted`` (after a checkpoint, so ``resume=true`` continues bit-identically).
+"""
+from __future__ import annotations
+
+import math
+import signal
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+from omegaconf import OmegaConf
+
+import datasets
+import models
+from algorithms import InnerConfig, meta_gradient_batch
+
+from .config import inner_config, resolve_device
+from .evaluate import evaluate, fingerprint
+from .loggers import make_logger
+from .meters import AllocationMeter, Timer, rss_peak_bytes
+from .records import (append_jsonl, atomic_torch_save, atomic_write_json, device_name, load_checkpoint,
+                      read_jsonl, versions)
+
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+class _Stop:
+    """Turns SIGINT/SIGTERM into a flag the loop checks between iterations."""
+
+    def __init__(self):
+        self.signal = None
+
+    def __enter__(self):
+        self.old = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)}
+        return self
+
+    def _handle(self, signum, frame):
+        self.signal = signal.Signals(signum).name
+
+    def __exit__(self, *exc):
+        for s, h in self.old.items():
+            signal.signal(s, h)
+        return False
+
+
+def _eval_source(cfg):
+    if cfg.eval.shots is None and cfg.eval.query_shots is None:
+        return None
+    ecfg = OmegaConf.merge(cfg, {"shots": cfg.eval.shots or cfg.shots,
+                                 "query_shots": cfg.eval.query_shots or cfg.query_shots})
+    return datasets.build(ecfg)
+
+
+def _batching(cfg, model_name: str) -> bool:
+    """True for vmap. ``auto``: vmap for the MLP (an order of magnitude faster on CPU),
+    a per-task loop for the conv nets (vmap was slower there) — see BENCHMARKS.md."""
+    if cfg.batching == "auto":
+        return model_name == "mlp"
+    return cfg.batching == "vmap"
+
+
+def _setup(cfg):
+    device = resolve_device(cfg)
+    dtype = DTYPES[cfg.dtype]
+    source = datasets.build(cfg)
+    head = cfg.dataset.get("head", "mean")
+    params, forward = models.build(source.model, ways=cfg.ways, seed=cfg.seed, dtype=dtype, head=head,
+                                   image_size=getattr(source, "image_size", 28))
+    params = {k: v.to(device) for k, v in params.items()}
+    if source.metric == "mse":
+        loss_fn, metric_fn = models.mse_loss(forward), None
+    else:
+        loss_fn, metric_fn = models.cross_entropy_loss(forward), models.accuracy_metric(forward)
+    return device, dtype, source, params, forward, loss_fn, metric_fn
+
+
+def _summary_base(cfg, run_dir, source, device, seeds) -> dict:
+    a = cfg.algorithm
+    imaml = None
+    if a.estimator == "imaml":
+        imaml = {"lam": float(a.hparams.lam), "cg_steps": int(a.hparams.cg_steps),
+                 "cg_damping": float(a.hparams.get("cg_damping", 0.0))}
+    inner = inner_config(cfg)
+    return {
+        "schema_version": 1, "kind": "train", "status": "running", "run_dir": str(run_dir),
+        "algorithm": a.estimator, "variant": a.name, "label": a.label, "dataset": source.name,
+        "ways": cfg.ways, "shots": cfg.shots, "query_shots": cfg.query_shots,
+        "profile": cfg.get("profile", "custom"), "experiment": cfg.get("experiment_name"),
+        "meta_iterations": cfg.meta_iterations, "iterations_done": 0, "meta_batch_size": cfg.meta_batch_size,
+        "inner": {**inner, "steps": cfg.inner_steps, "test_steps": cfg.test_inner_steps,
+                  "prox_lam": imaml["lam"] if imaml else 0.0},
+        "imaml": imaml,
+        "outer": {"optimizer": a.outer.optimizer, "lr": float(a.outer.lr), "clip": a.outer.clip,
+                  "anneal": bool(a.outer.anneal)},
+        "bn_mode": None if source.metric == "mse" else cfg.eval.bn_mode,
+        "seed": cfg.seed, "seeds": seeds, "dtype": cfg.dtype, "device": device.type,
+        "device_name": device_name(device), "test": None, "timing": None, "memory": None,
+        "versions": versions(), "data": {"archive_sha256": dict(source.archive_sha256)}, "failure": None,
+        "config": OmegaConf.to_container(cfg, resolve=True),
+    }
+
+
+def train(cfg, run_dir: str | Path) -> dict:
+    """Train and evaluate one configuration into ``run_dir``; returns the summary dict."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(cfg.seed)  # nothing should draw from the global RNG; pin it anyway
+    device, dtype, source, params, forward, loss_fn, metric_fn = _setup(cfg)
+    eval_source = _eval_source(cfg) or source
+    seeds = {"init": cfg.seed, "train_tasks": cfg.seed * 7919 + 1, "val_tasks": cfg.eval.val_seed,
+             "test_tasks": cfg.eval.test_seed}
+    summary = _summary_base(cfg, run_dir, source, device, seeds)
+    a = cfg.algorithm
+    inner = InnerConfig.make(inner_config(cfg))
+    prox = float(a.hparams.lam) if a.estimator == "imaml" else 0.0
+    hparams = {k: v for k, v in OmegaConf.to_container(a.hparams, resolve=True).items()}
+    use_vmap = _batching(cfg, source.model)
+
+    opt_cls = torch.optim.Adam if a.outer.optimizer == "adam" else torch.optim.SGD
+    leaves = list(params.values())
+    opt = opt_cls(leaves, lr=float(a.outer.lr))
+    gen = torch.Generator().manual_seed(seeds["train_tasks"])
+    start, train_wall, iter_times, alloc_peak, gpu_peak = 0, 0.0, [], 0, 0
+
+    ckpt_path = run_dir / "ckpt.pt"
+    if cfg.resume:
+        ck = load_checkpoint(ckpt_path)
+        if ck is not None:
+            for k in params:
+                params[k].copy_(ck["params"][k].to(device))
+            opt.load_state_dict(ck["opt"])
+            gen.set_state(ck["gen"])
+            start, train_wall, iter_times = ck["iteration"], ck["train_wall_s"], ck["iter_times"]
+            alloc_peak, gpu_peak = ck["alloc_peak"], ck["gpu_peak"]
+    rows = read_jsonl(run_dir / "metrics.jsonl", max_iter=start) if start else []
+    tmp = run_dir / "metrics.jsonl.tmp"
+    tmp.write_text("".join(__import__("json").dumps(r, sort_keys=True) + "\n" for r in rows))
+    tmp.replace(run_dir / "metrics.jsonl")
+    atomic_write_json(run_dir / "summary.json", summary)
+    logger = make_logger(cfg, run_dir)
+
+    def checkpoint(it):
+        atomic_torch_save(ckpt_path, {"params": {k: v.detach().cpu() for k, v in params.items()},
+                                      "opt": opt.state_dict(), "gen": gen.get_state(), "iteration": it,
+                                      "train_wall_s": train_wall, "iter_times": iter_times,
+                                      "alloc_peak": alloc_peak, "gpu_peak": gpu_peak})
+
+    def finish(status, it, failure=None, test=None, eval_s=0.0):
+        summary.update(status=status, iterations_done=it, failure=failure, test=test)
+        summary["timing"] = {"median_iter_s": statistics.median(iter_times) if iter_times else None,
+                             "train_wall_s": train_wall, "eval_wall_s": eval_s,
+                             "total_wall_s": train_wall + eval_s}
+        summary["memory"] = {"gpu_peak_bytes": gpu_peak if device.type == "cuda" else None,
+                             "alloc_peak_bytes": alloc_peak or None, "rss_peak_bytes": rss_peak_bytes()}
+        atomic_write_json(run_dir / "summary.json", summary)
+        logger.finish(summary)
+        return summary
+
+    tty = sys.stdout.isatty()
+    bar = None
+    if tty and cfg.meta_iterations > start:
+        from tqdm import tqdm
+        bar = tqdm(total=cfg.meta_iterations, initial=start, desc=f"{a.label} {source.name}", dynamic_ncols=True)
+    plain_every = max(1, cfg.meta_iterations // 10)
+    last = {}
+    it = start
+    with _Stop() as stop:
+        try:
+            for it in range(start + 1, cfg.meta_iterations + 1):
+                t0 = time.perf_counter()
+                tasks = tuple(t.to(device) for t in source.sample("train", cfg.meta_batch_size, gen))
+                sample_s = time.perf_counter() - t0
+                if device.type == "cuda":
+                    torch.cuda.reset_peak_memory_stats(device)
+                measure = device.type == "cpu" and (it == start + 2 or it % cfg.mem_every == 0)
+                with Timer(device) as timer:
+                    meter = AllocationMeter() if measure else None
+                    if meter:
+                        meter.__enter__()
+                    grads, info = meta_gradient_batch(a.estimator, loss_fn, params, tasks, inner,
+                                                      batching="vmap" if use_vmap else "loop", metric_fn=metric_fn,
+                                                      diagnostics_full=bool(cfg.diagnostics), **hparams)
+                    if meter:
+                        meter.__exit__(None, None, None)
+                row = {"iter": it, "train_loss": info["query_loss_after"].mean().item(), "sample_s": sample_s}
+                if "query_metric_after" in info:
+                    row["train_metric"] = info["query_metric_after"].mean().item()
+                for k in ("query_loss_before", "inner_grad_norm", "cg_residual"):
+                    if k in info:
+                        row[k] = info[k].mean().item()
+                finite = math.isfinite(row["train_loss"]) and all(bool(torch.isfinite(g).all()) for g in grads.values())
+                if not finite:
+                    return finish("diverged", it - 1, {"iteration": it, "reason": "non-finite loss or meta-gradient",
+                                                       "last_metrics": last})
+                with Timer(device) as step_timer:
+                    if a.outer.anneal:
+                        for gr in opt.param_groups:
+                            gr["lr"] = float(a.outer.lr) * (1 - (it - 1) / max(1, cfg.meta_iterations))
+                    for k, p in params.items():
+                        p.grad = grads[k].to(p.dtype)
+                    if a.outer.clip:
+                        torch.nn.utils.clip_grad_value_(leaves, float(a.outer.clip))
+                    opt.step()
+                iter_s = timer.seconds + step_timer.seconds
+                iter_times.append(iter_s)
+                train_wall += iter_s + sample_s
+                row.update(iter_s=iter_s, train_wall_s=train_wall, lr=opt.param_groups[0]["lr"])
+                if meter:
+                    row["alloc_peak_bytes"] = meter.peak
+                    alloc_peak = max(alloc_peak, meter.peak)
+                if device.type == "cuda":
+                    row["gpu_peak_bytes"] = torch.cuda.max_memory_allocated(device)
+                    gpu_peak = max(gpu_peak, row["gpu_peak_bytes"])
+                if cfg.eval.val_every and it % cfg.eval.val_every == 0:
+                    v = evaluate(source, "val", cfg.eval.val_seed, cfg.eval.val_tasks, source.metric, forward, loss_fn,
+                                 params, InnerConfig.make(inner_config(cfg, cfg.test_inner_steps)), prox,
+                                 cfg.eval.bn_mode, use_vmap, device, cfg.eval.chunk)
+                    row["val_metric"] = v["mean"]
+                append_jsonl(run_dir / "metrics.jsonl", row)
+                logger.log(row)
+                last = row
+                if bar:
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{row['train_loss']:.3f}", metric=f"{row.get('train_metric', row['train_loss']):.3f}")
+                elif it % plain_every == 0 or it == cfg.meta_iterations:
+                    print(f"[{a.label} {source.name}] iter {it}/{cfg.meta_iterations} loss {row['train_loss']:.4f} "
+                          f"metric {row.get('train_metric', row['train_loss']):.4f} {1 / max(iter_s, 1e-9):.1f} it/s",
+                          flush=True)
+                if cfg.ckpt_every and it % cfg.ckpt_every == 0:
+                    checkpoint(it)
+                if stop.signal:
+                    checkpoint(it)
+                    return finish("interrupted", it, {"iteration": it, "reason": f"received {stop.signal}",
+                                                      "last_metrics": last})
+        except torch.cuda.OutOfMemoryError as e:
+            return finish("oom", it - 1, {"iteration": it, "reason": str(e).splitlines()[0], "last_metrics": last})
+        finally:
+            if bar:
+                bar.close()
+        checkpoint(cfg.meta_iterations)
+        t0 = time.perf_counter()
+        test = evaluate(eval_source, "test", cfg.eval.test_seed, cfg.eval.num_tasks, source.metric, forward, loss_fn,
+                        params, InnerConfig.make(inner_config(cfg, cfg.test_inner_steps)), prox, cfg.eval.bn_mode,
+                        use_vmap, device, cfg.eval.chunk, steps_list=cfg.eval.steps_list or ())
+        test["fingerprint"] = fingerprint(eval_source, "test", cfg.eval.test_seed, cfg.eval.num_tasks)
+        return finish("completed", cfg.meta_iterations, test=test, eval_s=time.perf_counter() - t0)

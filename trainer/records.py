@@ -1,0 +1,128 @@
+"""Run records: atomic writes, environment facts, checkpoints.
+
+Schema of ``summary.json`` and the study records: ``reports/SCHEMA.md``. Every write goes
+to a temporary file in the same folder and is renamed over the target, so a crash leaves
+the previous valid file; readers treat unreadable files as absent (with a warning).
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+import platform
+import subprocess
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+def atomic_write_bytes(path: Path | str, data: bytes) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_json(path: Path | str, obj: Any) -> None:
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True, allow_nan=True) + "\n").encode())
+
+
+def atomic_torch_save(path: Path | str, obj: Any) -> None:
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def read_json(path: Path | str) -> dict | None:
+    """The parsed JSON object, or None (with a warning) if missing, truncated or not an object."""
+    try:
+        obj = json.loads(Path(path).read_text())
+        if not isinstance(obj, dict):
+            raise ValueError("not a JSON object")
+        return obj
+    except FileNotFoundError:
+        return None
+    except (ValueError, OSError, UnicodeDecodeError) as e:
+        warnings.warn(f"ignoring unreadable record {path}: {e}")
+        return None
+
+
+def load_checkpoint(path: Path | str) -> dict | None:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except FileNotFoundError:
+        return None
+    except Exception as e:  # truncated or garbage file: start fresh, say so
+        warnings.warn(f"ignoring unreadable checkpoint {path}: {e}; starting fresh")
+        return None
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=Path(__file__).resolve().parent)
+        if out.returncode != 0:
+            return None
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                               text=True, timeout=5, cwd=Path(__file__).resolve().parent).stdout.strip()
+        return out.stdout.strip() + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def versions() -> dict[str, str | None]:
+    try:
+        import learn2learn
+        l2l = learn2learn.__version__
+    except Exception:  # learn2learn is optional for sinusoid-only use
+        l2l = None
+    return {"python": platform.python_version(), "torch": torch.__version__, "learn2learn": l2l,
+            "git_commit": git_commit()}
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu} ({torch.get_num_threads()} threads)"
+
+
+def append_jsonl(path: Path, row: dict) -> None:
+    with open(path, "a") as f:
+        f.write(json.dumps(row, sort_keys=True) + "\n")
+        f.flush()
+
+
+def read_jsonl(path: Path, max_iter: int | None = None) -> list[dict]:
+    """Rows of a metrics file; a torn last line (crash mid-write) is dropped."""
+    rows = []
+    try:
+        for line in Path(path).read_text().splitlines():
+            try:
+                row = json.loads(line)
+            except ValueError:
+                continue
+            if max_iter is None or row.get("iter", 0) <= max_iter:
+                rows.append(row)
+    except FileNotFoundError:
+        pass
+    return rows
