@@ -5,9 +5,11 @@ from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from trainer import ConfigError, train, validate
+from trainer.records import atomic_write_json, read_json
 
 
 def _remove_if_fresh(run_dir: Path) -> None:
@@ -28,7 +30,20 @@ def main(cfg: DictConfig) -> float | None:
         _remove_if_fresh(run_dir)
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
-    summary = train(cfg, run_dir)
+    try:
+        summary = train(cfg, run_dir)
+    except ConfigError as e:  # found only once the run folder is read (resume with another config)
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except Exception as e:
+        # A crash is a result too: record it; in a multirun, the other jobs go on.
+        record = read_json(run_dir / "summary.json") or {"run_dir": str(run_dir), "kind": "train"}
+        record.update(status="failed", failure={"reason": f"{type(e).__name__}: {e}"})
+        atomic_write_json(run_dir / "summary.json", record)
+        if HydraConfig.get().mode == RunMode.MULTIRUN:
+            print(f"failed: {type(e).__name__}: {e} → {run_dir}/summary.json", file=sys.stderr)
+            return None
+        raise
     print(f"{summary['status']}: {summary['label']} on {summary['dataset']} → {run_dir}/summary.json")
     test = summary.get("test") or {}
     return test.get("mean")

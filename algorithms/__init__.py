@@ -52,8 +52,9 @@ def validate(name: str, inner: InnerConfig | dict | None, hparams: dict[str, Any
         cg = hparams.get("cg_steps", 5)
         if isinstance(cg, bool) or not isinstance(cg, int) or cg < 1:
             raise ValueError(f"imaml: cg_steps={cg!r} must be an integer >= 1")
-        if hparams.get("cg_damping", 0.0) < 0:
-            raise ValueError(f"imaml: cg_damping={hparams['cg_damping']!r} must be >= 0")
+        damping = hparams.get("cg_damping", 0.0)
+        if not (isinstance(damping, (int, float)) and math.isfinite(damping) and damping >= 0):
+            raise ValueError(f"imaml: cg_damping={damping!r} must be a finite number >= 0")
         if hparams.get("hvp_mode", "revrev") not in ("fwdrev", "revrev"):
             raise ValueError(f"imaml: hvp_mode={hparams['hvp_mode']!r}; allowed: ['fwdrev', 'revrev']")
         if cfg.prox_lam is not None and cfg.prox_lam != lam:

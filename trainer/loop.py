@@ -8,6 +8,8 @@ as ``interrupted`` (after a checkpoint, so ``resume=true`` continues bit-identic
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import signal
 import statistics
@@ -22,7 +24,7 @@ import datasets
 import models
 from algorithms import InnerConfig, meta_gradient_batch
 
-from .config import inner_config, resolve_device
+from .config import ConfigError, inner_config, resolve_device
 from .evaluate import evaluate, fingerprint
 from .loggers import make_logger
 from .meters import AllocationMeter, Timer, rss_peak_bytes
@@ -49,6 +51,13 @@ class _Stop:
         for s, h in self.old.items():
             signal.signal(s, h)
         return False
+
+
+def _config_key(cfg) -> str:
+    """What must not change across a resume: the resolved config minus the resume flag."""
+    c = OmegaConf.to_container(cfg, resolve=True)
+    c.pop("resume", None)
+    return hashlib.sha256(json.dumps(c, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def _eval_source(cfg):
@@ -133,6 +142,9 @@ def train(cfg, run_dir: str | Path) -> dict:
     ckpt_path = run_dir / "ckpt.pt"
     if cfg.resume:
         ck = load_checkpoint(ckpt_path)
+        if ck is not None and ck.get("config_key") != _config_key(cfg):
+            raise ConfigError(f"resume=true: the checkpoint in {run_dir} was made with a different config; "
+                              "resume with the run's own overrides (see its .hydra/overrides.yaml) or use a new run folder")
         if ck is not None:
             for k in params:
                 params[k].copy_(ck["params"][k].to(device))
@@ -142,7 +154,7 @@ def train(cfg, run_dir: str | Path) -> dict:
             alloc_peak, gpu_peak = ck["alloc_peak"], ck["gpu_peak"]
     rows = read_jsonl(run_dir / "metrics.jsonl", max_iter=start) if start else []
     tmp = run_dir / "metrics.jsonl.tmp"
-    tmp.write_text("".join(__import__("json").dumps(r, sort_keys=True) + "\n" for r in rows))
+    tmp.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
     tmp.replace(run_dir / "metrics.jsonl")
     atomic_write_json(run_dir / "summary.json", summary)
     logger = make_logger(cfg, run_dir)
@@ -151,7 +163,7 @@ def train(cfg, run_dir: str | Path) -> dict:
         atomic_torch_save(ckpt_path, {"params": {k: v.detach().cpu() for k, v in params.items()},
                                       "opt": opt.state_dict(), "gen": gen.get_state(), "iteration": it,
                                       "train_wall_s": train_wall, "iter_times": iter_times,
-                                      "alloc_peak": alloc_peak, "gpu_peak": gpu_peak})
+                                      "alloc_peak": alloc_peak, "gpu_peak": gpu_peak, "config_key": _config_key(cfg)})
 
     def finish(status, it, failure=None, test=None, eval_s=0.0):
         summary.update(status=status, iterations_done=it, failure=failure, test=test)
@@ -172,7 +184,7 @@ def train(cfg, run_dir: str | Path) -> dict:
     plain_every = max(1, cfg.meta_iterations // 10)
     last = {}
     it = start
-    with _Stop() as stop:
+    with _Stop() as stop, logger.guard(summary):  # an escaping exception still finishes the logger
         try:
             for it in range(start + 1, cfg.meta_iterations + 1):
                 t0 = time.perf_counter()

@@ -1,0 +1,183 @@
+"""Shared row helpers: ordering, configuration identity, display of a run's budget and setup."""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pandas as pd
+
+from .render import fmt, fmt_g, fmt_pm, is_missing
+from .stats import mean_std
+
+LABEL_ORDER = ("MAML", "FOMAML", "Reptile", "iMAML-GD", "iMAML-HF")
+SETTING_ORDER = ("5w1s", "5w5s", "20w1s", "20w5s")
+DATASET_NAMES = {"omniglot": "Omniglot", "miniimagenet": "mini-ImageNet", "sinusoid": "sinusoid"}
+# Everything that defines a training configuration except the seed: runs sharing these
+# are seeds of one setting and are aggregated across seeds.
+CONFIG_KEYS = ("label", "variant", "algorithm", "dataset", "ways", "shots", "query_shots", "test_shots",
+               "test_query_shots", "profile", "experiment", "meta_iterations", "meta_batch_size",
+               "inner_optimizer", "inner_lr", "inner_steps", "test_steps", "prox_lam", "lam", "cg_steps",
+               "outer_optimizer", "outer_lr", "outer_clip", "outer_anneal", "bn_mode", "dtype", "device")
+NOT_PAPER = "†"
+NOT_PAPER_NOTE = (f"{NOT_PAPER} not paper-scale: trained with the `cpu` (or a custom) profile or stopped before its "
+                  "planned iterations; such a row checks the pipeline and is not a reproduction of the paper's number.")
+
+
+def slug(*parts: str) -> str:
+    """A file-name-safe join of parts ('K=10' -> 'K10')."""
+    return "_".join("".join(ch for ch in str(p) if ch.isalnum() or ch in "-.") for p in parts)
+
+
+def clean(v: Any) -> Any:
+    """None for missing values (pandas turns None into NaN in numeric columns)."""
+    return None if is_missing(v) else v
+
+
+def label_rank(label: str) -> tuple:
+    return (LABEL_ORDER.index(label), "") if label in LABEL_ORDER else (len(LABEL_ORDER), label)
+
+
+def setting_rank(setting: str) -> tuple:
+    return (SETTING_ORDER.index(setting), "") if setting in SETTING_ORDER else (len(SETTING_ORDER), setting)
+
+
+# Integer fields: pandas stores an integer column holding a None as floats; turn them back.
+INT_KEYS = ("ways", "shots", "query_shots", "test_shots", "test_query_shots", "meta_iterations",
+            "iterations_done", "meta_batch_size", "inner_steps", "test_steps", "cg_steps", "seed", "n",
+            "failure_iteration", "test_steps_used", "gpu_peak_bytes", "alloc_peak_bytes", "rss_peak_bytes")
+
+
+def _cell(key: str, v: Any) -> Any:
+    if isinstance(v, (list, dict)):
+        return v
+    v = clean(v)
+    return int(v) if key in INT_KEYS and v is not None else v
+
+
+def records(frame: pd.DataFrame) -> list[dict]:
+    """Rows as dicts with missing values as None, in the canonical report order."""
+    rows = [{k: _cell(k, v) for k, v in r.items()} for r in frame.to_dict("records")] if not frame.empty else []
+    return sorted(rows, key=lambda r: (r["dataset"], setting_rank(r["setting"]), label_rank(r["label"]),
+                                       r["profile"], -1 if r.get("seed") is None else r["seed"], r["run"]))
+
+
+def config_key(row: dict) -> tuple:
+    return tuple(clean(row.get(k)) for k in CONFIG_KEYS)
+
+
+def is_paper_scale(row: dict) -> bool:
+    return (row["profile"] == "paper" and row["status"] == "completed"
+            and row["iterations_done"] >= row["meta_iterations"])
+
+
+def scale_text(row: dict) -> str:
+    return "paper" if is_paper_scale(row) else f"NOT paper-scale ({row['profile']})"
+
+
+def label_text(row: dict) -> str:
+    return row["label"] if is_paper_scale(row) else f"{row['label']} {NOT_PAPER}"
+
+
+def status_text(row: dict) -> str:
+    if row["status"] == "completed":
+        return "completed"
+    if row["status"] == "running":  # the trainer leaves this when it is killed before finishing
+        return "running, or killed before writing its final record"
+    it = row.get("failure_iteration")
+    it = row["iterations_done"] if it is None else it
+    text = f"{row['status']} at iteration {it}"
+    return f"{text}: {row['failure_reason']}" if row.get("failure_reason") else text
+
+
+def budget_text(row: dict) -> str:
+    return f"{row['iterations_done']}/{row['meta_iterations']}"
+
+
+def outer_text(row: dict) -> str:
+    text = f"{row.get('outer_optimizer') or '—'} {fmt_g(row.get('outer_lr'))}"
+    if row.get("outer_clip") is not None:
+        text += f", clip {fmt_g(row['outer_clip'])}"
+    if row.get("outer_anneal"):
+        text += ", annealed"
+    return text
+
+
+def inner_text(row: dict) -> str:
+    text = f"{row.get('inner_optimizer') or '—'} {fmt_g(row.get('inner_lr'))}"
+    if row.get("prox_lam"):
+        text += f", prox {fmt_g(row['prox_lam'])}"
+    return text
+
+
+def steps_text(row: dict) -> str:
+    return f"{fmt_g(row.get('inner_steps'))}/{fmt_g(row.get('test_steps'))}"
+
+
+def shots_text(row: dict) -> str:
+    text = f"{fmt_g(row.get('shots'))}/{fmt_g(row.get('test_shots'))}"
+    return f"{text}, query {fmt_g(row.get('query_shots'))}/{fmt_g(row.get('test_query_shots'))}"
+
+
+def lam_cg_text(row: dict) -> str:
+    if row.get("lam") is None and row.get("cg_steps") is None:
+        return "—"
+    return f"{fmt_g(row.get('lam'))} / {fmt_g(row.get('cg_steps'))}"
+
+
+def scale_of(metric: str | None) -> tuple[float, int]:
+    """Display scale and decimals: accuracy as percent, MSE as is."""
+    return (100.0, 2) if metric == "accuracy" else (1.0, 3)
+
+
+def result_text(row: dict) -> str:
+    if row["status"] != "completed":
+        return "—"
+    s, d = scale_of(row["metric"])
+    return fmt_pm(row["mean"], row["ci95"], d, s)
+
+
+# Columns every results row carries: what the reviewers asked to see for each number.
+SETUP_COLUMNS = [
+    ("iterations", budget_text), ("shots train/test", shots_text), ("outer (opt lr)", outer_text),
+    ("inner (opt lr)", inner_text),
+    ("steps train/test", steps_text), ("λ / CG", lam_cg_text),
+    ("BN", lambda r: r.get("bn_mode") or "—"), ("meta-batch", lambda r: fmt_g(r.get("meta_batch_size"))),
+    ("seed", lambda r: fmt_g(r.get("seed"))), ("device", lambda r: r.get("device") or "—"),
+    ("dtype", lambda r: r.get("dtype") or "—"),
+]
+SETUP_RAW = ("profile", "iterations_done", "meta_iterations", "shots", "test_shots", "query_shots",
+             "test_query_shots", "outer_optimizer", "outer_lr", "outer_clip",
+             "outer_anneal", "inner_optimizer", "inner_lr", "prox_lam", "inner_steps", "test_steps", "lam",
+             "cg_steps", "bn_mode", "meta_batch_size", "seed", "device", "dtype")
+
+
+def seed_groups(rows: list[dict]) -> dict[tuple, dict]:
+    """Across-seed statistics of the completed runs of each configuration."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault(config_key(r), []).append(r)
+    out = {}
+    for key, members in groups.items():
+        done = [r for r in members if r["status"] == "completed"]
+        mean, std, n = mean_std([r["mean"] for r in done])
+        out[key] = {"mean": mean, "std": std, "n": n, "total": len(members),
+                    "seeds": sorted({r["seed"] for r in done if r.get("seed") is not None})}
+    return out
+
+
+def seeds_text(row: dict, groups: dict[tuple, dict]) -> str:
+    g = groups[config_key(row)]
+    if row["status"] != "completed" or g["n"] < 2:
+        return "—"
+    s, d = scale_of(row["metric"])
+    text = f"{fmt(g['mean'], d, s)} ± {fmt(g['std'], d, s)} ({g['n']} runs"
+    if g["total"] > g["n"]:
+        text += f" of {g['total']}"
+    return text + ")"
+
+
+def seeds_raw(row: dict, groups: dict[tuple, dict]) -> dict:
+    g = groups[config_key(row)]
+    ok = row["status"] == "completed" and g["n"] >= 2
+    return {"seeds_mean": g["mean"] if ok else math.nan, "seeds_std": g["std"] if ok else math.nan,
+            "seeds_runs": g["n"] if ok else None}

@@ -1,0 +1,226 @@
+"""Sections for the reviewer studies (issue 6): fidelity, precision, assumptions, cost, failures.
+
+Each reads the tidy CSV(s) of the latest completed run of its study (the folder is named
+in the section, so every number traces to it) and writes tables and a figure.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+
+from .render import MARKERS, fmt, fmt_g, log_x, make_table, new_figure, save_figure
+
+TITLES = {"fidelity": "Gradient fidelity vs inner and CG steps", "precision": "float32 vs float64",
+          "assumptions": "Assumption audit", "cost": "Cost: time and memory vs inner steps",
+          "failures": "Failure regimes"}
+
+
+def pick(studies: list[dict], name: str) -> tuple[dict | None, list[str]]:
+    """The latest completed run of a study (else the latest of any status) and the others' folders."""
+    mine = [s for s in studies if s["study"] == name]
+    done = [s for s in mine if s["status"] == "completed"]
+    chosen = (done or mine or [None])[-1]
+    return chosen, [s["run"] for s in mine if s is not chosen]
+
+
+def _pivot(name: str, df: pd.DataFrame, index: list[str], column: str, cell: Callable[[pd.DataFrame], str],
+           value: Callable[[pd.DataFrame], float], col_title: Callable[[object], str], notes: list[str]):
+    """A compact table: one row per ``index`` group, one column per value of ``column``.
+    CSV cells hold ``value`` (a number), Markdown/LaTeX cells ``cell`` (text)."""
+    keys = sorted(df[column].dropna().unique().tolist())
+    rows = []
+    for idx, grp in df.groupby(index, dropna=False, sort=True):
+        idx = idx if isinstance(idx, tuple) else (idx,)
+        row = {k: (None if isinstance(v, float) and np.isnan(v) else v) for k, v in zip(index, idx)}
+        for k in keys:
+            sub = grp[grp[column] == k]
+            row[f"text_{k}"] = cell(sub) if len(sub) else "—"
+            row[f"{column}={fmt_g(k)}"] = value(sub) if len(sub) else None
+        rows.append(row)
+    cols = [(i, (lambda i: lambda r: "—" if r[i] is None else fmt_g(r[i]) if not isinstance(r[i], str) else r[i])(i))
+            for i in index]
+    cols += [(col_title(k), (lambda k: lambda r: r[f"text_{k}"])(k)) for k in keys]
+    return make_table(name, rows, cols, [*index, *(f"{column}={fmt_g(k)}" for k in keys)], notes)
+
+
+def fidelity(study: dict, w) -> str:
+    df = study["tables"]["fidelity.csv"]
+    med = lambda col: (lambda g: float(g[col].median()))  # noqa: E731
+    out = w.table(_pivot("fidelity_rel_error", df, ["theta_source", "method", "cg_steps"], "inner_steps",
+                         lambda g: f"{g['rel_error'].median():.2e}", med("rel_error"), lambda k: f"K={fmt_g(k)}",
+                         ["Median over tasks of ||g − g*|| / ||g*||, g* the exact implicit meta-gradient; "
+                          "columns: inner steps K; cg_steps only for iMAML."]))
+    out += w.table(_pivot("fidelity_cosine", df, ["theta_source", "method", "cg_steps"], "inner_steps",
+                          lambda g: f"{g['cosine'].median():.4f}", med("cosine"), lambda k: f"K={fmt_g(k)}",
+                          ["Median over tasks of the cosine similarity to the exact meta-gradient."]))
+    fig, (ax1, ax2) = new_figure(2)
+    cg_max = df["cg_steps"].max()
+    for i, ((theta, method), g) in enumerate(df.groupby(["theta_source", "method"], sort=True)):
+        if method == "imaml" and not np.isnan(cg_max):
+            g = g[g["cg_steps"] == cg_max]
+        m = g.groupby("inner_steps")["rel_error"].median()
+        suffix = f" (CG {fmt_g(cg_max)})" if method == "imaml" else ""
+        ax1.plot(m.index, m.values, marker=MARKERS[i % len(MARKERS)], label=f"{method}{suffix}, θ {theta}")
+    imaml = df[df["method"] == "imaml"]
+    if len(imaml):
+        theta0 = sorted(imaml["theta_source"].unique())[0]
+        for i, (k, g) in enumerate(imaml[imaml["theta_source"] == theta0].groupby("inner_steps", sort=True)):
+            m = g.groupby("cg_steps")["rel_error"].median()
+            ax2.plot(m.index, m.values, marker=MARKERS[i % len(MARKERS)], label=f"K={fmt_g(k)}")
+        ax2.set_title(f"iMAML, θ {theta0}")
+    for ax, xl, xs in ((ax1, "inner steps K", df["inner_steps"]), (ax2, "CG steps", imaml["cg_steps"])):
+        log_x(ax, xs)
+        ax.set_yscale("log")
+        ax.set_xlabel(xl)
+        ax.set_ylabel("relative error (median over tasks)")
+        if ax.lines:
+            ax.legend(fontsize=7)
+    ax1.set_title("meta-gradient error vs inner steps")
+    out += w.figure(save_figure(fig, w.fig_dir / "fidelity.png"), "Relative error to the exact meta-gradient")
+    out += w.table(_pivot("fidelity_cost", df, ["theta_source", "method", "cg_steps"], "inner_steps",
+                          lambda g: f"{g['hvps'].mean():.0f} / {g['grad_evals'].mean():.0f}",
+                          lambda g: float(g["hvps"].mean()),
+                          lambda k: f"K={fmt_g(k)}",
+                          ["Cost of one meta-gradient: Hessian-vector products / gradient evaluations "
+                           "(mean over tasks; the CSV holds the HVPs)."]))
+    return out
+
+
+def precision(study: dict, w) -> str:
+    df = study["tables"]["precision.csv"]
+    rows = []
+    for k, g in df.groupby("inner_steps", sort=True):
+        rows.append({"inner_steps": k, "tasks": int(g["task"].nunique()), "rel_diff_median": g["rel_diff"].median(),
+                     "rel_diff_max": g["rel_diff"].max(), "norm32_mean": g["norm32"].mean(),
+                     "norm64_mean": g["norm64"].mean(), "nonfinite32": int(g["nonfinite32"].astype(bool).sum()),
+                     "nonfinite64": int(g["nonfinite64"].astype(bool).sum())})
+    cols = [("inner steps K", lambda r: fmt_g(r["inner_steps"])), ("tasks", lambda r: str(r["tasks"])),
+            ("rel. diff median", lambda r: f"{r['rel_diff_median']:.2e}"),
+            ("rel. diff max", lambda r: f"{r['rel_diff_max']:.2e}"),
+            ("‖g‖ float32", lambda r: fmt(r["norm32_mean"], 4)), ("‖g‖ float64", lambda r: fmt(r["norm64_mean"], 4)),
+            ("non-finite tasks f32 / f64", lambda r: f"{r['nonfinite32']} / {r['nonfinite64']}")]
+    out = w.table(make_table("precision", rows, cols, list(rows[0]) if rows else [],
+                             ["MAML meta-gradient in float32 vs float64 on the same tasks: relative difference "
+                              "||g32 − g64|| / ||g64||, mean norms, tasks with any non-finite value."]))
+    fig, (ax,) = new_figure()
+    if rows:
+        ax.plot([r["inner_steps"] for r in rows], [r["rel_diff_median"] for r in rows], marker="o", label="median")
+        ax.plot([r["inner_steps"] for r in rows], [r["rel_diff_max"] for r in rows], marker="s", label="max")
+        log_x(ax, [r["inner_steps"] for r in rows])
+        ax.set_yscale("log")
+        ax.legend()
+    ax.set_xlabel("inner steps K")
+    ax.set_ylabel("||g32 − g64|| / ||g64||")
+    ax.set_title("MAML meta-gradient: float32 vs float64")
+    out += w.figure(save_figure(fig, w.fig_dir / "precision.png"), "float32 vs float64 meta-gradient difference")
+    train = study["tables"].get("precision_train.csv")
+    if train is not None:
+        trows = train.sort_values(["dtype", "metric"], kind="stable").to_dict("records")
+        tcols = [("dtype", lambda r: str(r["dtype"])), ("metric", lambda r: str(r["metric"])),
+                 ("mean (± 95% CI)", lambda r: f"{fmt(r['mean'], 4)} ± {fmt(r['ci95'], 4)}"),
+                 ("tasks", lambda r: fmt_g(r["n"])), ("verdict", lambda r: str(r["verdict"]))]
+        out += w.table(make_table("precision_train", trows, tcols, list(train.columns),
+                                  ["Paired short training run, same seed and tasks, in each precision."]))
+    return out
+
+
+def assumptions(study: dict, w) -> str:
+    df = study["tables"]["assumptions.csv"].copy()
+    sc = df["strongly_convex"]
+    df["violated"] = ~(sc.astype(str).str.strip().str.lower().isin(["true", "1", "1.0", "yes"]))
+    rows = []
+    for (ckpt, lam), g in df.groupby(["checkpoint", "lam"], sort=True):
+        rows.append({"checkpoint": ckpt, "lam": lam, "tasks": int(g["task"].nunique()),
+                     "frac_not_strongly_convex": float(g["violated"].mean()),
+                     "eig_min_min": g["eig_min"].min(), "eig_min_median": g["eig_min"].median(),
+                     "eig_max_median": g["eig_max"].median(), "hess_lipschitz_median": g["hess_lipschitz"].median(),
+                     "inner_grad_norm_median": g["inner_grad_norm"].median(),
+                     "inner_grad_norm_q90": g["inner_grad_norm"].quantile(0.9),
+                     "cg_residual_median": g["cg_residual"].median(), "cg_residual_q90": g["cg_residual"].quantile(0.9),
+                     "query_grad_norm_median": g["query_grad_norm"].median()})
+    e = lambda key: (lambda r: f"{r[key]:.2e}")  # noqa: E731
+    cols = [("checkpoint (iteration)", lambda r: fmt_g(r["checkpoint"])), ("λ", lambda r: fmt_g(r["lam"])),
+            ("tasks", lambda r: str(r["tasks"])),
+            ("not strongly convex", lambda r: f"{100 * r['frac_not_strongly_convex']:.1f}%"),
+            ("λ_min min / median", lambda r: f"{r['eig_min_min']:.3g} / {r['eig_min_median']:.3g}"),
+            ("λ_max median", lambda r: f"{r['eig_max_median']:.3g}"),
+            ("Hessian-Lipschitz median", e("hess_lipschitz_median")),
+            ("‖∇G(φ_K)‖ median / q90", lambda r: f"{r['inner_grad_norm_median']:.2e} / {r['inner_grad_norm_q90']:.2e}"),
+            ("CG residual median / q90", lambda r: f"{r['cg_residual_median']:.2e} / {r['cg_residual_q90']:.2e}"),
+            ("query-gradient norm median", e("query_grad_norm_median"))]
+    return w.table(make_table("assumptions", rows, cols, list(rows[0]) if rows else [],
+                              ["Fraction of tasks whose regularised inner objective is not strongly convex "
+                               "(λ_min(H) + λ ≤ 0 at φ), and quantiles of the other audited quantities, per "
+                               "checkpoint and λ."]))
+
+
+def cost(study: dict, w) -> str:
+    df = study["tables"]["cost.csv"].copy()
+    df["memory"] = df["gpu_peak_bytes"].where(df["gpu_peak_bytes"].notna(), df["alloc_peak_bytes"])
+    ok = lambda g: g[g["status"] == "completed"]  # noqa: E731
+
+    def cell(col, scale, digits):
+        def f(g):
+            done = ok(g)
+            return "oom" if done.empty else fmt(done[col].median(), digits, scale)
+        return f
+
+    def value(col):
+        return lambda g: float(ok(g)[col].median()) if len(ok(g)) else None
+
+    k_title = lambda k: f"K={fmt_g(k)}"  # noqa: E731
+    out = w.table(_pivot("cost_time", df, ["algorithm", "inner_optimizer"], "inner_steps",
+                         cell("median_iter_s", 1000.0, 1), value("median_iter_s"), k_title,
+                         ["Median time per meta-iteration (ms) after warm-up; 'oom' = over the memory cap."]))
+    out += w.table(_pivot("cost_memory", df, ["algorithm", "inner_optimizer"], "inner_steps",
+                          cell("memory", 2.0**-20, 1), value("memory"), k_title,
+                          ["Peak memory (MiB): CUDA peak when on GPU, else peak bytes allocated on the CPU; "
+                           "process peak RSS is in the study CSV."]))
+    devices = ", ".join(sorted(df["device"].dropna().astype(str).unique()))
+    fig, (ax1, ax2) = new_figure(2)
+    for i, ((algo, opt), g) in enumerate(df.groupby(["algorithm", "inner_optimizer"], sort=True)):
+        oom = sorted(g.loc[g["status"] == "oom", "inner_steps"].tolist())
+        label = f"{algo} / {opt}" + (f" (oom at K={', '.join(fmt_g(k) for k in oom)})" if oom else "")
+        g = g[g["status"] == "completed"].sort_values("inner_steps")
+        style = {"marker": MARKERS[i % len(MARKERS)], "label": label}
+        ax1.plot(g["inner_steps"], 1000 * g["median_iter_s"], **style)
+        ax2.plot(g["inner_steps"], g["memory"] / 2**20, **style)
+    for ax, yl in ((ax1, "ms per meta-iteration"), (ax2, "peak memory (MiB)")):
+        log_x(ax, df["inner_steps"])
+        ax.set_xlabel("inner steps K")
+        ax.set_ylabel(yl)
+        if ax.lines:
+            ax.legend(fontsize=7)
+    fig.suptitle(f"Cost vs inner steps ({devices or 'device unknown'})")
+    out += w.figure(save_figure(fig, w.fig_dir / "cost.png"), "Time and memory vs inner steps")
+    return out
+
+
+def _range(values: pd.Series) -> str:
+    v = values.dropna()
+    if v.empty:
+        return "—"
+    lo, hi = v.min(), v.max()
+    return fmt_g(lo) if lo == hi else f"{fmt_g(lo)}–{fmt_g(hi)}"
+
+
+def failures(study: dict, w) -> str:
+    df = study["tables"]["failures.csv"]
+    rows = []
+    for (algo, status), g in df.groupby(["algorithm", "status"], sort=True):
+        rows.append({"algorithm": algo, "status": status, "configs": len(g), "of": int((df["algorithm"] == algo).sum()),
+                     **{col: _range(g[col]) for col in ("lam", "inner_steps", "cg_steps", "inner_lr")}})
+    cols = [("algorithm", lambda r: str(r["algorithm"])), ("status", lambda r: str(r["status"])),
+            ("grid points", lambda r: f"{r['configs']} of {r['of']}"), ("λ", lambda r: r["lam"]),
+            ("inner steps", lambda r: r["inner_steps"]), ("CG steps", lambda r: r["cg_steps"]),
+            ("inner lr", lambda r: r["inner_lr"])]
+    out = w.table(make_table("failures", rows, cols, list(rows[0]) if rows else [],
+                             ["For each algorithm and outcome: how many grid points ended that way and the range "
+                              "of each grid variable among them; the full grid is in the study's failures.csv."]))
+    return out
+
+
+SECTIONS = {"fidelity": fidelity, "precision": precision, "assumptions": assumptions, "cost": cost,
+            "failures": failures}
