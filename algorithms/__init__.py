@@ -30,7 +30,6 @@ from .maml import maml
 from .reptile import reptile
 
 ESTIMATORS: dict[str, Callable] = {"maml": maml, "fomaml": fomaml, "reptile": reptile, "imaml": imaml}
-_COMMON = {"metric_fn", "diagnostics_full"}
 
 __all__ = ["ESTIMATORS", "OPTIMIZERS", "InnerConfig", "inner_objective", "meta_gradient",
            "meta_gradient_batch", "solve_inner", "validate"]

@@ -53,7 +53,7 @@ def mlp(params: Params, x: torch.Tensor) -> torch.Tensor:
 def init_conv4(g: torch.Generator, ways: int, channels: int, filters: int, feat_dim: int,
                dtype=torch.float32) -> Params:
     """Xavier-uniform convs with zero bias, batch-norm scale U[0,1], shift 0 (as learn2learn's
-    ``maml_init_``); head weights N(0, 1)·xavier scale, zero bias."""
+    ``maml_init_``); xavier-uniform head weights, zero bias."""
     p = {}
     c_in = channels
     for i in range(4):
@@ -97,15 +97,16 @@ def build(name: str, *, ways: int = 1, seed: int = 0, dtype=torch.float32, head:
         for _ in range(4):
             side = (side + 2 - 3) // 2 + 1
         feat = 64 if head == "mean" else 64 * side * side
-        fwd = (lambda p, x: conv4(p, x, stride=2, pool=False, head="mean")) if head == "mean" else \
-              (lambda p, x: conv4(p, x, stride=2, pool=False, head="flatten"))
+        def fwd(p, x):
+            return conv4(p, x, stride=2, pool=False, head=head)
         return init_conv4(g, ways, 1, 64, feat, dtype), fwd
     if name == "conv4_miniimagenet":
         side = image_size
         for _ in range(4):
             side //= 2
         feat = 32 if head == "mean" else 32 * side * side
-        fwd = (lambda p, x: conv4(p, x, stride=1, pool=True, head=head))
+        def fwd(p, x):
+            return conv4(p, x, stride=1, pool=True, head=head)
         return init_conv4(g, ways, 3, 32, feat, dtype), fwd
     raise ValueError(f"model name={name!r} is unknown; allowed: ['mlp', 'conv4_omniglot', 'conv4_miniimagenet']")
 

@@ -35,13 +35,15 @@ DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
 class _Stop:
-    """Turns SIGINT/SIGTERM into a flag the loop checks between iterations."""
+    """Turns SIGINT/SIGTERM/SIGUSR2 into a flag the loop checks between iterations."""
 
     def __init__(self):
         self.signal = None
 
     def __enter__(self):
-        self.old = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)}
+        # SIGUSR2: SLURM's warning before its time limit (submitit asks for it).
+        sigs = [signal.SIGINT, signal.SIGTERM] + ([signal.SIGUSR2] if hasattr(signal, "SIGUSR2") else [])
+        self.old = {s: signal.signal(s, self._handle) for s in sigs}
         return self
 
     def _handle(self, signum, frame):
@@ -263,4 +265,5 @@ def train(cfg, run_dir: str | Path) -> dict:
                         params, InnerConfig.make(inner_config(cfg, cfg.test_inner_steps)), prox, cfg.eval.bn_mode,
                         use_vmap, device, cfg.eval.chunk, steps_list=cfg.eval.steps_list or ())
         test["fingerprint"] = fingerprint(eval_source, "test", cfg.eval.test_seed, cfg.eval.num_tasks)
+        test["shots"], test["query_shots"] = eval_source.shots, eval_source.query_shots
         return finish("completed", cfg.meta_iterations, test=test, eval_s=time.perf_counter() - t0)

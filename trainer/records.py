@@ -11,6 +11,7 @@ import json
 import os
 import platform
 import subprocess
+import sys
 import tempfile
 import warnings
 from pathlib import Path
@@ -84,6 +85,7 @@ def git_commit() -> str | None:
 
 def versions() -> dict[str, str | None]:
     try:
+        sys.modules.setdefault("gym_notices", None)  # gym (via learn2learn) prints a banner otherwise
         import learn2learn
         l2l = learn2learn.__version__
     except Exception:  # learn2learn is optional for sinusoid-only use
