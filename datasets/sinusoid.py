@@ -22,12 +22,15 @@ class Sinusoid:
     def sample(self, split: str, n: int, generator: torch.Generator):
         """``n`` tasks stacked: xs (n, K, 1), ys (n, K, 1), xq (n, Q, 1), yq (n, Q, 1).
         The split only names the stream; the distribution is the same for all."""
-        g, d = generator, self.dtype
+        # Drawn in float64 whatever the dtype: torch's uniform_ consumes the generator
+        # differently per dtype, so float32 and float64 runs would otherwise see different
+        # tasks under the same seed (and the same test-task fingerprint).
+        g, d = generator, torch.float64
         amp = torch.empty(n, 1, 1, dtype=d).uniform_(*self.amp, generator=g)
         ph = torch.empty(n, 1, 1, dtype=d).uniform_(*self.phase, generator=g)
         x = torch.empty(n, self.shots + self.query_shots, 1, dtype=d).uniform_(*self.x_range, generator=g)
         y = amp * torch.sin(x - ph)
-        k = self.shots
+        x, y, k = x.to(self.dtype), y.to(self.dtype), self.shots
         return x[:, :k], y[:, :k], x[:, k:], y[:, k:]
 
     def fingerprint_fields(self) -> dict:

@@ -1,0 +1,258 @@
+"""Omniglot (Lake et al. 2015) few-shot classification, MAML protocol (Finn et al. 2017 §5.2
+and reference code; learn2learn 0.2.0's ``omniglot_tasksets``).
+
+Data: ``images_background`` (30 alphabets / 964 characters / 19,280 images) and
+``images_evaluation`` (20 / 659 / 13,180), 20 images per character, as the two zips
+(official or repacked: verified by content, not by the archive's hash) or extracted
+folders (torchvision's ``omniglot-py/`` layout), under ``<root>/omniglot``,
+``<root>/omniglot-py`` or ``<root>``.
+
+Decoding (once, cached as uint8): PNG → greyscale 'L' → 28×28 with LANCZOS (learn2learn /
+torchvision). Note: MAML's resize script called LANCZOS on the mode-'1' files, which Pillow
+silently replaces by NEAREST for that mode; ``dataset.resample: nearest`` reproduces it.
+Model input: ``x = 1 − u/255`` (strokes 1, background 0; ``invert: false`` gives the
+iMAML release's un-inverted images).
+
+Split: the 1,623 characters, listed in sorted order of ``set/alphabet/character`` (so the
+split never depends on the file system's listing order), are shuffled by
+``random.Random(split_seed)`` and cut into 1,100 train / 100 val / 423 test. The splits
+are slices of one permutation, hence disjoint; every sampled task draws only from its
+split's classes (``tests/test_data_omniglot.py`` checks both).
+
+Rotations (``rotations``, quarter-turns from {0, 90, 180, 270} degrees):
+- ``rotation_mode: per_task`` (default; MAML TF reference and learn2learn): within a task
+  each class gets one rotation drawn uniformly, shared by its support and query images;
+  classes are characters (1,100 train). Applied on the splits in ``rotate_splits``
+  (default all three, as both references do).
+- ``rotation_mode: new_classes`` (Santoro et al. 2016; Vinyals et al. 2016): each
+  (character, rotation) is a class of its own, 4 × 1,100 train classes; all rotations of a
+  character stay in the character's split.
+
+Tasks: ``datasets/tasks.py`` (learn2learn's TaskDataset by default; costs measured there).
+"""
+from __future__ import annotations
+
+import io
+import random
+from pathlib import Path
+
+import torch
+
+from . import store
+from .tasks import SAMPLERS, TaskSampler, check_task_shape
+
+SETS = {"images_background": (30, 964, 19_280), "images_evaluation": (20, 659, 13_180)}
+PER_CLASS = 20
+N_CLASSES = 1623
+SPLITS = ("train", "val", "test")
+DEFAULTS = {"split_seed": 1, "split": {"train": 1100, "val": 100, "test": 423},
+            "rotations": [0, 90, 180, 270], "rotation_mode": "per_task", "rotate_splits": list(SPLITS),
+            "image_size": 28, "resample": "lanczos", "invert": True, "sampler": "learn2learn",
+            "download": False}
+SOURCE_HELP = ("https://github.com/brendenlake/omniglot (python/images_background.zip and "
+               "python/images_evaluation.zip)")
+
+
+def _opt(cfg, key: str):
+    d = cfg.dataset
+    v = d.get(key) if hasattr(d, "get") else getattr(d, key, None)
+    return DEFAULTS[key] if v is None else v
+
+
+def _sizes(cfg) -> dict[str, int]:
+    s = _opt(cfg, "split")
+    return {k: int(s[k]) for k in SPLITS}
+
+
+def validate(cfg) -> None:
+    """Config errors (ValueError naming key, value and limit), before any data is touched."""
+    sizes = _sizes(cfg)
+    if any(v < 1 for v in sizes.values()) or sum(sizes.values()) != N_CLASSES:
+        raise ValueError(f"dataset.split={sizes} must be positive and sum to the {N_CLASSES} Omniglot characters")
+    rots = list(_opt(cfg, "rotations"))
+    if not rots or any(r not in (0, 90, 180, 270) for r in rots) or len(set(rots)) != len(rots):
+        raise ValueError(f"dataset.rotations={rots} must be distinct values from [0, 90, 180, 270]")
+    mode = _opt(cfg, "rotation_mode")
+    if mode not in ("per_task", "new_classes"):
+        raise ValueError(f"dataset.rotation_mode={mode!r}; allowed: ['per_task', 'new_classes']")
+    bad = [s for s in _opt(cfg, "rotate_splits") if s not in SPLITS]
+    if bad:
+        raise ValueError(f"dataset.rotate_splits has unknown split(s) {bad}; allowed: {list(SPLITS)}")
+    if _opt(cfg, "resample") not in ("lanczos", "nearest"):
+        raise ValueError(f"dataset.resample={_opt(cfg, 'resample')!r}; allowed: ['lanczos', 'nearest']")
+    mult = len(rots) if mode == "new_classes" else 1
+    classes = {k: v * mult for k, v in sizes.items()}
+    if _opt(cfg, "sampler") not in SAMPLERS:
+        raise ValueError(f"dataset.sampler={_opt(cfg, 'sampler')!r} is unknown; allowed: {list(SAMPLERS)}")
+    q = cfg.query_shots if cfg.query_shots is not None else cfg.shots
+    check_task_shape("omniglot", classes, PER_CLASS, cfg.ways, cfg.shots, q)
+    ev = cfg.get("eval") if hasattr(cfg, "get") else None
+    if ev is not None and (ev.get("shots") is not None or ev.get("query_shots") is not None):
+        es = ev.get("shots") or cfg.shots
+        check_task_shape("omniglot", classes, PER_CLASS, cfg.ways, es, ev.get("query_shots") or q, "eval.")
+
+
+# ---------------------------------------------------------------- data
+def locate(root: Path, download: bool = False) -> dict[str, Path]:
+    """The two sources (zip preferred, else extracted folder) under the data root."""
+    dirs = [root / "omniglot", root / "omniglot-py", root]
+    for d in dirs:
+        found = {}
+        for s in SETS:
+            if (d / f"{s}.zip").is_file():
+                found[s] = d / f"{s}.zip"
+            elif (d / s).is_dir():
+                found[s] = d / s
+        if len(found) == len(SETS):
+            return found
+    if download:
+        return _download(root)
+    raise store.DataError(
+        f"Omniglot not found under data root {root}: looked in {[str(d) for d in dirs]} for images_background.zip "
+        f"and images_evaluation.zip (or the extracted images_background/ and images_evaluation/ folders). "
+        f"Get them from {SOURCE_HELP} into {root / 'omniglot'}, or set data.root / ${store.ENV_VAR} to a folder "
+        f"that has them, or set dataset.download=true when online (torchvision; needs a writable root).")
+
+
+def _download(root: Path) -> dict[str, Path]:
+    from torchvision.datasets import Omniglot as TVOmniglot
+    try:
+        for background in (True, False):
+            TVOmniglot(str(root), background=background, download=True)
+    except Exception as e:  # noqa: BLE001 — any failure becomes one clear line
+        raise store.DataError(f"Omniglot download into {root / 'omniglot-py'} failed ({e}); get the zips from "
+                              f"{SOURCE_HELP} instead") from e
+    return {s: root / "omniglot-py" / s for s in SETS}
+
+
+def index(archives: dict[str, store.Archive]) -> dict[str, list[str]]:
+    """Class key ``set/alphabet/character`` → sorted member names; counts checked per set."""
+    classes: dict[str, list[str]] = {}
+    for s, arc in archives.items():
+        alphabets, n_img, n_chr = set(), 0, 0
+        for name in arc.names():
+            parts = name.split("/")
+            if len(parts) != 4 or parts[0] != s or not name.lower().endswith(".png"):
+                continue
+            alphabets.add(parts[1])
+            classes.setdefault("/".join(parts[:3]), []).append(name)
+            n_img += 1
+        n_chr = sum(1 for k in classes if k.startswith(s + "/"))
+        want = SETS[s]
+        if (len(alphabets), n_chr, n_img) != want:
+            raise store.DataError(f"{arc.path}: expected {want[0]} alphabets / {want[1]:,} characters / "
+                                  f"{want[2]:,} images, found {len(alphabets)} / {n_chr:,} / {n_img:,} — the data is "
+                                  f"incomplete or not the Omniglot release; get intact copies from {SOURCE_HELP}")
+    for k, files in classes.items():
+        store.check_count(f"images in character {k}", PER_CLASS, len(files), "Omniglot")
+    return {k: sorted(classes[k]) for k in sorted(classes)}
+
+
+def decode(archives: dict[str, store.Archive], classes: dict[str, list[str]], size: int, resample: str) -> dict:
+    """All images as uint8 ``(1623, 20, 1, size, size)`` (greyscale, not yet inverted)."""
+    import numpy as np
+    from PIL import Image
+    method = Image.Resampling.LANCZOS if resample == "lanczos" else Image.Resampling.NEAREST
+    out = torch.empty(len(classes), PER_CLASS, 1, size, size, dtype=torch.uint8)
+    for ci, (key, files) in enumerate(classes.items()):
+        arc = archives[key.split("/")[0]]
+        for j, name in enumerate(files):
+            try:
+                with Image.open(io.BytesIO(arc.read(name))) as im:
+                    a = np.asarray(im.convert("L").resize((size, size), method))
+            except store.DataError:
+                raise
+            except Exception as e:  # noqa: BLE001 — PIL raises many types for a broken PNG
+                raise store.DataError(f"{arc.path}: cannot decode {name} ({e}); the archive is corrupt — replace "
+                                      "it with an intact copy") from e
+            out[ci, j, 0] = torch.from_numpy(a.copy())
+    return {"images": out, "classes": list(classes)}
+
+
+def split_classes(keys: list[str], seed: int, sizes: dict[str, int]) -> dict[str, list[int]]:
+    """Indices into ``keys`` per split: one seeded permutation of the sorted list cut
+    into consecutive slices, so the splits are disjoint and independent of listing order."""
+    ordered = sorted(keys)
+    pos = {k: i for i, k in enumerate(keys)}
+    perm = list(ordered)
+    random.Random(seed).shuffle(perm)
+    out, start = {}, 0
+    for s in SPLITS:
+        out[s] = [pos[k] for k in perm[start:start + sizes[s]]]
+        start += sizes[s]
+    return out
+
+
+class Omniglot:
+    name = "omniglot"
+    metric = "accuracy"
+    model = "conv4_omniglot"
+
+    def __init__(self, cfg):
+        validate(cfg)
+        g = lambda k: _opt(cfg, k)  # noqa: E731
+        self.image_size, self.resample, self.invert = int(g("image_size")), g("resample"), bool(g("invert"))
+        self.split_seed, self.split_sizes = int(g("split_seed")), _sizes(cfg)
+        self.rotations, self.rotation_mode = [int(r) for r in g("rotations")], g("rotation_mode")
+        self.rotate_splits = [s for s in SPLITS if s in g("rotate_splits")]
+        self.ways, self.shots = int(cfg.ways), int(cfg.shots)
+        self.query_shots = int(cfg.query_shots if cfg.query_shots is not None else cfg.shots)
+        self.dtype = {"float32": torch.float32, "float64": torch.float64}[cfg.dtype]
+        self.sampler_name = g("sampler")
+
+        root = store.data_root(cfg.data.root)
+        cache = store.cache_dir(cfg.data.cache_dir)
+        sources = locate(root, download=bool(g("download")))
+        self.archive_sha256 = {p.name + ("" if p.is_file() else "/"): store.source_sha256(p, cache)
+                               for p in sources.values()}
+        settings = {"size": self.image_size, "resample": self.resample}
+        meta = {"dataset": "omniglot", "sources": self.archive_sha256, "settings": settings}
+        path = cache / f"omniglot-{store.cache_key(self.archive_sha256, settings)}.pt"
+
+        def build():
+            archives = {s: store.Archive(p) for s, p in sources.items()}
+            try:
+                return decode(archives, index(archives), self.image_size, self.resample)
+            finally:
+                for a in archives.values():
+                    a.close()
+
+        data = store.load_or_build(path, build, meta)
+        self.images, self.class_keys = data["images"], data["classes"]
+        store.check_count("Omniglot characters in the cache", N_CLASSES, len(self.class_keys), path)
+        self.split_index = split_classes(self.class_keys, self.split_seed, self.split_sizes)
+        quarter = [r // 90 for r in self.rotations]
+        if self.rotation_mode == "new_classes":
+            splits = {s: [(c, q) for c in cs for q in quarter] for s, cs in self.split_index.items()}
+            task_rot = (0,)
+        else:
+            splits = {s: [(c, 0) for c in cs] for s, cs in self.split_index.items()}
+            task_rot = tuple(quarter)
+        self.tasks = TaskSampler(self.images, splits, ways=self.ways, shots=self.shots, query_shots=self.query_shots,
+                                 to_float=self._to_float, sampler=self.sampler_name, name="omniglot",
+                                 task_rotations=task_rot, rotate_splits=tuple(self.rotate_splits))
+
+    def _to_float(self, u: torch.Tensor) -> torch.Tensor:
+        """``1 − u/255`` (or ``u/255`` without inversion) in one fused pass."""
+        if self.invert:
+            return u.to(self.dtype).mul_(-1.0 / 255.0).add_(1.0)
+        return u.to(self.dtype).mul_(1.0 / 255.0)
+
+    def sample(self, split: str, n: int, generator: torch.Generator, **override):
+        """See :meth:`datasets.tasks.TaskSampler.sample`; xs is (n, ways·shots, 1, 28, 28)."""
+        return self.tasks.sample(split, n, generator, **override)
+
+    def split_classes(self) -> dict[str, list[str]]:
+        """Split name → its characters' keys (``set/alphabet/character``)."""
+        return {s: [self.class_keys[i] for i in idx] for s, idx in self.split_index.items()}
+
+    def fingerprint_fields(self) -> dict:
+        import hashlib
+        import json
+        split_digest = hashlib.sha256(json.dumps(self.split_classes(), sort_keys=True).encode()).hexdigest()
+        return {"dataset": self.name, "split_protocol": "sorted-characters shuffled by random.Random(split_seed)",
+                "split_seed": self.split_seed, "split_sizes": self.split_sizes, "split_sha256": split_digest,
+                "rotations": self.rotations, "rotation_mode": self.rotation_mode, "rotate_splits": self.rotate_splits,
+                "image_size": self.image_size, "resample": self.resample, "invert": self.invert,
+                "sampler": self.sampler_name, "ways": self.ways, "shots": self.shots,
+                "query_shots": self.query_shots, "archive_sha256": self.archive_sha256}
