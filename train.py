@@ -45,6 +45,9 @@ def main(cfg: DictConfig) -> float | None:
             return None
         raise
     print(f"{summary['status']}: {summary['label']} on {summary['dataset']} → {run_dir}/summary.json")
+    if summary["status"] == "interrupted":  # stop here, also in a multirun: the user asked to stop
+        print(f"interrupted: continue with resume=true hydra.run.dir={run_dir}", file=sys.stderr)
+        sys.exit(130)
     test = summary.get("test") or {}
     return test.get("mean")
 

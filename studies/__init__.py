@@ -1,0 +1,80 @@
+"""The reviewer studies (issue 6): ``python study.py study=NAME [overrides]``.
+
+Each study module has ``validate(cfg)`` (raises ValueError naming the bad key) and
+``run(cfg, out_dir) -> {csv_name: (columns, rows)}``. :func:`run` checks the config, runs
+the study, writes every CSV and then ``study.json`` atomically into ``out_dir``:
+
+    {"schema_version": 1, "kind": "study", "study": NAME, "status": "completed" | "failed" | "interrupted",
+     "versions": {...}, "device": "cpu", "device_name": ..., "config": {...},
+     "csv": "NAME.csv", "csvs": [...], "wall_s": ..., "error": null}
+"""
+from __future__ import annotations
+
+import importlib
+import time
+import traceback
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+STUDIES = ("fidelity", "precision", "assumptions", "cost", "failures")
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+__all__ = ["STUDIES", "check", "compose", "run"]
+
+
+def compose(overrides: list[str] | None = None) -> DictConfig:
+    """The resolved config ``python study.py <overrides>`` would run (Hydra compose API)."""
+    from hydra import compose as hcompose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        return hcompose(config_name="study", overrides=list(overrides or []))
+
+
+def _module(name: str):
+    if name not in STUDIES:
+        raise ValueError(f"study={name!r} is unknown; choose one of {list(STUDIES)}")
+    return importlib.import_module(f"studies.{name}")
+
+
+def check(cfg: DictConfig) -> None:
+    """Raise ValueError (one line naming the key) if the study config cannot run."""
+    from .common import resolve_device
+
+    mod = _module(cfg.study.name)
+    resolve_device(cfg.device)
+    mod.validate(cfg)
+
+
+def run(cfg: DictConfig, out_dir: str | Path) -> Path:
+    """Validate, run the study, write its CSVs and ``study.json``; return ``out_dir``."""
+    from trainer.records import atomic_write_json, device_name, versions
+
+    from .common import resolve_device, write_csv
+
+    check(cfg)  # before any work: a bad value fails in one line, nothing written
+    name = cfg.study.name
+    mod = _module(name)
+    device = resolve_device(cfg.device)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    record = {"schema_version": 1, "kind": "study", "study": name, "status": "running",
+              "versions": versions(), "device": device.type, "device_name": device_name(device),
+              "config": OmegaConf.to_container(cfg, resolve=True), "csv": f"{name}.csv", "csvs": [],
+              "wall_s": None, "error": None}
+    t0 = time.perf_counter()
+    try:
+        tables = mod.run(cfg, out_dir)
+    except BaseException as e:
+        record.update(status="interrupted" if isinstance(e, KeyboardInterrupt) else "failed",
+                      wall_s=time.perf_counter() - t0,
+                      error=f"{type(e).__name__}: {e}", traceback=traceback.format_exc(limit=8))
+        atomic_write_json(out_dir / "study.json", record)
+        raise
+    for fname, (columns, rows) in tables.items():
+        write_csv(out_dir / fname, columns, rows)
+    record.update(status="completed", csvs=list(tables), wall_s=round(time.perf_counter() - t0, 3))
+    atomic_write_json(out_dir / "study.json", record)
+    return out_dir

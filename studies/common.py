@@ -1,0 +1,238 @@
+"""Shared plumbing of the reviewer studies (issue 6).
+
+A study works on the same task source, model and loss as ``train.py`` (built from the
+training config composed with the study's dataset and ``train_overrides``), trains through
+the shared trainer (``trainer.train``) when it needs a trained θ, and writes tidy CSVs.
+Nothing here re-implements an estimator: studies call the registered ones
+(``algorithms.meta_gradient``, or :func:`per_task` for per-task gradients under vmap).
+"""
+from __future__ import annotations
+
+import csv
+import io
+import math
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable
+
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig, OmegaConf
+
+import datasets
+import models
+from trainer.records import atomic_write_bytes, load_checkpoint
+
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+Params = dict[str, torch.Tensor]
+
+
+# ---------------------------------------------------------------- configs and problems
+def train_config(overrides: Iterable[str]) -> DictConfig:
+    """The validated config ``python train.py <overrides>`` would run.
+
+    Inside ``study.py`` Hydra is already initialised on the same ``configs/`` folder, so the
+    compose API is used in place (``trainer.compose`` would reset Hydra's global state).
+    """
+    from hydra import compose
+    from hydra.core.global_hydra import GlobalHydra
+
+    import trainer
+
+    overrides = [str(o) for o in overrides]
+    if GlobalHydra.instance().is_initialized():
+        cfg = compose(config_name="train", overrides=overrides)
+    else:
+        cfg = trainer.compose(overrides)
+    trainer.validate(cfg)
+    return cfg
+
+
+def base_overrides(cfg: DictConfig, *extra: str) -> list[str]:
+    """Training overrides shared by a study's runs: its dataset and task shape, seed, device,
+    the user's extras."""
+    return [f"dataset={cfg.dataset.name}", f"ways={cfg.ways}", f"shots={cfg.shots}",
+            f"query_shots={cfg.query_shots}", f"seed={cfg.seed}", f"device={cfg.device}",
+            *[str(o) for o in cfg.get("train_overrides", [])], *extra]
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device=cuda but CUDA is not available here; use device=cpu or device=auto")
+    return torch.device(name)
+
+
+def smooth_mlp(activation: str) -> Callable[[Params, torch.Tensor], torch.Tensor]:
+    """``models.mlp`` (same parameters, same initialisation) with a smooth activation.
+
+    The ReLU MLP's inner objective is only piecewise smooth: gradient descent and Newton
+    stall at ||∇G|| ≈ 0.1–1 on sinusoid tasks (its minimisers sit on kinks), so the exact
+    implicit gradient, which needs ∇²L at a stationary point (Rajeswaran et al. 2019, Eq. 6),
+    does not exist there. tanh / softplus make it well defined.
+    """
+    act = {"tanh": torch.tanh, "softplus": F.softplus}[activation]
+
+    def forward(params: Params, x: torch.Tensor) -> torch.Tensor:
+        n = len(params) // 2
+        for i in range(n):
+            x = F.linear(x, params[f"fc{i}.weight"], params[f"fc{i}.bias"])
+            if i < n - 1:
+                x = act(x)
+        return x
+    return forward
+
+
+@dataclass
+class Problem:
+    """Task source, initial parameters and loss of a training config, on one device and dtype."""
+
+    source: object
+    params: Params
+    forward: Callable
+    loss_fn: Callable
+    metric_fn: Callable | None
+    metric: str
+    device: torch.device
+    dtype: torch.dtype
+
+    def tasks(self, n: int, seed: int, split: str = "train"):
+        """``n`` tasks (xs, ys, xq, yq), a deterministic function of ``seed``."""
+        return tuple(t.to(self.device) for t in self.source.sample(split, n, torch.Generator().manual_seed(seed)))
+
+    def cast(self, params: Params) -> Params:
+        return {k: v.detach().to(device=self.device, dtype=self.dtype) for k, v in params.items()}
+
+
+def build_problem(tcfg: DictConfig, dtype: str | None = None, device: str = "auto",
+                  activation: str = "relu") -> Problem:
+    """The trainer's task source / model / loss (as ``trainer.loop._setup``), at ``dtype``."""
+    dt = dtype or tcfg.dtype
+    if dt not in DTYPES:
+        raise ValueError(f"dtype={dt!r} is invalid; choose float32 or float64")
+    cfg = OmegaConf.merge(tcfg, {"dtype": dt})
+    dev = resolve_device(device)
+    source = datasets.build(cfg)
+    params, forward = models.build(source.model, ways=cfg.ways, seed=cfg.seed, dtype=DTYPES[dt],
+                                   head=cfg.dataset.get("head", "mean"), image_size=getattr(source, "image_size", 28))
+    if activation != "relu":
+        if source.model != "mlp":
+            raise ValueError(f"study.activation={activation!r} applies to the sinusoid MLP only, "
+                             f"not {source.model}; use activation=relu")
+        forward = smooth_mlp(activation)
+    if source.metric == "mse":
+        loss_fn, metric_fn = models.mse_loss(forward), None
+    else:
+        loss_fn, metric_fn = models.cross_entropy_loss(forward), models.accuracy_metric(forward)
+    return Problem(source, {k: v.to(dev) for k, v in params.items()}, forward, loss_fn, metric_fn,
+                   source.metric, dev, DTYPES[dt])
+
+
+# ---------------------------------------------------------------- training runs
+def train_run(overrides: list[str], run_dir: Path) -> tuple[dict, Params | None]:
+    """One run of the shared trainer into ``run_dir``: (summary dict, final params or None).
+
+    The study's training runs live inside its run folder (``<study>/train/<tag>``).
+    """
+    import trainer
+
+    tcfg = train_config(overrides)
+    summary = trainer.train(tcfg, run_dir)
+    if summary["status"] == "interrupted":  # the trainer turned SIGINT/SIGTERM into a clean stop: so do we
+        raise KeyboardInterrupt(f"training run {run_dir} was interrupted")
+    ck = load_checkpoint(Path(run_dir) / "ckpt.pt")
+    return summary, (ck["params"] if ck else None)
+
+
+def load_params(path: str | Path) -> Params:
+    """Parameters from a trainer checkpoint (``ckpt.pt``: a dict with key ``params``)."""
+    ck = load_checkpoint(path)
+    if ck is None or "params" not in ck:
+        raise ValueError(f"checkpoint {str(path)!r} is missing or has no 'params'; "
+                         "point it at a run folder's ckpt.pt")
+    return ck["params"]
+
+
+# ---------------------------------------------------------------- small numerics
+def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
+    den = a.norm() * b.norm()
+    return float((a @ b) / den) if den > 0 else float("nan")
+
+
+def rel_error(a: torch.Tensor, ref: torch.Tensor) -> float:
+    n = ref.norm()
+    return float((a - ref).norm() / n) if n > 0 else float("nan")
+
+
+# ---------------------------------------------------------------- output
+def progress(iterable, total: int | None = None, desc: str = ""):
+    """A tqdm bar on a terminal only (no bars in logs and CI)."""
+    from tqdm import tqdm
+    return tqdm(iterable, total=total, desc=desc, disable=not sys.stderr.isatty(), dynamic_ncols=True, leave=False)
+
+
+def write_csv(path: Path, columns: list[str], rows: list[dict]) -> None:
+    """Tidy CSV, written atomically; ``None`` and NaN become empty cells."""
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=columns, extrasaction="raise", lineterminator="\n")
+    w.writeheader()
+    for r in rows:
+        w.writerow({k: ("" if r.get(k) is None or (isinstance(r.get(k), float) and math.isnan(r[k])) else r[k])
+                    for k in columns})
+    atomic_write_bytes(path, buf.getvalue().encode())
+
+
+# ---------------------------------------------------------------- config checks (one line each)
+def need_ints(value, key: str, lo: int = 0) -> list[int]:
+    vals = list(value) if not isinstance(value, (int, str)) else [value]
+    if not vals or any(isinstance(v, bool) or not isinstance(v, int) or v < lo for v in vals):
+        raise ValueError(f"{key}={value!r} is invalid: give a non-empty list of integers >= {lo}")
+    return vals
+
+
+def need_pos(value, key: str, allow_zero: bool = False) -> float:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and \
+        (value >= 0 if allow_zero else value > 0)
+    if not ok:
+        raise ValueError(f"{key}={value!r} is invalid: must be a finite number {'>= 0' if allow_zero else '> 0'}")
+    return float(value)
+
+
+def need_subset(value, key: str, allowed) -> list[str]:
+    vals = [value] if isinstance(value, str) else list(value)
+    bad = [v for v in vals if v not in allowed]
+    if not vals or bad:
+        raise ValueError(f"{key}={value!r} is invalid: choose from {list(allowed)}")
+    return vals
+
+
+# ---------------------------------------------------------------- per-task meta-gradients
+def per_task(name: str, loss_fn, params: Params, tasks, inner: dict, **hparams) -> tuple[Params, dict]:
+    """Every task's own meta-gradient (leading task dimension) and info, from the registered
+    estimator under ``torch.func.vmap`` (the ``hf`` solver loops): ``meta_gradient_batch``
+    without the averaging, which the studies need per task."""
+    from torch.func import vmap
+
+    from algorithms import ESTIMATORS, validate
+
+    cfg = validate(name, inner, hparams)
+    fn = ESTIMATORS[name]
+    xs, ys, xq, yq = tasks
+
+    def one(a, b, c, d):
+        return fn(loss_fn, params, (a, b), (c, d), cfg, **hparams)
+
+    if cfg.optimizer != "hf":
+        grads, info = vmap(one)(xs, ys, xq, yq)
+    else:
+        outs = [one(xs[i], ys[i], xq[i], yq[i]) for i in range(xs.shape[0])]
+        grads = {k: torch.stack([o[0][k] for o in outs]) for k in outs[0][0]}
+        info = {k: torch.stack([o[1][k] for o in outs]) for k in outs[0][1]}
+    return ({k: v.detach() for k, v in grads.items()}, {k: v.detach() for k, v in info.items()})
+
+
+def flat_rows(g: Params) -> torch.Tensor:
+    """(tasks, n_params) float64 matrix of per-task gradients."""
+    return torch.cat([v.reshape(v.shape[0], -1) for v in g.values()], dim=1).double()
