@@ -9,6 +9,9 @@ DATA ?= $(shell if [ -d ../shared/data ]; then realpath ../shared/data; else ech
 export METAGRAD_DATA ?= $(DATA)
 export KINETO_LOG_LEVEL ?= 4
 ALGOS := maml,fomaml,reptile,imaml,imaml_hf
+STUDIES := fidelity precision assumptions cost failures
+# The Omniglot inner-step sweep is 30 runs: shortened at the cpu profile (empty it for the profile budget)
+OMNIGLOT_SWEEP ?= $(if $(filter cpu,$(PROFILE)),meta_iterations=100 eval.num_tasks=200,)
 OUT := runs/reproduce/$(PROFILE)
 
 .PHONY: help setup reproduce test test-all sweep report bench gpu-check clean
@@ -21,10 +24,13 @@ setup: $(VENV)/.setup-done  ## create .venv with all dependencies (learn2learn r
 $(VENV)/.setup-done: pyproject.toml tools/setup.sh
 	VENV=$(VENV) bash tools/setup.sh
 
-reproduce: setup  ## the whole reproduction at PROFILE (cpu: minutes on 2 cores), then the report
+reproduce: setup  ## the whole reproduction at PROFILE (cpu: ≈ 30 min on 2 cores), then the report
 	rm -rf $(OUT)
 	$(PY) train.py -m algorithm=$(ALGOS) dataset=sinusoid profile=$(PROFILE) seed=$(SEEDS) \
 	    hydra.sweep.dir=$(OUT)/sinusoid
+	$(PY) train.py -m algorithm=$(ALGOS) dataset=omniglot ways=5 shots=1 profile=$(PROFILE) seed=$(SEEDS) \
+	    hydra.sweep.dir=$(OUT)/omniglot_5w1s
+	for s in $(STUDIES); do $(PY) study.py study=$$s hydra.run.dir=$(OUT)/study/$$s || exit 1; done
 	$(PY) report.py
 
 test: setup  ## the test suite (CPU, no network; real data from DATA when present)
@@ -33,9 +39,11 @@ test: setup  ## the test suite (CPU, no network; real data from DATA when presen
 test-all: setup  ## every test, the slow ones too
 	$(PY) -m pytest -q
 
-sweep: setup  ## inner-step sweep: algorithm × inner_steps × seeds (Hydra multirun)
+sweep: setup  ## inner-step sweep: algorithm × inner_steps ∈ {1,2,5,10,20,40} × SEEDS, sinusoid + Omniglot 5w1s
 	$(PY) train.py -m algorithm=$(ALGOS) inner_steps=1,2,5,10,20,40 seed=$(SEEDS) dataset=sinusoid \
 	    profile=$(PROFILE) hydra.sweep.dir=runs/sweep/$(PROFILE)/sinusoid
+	$(PY) train.py -m algorithm=$(ALGOS) inner_steps=1,2,5,10,20,40 seed=$(SEEDS) dataset=omniglot \
+	    profile=$(PROFILE) $(OMNIGLOT_SWEEP) hydra.sweep.dir=runs/sweep/$(PROFILE)/omniglot_5w1s
 	$(PY) report.py
 
 report: setup  ## regenerate reports/REPORT.md, tables and figures from runs/

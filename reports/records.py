@@ -243,6 +243,7 @@ def load(runs_root: Path) -> Records:
             elif "metrics.jsonl" in names:
                 skipped.append(Skipped(run, "no summary.json (the run was killed or is still running)"))
             if "study.json" in names:
+                dirnames[:] = []  # a study's own training runs (its inputs) are not results to tabulate
                 try:
                     studies.append(_load_study(read_json(folder / "study.json"), folder, run))
                 except RecordError as e:
