@@ -52,5 +52,8 @@ report: setup  ## regenerate reports/REPORT.md, tables and figures from runs/
 bench: setup  ## benchmark harness → reports/BENCHMARKS.md
 	$(PY) -m bench
 
+gpu-check: setup  ## CUDA check (≤ 8 min on one H100): every algorithm briefly, MAML/iMAML time + memory vs K
+	$(PY) -m bench.gpu_check
+
 clean:  ## remove run outputs and caches (not the venv)
 	rm -rf runs outputs multirun .cache

@@ -71,10 +71,11 @@ def _eval_source(cfg):
 
 
 def _batching(cfg, model_name: str) -> bool:
-    """True for vmap. ``auto``: vmap for the MLP (an order of magnitude faster on CPU),
-    a per-task loop for the conv nets (vmap was slower there) — see BENCHMARKS.md."""
+    """True for vmap. ``auto``: vmap for the MLP (≈ 10× the loop on CPU) and the Omniglot
+    conv4 (1.35–1.55× at meta-batch 32), a per-task loop for the mini-ImageNet conv4 (vmap
+    0.94–0.97× of the loop) — measured by ``make bench``, see reports/BENCHMARKS.md."""
     if cfg.batching == "auto":
-        return model_name == "mlp"
+        return model_name in ("mlp", "conv4_omniglot")
     return cfg.batching == "vmap"
 
 
