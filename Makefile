@@ -24,7 +24,7 @@ setup: $(VENV)/.setup-done  ## create .venv with all dependencies (learn2learn r
 $(VENV)/.setup-done: pyproject.toml tools/setup.sh
 	VENV=$(VENV) bash tools/setup.sh
 
-reproduce: setup  ## the whole reproduction at PROFILE (cpu: ≈ 30 min on 2 cores), then the report
+reproduce: setup  ## the whole reproduction at PROFILE (cpu: ≈ 18 min on 2 cores), then the report
 	rm -rf $(OUT)
 	$(PY) train.py -m algorithm=$(ALGOS) dataset=sinusoid profile=$(PROFILE) seed=$(SEEDS) \
 	    hydra.sweep.dir=$(OUT)/sinusoid
