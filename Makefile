@@ -14,7 +14,7 @@ STUDIES := fidelity precision assumptions cost failures
 OMNIGLOT_SWEEP ?= $(if $(filter cpu,$(PROFILE)),meta_iterations=100 eval.num_tasks=200,)
 OUT := runs/reproduce/$(PROFILE)
 
-.PHONY: help setup reproduce test test-all sweep report bench gpu-check clean
+.PHONY: help setup reproduce test test-all sweep report bench bench-tta gpu-check clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -51,6 +51,18 @@ report: setup  ## regenerate reports/REPORT.md, tables and figures from runs/
 
 bench: setup  ## benchmark harness → reports/BENCHMARKS.md
 	$(PY) -m bench
+
+# Time to accuracy: both runs at once, one core each (a 2-core machine), then the section of BENCHMARKS.md.
+# iMAML: the fastest settings found (reports/BENCHMARKS.md): 3 inner steps of 0.4 (MAML's step, 3 at test as
+# MAML), λ = 0.1, 2 CG steps on the official release's damped system, meta-batch 8.
+TTA_IMAML := diagnostics=false meta_batch_size=8 inner_steps=3 test_inner_steps=3 inner_lr=0.4 \
+	algorithm.hparams.lam=0.1 algorithm.hparams.cg_steps=2 algorithm.hparams.cg_damping=1.0 algorithm.hparams.lam_damping=10.0
+bench-tta: setup  ## time to accuracy, Omniglot 5w1s, MAML + iMAML (≈ 65 min) → reports/BENCHMARKS.md
+	rm -rf runs/bench/tta/maml runs/bench/tta/imaml-k3
+	OMP_NUM_THREADS=1 $(PY) -m bench.tta --algorithm maml --threads 1 batching=compile diagnostics=false & a=$$!; \
+	OMP_NUM_THREADS=1 $(PY) -m bench.tta --algorithm imaml --name imaml-k3 --threads 1 $(TTA_IMAML) & b=$$!; \
+	wait $$a; ra=$$?; wait $$b; rb=$$?; [ $$ra -eq 0 ] && [ $$rb -eq 0 ]
+	$(PY) -m bench.tta --render
 
 gpu-check: setup  ## CUDA check (≤ 8 min on one H100): every algorithm briefly, MAML/iMAML time + memory vs K
 	$(PY) -m bench.gpu_check

@@ -8,12 +8,15 @@ dφ*/dθ = (I + H/λ)⁻¹ with H = ∇²L_support(φ*), so
 solved by ``cg_steps`` conjugate-gradient iterations using Hessian-vector products only.
 Memory is independent of the inner steps K (no graph through the inner loop).
 
-``cg_damping`` (default 0, the paper's system) solves ((1 + cg_damping)·I + H/λ) x = v
-instead. The official release uses damping 1.0 *and* λ + 10 in the Hessian term, i.e.
-((1 + 1)·I + H/(λ + 10)); with ``cg_damping=1`` and ``lam`` set to λ + 10 one gets that
-system exactly, but then the proximal weight of the inner problem changes too — the
-release's inner loop also differs (plain SGD, then one proximal step). Every run records
-both values.
+``cg_damping`` and ``lam_damping`` (both default 0: the paper's system) solve
+
+    ((1 + cg_damping)·I + H/(λ + lam_damping)) x = ∇L_query(φ_K)
+
+instead, the inner problem keeping its proximal weight λ. The official release uses
+``cg_damping=1, lam_damping=10``: with λ = 2 its system stays positive definite where the
+paper's is not (Omniglot's conv4 has λ_min(H) ≈ −3 … −12, see the assumptions study), at
+the price of a biased implicit gradient. (Its inner loop also differs: plain SGD, then one
+proximal step.) Every run records the values.
 """
 from __future__ import annotations
 
@@ -25,7 +28,7 @@ from .linalg import conjugate_gradient, hvp
 
 
 def imaml(loss_fn, params, support, query, inner: InnerConfig, lam: float = 2.0, cg_steps: int = 5,
-          cg_damping: float = 0.0, hvp_mode: str = "revrev", metric_fn=None, diagnostics_full: bool = True):
+          cg_damping: float = 0.0, lam_damping: float = 0.0, hvp_mode: str = "revrev", metric_fn=None, diagnostics_full: bool = True):
     phi = solve_inner(loss_fn, params, support, inner, detach=True, prox_lam=lam)
     gq, qloss = grad_and_value(loss_fn)(phi, *query)
     xs, ys = support
@@ -46,7 +49,7 @@ def imaml(loss_fn, params, support, query, inner: InnerConfig, lam: float = 2.0,
 
     def matvec(v):
         hv = hess_vec(v)
-        return {k: (1.0 + cg_damping) * v[k] + hv[k] / lam for k in v}
+        return {k: (1.0 + cg_damping) * v[k] + hv[k] / (lam + lam_damping) for k in v}
 
     grads, rel_residual = conjugate_gradient(matvec, {k: v.detach() for k, v in gq.items()}, cg_steps)
     aux = diagnostics(loss_fn, params, phi, support, query, lam, qloss, metric_fn, diagnostics_full)

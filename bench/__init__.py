@@ -69,8 +69,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--mem-tasks", type=int, help="tasks per memory measurement (default 2)")
     p.add_argument("--meta-batch", type=int, help="override every workload's meta-batch size (tests, quick looks)")
     p.add_argument("--device", choices=["cpu", "cuda", "auto"], default="cpu")
-    p.add_argument("--threads", type=int, help="torch intra-op threads (default 1: other jobs on a shared machine "
-                   "make multi-threaded timings erratic; 2 on a dedicated 2-core machine favours our vmap)")
+    p.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's, every core — the "
+                   "machine as users run it; learn2learn's per-task loop gains little from a second core, "
+                   "our batched meta-batch does; 1 steadies timings on a shared machine)")
     p.add_argument("--data-root", help="data root (default $METAGRAD_DATA, else ../shared/data, else ./data)")
     p.add_argument("--synthetic", action="store_true", help="random tensors even when the data is present")
     p.add_argument("--seed", type=int, default=0)

@@ -21,7 +21,7 @@ from typing import Callable
 
 import torch
 
-from algorithms import ESTIMATORS, InnerConfig, meta_gradient_batch
+from algorithms import meta_gradient_batch
 from trainer.meters import AllocationMeter
 
 from .peer import PeerMAML, grads_as_params
@@ -72,34 +72,16 @@ def ours_runner(problem: Problem, est: Estimator, steps: int, batching: str, dev
     return step
 
 
-def compiled_runner(problem: Problem, est: Estimator, steps: int, device: torch.device,
-                    outer_lr: float = 1e-3) -> Callable:
-    """Like :func:`ours_runner` with ``batching='loop'``, but the per-task estimator call is
-    ``torch.compile``d (one graph per task shape, reused for every task: TorchInductor fuses
-    the elementwise chains and removes torch.func's per-op dispatch). Not yet an option of
-    ``meta_gradient_batch``; measured here to decide whether it should be."""
-    params = problem.fresh_params(device)
-    opt = torch.optim.Adam(list(params.values()), lr=outer_lr)
-    fn, cfg = ESTIMATORS[est.estimator], InnerConfig.make({**est.inner, "steps": steps})
-
-    def per_task(xs, ys, xq, yq):
-        grads, aux = fn(problem.loss_fn, params, (xs, ys), (xq, yq), cfg, metric_fn=problem.metric_fn,
-                        diagnostics_full=False, **est.hparams)
-        return grads, aux
-    compiled = torch.compile(per_task)
-
-    def step(tasks):
-        xs, ys, xq, yq = tasks
-        total = None
-        for i in range(xs.shape[0]):
-            g, _ = compiled(xs[i], ys[i], xq[i], yq[i])
-            total = g if total is None else {k: total[k] + g[k] for k in g}
-        grads = {k: v.detach() / xs.shape[0] for k, v in total.items()}
-        for k, p in params.items():
-            p.grad = grads[k]
-        opt.step()
-        return grads
-    return step
+def compile_check(problem: Problem, est: Estimator, steps: int, tasks, eager: str, device: torch.device) -> float:
+    """‖compiled − eager‖ / ‖eager‖ of one meta-batch's meta-gradient from the initial weights
+    (``batching='compile'`` against the eager batching the harness times), float32."""
+    params, inner = problem.fresh_params(device), {**est.inner, "steps": steps}
+    tasks = tuple(t.to(device) for t in tasks)
+    out = [meta_gradient_batch(est.estimator, problem.loss_fn, params, tasks, inner, batching=b,
+                               metric_fn=problem.metric_fn, diagnostics_full=False, **est.hparams)[0]
+           for b in (eager, "compile")]
+    num = sum(((out[1][k] - out[0][k]) ** 2).sum() for k in params).sqrt()
+    return (num / sum((out[0][k] ** 2).sum() for k in params).sqrt()).item()
 
 
 def peer_runner(problem: Problem, steps: int, device: torch.device, outer_lr: float = 1e-3) -> Callable:

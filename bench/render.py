@@ -144,11 +144,14 @@ def compile_table(recs: dict) -> list[str]:
                         f"{_r(_ratio(c['median_cpu_s'], p and p['median_cpu_s']))} | {_status(c)} |")
     if not rows:
         return []
-    return ["### torch.compile of the per-task estimator (not yet a trainer option)", "",
-            "The per-task call `ESTIMATORS[name](loss_fn, params, support, query, cfg)` wrapped in `torch.compile` "
-            "and looped over the meta-batch (`bench.measure.compiled_runner`); the first call compiles (minutes on "
-            "2 cores; seconds when TorchInductor's on-disk cache already holds the graph). Float64 check: compiled "
-            "and eager MAML / iMAML meta-gradients agree to 1e-14.", "",
+    checks = "; ".join(f"{rec['label']} K={k}: {v:.1e}" for rec in recs.values()
+                       for k, v in sorted(rec.get("compile_check", {}).items(), key=lambda kv: int(kv[0])))
+    return ["### torch.compile: `batching=compile` (MAML, FOMAML, Reptile)", "",
+            "The trainer's `batching=compile`: the estimator wrapped in `torch.compile` and looped over the "
+            "meta-batch; the first call compiles (minutes on 2 cores; seconds when TorchInductor's on-disk cache "
+            "already holds the graph). Not offered for iMAML: compiled, its meta-gradient differs from the eager "
+            "one (relative 0.15 on Omniglot 5w1s, K=16, torch 2.14). ‖compiled − eager‖ / ‖eager‖ of the first "
+            f"meta-batch's MAML meta-gradient, float32, this run: {checks or 'not measured'}.", "",
             "| workload | algorithm | K | compile + 1st iter (s) | compiled s / iter | eager s / iter | "
             "learn2learn s / iter | compiled ÷ learn2learn (wall) | (CPU) | timed iterations |",
             "|---|---|---|---|---|---|---|---|---|---|", *rows, ""]
@@ -201,7 +204,7 @@ def targets(recs: dict, o: dict) -> list[str]:
             if cc is not None and p is not None:
                 r = _ratio(cc["median_wall_s"], p["median_wall_s"])
                 rc = _ratio(cc["median_cpu_s"], p["median_cpu_s"])
-                lines.append(f"| the same with torch.compile (bench only, not yet in the trainer) | "
+                lines.append(f"| the same with `batching=compile` | "
                              f"{_r(r)} wall, {_r(rc)} CPU | "
                              f"{_verdict(r, lambda x: x <= RATIO_MIN, lambda x: x <= RATIO_GOAL)} |")
         for key, rk in recs.items():

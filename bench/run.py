@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
-from .measure import (Timing, compiled_runner, draw_batches, equal_gradient_check, load_average, memory_of,
+from .measure import (Timing, compile_check, draw_batches, equal_gradient_check, load_average, memory_of,
                       ours_runner, peer_runner, time_runner)
 from .workloads import ALGORITHMS, AUTO_BATCHING, WORKLOADS, Workload, build_problem, estimator
 
@@ -38,7 +38,7 @@ class Options:
     mem_tasks: int = 2
     meta_batch: int | None = None      # override every workload's meta-batch (tests, quick looks)
     device: str = "cpu"
-    threads: int | None = 1            # steady on a shared machine; None leaves torch's default
+    threads: int | None = None         # None: torch's default, every core (the peer gets the same)
     data_root: str = "data"
     synthetic: bool = False
     seed: int = 0
@@ -106,7 +106,8 @@ def _workload(w: Workload, o: Options, device: torch.device, log) -> dict:
     if w.key in o.compile_workloads and "maml" in ests:
         for k in [k for k in o.compile_ks if k in o.ks]:
             # two warm-ups: the first compiles (its time is reported apart), the second runs the graph
-            timed("maml", "ours", k, "loop+compile", lambda: compiled_runner(problem, ests["maml"], k, device),
+            rec.setdefault("compile_check", {})[str(k)] = compile_check(problem, ests["maml"], k, batches[0], primary, device)
+            timed("maml", "ours", k, "loop+compile", lambda: ours_runner(problem, ests["maml"], k, "compile", device),
                   warmup=max(2, o.warmup))
     if w.key == o.mem_workload and o.mem_ks:
         rec["memory"] = _memory(problem, ests, o, primary, batches[0], device, log)

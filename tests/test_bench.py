@@ -192,3 +192,38 @@ def test_gpu_check_code_path_runs_on_the_cpu(tmp_path):
     assert cost[("imaml", 2)]["peak_bytes"] <= 1.05 * cost[("imaml", 1)]["peak_bytes"]
     text = report.read_text()
     assert "<!-- gpu-check:begin -->" in text and "CPU smoke run" in text and "### Short training" in text
+
+
+def test_time_to_accuracy_section_from_records(tmp_path, monkeypatch):
+    """bench.tta --render: the table and the first-crossing minutes come from the records."""
+    from bench import tta
+
+    monkeypatch.setattr(tta, "RECORDS", tmp_path / "records")
+    monkeypatch.setattr(tta, "FIGURE", tmp_path / "figures" / "tta.png")
+
+    def seg(m, wall, it, acc):
+        summary = {"label": "MAML", "versions": {"torch": "x"}, "data": {"archive_sha256": {"a.zip": "f" * 64}}}
+        return {"max_train_minutes": m, "train_wall_s": wall, "iterations": it, "test_mean": acc, "test_ci95": 0.01,
+                "test_tasks": 600, "eval_wall_s": 5.0, "segment_wall_s": wall, "summary": summary}
+    record = {"algorithm": "maml", "command": "python -m bench.tta --algorithm maml", "run_dir": str(tmp_path / "run"),
+              "machine": {"cpu": "x", "cores": 2, "threads": 1, "load_average_start": 1.0}, "load_average_end": 1.0,
+              "overrides": ["experiment=omniglot_5w_maml"],
+              "segments": [seg(5, 301.0, 1000, 0.93), seg(10, 602.5, 2000, 0.955), seg(20, 1201.0, 4000, 0.971)]}
+    tta._write_json(tta.RECORDS / "maml.json", record)
+    text = tta.render()
+    assert "| MAML | 93.00 ± 1.00% (1000 it) | 95.50 ± 1.00% (2000 it) | 97.10 ± 1.00% (4000 it) |" in text
+    assert "| MAML | 10.0 min (2000 it) | 20.0 min (4000 it) | 97.10 ± 1.00% after 20.0 min |" in text
+    assert (tmp_path / "figures" / "tta.png").stat().st_size > 0
+    doc = tta.splice("# Benchmarks\n\nkeep me\n", text)
+    again = tta.splice(doc.replace("97.10", "00.00"), text)
+    assert again == doc and doc.count(tta.BEGIN) == 1 and "keep me" in doc
+
+
+def test_time_to_accuracy_refuses_bad_input(tmp_path):
+    from bench import tta
+
+    with pytest.raises(SystemExit):
+        tta.main(["--algorithm", "maml", "--minutes", "10,5"])
+    (tmp_path / "x").write_text("")
+    with pytest.raises(SystemExit):
+        tta.main(["--algorithm", "maml", "--run-dir", str(tmp_path)])

@@ -49,6 +49,7 @@ def test_estimator_names():
     ("imaml", None, {"cg_damping": -0.1}, r"cg_damping=-0\.1.*>= 0"),
     ("imaml", None, {"cg_damping": float("nan")}, r"cg_damping=nan.*finite number >= 0"),
     ("imaml", None, {"cg_damping": "1"}, r"cg_damping='1'.*number >= 0"),
+    ("imaml", None, {"lam_damping": -1.0}, r"lam_damping=-1\.0.*>= 0"),
     ("imaml", None, {"hvp_mode": "fwdfwd"}, r"hvp_mode='fwdfwd'.*allowed.*'fwdrev', 'revrev'"),
     ("imaml", {"steps": 2, "prox_lam": 1.0}, {"lam": 2.0}, r"inner\.prox_lam=1\.0 differs from lam=2\.0"),
     ("imaml", None, {"lr": 0.1}, r"unknown hyperparameter.*'lr'.*allowed.*'cg_steps'"),

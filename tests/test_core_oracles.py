@@ -186,8 +186,9 @@ def test_learn2learn_default_bn_eps_breaks_the_match():
 LAM = 5.0  # with this λ the proximal inner problem on the tanh task is strongly convex (checked)
 
 
-def _dense_oracle(t, lam: float = LAM, damping: float = 0.0):
-    """φ* by dense Newton on G, then ((1 + damping)·I + H/λ)⁻¹ ∇L_query(φ*) by a dense solve."""
+def _dense_oracle(t, lam: float = LAM, damping: float = 0.0, lam_damping: float = 0.0):
+    """φ* by dense Newton on G, then ((1 + damping)·I + H/(λ + lam_damping))⁻¹ ∇L_query(φ*)
+    by a dense solve."""
     theta = flat(t.params)
 
     def L(v, data):
@@ -203,7 +204,7 @@ def _dense_oracle(t, lam: float = LAM, damping: float = 0.0):
         phi = phi - torch.linalg.solve(H_G, grad(G)(phi))
     assert grad(G)(phi).norm() <= 1e-10
     H = hessian(lambda v: L(v, t.support))(phi)
-    A = (1 + damping) * torch.eye(theta.numel(), dtype=theta.dtype) + H / lam
+    A = (1 + damping) * torch.eye(theta.numel(), dtype=theta.dtype) + H / (lam + lam_damping)
     return torch.linalg.solve(A, grad(lambda v: L(v, t.query))(phi))
 
 
@@ -242,6 +243,17 @@ def test_imaml_cg_damping_solves_the_damped_system(tanh_task):
     assert rel(flat(g), damped) <= 1e-9
     assert rel(damped, _dense_oracle(t)) > 0.1  # damping really changes the answer
     assert info["cg_residual"] <= 1e-9
+
+
+def test_imaml_official_release_system(tanh_task):
+    """cg_damping=1, lam_damping=10: the official release's ((1 + 1)·I + H/(λ + 10)); the inner
+    problem keeps its proximal weight λ."""
+    t = tanh_task
+    g, _ = meta_gradient("imaml", t.loss_fn, t.params, t.support, t.query, inner=HF, lam=LAM,
+                         cg_steps=40, cg_damping=1.0, lam_damping=10.0)
+    official = _dense_oracle(t, damping=1.0, lam_damping=10.0)
+    assert rel(flat(g), official) <= 1e-9
+    assert rel(official, _dense_oracle(t, damping=1.0)) > 0.05  # the Hessian weight really changes it
 
 
 # ---------------------------------------------------------------- 4. MAML on the prox objective → iMAML

@@ -58,3 +58,27 @@ def test_maml_meta_learns_sinusoid(tmp_path):
     run_train(tmp_path, "algorithm=maml", "meta_iterations=1500", "eval.num_tasks=200", "eval.steps_list=[0,10]")
     t = json.loads((tmp_path / "summary.json").read_text())["test"]
     assert t["by_steps"]["10"] < 0.5 * t["by_steps"]["0"], t["by_steps"]
+
+
+def test_time_budget_stops_then_a_larger_budget_continues_bit_identically(tmp_path):
+    """max_train_minutes ends a run early (tested, status completed, stopped_by says why);
+    resume=true with a larger budget continues it to the same weights as one uninterrupted run
+    (what `python -m bench.tta` relies on)."""
+    import torch
+
+    from trainer import train
+    from trainer.config import compose
+
+    base = ["experiment=smoke", "algorithm=fomaml", "meta_iterations=60", "ckpt_every=0", "eval.val_every=0"]
+    whole = train(compose(base), tmp_path / "whole")
+    assert whole["stopped_by"] == "meta_iterations" and whole["iterations_done"] == 60
+    seg = train(compose([*base, "max_train_minutes=0.0005"]), tmp_path / "seg")  # 30 ms
+    assert seg["status"] == "completed" and seg["stopped_by"] == "max_train_minutes"
+    assert 0 < seg["iterations_done"] < 60 and seg["test"]["n"] == 20
+    assert seg["timing"]["train_wall_s"] >= 0.03
+    done = train(compose([*base, "max_train_minutes=100", "resume=true"]), tmp_path / "seg")
+    assert done["iterations_done"] == 60 and done["stopped_by"] == "meta_iterations"
+    a = torch.load(tmp_path / "whole" / "ckpt.pt")["params"]
+    b = torch.load(tmp_path / "seg" / "ckpt.pt")["params"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert done["test"]["per_task"] == whole["test"]["per_task"]

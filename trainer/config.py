@@ -86,10 +86,15 @@ def validate(cfg: DictConfig) -> None:
     if cfg.algorithm.estimator == "imaml":
         _pos(cfg, "algorithm.hparams.lam", "must be > 0 (iMAML's proximal weight λ)")
         _int(cfg, "algorithm.hparams.cg_steps", 1, "must be an integer >= 1")
-        if cfg.algorithm.hparams.get("cg_damping", 0) < 0:
-            raise ConfigError(f"algorithm.hparams.cg_damping={cfg.algorithm.hparams.cg_damping!r} must be >= 0")
+        for key in ("cg_damping", "lam_damping"):
+            v = cfg.algorithm.hparams.get(key, 0)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not (math.isfinite(v) and v >= 0):
+                raise ConfigError(f"algorithm.hparams.{key}={v!r} must be a finite number >= 0")
     _int(cfg, "meta_batch_size", 1, "must be an integer >= 1")
     _int(cfg, "meta_iterations", 0, "must be an integer >= 0")
+    m = cfg.get("max_train_minutes")
+    if m is not None and (isinstance(m, bool) or not isinstance(m, (int, float)) or not m > 0):
+        raise ConfigError(f"max_train_minutes={m!r} must be a number > 0 (or null: no time limit)")
     if ds != "sinusoid":
         _int(cfg, "ways", 2, "must be an integer >= 2 (N-way classification)")
     _int(cfg, "shots", 1, "must be an integer >= 1")
@@ -102,8 +107,11 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"device={cfg.device!r} is invalid; choose auto, cpu or cuda")
     if cfg.device == "cuda" and not torch.cuda.is_available():
         raise ConfigError("device=cuda but CUDA is not available here; use device=cpu or device=auto")
-    if cfg.batching not in ("auto", "loop", "vmap"):
-        raise ConfigError(f"batching={cfg.batching!r} is invalid; choose auto, loop or vmap")
+    if cfg.batching not in ("auto", "loop", "vmap", "compile"):
+        raise ConfigError(f"batching={cfg.batching!r} is invalid; choose auto, loop, vmap or compile")
+    if cfg.batching == "compile" and cfg.algorithm.estimator == "imaml":
+        raise ConfigError("batching=compile is not available for iMAML (torch.compile changes its meta-gradient "
+                          "by ~15% in torch 2.14); use batching=auto, vmap or loop")
     if cfg.eval.bn_mode not in ("transductive", "per_example"):
         raise ConfigError(f"eval.bn_mode={cfg.eval.bn_mode!r} is invalid; choose transductive or per_example")
     if cfg.logger.name not in ("csv", "wandb"):

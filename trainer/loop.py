@@ -59,6 +59,7 @@ def _config_key(cfg) -> str:
     """What must not change across a resume: the resolved config minus the resume flag."""
     c = OmegaConf.to_container(cfg, resolve=True)
     c.pop("resume", None)
+    c.pop("max_train_minutes", None)  # a time-budgeted run may be continued with a larger budget
     return hashlib.sha256(json.dumps(c, sort_keys=True, default=str).encode()).hexdigest()
 
 
@@ -70,13 +71,14 @@ def _eval_source(cfg):
     return datasets.build(ecfg)
 
 
-def _batching(cfg, model_name: str) -> bool:
-    """True for vmap. ``auto``: vmap for the MLP (≈ 10× the loop on CPU) and the Omniglot
-    conv4 (1.35–1.55× at meta-batch 32), a per-task loop for the mini-ImageNet conv4 (vmap
-    0.94–0.97× of the loop) — measured by ``make bench``, see reports/BENCHMARKS.md."""
+def _batching(cfg, model_name: str) -> str:
+    """loop | vmap | compile. ``auto``: vmap for the MLP (≈ 10× the loop on CPU) and the
+    Omniglot conv4 (1.35–1.55× at meta-batch 32), a per-task loop for the mini-ImageNet conv4
+    (vmap 0.94–0.97× of the loop) — measured by ``make bench``, see reports/BENCHMARKS.md.
+    ``compile`` is never automatic: its one-off compile time pays off only in long runs."""
     if cfg.batching == "auto":
-        return model_name in ("mlp", "conv4_omniglot")
-    return cfg.batching == "vmap"
+        return "vmap" if model_name in ("mlp", "conv4_omniglot") else "loop"
+    return cfg.batching
 
 
 def _setup(cfg):
@@ -99,14 +101,16 @@ def _summary_base(cfg, run_dir, source, device, seeds) -> dict:
     imaml = None
     if a.estimator == "imaml":
         imaml = {"lam": float(a.hparams.lam), "cg_steps": int(a.hparams.cg_steps),
-                 "cg_damping": float(a.hparams.get("cg_damping", 0.0))}
+                 "cg_damping": float(a.hparams.get("cg_damping", 0.0)),
+                 "lam_damping": float(a.hparams.get("lam_damping", 0.0))}
     inner = inner_config(cfg)
     return {
         "schema_version": 1, "kind": "train", "status": "running", "run_dir": str(run_dir),
         "algorithm": a.estimator, "variant": a.name, "label": a.label, "dataset": source.name,
         "ways": cfg.ways, "shots": cfg.shots, "query_shots": cfg.query_shots,
         "profile": cfg.get("profile", "custom"), "experiment": cfg.get("experiment_name"),
-        "meta_iterations": cfg.meta_iterations, "iterations_done": 0, "meta_batch_size": cfg.meta_batch_size,
+        "meta_iterations": cfg.meta_iterations, "max_train_minutes": cfg.get("max_train_minutes"),
+        "iterations_done": 0, "stopped_by": None, "meta_batch_size": cfg.meta_batch_size,
         "inner": {**inner, "steps": cfg.inner_steps, "test_steps": cfg.test_inner_steps,
                   "prox_lam": imaml["lam"] if imaml else 0.0},
         "imaml": imaml,
@@ -134,7 +138,8 @@ def train(cfg, run_dir: str | Path) -> dict:
     inner = InnerConfig.make(inner_config(cfg))
     prox = float(a.hparams.lam) if a.estimator == "imaml" else 0.0
     hparams = {k: v for k, v in OmegaConf.to_container(a.hparams, resolve=True).items()}
-    use_vmap = _batching(cfg, source.model)
+    batching = _batching(cfg, source.model)
+    use_vmap = batching != "loop"  # evaluation: vmap unless the loop was asked for
 
     opt_cls = torch.optim.Adam if a.outer.optimizer == "adam" else torch.optim.SGD
     leaves = list(params.values())
@@ -187,9 +192,13 @@ def train(cfg, run_dir: str | Path) -> dict:
     plain_every = max(1, cfg.meta_iterations // 10)
     last = {}
     it = start
+    budget_s = 60.0 * cfg.max_train_minutes if cfg.get("max_train_minutes") else math.inf
     with _Stop() as stop, logger.guard(summary):  # an escaping exception still finishes the logger
         try:
             for it in range(start + 1, cfg.meta_iterations + 1):
+                if train_wall >= budget_s:
+                    it -= 1
+                    break
                 t0 = time.perf_counter()
                 tasks = tuple(t.to(device) for t in source.sample("train", cfg.meta_batch_size, gen))
                 sample_s = time.perf_counter() - t0
@@ -201,7 +210,7 @@ def train(cfg, run_dir: str | Path) -> dict:
                     if meter:
                         meter.__enter__()
                     grads, info = meta_gradient_batch(a.estimator, loss_fn, params, tasks, inner,
-                                                      batching="vmap" if use_vmap else "loop", metric_fn=metric_fn,
+                                                      batching=batching, metric_fn=metric_fn,
                                                       diagnostics_full=bool(cfg.diagnostics), **hparams)
                     if meter:
                         meter.__exit__(None, None, None)
@@ -260,11 +269,12 @@ def train(cfg, run_dir: str | Path) -> dict:
         finally:
             if bar:
                 bar.close()
-        checkpoint(cfg.meta_iterations)
+        checkpoint(it)
+        summary["stopped_by"] = "max_train_minutes" if it < cfg.meta_iterations else "meta_iterations"
         t0 = time.perf_counter()
         test = evaluate(eval_source, "test", cfg.eval.test_seed, cfg.eval.num_tasks, source.metric, forward, loss_fn,
                         params, InnerConfig.make(inner_config(cfg, cfg.test_inner_steps)), prox, cfg.eval.bn_mode,
                         use_vmap, device, cfg.eval.chunk, steps_list=cfg.eval.steps_list or ())
         test["fingerprint"] = fingerprint(eval_source, "test", cfg.eval.test_seed, cfg.eval.num_tasks)
         test["shots"], test["query_shots"] = eval_source.shots, eval_source.query_shots
-        return finish("completed", cfg.meta_iterations, test=test, eval_s=time.perf_counter() - t0)
+        return finish("completed", it, test=test, eval_s=time.perf_counter() - t0)

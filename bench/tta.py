@@ -1,0 +1,248 @@
+"""Time to accuracy (issue 7): test accuracy against training wall-clock, Omniglot 5-way 1-shot.
+
+    python -m bench.tta --algorithm maml  [--minutes 5,10,15,20,30,40,50,60] [--threads N]
+                        [--name NAME] [train.py overrides ...]
+    python -m bench.tta --render          # the section of reports/BENCHMARKS.md + figure
+
+One training run per algorithm (``train.py experiment=omniglot_5w_<algorithm>``, the paper's
+protocol, with ``batching=auto``) is grown in segments: ``max_train_minutes`` = 5, then 10,
+… 60, each segment resuming the previous one's checkpoint (bit-identical to one
+uninterrupted run) and ending with the trainer's own test evaluation on the fixed 600 test
+tasks (95% CI). Minutes are training wall-clock as the trainer counts it (meta-gradients,
+outer steps and task sampling; not evaluation or checkpoints). Each finished segment's
+numbers and its ``summary.json`` go to ``reports/bench_tta/<name>.json`` (name: the algorithm
+unless given); ``--render`` turns every record there into the table and
+``reports/figures/tta_omniglot_5w1s.png``.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import os
+import platform
+import shlex
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+RECORDS = ROOT / "reports" / "bench_tta"
+FIGURE = ROOT / "reports" / "figures" / "tta_omniglot_5w1s.png"
+BENCHMARKS = ROOT / "reports" / "BENCHMARKS.md"
+BEGIN, END = "<!-- tta:begin -->", "<!-- tta:end -->"
+ALGORITHMS = ("maml", "imaml")
+TARGET, MINIMUM = 0.97, 0.95
+
+
+def _minutes(text: str) -> list[float]:
+    try:
+        vals = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected increasing minutes, e.g. 5,10,30,60") from None
+    if not vals or min(vals) <= 0 or vals != sorted(set(vals)):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected increasing minutes > 0, e.g. 5,10,30,60")
+    return vals
+
+
+def overrides(algorithm: str, data_root: str, extra: list[str]) -> list[str]:
+    return [f"experiment=omniglot_5w_{algorithm}", f"data.root={data_root}", "meta_iterations=1000000",
+            "eval.val_every=0", "ckpt_every=500", "device=cpu", *extra]
+
+
+def run(algorithm: str, minutes: list[float], run_dir: Path, data_root: str, extra: list[str], name: str,
+        log=print) -> dict:
+    """Grow one run segment by segment; rewrite the record after every segment."""
+    import torch
+
+    from trainer import train, validate
+    from trainer.config import compose
+
+    record = {"algorithm": algorithm, "name": name, "extra_overrides": list(extra), "command": "python -m bench.tta " + shlex.join(sys.argv[1:]),
+              "started": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+              "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+                          "threads": torch.get_num_threads(), "load_average_start": os.getloadavg()[0]},
+              "run_dir": _rel(run_dir), "overrides": overrides(algorithm, data_root, extra), "segments": []}
+    for i, m in enumerate(minutes):
+        cfg = compose([*record["overrides"], f"max_train_minutes={m}", f"resume={'true' if i else 'false'}"])
+        validate(cfg)
+        t0 = time.perf_counter()
+        s = train(cfg, run_dir)
+        if s["status"] != "completed":
+            raise RuntimeError(f"segment {m} min ended {s['status']}: {s.get('failure')}")
+        seg = {"max_train_minutes": m, "train_wall_s": s["timing"]["train_wall_s"],
+               "iterations": s["iterations_done"], "test_mean": s["test"]["mean"], "test_ci95": s["test"]["ci95"],
+               "test_tasks": s["test"]["n"], "eval_wall_s": s["timing"]["eval_wall_s"],
+               "segment_wall_s": time.perf_counter() - t0, "summary": s}
+        record["segments"].append(seg)
+        record["load_average_end"] = os.getloadavg()[0]
+        log(f"[tta {algorithm}] {m:g} min: {seg['iterations']} iterations, test {100 * seg['test_mean']:.2f} "
+            f"± {100 * seg['test_ci95']:.2f}% (eval {seg['eval_wall_s']:.0f} s)")
+        _write_json(RECORDS / f"{name}.json", record)
+    return record
+
+
+def _rel(path: Path) -> str:
+    """The path relative to the checkout when inside it (records are committed)."""
+    try:
+        return str(Path(path).resolve().relative_to(ROOT))
+    except ValueError:
+        return str(path)
+
+
+def _write_json(path: Path, obj) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(obj, indent=1, sort_keys=True, default=str) + "\n")
+    tmp.replace(path)
+
+
+def _curve(record) -> list[tuple[float, float]]:
+    """(training minutes, running mean of train accuracy over 100 iterations) from the run's metrics."""
+    path = ROOT / record["run_dir"] / "metrics.jsonl"
+    if not path.exists():
+        return []
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    out, window = [], []
+    for r in rows:
+        window.append(r.get("train_metric", 0.0))
+        window = window[-100:]
+        if r["iter"] % 50 == 0:
+            out.append((r["train_wall_s"] / 60, sum(window) / len(window)))
+    return out
+
+
+def _title(r: dict) -> str:
+    label = r["segments"][0]["summary"]["label"]
+    fixed = ("experiment=", "data.root=", "meta_iterations=", "eval.val_every=", "ckpt_every=", "device=",
+             "diagnostics=", "batching=")
+    extra = [o for o in r["overrides"] if not o.startswith(fixed)]
+    return f"{label} ({', '.join(extra)})" if extra else label
+
+
+def _load_records() -> dict[str, dict]:
+    files = sorted(RECORDS.glob("*.json"), key=lambda f: (f.stem not in ALGORITHMS, ALGORITHMS.index(f.stem)
+                                                          if f.stem in ALGORITHMS else 0, f.stem))
+    records = {f.stem: json.loads(f.read_text()) for f in files}
+    return {k: r for k, r in records.items() if r.get("segments")}
+
+
+def render(log=print) -> str:
+    """The time-to-accuracy section (and figure) from every record under ``RECORDS``."""
+    records = _load_records()
+    if not records:
+        raise SystemExit(f"error: no records under {RECORDS}; run `python -m bench.tta --algorithm maml` first")
+    marks = sorted({seg["max_train_minutes"] for r in records.values() for seg in r["segments"]})
+    lines = ["## Time to accuracy: Omniglot 5-way 1-shot (`python -m bench.tta`)", "",
+             "Test accuracy on the fixed 600 test tasks (mean ± 95% CI) and meta-iterations done after the given "
+             "minutes of training wall-clock (meta-gradients, outer steps, task sampling; evaluation and "
+             "checkpoints excluded). One run per row, grown segment by segment with `max_train_minutes` + "
+             "`resume=true`.", "",
+             "| run | " + " | ".join(f"{m:g} min" for m in marks) + " |", "|---|" + "---|" * len(marks)]
+    for r in records.values():
+        cells = []
+        for m in marks:
+            seg = next((x for x in r["segments"] if x["max_train_minutes"] == m), None)
+            cells.append("–" if seg is None else
+                         f"{100 * seg['test_mean']:.2f} ± {100 * seg['test_ci95']:.2f}% ({seg['iterations']} it)")
+        lines.append(f"| {_title(r)} | " + " | ".join(cells) + " |")
+    lines += ["", "| run | first reaches ≥ 95% (minimum) | first reaches ≥ 97% (goal) | at its last mark |",
+              "|---|---|---|---|"]
+    for r in records.values():
+        def first(thr):
+            seg = next((x for x in r["segments"] if x["test_mean"] >= thr), None)
+            return "not reached" if seg is None else f"{seg['train_wall_s'] / 60:.1f} min ({seg['iterations']} it)"
+        last = r["segments"][-1]
+        lines.append(f"| {_title(r)} | {first(MINIMUM)} | {first(TARGET)} | "
+                     f"{100 * last['test_mean']:.2f} ± {100 * last['test_ci95']:.2f}% after "
+                     f"{last['train_wall_s'] / 60:.1f} min |")
+    lines += ["", "Runs:"]
+    for r in records.values():
+        s0 = r["segments"][0]["summary"]
+        lines.append(f"- {_title(r)}: `{r['command']}`; {r['machine']['threads']} torch thread(s) of "
+                     f"{r['machine']['cores']} cores; load average {r['machine']['load_average_start']:.2f} at start, "
+                     f"{r.get('load_average_end', float('nan')):.2f} at end; overrides `{' '.join(r['overrides'])}`; "
+                     f"torch {s0['versions'].get('torch')}; data "
+                     + ", ".join(f"{k} {v[:12]}…" for k, v in sorted(s0["data"]["archive_sha256"].items()))
+                     + f"; run folder `{r['run_dir']}`" + (f"; {r['note']}" if r.get("note") else ""))
+    if _figure(records):
+        lines += ["", f"![test accuracy vs training minutes](figures/{FIGURE.name})"]
+    return "\n".join(lines) + "\n"
+
+
+def _figure(records) -> bool:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for a, r in records.items():
+        label = _title(r)
+        xs = [s["train_wall_s"] / 60 for s in r["segments"]]
+        ys = [100 * s["test_mean"] for s in r["segments"]]
+        es = [100 * s["test_ci95"] for s in r["segments"]]
+        line = ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, label=f"{label}: test (600 tasks)")
+        c = _curve(r) if len(r["segments"]) > 1 else []
+        if c:
+            ax.plot([x for x, _ in c], [100 * y for _, y in c], color=line[0].get_color(), alpha=0.35, lw=1,
+                    label=f"{label}: train query acc. (mean of 100 it)")
+    ax.axhline(100 * MINIMUM, color="gray", ls="--", lw=0.8)
+    ax.axhline(100 * TARGET, color="gray", ls=":", lw=0.8)
+    ax.set_xlabel("training wall-clock (minutes)")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_ylim(60, 100)
+    ax.set_title("Omniglot 5-way 1-shot, CPU")
+    ax.legend(fontsize=6, loc="lower right")
+    fig.tight_layout()
+    FIGURE.parent.mkdir(parents=True, exist_ok=True)
+    tmp = FIGURE.with_name(FIGURE.stem + ".tmp.png")
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    tmp.replace(FIGURE)
+    return True
+
+
+def splice(text: str, section: str) -> str:
+    """Replace (or append) the marked time-to-accuracy section of BENCHMARKS.md."""
+    block = f"{BEGIN}\n{section}{END}"
+    if BEGIN in text and END in text:
+        head, rest = text.split(BEGIN, 1)
+        return head + block + rest.split(END, 1)[1]
+    return text.rstrip("\n") + "\n\n" + block + "\n"
+
+
+def main(argv=None) -> int:
+    from .workloads import default_data_root
+
+    p = argparse.ArgumentParser(prog="python -m bench.tta", description=__doc__.split("\n\n")[0])
+    p.add_argument("--algorithm", choices=ALGORITHMS)
+    p.add_argument("--minutes", type=_minutes, default=[5, 10, 15, 20, 30, 40, 50, 60])
+    p.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's, all cores)")
+    p.add_argument("--name", help="record name: reports/bench_tta/<name>.json (default: the algorithm)")
+    p.add_argument("--run-dir", type=Path, help="default runs/bench/tta/<name>")
+    p.add_argument("--data-root", default=None, help="default $METAGRAD_DATA, else ../shared/data, else ./data")
+    p.add_argument("--render", action="store_true", help="only write the BENCHMARKS.md section from the records")
+    p.add_argument("overrides", nargs="*", help="extra train.py overrides (e.g. meta_batch_size=16)")
+    a = p.parse_args(argv)
+    if a.render:
+        section = render()
+        BENCHMARKS.write_text(splice(BENCHMARKS.read_text() if BENCHMARKS.exists() else "# Benchmarks\n", section))
+        print(f"wrote the time-to-accuracy section of {BENCHMARKS.relative_to(ROOT)}")
+        return 0
+    if not a.algorithm:
+        p.error("give --algorithm maml|imaml (or --render)")
+    if a.threads:
+        import torch
+        torch.set_num_threads(a.threads)
+    name = a.name or a.algorithm
+    if not name.replace("_", "").replace("-", "").isalnum():
+        p.error(f"--name {name!r}: use letters, digits, '-' and '_'")
+    run_dir = a.run_dir or ROOT / "runs" / "bench" / "tta" / name
+    if run_dir.exists() and any(run_dir.iterdir()):
+        p.error(f"{run_dir} is not empty: remove it or pass another --run-dir (segments resume from it)")
+    run(a.algorithm, a.minutes, run_dir, a.data_root or default_data_root(), a.overrides, name)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
