@@ -51,20 +51,32 @@ def overrides(algorithm: str, data_root: str, extra: list[str]) -> list[str]:
 
 
 def run(algorithm: str, minutes: list[float], run_dir: Path, data_root: str, extra: list[str], name: str,
-        log=print) -> dict:
-    """Grow one run segment by segment; rewrite the record after every segment."""
+        log=print, record: dict | None = None) -> dict:
+    """Grow one run segment by segment; rewrite the record after every segment. Given the
+    ``record`` of an earlier call, continue its run with the marks beyond its last one."""
     import torch
 
-    from trainer import train, validate
-    from trainer.config import compose
-
+    if record is not None:
+        done = record["segments"][-1]["max_train_minutes"] if record["segments"] else 0
+        minutes = [m for m in minutes if m > done]
+        record.setdefault("continued", []).append("python -m bench.tta " + shlex.join(sys.argv[1:]))
+        return _grow(record, minutes, log, first_resume=bool(record["segments"]))
     record = {"algorithm": algorithm, "name": name, "extra_overrides": list(extra), "command": "python -m bench.tta " + shlex.join(sys.argv[1:]),
               "started": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
               "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
                           "threads": torch.get_num_threads(), "load_average_start": os.getloadavg()[0]},
               "run_dir": _rel(run_dir), "overrides": overrides(algorithm, data_root, extra), "segments": []}
+    return _grow(record, minutes, log, first_resume=False)
+
+
+def _grow(record: dict, minutes: list[float], log, first_resume: bool) -> dict:
+    from trainer import train, validate
+    from trainer.config import compose
+
+    run_dir, algorithm = ROOT / record["run_dir"], record["algorithm"]
     for i, m in enumerate(minutes):
-        cfg = compose([*record["overrides"], f"max_train_minutes={m}", f"resume={'true' if i else 'false'}"])
+        resume = "true" if i or first_resume else "false"
+        cfg = compose([*record["overrides"], f"max_train_minutes={m}", f"resume={resume}"])
         validate(cfg)
         t0 = time.perf_counter()
         s = train(cfg, run_dir)
@@ -78,7 +90,7 @@ def run(algorithm: str, minutes: list[float], run_dir: Path, data_root: str, ext
         record["load_average_end"] = os.getloadavg()[0]
         log(f"[tta {algorithm}] {m:g} min: {seg['iterations']} iterations, test {100 * seg['test_mean']:.2f} "
             f"± {100 * seg['test_ci95']:.2f}% (eval {seg['eval_wall_s']:.0f} s)")
-        _write_json(RECORDS / f"{name}.json", record)
+        _write_json(RECORDS / f"{record['name']}.json", record)
     return record
 
 
@@ -116,8 +128,9 @@ def _title(r: dict) -> str:
     label = r["segments"][0]["summary"]["label"]
     fixed = ("experiment=", "data.root=", "meta_iterations=", "eval.val_every=", "ckpt_every=", "device=",
              "diagnostics=", "batching=")
-    extra = [o for o in r["overrides"] if not o.startswith(fixed)]
-    return f"{label} ({', '.join(extra)})" if extra else label
+    extra = [o.replace("algorithm.hparams.", "") for o in r["overrides"] if not o.startswith(fixed)]
+    name = r.get("name") or r["algorithm"]
+    return f"`{name}` {label}" + (f" ({', '.join(extra)})" if extra else "")
 
 
 def _load_records() -> dict[str, dict]:
@@ -222,6 +235,8 @@ def main(argv=None) -> int:
     p.add_argument("--run-dir", type=Path, help="default runs/bench/tta/<name>")
     p.add_argument("--data-root", default=None, help="default $METAGRAD_DATA, else ../shared/data, else ./data")
     p.add_argument("--render", action="store_true", help="only write the BENCHMARKS.md section from the records")
+    p.add_argument("--continue", dest="cont", action="store_true",
+                   help="continue the recorded run <name> to the marks beyond its last one (resume=true)")
     p.add_argument("overrides", nargs="*", help="extra train.py overrides (e.g. meta_batch_size=16)")
     a = p.parse_args(argv)
     if a.render:
@@ -238,6 +253,15 @@ def main(argv=None) -> int:
     if not name.replace("_", "").replace("-", "").isalnum():
         p.error(f"--name {name!r}: use letters, digits, '-' and '_'")
     run_dir = a.run_dir or ROOT / "runs" / "bench" / "tta" / name
+    if a.cont:
+        path = RECORDS / f"{name}.json"
+        if not path.exists():
+            p.error(f"--continue: no record {path}; start the run without --continue")
+        record = json.loads(path.read_text())
+        if not (ROOT / record["run_dir"] / "ckpt.pt").exists():
+            p.error(f"--continue: the run folder {record['run_dir']} has no checkpoint to resume")
+        run(a.algorithm, a.minutes, run_dir, "", [], name, record=record)
+        return 0
     if run_dir.exists() and any(run_dir.iterdir()):
         p.error(f"{run_dir} is not empty: remove it or pass another --run-dir (segments resume from it)")
     run(a.algorithm, a.minutes, run_dir, a.data_root or default_data_root(), a.overrides, name)

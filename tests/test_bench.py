@@ -211,17 +211,20 @@ def test_time_to_accuracy_section_from_records(tmp_path, monkeypatch):
               "segments": [seg(5, 301.0, 1000, 0.93), seg(10, 602.5, 2000, 0.955), seg(20, 1201.0, 4000, 0.971)]}
     tta._write_json(tta.RECORDS / "maml.json", record)
     text = tta.render()
-    assert "| MAML | 93.00 ± 1.00% (1000 it) | 95.50 ± 1.00% (2000 it) | 97.10 ± 1.00% (4000 it) |" in text
-    assert "| MAML | 10.0 min (2000 it) | 20.0 min (4000 it) | 97.10 ± 1.00% after 20.0 min |" in text
+    assert "| `maml` MAML | 93.00 ± 1.00% (1000 it) | 95.50 ± 1.00% (2000 it) | 97.10 ± 1.00% (4000 it) |" in text
+    assert "| `maml` MAML | 10.0 min (2000 it) | 20.0 min (4000 it) | 97.10 ± 1.00% after 20.0 min |" in text
     assert (tmp_path / "figures" / "tta.png").stat().st_size > 0
     doc = tta.splice("# Benchmarks\n\nkeep me\n", text)
     again = tta.splice(doc.replace("97.10", "00.00"), text)
     assert again == doc and doc.count(tta.BEGIN) == 1 and "keep me" in doc
 
 
-def test_time_to_accuracy_refuses_bad_input(tmp_path):
+def test_time_to_accuracy_refuses_bad_input(tmp_path, monkeypatch):
     from bench import tta
 
+    monkeypatch.setattr(tta, "RECORDS", tmp_path / "records")
+    with pytest.raises(SystemExit):
+        tta.main(["--algorithm", "maml", "--name", "absent", "--continue"])
     with pytest.raises(SystemExit):
         tta.main(["--algorithm", "maml", "--minutes", "10,5"])
     (tmp_path / "x").write_text("")
