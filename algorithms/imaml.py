@@ -14,7 +14,8 @@ Memory is independent of the inner steps K (no graph through the inner loop).
 
 instead, the inner problem keeping its proximal weight λ. The official release uses
 ``cg_damping=1, lam_damping=10``: with λ = 2 its system stays positive definite where the
-paper's is not (Omniglot's conv4 has λ_min(H) ≈ −3 … −12, see the assumptions study), at
+paper's is not (on Omniglot's conv4, λ_min(H) has a median of about −8 and goes down to −19:
+``study=assumptions dataset=omniglot``, reports/bench_tta/assumptions_omniglot/), at
 the price of a biased implicit gradient. (Its inner loop also differs: plain SGD, then one
 proximal step.) Every run records the values.
 """
