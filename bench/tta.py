@@ -103,10 +103,10 @@ def _rel(path: Path) -> str:
 
 
 def _write_json(path: Path, obj) -> None:
+    from trainer.records import atomic_write_json
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(obj, indent=1, sort_keys=True, default=str) + "\n")
-    tmp.replace(path)
+    atomic_write_json(path, obj)
 
 
 def _curve(record) -> list[tuple[float, float]]:
