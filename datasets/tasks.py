@@ -5,21 +5,24 @@ class indices; no task ever decodes an image. Two samplers, both deterministic f
 of the ``torch.Generator`` they are given:
 
 - ``learn2learn`` (default) — learn2learn 0.2.0's ``TaskDataset`` with ``NWays`` → ``KShots`` →
-  ``LoadData`` → ``RemapLabels`` over an ``l2l.data.MetaDataset`` of the split.
-  learn2learn draws from Python's global ``random``; each ``sample`` call draws one seed
-  from the torch generator, seeds ``random`` with it (the per-class task rotations are
-  drawn from it too) and restores the caller's ``random`` state afterwards, so tasks follow
-  the generator and nothing else is disturbed. (Not thread-safe: one sampling thread.)
-  ``import learn2learn`` takes several seconds (it imports gym); it happens on first use.
+  ``LoadData`` → ``RemapLabels`` over an ``l2l.data.MetaDataset`` of the split. learn2learn
+  samples each task's description (every random draw it makes); the pixels are then
+  gathered from the uint8 tensor in one indexing op rather than by learn2learn's per-image
+  ``LoadData`` calls — the same tasks and labels as ``TaskDataset.__getitem__`` (tested),
+  3× cheaper on mini-ImageNet. learn2learn draws from Python's global ``random``; each
+  ``sample`` call draws one seed from the torch generator, seeds ``random`` with it (the
+  per-class task rotations are drawn from it too) and restores the caller's ``random``
+  state afterwards, so tasks follow the generator and nothing else is disturbed. (Not
+  thread-safe: one sampling thread.) ``import learn2learn`` takes several seconds (it
+  imports gym); it happens on first use.
 - ``torch`` — the same distribution drawn directly with the generator (vectorised); no
   learn2learn needed. Different draws than ``learn2learn`` for the same seed.
 
-Cost, measured twice (CPU, OMP_NUM_THREADS=1, 2 cores shared with other jobs, so ±50%;
-ms per task including the float conversion; ``learn2learn`` / ``torch``): Omniglot 5w1s
-(1 query) 0.09–0.12 / 0.07–0.15, 20w5s (5 query) 1.9–2.8 / 0.9–1.1; mini-ImageNet 5w1s
-(15 query) 13–14 / 11–14, 5w5s 12–14 / 15. For mini-ImageNet the uint8 → float conversion
-of 80 images dominates (pass ``device=`` to convert on the GPU); learn2learn's
-bookkeeping costs at most ~2 ms a task, so it stays the default.
+Cost (CPU, OMP_NUM_THREADS=1, medians of 20 meta-batches, ms per task including the float
+conversion; ``learn2learn`` / ``torch``): Omniglot 5w1s (1 query) 0.07 / 0.10, 20w5s (5
+query) 1.0 / 0.65; mini-ImageNet 5w1s (15 query) 2.7 / 2.2, 5w5s 3.5 / 2.6 (it was
+9.5 ms for 5w1s when learn2learn loaded each image). For mini-ImageNet the gather and the
+uint8 → float conversion of 80 images dominate (pass ``device=`` to convert on the GPU).
 
 Within a task, ``k = shots + query_shots`` distinct images are drawn per class without
 replacement (in random order); the first ``shots`` form the support set, the rest the
@@ -106,21 +109,29 @@ class TaskSampler:
         return self._l2l[key]
 
     def _draw_l2l(self, split: str, n: int, ways: int, k: int, seed: int):
-        """(images (n, ways, k, C, H, W) uint8, labels (n, ways) int64, rotations (n, ways))."""
+        """(images (n, ways, k, C, H, W) uint8, labels (n, ways) int64, rotations (n, ways)).
+
+        learn2learn samples each task's description (NWays → KShots → LoadData → RemapLabels,
+        every random draw it makes); the images are then gathered in one indexing op instead
+        of learn2learn's per-image ``LoadData`` calls and collation. Same tasks, same labels
+        (``TaskDataset.get_task`` on the same description is the test's oracle)."""
         taskset = self._taskset(split, ways, k)
-        xs, ys, rots = [], [], []
+        view = taskset.dataset.dataset
+        to_label = taskset.dataset.indices_to_labels
+        idx, ys, rots = [], [], []
         with seeded_python_random(seed):
             for _ in range(n):
-                # NWays → KShots → LoadData → RemapLabels, collated; KShots keeps the k images
-                # of each class together, classes in NWays' random order.
-                x, y = taskset[0]
-                y = y.view(ways, k)
+                desc = taskset.sample_task_description()
+                remap = desc[0].transforms[-1].keywords["mapping"]  # RemapLabels' (shuffled) label map
+                y = torch.tensor([remap(to_label[d.index]) for d in desc]).view(ways, k)
                 if not bool((y == y[:, :1]).all()):
                     raise RuntimeError("learn2learn returned a task whose classes are not contiguous")
-                xs.append(x.view(ways, k, *x.shape[1:]))
+                idx.append([view.locate(d.index) for d in desc])
                 ys.append(y[:, 0])
                 rots.append(torch.tensor([random.choice(self.task_rotations) for _ in range(ways)]))
-        return torch.stack(xs), torch.stack(ys), torch.stack(rots)
+        cls, item, crot = torch.tensor(idx).unbind(-1)                                   # (n, ways·k) each
+        x = _rot90_per_class(self.images[cls.flatten(), item.flatten()], crot.flatten())
+        return x.view(n, ways, k, *x.shape[1:]), torch.stack(ys), torch.stack(rots)
 
     def _draw_torch(self, split: str, n: int, ways: int, k: int, g: torch.Generator):
         pairs = self.splits[split]

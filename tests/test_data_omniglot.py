@@ -193,6 +193,36 @@ def test_new_classes_mode_multiplies_the_class_pool(tmp_path):
 
 
 # ---------------------------------------------------------------- split
+def test_learn2learn_sampler_gathers_exactly_what_learn2learn_loads():
+    """The learn2learn sampler takes learn2learn's task descriptions and gathers the images
+    itself; the oracle is learn2learn's own ``TaskDataset`` item (per-image LoadData,
+    RemapLabels, collation) drawn from the same Python ``random`` state."""
+    pytest.importorskip("learn2learn")
+    from datasets.tasks import TaskSampler, _rot90_per_class, seeded_python_random
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (12, 6, 1, 5, 5), dtype=torch.uint8, generator=g)
+    # virtual classes: a character under another rotation is another class
+    splits = {"train": [(c, r) for c in range(6) for r in (0, 1)] + [(7, 3)], "test": [(c, 0) for c in range(8, 12)]}
+    ts = TaskSampler(images, splits, ways=4, shots=2, query_shots=3, to_float=lambda u: u.float(),
+                     task_rotations=(0, 1, 2, 3), rotate_splits=("train",))
+    for split, n in (("train", 5), ("test", 3)):
+        x, y, rots = ts._draw_l2l(split, n, 4, 5, seed=123)
+        taskset = ts._taskset(split, 4, 5)
+        with seeded_python_random(123):
+            for i in range(n):
+                xo, yo = taskset[0]  # learn2learn's LoadData → RemapLabels → collate
+                ro = [random.choice(ts.task_rotations) for _ in range(4)]
+                assert torch.equal(x[i].flatten(0, 1), xo)
+                assert torch.equal(y[i].repeat_interleave(5), yo)
+                assert rots[i].tolist() == ro
+        assert len({tuple(t.tolist()) for t in y}) > 1  # RemapLabels shuffles: labels differ between tasks
+    # the full sample() is unchanged in shape and label layout
+    xs, ys, xq, yq = ts.sample("train", 2, torch.Generator().manual_seed(1))
+    assert xs.shape == (2, 8, 1, 5, 5) and xq.shape == (2, 12, 1, 5, 5)
+    assert (ys.view(2, 4, 2) == yq.view(2, 4, 3)[:, :, :1]).all()
+    assert _rot90_per_class(images[:2, 0], torch.tensor([0, 4])).equal(images[:2, 0])
+
+
 def test_split_is_disjoint_complete_and_independent_of_listing_order():
     keys = sorted(f"images_background/A{i // 40}/character{i % 40:02d}" for i in range(1623))
     sizes = {"train": 1100, "val": 100, "test": 423}
