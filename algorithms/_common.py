@@ -9,12 +9,28 @@ from .inner import LossFn, inner_grad_norm
 from .linalg import Params
 
 
+def query_loss(loss_fn: LossFn, metric_fn: Callable | None, phi: Params, x: torch.Tensor,
+               y: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The query loss (differentiable in φ) and ``{"query_metric_after": metric}`` (detached;
+    empty without ``metric_fn``; a dict so it can be a transform's aux). One forward pass serves both when the two functions expose the same
+    ``forward`` with a ``criterion(out, y)`` / ``score(out, y)`` (as ``models`` builds them);
+    otherwise the metric costs its own forward — on mini-ImageNet's 75 query images that
+    second forward was ~half of a MAML K=1 meta-iteration (bench/, issue 7)."""
+    if metric_fn is None:
+        return loss_fn(phi, x, y), {}
+    forward = getattr(loss_fn, "forward", None)
+    if forward is not None and forward is getattr(metric_fn, "forward", None):
+        out = forward(phi, x)
+        return loss_fn.criterion(out, y), {"query_metric_after": metric_fn.score(out.detach(), y).detach()}
+    metric = metric_fn({k: v.detach() for k, v in phi.items()}, x, y)
+    return loss_fn(phi, x, y), {"query_metric_after": metric.detach()}
+
+
 def diagnostics(loss_fn: LossFn, theta: Params, phi: Params, support, query, lam: float,
-                query_loss_after: torch.Tensor, metric_fn: Callable | None, full: bool) -> dict[str, torch.Tensor]:
+                query_loss_after: torch.Tensor, query_metric: dict[str, torch.Tensor],
+                full: bool) -> dict[str, torch.Tensor]:
     phi = {k: v.detach() for k, v in phi.items()}
-    aux = {"query_loss_after": query_loss_after.detach()}
-    if metric_fn is not None:
-        aux["query_metric_after"] = metric_fn(phi, *query).detach()
+    aux = {"query_loss_after": query_loss_after.detach(), **{k: v.detach() for k, v in query_metric.items()}}
     if full:
         with torch.no_grad():
             aux["query_loss_before"] = loss_fn({k: v.detach() for k, v in theta.items()}, *query)

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from torch.func import grad, grad_and_value, vjp
 
-from ._common import diagnostics
+from ._common import diagnostics, query_loss
 from .inner import InnerConfig, solve_inner
 from .linalg import conjugate_gradient, hvp
 
@@ -31,7 +31,7 @@ from .linalg import conjugate_gradient, hvp
 def imaml(loss_fn, params, support, query, inner: InnerConfig, lam: float = 2.0, cg_steps: int = 5,
           cg_damping: float = 0.0, lam_damping: float = 0.0, hvp_mode: str = "revrev", metric_fn=None, diagnostics_full: bool = True):
     phi = solve_inner(loss_fn, params, support, inner, detach=True, prox_lam=lam)
-    gq, qloss = grad_and_value(loss_fn)(phi, *query)
+    gq, (qloss, qmetric) = grad_and_value(lambda p: query_loss(loss_fn, metric_fn, p, *query), has_aux=True)(phi)
     xs, ys = support
 
     def support_loss(p):
@@ -53,6 +53,6 @@ def imaml(loss_fn, params, support, query, inner: InnerConfig, lam: float = 2.0,
         return {k: (1.0 + cg_damping) * v[k] + hv[k] / (lam + lam_damping) for k in v}
 
     grads, rel_residual = conjugate_gradient(matvec, {k: v.detach() for k, v in gq.items()}, cg_steps)
-    aux = diagnostics(loss_fn, params, phi, support, query, lam, qloss, metric_fn, diagnostics_full)
+    aux = diagnostics(loss_fn, params, phi, support, query, lam, qloss, qmetric, diagnostics_full)
     aux["cg_residual"] = rel_residual.detach()
     return {k: v.detach() for k, v in grads.items()}, aux

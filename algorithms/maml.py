@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from torch.func import grad
 
-from ._common import diagnostics
+from ._common import diagnostics, query_loss
 from .inner import InnerConfig, solve_inner
 
 
@@ -17,8 +17,8 @@ def maml(loss_fn, params, support, query, inner: InnerConfig, metric_fn=None, di
 
     def meta_objective(theta):
         phi = solve_inner(loss_fn, theta, support, inner, detach=False)
-        loss = loss_fn(phi, *query)
-        return loss, ({k: v.detach() for k, v in phi.items()}, loss.detach())
+        loss, metric = query_loss(loss_fn, metric_fn, phi, *query)
+        return loss, ({k: v.detach() for k, v in phi.items()}, loss.detach(), metric)
 
-    grads, (phi, qloss) = grad(meta_objective, has_aux=True)(params)
-    return grads, diagnostics(loss_fn, params, phi, support, query, lam, qloss, metric_fn, diagnostics_full)
+    grads, (phi, qloss, qmetric) = grad(meta_objective, has_aux=True)(params)
+    return grads, diagnostics(loss_fn, params, phi, support, query, lam, qloss, qmetric, diagnostics_full)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from ._common import diagnostics
+from ._common import diagnostics, query_loss
 from .inner import InnerConfig, solve_inner
 
 
@@ -17,5 +17,5 @@ def reptile(loss_fn, params, support, query, inner: InnerConfig, metric_fn=None,
     phi = solve_inner(loss_fn, params, support, inner, detach=True)
     grads = {k: params[k].detach() - phi[k] for k in params}
     with torch.no_grad():
-        qloss = loss_fn(phi, *query)
-    return grads, diagnostics(loss_fn, params, phi, support, query, inner.lam, qloss, metric_fn, diagnostics_full)
+        qloss, qmetric = query_loss(loss_fn, metric_fn, phi, *query)
+    return grads, diagnostics(loss_fn, params, phi, support, query, inner.lam, qloss, qmetric, diagnostics_full)

@@ -106,7 +106,7 @@ def _workload(w: Workload, o: Options, device: torch.device, log) -> dict:
     if w.key in o.compile_workloads and "maml" in ests:
         for k in [k for k in o.compile_ks if k in o.ks]:
             # two warm-ups: the first compiles (its time is reported apart), the second runs the graph
-            rec.setdefault("compile_check", {})[str(k)] = compile_check(problem, ests["maml"], k, batches[0], primary, device)
+            rec.setdefault("compile_check", {})[str(k)] = compile_check(problem, ests["maml"], k, batches[0], device)
             timed("maml", "ours", k, "loop+compile", lambda: ours_runner(problem, ests["maml"], k, "compile", device),
                   warmup=max(2, o.warmup))
     if w.key == o.mem_workload and o.mem_ks:

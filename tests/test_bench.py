@@ -230,3 +230,18 @@ def test_time_to_accuracy_refuses_bad_input(tmp_path, monkeypatch):
     (tmp_path / "x").write_text("")
     with pytest.raises(SystemExit):
         tta.main(["--algorithm", "maml", "--run-dir", str(tmp_path)])
+
+
+def test_compile_section_shows_the_compiled_and_the_vmap_float32_differences(tiny_run):
+    """The compile section (not timed in the tiny run: compiling takes minutes) renders a
+    compiled cell and both float32 differences from the record."""
+    import copy
+
+    from bench.render import compile_table
+    rec = copy.deepcopy(tiny_run[2]["workloads"]["omniglot-5w1s"])
+    cell = next(c for c in rec["cells"] if (c["algorithm"], c["side"], c["K"]) == ("maml", "ours", 1))
+    rec["cells"].append({**cell, "batching": "loop+compile", "first_s": 12.5})
+    rec["compile_check"] = {"1": {"compile_vs_loop": 2.5e-6, "vmap_vs_loop": 3.3e-2}}
+    text = "\n".join(compile_table({"omniglot-5w1s": rec}))
+    assert "K=1: compiled 2.5e-06, eager vmap 3.3e-02" in text
+    assert "| maml | 1 | 12.5 |" in text

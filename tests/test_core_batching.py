@@ -80,23 +80,67 @@ def test_batching_rejects_unknown_mode():
         meta_gradient_batch("maml", loss_fn, params, tasks, inner, batching="map")
 
 
-@pytest.mark.parametrize("name", ["maml", "reptile"])
-def test_compiled_loop_matches_the_eager_loop(name):
+@pytest.mark.parametrize("name,hp", [("maml", {}), ("reptile", {}), ("imaml", {"lam": 2.0, "cg_steps": 3})],
+                         ids=["maml", "reptile", "imaml"])
+def test_compiled_loop_matches_the_eager_loop(name, hp):
     """batching='compile' (torch.compile'd estimator per task): the same float64 meta-gradient
     and diagnostics as the eager loop. (FOMAML shares Reptile's compiled inner loop.)"""
     params, loss_fn, _, tasks, inner = sinusoid_batch(3)
-    g_loop, i_loop = meta_gradient_batch(name, loss_fn, params, tasks, inner, batching="loop")
-    g_comp, i_comp = meta_gradient_batch(name, loss_fn, params, tasks, inner, batching="compile")
+    g_loop, i_loop = meta_gradient_batch(name, loss_fn, params, tasks, inner, batching="loop", **hp)
+    g_comp, i_comp = meta_gradient_batch(name, loss_fn, params, tasks, inner, batching="compile", **hp)
     assert rel(g_comp, g_loop) <= 1e-10
     for k in i_loop:
         torch.testing.assert_close(i_comp[k], i_loop[k], rtol=1e-10, atol=1e-12)
     # a second meta-batch reuses the compiled graph and still matches
     shifted = tuple(t.flip(0) for t in tasks)
-    assert rel(meta_gradient_batch(name, loss_fn, params, shifted, inner, batching="compile")[0],
-               meta_gradient_batch(name, loss_fn, params, shifted, inner, batching="loop")[0]) <= 1e-10
+    assert rel(meta_gradient_batch(name, loss_fn, params, shifted, inner, batching="compile", **hp)[0],
+               meta_gradient_batch(name, loss_fn, params, shifted, inner, batching="loop", **hp)[0]) <= 1e-10
 
 
-def test_compile_is_refused_for_imaml():
+def test_compile_refuses_forward_over_reverse_hvps():
     params, loss_fn, _, tasks, inner = sinusoid_batch(2)
-    with pytest.raises(ValueError, match=r"batching='compile' is not available for imaml"):
-        meta_gradient_batch("imaml", loss_fn, params, tasks, inner, batching="compile", lam=2.0)
+    with pytest.raises(ValueError, match=r"batching='compile' cannot run hvp_mode='fwdrev'"):
+        meta_gradient_batch("imaml", loss_fn, params, tasks, inner, batching="compile", lam=2.0, hvp_mode="fwdrev")
+
+
+def test_batch_norm_is_native_outside_vmap_and_written_out_under_it(monkeypatch):
+    """models.batch_norm takes F.batch_norm's fused kernels in the per-task loop and the
+    written-out form under vmap (F.batch_norm's double backward fails there); both equal the
+    textbook formula. The conv4 loop-vs-vmap test above checks gradients and HVPs across the two."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 6, 3, 5, 5, generator=g, dtype=D) * 3 + 1
+    w, b = torch.rand(3, generator=g, dtype=D), torch.randn(3, generator=g, dtype=D)
+    mean = x.mean(dim=(1, 3, 4), keepdim=True)
+    var = ((x - mean) ** 2).mean(dim=(1, 3, 4), keepdim=True)
+    textbook = (x - mean) / torch.sqrt(var + models.BN_EPS) * w.view(1, 1, 3, 1, 1) + b.view(1, 1, 3, 1, 1)
+    calls = []
+    native = torch.nn.functional.batch_norm
+    monkeypatch.setattr(torch.nn.functional, "batch_norm", lambda *a, **k: calls.append(1) or native(*a, **k))
+    torch.testing.assert_close(models.batch_norm(x[0], w, b), textbook[0], rtol=1e-12, atol=1e-12)
+    assert len(calls) == 1
+    torch.testing.assert_close(torch.func.vmap(models.batch_norm, in_dims=(0, None, None))(x, w, b), textbook,
+                               rtol=1e-12, atol=1e-12)
+    assert len(calls) == 1
+
+
+@pytest.mark.parametrize("name,hp", ESTIMATORS, ids=[n for n, _ in ESTIMATORS])
+def test_query_metric_shares_the_loss_forward(name, hp):
+    """models' loss and accuracy share one query forward; the numbers are those of a plain
+    metric function that runs its own forward."""
+    params, loss_fn, metric_fn, tasks, inner = omniglot_batch(1)
+    _, forward = models.build("conv4_omniglot", ways=5, seed=1, dtype=D)
+    calls = []
+
+    def counted(p, x):
+        calls.append(x.shape[0])
+        return forward(p, x)
+    shared_loss, shared_metric = models.cross_entropy_loss(counted), models.accuracy_metric(counted)
+    g_shared, i_shared = meta_gradient_batch(name, shared_loss, params, tasks, inner, metric_fn=shared_metric, **hp)
+    n_shared = calls.count(10)                                        # forwards of the 10 query images
+    calls.clear()
+    plain = lambda p, x, y: (counted(p, x).argmax(-1) == y).to(x.dtype).mean()  # noqa: E731
+    g_plain, i_plain = meta_gradient_batch(name, shared_loss, params, tasks, inner, metric_fn=plain, **hp)
+    assert calls.count(10) == n_shared + 1
+    assert rel(g_shared, g_plain) == 0.0
+    for k in i_plain:
+        torch.testing.assert_close(i_shared[k], i_plain[k], rtol=0, atol=0)

@@ -83,13 +83,12 @@ def validate(cfg: DictConfig) -> None:
         if isinstance(k, bool) or not isinstance(k, int) or k < 0:
             raise ConfigError(f"eval.steps_list contains {k!r}: step counts must be integers >= 0")
     _pos(cfg, "inner_lr")
-    if cfg.algorithm.estimator == "imaml":
-        _pos(cfg, "algorithm.hparams.lam", "must be > 0 (iMAML's proximal weight λ)")
-        _int(cfg, "algorithm.hparams.cg_steps", 1, "must be an integer >= 1")
-        for key in ("cg_damping", "lam_damping"):
-            v = cfg.algorithm.hparams.get(key, 0)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not (math.isfinite(v) and v >= 0):
-                raise ConfigError(f"algorithm.hparams.{key}={v!r} must be a finite number >= 0")
+    import algorithms  # the estimator's own rules (λ, CG steps, dampings, HVP mode), stated once
+    try:
+        algorithms.validate(cfg.algorithm.estimator, inner_config(cfg),
+                            OmegaConf.to_container(cfg.algorithm.hparams, resolve=True) or {})
+    except ValueError as e:
+        raise ConfigError(f"algorithm.hparams: {e}") from None
     _int(cfg, "meta_batch_size", 1, "must be an integer >= 1")
     _int(cfg, "meta_iterations", 0, "must be an integer >= 0")
     m = cfg.get("max_train_minutes")
@@ -109,9 +108,11 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError("device=cuda but CUDA is not available here; use device=cpu or device=auto")
     if cfg.batching not in ("auto", "loop", "vmap", "compile"):
         raise ConfigError(f"batching={cfg.batching!r} is invalid; choose auto, loop, vmap or compile")
-    if cfg.batching == "compile" and cfg.algorithm.estimator == "imaml":
-        raise ConfigError("batching=compile is not available for iMAML (torch.compile changes its meta-gradient "
-                          "by ~15% in torch 2.14); use batching=auto, vmap or loop")
+    try:
+        algorithms.check_batching("loop" if cfg.batching == "auto" else cfg.batching,
+                                  OmegaConf.to_container(cfg.algorithm.hparams, resolve=True) or {})
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     if cfg.eval.bn_mode not in ("transductive", "per_example"):
         raise ConfigError(f"eval.bn_mode={cfg.eval.bn_mode!r} is invalid; choose transductive or per_example")
     if cfg.logger.name not in ("csv", "wandb"):
