@@ -58,6 +58,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--cell-budget-s", type=float, help="time budget of a cell's timed iterations (default 30)")
     p.add_argument("--batching", choices=["auto", "vmap", "loop"],
                    help="our batching over tasks (default auto: the faster one per model, bench.workloads.AUTO_BATCHING)")
+    p.add_argument("--min-time-s", type=float, help="time a fast cell for at least this long, after half as "
+                   "much extra warm-up (default 1; 0 disables)")
     p.add_argument("--no-compare", action="store_true", help="skip the loop-vs-vmap comparison cells")
     p.add_argument("--no-peer", action="store_true", help="skip learn2learn")
     p.add_argument("--compile-ks", type=_ints, help="K at which MAML is also timed under torch.compile (default 1,5; "
@@ -85,10 +87,11 @@ def options(args: argparse.Namespace, p: argparse.ArgumentParser):
 
     from .run import Options
     from .workloads import default_data_root
-    quick = {"workloads": ["omniglot-5w1s", "sinusoid"], "ks": [1, 5], "repeats": 1, "mem_ks": [5, 20], "compile_ks": [1]}
+    quick = {"workloads": ["omniglot-5w1s", "sinusoid"], "ks": [1, 5], "repeats": 1, "mem_ks": [5, 20], "compile_ks": [1],
+             "min_time_s": 0.2}
     o = Options()
     for key in ("workloads", "ks", "algorithms", "repeats", "warmup", "max_iter_s", "cell_budget_s", "batching",
-                "mem_ks", "mem_tasks", "meta_batch", "threads", "compile_ks", "compile_workloads"):
+                "mem_ks", "mem_tasks", "meta_batch", "threads", "compile_ks", "compile_workloads", "min_time_s"):
         v = getattr(args, key)
         if v is None and args.quick and key in quick:
             v = quick[key]
@@ -101,6 +104,8 @@ def options(args: argparse.Namespace, p: argparse.ArgumentParser):
     for key in ("max_iter_s", "cell_budget_s"):
         if getattr(o, key) <= 0:
             p.error(f"--{key.replace('_', '-')} must be > 0")
+    if o.min_time_s < 0:
+        p.error("--min-time-s must be >= 0")
     if len(set(o.mem_ks)) != 2:
         p.error(f"--mem-ks={o.mem_ks} must name two different K, e.g. 5,80")
     o.compare, o.peer, o.synthetic, o.seed = not args.no_compare, not args.no_peer, args.synthetic, args.seed

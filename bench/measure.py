@@ -41,11 +41,14 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def draw_batches(problem: Problem, n: int, seed: int, device: torch.device) -> tuple[list, list[float]]:
-    """``n`` meta-batches from the workload's sampler (moved to ``device``) and the seconds each took."""
+def draw_batches(problem: Problem, n: int, seed: int, device: torch.device,
+                 first: int = 0) -> tuple[list, list[float]]:
+    """``first + n`` meta-batches from the workload's sampler (moved to ``device``) and the
+    seconds each took: the first ``first`` pay one-off costs (learn2learn's import and task
+    set, lazily built on first use), so callers time the others."""
     g = torch.Generator().manual_seed(seed)
     batches, seconds = [], []
-    for _ in range(n):
+    for _ in range(first + n):
         _sync(device)
         t0 = time.perf_counter()
         batch = tuple(t.to(device) for t in problem.sample(problem.workload.meta_batch, g))
@@ -122,12 +125,16 @@ class Timing:
 
 
 def time_runner(make: Callable[[], Callable], batches: list, device: torch.device, warmup: int, repeats: int,
-                max_iter_s: float, cell_budget_s: float, predicted_s: float | None = None) -> Timing:
-    """Warm-up then timed iterations over ``batches`` (``warmup + repeats`` of them).
+                max_iter_s: float, cell_budget_s: float, predicted_s: float | None = None,
+                min_time_s: float = 0.0) -> Timing:
+    """Warm-up then timed iterations over ``batches`` (cycled).
 
     Skipped (not run) when ``predicted_s`` exceeds ``max_iter_s``; only the warm-up is
     reported when it alone took longer than ``max_iter_s``; otherwise as many timed
-    iterations as fit in ``cell_budget_s`` (at least one, at most ``repeats``).
+    iterations as fit in ``cell_budget_s`` (at least one, at most ``repeats``). A fast cell
+    (``repeats`` iterations under ``min_time_s``) is warmed up for another ``min_time_s / 2``
+    and timed for ``min_time_s`` (at most 200 iterations), so that a median of milliseconds
+    is not decided by three calls.
     """
     t = Timing(load=load_average())
     if predicted_s is not None and predicted_s > max_iter_s:
@@ -150,8 +157,19 @@ def time_runner(make: Callable[[], Callable], batches: list, device: torch.devic
             t.status, t.note = "warmup-only", f"warm-up took {warm:.0f} s > max_iter_s={max_iter_s:g}; not repeated"
             return t
         n = repeats if not warm else max(1, min(repeats, int(cell_budget_s // max(warm, 1e-9))))
+        done = warmup
+        if warm and warm * repeats < min_time_s:
+            spent = 0.0
+            while spent < min_time_s / 2 and done < warmup + 100:
+                _sync(device)
+                t0 = time.perf_counter()
+                step(batches[done % len(batches)])
+                _sync(device)
+                spent += time.perf_counter() - t0
+                done += 1
+            n = max(n, min(200, int(min_time_s // max(warm, 1e-9))))
         for i in range(n):
-            tasks = batches[(warmup + i) % len(batches)]
+            tasks = batches[(done + i) % len(batches)]
             _sync(device)
             w0, c0 = time.perf_counter(), time.process_time()
             step(tasks)

@@ -87,8 +87,13 @@ def workload_table(key: str, rec: dict, o: dict) -> list[str]:
     lines = [f"### {rec['label']} — meta-batch {rec['meta_batch']}, {rec['model']} (head {rec['head']}), "
              f"α = {rec['inner_lr']:g}", "", f"Tasks: {rec['origin']}.", ""]
     sm = sorted(rec["sampling_s"])[len(rec["sampling_s"]) // 2]
+    first = rec.get("sampling_first_s") or []
+    cold = (f" after {len(first)} untimed first draws ({', '.join(f'{s * 1e3:.0f}' for s in first)} ms: "
+            "learn2learn's import and task set)") if first else ""
     lines += [f"Task sampling ({rec['sampler']} sampler): median {sm * 1e3:.1f} ms per meta-batch "
-              f"({len(rec['sampling_s'])} draws), timed apart from the iterations below.", ""]
+              f"({len(rec['sampling_s'])} draws{cold}"
+              f"{', image cache resident' if rec['origin'].startswith('real') and rec['model'] != 'mlp' else ''}), "
+              "timed apart from the iterations below.", ""]
     lines += ["| K | algorithm | batching | s / iter (wall) | s / iter (CPU) | ÷ learn2learn MAML (wall) | "
               "÷ learn2learn MAML (CPU) | timed iterations |", "|---|---|---|---|---|---|---|---|"]
     peer = _cells(rec, "peer")

@@ -28,6 +28,7 @@ class Options:
     warmup: int = 1
     max_iter_s: float = 25.0
     cell_budget_s: float = 30.0
+    min_time_s: float = 1.0            # a fast cell is timed for at least this long (see time_runner)
     batching: str = "auto"             # auto (AUTO_BATCHING per model) | vmap | loop
     compare: bool = True               # also time the other batching (see compare_plan)
     peer: bool = True
@@ -73,11 +74,12 @@ def _workload(w: Workload, o: Options, device: torch.device, log) -> dict:
     problem = build_problem(w, o.data_root, o.seed, o.synthetic)
     log(f"[{w.key}] {problem.origin}")
     n = o.warmup + o.repeats
-    batches, sample_s = draw_batches(problem, max(n, 5), o.seed + 1, device)
+    batches, sample_s = draw_batches(problem, max(n, 8), o.seed + 1, device, first=2)
     primary = AUTO_BATCHING[problem.model] if o.batching == "auto" else o.batching
     rec = {"batching": primary, "label": w.label, "meta_batch": w.meta_batch, "ways": w.ways, "shots": w.shots,
            "query_shots": w.query_shots, "inner_lr": w.inner_lr, "model": problem.model, "head": w.head,
-           "origin": problem.origin, "sampler": problem.sampler, "sampling_s": sample_s,
+           "origin": problem.origin, "sampler": problem.sampler, "sampling_first_s": sample_s[:2],
+           "sampling_s": sample_s[2:],
            "cells": [], "grad_check": {}}
     ests = {a: estimator(a, w) for a in o.algorithms}
     done: dict = {}
@@ -85,7 +87,7 @@ def _workload(w: Workload, o: Options, device: torch.device, log) -> dict:
     def timed(name, side, k, batching, make, warmup=o.warmup):
         key = (name, side, batching)
         t = time_runner(make, batches, device, warmup, o.repeats, o.max_iter_s, o.cell_budget_s,
-                        _predict(done, key, k))
+                        _predict(done, key, k), o.min_time_s)
         done.setdefault(key, []).append((k, t.wall_s))
         rec["cells"].append(_cell(name, side, k, batching, t))
         shown = f"{t.wall_s:.3f} s" if t.wall_s is not None else "-"

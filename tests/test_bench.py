@@ -11,6 +11,7 @@ import json
 import os
 import re
 import statistics
+import time
 import subprocess
 import sys
 from pathlib import Path
@@ -34,7 +35,7 @@ def tiny_run(tmp_path_factory):
     out = tmp / "BENCHMARKS.md"
     out.write_text("# Benchmarks\n\nHand-written time-to-accuracy section.\n")
     args = ["--workloads", "omniglot-5w1s,sinusoid", "--ks", "1,2", "--algorithms", "maml,fomaml,imaml",
-            "--repeats", "2", "--meta-batch", "2", "--mem-ks", "2,4", "--mem-tasks", "1", "--no-compile",
+            "--repeats", "2", "--meta-batch", "2", "--mem-ks", "2,4", "--mem-tasks", "1", "--no-compile", "--min-time-s", "0.05",
             "--data-root", str(tmp / "no-data"), "--out", str(out)]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "KINETO_LOG_LEVEL": "4"}
     p = subprocess.run([sys.executable, "-m", "bench", *args], cwd=ROOT, capture_output=True, text=True, env=env,
@@ -74,7 +75,7 @@ def test_every_cell_is_a_real_measurement_and_the_table_matches_the_record(tiny_
         assert len(w["sampling_s"]) >= 2 and all(s > 0 for s in w["sampling_s"])
         for c in w["cells"]:
             assert c["status"] == "ok", c
-            assert c["timed_iterations"] == len(c["wall_s"]) == len(c["cpu_s"]) == 2
+            assert c["timed_iterations"] == len(c["wall_s"]) == len(c["cpu_s"]) >= 2  # more for fast cells (--min-time-s)
             assert all(x > 0 for x in c["wall_s"]) and all(x >= 0 for x in c["cpu_s"])
             assert c["median_wall_s"] == statistics.median(c["wall_s"])
         # every K × algorithm, and the peer, has a row
@@ -131,6 +132,20 @@ def test_time_runner_skips_predicted_slow_cells_and_reports_warmup_only():
     calls.clear()
     t = time_runner(lambda: calls.append, [1, 2, 3], _cpu(), warmup=1, repeats=3, max_iter_s=10, cell_budget_s=1e-12)
     assert t.status == "ok" and calls == [1, 2] and len(t.wall) == 1 and "cell_budget_s" in t.note
+
+
+def test_fast_cells_get_more_warm_up_and_timed_iterations():
+    calls = []
+    t = time_runner(lambda: calls.append, [1, 2, 3], _cpu(), warmup=1, repeats=3, max_iter_s=10, cell_budget_s=10)
+    assert len(t.wall) == 3 and len(calls) == 4                       # min_time_s=0: as asked
+    calls.clear()
+    t = time_runner(lambda: calls.append, [1, 2, 3], _cpu(), warmup=1, repeats=3, max_iter_s=10, cell_budget_s=10,
+                    min_time_s=0.01)
+    extra = len(calls) - 1 - len(t.wall)
+    assert len(t.wall) == 200 and 1 <= extra <= 100 and t.status == "ok" and t.note == ""
+    slow = time_runner(lambda: (lambda b: time.sleep(0.02)), [1], _cpu(), warmup=1, repeats=3, max_iter_s=10,
+                       cell_budget_s=10, min_time_s=0.01)
+    assert len(slow.wall) == 3                                         # not a fast cell: unchanged
 
 
 def test_prediction_is_linear_in_k_from_the_largest_smaller_k():
