@@ -264,7 +264,9 @@ def render(record: dict, command: str) -> str:
              "(other jobs on a shared machine slow the wall clock; the CPU-time columns are steadier)",
              f"- Per cell: {o['warmup']} untimed warm-up iteration, then the median of up to {o['repeats']} timed "
              f"meta-iterations (fewer when one takes over cell_budget_s={o['cell_budget_s']:g} s / n; cells predicted "
-             f"over max_iter_s={o['max_iter_s']:g} s are skipped). A meta-iteration = meta-gradient over the "
+             f"over max_iter_s={o['max_iter_s']:g} s are skipped; a cell whose {o['repeats']} iterations would "
+             f"take under min_time_s={o.get('min_time_s', 0):g} s gets another min_time_s / 2 of warm-up and is "
+             "timed for min_time_s, at most 200 iterations). A meta-iteration = meta-gradient over the "
              "meta-batch (`diagnostics_full=False`) + outer Adam step; task sampling is timed separately.",
              f"- Ours: batching `{o['batching']}` (auto: {', '.join(f'{m} {b}' for m, b in AUTO_BATCHING.items())}; "
              "iMAML-HF always loops: its line search branches on data). Peer: "
