@@ -49,6 +49,7 @@ BAD = [
     (["max_train_minutes=0"], "max_train_minutes=0"),
     (["algorithm=imaml", "algorithm.hparams.lam_damping=-1"], r"algorithm.hparams: imaml: lam_damping=-1 must be"),
     (["algorithm=maml", "+algorithm.hparams.lam=2"], "algorithm.hparams: maml: unknown hyperparameter(s) ['lam']; allowed: none"),
+    (["inner_optim=momentum", "inner_optim.momentum=1.5"], "inner_optim: inner.momentum=1.5 must be in [0, 1)"),
     (["eval.bn_mode=foo"], "eval.bn_mode='foo'"),
     (["inner_steps=abc"], "inner_steps='abc'"),
     (["meta_iterations=-5"], "meta_iterations=-5"),

@@ -87,8 +87,8 @@ def validate(cfg: DictConfig) -> None:
     try:
         algorithms.validate(cfg.algorithm.estimator, inner_config(cfg),
                             OmegaConf.to_container(cfg.algorithm.hparams, resolve=True) or {})
-    except ValueError as e:
-        raise ConfigError(f"algorithm.hparams: {e}") from None
+    except ValueError as e:  # "inner.…" names an inner_optim setting; the rest are algorithm.hparams
+        raise ConfigError(f"{'inner_optim' if str(e).startswith('inner') else 'algorithm.hparams'}: {e}") from None
     _int(cfg, "meta_batch_size", 1, "must be an integer >= 1")
     _int(cfg, "meta_iterations", 0, "must be an integer >= 0")
     m = cfg.get("max_train_minutes")
