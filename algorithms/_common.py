@@ -12,8 +12,9 @@ from .linalg import Params
 def query_loss(loss_fn: LossFn, metric_fn: Callable | None, phi: Params, x: torch.Tensor,
                y: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The query loss (differentiable in φ) and ``{"query_metric_after": metric}`` (detached;
-    empty without ``metric_fn``; a dict so it can be a transform's aux). One forward pass serves both when the two functions expose the same
-    ``forward`` with a ``criterion(out, y)`` / ``score(out, y)`` (as ``models`` builds them);
+    empty without ``metric_fn``; a dict so it can be a transform's aux). One forward pass
+    serves both when the two functions expose the same ``forward`` with a
+    ``criterion(out, y)`` / ``score(out, y)`` (as ``models`` builds them);
     otherwise the metric costs its own forward — on mini-ImageNet's 75 query images that
     second forward was ~half of a MAML K=1 meta-iteration (bench/, issue 7)."""
     if metric_fn is None:

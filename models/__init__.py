@@ -76,14 +76,15 @@ def _under_vmap() -> bool:
 def batch_norm(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Batch norm with the batch's own statistics (biased variance), no running stats.
 
-    Outside ``vmap`` (the per-task loop, ``batching=compile``, evaluation): ``F.batch_norm``,
-    whose fused kernels are ~1.6× faster for a whole MAML meta-iteration on mini-ImageNet's
-    84×84 maps (bench/, issue 7). Under ``vmap``: the same function written out, because
-    F.batch_norm's double backward fails there with a batched cotangent (iMAML's
-    reverse-over-reverse HVP: "accessing `data` under vmap transform", torch 2.14). It takes
-    one fused reduction for both statistics and forms the scale w/sqrt(var + eps) per channel
-    before it touches the feature map — two fewer full-size passes than the textbook order.
-    The two agree to float rounding (tests/test_core_oracles.py)."""
+    Outside ``vmap`` (the per-task loop, ``batching=compile``): ``F.batch_norm``, as
+    learn2learn uses, whose fused kernels make a MAML meta-iteration on mini-ImageNet's 84×84
+    maps ~1.6× faster (bench/, issue 7). Under ``vmap``: the same function written out,
+    because F.batch_norm's double backward fails there with a batched cotangent (iMAML's
+    reverse-over-reverse HVP: "accessing `data` under vmap transform", torch 2.14); one
+    fused reduction for both statistics, and the scale w/sqrt(var + eps) formed per channel
+    before it touches the feature map. In float64 the two agree to rounding
+    (tests/test_core_batching.py). In float32 the fused form was the less accurate on a few
+    Omniglot tasks (meta-gradient error up to 4e-2 at K=1 against 2e-6; BENCHMARKS.md)."""
     if torch.compiler.is_compiling() or not _under_vmap():  # batching=compile never vmaps
         return F.batch_norm(x, None, None, w, b, training=True, eps=BN_EPS)
     var, mean = torch.var_mean(x, dim=(0, 2, 3), unbiased=False, keepdim=True)
