@@ -1,7 +1,7 @@
 """Regenerate the results report from the run records: ``python report.py [--runs runs] [--out reports]``.
 
 Writes ``<out>/REPORT.md``, ``<out>/tables/*.csv|.tex`` and ``<out>/figures/*.png``
-(see ``reports/generate.py``; the record schema is in ``reports/SCHEMA.md``).
+(see ``reporting/generate.py``; the record schema is in ``reports/SCHEMA.md``).
 """
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", default="runs", help="folder holding the run records (default: runs)")
     parser.add_argument("--out", default="reports", help="folder to write REPORT.md, tables/ and figures/ into")
     args = parser.parse_args(argv)
-    from reports.generate import main as generate_main  # heavy imports only after argument parsing
+    from reporting.generate import main as generate_main  # heavy imports only after argument parsing
 
     return generate_main(args.runs, args.out)
 

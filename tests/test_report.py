@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from reports.generate import generate
+from reporting.generate import generate
 
 REPO = Path(__file__).resolve().parents[1]
 GOLDEN = Path(__file__).with_name("golden")
@@ -332,7 +332,7 @@ def test_bad_records_are_skipped_with_reason(tmp_path: Path, mutate, reason):
 
 
 def test_paper_numbers_file_matches_the_issue():
-    from reports.paper import load_paper_numbers
+    from reporting.paper import load_paper_numbers
 
     paper = load_paper_numbers()
     table2 = {  # issue 5: iMAML Table 2, 5w1s / 5w5s / 20w1s / 20w5s

@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from reports.stats import (PairingError, bootstrap_ci, check_same_test_set, claim_verdict, direction,
+from reporting.stats import (PairingError, bootstrap_ci, check_same_test_set, claim_verdict, direction,
                            improvement_interval, mean_std, paired_comparison, paired_differences, wilcoxon_p,
                            win_counts)
 

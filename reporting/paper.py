@@ -1,4 +1,4 @@
-"""The papers' numbers and ordering claims (``reports/paper_numbers.yaml``), validated on load."""
+"""The papers' numbers and ordering claims (``reporting/paper_numbers.yaml``), validated on load."""
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -1,3 +1,0 @@
-"""Report generator (issues 5 and 10): reads run records under ``runs/`` (schema in
-``reports/SCHEMA.md``) and writes ``REPORT.md``, tables and figures. Entry point:
-``python report.py``; library entry point :func:`reports.generate.generate`."""
