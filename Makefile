@@ -8,13 +8,26 @@ SEEDS ?= 0
 DATA ?= $(shell if [ -d ../shared/data ]; then realpath ../shared/data; else echo data; fi)
 export METAGRAD_DATA ?= $(DATA)
 export KINETO_LOG_LEVEL ?= 4
-ALGOS := maml,fomaml,reptile,imaml,imaml_hf
+ALGOS := maml fomaml reptile imaml imaml_hf
 STUDIES := fidelity precision assumptions cost failures
-# The Omniglot inner-step sweep is 30 runs: shortened at the cpu profile (empty it for the profile budget)
-OMNIGLOT_SWEEP ?= $(if $(filter cpu,$(PROFILE)),meta_iterations=100 eval.num_tasks=200,)
+comma := ,
+SEED_LIST := $(subst $(comma), ,$(SEEDS))
+# Equal training-time budgets at the cpu profile (minutes of training wall-clock per run, one core
+# each, two runs at once); PROFILE=paper keeps the papers' iteration counts and no time limit.
+BUDGET_OMNIGLOT ?= 4
+BUDGET_SINUSOID ?= 1
+BUDGET_LARGE ?= 15
+BUDGET_OMNIGLOT_SWEEP ?= 2
+ifeq ($(PROFILE),cpu)
+  CAP = max_train_minutes=$(1) eval.val_every_minutes=$(shell python3 -c 'print($(1)/5)') eval.val_tasks=30
+else
+  CAP =
+endif
 OUT := runs/reproduce/$(PROFILE)
+SWEEP_OUT := runs/sweep/$(PROFILE)
+RECORDS := reports/records
 
-.PHONY: help setup reproduce test test-all sweep report bench bench-tta gpu-check clean
+.PHONY: help setup reproduce large test test-all lint sweep report bench bench-tta gpu-check clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -24,29 +37,51 @@ setup: $(VENV)/.setup-done  ## create .venv with all dependencies (learn2learn r
 $(VENV)/.setup-done: pyproject.toml tools/setup.sh
 	VENV=$(VENV) bash tools/setup.sh
 
-reproduce: setup  ## the whole reproduction at PROFILE (cpu: ≈ 18 min on 2 cores), then the report
+reproduce: setup  ## comparison a (published protocols, equal budgets) on Omniglot 5w1s + sinusoid, the studies, the report
 	rm -rf $(OUT)
-	$(PY) train.py -m algorithm=$(ALGOS) dataset=sinusoid profile=$(PROFILE) seed=$(SEEDS) \
-	    hydra.sweep.dir=$(OUT)/sinusoid
-	$(PY) train.py -m algorithm=$(ALGOS) dataset=omniglot ways=5 shots=1 profile=$(PROFILE) seed=$(SEEDS) \
-	    hydra.sweep.dir=$(OUT)/omniglot_5w1s
-	for s in $(STUDIES); do $(PY) study.py study=$$s hydra.run.dir=$(OUT)/study/$$s || exit 1; done
+	{ for s in $(SEED_LIST); do for a in $(ALGOS); do \
+	    echo "omniglot_5w1s/$$a-s$$s experiment=omniglot_5w_$$a seed=$$s $(call CAP,$(BUDGET_OMNIGLOT))"; \
+	    echo "sinusoid/$$a-s$$s experiment=sinusoid_$$a seed=$$s $(call CAP,$(BUDGET_SINUSOID))"; \
+	  done; done; } | PY=$(PY) tools/jobs.sh $(OUT)
+	for s in $(STUDIES); do OMP_NUM_THREADS=2 $(PY) study.py study=$$s hydra.run.dir=$(OUT)/study/$$s || exit 1; done
+	$(PY) -m reporting.collect $(OUT) $(RECORDS)/reproduce-$(PROFILE)
 	$(PY) report.py
 
-test: setup  ## the test suite (CPU, no network; real data from DATA when present)
+large: setup  ## comparison a on Omniglot 20w1s and mini-ImageNet 5w1s (cpu: BUDGET_LARGE=15 min per run)
+	rm -rf runs/large/$(PROFILE)
+	{ for s in $(SEED_LIST); do for a in $(ALGOS); do \
+	    echo "omniglot_20w1s/$$a-s$$s experiment=omniglot_20w_$$a seed=$$s $(call CAP,$(BUDGET_LARGE))"; \
+	    echo "miniimagenet_5w1s/$$a-s$$s experiment=miniimagenet_$$a seed=$$s $(call CAP,$(BUDGET_LARGE))"; \
+	  done; done; } | PY=$(PY) tools/jobs.sh runs/large/$(PROFILE)
+	$(PY) -m reporting.collect runs/large/$(PROFILE) $(RECORDS)/large-$(PROFILE)
+	$(PY) report.py
+
+test: setup lint  ## lint, then the test suite (CPU, no network; real data from DATA when present)
 	$(PY) -m pytest -m "not slow" -q
 
 test-all: setup  ## every test, the slow ones too
 	$(PY) -m pytest -q
 
-sweep: setup  ## inner-step sweep: algorithm × inner_steps ∈ {1,2,5,10,20,40} × SEEDS, sinusoid + Omniglot 5w1s
-	$(PY) train.py -m algorithm=$(ALGOS) inner_steps=1,2,5,10,20,40 seed=$(SEEDS) dataset=sinusoid \
-	    profile=$(PROFILE) hydra.sweep.dir=runs/sweep/$(PROFILE)/sinusoid
-	$(PY) train.py -m algorithm=$(ALGOS) inner_steps=1,2,5,10,20,40 seed=$(SEEDS) dataset=omniglot \
-	    profile=$(PROFILE) $(OMNIGLOT_SWEEP) hydra.sweep.dir=runs/sweep/$(PROFILE)/omniglot_5w1s
+lint: setup  ## ruff (configured in pyproject.toml)
+	$(PY) -m ruff check .
+
+# Comparison b: one shared inner loop (the MAML protocol's SGD step), K swept, equal budgets.
+# Sinusoid is tested after 10 steps (the MAML protocol; 1 and 5 are recorded too); Omniglot after K.
+SWEEP_KS_SINUSOID := 1 2 5 10 20
+SWEEP_KS_OMNIGLOT := 1 5 16
+sweep: setup  ## comparison b: algorithm × inner steps at equal budgets, sinusoid + Omniglot 5w1s
+	rm -rf $(SWEEP_OUT)
+	{ for s in $(SEED_LIST); do for k in $(SWEEP_KS_SINUSOID); do for a in $(ALGOS); do \
+	    echo "sinusoid/$$a-K$$k-s$$s algorithm=$$a dataset=sinusoid profile=paper inner_steps=$$k seed=$$s \
+	      eval.shots=5 eval.query_shots=100 experiment_name=sweep_sinusoid $(call CAP,$(BUDGET_SINUSOID))"; \
+	  done; done; for k in $(SWEEP_KS_OMNIGLOT); do for a in $(ALGOS); do \
+	    echo "omniglot_5w1s/$$a-K$$k-s$$s algorithm=$$a dataset=omniglot profile=paper inner_steps=$$k \
+	      test_inner_steps=$$k seed=$$s experiment_name=sweep_omniglot $(call CAP,$(BUDGET_OMNIGLOT_SWEEP))"; \
+	  done; done; done; } | PY=$(PY) tools/jobs.sh $(SWEEP_OUT)
+	$(PY) -m reporting.collect $(SWEEP_OUT) $(RECORDS)/sweep-$(PROFILE)
 	$(PY) report.py
 
-report: setup  ## regenerate reports/REPORT.md, tables and figures from runs/
+report: setup  ## regenerate reports/REPORT.md, tables and figures from the records in reports/records/
 	$(PY) report.py
 
 bench: setup  ## benchmark harness → reports/BENCHMARKS.md

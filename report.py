@@ -11,7 +11,8 @@ import sys
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", default="runs", help="folder holding the run records (default: runs)")
+    parser.add_argument("--runs", default="reports/records",
+                        help="folder holding the run records (default: reports/records, the committed ones)")
     parser.add_argument("--out", default="reports", help="folder to write REPORT.md, tables/ and figures/ into")
     args = parser.parse_args(argv)
     from reporting.generate import main as generate_main  # heavy imports only after argument parsing

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from . import common as c
-from . import paired, studies, tables
+from . import budget, paired, studies, tables
 from .paper import PaperNumbers, load_paper_numbers
 from .records import STATUSES, STUDY_FILES, Records, Skipped, load
 from .render import Table, atomic_write, make_table, to_markdown, write_table
@@ -53,25 +53,42 @@ def _train_sections(recs: Records, paper: PaperNumbers, w: Writer) -> list[str]:
     rows = c.records(recs.runs)
     out = ["## 1. Runs\n" + (w.table(tables.inventory(rows)) if rows else _no_runs("make reproduce"))]
 
+    text = ("## 2. Published protocols at an equal training-time budget\n\nEach algorithm runs with the settings "
+            "its authors published for the dataset (`configs/experiment/`), for the same minutes of training on "
+            "the same machine, and is tested on the same fixed test tasks with its own protocol's test-time "
+            "adaptation. This measures what each method reaches in that budget, not the paper's number.\n")
+    by_budget = budget.groups(rows)
+    for key, members in by_budget.items():
+        text += f"\n### {budget.budget_title(*key, members)}\n" + w.table(budget.protocol_table(key, members))
+        fig = budget.curves_figure(key, members, w.fig_dir)
+        if fig is not None:
+            text += w.figure(fig, "Validation metric vs training wall-clock")
+    out.append(text if by_budget else text + _no_runs("make reproduce"))
+
+    sweep = [r for r in rows if budget.is_sweep(r)]
+    rows = [r for r in rows if not budget.is_sweep(r)]  # tables 3-5, pairs and claims: comparison a
     omni = [r for r in rows if r["dataset"] == "omniglot"]
-    text = "## 2. Omniglot — iMAML Table 2 (5w1s / 5w5s / 20w1s / 20w5s)\n"
+    text = "## 3. Omniglot — iMAML Table 2 (5w1s / 5w5s / 20w1s / 20w5s)\n"
     text += (w.table(tables.paper_table("table2_omniglot", omni, paper, tables.omniglot_notes(paper))) if omni
              else _no_runs("make reproduce") + "(Omniglot 5-way 1-shot; other settings: "
                   "`python train.py dataset=omniglot ways=20 shots=1`, needs the Omniglot data)\n")
     out.append(text)
 
     mini = [r for r in rows if r["dataset"] == "miniimagenet"]
-    text = "## 3. mini-ImageNet — iMAML Table 3 (5w1s / 5w5s)\n"
+    text = "## 4. mini-ImageNet — iMAML Table 3 (5w1s / 5w5s)\n"
     text += (w.table(tables.paper_table("table3_miniimagenet", mini, paper, tables.miniimagenet_notes(paper)))
              if mini else _no_runs("python train.py dataset=miniimagenet") + "(needs the mini-ImageNet data)\n")
     out.append(text)
 
     sin = [r for r in rows if r["dataset"] == "sinusoid"]
-    out.append("## 4. Sinusoid regression — MAML paper\n"
+    out.append("## 5. Sinusoid regression — MAML paper\n"
                + (w.table(tables.sinusoid_table(sin, paper)) if sin else _no_runs("make reproduce")))
 
-    groups = tables.inner_steps_groups(rows)
-    text = "## 5. Accuracy and MSE vs inner steps\n"
+    groups = tables.inner_steps_groups(sweep)
+    text = ("## 6. Shared protocol: accuracy and MSE vs inner steps\n\nEvery algorithm uses the same inner loop "
+            "(the MAML protocol's SGD step size and meta-batch; iMAML with λ = 2 and 5 CG steps) and sweeps the "
+            "number of inner steps K, each run for the same minutes of training (`make sweep`). Sinusoid is tested "
+            "after 10 steps (the MAML protocol), Omniglot after K.\n")
     if groups:
         text += w.table(tables.inner_steps_table(groups))
         figures = tables.inner_steps_figures(groups, w.fig_dir)
@@ -81,7 +98,7 @@ def _train_sections(recs: Records, paper: PaperNumbers, w: Writer) -> list[str]:
     out.append(text)
 
     pairs, refused, notes = paired.compare_all(rows)
-    text = ("## 6. Paired comparisons on identical test tasks\n\nEvery algorithm is evaluated on the same "
+    text = ("## 7. Paired comparisons on identical test tasks\n\nEvery algorithm is evaluated on the same "
             "seeded test tasks; two runs are compared task by task only when their test-task fingerprints "
             "match.\n")
     text += w.table(paired.paired_table(pairs)) if pairs else (
@@ -91,15 +108,21 @@ def _train_sections(recs: Records, paper: PaperNumbers, w: Writer) -> list[str]:
     if notes:
         text += "\n### Not paired\n\n" + "".join(f"- {n}\n" for n in notes)
     out.append(text)
-    out.append("## 7. The papers' claims, tested with paired comparisons\n"
-               + w.table(paired.claims_table(paper.claims, pairs, refused, rows)))
+    claims, claim_rows = paired.claims_table(paper.claims, pairs, refused, rows)
+    text = ("## 8. The papers' claims\n\nA claim gets a verdict only from runs at the paper's budget; below it, "
+            "it reads 'not tested at paper budget' and the comparison that was measured is shown with its budget "
+            "in the next table.\n" + w.table(claims))
+    at_budget = paired.budget_claims_table(claim_rows)
+    if at_budget.cells:
+        text += "\n### The claims' comparisons at the budgets measured\n" + w.table(at_budget)
+    out.append(text)
     return out
 
 
 def _study_sections(recs: Records, w: Writer, skipped: list[Skipped]) -> str:
-    text = "## 8. Reviewer studies\n"
+    text = "## 9. Reviewer studies\n"
     for i, name in enumerate(studies.SECTIONS, 1):
-        text += f"\n### 8.{i} {studies.TITLES[name]}\n"
+        text += f"\n### 9.{i} {studies.TITLES[name]}\n"
         study, others = studies.pick(recs.studies, name)
         command = f"python study.py study={name}"
         if study is None:
@@ -119,7 +142,7 @@ def _study_sections(recs: Records, w: Writer, skipped: list[Skipped]) -> str:
 
 
 def _skipped_section(skipped: list[Skipped], w: Writer) -> str:
-    text = "## 9. Skipped records\n"
+    text = "## 10. Skipped records\n"
     if not skipped:
         return text + "\nnone\n"
     rows = [{"path": s.path, "reason": s.reason} for s in sorted(skipped, key=lambda s: (s.path, s.reason))]
@@ -132,10 +155,11 @@ def _header(recs: Records, runs_name: str, n_skipped: int) -> str:
     counts = recs.runs["status"].value_counts().to_dict() if not recs.runs.empty else {}
     status = ", ".join(f"{counts[s]} {s}" for s in STATUSES if counts.get(s))
     return ("# metagrad-bench — results report\n\n"
-            f"Generated by `python report.py` from the run records under `{runs_name}/`: "
+            f"Generated by `python report.py` from the run records under `{runs_name}/` "
+            "(each run's `summary.json` and `metrics.csv`, each study's `study.json` and CSVs): "
             f"{len(recs.runs)} training run(s){f' ({status})' if status else ''}, {len(recs.studies)} study run(s), "
             f"{n_skipped} skipped record(s). Every number traces to the run folder(s) named in its row "
-            f"(paths start at `{runs_name}/`). Tables are also written to `tables/` as CSV and booktabs LaTeX, "
+            f"(paths start at `{runs_name.rsplit('/', 1)[-1]}/`). Tables are also written to `tables/` as CSV and booktabs LaTeX, "
             "figures to `figures/`.\n\n"
             f"{c.NOT_PAPER} marks a result below the paper's budget (the `cpu` profile, or a run stopped early): "
             "it checks the pipeline, not the paper's number.\n")
@@ -151,7 +175,8 @@ def generate(runs_root: Path, out: Path, paper: PaperNumbers | None = None) -> P
     body = _train_sections(recs, paper, w)
     body.append(_study_sections(recs, w, skipped))
     body.append(_skipped_section(skipped, w))
-    text = _header(recs, runs_root.name or "runs", len(skipped)) + "\n" + "\n".join(body)
+    shown = runs_root.name if runs_root.is_absolute() else runs_root.as_posix()
+    text = _header(recs, shown or "runs", len(skipped)) + "\n" + "\n".join(body)
     report = out / "REPORT.md"
     atomic_write(report, text.encode("utf-8"))
     w.files.add(report)

@@ -123,7 +123,8 @@ def normalise_train(d: dict, run: str) -> dict:
         row[key] = _get(d, key, kind)
     for key, kind in (("variant", "str"), ("query_shots", "int"), ("experiment", "str"),
                       ("meta_batch_size", "int"), ("bn_mode", "str"), ("seed", "int"),
-                      ("dtype", "str"), ("device", "str"), ("device_name", "str")):
+                      ("dtype", "str"), ("device", "str"), ("device_name", "str"), ("protocol", "str"),
+                      ("max_train_minutes", "num"), ("stopped_by", "str")):
         row[key] = _get(d, key, kind, required=False)
     for col, dotted, kind in (
             ("inner_optimizer", "inner.optimizer", "str"), ("inner_steps", "inner.steps", "int"),
@@ -132,7 +133,7 @@ def normalise_train(d: dict, run: str) -> dict:
             ("cg_steps", "imaml.cg_steps", "int"), ("outer_optimizer", "outer.optimizer", "str"),
             ("outer_lr", "outer.lr", "num"), ("outer_clip", "outer.clip", "num"),
             ("outer_anneal", "outer.anneal", "bool"), ("median_iter_s", "timing.median_iter_s", "num"),
-            ("total_wall_s", "timing.total_wall_s", "num"),
+            ("total_wall_s", "timing.total_wall_s", "num"), ("train_wall_s", "timing.train_wall_s", "num"),
             ("gpu_peak_bytes", "memory.gpu_peak_bytes", "int"),
             ("alloc_peak_bytes", "memory.alloc_peak_bytes", "int"),
             ("rss_peak_bytes", "memory.rss_peak_bytes", "int"),
@@ -237,7 +238,7 @@ def load(runs_root: Path) -> Records:
                     d = read_json(folder / "summary.json")
                     if d.get("kind", "train") != "train":
                         raise RecordError(f"summary.json has kind {d.get('kind')!r}, expected 'train'")
-                    rows.append(normalise_train(d, run))
+                    rows.append(dict(normalise_train(d, run), folder=str(folder)))
                 except RecordError as e:
                     skipped.append(Skipped(f"{run}/summary.json", str(e)))
             elif "metrics.jsonl" in names:

@@ -149,6 +149,8 @@ def inner_steps_groups(rows: list[dict]) -> list[dict]:
                                                      if m.get("median_iter_s") is not None])[0],
                         "alloc_peak_bytes": c.mean_std([m["alloc_peak_bytes"] for m in members
                                                         if m.get("alloc_peak_bytes") is not None])[0],
+                        "iterations": c.mean_std([m["iterations_done"] for m in members])[0],
+                        "minutes": members[0].get("max_train_minutes"),
                         "runs": [m["run"] for m in members]})
     return sorted(out, key=lambda g: (g["dataset"], c.setting_rank(g["setting"]), g["profile"],
                                       c.label_rank(g["label"]), g["inner_steps"]))
@@ -166,11 +168,12 @@ def inner_steps_table(groups: list[dict]) -> Table:
             ("inner steps (train)", lambda g: str(g["inner_steps"])),
             ("test steps", lambda g: ", ".join(fmt_g(s) for s in g["test_steps"]) or "—"),
             ("metric", lambda g: g["metric"]), ("result", _spread),
+            ("budget min", lambda g: fmt_g(g["minutes"])), ("iterations reached", lambda g: fmt(g["iterations"], 0)),
             ("s / iteration", lambda g: fmt(g["median_iter_s"], 4)),
             ("peak alloc MiB", lambda g: fmt(g["alloc_peak_bytes"], 1, 2.0**-20)),
             ("runs", lambda g: "; ".join(g["runs"]))]
     raw = ("dataset", "setting", "profile", "label", "inner_steps", "test_steps", "metric", "n_runs", "mean",
-           "std", "ci95", "median_iter_s", "alloc_peak_bytes", "runs")
+           "std", "ci95", "minutes", "iterations", "median_iter_s", "alloc_peak_bytes", "runs")
     return make_table("inner_steps", groups, cols, raw,
                       ["accuracy in percent; result is the mean over runs ± std across runs (± the run's 95% CI "
                        "when there is one run); time and memory are the runs' mean median time per "
@@ -184,19 +187,28 @@ def inner_steps_figures(groups: list[dict], fig_dir: Path) -> list[Path]:
     paths = []
     for dataset, setting, profile in keys:
         sel = [g for g in groups if (g["dataset"], g["setting"], g["profile"]) == (dataset, setting, profile)]
-        fig, (ax,) = new_figure()
+        fig, (ax, ax_t, ax_m) = new_figure(ncols=3, width=5.0)
         for i, label in enumerate(sorted({g["label"] for g in sel}, key=c.label_rank)):
             pts = [g for g in sel if g["label"] == label]
             s, _ = c.scale_of(pts[0]["metric"])
             err = [(g["std"] if g["n_runs"] > 1 else g["ci95"]) * s for g in pts]
-            ax.errorbar([g["inner_steps"] for g in pts], [g["mean"] * s for g in pts],
-                        yerr=[0 if e != e else e for e in err], marker=MARKERS[i % len(MARKERS)], capsize=3,
-                        label=label)
-        log_x(ax, [g["inner_steps"] for g in sel])
+            ks = [g["inner_steps"] for g in pts]
+            style = {"marker": MARKERS[i % len(MARKERS)], "label": label}
+            ax.errorbar(ks, [g["mean"] * s for g in pts], yerr=[0 if e != e else e for e in err], capsize=3, **style)
+            ax_t.plot(ks, [g["median_iter_s"] for g in pts], **style)
+            ax_m.plot(ks, [(g["alloc_peak_bytes"] or math.nan) / 2**20 for g in pts], **style)
         metric = sel[0]["metric"]
-        ax.set_xlabel("inner steps (train)")
-        ax.set_ylabel("test accuracy (%)" if metric == "accuracy" else "test MSE")
-        ax.set_title(f"{c.DATASET_NAMES.get(dataset, dataset)} {setting}, {profile} profile")
-        ax.legend()
+        minutes = sorted({g["minutes"] for g in sel if g["minutes"] is not None})
+        for a, ylabel in ((ax, "test accuracy (%)" if metric == "accuracy" else "test MSE"),
+                          (ax_t, "s / meta-iteration"), (ax_m, "peak allocation (MiB)")):
+            log_x(a, [g["inner_steps"] for g in sel])
+            a.set_xlabel("inner steps K (train)")
+            a.set_ylabel(ylabel)
+        if metric == "mse":
+            ax.set_yscale("log")
+        ax_t.set_yscale("log")
+        budget = f", {'/'.join(fmt_g(m) for m in minutes)} min per run" if minutes else ""
+        ax.set_title(f"{c.DATASET_NAMES.get(dataset, dataset)} {setting}{budget}", fontsize=10)
+        ax.legend(fontsize=8)
         paths.append(save_figure(fig, fig_dir / f"inner_steps_{c.slug(dataset, setting, profile)}.png"))
     return paths

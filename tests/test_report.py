@@ -119,7 +119,8 @@ def build_runs(root: Path) -> Path:
     _write(t / "2026-01-01_01-30-00", "metrics.jsonl", '{"iter": 1, "train_loss": 1.6}\n')
     sweep = runs / "sweep" / "2026-01-03_00-00-00"
     # MAML protocol: train at K=10, test at K=5 (the test shots live in the config's eval group)
-    sin = {"dataset": "sinusoid", "ways": 1, "shots": 10, "query_shots": 10, "experiment": None, "bn_mode": None,
+    sin = {"dataset": "sinusoid", "ways": 1, "shots": 10, "query_shots": 10, "experiment": "sweep_sinusoid",
+           "bn_mode": None, "max_train_minutes": 1,
            "meta_batch_size": 25, "inner.lr": 0.01, "inner.test_steps": 10,
            "config": {"eval": {"shots": 5, "query_shots": 100}}}
     for job, steps in enumerate((1, 2, 5)):
@@ -127,8 +128,29 @@ def build_runs(root: Path) -> Path:
         _write(sweep / str(job), "summary.json", json.dumps(rec))
     rec = summary(**sin, algorithm="fomaml", variant="fomaml", label="FOMAML", test=mse_test(0.6, 20))
     _write(sweep / "3", "summary.json", json.dumps(rec))
+    build_protocol_runs(runs / "reproduce")
     build_studies(runs / "study")
     return runs
+
+
+def protocol_run(label: str, iterations: int, p: float, seed: int, **over) -> dict:
+    """A comparison-a record: a published-protocol experiment stopped by a 4-minute budget."""
+    algo = {"MAML": ("maml", "maml"), "iMAML-HF": ("imaml", "imaml_hf")}[label]
+    extra = IMAML_HF if label == "iMAML-HF" else {}
+    return summary(**{**extra, "algorithm": algo[0], "variant": algo[1], "label": label, "profile": "paper",
+                      "experiment": f"omniglot_5w_{algo[1]}", "protocol": f"{label} authors", "meta_batch_size": 32,
+                      "meta_iterations": 60000, "iterations_done": iterations, "max_train_minutes": 4,
+                      "stopped_by": "max_train_minutes", "timing.train_wall_s": 240.0,
+                      "test": accuracy_test(p, seed), **over})
+
+
+def build_protocol_runs(root: Path) -> None:
+    for name, rec, curve in (("maml-s0", protocol_run("MAML", 500, 0.9, 30), (0.2, 0.7, 0.85)),
+                             ("imaml_hf-s0", protocol_run("iMAML-HF", 20, 0.5, 31), (0.2, 0.4))):
+        _write(root / name, "summary.json", json.dumps(rec))
+        rows = ["iter,train_loss,train_wall_s,val_metric"]
+        rows += [f"{i + 1},1.0,{60.0 * i:.1f},{v}" for i, v in enumerate(curve)]
+        _write(root / name, "metrics.csv", "\n".join(rows) + "\n")
 
 
 def _study(folder: Path, name: str, files: dict[str, str]) -> None:
@@ -242,7 +264,8 @@ def test_figures_are_valid_pngs(report_dir: Path):
     from PIL import Image
 
     names = sorted(p.name for p in (report_dir / "figures").glob("*.png"))
-    assert names == ["cost.png", "fidelity.png", "inner_steps_sinusoid_K5_cpu.png", "precision.png"]
+    assert names == ["cost.png", "curves_omniglot_5w1s_4min.png", "fidelity.png", "inner_steps_sinusoid_K5_cpu.png",
+                     "precision.png"]
     for name in names:
         path = report_dir / "figures" / name
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -282,9 +305,33 @@ def test_report_content_facts(report_dir: Path):
     assert "| 5 | MAML † | completed |" in md and "| 10/5, query 10/100 |" in md
     assert "| sinusoid | K=5 | FOMAML vs MAML | mse |" in md and "| MAML | — | cpu; a 200/200 it." in md
     assert "| no runs |" in md and "| not supported |" in md
-    for header in ("## 1. Runs", "## 2. Omniglot", "## 3. mini-ImageNet", "## 4. Sinusoid", "## 5. Accuracy",
-                   "## 6. Paired", "## 7. The papers' claims", "## 8. Reviewer studies", "## 9. Skipped records"):
+    for header in ("## 1. Runs", "## 2. Published protocols", "## 3. Omniglot", "## 4. mini-ImageNet",
+                   "## 5. Sinusoid", "## 6. Shared protocol", "## 7. Paired", "## 8. The papers' claims",
+                   "## 9. Reviewer studies", "## 10. Skipped records"):
         assert header in md
+    # comparison a: the budget is in the title, each row says how far it got and its paired gap to MAML
+    assert "### Omniglot 5w1s: published protocols at an equal budget of 4 min of training per run" in md
+    row = next(line for line in md.splitlines() if line.startswith("| iMAML-HF † | iMAML-HF authors |"))
+    assert "| 20 |" in row and "| 4.0 |" in row and "[" in row  # iterations, minutes, paired CI
+    # a claim measured below the paper's budget gets no verdict, only its measured comparison
+    assert "not tested at paper budget" in md
+    assert "MAML > iMAML-HF (iMAML-HF vs MAML: −" in md
+
+
+def _claim_md(tmp_path: Path, iterations: int) -> str:
+    runs = tmp_path / "runs"
+    for name, label, p, seed in (("m", "MAML", 0.95, 40), ("h", "iMAML-HF", 0.6, 41)):
+        rec = protocol_run(label, iterations, p, seed, max_train_minutes=None, stopped_by="meta_iterations")
+        _write(runs / name, "summary.json", json.dumps(rec))
+    generate(runs, tmp_path / "out")
+    md = (tmp_path / "out" / "REPORT.md").read_text()
+    return next(line for line in md.splitlines() if line.startswith("| iMAML-HF > MAML on Omniglot 5-way 1-shot |"))
+
+
+def test_a_claim_is_contradicted_only_at_the_paper_budget(tmp_path: Path):
+    assert "| contradicted |" in _claim_md(tmp_path / "paper", 60000)
+    below = _claim_md(tmp_path / "short", 59999)
+    assert "| not tested at paper budget |" in below and "contradicted" not in below
 
 
 def test_empty_runs_folder_says_what_to_run(tmp_path: Path):
@@ -384,4 +431,31 @@ def test_garbage_study_values_are_skipped_not_fatal(tmp_path: Path):
     md = (tmp_path / "out" / "REPORT.md").read_text()
     assert "| runs/study/precision/d/study.json | precision.csv: column rel_diff holds non-numbers |" in md
     assert "| runs/study/cost/d/study.json | cost.csv: " in md
-    assert "## 9. Skipped records" in md
+    assert "## 10. Skipped records" in md
+
+
+def test_collect_copies_records_only_and_replaces_the_destination(tmp_path: Path):
+    from reporting.collect import collect
+
+    src, dst = tmp_path / "runs", tmp_path / "reports" / "records" / "reproduce"
+    _write(src / "omniglot" / "maml-s0", "summary.json", json.dumps(summary(test=accuracy_test(0.9, 1))))
+    _write(src / "omniglot" / "maml-s0", "metrics.csv", "iter,train_loss\n1,1.0\n")
+    _write(src / "omniglot" / "maml-s0", "ckpt.pt", "weights")
+    _write(src / "omniglot" / "maml-s0" / ".hydra", "config.yaml", "a: 1\n")
+    _study(src / "study" / "cost", "cost", {"cost.csv": "algorithm\nmaml\n", "notes.txt": "x"})
+    _write(src / "study" / "cost" / "inner_run", "summary.json", "{}")  # a study's own training input
+    _write(dst / "stale", "summary.json", "{}")
+    assert collect(src, dst) == 4
+    got = sorted(p.relative_to(dst).as_posix() for p in dst.rglob("*") if p.is_file())
+    assert got == ["omniglot/maml-s0/metrics.csv", "omniglot/maml-s0/summary.json", "study/cost/cost.csv",
+                   "study/cost/study.json"]
+    assert not any(p.name.startswith(".") for p in dst.parent.iterdir())  # no temporary folder left behind
+    generate(dst, tmp_path / "out")  # the report reads the collected records, paths named from its root
+    assert "| reproduce/omniglot/maml-s0 |" in (tmp_path / "out" / "REPORT.md").read_text()
+
+
+def test_collect_refuses_an_empty_source(tmp_path: Path):
+    proc = subprocess.run([sys.executable, "-m", "reporting.collect", str(tmp_path / "nothing"), str(tmp_path / "d")],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "is not a folder of run records" in proc.stderr
+    assert not (tmp_path / "d").exists()

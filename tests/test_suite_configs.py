@@ -33,12 +33,34 @@ def test_compose_algorithm_dataset_profile(algo, dataset, profile):
         assert cfg.inner_optim.name == "hf"
 
 
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
-def test_compose_experiment(experiment):
-    cfg = compose([f"experiment={experiment}"])
+def test_compose_and_validate_experiment(experiment):
+    overrides = [f"experiment={experiment}"]
+    if DATA.is_dir():
+        overrides.append(f"data.root={DATA}")
+    cfg = compose(overrides)
     assert cfg.get("experiment_name") == experiment
-    if cfg.dataset.name == "sinusoid":
-        validate(cfg)
+    if cfg.dataset.name == "sinusoid" or DATA.is_dir():
+        validate(cfg)  # without the real data, only sinusoid can be validated (the data root is checked)
+
+
+ALGOS_A = ("maml", "fomaml", "reptile", "imaml", "imaml_hf")
+
+
+@pytest.mark.parametrize("prefix", ["omniglot_5w", "omniglot_20w", "miniimagenet", "sinusoid"])
+def test_published_protocols_share_their_test_tasks(prefix):
+    """Comparison a pairs the algorithms task by task: every protocol of one setting must be tested on
+    the same tasks (ways, test shots and queries, seed, count), whatever its training protocol."""
+    def test_tasks(c):
+        return (c.ways, c.eval.shots or c.shots, c.eval.query_shots or c.query_shots, c.eval.test_seed,
+                c.eval.num_tasks)
+    cfgs = {a: compose([f"experiment={prefix}_{a}"]) for a in ALGOS_A}
+    assert {a: c.algorithm.name for a, c in cfgs.items()} == {a: a for a in ALGOS_A}
+    assert all(c.get("protocol") for c in cfgs.values()), "every published-protocol experiment names its source"
+    assert len({test_tasks(c) for c in cfgs.values()}) == 1, {a: test_tasks(c) for a, c in cfgs.items()}
 
 
 @pytest.mark.parametrize("optim", [o for o in OPTIMS if o != "hf"])

@@ -94,6 +94,9 @@ def validate(cfg: DictConfig) -> None:
     m = cfg.get("max_train_minutes")
     if m is not None and (isinstance(m, bool) or not isinstance(m, (int, float)) or not m > 0):
         raise ConfigError(f"max_train_minutes={m!r} must be a number > 0 (or null: no time limit)")
+    vm = cfg.eval.get("val_every_minutes")
+    if vm is not None and (isinstance(vm, bool) or not isinstance(vm, (int, float)) or not vm > 0):
+        raise ConfigError(f"eval.val_every_minutes={vm!r} must be a number > 0 (or null: by iterations only)")
     if ds != "sinusoid":
         _int(cfg, "ways", 2, "must be an integer >= 2 (N-way classification)")
     _int(cfg, "shots", 1, "must be an integer >= 1")

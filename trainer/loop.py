@@ -109,6 +109,7 @@ def _summary_base(cfg, run_dir, source, device, seeds) -> dict:
         "algorithm": a.estimator, "variant": a.name, "label": a.label, "dataset": source.name,
         "ways": cfg.ways, "shots": cfg.shots, "query_shots": cfg.query_shots,
         "profile": cfg.get("profile", "custom"), "experiment": cfg.get("experiment_name"),
+        "protocol": cfg.get("protocol"),
         "meta_iterations": cfg.meta_iterations, "max_train_minutes": cfg.get("max_train_minutes"),
         "iterations_done": 0, "stopped_by": None, "meta_batch_size": cfg.meta_batch_size,
         "inner": {**inner, "steps": cfg.inner_steps, "test_steps": cfg.test_inner_steps,
@@ -193,6 +194,20 @@ def train(cfg, run_dir: str | Path) -> dict:
     last = {}
     it = start
     budget_s = 60.0 * cfg.max_train_minutes if cfg.get("max_train_minutes") else math.inf
+    # Validation every ``val_every`` iterations and/or every ``val_every_minutes`` of training
+    # wall-clock (a learning curve on the time axis: runs of very different speeds get points
+    # at the same training times). With the time rule, the first iteration is validated too.
+    val_period_s = 60.0 * cfg.eval.val_every_minutes if cfg.eval.get("val_every_minutes") else None
+
+    def _next_val(wall):
+        return (math.floor(wall / val_period_s) + 1) * val_period_s if val_period_s else math.inf
+
+    next_val_s = _next_val(train_wall)
+
+    def val_due(i):
+        if cfg.eval.val_every and i % cfg.eval.val_every == 0:
+            return True
+        return val_period_s is not None and (i == 1 or train_wall >= next_val_s)
     with _Stop() as stop, logger.guard(summary):  # an escaping exception still finishes the logger
         try:
             for it in range(start + 1, cfg.meta_iterations + 1):
@@ -243,11 +258,12 @@ def train(cfg, run_dir: str | Path) -> dict:
                 if device.type == "cuda":
                     row["gpu_peak_bytes"] = torch.cuda.max_memory_allocated(device)
                     gpu_peak = max(gpu_peak, row["gpu_peak_bytes"])
-                if cfg.eval.val_every and it % cfg.eval.val_every == 0:
-                    v = evaluate(source, "val", cfg.eval.val_seed, cfg.eval.val_tasks, source.metric, forward, loss_fn,
+                if val_due(it):
+                    v = evaluate(eval_source, "val", cfg.eval.val_seed, cfg.eval.val_tasks, source.metric, forward, loss_fn,
                                  params, InnerConfig.make(inner_config(cfg, cfg.test_inner_steps)), prox,
                                  cfg.eval.bn_mode, use_vmap, device, cfg.eval.chunk)
                     row["val_metric"] = v["mean"]
+                    next_val_s = _next_val(train_wall)
                 append_jsonl(run_dir / "metrics.jsonl", row)
                 logger.log(row)
                 last = row
