@@ -37,7 +37,7 @@ def budget_title(dataset: str, setting: str, minutes, rows: list[dict]) -> str:
     if minutes is None:
         return f"{name}: published protocols at the papers' iteration counts ({', '.join(devices)})"
     return (f"{name}: published protocols at an equal budget of {fmt_g(minutes)} min of training per run "
-            f"({', '.join(devices)}; one torch thread per run, two runs at a time)")
+            f"({', '.join(devices)})")
 
 
 def _peak_mib(r: dict):

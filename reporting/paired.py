@@ -205,7 +205,8 @@ def claims_table(claims: tuple[Claim, ...], pairs: list[dict], refused: list[dic
              "fraction in the CSV; or MSE reduction), paired on identical test tasks. '>' is supported when "
              "every seed's 95% bootstrap CI lies above 0; '≥' when no seed's CI lies below 0; contradicted when some seed is significantly worse and "
              "none better; otherwise not supported.",
-             f"{c.NOT_PAPER} measured below the paper's budget: the verdict is about this budget, not the paper's.",
+             "A verdict needs both runs at the paper's budget (completed at the paper's iteration count); "
+             "anything less reads 'not tested at paper budget'.",
              "no runs: train both algorithms in that setting with the same test tasks (`make reproduce`, or "
              "`python train.py` with the setting's dataset, ways and shots); no paired runs: both were run but "
              "not with the same seed."]
