@@ -10,8 +10,10 @@
 
 Estimators (one file each): ``maml`` (second order, exact through the unroll),
 ``fomaml``, ``reptile`` (pseudo-gradient θ − φ_K) and ``imaml`` (implicit gradient by CG;
-hparams ``lam``, ``cg_steps``, ``cg_damping``, ``lam_damping``; inner optimizer sgd/momentum/adam or
-``hf``). :func:`meta_gradient_batch` runs a stacked meta-batch by a per-task loop or by
+hparams ``lam``, ``cg_steps``, ``cg_damping``, ``lam_damping``, ``cg_tol``; inner optimizer
+sgd/momentum/adam or ``hf``). The inner config's ``prox_mode`` selects the paper's inner
+problem (``every_step``, default) or the official release's (``final_step``).
+:func:`meta_gradient_batch` runs a stacked meta-batch by a per-task loop or by
 ``torch.func.vmap`` and averages; ``batching='compile'`` loops over a ``torch.compile``d
 estimator (TorchInductor fuses each task's graph; compiling takes seconds to minutes once
 per process and shape, then ~1.5× the eager speed on a 2-core CPU — ``make bench``). In
@@ -30,8 +32,8 @@ import torch
 from torch.func import vmap
 
 from .fomaml import fomaml
-from .imaml import imaml
-from .inner import OPTIMIZERS, InnerConfig, inner_objective, solve_inner
+from .imaml import imaml, resolve_cg_tol
+from .inner import OPTIMIZERS, PROX_MODES, InnerConfig, inner_objective, solve_inner
 from .maml import maml
 from .reptile import reptile
 
@@ -47,8 +49,8 @@ def _compiled(name: str) -> Callable:
         _COMPILED[name] = torch.compile(ESTIMATORS[name], dynamic=False)
     return _COMPILED[name]
 
-__all__ = ["ESTIMATORS", "OPTIMIZERS", "InnerConfig", "check_batching", "inner_objective", "meta_gradient",
-           "meta_gradient_batch", "solve_inner", "validate"]
+__all__ = ["ESTIMATORS", "OPTIMIZERS", "PROX_MODES", "InnerConfig", "check_batching", "inner_objective",
+           "meta_gradient", "meta_gradient_batch", "resolve_cg_tol", "solve_inner", "validate"]
 
 
 def check_batching(batching: str, hparams: dict[str, Any]) -> None:
@@ -82,6 +84,10 @@ def validate(name: str, inner: InnerConfig | dict | None, hparams: dict[str, Any
             damping = hparams.get(key, 0.0)
             if isinstance(damping, bool) or not (isinstance(damping, (int, float)) and math.isfinite(damping) and damping >= 0):
                 raise ValueError(f"imaml: {key}={damping!r} must be a finite number >= 0")
+        tol = hparams.get("cg_tol")
+        if tol is not None and (isinstance(tol, bool) or not (isinstance(tol, (int, float)) and math.isfinite(tol)
+                                                              and tol >= 0)):
+            raise ValueError(f"imaml: cg_tol={tol!r} must be a finite number >= 0 (or None: the inner mode's own)")
         if hparams.get("hvp_mode", "revrev") not in ("fwdrev", "revrev"):
             raise ValueError(f"imaml: hvp_mode={hparams['hvp_mode']!r}; allowed: ['fwdrev', 'revrev']")
         if cfg.prox_lam is not None and cfg.prox_lam != lam:

@@ -16,8 +16,21 @@ instead, the inner problem keeping its proximal weight λ. The official release 
 ``cg_damping=1, lam_damping=10``: with λ = 2 its system stays positive definite where the
 paper's is not (on Omniglot's conv4, λ_min(H) has a median of about −8 and goes down to −19:
 ``study=assumptions dataset=omniglot``, reports/bench_tta/assumptions_omniglot/), at
-the price of a biased implicit gradient. (Its inner loop also differs: plain SGD, then one
-proximal step.) Every run records the values.
+the price of a biased implicit gradient. Every run records the values.
+
+The release's inner loop is ``inner.prox_mode='final_step'`` (plain steps on L_support,
+then one step on the proximal term; ``algorithms/inner.py``); H is then the support-loss
+Hessian at the pulled-back φ, as here. ``cg_tol`` is its CG stopping rule
+(``utils.cg_solve``: stop once ||r||² < 1e-10, absolute); ``None`` (default) means 0 —
+always ``cg_steps`` iterations, the paper's "5 CG steps" — with ``prox_mode='every_step'``
+and the release's 1e-10 with ``'final_step'``, so that
+
+    meta_gradient("imaml", ..., inner={"steps": K, "lr": α, "optimizer": "sgd",
+                  "prox_mode": "final_step"}, lam=λ, cg_steps=5, cg_damping=1.0, lam_damping=10.0)
+
+is the release's per-task meta-gradient (``tests/test_imaml_release.py``); pass a number to
+set it independently. (With ``--cg_steps`` ≤ 1 the release skips CG and uses ∇L_query(φ)
+itself; here ``cg_steps=1`` is one CG step.)
 """
 from __future__ import annotations
 
@@ -27,9 +40,19 @@ from ._common import diagnostics, query_loss
 from .inner import InnerConfig, solve_inner
 from .linalg import conjugate_gradient, hvp
 
+RELEASE_CG_TOL = 1e-10  # imaml_dev utils.cg_solve(residual_tol=1e-10), on ||r||²
+
+
+def resolve_cg_tol(cg_tol: float | None, inner: InnerConfig) -> float:
+    """The CG tolerance a run uses: ``cg_tol``, or by default the inner mode's own (module docstring)."""
+    if cg_tol is not None:
+        return float(cg_tol)
+    return RELEASE_CG_TOL if inner.prox_mode == "final_step" else 0.0
+
 
 def imaml(loss_fn, params, support, query, inner: InnerConfig, lam: float = 2.0, cg_steps: int = 5,
-          cg_damping: float = 0.0, lam_damping: float = 0.0, hvp_mode: str = "revrev", metric_fn=None, diagnostics_full: bool = True):
+          cg_damping: float = 0.0, lam_damping: float = 0.0, cg_tol: float | None = None, hvp_mode: str = "revrev",
+          metric_fn=None, diagnostics_full: bool = True):
     phi = solve_inner(loss_fn, params, support, inner, detach=True, prox_lam=lam)
     gq, (qloss, qmetric) = grad_and_value(lambda p: query_loss(loss_fn, metric_fn, p, *query), has_aux=True)(phi)
     xs, ys = support
@@ -52,7 +75,8 @@ def imaml(loss_fn, params, support, query, inner: InnerConfig, lam: float = 2.0,
         hv = hess_vec(v)
         return {k: (1.0 + cg_damping) * v[k] + hv[k] / (lam + lam_damping) for k in v}
 
-    grads, rel_residual = conjugate_gradient(matvec, {k: v.detach() for k, v in gq.items()}, cg_steps)
+    grads, rel_residual = conjugate_gradient(matvec, {k: v.detach() for k, v in gq.items()}, cg_steps,
+                                             tol=resolve_cg_tol(cg_tol, inner))
     aux = diagnostics(loss_fn, params, phi, support, query, lam, qloss, qmetric, diagnostics_full)
     aux["cg_residual"] = rel_residual.detach()
     return {k: v.detach() for k, v in grads.items()}, aux

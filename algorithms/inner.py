@@ -10,6 +10,13 @@ backtracking line search, the paper's iMAML-HF). The first three are pure tensor
 arithmetic, so MAML differentiates through them (``torch.func.grad`` of the unrolled loop)
 and they run under ``vmap``. Their update rules are exactly ``torch.optim``'s SGD /
 SGD(momentum, nesterov) / Adam, which the tests check step by step.
+
+``prox_mode`` says where the proximal term acts. ``every_step`` (the paper: the inner
+optimizer runs on G, Eq. 4) puts it in every step's objective. ``final_step`` is the official
+iMAML release (aravindr93/imaml_dev, ``examples/omniglot_implicit_maml.py``:
+``learn_task(..., add_regularization=False)`` and then one ``inner_opt.step()`` on
+``regularization_loss``): ``steps`` iterations of the optimizer on L_support alone, then
+one SGD step of size ``lr`` on (λ/2)||φ − θ||² alone, φ ← φ − lr·λ·(φ − θ).
 """
 from __future__ import annotations
 
@@ -24,13 +31,15 @@ from .linalg import Params, hvp, tree_add, tree_dot, tree_norm, truncated_newton
 
 LossFn = Callable[[Params, torch.Tensor, torch.Tensor], torch.Tensor]
 OPTIMIZERS = ("sgd", "momentum", "adam", "hf")
+PROX_MODES = ("every_step", "final_step")
 
 
 @dataclass(frozen=True)
 class InnerConfig:
     """How the inner problem is solved. ``prox_lam=None`` means the estimator's own default
     (0 for MAML / FOMAML / Reptile, λ for iMAML). For ``hf``, ``lr`` is the first step
-    tried by the backtracking line search (1.0 is a pure Newton step)."""
+    tried by the backtracking line search (1.0 is a pure Newton step). ``prox_mode``:
+    ``every_step`` (the paper) or ``final_step`` (the official release; see the module docstring)."""
 
     steps: int = 5
     lr: float = 0.01
@@ -42,6 +51,7 @@ class InnerConfig:
     eps: float = 1e-8
     hf_cg_steps: int = 5
     hf_ls_steps: int = 10
+    prox_mode: str = "every_step"
 
     @classmethod
     def make(cls, inner: "InnerConfig | dict[str, Any] | None") -> "InnerConfig":
@@ -74,6 +84,11 @@ class InnerConfig:
             raise ValueError(f"inner.momentum={self.momentum!r} must be in [0, 1)")
         if not (0 <= self.betas[0] < 1 and 0 <= self.betas[1] < 1):
             raise ValueError(f"inner.betas={self.betas!r} must each be in [0, 1)")
+        if self.prox_mode not in PROX_MODES:
+            raise ValueError(f"inner.prox_mode={self.prox_mode!r} is unknown; allowed: {list(PROX_MODES)}")
+        if self.prox_mode == "final_step" and self.optimizer == "hf":
+            raise ValueError("inner.prox_mode='final_step' needs a gradient optimizer (sgd, momentum, adam), "
+                             "not optimizer='hf' (the release has no Hessian-free solver)")
         if self.hf_cg_steps < 1 or self.hf_ls_steps < 0:
             raise ValueError("inner.hf_cg_steps must be >= 1 and inner.hf_ls_steps >= 0")
 
@@ -129,7 +144,8 @@ def _step(phi: Params, g: Params, state: dict[str, Params], cfg: InnerConfig, t:
 
 def solve_inner(loss_fn: LossFn, theta: Params, support: tuple[torch.Tensor, torch.Tensor],
                 cfg: InnerConfig, detach: bool = True, prox_lam: float | None = None) -> Params:
-    """Run the inner optimizer from φ₀ = θ and return φ_K.
+    """Run the inner optimizer from φ₀ = θ and return φ_K (``prox_mode='final_step'``: the
+    optimizer on L_support alone, then φ_K ← φ_K − lr·λ·(φ_K − θ)).
 
     ``detach=True`` (FOMAML, Reptile, iMAML): θ is detached and no graph is kept across
     steps, so memory is flat in K. ``detach=False`` (MAML): every step stays on the graph
@@ -145,8 +161,10 @@ def solve_inner(loss_fn: LossFn, theta: Params, support: tuple[torch.Tensor, tor
             raise ValueError("inner.optimizer='hf' is not differentiable: use it with imaml only")
         return _solve_hf(loss_fn, theta, x, y, cfg, lam)
 
+    final = cfg.prox_mode == "final_step"
+
     def G(p):
-        return inner_objective(loss_fn, p, theta, x, y, lam)
+        return inner_objective(loss_fn, p, theta, x, y, 0.0 if final else lam)
 
     state = _init_state(phi, cfg)
     for t in range(1, cfg.steps + 1):
@@ -154,6 +172,9 @@ def solve_inner(loss_fn: LossFn, theta: Params, support: tuple[torch.Tensor, tor
         if detach:
             g = {k: v.detach() for k, v in g.items()}
         phi, state = _step(phi, g, state, cfg, t)
+    if final and lam:
+        # The release's pull-back: one torch.optim.SGD step on 0.5·λ·||φ − θ||², whose gradient is λ·(φ − θ).
+        phi = {k: phi[k] - cfg.lr * (lam * (phi[k] - theta[k])) for k in phi}
     return phi
 
 

@@ -58,11 +58,16 @@ def hvp(f: Callable[[Params], torch.Tensor], params: Params, v: Params, mode: st
     raise ValueError(f"hvp mode must be 'fwdrev' or 'revrev', got {mode!r}")
 
 
-def conjugate_gradient(matvec: Callable[[Params], Params], b: Params, steps: int) -> tuple[Params, torch.Tensor]:
+def conjugate_gradient(matvec: Callable[[Params], Params], b: Params, steps: int,
+                       tol: float = 0.0) -> tuple[Params, torch.Tensor]:
     """Solve A x = b for symmetric positive-definite A with ``steps`` CG iterations from x0 = 0.
 
     Hestenes & Stiefel (1952). Fixed step count, no early exit (vmap-compatible); a zero
     curvature pᵀAp or zero residual freezes the iterate instead of dividing by zero.
+    ``tol > 0``: once an iteration leaves ||r||² < tol, the later ones change nothing — the
+    official iMAML release's ``utils.cg_solve(..., residual_tol=1e-10)``, which breaks out of
+    its loop there (the first iteration always runs). The masked iterations still cost their
+    matvec, so the loop stays free of data-dependent branching.
     Returns (x, relative residual ||b − A x|| / ||b||, from the CG recurrence).
     """
     x = {k: torch.zeros_like(t) for k, t in b.items()}
@@ -70,18 +75,23 @@ def conjugate_gradient(matvec: Callable[[Params], Params], b: Params, steps: int
     p = dict(b)
     rr = tree_dot(r, r)
     bb = rr
-    for _ in range(steps):
+    for i in range(steps):
         ap = matvec(p)
         pap = tree_dot(p, ap)
         ok = pap != 0
         alpha = torch.where(ok, rr / torch.where(ok, pap, torch.ones_like(pap)), torch.zeros_like(pap))
-        x = tree_add(x, p, alpha)
-        r = tree_add(r, ap, -alpha)
-        rr_new = tree_dot(r, r)
+        x_new = tree_add(x, p, alpha)
+        r_new = tree_add(r, ap, -alpha)
+        rr_new = tree_dot(r_new, r_new)
         nz = rr != 0
         beta = torch.where(nz, rr_new / torch.where(nz, rr, torch.ones_like(rr)), torch.zeros_like(rr))
-        p = tree_add(r, p, beta)
-        rr = rr_new
+        p_new = tree_add(r_new, p, beta)
+        if tol > 0 and i > 0:
+            done = rr < tol
+            x_new, r_new, p_new = ({k: torch.where(done, old[k], new[k]) for k in new}
+                                   for old, new in ((x, x_new), (r, r_new), (p, p_new)))
+            rr_new = torch.where(done, rr, rr_new)
+        x, r, p, rr = x_new, r_new, p_new, rr_new
     rel = torch.where(bb > 0, (rr / torch.where(bb > 0, bb, torch.ones_like(bb))).sqrt(), torch.zeros_like(bb))
     return x, rel
 

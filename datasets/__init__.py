@@ -35,6 +35,15 @@ def validate(cfg) -> None:
         raise ValueError(f"dataset={name!r} is unknown; allowed: {list(DATASETS)}")
 
 
+def record(source) -> dict:
+    """What a run records of its data: the archives' sha256 and, where the source has one, its
+    class split (``split_record``: seed, sizes, test split, test/train overlap)."""
+    rec = {"archive_sha256": dict(source.archive_sha256)}
+    if hasattr(source, "split_record"):
+        rec.update(source.split_record())
+    return rec
+
+
 def build(cfg):
     name = cfg.dataset.name
     dtype = DTYPES[cfg.dtype]

@@ -17,7 +17,19 @@ Split: the 1,623 characters, listed in sorted order of ``set/alphabet/character`
 split never depends on the file system's listing order), are shuffled by
 ``random.Random(split_seed)`` and cut into 1,100 train / 100 val / 423 test. The splits
 are slices of one permutation, hence disjoint; every sampled task draws only from its
-split's classes (``tests/test_data_omniglot.py`` checks both).
+split's classes (``tests/test_data_omniglot.py`` checks both). A split may be empty but
+train and test: the official iMAML release (aravindr93/imaml_dev) uses
+``split_seed: 123`` and ``{train: 1200, val: 0, test: 423}`` — its scripts shuffle
+``list(range(1623))`` with ``random.seed(123)`` and cut at 1,200, over the characters of
+``images_background`` then ``images_evaluation``, alphabets sorted, characters in
+``os.listdir`` order (sorted order here, which makes this split the release's exactly when
+its listing was sorted); the trainer then skips validation.
+
+``test_split: release_leaky`` (never the default) replaces the test characters by those
+the release's evaluation script (``examples/measure_accuracy.py``) uses: the same shuffle
+with seed 12345, characters 1,200 onwards. Most of them are meta-training characters
+(310 of 423 against the release's training split); the run prints the overlap and
+records it (``split_record``), and the test fingerprint changes with it.
 
 Rotations (``rotations``, quarter-turns from {0, 90, 180, 270} degrees):
 - ``rotation_mode: per_task`` (default; MAML TF reference and learn2learn): within a task
@@ -27,6 +39,10 @@ Rotations (``rotations``, quarter-turns from {0, 90, 180, 270} degrees):
 - ``rotation_mode: new_classes`` (Santoro et al. 2016; Vinyals et al. 2016): each
   (character, rotation) is a class of its own, 4 × 1,100 train classes; all rotations of a
   character stay in the character's split.
+- The iMAML release draws a rotation per class (``scipy.ndimage.rotate`` by 0/90/180/270°)
+  every time it loads a task, on every split: ``per_task`` here, since every task here is
+  drawn afresh. (The release draws its tasks from a fixed pool of pre-generated task
+  definitions, re-rotated at each load; that pool is not reproduced.)
 
 Tasks: ``datasets/tasks.py`` (learn2learn's TaskDataset by default; costs measured there).
 """
@@ -34,6 +50,7 @@ from __future__ import annotations
 
 import io
 import random
+import sys
 from pathlib import Path
 
 import torch
@@ -45,7 +62,9 @@ SETS = {"images_background": (30, 964, 19_280), "images_evaluation": (20, 659, 1
 PER_CLASS = 20
 N_CLASSES = 1623
 SPLITS = ("train", "val", "test")
-DEFAULTS = {"split_seed": 1, "split": {"train": 1100, "val": 100, "test": 423},
+TEST_SPLITS = ("standard", "release_leaky")
+RELEASE_EVAL_SEED, RELEASE_TRAIN_SIZE = 12345, 1200  # imaml_dev examples/measure_accuracy.py
+DEFAULTS = {"split_seed": 1, "split": {"train": 1100, "val": 100, "test": 423}, "test_split": "standard",
             "rotations": [0, 90, 180, 270], "rotation_mode": "per_task", "rotate_splits": list(SPLITS),
             "image_size": 28, "resample": "lanczos", "invert": True, "sampler": "learn2learn",
             "download": False}
@@ -67,8 +86,12 @@ def _sizes(cfg) -> dict[str, int]:
 def validate(cfg) -> None:
     """Config errors (ValueError naming key, value and limit), before any data is touched."""
     sizes = _sizes(cfg)
-    if any(v < 1 for v in sizes.values()) or sum(sizes.values()) != N_CLASSES:
-        raise ValueError(f"dataset.split={sizes} must be positive and sum to the {N_CLASSES} Omniglot characters")
+    if sizes["train"] < 1 or sizes["test"] < 1 or sizes["val"] < 0 or sum(sizes.values()) != N_CLASSES:
+        raise ValueError(f"dataset.split={sizes} must have train and test >= 1, val >= 0 (0: no validation) "
+                         f"and sum to the {N_CLASSES} Omniglot characters")
+    if _opt(cfg, "test_split") not in TEST_SPLITS:
+        raise ValueError(f"dataset.test_split={_opt(cfg, 'test_split')!r}; allowed: {list(TEST_SPLITS)} "
+                         "(release_leaky: the iMAML release's evaluation characters, mostly training characters)")
     rots = list(_opt(cfg, "rotations"))
     if not rots or any(r not in (0, 90, 180, 270) for r in rots) or len(set(rots)) != len(rots):
         raise ValueError(f"dataset.rotations={rots} must be distinct values from [0, 90, 180, 270]")
@@ -81,7 +104,9 @@ def validate(cfg) -> None:
     if _opt(cfg, "resample") not in ("lanczos", "nearest"):
         raise ValueError(f"dataset.resample={_opt(cfg, 'resample')!r}; allowed: ['lanczos', 'nearest']")
     mult = len(rots) if mode == "new_classes" else 1
-    classes = {k: v * mult for k, v in sizes.items()}
+    if _opt(cfg, "test_split") == "release_leaky":
+        sizes = dict(sizes, test=N_CLASSES - RELEASE_TRAIN_SIZE)
+    classes = {k: v * mult for k, v in sizes.items() if v > 0}
     if _opt(cfg, "sampler") not in SAMPLERS:
         raise ValueError(f"dataset.sampler={_opt(cfg, 'sampler')!r} is unknown; allowed: {list(SAMPLERS)}")
     q = cfg.query_shots if cfg.query_shots is not None else cfg.shots
@@ -169,18 +194,33 @@ def decode(archives: dict[str, store.Archive], classes: dict[str, list[str]], si
     return {"images": out, "classes": list(classes)}
 
 
-def split_classes(keys: list[str], seed: int, sizes: dict[str, int]) -> dict[str, list[int]]:
+def split_classes(keys: list[str], seed: int, sizes: dict[str, int],
+                  test_split: str = "standard") -> dict[str, list[int]]:
     """Indices into ``keys`` per split: one seeded permutation of the sorted list cut
-    into consecutive slices, so the splits are disjoint and independent of listing order."""
+    into consecutive slices, so the splits are disjoint and independent of listing order.
+    ``test_split='release_leaky'``: the test split is :func:`release_eval_classes` instead."""
     ordered = sorted(keys)
     pos = {k: i for i, k in enumerate(keys)}
     perm = list(ordered)
-    random.Random(seed).shuffle(perm)
+    random.Random(seed).shuffle(perm)  # = random.seed(seed); random.shuffle(list(range(n))) applied to the list
     out, start = {}, 0
     for s in SPLITS:
         out[s] = [pos[k] for k in perm[start:start + sizes[s]]]
         start += sizes[s]
+    if test_split == "release_leaky":
+        out["test"] = release_eval_classes(keys)
     return out
+
+
+def release_eval_classes(keys: list[str]) -> list[int]:
+    """The characters the iMAML release tests on (``examples/measure_accuracy.py``:
+    ``random.seed(12345)``, ``random.shuffle`` of ``range(1623)``, ``OmniglotTask(train=False)``
+    takes ``chars[1200:]``), as indices into ``keys``, the characters in sorted order."""
+    ordered = sorted(keys)
+    pos = {k: i for i, k in enumerate(keys)}
+    perm = list(ordered)
+    random.Random(RELEASE_EVAL_SEED).shuffle(perm)
+    return [pos[k] for k in perm[RELEASE_TRAIN_SIZE:]]
 
 
 class Omniglot:
@@ -192,7 +232,7 @@ class Omniglot:
         validate(cfg)
         g = lambda k: _opt(cfg, k)  # noqa: E731
         self.image_size, self.resample, self.invert = int(g("image_size")), g("resample"), bool(g("invert"))
-        self.split_seed, self.split_sizes = int(g("split_seed")), _sizes(cfg)
+        self.split_seed, self.split_sizes, self.test_split = int(g("split_seed")), _sizes(cfg), g("test_split")
         self.rotations, self.rotation_mode = [int(r) for r in g("rotations")], g("rotation_mode")
         self.rotate_splits = [s for s in SPLITS if s in g("rotate_splits")]
         self.ways, self.shots = int(cfg.ways), int(cfg.shots)
@@ -220,7 +260,12 @@ class Omniglot:
         data = store.load_or_build(path, build, meta)
         self.images, self.class_keys = data["images"], data["classes"]
         store.check_count("Omniglot characters in the cache", N_CLASSES, len(self.class_keys), path)
-        self.split_index = split_classes(self.class_keys, self.split_seed, self.split_sizes)
+        self.split_index = split_classes(self.class_keys, self.split_seed, self.split_sizes, self.test_split)
+        self.test_train_overlap = len(set(self.split_index["test"]) & set(self.split_index["train"]))
+        if self.test_split == "release_leaky":
+            print(f"WARNING: dataset.test_split=release_leaky — {self.test_train_overlap} of the "
+                  f"{len(self.split_index['test'])} test characters are meta-training characters (the iMAML "
+                  "release's evaluation split); the test metric is not a held-out measure", file=sys.stderr, flush=True)
         quarter = [r // 90 for r in self.rotations]
         if self.rotation_mode == "new_classes":
             splits = {s: [(c, q) for c in cs for q in quarter] for s, cs in self.split_index.items()}
@@ -242,6 +287,15 @@ class Omniglot:
         """See :meth:`datasets.tasks.TaskSampler.sample`; xs is (n, ways·shots, 1, 28, 28)."""
         return self.tasks.sample(split, n, generator, **override)
 
+    def has_split(self, split: str) -> bool:
+        """Whether ``split`` has classes to sample (``val`` may be configured empty)."""
+        return len(self.split_index.get(split, ())) > 0
+
+    def split_record(self) -> dict:
+        """The class split as a run records it (``summary.json`` ``data``)."""
+        return {"split_seed": self.split_seed, "split_sizes": {s: len(v) for s, v in self.split_index.items()},
+                "test_split": self.test_split, "test_train_overlap": self.test_train_overlap}
+
     def split_classes(self) -> dict[str, list[str]]:
         """Split name → its characters' keys (``set/alphabet/character``)."""
         return {s: [self.class_keys[i] for i in idx] for s, idx in self.split_index.items()}
@@ -250,9 +304,12 @@ class Omniglot:
         import hashlib
         import json
         split_digest = hashlib.sha256(json.dumps(self.split_classes(), sort_keys=True).encode()).hexdigest()
-        return {"dataset": self.name, "split_protocol": "sorted-characters shuffled by random.Random(split_seed)",
-                "split_seed": self.split_seed, "split_sizes": self.split_sizes, "split_sha256": split_digest,
-                "rotations": self.rotations, "rotation_mode": self.rotation_mode, "rotate_splits": self.rotate_splits,
-                "image_size": self.image_size, "resample": self.resample, "invert": self.invert,
-                "sampler": self.sampler_name, "ways": self.ways, "shots": self.shots,
-                "query_shots": self.query_shots, "archive_sha256": self.archive_sha256}
+        fields = {"dataset": self.name, "split_protocol": "sorted-characters shuffled by random.Random(split_seed)",
+                  "split_seed": self.split_seed, "split_sizes": self.split_sizes, "split_sha256": split_digest,
+                  "rotations": self.rotations, "rotation_mode": self.rotation_mode, "rotate_splits": self.rotate_splits,
+                  "image_size": self.image_size, "resample": self.resample, "invert": self.invert,
+                  "sampler": self.sampler_name, "ways": self.ways, "shots": self.shots,
+                  "query_shots": self.query_shots, "archive_sha256": self.archive_sha256}
+        if self.test_split != "standard":  # (the standard split keeps its earlier fingerprints)
+            fields.update(test_split=self.test_split, test_train_overlap=self.test_train_overlap)
+        return fields

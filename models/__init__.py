@@ -7,12 +7,21 @@
   ``head='mean'`` averages the final feature map (MAML reference, learn2learn's
   ``OmniglotCNN``); ``head='flatten'`` flattens it (official iMAML release: 2·2·64 = 256).
 
+Official iMAML release variants (aravindr93/imaml_dev, ``learner_model.make_conv_network``),
+each its own switch of :func:`build`: ``arch='imaml_release'`` — batch-norm eps 1e-5
+(``nn.BatchNorm2d(64, track_running_stats=False)``) and a ``ZeroPad2d((0, 1, 0, 1))`` after
+block 2 (at 28×28 the pad only makes explicit a zero row and column that the next conv's own
+padding supplies anyway: 7×7 → 8×8 → 4×4 either way, the same numbers; tested), used with
+``head='flatten'`` (``Linear(256, N)``); ``init='imaml_release'`` — xavier-uniform with gain
+1.73 on the conv and linear weights, biases U(0, 0.05), batch-norm scale 1 and shift 0
+(torch's defaults, which the release keeps).
+
 Batch norm always normalises with the statistics of the batch it sees (eps 1e-3, as in
-the TF reference): ``bn_mode='transductive'`` feeds the whole query set as one batch
-(MAML reference; the default), ``bn_mode='per_example'`` evaluates each query image
-together with the support set (Nichol et al. 2018's non-transductive protocol) — the
-trainer implements the latter at evaluation time. No running statistics exist, so the
-functions are pure and run under ``vmap``.
+the TF reference; 1e-5 with ``arch='imaml_release'``): ``bn_mode='transductive'`` feeds
+the whole query set as one batch (MAML reference and the iMAML release; the default),
+``bn_mode='per_example'`` evaluates each query image together with the support set
+(Nichol et al. 2018's non-transductive protocol) — the trainer implements the latter at
+evaluation time. No running statistics exist, so the functions are pure and run under ``vmap``.
 """
 from __future__ import annotations
 
@@ -24,6 +33,10 @@ import torch.nn.functional as F
 
 Params = dict[str, torch.Tensor]
 BN_EPS = 1e-3
+INITS = ("maml", "imaml_release")
+ARCHS = ("maml", "imaml_release")
+RELEASE_BN_EPS = 1e-5
+RELEASE_GAIN = 1.73
 
 
 def _xavier(shape, fan_in, fan_out, g, dtype):
@@ -51,19 +64,27 @@ def mlp(params: Params, x: torch.Tensor) -> torch.Tensor:
 
 
 def init_conv4(g: torch.Generator, ways: int, channels: int, filters: int, feat_dim: int,
-               dtype=torch.float32) -> Params:
-    """Xavier-uniform convs with zero bias, batch-norm scale U[0,1], shift 0 (as learn2learn's
-    ``maml_init_``); xavier-uniform head weights, zero bias."""
+               dtype=torch.float32, init: str = "maml") -> Params:
+    """``init='maml'``: xavier-uniform convs with zero bias, batch-norm scale U[0,1], shift 0
+    (as learn2learn's ``maml_init_``); xavier-uniform head weights, zero bias.
+    ``init='imaml_release'``: ``xavier_uniform_(weight, gain=1.73)`` and ``uniform_(bias, 0, 0.05)``
+    on the convs and the head, batch-norm scale 1, shift 0 (imaml_dev ``make_conv_network``)."""
+    release = init == "imaml_release"
+    gain = RELEASE_GAIN if release else 1.0
+
+    def bias(n):
+        return torch.rand(n, generator=g, dtype=dtype) * 0.05 if release else torch.zeros(n, dtype=dtype)
+
     p = {}
     c_in = channels
     for i in range(4):
-        p[f"conv{i}.weight"] = _xavier((filters, c_in, 3, 3), c_in * 9, filters * 9, g, dtype)
-        p[f"conv{i}.bias"] = torch.zeros(filters, dtype=dtype)
-        p[f"bn{i}.weight"] = torch.rand(filters, generator=g, dtype=dtype)
+        p[f"conv{i}.weight"] = gain * _xavier((filters, c_in, 3, 3), c_in * 9, filters * 9, g, dtype)
+        p[f"conv{i}.bias"] = bias(filters)
+        p[f"bn{i}.weight"] = torch.ones(filters, dtype=dtype) if release else torch.rand(filters, generator=g, dtype=dtype)
         p[f"bn{i}.bias"] = torch.zeros(filters, dtype=dtype)
         c_in = filters
-    p["head.weight"] = _xavier((ways, feat_dim), feat_dim, ways, g, dtype)
-    p["head.bias"] = torch.zeros(ways, dtype=dtype)
+    p["head.weight"] = gain * _xavier((ways, feat_dim), feat_dim, ways, g, dtype)
+    p["head.bias"] = bias(ways)
     return p
 
 
@@ -73,7 +94,7 @@ def _under_vmap() -> bool:
     return bool(stack) and any(i.key() == torch._C._functorch.TransformType.Vmap for i in stack)
 
 
-def batch_norm(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+def batch_norm(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, eps: float = BN_EPS) -> torch.Tensor:
     """Batch norm with the batch's own statistics (biased variance), no running stats.
 
     Outside ``vmap`` (the per-task loop, ``batching=compile``): ``F.batch_norm``, as
@@ -86,37 +107,44 @@ def batch_norm(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tenso
     (tests/test_core_batching.py). In float32 the fused form was the less accurate on a few
     Omniglot tasks (meta-gradient error up to 4e-2 at K=1 against 2e-6; BENCHMARKS.md)."""
     if torch.compiler.is_compiling() or not _under_vmap():  # batching=compile never vmaps
-        return F.batch_norm(x, None, None, w, b, training=True, eps=BN_EPS)
+        return F.batch_norm(x, None, None, w, b, training=True, eps=eps)
     var, mean = torch.var_mean(x, dim=(0, 2, 3), unbiased=False, keepdim=True)
-    return (x - mean) * (w.view(1, -1, 1, 1) * torch.rsqrt(var + BN_EPS)) + b.view(1, -1, 1, 1)
+    return (x - mean) * (w.view(1, -1, 1, 1) * torch.rsqrt(var + eps)) + b.view(1, -1, 1, 1)
 
 
-def conv4(params: Params, x: torch.Tensor, stride: int = 2, pool: bool = False, head: str = "mean") -> torch.Tensor:
+def conv4(params: Params, x: torch.Tensor, stride: int = 2, pool: bool = False, head: str = "mean",
+          bn_eps: float = BN_EPS, pad_block2: bool = False) -> torch.Tensor:
+    """``pad_block2``: the release's ``ZeroPad2d((0, 1, 0, 1))`` (right, bottom) after block 2."""
     for i in range(4):
         x = F.conv2d(x, params[f"conv{i}.weight"], params[f"conv{i}.bias"], stride=stride, padding=1)
-        x = F.relu(batch_norm(x, params[f"bn{i}.weight"], params[f"bn{i}.bias"]))
+        x = F.relu(batch_norm(x, params[f"bn{i}.weight"], params[f"bn{i}.bias"], bn_eps))
         if pool:
             x = F.max_pool2d(x, 2, 2)
+        if pad_block2 and i == 1:
+            x = F.pad(x, (0, 1, 0, 1))
     x = x.mean(dim=(2, 3)) if head == "mean" else x.flatten(1)
     return F.linear(x, params["head.weight"], params["head.bias"])
 
 
 def build(name: str, *, ways: int = 1, seed: int = 0, dtype=torch.float32, head: str = "mean",
-          image_size: int = 28) -> tuple[Params, Callable[[Params, torch.Tensor], torch.Tensor]]:
-    """Return (initial params, forward). Names: ``mlp``, ``conv4_omniglot``, ``conv4_miniimagenet``."""
+          image_size: int = 28, init: str = "maml",
+          arch: str = "maml") -> tuple[Params, Callable[[Params, torch.Tensor], torch.Tensor]]:
+    """Return (initial params, forward). Names: ``mlp``, ``conv4_omniglot``, ``conv4_miniimagenet``.
+    ``head``, ``init`` and ``arch`` apply to the conv4s (``arch='imaml_release'``: Omniglot only)."""
     g = torch.Generator().manual_seed(seed)
+    check_options(name, head, init, arch)
     if name == "mlp":
         return init_mlp(g, dtype), mlp
-    if head not in ("mean", "flatten"):
-        raise ValueError(f"model.head={head!r}; allowed: ['mean', 'flatten']")
     if name == "conv4_omniglot":
+        release = arch == "imaml_release"
         side = image_size
-        for _ in range(4):
-            side = (side + 2 - 3) // 2 + 1
+        for i in range(4):
+            side = (side + 2 - 3) // 2 + 1 + (1 if release and i == 1 else 0)
         feat = 64 if head == "mean" else 64 * side * side
+        eps = RELEASE_BN_EPS if release else BN_EPS
         def fwd(p, x):
-            return conv4(p, x, stride=2, pool=False, head=head)
-        return init_conv4(g, ways, 1, 64, feat, dtype), fwd
+            return conv4(p, x, stride=2, pool=False, head=head, bn_eps=eps, pad_block2=release)
+        return init_conv4(g, ways, 1, 64, feat, dtype, init), fwd
     if name == "conv4_miniimagenet":
         side = image_size
         for _ in range(4):
@@ -124,8 +152,20 @@ def build(name: str, *, ways: int = 1, seed: int = 0, dtype=torch.float32, head:
         feat = 32 if head == "mean" else 32 * side * side
         def fwd(p, x):
             return conv4(p, x, stride=1, pool=True, head=head)
-        return init_conv4(g, ways, 3, 32, feat, dtype), fwd
+        return init_conv4(g, ways, 3, 32, feat, dtype, init), fwd
     raise ValueError(f"model name={name!r} is unknown; allowed: ['mlp', 'conv4_omniglot', 'conv4_miniimagenet']")
+
+
+def check_options(name: str, head: str = "mean", init: str = "maml", arch: str = "maml") -> None:
+    """ValueError (one line naming the key) for a head / init / arch this model does not have."""
+    if head not in ("mean", "flatten"):
+        raise ValueError(f"model.head={head!r}; allowed: ['mean', 'flatten']")
+    if init not in INITS:
+        raise ValueError(f"model.init={init!r}; allowed: {list(INITS)}")
+    if arch not in ARCHS:
+        raise ValueError(f"model.arch={arch!r}; allowed: {list(ARCHS)}")
+    if arch == "imaml_release" and name != "conv4_omniglot":
+        raise ValueError(f"model.arch='imaml_release' is the release's Omniglot conv4, not {name!r}; use arch=maml")
 
 
 def cross_entropy_loss(forward):

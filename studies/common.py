@@ -22,6 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 
 import datasets
 import models
+from trainer.config import model_options
 from trainer.records import atomic_write_bytes, load_checkpoint
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -116,7 +117,7 @@ def build_problem(tcfg: DictConfig, dtype: str | None = None, device: str = "aut
     dev = resolve_device(device)
     source = datasets.build(cfg)
     params, forward = models.build(source.model, ways=cfg.ways, seed=cfg.seed, dtype=DTYPES[dt],
-                                   head=cfg.dataset.get("head", "mean"), image_size=getattr(source, "image_size", 28))
+                                   **model_options(cfg), image_size=getattr(source, "image_size", 28))
     if activation != "relu":
         if source.model != "mlp":
             raise ValueError(f"study.activation={activation!r} applies to the sinusoid MLP only, "

@@ -17,6 +17,7 @@ ALGORITHMS = ("maml", "fomaml", "reptile", "imaml", "imaml_hf")
 DATASETS = ("sinusoid", "omniglot", "miniimagenet")
 OPTIMIZERS = ("sgd", "momentum", "adam", "hf")
 OUTER = ("adam", "sgd")
+MODELS = {"sinusoid": "mlp", "omniglot": "conv4_omniglot", "miniimagenet": "conv4_miniimagenet"}
 
 
 class ConfigError(ValueError):
@@ -77,13 +78,23 @@ def validate(cfg: DictConfig) -> None:
     if cfg.algorithm.outer.optimizer not in OUTER:
         raise ConfigError(f"algorithm.outer.optimizer={cfg.algorithm.outer.optimizer!r}; choose one of {list(OUTER)}")
     _pos(cfg, "algorithm.outer.lr")
+    if cfg.algorithm.outer.optimizer == "adam" and cfg.algorithm.outer.get("eps") is not None:
+        _pos(cfg, "algorithm.outer.eps", "must be a finite number > 0 (Adam's eps; torch's default 1e-8)")
+    import algorithms  # the estimator's own rules (λ, CG steps, dampings, HVP mode, prox mode), stated once
+    mode = cfg.get("prox_mode", "every_step")
+    if mode not in algorithms.PROX_MODES:
+        raise ConfigError(f"prox_mode={mode!r} is invalid; choose every_step (the paper) or final_step "
+                          "(the official iMAML release)")
+    lam = cfg.eval.get("prox_lam")
+    if lam is not None and (isinstance(lam, bool) or not isinstance(lam, (int, float)) or not math.isfinite(lam)
+                            or lam < 0):
+        raise ConfigError(f"eval.prox_lam={lam!r} is invalid: a finite number >= 0, or null for the training λ")
     _int(cfg, "inner_steps", 0, "must be an integer >= 0")
     _int(cfg, "test_inner_steps", 0, "must be an integer >= 0")
     for k in cfg.eval.steps_list or []:
         if isinstance(k, bool) or not isinstance(k, int) or k < 0:
             raise ConfigError(f"eval.steps_list contains {k!r}: step counts must be integers >= 0")
     _pos(cfg, "inner_lr")
-    import algorithms  # the estimator's own rules (λ, CG steps, dampings, HVP mode), stated once
     hparams = OmegaConf.to_container(cfg.algorithm.hparams, resolve=True) or {}
     try:
         algorithms.validate(cfg.algorithm.estimator, inner_config(cfg), hparams)
@@ -116,6 +127,11 @@ def validate(cfg: DictConfig) -> None:
             algorithms.check_batching("compile", hparams)
         except ValueError as e:
             raise ConfigError(str(e)) from None
+    import models
+    try:
+        models.check_options(MODELS[ds], **model_options(cfg))
+    except ValueError as e:
+        raise ConfigError(f"dataset: {e}") from None
     if cfg.eval.bn_mode not in ("transductive", "per_example"):
         raise ConfigError(f"eval.bn_mode={cfg.eval.bn_mode!r} is invalid; choose transductive or per_example")
     if cfg.logger.name not in ("csv", "wandb"):
@@ -143,7 +159,8 @@ def resolve_device(cfg) -> torch.device:
 def inner_config(cfg, steps: int | None = None) -> dict:
     """The :class:`algorithms.InnerConfig` fields this run uses."""
     o = cfg.inner_optim
-    d = {"steps": cfg.inner_steps if steps is None else steps, "optimizer": o.name, "lr": float(cfg.inner_lr)}
+    d = {"steps": cfg.inner_steps if steps is None else steps, "optimizer": o.name, "lr": float(cfg.inner_lr),
+         "prox_mode": cfg.get("prox_mode", "every_step")}
     if o.name == "momentum":
         d.update(momentum=float(o.momentum), nesterov=bool(o.nesterov))
     elif o.name == "adam":
@@ -151,3 +168,28 @@ def inner_config(cfg, steps: int | None = None) -> dict:
     elif o.name == "hf":
         d.update(hf_cg_steps=int(o.hf_cg_steps), hf_ls_steps=int(o.hf_ls_steps), lr=float(o.ls_init_step))
     return d
+
+
+def eval_prox_lam(cfg) -> float:
+    """The proximal weight of test-time adaptation: ``eval.prox_lam``, or null → the training
+    one (λ for iMAML, the paper; 0 otherwise). The iMAML release tests with 0
+    (``examples/measure_accuracy.py --lam 0.0``)."""
+    lam = cfg.eval.get("prox_lam")
+    if lam is not None:
+        return float(lam)
+    return float(cfg.algorithm.hparams.lam) if cfg.algorithm.estimator == "imaml" else 0.0
+
+
+def outer_options(cfg) -> dict:
+    """Keyword arguments of the outer optimizer: ``lr``, and Adam's ``eps`` (torch's 1e-8 by
+    default; the iMAML release's ``torch.optim.Adam(..., eps=1e-3)``)."""
+    o = cfg.algorithm.outer
+    if o.optimizer == "adam":
+        return {"lr": float(o.lr), "eps": float(o.get("eps", 1e-8))}
+    return {"lr": float(o.lr)}
+
+
+def model_options(cfg) -> dict:
+    """``head`` / ``init`` / ``arch`` for :func:`models.build`, from the dataset config."""
+    d = cfg.dataset
+    return {"head": d.get("head", "mean"), "init": d.get("init", "maml"), "arch": d.get("arch", "maml")}

@@ -17,6 +17,12 @@ def task_generator(seed: int, index: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed * 1_000_003 + index)
 
 
+def has_split(source, split: str) -> bool:
+    """Whether ``source`` has tasks in ``split`` (Omniglot's val split may be configured empty)."""
+    check = getattr(source, "has_split", None)
+    return True if check is None else bool(check(split))
+
+
 def sample_fixed(source, split: str, seed: int, start: int, stop: int, device):
     parts = [source.sample(split, 1, task_generator(seed, i)) for i in range(start, stop)]
     return tuple(torch.cat([p[j] for p in parts]).to(device) for j in range(4))

@@ -22,10 +22,10 @@ from omegaconf import OmegaConf
 
 import datasets
 import models
-from algorithms import InnerConfig, meta_gradient_batch
+from algorithms import InnerConfig, meta_gradient_batch, resolve_cg_tol
 
-from .config import ConfigError, inner_config, resolve_device
-from .evaluate import evaluate, fingerprint
+from .config import ConfigError, eval_prox_lam, inner_config, model_options, outer_options, resolve_device
+from .evaluate import evaluate, fingerprint, has_split
 from .loggers import make_logger
 from .meters import AllocationMeter, Timer, rss_peak_bytes
 from .records import (append_jsonl, atomic_torch_save, atomic_write_json, device_name, load_checkpoint,
@@ -85,8 +85,7 @@ def _setup(cfg):
     device = resolve_device(cfg)
     dtype = DTYPES[cfg.dtype]
     source = datasets.build(cfg)
-    head = cfg.dataset.get("head", "mean")
-    params, forward = models.build(source.model, ways=cfg.ways, seed=cfg.seed, dtype=dtype, head=head,
+    params, forward = models.build(source.model, ways=cfg.ways, seed=cfg.seed, dtype=dtype, **model_options(cfg),
                                    image_size=getattr(source, "image_size", 28))
     params = {k: v.to(device) for k, v in params.items()}
     if source.metric == "mse":
@@ -102,7 +101,8 @@ def _summary_base(cfg, run_dir, source, device, seeds) -> dict:
     if a.estimator == "imaml":
         imaml = {"lam": float(a.hparams.lam), "cg_steps": int(a.hparams.cg_steps),
                  "cg_damping": float(a.hparams.get("cg_damping", 0.0)),
-                 "lam_damping": float(a.hparams.get("lam_damping", 0.0))}
+                 "lam_damping": float(a.hparams.get("lam_damping", 0.0)),
+                 "cg_tol": resolve_cg_tol(a.hparams.get("cg_tol"), InnerConfig.make(inner_config(cfg)))}
     inner = inner_config(cfg)
     return {
         "schema_version": 1, "kind": "train", "status": "running", "run_dir": str(run_dir),
@@ -113,14 +113,15 @@ def _summary_base(cfg, run_dir, source, device, seeds) -> dict:
         "meta_iterations": cfg.meta_iterations, "max_train_minutes": cfg.get("max_train_minutes"),
         "iterations_done": 0, "stopped_by": None, "meta_batch_size": cfg.meta_batch_size,
         "inner": {**inner, "steps": cfg.inner_steps, "test_steps": cfg.test_inner_steps,
-                  "prox_lam": imaml["lam"] if imaml else 0.0},
+                  "prox_lam": imaml["lam"] if imaml else 0.0, "test_prox_lam": eval_prox_lam(cfg)},
         "imaml": imaml,
-        "outer": {"optimizer": a.outer.optimizer, "lr": float(a.outer.lr), "clip": a.outer.clip,
+        "outer": {"optimizer": a.outer.optimizer, **outer_options(cfg), "clip": a.outer.clip,
                   "anneal": bool(a.outer.anneal)},
+        "model": model_options(cfg) if source.model != "mlp" else None,
         "bn_mode": None if source.metric == "mse" else cfg.eval.bn_mode,
         "seed": cfg.seed, "seeds": seeds, "dtype": cfg.dtype, "device": device.type,
         "device_name": device_name(device), "test": None, "timing": None, "memory": None,
-        "versions": versions(), "data": {"archive_sha256": dict(source.archive_sha256)}, "failure": None,
+        "versions": versions(), "data": datasets.record(source), "failure": None,
         "config": OmegaConf.to_container(cfg, resolve=True),
     }
 
@@ -137,14 +138,14 @@ def train(cfg, run_dir: str | Path) -> dict:
     summary = _summary_base(cfg, run_dir, source, device, seeds)
     a = cfg.algorithm
     inner = InnerConfig.make(inner_config(cfg))
-    prox = float(a.hparams.lam) if a.estimator == "imaml" else 0.0
+    prox = eval_prox_lam(cfg)  # test-time adaptation's proximal weight (validation and test)
     hparams = {k: v for k, v in OmegaConf.to_container(a.hparams, resolve=True).items()}
     batching = _batching(cfg, source.model)
     use_vmap = batching != "loop"  # evaluation: vmap unless the loop was asked for
 
     opt_cls = torch.optim.Adam if a.outer.optimizer == "adam" else torch.optim.SGD
     leaves = list(params.values())
-    opt = opt_cls(leaves, lr=float(a.outer.lr))
+    opt = opt_cls(leaves, **outer_options(cfg))
     gen = torch.Generator().manual_seed(seeds["train_tasks"])
     start, train_wall, iter_times, alloc_peak, gpu_peak = 0, 0.0, [], 0, 0
 
@@ -258,7 +259,7 @@ def train(cfg, run_dir: str | Path) -> dict:
                 if device.type == "cuda":
                     row["gpu_peak_bytes"] = torch.cuda.max_memory_allocated(device)
                     gpu_peak = max(gpu_peak, row["gpu_peak_bytes"])
-                if val_due(it):
+                if val_due(it) and has_split(eval_source, "val"):
                     v = evaluate(eval_source, "val", cfg.eval.val_seed, cfg.eval.val_tasks, source.metric, forward, loss_fn,
                                  params, InnerConfig.make(inner_config(cfg, cfg.test_inner_steps)), prox,
                                  cfg.eval.bn_mode, use_vmap, device, cfg.eval.chunk)
