@@ -1,7 +1,7 @@
 """What every estimator reports besides its gradient (vmap-friendly 0-dim tensors)."""
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 

@@ -21,8 +21,9 @@ one SGD step of size ``lr`` on (λ/2)||φ − θ||² alone, φ ← φ − lr·λ
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, fields
-from typing import Any, Callable
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, fields
+from typing import Any
 
 import torch
 from torch.func import grad
@@ -54,7 +55,7 @@ class InnerConfig:
     prox_mode: str = "every_step"
 
     @classmethod
-    def make(cls, inner: "InnerConfig | dict[str, Any] | None") -> "InnerConfig":
+    def make(cls, inner: InnerConfig | dict[str, Any] | None) -> InnerConfig:
         if inner is None:
             cfg = cls()
         elif isinstance(inner, InnerConfig):
@@ -92,7 +93,7 @@ class InnerConfig:
         if self.hf_cg_steps < 1 or self.hf_ls_steps < 0:
             raise ValueError("inner.hf_cg_steps must be >= 1 and inner.hf_ls_steps >= 0")
 
-    def with_prox(self, lam: float) -> "InnerConfig":
+    def with_prox(self, lam: float) -> InnerConfig:
         d = asdict(self)
         d["prox_lam"] = lam
         return InnerConfig(**d)

@@ -6,7 +6,7 @@ number of steps and no data-dependent Python branching, so it runs under ``torch
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch.func import grad, jvp, vjp

@@ -15,7 +15,7 @@ meta-gradient: :func:`grads_as_params` lets the harness check that before it tim
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F

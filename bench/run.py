@@ -14,8 +14,17 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
-from .measure import (Timing, compile_check, draw_batches, equal_gradient_check, load_average, memory_of,
-                      ours_runner, peer_runner, time_runner)
+from .measure import (
+    Timing,
+    compile_check,
+    draw_batches,
+    equal_gradient_check,
+    load_average,
+    memory_of,
+    ours_runner,
+    peer_runner,
+    time_runner,
+)
 from .workloads import ALGORITHMS, AUTO_BATCHING, WORKLOADS, Workload, build_problem, estimator
 
 
@@ -113,7 +122,7 @@ def _workload(w: Workload, o: Options, device: torch.device, log) -> dict:
                   warmup=max(2, o.warmup))
     if w.key == o.mem_workload and o.mem_ks:
         rec["memory"] = _memory(problem, ests, o, primary, batches[0], device, log)
-    del problem, batches
+    problem = batches = None  # free the workload before the next one (the closures above are done)
     gc.collect()
     return rec
 

@@ -20,9 +20,10 @@ import os
 import tempfile
 import zipfile
 import zlib
+from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 

@@ -26,7 +26,7 @@ evaluation time. No running statistics exist, so the functions are pure and run 
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F

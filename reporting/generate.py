@@ -9,8 +9,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from . import common as c
 from . import budget, paired, studies, tables
+from . import common as c
 from .paper import PaperNumbers, load_paper_numbers
 from .records import STATUSES, STUDY_FILES, Records, Skipped, load
 from .render import Table, atomic_write, make_table, to_markdown, write_table

@@ -148,6 +148,13 @@ def normalise_train(d: dict, run: str) -> dict:
         cfg_value = _get(d, f"config.eval.{key}", "int", required=False) if isinstance(d.get("config"), dict) else None
         row[f"test_{key}"] = next((v for v in (test_value, cfg_value, row[base]) if v is not None), None)
     row["setting"] = setting_name(row["dataset"], row["ways"], row["test_shots"])
+    test = d.get("test") if isinstance(d.get("test"), dict) else {}
+    mean = test.get("mean")
+    if status == "completed" and isinstance(mean, (int, float)) and not math.isfinite(mean):
+        # Training finished but adapting to the test tasks blew up: a divergence, not a number.
+        row.update(status="diverged", failure_iteration=row["iterations_done"],
+                   failure_reason="test-time adaptation diverged (non-finite test metric)")
+        status = "diverged"
     row.update(_test_fields(d, required=(status == "completed")))
     return row
 

@@ -5,7 +5,7 @@ in the section, so every number traces to it) and writes tables and a figure.
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import pandas as pd

@@ -25,7 +25,8 @@ __all__ = ["STUDIES", "check", "compose", "run"]
 
 def compose(overrides: list[str] | None = None) -> DictConfig:
     """The resolved config ``python study.py <overrides>`` would run (Hydra compose API)."""
-    from hydra import compose as hcompose, initialize_config_dir
+    from hydra import compose as hcompose
+    from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
     GlobalHydra.instance().clear()

@@ -25,8 +25,22 @@ from torch.func import grad, jacfwd, jacrev
 from algorithms import InnerConfig, inner_objective, meta_gradient_batch, solve_inner
 from algorithms.linalg import conjugate_gradient, hvp, tree_flatten, tree_unflatten, truncated_newton_direction
 
-from .common import (Problem, base_overrides, build_problem, cosine, flat_rows, load_params, need_ints,
-                     need_pos, need_subset, per_task, progress, rel_error, train_config, train_run)
+from .common import (
+    Problem,
+    base_overrides,
+    build_problem,
+    cosine,
+    flat_rows,
+    load_params,
+    need_ints,
+    need_pos,
+    need_subset,
+    per_task,
+    progress,
+    rel_error,
+    train_config,
+    train_run,
+)
 
 METHODS = ("imaml", "maml_prox", "fomaml", "reptile")
 COLUMNS = ["theta_source", "task", "method", "inner_steps", "cg_steps", "cosine", "rel_error", "hvps",

@@ -23,8 +23,18 @@ import torch
 
 from trainer.config import inner_config
 
-from .common import (base_overrides, build_problem, flat_rows, need_ints, need_pos, need_subset, per_task, progress,
-                     train_config, train_run)
+from .common import (
+    base_overrides,
+    build_problem,
+    flat_rows,
+    need_ints,
+    need_pos,
+    need_subset,
+    per_task,
+    progress,
+    train_config,
+    train_run,
+)
 
 COLUMNS = ["inner_steps", "task", "rel_diff", "norm32", "norm64", "nonfinite32", "nonfinite64", "theta_source",
            "inner_lr"]

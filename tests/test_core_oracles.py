@@ -18,7 +18,6 @@ import models
 from algorithms import InnerConfig, meta_gradient, solve_inner
 from algorithms.linalg import hvp, lanczos_extreme_eigs
 
-
 # torch's first forward-mode AD use (torch.func.hessian) registers jvp decompositions via
 # torch.jit.script, which warns in torch 2.14; harmless here.
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:FutureWarning")

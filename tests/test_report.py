@@ -366,7 +366,6 @@ def test_stale_generated_files_are_removed(tmp_path: Path):
     (lambda d: d.update(test=None), "status is completed but the record has no test results"),
     (lambda d: d["test"].update(per_task=[1.0]), "test.per_task has 1 values but test.n is 40"),
     (lambda d: d["test"].update(metric="f1"), "test.metric 'f1' is not one of"),
-    (lambda d: d["test"].update(mean=float("nan")), "status is completed but test.mean is not finite"),
 ])
 def test_bad_records_are_skipped_with_reason(tmp_path: Path, mutate, reason):
     rec = summary(test=accuracy_test(0.9, 1))
@@ -380,6 +379,14 @@ def test_bad_records_are_skipped_with_reason(tmp_path: Path, mutate, reason):
     assert f"| runs/r/summary.json | {reason}" in md
     assert "| runs/s/summary.json | top-level JSON value is list, expected an object |" in md
     assert "| runs/t/summary.json | not UTF-8 text (garbage bytes) |" in md
+
+
+def test_a_non_finite_test_metric_is_a_divergence(tmp_path: Path):
+    rec = summary(test=dict(accuracy_test(0.9, 1), mean=float("nan")))
+    _write(tmp_path / "runs" / "r", "summary.json", json.dumps(rec))
+    generate(tmp_path / "runs", tmp_path / "out")
+    md = (tmp_path / "out" / "REPORT.md").read_text()
+    assert "| runs/r | diverged at iteration 200: test-time adaptation diverged (non-finite test metric) |" in md
 
 
 def test_paper_numbers_file_matches_the_issue():

@@ -6,9 +6,19 @@ import math
 import numpy as np
 import pytest
 
-from reporting.stats import (PairingError, bootstrap_ci, check_same_test_set, claim_verdict, direction,
-                           improvement_interval, mean_std, paired_comparison, paired_differences, wilcoxon_p,
-                           win_counts)
+from reporting.stats import (
+    PairingError,
+    bootstrap_ci,
+    check_same_test_set,
+    claim_verdict,
+    direction,
+    improvement_interval,
+    mean_std,
+    paired_comparison,
+    paired_differences,
+    wilcoxon_p,
+    win_counts,
+)
 
 FP = "f" * 64
 

@@ -5,11 +5,10 @@ from __future__ import annotations
 import json
 
 import pytest
+from test_data_omniglot import HAVE_REAL, REAL_ROOT, REPO_CACHE
 
 from trainer import ConfigError, compose, train, validate
 from trainer.config import eval_prox_lam, inner_config, model_options, outer_options
-
-from test_data_omniglot import HAVE_REAL, REAL_ROOT, REPO_CACHE
 
 RELEASE = "experiment=omniglot_5w_imaml_release"
 

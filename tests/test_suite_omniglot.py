@@ -2,10 +2,9 @@
 the real data: meta-training must beat both chance (20%) and the untrained network adapted
 the same way on the same fixed test tasks (which is already far above chance)."""
 import pytest
+from test_data_omniglot import HAVE_REAL, REAL_ROOT, REPO_CACHE
 
 from trainer import compose, train
-
-from test_data_omniglot import HAVE_REAL, REAL_ROOT, REPO_CACHE
 
 SETTINGS = {  # small but real budgets; each run takes well under a minute on 2 cores
     "maml": ["inner_steps=1"],

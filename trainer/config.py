@@ -26,7 +26,8 @@ class ConfigError(ValueError):
 
 def compose(overrides: list[str] | None = None, config_name: str = "train") -> DictConfig:
     """The resolved config ``python train.py <overrides>`` would run (Hydra compose API)."""
-    from hydra import compose as hcompose, initialize_config_dir
+    from hydra import compose as hcompose
+    from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
     GlobalHydra.instance().clear()

@@ -13,8 +13,8 @@ from __future__ import annotations
 import contextlib
 import csv
 import os
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from omegaconf import OmegaConf
 

@@ -28,8 +28,15 @@ from .config import ConfigError, eval_prox_lam, inner_config, model_options, out
 from .evaluate import evaluate, fingerprint, has_split
 from .loggers import make_logger
 from .meters import AllocationMeter, Timer, rss_peak_bytes
-from .records import (append_jsonl, atomic_torch_save, atomic_write_json, device_name, load_checkpoint,
-                      read_jsonl, versions)
+from .records import (
+    append_jsonl,
+    atomic_torch_save,
+    atomic_write_json,
+    device_name,
+    load_checkpoint,
+    read_jsonl,
+    versions,
+)
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
@@ -294,4 +301,9 @@ def train(cfg, run_dir: str | Path) -> dict:
                         use_vmap, device, cfg.eval.chunk, steps_list=cfg.eval.steps_list or ())
         test["fingerprint"] = fingerprint(eval_source, "test", cfg.eval.test_seed, cfg.eval.num_tasks)
         test["shots"], test["query_shots"] = eval_source.shots, eval_source.query_shots
+        if not math.isfinite(test["mean"]):  # the adapted models blew up on some test tasks: say so
+            bad = sum(not math.isfinite(v) for v in test["per_task"])
+            return finish("diverged", it, {"iteration": it, "reason": f"test-time adaptation diverged: non-finite "
+                                           f"metric on {bad} of {test['n']} test tasks", "last_metrics": last},
+                          test=test, eval_s=time.perf_counter() - t0)
         return finish("completed", it, test=test, eval_s=time.perf_counter() - t0)

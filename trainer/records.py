@@ -56,7 +56,7 @@ def read_json(path: Path | str) -> dict | None:
     except FileNotFoundError:
         return None
     except (ValueError, OSError, UnicodeDecodeError) as e:
-        warnings.warn(f"ignoring unreadable record {path}: {e}")
+        warnings.warn(f"ignoring unreadable record {path}: {e}", stacklevel=2)
         return None
 
 
@@ -66,7 +66,7 @@ def load_checkpoint(path: Path | str) -> dict | None:
     except FileNotFoundError:
         return None
     except Exception as e:  # truncated or garbage file: start fresh, say so
-        warnings.warn(f"ignoring unreadable checkpoint {path}: {e}; starting fresh")
+        warnings.warn(f"ignoring unreadable checkpoint {path}: {e}; starting fresh", stacklevel=2)
         return None
 
 
