@@ -53,8 +53,9 @@ def train_config(overrides: Iterable[str]) -> DictConfig:
 def base_overrides(cfg: DictConfig, *extra: str) -> list[str]:
     """Training overrides shared by a study's runs: its dataset and task shape, seed, device,
     the user's extras."""
+    data = [f"data.{k}={v}" for k in ("root", "cache_dir") if (v := cfg.get("data", {}).get(k)) is not None]
     return [f"dataset={cfg.dataset.name}", f"ways={cfg.ways}", f"shots={cfg.shots}",
-            f"query_shots={cfg.query_shots}", f"seed={cfg.seed}", f"device={cfg.device}",
+            f"query_shots={cfg.query_shots}", f"seed={cfg.seed}", f"device={cfg.device}", *data,
             *[str(o) for o in cfg.get("train_overrides", [])], *extra]
 
 

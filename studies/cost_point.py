@@ -29,6 +29,14 @@ def _is_oom(e: BaseException) -> bool:
     return isinstance(e, RuntimeError) and ("out of memory" in msg or "can't allocate memory" in msg)
 
 
+def eager_batching(trainer_mode: str, inner_optimizer: str) -> str:
+    """The trainer's batching mode as the cost study runs it: eagerly (``compile`` is timed by
+    ``make bench``, not here), and as a per-task loop for the hf solver (data-dependent control flow)."""
+    if inner_optimizer == "hf" or trainer_mode == "compile":
+        return "loop"
+    return trainer_mode
+
+
 def measure(spec: dict) -> dict:
     from algorithms import InnerConfig, meta_gradient_batch
     from trainer.config import inner_config
@@ -43,8 +51,7 @@ def measure(spec: dict) -> dict:
     a = tcfg.algorithm
     inner = InnerConfig.make(inner_config(tcfg))
     hparams = OmegaConf.to_container(a.hparams, resolve=True)
-    # The trainer's rule; the hf solver always loops (data-dependent control flow).
-    batching = "vmap" if _batching(tcfg, problem.source.model) and inner.optimizer != "hf" else "loop"
+    batching = eager_batching(_batching(tcfg, problem.source.model), inner.optimizer)
     params = problem.params
     opt = (torch.optim.Adam if a.outer.optimizer == "adam" else torch.optim.SGD)(list(params.values()), lr=float(a.outer.lr))
     gen = torch.Generator().manual_seed(int(tcfg.seed))

@@ -251,3 +251,28 @@ def test_bad_study_config_is_one_clear_error(override, key):
     cfg = studies.compose(["study=fidelity", override])
     with pytest.raises(ValueError, match=key.replace(".", r"\.")):
         studies.check(cfg)
+
+
+def test_cost_study_batches_as_the_trainer_does():
+    """The cost study follows the trainer's batching rule: vmap for the MLP and the Omniglot conv4,
+    a per-task loop for the mini-ImageNet conv4 and for the hf solver."""
+    from studies.cost_point import eager_batching
+    from trainer import compose
+    from trainer.loop import _batching
+
+    cfg = compose([])
+    modes = {m: eager_batching(_batching(cfg, m), "sgd") for m in ("mlp", "conv4_omniglot", "conv4_miniimagenet")}
+    assert modes == {"mlp": "vmap", "conv4_omniglot": "vmap", "conv4_miniimagenet": "loop"}
+    assert eager_batching("vmap", "hf") == "loop" and eager_batching("compile", "sgd") == "loop"
+
+
+def test_studies_take_the_data_root_like_train():
+    """``python study.py ... data.root=/path`` reaches the study's training runs (as train.py's key does)."""
+    from hydra import compose, initialize_config_dir
+
+    from studies.common import base_overrides
+    from trainer.config import CONFIG_DIR
+
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose(config_name="study", overrides=["study=precision", "data.root=/some/data"])
+    assert "data.root=/some/data" in base_overrides(cfg)
