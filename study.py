@@ -1,4 +1,4 @@
-"""Run a reviewer study: ``python study.py study=NAME [overrides]`` (issue 6; see configs/study/)."""
+"""Run a reviewer study: ``python study.py study=NAME [overrides]`` (see configs/study/)."""
 import shutil
 import sys
 from pathlib import Path

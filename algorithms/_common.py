@@ -16,7 +16,7 @@ def query_loss(loss_fn: LossFn, metric_fn: Callable | None, phi: Params, x: torc
     serves both when the two functions expose the same ``forward`` with a
     ``criterion(out, y)`` / ``score(out, y)`` (as ``models`` builds them);
     otherwise the metric costs its own forward — on mini-ImageNet's 75 query images that
-    second forward was ~half of a MAML K=1 meta-iteration (bench/, issue 7)."""
+    second forward was ~half of a MAML K=1 meta-iteration (make bench)."""
     if metric_fn is None:
         return loss_fn(phi, x, y), {}
     forward = getattr(loss_fn, "forward", None)

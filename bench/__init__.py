@@ -1,4 +1,4 @@
-"""The benchmark harness behind ``make bench`` (issue 7): ``python -m bench [options]``.
+"""The benchmark harness behind ``make bench``: ``python -m bench [options]``.
 
 Times meta-iterations of every estimator (MAML, FOMAML, Reptile, iMAML-GD, iMAML-HF) on
 Omniglot 5w1s / 20w1s, mini-ImageNet 5w1s and the sinusoid for K ∈ {1, 5, 16} inner steps,

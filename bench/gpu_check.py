@@ -1,4 +1,4 @@
-"""``make gpu-check``: the CUDA check of issue 7, sized for ≤ 8 minutes on one H100.
+"""``make gpu-check``: the CUDA check, sized for ≤ 8 minutes on one H100.
 
     python -m bench.gpu_check [--out-dir DIR] [--report reports/BENCHMARKS.md] [--budget-s 450]
 

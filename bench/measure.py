@@ -1,6 +1,6 @@
 """Timing and memory of one meta-iteration, ours and the peer's.
 
-A meta-iteration (issue 7) is the meta-gradient over the meta-batch (``meta_gradient_batch``
+A meta-iteration is the meta-gradient over the meta-batch (``meta_gradient_batch``
 with ``diagnostics_full=False``, the query accuracy still computed, as the trainer logs it)
 followed by the outer Adam step — for the peer, learn2learn's clone/adapt loop, the
 backward passes and its Adam step. Task sampling is timed on its own (:func:`draw_batches`)

@@ -15,7 +15,7 @@ import torch
 
 from .workloads import AUTO_BATCHING, WORKLOADS
 
-# The issue's targets (issue 7): ours/peer MAML minimum and goal, memory flatness, vmap speed-up, sampling share.
+# Targets: ours/peer MAML minimum and goal, memory flatness, vmap speed-up, sampling share.
 RATIO_MIN, RATIO_GOAL, MEM_FLAT, VMAP_MIN, SAMPLE_MAX = 0.8, 0.5, 1.05, 10.0, 0.05
 
 
@@ -198,7 +198,7 @@ def _verdict(x: float | None, ok, goal=None) -> str:
 
 
 def targets(recs: dict, o: dict) -> list[str]:
-    lines = ["### Targets (issue 7)", "", "| target | measured | verdict |", "|---|---|---|"]
+    lines = ["### Targets", "", "| target | measured | verdict |", "|---|---|---|"]
     rec = recs.get("omniglot-5w1s")
     if rec:
         peer = _cells(rec, "peer")

@@ -1,4 +1,4 @@
-"""Time to accuracy (issue 7): test accuracy against training wall-clock, Omniglot 5-way 1-shot.
+"""Time to accuracy: test accuracy against training wall-clock, Omniglot 5-way 1-shot.
 
     python -m bench.tta --algorithm maml  [--minutes 5,10,15,20,30,40,50,60] [--threads N]
                         [--name NAME] [train.py overrides ...]

@@ -1,6 +1,6 @@
 """The benchmark's workloads and estimators, composed from the suite's own configs.
 
-Workloads (issue 7): Omniglot 5-way 1-shot (conv4-64, meta-batch 32, α = 0.4) and 20-way
+Workloads: Omniglot 5-way 1-shot (conv4-64, meta-batch 32, α = 0.4) and 20-way
 1-shot (meta-batch 16, α = 0.1), mini-ImageNet 5-way 1-shot (conv4-32 with the flattened
 5·5·32 head of MAML's reference code and learn2learn's ``MiniImagenetCNN``, 15 query images
 per class, meta-batch 4, α = 0.01) and the sinusoid (MLP 1-40-40-1, K = 10, meta-batch 25,

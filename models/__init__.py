@@ -99,7 +99,7 @@ def batch_norm(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, eps: float = B
 
     Outside ``vmap`` (the per-task loop, ``batching=compile``): ``F.batch_norm``, as
     learn2learn uses, whose fused kernels make a MAML meta-iteration on mini-ImageNet's 84×84
-    maps ~1.6× faster (bench/, issue 7). Under ``vmap``: the same function written out,
+    maps ~1.6× faster (make bench). Under ``vmap``: the same function written out,
     because F.batch_norm's double backward fails there with a batched cotangent (iMAML's
     reverse-over-reverse HVP: "accessing `data` under vmap transform", torch 2.14); one
     fused reduction for both statistics, and the scale w/sqrt(var + eps) formed per channel

@@ -1,4 +1,4 @@
-"""Paired comparisons between algorithms on identical test tasks, and the claims table (issue 10).
+"""Paired comparisons between algorithms on identical test tasks, and the claims table.
 
 Within a setting (dataset, ways/shots, profile) each algorithm is represented by one
 configuration: the one run as a named experiment, then the one with most runs, then the

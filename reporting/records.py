@@ -2,7 +2,7 @@
 
 A record that cannot be read — empty, truncated, not JSON, wrong schema version, missing
 or ill-typed fields — becomes a :class:`Skipped` entry with the reason; it never stops
-the report (issue 8: readers treat a truncated or garbage file as "skip with a warning").
+the report (readers treat a truncated or garbage file as "skip with a warning").
 """
 from __future__ import annotations
 

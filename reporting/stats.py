@@ -1,4 +1,4 @@
-"""Paired statistics on identical test tasks (issue 10).
+"""Paired statistics on identical test tasks.
 
 Every algorithm is evaluated on the same seeded test tasks, so two runs can be compared
 task by task: the per-task difference removes the task-difficulty variance that makes

@@ -1,4 +1,4 @@
-"""Sections for the reviewer studies (issue 6): fidelity, precision, assumptions, cost, failures.
+"""Sections for the reviewer studies: fidelity, precision, assumptions, cost, failures.
 
 Each reads the tidy CSV(s) of the latest completed run of its study (the folder is named
 in the section, so every number traces to it) and writes tables and a figure.

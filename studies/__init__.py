@@ -1,4 +1,4 @@
-"""The reviewer studies (issue 6): ``python study.py study=NAME [overrides]``.
+"""The reviewer studies: ``python study.py study=NAME [overrides]``.
 
 Each study module has ``validate(cfg)`` (raises ValueError naming the bad key) and
 ``run(cfg, out_dir) -> {csv_name: (columns, rows)}``. :func:`run` checks the config, runs

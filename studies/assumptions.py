@@ -1,4 +1,4 @@
-"""Assumption audit: how often does iMAML's theory hold on real tasks? (issue 6).
+"""Assumption audit: how often does iMAML's theory hold on real tasks?
 
 Rajeswaran et al. (2019, §3–4, Thm. 1) assume the regularised inner objective
 G(φ) = L_support(φ) + (λ/2)||φ − θ||² is strongly convex (λ_min(∇²L_support) + λ > 0),

@@ -1,4 +1,4 @@
-"""Shared plumbing of the reviewer studies (issue 6).
+"""Shared plumbing of the reviewer studies.
 
 A study works on the same task source, model and loss as ``train.py`` (built from the
 training config composed with the study's dataset and ``train_overrides``), trains through

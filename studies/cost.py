@@ -1,4 +1,4 @@
-"""Cost of a meta-iteration: algorithm × inner optimizer × inner steps K (issue 6).
+"""Cost of a meta-iteration: algorithm × inner optimizer × inner steps K.
 
 "Training speed and memory of MAML vs iMAML for several inner optimizers": each point runs in
 a fresh process (``studies.cost_point``), so peak RSS and allocator state belong to that point

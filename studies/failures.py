@@ -1,4 +1,4 @@
-"""Failure regimes: where does MAML break and iMAML not, and vice versa? (issue 6).
+"""Failure regimes: where does MAML break and iMAML not, and vice versa?
 
 Short training runs (the shared trainer) over a grid of λ (down to values where the
 proximal inner problem is no longer strongly convex), inner steps K (too few for iMAML's

@@ -1,5 +1,5 @@
 """Gradient fidelity: how close is each estimator to the exact meta-gradient, as a function of
-the inner steps K and the CG steps? (issue 6; iMAML, Rajeswaran et al. 2019, Thm. 1 / Fig. 2).
+the inner steps K and the CG steps? (iMAML, Rajeswaran et al. 2019, Thm. 1 / Fig. 2).
 
 Every method works on the same proximal inner problem (Eq. 4)
 

@@ -1,4 +1,4 @@
-"""Float32 vs float64: is MAML's gap a numerical artefact? (issue 6).
+"""Float32 vs float64: is MAML's gap a numerical artefact?
 
 (a) The MAML meta-gradient (Finn et al. 2017, Eq. 1–2; exact through the unroll) of the
 same tasks at the same θ in float32 and in float64, for K = 1…100 inner steps: relative

@@ -1,4 +1,4 @@
-"""The benchmark harness (issue 7) at a tiny scale: ``python -m bench`` must produce a
+"""The benchmark harness at a tiny scale: ``python -m bench`` must produce a
 well-formed BENCHMARKS.md section and JSON record from real measurements. Times are never
 asserted; what is checked is structure, consistency between the record and the tables,
 the equal-gradient check against learn2learn (an exact oracle: same weights, same tasks),
@@ -114,7 +114,7 @@ def test_memory_table_maml_grows_with_k_imaml_and_fomaml_stay_flat(tiny_run):
     for a in ("imaml", "fomaml"):
         assert rows[(a, "ours", 4)] <= 1.05 * rows[(a, "ours", 2)], a
     assert re.search(r"\| imaml \| vmap \| [\d.]+ \| [\d.]+ \| 1\.0\d×", md)
-    assert "### Targets (issue 7)" in md and "| sinusoid: vmap ≥ 10× the per-task loop, MAML" in md
+    assert "### Targets" in md and "| sinusoid: vmap ≥ 10× the per-task loop, MAML" in md
     # sinusoid loop-vs-vmap table: every vmap-able estimator at every K
     loop_rows = [r for r in _table_rows(md, "| workload | algorithm | K | loop s / iter") if r[0].startswith("Sinusoid")]
     assert {(r[1], int(r[2])) for r in loop_rows} == {(a, k) for a in ("maml", "fomaml", "imaml") for k in (1, 2)}

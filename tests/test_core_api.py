@@ -1,4 +1,4 @@
-"""The public entry point's contract (issue 2, "What to build"): argument checking with
+"""The public entry point's contract: argument checking with
 one clear ValueError naming the argument and the allowed values, the shape of ``grads``
 and the keys / types of ``info``, and purity (inputs untouched, outputs detached)."""
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """Task batching: the per-task loop and ``torch.func.vmap`` give the same meta-batch
-gradient and per-task diagnostics (issue 2, Proof 6), for all four estimators, on the
+gradient and per-task diagnostics, for all four estimators, on the
 sinusoid MLP and on conv4_omniglot. Float64, so "float tolerance" can be tight; the loop
 result is also checked against single-task ``meta_gradient`` calls averaged by hand.
 """

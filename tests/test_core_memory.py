@@ -1,4 +1,4 @@
-"""Memory discipline (issue 2, Proof 7), measured with ``trainer.meters.AllocationMeter``
+"""Memory discipline, measured with ``trainer.meters.AllocationMeter``
 (peak CPU tensor bytes allocated inside the block, from the profiler's allocation events).
 
 FOMAML, Reptile and iMAML keep no autograd graph across inner steps, so their peak at

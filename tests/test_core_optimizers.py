@@ -1,5 +1,5 @@
 """The shared inner loop against ``torch.optim`` and the first-order estimators against
-their definitions (issue 2, Proof 5).
+their definitions.
 
 The reference trajectory is computed here, independently: leaf tensors, the inner
 objective G(φ) = L_support(φ) + (λ/2)||φ − θ||² written out again, ``backward()`` and

@@ -1,4 +1,4 @@
-"""The meta-gradient estimators against exact, independent oracles (issue 2, Proof 1–4).
+"""The meta-gradient estimators against exact, independent oracles.
 
 - MAML vs central finite differences of the unrolled objective (every inner optimizer),
   and vs learn2learn's ``l2l.algorithms.MAML`` on the conv4 with batch norm.

@@ -1,4 +1,4 @@
-"""Issue 9, GPU path, on any machine: device selection and CUDA-synchronised timing.
+"""GPU path, on any machine: device selection and CUDA-synchronised timing.
 
 CUDA availability is monkeypatched, so these run (and mean the same) with or without a GPU;
 the GPU itself is exercised by ``make gpu-check``.

@@ -1,4 +1,4 @@
-"""Issue 9: wandb tracking (offline), Hydra sweeps through hydra-submitit-launcher, and
+"""wandb tracking (offline), Hydra sweeps through hydra-submitit-launcher, and
 failures that never stop a sweep. Everything runs the real CLI in subprocesses on the CPU.
 
 The wandb checks read the offline run's transaction log (``run-<id>.wandb``) directly: a

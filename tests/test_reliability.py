@@ -1,4 +1,4 @@
-"""Reliability (issue 8): bad input is refused before any work, failures are recorded outcomes,
+"""Reliability: bad input is refused before any work, failures are recorded outcomes,
 runs survive kill -9 and resume bit-identically, and record writes are atomic."""
 import json
 import os

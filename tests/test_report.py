@@ -1,4 +1,4 @@
-"""Report generator (issues 5 and 10) on synthetic run folders.
+"""Report generator on synthetic run folders.
 
 The fixture builds every kind of record the report must cope with: completed runs with two
 seeds, two algorithms sharing a test-task fingerprint and one that does not, a diverged,
@@ -393,7 +393,7 @@ def test_paper_numbers_file_matches_the_issue():
     from reporting.paper import load_paper_numbers
 
     paper = load_paper_numbers()
-    table2 = {  # issue 5: iMAML Table 2, 5w1s / 5w5s / 20w1s / 20w5s
+    table2 = {  # iMAML Table 2, 5w1s / 5w5s / 20w1s / 20w5s
         "MAML": (98.7, 99.9, 95.8, 98.9), "FOMAML": (98.3, 99.2, 89.4, 97.9),
         "Reptile": (97.68, 99.48, 89.43, 97.12), "iMAML-GD": (99.16, 99.67, 94.46, 98.69),
         "iMAML-HF": (99.50, 99.74, 96.18, 99.14)}

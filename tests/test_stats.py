@@ -1,4 +1,4 @@
-"""Paired statistics (issue 10) against hand-computed answers."""
+"""Paired statistics against hand-computed answers."""
 from __future__ import annotations
 
 import math

@@ -1,4 +1,4 @@
-"""The reviewer studies (issue 6) at a tiny scale: their CSVs have the documented columns and
+"""The reviewer studies at a tiny scale: their CSVs have the documented columns and
 their numbers agree with independent oracles (finite differences, dense eigendecompositions,
 MAML differentiated through the unroll)."""
 from __future__ import annotations
