@@ -12,7 +12,7 @@ tasks (95% CI). Minutes are training wall-clock as the trainer counts it (meta-g
 outer steps and task sampling; not evaluation or checkpoints). Each finished segment's
 numbers and its ``summary.json`` go to ``reports/bench_tta/<name>.json`` (name: the algorithm
 unless given); ``--render`` turns every record there into the table and
-``reports/figures/tta_omniglot_5w1s.png``.
+``reports/bench_tta/tta_omniglot_5w1s.png`` (beside its records: the report generator owns ``reports/figures/``).
 """
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 RECORDS = ROOT / "reports" / "bench_tta"
-FIGURE = ROOT / "reports" / "figures" / "tta_omniglot_5w1s.png"
+FIGURE = ROOT / "reports" / "bench_tta" / "tta_omniglot_5w1s.png"
 BENCHMARKS = ROOT / "reports" / "BENCHMARKS.md"
 BEGIN, END = "<!-- tta:begin -->", "<!-- tta:end -->"
 ALGORITHMS = ("maml", "imaml")
@@ -179,7 +179,7 @@ def render(log=print) -> str:
                      + ", ".join(f"{k} {v[:12]}…" for k, v in sorted(s0["data"]["archive_sha256"].items()))
                      + f"; run folder `{r['run_dir']}`" + (f"; {r['note']}" if r.get("note") else ""))
     if _figure(records):
-        lines += ["", f"![test accuracy vs training minutes](figures/{FIGURE.name})"]
+        lines += ["", f"![test accuracy vs training minutes](bench_tta/{FIGURE.name})"]
     return "\n".join(lines) + "\n"
 
 
