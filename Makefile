@@ -9,6 +9,7 @@ DATA ?= $(shell if [ -d ../shared/data ]; then realpath ../shared/data; else ech
 export METAGRAD_DATA ?= $(DATA)
 export KINETO_LOG_LEVEL ?= 4
 ALGOS := maml fomaml reptile imaml imaml_hf
+REVERSE_ALGOS := imaml_hf imaml reptile fomaml maml   # job lists start with the slowest runs
 STUDIES := fidelity precision assumptions cost failures
 comma := ,
 SEED_LIST := $(subst $(comma), ,$(SEEDS))
@@ -39,19 +40,18 @@ $(VENV)/.setup-done: pyproject.toml tools/setup.sh
 
 reproduce: setup  ## comparison a (published protocols, equal budgets) on Omniglot 5w1s + sinusoid, the studies, the report
 	rm -rf $(OUT)
-	{ for s in $(SEED_LIST); do for a in $(ALGOS); do \
-	    echo "omniglot_5w1s/$$a-s$$s experiment=omniglot_5w_$$a seed=$$s $(call CAP,$(BUDGET_OMNIGLOT))"; \
-	    echo "sinusoid/$$a-s$$s experiment=sinusoid_$$a seed=$$s $(call CAP,$(BUDGET_SINUSOID))"; \
-	  done; done; } | PY=$(PY) tools/jobs.sh $(OUT)
-	for s in $(STUDIES); do OMP_NUM_THREADS=2 $(PY) study.py study=$$s hydra.run.dir=$(OUT)/study/$$s || exit 1; done
+	{ for s in $(SEED_LIST); do for a in $(REVERSE_ALGOS); do \
+	    echo "omniglot_5w1s/$$a-s$$s train.py experiment=omniglot_5w_$$a seed=$$s $(call CAP,$(BUDGET_OMNIGLOT))"; \
+	    echo "sinusoid/$$a-s$$s train.py experiment=sinusoid_$$a seed=$$s $(call CAP,$(BUDGET_SINUSOID))"; \
+	  done; done; for s in $(STUDIES); do echo "study/$$s study.py study=$$s"; done; } | PY=$(PY) tools/jobs.sh $(OUT)
 	$(PY) -m reporting.collect $(OUT) $(RECORDS)/reproduce-$(PROFILE)
 	$(PY) report.py
 
 large: setup  ## comparison a on Omniglot 20w1s and mini-ImageNet 5w1s (cpu: BUDGET_LARGE=15 min per run)
 	rm -rf runs/large/$(PROFILE)
-	{ for s in $(SEED_LIST); do for a in $(ALGOS); do \
-	    echo "omniglot_20w1s/$$a-s$$s experiment=omniglot_20w_$$a seed=$$s $(call CAP,$(BUDGET_LARGE))"; \
-	    echo "miniimagenet_5w1s/$$a-s$$s experiment=miniimagenet_$$a seed=$$s $(call CAP,$(BUDGET_LARGE))"; \
+	{ for s in $(SEED_LIST); do for a in $(REVERSE_ALGOS); do \
+	    echo "omniglot_20w1s/$$a-s$$s train.py experiment=omniglot_20w_$$a seed=$$s $(call CAP,$(BUDGET_LARGE))"; \
+	    echo "miniimagenet_5w1s/$$a-s$$s train.py experiment=miniimagenet_$$a seed=$$s $(call CAP,$(BUDGET_LARGE))"; \
 	  done; done; } | PY=$(PY) tools/jobs.sh runs/large/$(PROFILE)
 	$(PY) -m reporting.collect runs/large/$(PROFILE) $(RECORDS)/large-$(PROFILE)
 	$(PY) report.py
@@ -77,15 +77,15 @@ sweep: sweep-sinusoid sweep-omniglot  ## comparison b: algorithm × inner steps 
 
 sweep-sinusoid: setup
 	rm -rf $(SWEEP_OUT)/sinusoid
-	{ for s in $(SEED_LIST); do for k in $(SWEEP_KS_SINUSOID); do for a in $(ALGOS); do \
-	    echo "sinusoid/$$a-K$$k-s$$s algorithm=$$a dataset=sinusoid profile=paper inner_steps=$$k seed=$$s \
+	{ for s in $(SEED_LIST); do for k in $(SWEEP_KS_SINUSOID); do for a in $(REVERSE_ALGOS); do \
+	    echo "sinusoid/$$a-K$$k-s$$s train.py algorithm=$$a dataset=sinusoid profile=paper inner_steps=$$k seed=$$s \
 	      eval.shots=5 eval.query_shots=100 experiment_name=sweep_sinusoid $(call CAP,$(BUDGET_SINUSOID))"; \
 	  done; done; done; } | PY=$(PY) tools/jobs.sh $(SWEEP_OUT)
 
 sweep-omniglot: setup
 	rm -rf $(SWEEP_OUT)/omniglot_5w1s
-	{ for s in $(SEED_LIST); do for k in $(SWEEP_KS_OMNIGLOT); do for a in $(ALGOS); do \
-	    echo "omniglot_5w1s/$$a-K$$k-s$$s algorithm=$$a dataset=omniglot profile=paper inner_steps=$$k \
+	{ for s in $(SEED_LIST); do for k in $(SWEEP_KS_OMNIGLOT); do for a in $(REVERSE_ALGOS); do \
+	    echo "omniglot_5w1s/$$a-K$$k-s$$s train.py algorithm=$$a dataset=omniglot profile=paper inner_steps=$$k \
 	      test_inner_steps=$$k seed=$$s experiment_name=sweep_omniglot $(SWEEP_TEST_TASKS) \
 	      $(call CAP,$(BUDGET_OMNIGLOT_SWEEP))"; \
 	  done; done; done; } | PY=$(PY) tools/jobs.sh $(SWEEP_OUT)

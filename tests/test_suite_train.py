@@ -82,3 +82,18 @@ def test_time_budget_stops_then_a_larger_budget_continues_bit_identically(tmp_pa
     b = torch.load(tmp_path / "seg" / "ckpt.pt")["params"]
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert done["test"]["per_task"] == whole["test"]["per_task"]
+
+
+def test_job_runner_runs_lines_in_parallel_and_reports_a_failed_job(tmp_path):
+    """tools/jobs.sh: each line NAME ENTRY OVERRIDE... becomes one run in OUT/NAME; a job that fails
+    (here a bad override, exit 2) makes the runner fail after the others finish."""
+    repo = Path(__file__).resolve().parents[1]
+    lines = ("ok/maml train.py experiment=smoke meta_iterations=2 eval.num_tasks=2\n"
+             "ok/fomaml train.py experiment=smoke algorithm=fomaml meta_iterations=2 eval.num_tasks=2\n"
+             "bad train.py experiment=smoke inner_lr=-1\n")
+    proc = subprocess.run(["bash", "tools/jobs.sh", str(tmp_path / "out")], input=lines, text=True, cwd=repo,
+                          capture_output=True, timeout=600, env=dict(os.environ, PY=sys.executable))
+    assert proc.returncode != 0 and "job bad failed" in proc.stderr
+    for name in ("maml", "fomaml"):
+        assert json.loads((tmp_path / "out" / "ok" / name / "summary.json").read_text())["status"] == "completed"
+    assert "inner_lr=-1" in (tmp_path / "out" / "bad.log").read_text()
