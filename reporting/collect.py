@@ -2,11 +2,15 @@
 
 The report is built from ``reports/records/`` (committed), not from ``runs/`` (git-ignored), so
 a reader of a clone can check every number. Copied per run: ``summary.json`` and ``metrics.csv``;
-per study: ``study.json`` and its CSVs. Never checkpoints or data. ``DST`` is replaced as a whole
+per study: ``study.json`` and its CSVs. Never checkpoints or data. ``metrics.csv`` keeps every
+validated iteration (the learning curves) and every n-th other one, at most ``MAX_ROWS`` in all,
+so a sinusoid run's thousands of iterations stay a small file. ``DST`` is replaced as a whole
 and atomically: a reader sees the old records or the new ones, never a mix.
 """
 from __future__ import annotations
 
+import csv
+import math
 import shutil
 import sys
 import tempfile
@@ -15,6 +19,22 @@ from pathlib import Path
 from .records import STUDY_FILES
 
 RUN_FILES = ("summary.json", "metrics.csv")
+MAX_ROWS = 400
+
+
+def thin_metrics(text: str, max_rows: int = MAX_ROWS) -> str:
+    """The rows of a metrics.csv a record keeps: the header, every row with a validation metric,
+    the last row, and every n-th row with n chosen so that about ``max_rows`` remain."""
+    lines = text.splitlines(keepends=True)
+    if len(lines) <= max_rows + 1:
+        return text
+    header, rows = lines[0], lines[1:]
+    col = next((i for i, name in enumerate(header.rstrip("\r\n").split(",")) if name == "val_metric"), None)
+    every = math.ceil(len(rows) / max_rows)
+    keep = [r for i, r in enumerate(rows)
+            if i % every == 0 or i == len(rows) - 1
+            or (col is not None and next(csv.reader([r]))[col:col + 1] not in ([], [""]))]
+    return header + "".join(keep)
 
 
 def record_files(src: Path) -> list[Path]:
@@ -39,7 +59,10 @@ def collect(src: Path, dst: Path) -> int:
     for f in files:
         target = tmp / f.relative_to(src)
         target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(f, target)
+        if f.name == "metrics.csv":
+            target.write_text(thin_metrics(f.read_text()))
+        else:
+            shutil.copyfile(f, target)
     old = dst.with_name(f".{dst.name}.old")
     shutil.rmtree(old, ignore_errors=True)
     if dst.exists():

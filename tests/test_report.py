@@ -470,3 +470,14 @@ def test_collect_refuses_an_empty_source(tmp_path: Path):
                           cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "is not a folder of run records" in proc.stderr
     assert not (tmp_path / "d").exists()
+
+
+def test_collect_thins_long_metrics_but_keeps_every_validation_row():
+    from reporting.collect import thin_metrics
+
+    rows = ["iter,train_loss,val_metric"] + [f"{i},1.0,{0.5 if i % 997 == 0 else ''}" for i in range(1, 5001)]
+    kept = thin_metrics("\n".join(rows) + "\n", max_rows=100).splitlines()
+    assert kept[0] == rows[0] and kept[-1] == rows[-1] and 100 <= len(kept) <= 110
+    assert [r for r in kept if r.endswith(",0.5")] == [r for r in rows if r.endswith(",0.5")]
+    short = "\n".join(rows[:50]) + "\n"
+    assert thin_metrics(short, max_rows=100) == short
