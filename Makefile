@@ -33,6 +33,7 @@ RECORDS := reports/records
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 	@echo "  variables: PROFILE=cpu|paper  SEEDS=0,1,2  DATA=$(DATA)"
+	@echo "             BUDGET_OMNIGLOT=$(BUDGET_OMNIGLOT) BUDGET_SINUSOID=$(BUDGET_SINUSOID) BUDGET_OMNIGLOT_SWEEP=$(BUDGET_OMNIGLOT_SWEEP) BUDGET_LARGE=$(BUDGET_LARGE) (minutes of training per run, cpu profile)"
 
 setup: $(VENV)/.setup-done  ## create .venv with all dependencies (learn2learn rebuilt for Python 3.11)
 $(VENV)/.setup-done: pyproject.toml tools/setup.sh
