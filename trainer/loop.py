@@ -227,7 +227,11 @@ def train(cfg, run_dir: str | Path) -> dict:
                 sample_s = time.perf_counter() - t0
                 if device.type == "cuda":
                     torch.cuda.reset_peak_memory_stats(device)
-                measure = device.type == "cpu" and (it == start + 2 or it % cfg.mem_every == 0)
+                # The allocation profiler keeps one event per op: on an iteration of millions of ops
+                # (iMAML-HF's Newton solves) its buffer alone takes gigabytes, so long iterations
+                # are not profiled (their rows and summary then have no alloc_peak_bytes).
+                measure = (device.type == "cpu" and (it == start + 2 or it % cfg.mem_every == 0)
+                           and (not iter_times or iter_times[-1] <= cfg.mem_max_iter_s))
                 with Timer(device) as timer:
                     meter = AllocationMeter() if measure else None
                     if meter:
