@@ -8,6 +8,7 @@ as ``interrupted`` (after a checkpoint, so ``resume=true`` continues bit-identic
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -133,181 +134,219 @@ def _summary_base(cfg, run_dir, source, device, seeds) -> dict:
     }
 
 
+class _Run:
+    """One training run's state (parameters, outer optimizer, task stream, clocks, peaks) and the
+    named steps :func:`train` tells its story with."""
+
+    def __init__(self, cfg, run_dir: Path):
+        self.cfg, self.run_dir = cfg, run_dir
+        torch.manual_seed(cfg.seed)  # nothing should draw from the global RNG; pin it anyway
+        (self.device, _, self.source, self.params, self.forward, self.loss_fn,
+         self.metric_fn) = _setup(cfg)
+        self.eval_source = _eval_source(cfg) or self.source
+        seeds = {"init": cfg.seed, "train_tasks": cfg.seed * 7919 + 1, "val_tasks": cfg.eval.val_seed,
+                 "test_tasks": cfg.eval.test_seed}
+        self.summary = _summary_base(cfg, run_dir, self.source, self.device, seeds)
+        a = cfg.algorithm
+        self.inner = InnerConfig.make(inner_config(cfg))
+        self.test_inner = InnerConfig.make(inner_config(cfg, cfg.test_inner_steps))
+        self.prox = eval_prox_lam(cfg)  # test-time adaptation's proximal weight (validation and test)
+        self.hparams = dict(OmegaConf.to_container(a.hparams, resolve=True))
+        self.batching = _batching(cfg, self.source.model)
+        self.use_vmap = self.batching != "loop"  # evaluation: vmap unless the loop was asked for
+        opt_cls = torch.optim.Adam if a.outer.optimizer == "adam" else torch.optim.SGD
+        self.leaves = list(self.params.values())
+        self.opt = opt_cls(self.leaves, **outer_options(cfg))
+        self.gen = torch.Generator().manual_seed(seeds["train_tasks"])
+        self.start, self.train_wall, self.iter_times, self.alloc_peak, self.gpu_peak = 0, 0.0, [], 0, 0
+        self.ckpt_path = run_dir / "ckpt.pt"
+        self.budget_s = 60.0 * cfg.max_train_minutes if cfg.get("max_train_minutes") else math.inf
+        # Validation every ``val_every`` iterations and/or every ``val_every_minutes`` of training
+        # wall-clock (a learning curve on the time axis: runs of very different speeds get points
+        # at the same training times). With the time rule, the first iteration is validated too.
+        self.val_period_s = 60.0 * cfg.eval.val_every_minutes if cfg.eval.get("val_every_minutes") else None
+        self.last: dict = {}
+
+    # ------------------------------------------------------------------ restore
+    def restore(self) -> None:
+        """Continue from the run folder's checkpoint (``resume=true``) and truncate the metrics to it."""
+        cfg = self.cfg
+        if cfg.resume:
+            ck = load_checkpoint(self.ckpt_path)
+            if ck is not None and ck.get("config_key") != _config_key(cfg):
+                raise ConfigError(f"resume=true: the checkpoint in {self.run_dir} was made with a different config; "
+                                  "resume with the run's own overrides (see its .hydra/overrides.yaml) or use a new "
+                                  "run folder")
+            if ck is not None:
+                for k in self.params:
+                    self.params[k].copy_(ck["params"][k].to(self.device))
+                self.opt.load_state_dict(ck["opt"])
+                self.gen.set_state(ck["gen"])
+                self.start, self.train_wall, self.iter_times = ck["iteration"], ck["train_wall_s"], ck["iter_times"]
+                self.alloc_peak, self.gpu_peak = ck["alloc_peak"], ck["gpu_peak"]
+        rows = read_jsonl(self.run_dir / "metrics.jsonl", max_iter=self.start) if self.start else []
+        tmp = self.run_dir / "metrics.jsonl.tmp"
+        tmp.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
+        tmp.replace(self.run_dir / "metrics.jsonl")
+        atomic_write_json(self.run_dir / "summary.json", self.summary)
+        self.logger = make_logger(cfg, self.run_dir)
+        self.next_val_s = self._next_val(self.train_wall)
+
+    # ------------------------------------------------------------------ step
+    def out_of_time(self) -> bool:
+        return self.train_wall >= self.budget_s
+
+    def step(self, it: int) -> dict | None:
+        """One meta-iteration: sample, meta-gradient, outer step. Returns the log row, or None when
+        the loss or meta-gradient is not finite (nothing is applied then)."""
+        cfg, a, device = self.cfg, self.cfg.algorithm, self.device
+        t0 = time.perf_counter()
+        tasks = tuple(t.to(device) for t in self.source.sample("train", cfg.meta_batch_size, self.gen))
+        sample_s = time.perf_counter() - t0
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        # The allocation profiler keeps one event per op: on an iteration of millions of ops
+        # (iMAML-HF's Newton solves) its buffer alone takes gigabytes, so long iterations
+        # are not profiled (their rows and summary then have no alloc_peak_bytes).
+        measure = (device.type == "cpu" and (it == self.start + 2 or it % cfg.mem_every == 0)
+                   and (not self.iter_times or self.iter_times[-1] <= cfg.mem_max_iter_s))
+        with Timer(device) as timer, (AllocationMeter() if measure else contextlib.nullcontext()) as meter:
+            grads, info = meta_gradient_batch(a.estimator, self.loss_fn, self.params, tasks, self.inner,
+                                              batching=self.batching, metric_fn=self.metric_fn,
+                                              diagnostics_full=bool(cfg.diagnostics), **self.hparams)
+        row = {"iter": it, "train_loss": info["query_loss_after"].mean().item(), "sample_s": sample_s}
+        if "query_metric_after" in info:
+            row["train_metric"] = info["query_metric_after"].mean().item()
+        for k in ("query_loss_before", "inner_grad_norm", "cg_residual"):
+            if k in info:
+                row[k] = info[k].mean().item()
+        if not (math.isfinite(row["train_loss"]) and all(bool(torch.isfinite(g).all()) for g in grads.values())):
+            return None
+        with Timer(device) as step_timer:
+            if a.outer.anneal:
+                for gr in self.opt.param_groups:
+                    gr["lr"] = float(a.outer.lr) * (1 - (it - 1) / max(1, cfg.meta_iterations))
+            for k, p in self.params.items():
+                p.grad = grads[k].to(p.dtype)
+            if a.outer.clip:
+                torch.nn.utils.clip_grad_value_(self.leaves, float(a.outer.clip))
+            self.opt.step()
+        iter_s = timer.seconds + step_timer.seconds
+        self.iter_times.append(iter_s)
+        self.train_wall += iter_s + sample_s
+        row.update(iter_s=iter_s, train_wall_s=self.train_wall, lr=self.opt.param_groups[0]["lr"])
+        if meter is not None:
+            row["alloc_peak_bytes"] = meter.peak
+            self.alloc_peak = max(self.alloc_peak, meter.peak)
+        if device.type == "cuda":
+            row["gpu_peak_bytes"] = torch.cuda.max_memory_allocated(device)
+            self.gpu_peak = max(self.gpu_peak, row["gpu_peak_bytes"])
+        return row
+
+    # ------------------------------------------------------------------ validate
+    def _next_val(self, wall: float) -> float:
+        return (math.floor(wall / self.val_period_s) + 1) * self.val_period_s if self.val_period_s else math.inf
+
+    def validate(self, it: int, row: dict) -> None:
+        cfg = self.cfg
+        due = bool(cfg.eval.val_every and it % cfg.eval.val_every == 0) or (
+            self.val_period_s is not None and (it == 1 or self.train_wall >= self.next_val_s))
+        if due and has_split(self.eval_source, "val"):
+            v = self._evaluate("val", cfg.eval.val_seed, cfg.eval.val_tasks)
+            row["val_metric"] = v["mean"]
+            self.next_val_s = self._next_val(self.train_wall)
+
+    def _evaluate(self, split: str, seed: int, n: int, steps_list=()) -> dict:
+        return evaluate(self.eval_source, split, seed, n, self.source.metric, self.forward, self.loss_fn,
+                        self.params, self.test_inner, self.prox, self.cfg.eval.bn_mode, self.use_vmap,
+                        self.device, self.cfg.eval.chunk, steps_list=steps_list)
+
+    # ------------------------------------------------------------------ log
+    def log(self, it: int, row: dict, bar) -> None:
+        append_jsonl(self.run_dir / "metrics.jsonl", row)
+        self.logger.log(row)
+        self.last = row
+        metric = row.get("train_metric", row["train_loss"])
+        if bar:
+            bar.update(1)
+            bar.set_postfix(loss=f"{row['train_loss']:.3f}", metric=f"{metric:.3f}")
+        elif it % max(1, self.cfg.meta_iterations // 10) == 0 or it == self.cfg.meta_iterations:
+            print(f"[{self.cfg.algorithm.label} {self.source.name}] iter {it}/{self.cfg.meta_iterations} "
+                  f"loss {row['train_loss']:.4f} metric {metric:.4f} {1 / max(row['iter_s'], 1e-9):.1f} it/s",
+                  flush=True)
+
+    def progress_bar(self):
+        if not sys.stdout.isatty() or self.cfg.meta_iterations <= self.start:
+            return contextlib.nullcontext()
+        from tqdm import tqdm
+        return tqdm(total=self.cfg.meta_iterations, initial=self.start, dynamic_ncols=True,
+                    desc=f"{self.cfg.algorithm.label} {self.source.name}")
+
+    # ------------------------------------------------------------------ checkpoint
+    def checkpoint(self, it: int) -> None:
+        atomic_torch_save(self.ckpt_path, {
+            "params": {k: v.detach().cpu() for k, v in self.params.items()}, "opt": self.opt.state_dict(),
+            "gen": self.gen.get_state(), "iteration": it, "train_wall_s": self.train_wall,
+            "iter_times": self.iter_times, "alloc_peak": self.alloc_peak, "gpu_peak": self.gpu_peak,
+            "config_key": _config_key(self.cfg)})
+
+    # ------------------------------------------------------------------ finish
+    def failure(self, it: int, reason: str) -> dict:
+        return {"iteration": it, "reason": reason, "last_metrics": self.last}
+
+    def finish(self, status: str, it: int, failure=None, test=None, eval_s: float = 0.0) -> dict:
+        s = self.summary
+        s.update(status=status, iterations_done=it, failure=failure, test=test)
+        s["timing"] = {"median_iter_s": statistics.median(self.iter_times) if self.iter_times else None,
+                       "train_wall_s": self.train_wall, "eval_wall_s": eval_s,
+                       "total_wall_s": self.train_wall + eval_s}
+        s["memory"] = {"gpu_peak_bytes": self.gpu_peak if self.device.type == "cuda" else None,
+                       "alloc_peak_bytes": self.alloc_peak or None, "rss_peak_bytes": rss_peak_bytes()}
+        atomic_write_json(self.run_dir / "summary.json", s)
+        self.logger.finish(s)
+        return s
+
+    def test_and_finish(self, it: int) -> dict:
+        """The final test on the fixed test tasks; a non-finite result is a divergence, said so."""
+        cfg = self.cfg
+        self.summary["stopped_by"] = "max_train_minutes" if it < cfg.meta_iterations else "meta_iterations"
+        t0 = time.perf_counter()
+        test = self._evaluate("test", cfg.eval.test_seed, cfg.eval.num_tasks, steps_list=cfg.eval.steps_list or ())
+        test["fingerprint"] = fingerprint(self.eval_source, "test", cfg.eval.test_seed, cfg.eval.num_tasks)
+        test["shots"], test["query_shots"] = self.eval_source.shots, self.eval_source.query_shots
+        eval_s = time.perf_counter() - t0
+        if not math.isfinite(test["mean"]):  # the adapted models blew up on some test tasks
+            bad = sum(not math.isfinite(v) for v in test["per_task"])
+            return self.finish("diverged", it, self.failure(it, f"test-time adaptation diverged: non-finite metric "
+                                                                f"on {bad} of {test['n']} test tasks"),
+                               test=test, eval_s=eval_s)
+        return self.finish("completed", it, test=test, eval_s=eval_s)
+
+
 def train(cfg, run_dir: str | Path) -> dict:
     """Train and evaluate one configuration into ``run_dir``; returns the summary dict."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(cfg.seed)  # nothing should draw from the global RNG; pin it anyway
-    device, dtype, source, params, forward, loss_fn, metric_fn = _setup(cfg)
-    eval_source = _eval_source(cfg) or source
-    seeds = {"init": cfg.seed, "train_tasks": cfg.seed * 7919 + 1, "val_tasks": cfg.eval.val_seed,
-             "test_tasks": cfg.eval.test_seed}
-    summary = _summary_base(cfg, run_dir, source, device, seeds)
-    a = cfg.algorithm
-    inner = InnerConfig.make(inner_config(cfg))
-    prox = eval_prox_lam(cfg)  # test-time adaptation's proximal weight (validation and test)
-    hparams = {k: v for k, v in OmegaConf.to_container(a.hparams, resolve=True).items()}
-    batching = _batching(cfg, source.model)
-    use_vmap = batching != "loop"  # evaluation: vmap unless the loop was asked for
-
-    opt_cls = torch.optim.Adam if a.outer.optimizer == "adam" else torch.optim.SGD
-    leaves = list(params.values())
-    opt = opt_cls(leaves, **outer_options(cfg))
-    gen = torch.Generator().manual_seed(seeds["train_tasks"])
-    start, train_wall, iter_times, alloc_peak, gpu_peak = 0, 0.0, [], 0, 0
-
-    ckpt_path = run_dir / "ckpt.pt"
-    if cfg.resume:
-        ck = load_checkpoint(ckpt_path)
-        if ck is not None and ck.get("config_key") != _config_key(cfg):
-            raise ConfigError(f"resume=true: the checkpoint in {run_dir} was made with a different config; "
-                              "resume with the run's own overrides (see its .hydra/overrides.yaml) or use a new run folder")
-        if ck is not None:
-            for k in params:
-                params[k].copy_(ck["params"][k].to(device))
-            opt.load_state_dict(ck["opt"])
-            gen.set_state(ck["gen"])
-            start, train_wall, iter_times = ck["iteration"], ck["train_wall_s"], ck["iter_times"]
-            alloc_peak, gpu_peak = ck["alloc_peak"], ck["gpu_peak"]
-    rows = read_jsonl(run_dir / "metrics.jsonl", max_iter=start) if start else []
-    tmp = run_dir / "metrics.jsonl.tmp"
-    tmp.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
-    tmp.replace(run_dir / "metrics.jsonl")
-    atomic_write_json(run_dir / "summary.json", summary)
-    logger = make_logger(cfg, run_dir)
-
-    def checkpoint(it):
-        atomic_torch_save(ckpt_path, {"params": {k: v.detach().cpu() for k, v in params.items()},
-                                      "opt": opt.state_dict(), "gen": gen.get_state(), "iteration": it,
-                                      "train_wall_s": train_wall, "iter_times": iter_times,
-                                      "alloc_peak": alloc_peak, "gpu_peak": gpu_peak, "config_key": _config_key(cfg)})
-
-    def finish(status, it, failure=None, test=None, eval_s=0.0):
-        summary.update(status=status, iterations_done=it, failure=failure, test=test)
-        summary["timing"] = {"median_iter_s": statistics.median(iter_times) if iter_times else None,
-                             "train_wall_s": train_wall, "eval_wall_s": eval_s,
-                             "total_wall_s": train_wall + eval_s}
-        summary["memory"] = {"gpu_peak_bytes": gpu_peak if device.type == "cuda" else None,
-                             "alloc_peak_bytes": alloc_peak or None, "rss_peak_bytes": rss_peak_bytes()}
-        atomic_write_json(run_dir / "summary.json", summary)
-        logger.finish(summary)
-        return summary
-
-    tty = sys.stdout.isatty()
-    bar = None
-    if tty and cfg.meta_iterations > start:
-        from tqdm import tqdm
-        bar = tqdm(total=cfg.meta_iterations, initial=start, desc=f"{a.label} {source.name}", dynamic_ncols=True)
-    plain_every = max(1, cfg.meta_iterations // 10)
-    last = {}
-    it = start
-    budget_s = 60.0 * cfg.max_train_minutes if cfg.get("max_train_minutes") else math.inf
-    # Validation every ``val_every`` iterations and/or every ``val_every_minutes`` of training
-    # wall-clock (a learning curve on the time axis: runs of very different speeds get points
-    # at the same training times). With the time rule, the first iteration is validated too.
-    val_period_s = 60.0 * cfg.eval.val_every_minutes if cfg.eval.get("val_every_minutes") else None
-
-    def _next_val(wall):
-        return (math.floor(wall / val_period_s) + 1) * val_period_s if val_period_s else math.inf
-
-    next_val_s = _next_val(train_wall)
-
-    def val_due(i):
-        if cfg.eval.val_every and i % cfg.eval.val_every == 0:
-            return True
-        return val_period_s is not None and (i == 1 or train_wall >= next_val_s)
-    with _Stop() as stop, logger.guard(summary):  # an escaping exception still finishes the logger
+    run = _Run(cfg, run_dir)
+    run.restore()
+    it = run.start
+    with _Stop() as stop, run.logger.guard(run.summary), run.progress_bar() as bar:
         try:
-            for it in range(start + 1, cfg.meta_iterations + 1):
-                if train_wall >= budget_s:
+            for it in range(run.start + 1, cfg.meta_iterations + 1):
+                if run.out_of_time():
                     it -= 1
                     break
-                t0 = time.perf_counter()
-                tasks = tuple(t.to(device) for t in source.sample("train", cfg.meta_batch_size, gen))
-                sample_s = time.perf_counter() - t0
-                if device.type == "cuda":
-                    torch.cuda.reset_peak_memory_stats(device)
-                # The allocation profiler keeps one event per op: on an iteration of millions of ops
-                # (iMAML-HF's Newton solves) its buffer alone takes gigabytes, so long iterations
-                # are not profiled (their rows and summary then have no alloc_peak_bytes).
-                measure = (device.type == "cpu" and (it == start + 2 or it % cfg.mem_every == 0)
-                           and (not iter_times or iter_times[-1] <= cfg.mem_max_iter_s))
-                with Timer(device) as timer:
-                    meter = AllocationMeter() if measure else None
-                    if meter:
-                        meter.__enter__()
-                    grads, info = meta_gradient_batch(a.estimator, loss_fn, params, tasks, inner,
-                                                      batching=batching, metric_fn=metric_fn,
-                                                      diagnostics_full=bool(cfg.diagnostics), **hparams)
-                    if meter:
-                        meter.__exit__(None, None, None)
-                row = {"iter": it, "train_loss": info["query_loss_after"].mean().item(), "sample_s": sample_s}
-                if "query_metric_after" in info:
-                    row["train_metric"] = info["query_metric_after"].mean().item()
-                for k in ("query_loss_before", "inner_grad_norm", "cg_residual"):
-                    if k in info:
-                        row[k] = info[k].mean().item()
-                finite = math.isfinite(row["train_loss"]) and all(bool(torch.isfinite(g).all()) for g in grads.values())
-                if not finite:
-                    return finish("diverged", it - 1, {"iteration": it, "reason": "non-finite loss or meta-gradient",
-                                                       "last_metrics": last})
-                with Timer(device) as step_timer:
-                    if a.outer.anneal:
-                        for gr in opt.param_groups:
-                            gr["lr"] = float(a.outer.lr) * (1 - (it - 1) / max(1, cfg.meta_iterations))
-                    for k, p in params.items():
-                        p.grad = grads[k].to(p.dtype)
-                    if a.outer.clip:
-                        torch.nn.utils.clip_grad_value_(leaves, float(a.outer.clip))
-                    opt.step()
-                iter_s = timer.seconds + step_timer.seconds
-                iter_times.append(iter_s)
-                train_wall += iter_s + sample_s
-                row.update(iter_s=iter_s, train_wall_s=train_wall, lr=opt.param_groups[0]["lr"])
-                if meter:
-                    row["alloc_peak_bytes"] = meter.peak
-                    alloc_peak = max(alloc_peak, meter.peak)
-                if device.type == "cuda":
-                    row["gpu_peak_bytes"] = torch.cuda.max_memory_allocated(device)
-                    gpu_peak = max(gpu_peak, row["gpu_peak_bytes"])
-                if val_due(it) and has_split(eval_source, "val"):
-                    v = evaluate(eval_source, "val", cfg.eval.val_seed, cfg.eval.val_tasks, source.metric, forward, loss_fn,
-                                 params, InnerConfig.make(inner_config(cfg, cfg.test_inner_steps)), prox,
-                                 cfg.eval.bn_mode, use_vmap, device, cfg.eval.chunk)
-                    row["val_metric"] = v["mean"]
-                    next_val_s = _next_val(train_wall)
-                append_jsonl(run_dir / "metrics.jsonl", row)
-                logger.log(row)
-                last = row
-                if bar:
-                    bar.update(1)
-                    bar.set_postfix(loss=f"{row['train_loss']:.3f}", metric=f"{row.get('train_metric', row['train_loss']):.3f}")
-                elif it % plain_every == 0 or it == cfg.meta_iterations:
-                    print(f"[{a.label} {source.name}] iter {it}/{cfg.meta_iterations} loss {row['train_loss']:.4f} "
-                          f"metric {row.get('train_metric', row['train_loss']):.4f} {1 / max(iter_s, 1e-9):.1f} it/s",
-                          flush=True)
+                row = run.step(it)
+                if row is None:
+                    return run.finish("diverged", it - 1, run.failure(it, "non-finite loss or meta-gradient"))
+                run.validate(it, row)
+                run.log(it, row, bar)
                 if cfg.ckpt_every and it % cfg.ckpt_every == 0:
-                    checkpoint(it)
+                    run.checkpoint(it)
                 if stop.signal:
-                    checkpoint(it)
-                    return finish("interrupted", it, {"iteration": it, "reason": f"received {stop.signal}",
-                                                      "last_metrics": last})
+                    run.checkpoint(it)
+                    return run.finish("interrupted", it, run.failure(it, f"received {stop.signal}"))
         except torch.cuda.OutOfMemoryError as e:
-            return finish("oom", it - 1, {"iteration": it, "reason": str(e).splitlines()[0], "last_metrics": last})
-        finally:
-            if bar:
-                bar.close()
-        checkpoint(it)
-        summary["stopped_by"] = "max_train_minutes" if it < cfg.meta_iterations else "meta_iterations"
-        t0 = time.perf_counter()
-        test = evaluate(eval_source, "test", cfg.eval.test_seed, cfg.eval.num_tasks, source.metric, forward, loss_fn,
-                        params, InnerConfig.make(inner_config(cfg, cfg.test_inner_steps)), prox, cfg.eval.bn_mode,
-                        use_vmap, device, cfg.eval.chunk, steps_list=cfg.eval.steps_list or ())
-        test["fingerprint"] = fingerprint(eval_source, "test", cfg.eval.test_seed, cfg.eval.num_tasks)
-        test["shots"], test["query_shots"] = eval_source.shots, eval_source.query_shots
-        if not math.isfinite(test["mean"]):  # the adapted models blew up on some test tasks: say so
-            bad = sum(not math.isfinite(v) for v in test["per_task"])
-            return finish("diverged", it, {"iteration": it, "reason": f"test-time adaptation diverged: non-finite "
-                                           f"metric on {bad} of {test['n']} test tasks", "last_metrics": last},
-                          test=test, eval_s=time.perf_counter() - t0)
-        return finish("completed", it, test=test, eval_s=time.perf_counter() - t0)
+            return run.finish("oom", it - 1, run.failure(it, str(e).splitlines()[0]))
+        run.checkpoint(it)
+        return run.test_and_finish(it)
