@@ -102,6 +102,18 @@ def _setup(cfg):
     return device, dtype, source, params, forward, loss_fn, metric_fn
 
 
+def run_test(cfg, eval_source, forward, loss_fn, params, use_vmap: bool, device) -> dict:
+    """The final test: ``eval.num_tasks`` fixed tasks of the test split, adapted from ``params`` with
+    the test-time settings (``test_inner_steps``, ``eval.prox_lam``, ``eval.bn_mode``), with the
+    test-task fingerprint and shots (also used to test a trained run again: ``trainer.retest``)."""
+    test = evaluate(eval_source, "test", cfg.eval.test_seed, cfg.eval.num_tasks, eval_source.metric, forward,
+                    loss_fn, params, InnerConfig.make(inner_config(cfg, cfg.test_inner_steps)), eval_prox_lam(cfg),
+                    cfg.eval.bn_mode, use_vmap, device, cfg.eval.chunk, steps_list=cfg.eval.steps_list or ())
+    test["fingerprint"] = fingerprint(eval_source, "test", cfg.eval.test_seed, cfg.eval.num_tasks)
+    test["shots"], test["query_shots"] = eval_source.shots, eval_source.query_shots
+    return test
+
+
 def _summary_base(cfg, run_dir, source, device, seeds) -> dict:
     a = cfg.algorithm
     imaml = None
@@ -296,11 +308,7 @@ def train(cfg, run_dir: str | Path) -> dict:
         checkpoint(it)
         summary["stopped_by"] = "max_train_minutes" if it < cfg.meta_iterations else "meta_iterations"
         t0 = time.perf_counter()
-        test = evaluate(eval_source, "test", cfg.eval.test_seed, cfg.eval.num_tasks, source.metric, forward, loss_fn,
-                        params, InnerConfig.make(inner_config(cfg, cfg.test_inner_steps)), prox, cfg.eval.bn_mode,
-                        use_vmap, device, cfg.eval.chunk, steps_list=cfg.eval.steps_list or ())
-        test["fingerprint"] = fingerprint(eval_source, "test", cfg.eval.test_seed, cfg.eval.num_tasks)
-        test["shots"], test["query_shots"] = eval_source.shots, eval_source.query_shots
+        test = run_test(cfg, eval_source, forward, loss_fn, params, use_vmap, device)
         if not math.isfinite(test["mean"]):  # the adapted models blew up on some test tasks: say so
             bad = sum(not math.isfinite(v) for v in test["per_task"])
             return finish("diverged", it, {"iteration": it, "reason": f"test-time adaptation diverged: non-finite "
