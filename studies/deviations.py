@@ -199,9 +199,10 @@ def check_folder(cfg, out_dir: Path) -> None:
         s = read_json(run_dir / "summary.json")
         if s is None or not isinstance(s.get("config"), dict):
             continue
-        if _run_part(s["config"]) != _run_part(OmegaConf.to_container(train_config(train), resolve=True)):
-            raise ValueError(f"{run_dir} holds a run of another configuration (changed study settings?); "
-                             "use another study folder (hydra.run.dir=…)")
+        keys = _differing(_run_part(s["config"]), _run_part(OmegaConf.to_container(train_config(train), resolve=True)))
+        if keys:
+            raise ValueError(f"{run_dir} holds a run of another configuration ({', '.join(keys[:4])} differ: changed "
+                             "study settings?); use another study folder (hydra.run.dir=…)")
         had, trained = s.get("max_train_minutes"), (s.get("timing") or {}).get("train_wall_s")
         if had is not None and had > minutes and trained is not None and trained >= 60 * minutes:
             raise ValueError(f"{run_dir} was trained for {had:g} min, more than this study's {minutes:g} min; "
@@ -210,6 +211,13 @@ def check_folder(cfg, out_dir: Path) -> None:
 
 def _run_part(config: dict) -> dict:
     return {k: v for k, v in config.items() if k not in RESUME_KEYS}
+
+
+def _differing(a, b, prefix: str = "") -> list[str]:
+    """The dotted keys where two resolved configs differ."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        return [k for key in sorted(set(a) | set(b)) for k in _differing(a.get(key), b.get(key), f"{prefix}{key}.")]
+    return [] if a == b else [prefix.rstrip(".")]
 
 
 def ensure_trained(overrides: list[str], run_dir: Path, minutes: float) -> dict:
@@ -298,8 +306,9 @@ def run(cfg, out_dir: Path) -> dict:
             results[key] = evaluation(plan, run_dir, summaries[plan.name])
         r = row(p, minutes, plan.name, summaries[plan.name], *results[key])
         rows.append(r)
-        print(f"deviations: {p.group:9s} {p.rung:12s} {r['status']:10s} accuracy {r['accuracy']} "
-              f"({r['iterations_done']} iterations, {r['test_split']} test split)", flush=True)
+        acc = "—" if r["accuracy"] is None else f"{100 * r['accuracy']:.2f} ± {100 * r['ci95']:.2f}%"
+        print(f"deviations: {p.group:9s} {p.rung:12s} {r['status']:10s} accuracy {acc} ({r['iterations_done']} "
+              f"iterations; test split {r['test_split']}, split seed {r['split_seed']})", flush=True)
     for r in rows:
         ref = next((x for x in rows if x["group"] == r["group"] and x["rung"] == r["vs"]), None) if r["vs"] else None
         if ref is not None:

@@ -189,6 +189,10 @@ def test_tiny_study_end_to_end_reuses_and_extends(tmp_path, capfd):
 
     with pytest.raises(ValueError, match="was trained for 0.0001 min, more than this study's 1e-05 min"):
         studies.check(tiny(tmp_path, 1e-5), out)
+    other = tiny(tmp_path, 1e-4)
+    other.study.eval_tasks = 5
+    with pytest.raises(ValueError, match=r"holds a run of another configuration \(eval.num_tasks differ"):
+        studies.check(other, out)
 
     studies.run(tiny(tmp_path, 10.0), out)  # a larger budget: each run continues to its 3 iterations
     again = read_rows(out)
