@@ -24,11 +24,15 @@ ifeq ($(PROFILE),cpu)
 else
   CAP =
 endif
+# The deviation ladder (study=deviations): minutes of training per run, test tasks per evaluation.
+BUDGET_DEVIATIONS ?= 3
+BUDGET_DEVIATIONS_LONG ?= 60
+DEVIATIONS_TASKS ?= 600
 OUT := runs/reproduce/$(PROFILE)
 SWEEP_OUT := runs/sweep/$(PROFILE)
 RECORDS := reports/records
 
-.PHONY: help setup reproduce large test test-all lint sweep sweep-sinusoid sweep-omniglot report bench bench-tta gpu-check clean
+.PHONY: help setup reproduce large test test-all lint sweep sweep-sinusoid sweep-omniglot deviations deviations-long report bench bench-tta gpu-check clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -90,6 +94,21 @@ sweep-omniglot: setup
 	      test_inner_steps=$$k seed=$$s experiment_name=sweep_omniglot $(SWEEP_TEST_TASKS) \
 	      $(call CAP,$(BUDGET_OMNIGLOT_SWEEP))"; \
 	  done; done; done; } | PY=$(PY) tools/jobs.sh $(SWEEP_OUT)
+
+# The deviation ladder, iMAML as written → the official release (Omniglot 5w1s): one process, runs one after
+# another on every core, each for the same training wall-clock. Rerunning continues the study folder (a run
+# already done at this budget is reused; a larger budget extends the runs), so it is never removed here.
+deviations: setup  ## deviation ladder iMAML paper → release, 15 runs × BUDGET_DEVIATIONS=3 min (≈ 1 h) → report
+	$(PY) study.py study=deviations study.budget_minutes=$(BUDGET_DEVIATIONS) study.eval_tasks=$(DEVIATIONS_TASKS) \
+	  hydra.run.dir=runs/study/deviations
+	$(PY) -m reporting.collect runs/study/deviations $(RECORDS)/deviations-cpu
+	$(PY) report.py
+
+deviations-long: setup  ## its two end points (paper, release) for BUDGET_DEVIATIONS_LONG=60 min each (≈ 2 h 10 min)
+	$(PY) study.py study=deviations study.long_budget_minutes=$(BUDGET_DEVIATIONS_LONG) \
+	  study.eval_tasks=$(DEVIATIONS_TASKS) hydra.run.dir=runs/study/deviations-long
+	$(PY) -m reporting.collect runs/study/deviations-long $(RECORDS)/deviations-long-cpu
+	$(PY) report.py
 
 report: setup  ## regenerate reports/REPORT.md, tables and figures from the records in reports/records/
 	$(PY) report.py

@@ -2,7 +2,8 @@
 
 The report is built from ``reports/records/`` (committed), not from ``runs/`` (git-ignored), so
 a reader of a clone can check every number. Copied per run: ``summary.json`` and ``metrics.csv``;
-per study: ``study.json`` and its CSVs. Never checkpoints or data. ``metrics.csv`` keeps every
+per study: ``study.json`` and its CSVs (and, for a study in ``STUDY_RUN_FILES``, the records of
+its own training runs behind its rows). Never checkpoints or data. ``metrics.csv`` keeps every
 validated iteration (the learning curves) and every n-th other one, at most ``MAX_ROWS`` in all,
 so a sinusoid run's thousands of iterations stay a small file. ``DST`` is replaced as a whole
 and atomically: a reader sees the old records or the new ones, never a mix.
@@ -10,13 +11,14 @@ and atomically: a reader sees the old records or the new ones, never a mix.
 from __future__ import annotations
 
 import csv
+import json
 import math
 import shutil
 import sys
 import tempfile
 from pathlib import Path
 
-from .records import STUDY_FILES
+from .records import STUDY_FILES, STUDY_RUN_FILES
 
 RUN_FILES = ("summary.json", "metrics.csv")
 MAX_ROWS = 400
@@ -47,7 +49,15 @@ def record_files(src: Path) -> list[Path]:
         out += [p for p in src.rglob(name) if not any(s in p.parents for s in studies)]
     for folder in studies:
         out += [folder / f for files in STUDY_FILES.values() for f in files if (folder / f).exists()]
+        out += [p for pattern in STUDY_RUN_FILES.get(_study_name(folder), ()) for p in folder.glob(pattern)]
     return sorted(set(out))
+
+
+def _study_name(folder: Path) -> str | None:
+    try:
+        return json.loads((folder / "study.json").read_text()).get("study")
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def collect(src: Path, dst: Path) -> int:

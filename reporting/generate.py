@@ -123,21 +123,21 @@ def _study_sections(recs: Records, w: Writer, skipped: list[Skipped]) -> str:
     text = "## 9. Reviewer studies\n"
     for i, name in enumerate(studies.SECTIONS, 1):
         text += f"\n### 9.{i} {studies.TITLES[name]}\n"
-        study, others = studies.pick(recs.studies, name)
         command = f"python study.py study={name}"
-        if study is None:
-            text += _no_runs(command)
-            continue
-        text += f"\nFrom `{study['run']}` (status {study['status']}, device {study.get('device') or 'unknown'})"
-        text += f"; other runs of this study, not shown: {', '.join(others)}.\n" if others else ".\n"
-        if STUDY_FILES[name][0] not in study["tables"]:
-            text += f"\nno results in this run: rerun `{command}`\n"
-            continue
-        try:
-            text += studies.SECTIONS[name](study, w)
-        except Exception as e:  # a malformed study CSV must not take the whole report down
-            skipped.append(Skipped(study["run"], f"{name} study could not be summarised: {type(e).__name__}: {e}"))
-            text += "\nThis study's records could not be summarised; see Skipped records.\n"
+        for study, others in studies.picks(recs.studies, name):
+            if study is None:
+                text += _no_runs(command)
+                continue
+            text += f"\nFrom `{study['run']}` (status {study['status']}, device {study.get('device') or 'unknown'})"
+            text += f"; other runs of this study, not shown: {', '.join(others)}.\n" if others else ".\n"
+            if STUDY_FILES[name][0] not in study["tables"]:
+                text += f"\nno results in this run: rerun `{command}`\n"
+                continue
+            try:
+                text += studies.SECTIONS[name](study, w)
+            except Exception as e:  # a malformed study CSV must not take the whole report down
+                skipped.append(Skipped(study["run"], f"{name} study could not be summarised: {type(e).__name__}: {e}"))
+                text += "\nThis study's records could not be summarised; see Skipped records.\n"
     return text
 
 

@@ -24,7 +24,11 @@ STUDY_FILES = {
     "assumptions": ("assumptions.csv",),
     "cost": ("cost.csv",),
     "failures": ("failures.csv",),
+    "deviations": ("deviations.csv",),
 }
+# A study whose own training runs' records travel with it (``reporting.collect``): the runs behind
+# each of its rows (``run_dir``, relative to the study folder), never tabulated as runs themselves.
+STUDY_RUN_FILES = {"deviations": ("train/*/summary.json", "train/*/metrics.csv", "train/*/retest/*.json")}
 
 
 # Columns each study CSV must have (reports/SCHEMA.md); a CSV without them is skipped.
@@ -38,10 +42,14 @@ STUDY_COLUMNS = {
     "cost.csv": ("algorithm", "inner_optimizer", "inner_steps", "median_iter_s", "cpu_time_s", "alloc_peak_bytes",
                  "rss_peak_bytes", "gpu_peak_bytes", "device", "status"),
     "failures.csv": ("algorithm", "lam", "inner_steps", "cg_steps", "inner_lr", "final_metric", "metric", "status"),
+    "deviations.csv": ("group", "rung", "deviations", "algorithm", "test_split", "accuracy", "ci95", "n",
+                       "iterations_done", "train_minutes", "median_iter_s", "status", "fingerprint", "run_dir", "vs",
+                       "diff_mean", "diff_low", "diff_high", "diff_kind", "budget_minutes"),
 }
 
 TEXT_COLUMNS = {"theta_source", "method", "dtype", "metric", "verdict", "algorithm", "inner_optimizer", "device",
-                "status", "strongly_convex"}
+                "status", "strongly_convex", "group", "rung", "deviations", "test_split", "fingerprint", "run_dir",
+                "vs", "diff_kind"}
 
 
 class RecordError(ValueError):

@@ -1,7 +1,8 @@
-"""Sections for the reviewer studies: fidelity, precision, assumptions, cost, failures.
+"""Sections for the reviewer studies: fidelity, precision, assumptions, cost, failures, deviations.
 
 Each reads the tidy CSV(s) of the latest completed run of its study (the folder is named
-in the section, so every number traces to it) and writes tables and a figure.
+in the section, so every number traces to it) and writes tables and a figure. The deviation
+ladder (``reporting/deviations.py``) shows its latest short-budget and its latest long run.
 """
 from __future__ import annotations
 
@@ -10,11 +11,13 @@ from collections.abc import Callable
 import numpy as np
 import pandas as pd
 
+from . import deviations as _deviations
 from .render import MARKERS, fmt, fmt_g, log_x, make_table, new_figure, save_figure
 
 TITLES = {"fidelity": "Gradient fidelity vs inner and CG steps", "precision": "float32 vs float64",
           "assumptions": "Assumption audit", "cost": "Cost: time and memory vs inner steps",
-          "failures": "Failure regimes"}
+          "failures": "Failure regimes",
+          "deviations": "Deviation ladder: iMAML as written → the official release (Omniglot 5w1s)"}
 
 
 def pick(studies: list[dict], name: str) -> tuple[dict | None, list[str]]:
@@ -23,6 +26,13 @@ def pick(studies: list[dict], name: str) -> tuple[dict | None, list[str]]:
     done = [s for s in mine if s["status"] == "completed"]
     chosen = (done or mine or [None])[-1]
     return chosen, [s["run"] for s in mine if s is not chosen]
+
+
+def picks(studies: list[dict], name: str) -> list[tuple[dict | None, list[str]]]:
+    """The runs of a study the report shows, each with the folders of the runs it does not show."""
+    if name == "deviations":
+        return _deviations.picks(studies) or [(None, [])]
+    return [pick(studies, name)]
 
 
 def _pivot(name: str, df: pd.DataFrame, index: list[str], column: str, cell: Callable[[pd.DataFrame], str],
@@ -223,4 +233,4 @@ def failures(study: dict, w) -> str:
 
 
 SECTIONS = {"fidelity": fidelity, "precision": precision, "assumptions": assumptions, "cost": cost,
-            "failures": failures}
+            "failures": failures, "deviations": _deviations.section}

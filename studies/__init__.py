@@ -1,8 +1,10 @@
 """The reviewer studies: ``python study.py study=NAME [overrides]``.
 
-Each study module has ``validate(cfg)`` (raises ValueError naming the bad key) and
-``run(cfg, out_dir) -> {csv_name: (columns, rows)}``. :func:`run` checks the config, runs
-the study, writes every CSV and then ``study.json`` atomically into ``out_dir``:
+Each study module has ``validate(cfg)`` (raises ValueError naming the bad key),
+optionally ``check_folder(cfg, out_dir)`` (the same, for what ``out_dir`` already holds: a
+study that continues its folder) and ``run(cfg, out_dir) -> {csv_name: (columns, rows)}``.
+:func:`run` checks the config, runs the study, writes every CSV and then ``study.json``
+atomically into ``out_dir``:
 
     {"schema_version": 1, "kind": "study", "study": NAME, "status": "completed" | "failed" | "interrupted",
      "versions": {...}, "device": "cpu", "device_name": ..., "config": {...},
@@ -17,7 +19,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-STUDIES = ("fidelity", "precision", "assumptions", "cost", "failures")
+STUDIES = ("fidelity", "precision", "assumptions", "cost", "failures", "deviations")
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
 __all__ = ["STUDIES", "check", "compose", "run"]
@@ -40,13 +42,15 @@ def _module(name: str):
     return importlib.import_module(f"studies.{name}")
 
 
-def check(cfg: DictConfig) -> None:
-    """Raise ValueError (one line naming the key) if the study config cannot run."""
+def check(cfg: DictConfig, out_dir: str | Path | None = None) -> None:
+    """Raise ValueError (one line naming the key) if the study config cannot run (in ``out_dir``)."""
     from .common import resolve_device
 
     mod = _module(cfg.study.name)
     resolve_device(cfg.device)
     mod.validate(cfg)
+    if out_dir is not None and hasattr(mod, "check_folder"):
+        mod.check_folder(cfg, Path(out_dir))
 
 
 def run(cfg: DictConfig, out_dir: str | Path) -> Path:
@@ -55,7 +59,7 @@ def run(cfg: DictConfig, out_dir: str | Path) -> Path:
 
     from .common import resolve_device, write_csv
 
-    check(cfg)  # before any work: a bad value fails in one line, nothing written
+    check(cfg, out_dir)  # before any work: a bad value fails in one line, nothing written
     name = cfg.study.name
     mod = _module(name)
     device = resolve_device(cfg.device)

@@ -211,6 +211,64 @@ def build_studies(root: Path) -> None:
     for lr in (0.1, 10.0):
         fail.append(f"maml,,1,,{lr},{'' if lr == 10.0 else 0.9},accuracy,{'diverged' if lr == 10.0 else 'completed'}")
     _study(root / "failures" / "2026-01-04_00-00-00", "failures", {"failures.csv": "\n".join(fail) + "\n"})
+    _study(root / "deviations" / "short", "deviations", {"deviations.csv": deviations_csv(DEVIATION_ROWS, 3)})
+    _study(root / "deviations" / "long", "deviations", {"deviations.csv": deviations_csv(LONG_ROWS, 60)})
+
+
+# (group, rung, deviations on, algorithm, accuracy, ci95, vs, diff mean/low/high, kind, p, split, iterations)
+PAPER_SPLIT, RELEASE_SPLIT, LEAKY = ("standard", 1, "1100/100/423", 0), ("standard", 123, "1200/0/423", 0), \
+    ("release_leaky", 123, "1200/0/423", 310)
+DEVIATION_ROWS = [
+    ("ladder", "paper", "none", "iMAML-GD", 0.40, 0.012, None, None, "", PAPER_SPLIT, 30),
+    ("ladder", "damped_cg", "damped_cg", "iMAML-GD", 0.62, 0.013, "paper", (0.22, 0.20, 0.24), "paired",
+     PAPER_SPLIT, 31),
+    ("ladder", "test_lam0", "damped_cg+test_lam0", "iMAML-GD", 0.63, 0.013, "damped_cg", (0.01, -0.005, 0.025),
+     "paired", PAPER_SPLIT, 31),
+    ("ladder", "data", "damped_cg+test_lam0+data", "iMAML-GD", 0.66, 0.012, "test_lam0", (0.03, 0.012, 0.048),
+     "unpaired", RELEASE_SPLIT, 30),
+    ("removed", "release", "damped_cg+test_lam0+data", "iMAML-GD", 0.66, 0.012, None, None, "", RELEASE_SPLIT, 30),
+    ("removed", "damped_cg", "test_lam0+data", "iMAML-GD", None, None, "release", None, "", RELEASE_SPLIT, 12),
+    ("removed", "data", "damped_cg+test_lam0", "iMAML-GD", 0.63, 0.013, "release", (-0.03, -0.048, -0.012),
+     "unpaired", PAPER_SPLIT, 31),
+    ("leaky", "clean", "damped_cg+test_lam0+data", "iMAML-GD", 0.66, 0.012, None, None, "", RELEASE_SPLIT, 30),
+    ("leaky", "leaky", "damped_cg+test_lam0+data", "iMAML-GD", 0.71, 0.011, "clean", (0.05, 0.034, 0.066),
+     "unpaired", LEAKY, 30),
+    ("maml", "maml", "none", "MAML", 0.80, 0.010, None, None, "", PAPER_SPLIT, 400),
+    ("maml", "data", "data", "MAML", 0.82, 0.010, "maml", (0.02, 0.006, 0.034), "unpaired", RELEASE_SPLIT, 410),
+]
+LONG_ROWS = [
+    ("endpoints", "paper", "none", "iMAML-GD", 0.55, 0.012, None, None, "", PAPER_SPLIT, 700),
+    ("endpoints", "release", "damped_cg+test_lam0+data", "iMAML-GD", 0.90, 0.008, "paper", (0.35, 0.336, 0.364),
+     "unpaired", RELEASE_SPLIT, 690),
+    ("leaky", "clean", "damped_cg+test_lam0+data", "iMAML-GD", 0.90, 0.008, None, None, "", RELEASE_SPLIT, 690),
+    ("leaky", "leaky", "damped_cg+test_lam0+data", "iMAML-GD", 0.95, 0.006, "clean", (0.05, 0.04, 0.06),
+     "unpaired", LEAKY, 690),
+]
+
+
+def deviations_csv(rows: list[tuple], minutes: float) -> str:
+    """A deviations.csv (the study's columns) of synthetic rows; a row without accuracy diverged."""
+    from studies.deviations import COLUMNS
+
+    out = [",".join(COLUMNS)]
+    for i, (group, rung, on, algo, acc, ci, vs, diff, kind, split, iters) in enumerate(rows):
+        name = "maml" if algo == "MAML" else "paper"
+        run = "+".join([name, *(d for d in on.split("+") if d not in ("none", "test_lam0"))])
+        r = {"group": group, "rung": rung, "deviations": on, "algorithm": algo, "test_split": split[0],
+             "accuracy": acc, "ci95": ci, "n": 600 if acc is not None else None, "iterations_done": iters,
+             "train_minutes": minutes if acc is not None else 1.2, "median_iter_s": round(60 * minutes / iters, 3),
+             "status": "completed" if acc is not None else "diverged",
+             "fingerprint": (FP_OMNI if split == PAPER_SPLIT else FP_OTHER if split == RELEASE_SPLIT else "e" * 64)
+             if acc is not None else None,
+             "run_dir": f"train/{run}", "vs": vs, "diff_kind": kind or None,
+             "diff_p": 0.0001 * (i + 1) if kind == "paired" else None, "split_seed": split[1],
+             "split_sizes": split[2], "test_train_overlap": split[3],
+             "evaluation": "retest/eval.prox_lam=0.0.json" if "test_lam0" in on else "summary.json",
+             "budget_minutes": minutes, "stopped_by": "max_train_minutes", "device": "test CPU (2 threads)"}
+        if diff is not None:
+            r.update(diff_mean=diff[0], diff_low=diff[1], diff_high=diff[2])
+        out.append(",".join("" if r.get(c) is None else str(r[c]) for c in COLUMNS))
+    return "\n".join(out) + "\n"
 
 
 @pytest.fixture(scope="module")
@@ -320,6 +378,39 @@ def test_report_content_facts(report_dir: Path):
     # a claim measured below the paper's budget gets no verdict, only its measured comparison
     assert "not tested at paper budget" in md
     assert "MAML > iMAML-HF (iMAML-HF vs MAML: −" in md
+
+
+def test_deviation_ladder_section(report_dir: Path):
+    """The short-budget study and the long one each get their tables, the budget and device in every title."""
+    md = (report_dir / "REPORT.md").read_text()
+    section = md[md.index("### 9.6 Deviation ladder"):md.index("## 10. Skipped records")]
+    assert "**An equal short budget measures how fast each rung learns, not where it ends up**" in section
+    for title in ("The ladder: deviations added one at a time", "Each deviation removed alone from the full release",
+                  "The release's leaky evaluation split", "MAML beside the ladder"):
+        assert f"#### {title}, at 3 min of training per run on test CPU (2 threads)" in section
+    assert "#### The paper as written and the full release, at 60 min of training per run on test CPU" in section
+    assert "| + damped_cg | held-out, split seed 1 (1100/100/423) | 62.00 ± 1.30 | 22.00 [20.00, 24.00] |" in section
+    assert "| + data | held-out, split seed 123 (1200/0/423) | 66.00 ± 1.20 | 3.00 [1.20, 4.80] (unpaired) |" in section
+    assert "| leaky | release_leaky: 310 of 423 are training characters | 71.00 ± 1.10 | 5.00 [3.40, 6.60]" in section
+    assert "| − damped_cg | held-out, split seed 123 (1200/0/423) | diverged | — |" in section
+    assert "| + data | held-out, split seed 123 (1200/0/423) | 82.00 ± 1.00 | 2.00 [0.60, 3.40] (unpaired) | — | " \
+           "3.00 [1.20, 4.80] (unpaired) |" in section
+
+
+def test_collect_keeps_the_deviation_study_runs_behind_its_rows(tmp_path: Path):
+    from reporting.collect import collect
+
+    src = tmp_path / "runs" / "study" / "deviations"
+    _study(src, "deviations", {"deviations.csv": deviations_csv(DEVIATION_ROWS[:1], 3)})
+    for name in ("summary.json", "metrics.csv", "ckpt.pt", "metrics.jsonl", "retest/eval.prox_lam=0.0.json"):
+        _write((src / "train" / "paper" / name).parent, Path(name).name, "{}")
+    collect(src, tmp_path / "records")
+    got = sorted(p.relative_to(tmp_path / "records").as_posix() for p in (tmp_path / "records").rglob("*") if p.is_file())
+    assert got == ["deviations.csv", "study.json", "train/paper/metrics.csv", "train/paper/retest/eval.prox_lam=0.0.json",
+                   "train/paper/summary.json"]
+    generate(tmp_path / "records", tmp_path / "out")  # the study's own runs are its inputs, not rows of section 1
+    md = (tmp_path / "out" / "REPORT.md").read_text()
+    assert "0 training run(s)" in md and "| paper | held-out, split seed 1 (1100/100/423) | 40.00 ± 1.20 |" in md
 
 
 def _claim_md(tmp_path: Path, iterations: int) -> str:

@@ -103,6 +103,18 @@ def _setup(cfg):
     return device, dtype, source, params, forward, loss_fn, metric_fn
 
 
+def run_test(cfg, eval_source, forward, loss_fn, params, use_vmap: bool, device) -> dict:
+    """The final test: ``eval.num_tasks`` fixed tasks of the test split, adapted from ``params`` with
+    the test-time settings (``test_inner_steps``, ``eval.prox_lam``, ``eval.bn_mode``), with the
+    test-task fingerprint and shots (also used to test a trained run again: ``trainer.retest``)."""
+    test = evaluate(eval_source, "test", cfg.eval.test_seed, cfg.eval.num_tasks, eval_source.metric, forward,
+                    loss_fn, params, InnerConfig.make(inner_config(cfg, cfg.test_inner_steps)), eval_prox_lam(cfg),
+                    cfg.eval.bn_mode, use_vmap, device, cfg.eval.chunk, steps_list=cfg.eval.steps_list or ())
+    test["fingerprint"] = fingerprint(eval_source, "test", cfg.eval.test_seed, cfg.eval.num_tasks)
+    test["shots"], test["query_shots"] = eval_source.shots, eval_source.query_shots
+    return test
+
+
 def _summary_base(cfg, run_dir, source, device, seeds) -> dict:
     a = cfg.algorithm
     imaml = None
@@ -256,10 +268,10 @@ class _Run:
             row["val_metric"] = v["mean"]
             self.next_val_s = self._next_val(self.train_wall)
 
-    def _evaluate(self, split: str, seed: int, n: int, steps_list=()) -> dict:
+    def _evaluate(self, split: str, seed: int, n: int) -> dict:
         return evaluate(self.eval_source, split, seed, n, self.source.metric, self.forward, self.loss_fn,
                         self.params, self.test_inner, self.prox, self.cfg.eval.bn_mode, self.use_vmap,
-                        self.device, self.cfg.eval.chunk, steps_list=steps_list)
+                        self.device, self.cfg.eval.chunk)
 
     # ------------------------------------------------------------------ log
     def log(self, it: int, row: dict, bar) -> None:
@@ -311,9 +323,7 @@ class _Run:
         cfg = self.cfg
         self.summary["stopped_by"] = "max_train_minutes" if it < cfg.meta_iterations else "meta_iterations"
         t0 = time.perf_counter()
-        test = self._evaluate("test", cfg.eval.test_seed, cfg.eval.num_tasks, steps_list=cfg.eval.steps_list or ())
-        test["fingerprint"] = fingerprint(self.eval_source, "test", cfg.eval.test_seed, cfg.eval.num_tasks)
-        test["shots"], test["query_shots"] = self.eval_source.shots, self.eval_source.query_shots
+        test = run_test(cfg, self.eval_source, self.forward, self.loss_fn, self.params, self.use_vmap, self.device)
         eval_s = time.perf_counter() - t0
         if not math.isfinite(test["mean"]):  # the adapted models blew up on some test tasks
             bad = sum(not math.isfinite(v) for v in test["per_task"])

@@ -1,0 +1,141 @@
+"""The deviation-ladder study's section (``study=deviations``, ``deviations.csv``).
+
+iMAML as the paper writes it → the official release, one deviation at a time, every run at one
+training-time budget: the ladder with each rung's gain over the previous one, each deviation
+removed alone from the full release, the leaky test split's inflation, MAML beside. The study
+computed every difference (paired on identical test tasks where the test-task fingerprints
+match, else unpaired); this module only lays them out.
+"""
+from __future__ import annotations
+
+import pandas as pd
+
+from .render import fmt, fmt_g, fmt_p, is_missing, make_table
+
+S = 100.0  # accuracy in percent
+
+
+def is_long(study: dict) -> bool:
+    df = study["tables"].get("deviations.csv")
+    return df is not None and bool((df["group"] == "endpoints").any())
+
+
+def picks(studies: list[dict]) -> list[tuple[dict, list[str]]]:
+    """The latest completed run (else the latest) of the short-budget study and of the long one."""
+    mine = [s for s in studies if s["study"] == "deviations"]
+    out = []
+    for long in (False, True):
+        kind = [s for s in mine if is_long(s) == long]
+        done = [s for s in kind if s["status"] == "completed"]
+        if kind:
+            out.append((done or kind)[-1])
+    return [(s, [o["run"] for o in mine if all(o is not c for c in out)]) for s in out]
+
+
+def _rows(df: pd.DataFrame, group: str) -> list[dict]:
+    rows = df[df["group"] == group].to_dict("records")
+    return [{k: (None if is_missing(v) else v) for k, v in r.items()} for r in rows]
+
+
+def _acc(r: dict) -> str:
+    if r.get("accuracy") is None:
+        return "—" if r.get("status") == "completed" else str(r.get("status"))
+    return f"{fmt(r['accuracy'], 2, S)} ± {fmt(r['ci95'], 2, S)}"
+
+
+def _diff(r: dict) -> str:
+    if r.get("diff_mean") is None:
+        return "—"
+    text = f"{fmt(r['diff_mean'], 2, S)} [{fmt(r['diff_low'], 2, S)}, {fmt(r['diff_high'], 2, S)}]"
+    return text + (" (unpaired)" if r.get("diff_kind") == "unpaired" else "")
+
+
+def _split(r: dict) -> str:
+    if r.get("test_split") is None:
+        return "—"
+    sizes = r.get("split_sizes") or "—"
+    if r["test_split"] == "release_leaky":
+        test = str(sizes).split("/")[-1]
+        return f"release_leaky: {fmt_g(r.get('test_train_overlap'))} of {test} are training characters"
+    return f"held-out, split seed {fmt_g(r.get('split_seed'))} ({sizes})"
+
+
+def _on(r: dict) -> str:
+    return "none" if r.get("deviations") in (None, "none") else str(r["deviations"]).replace("+", " + ")
+
+
+RAW = ["group", "rung", "deviations", "algorithm", "test_split", "split_seed", "split_sizes", "accuracy", "ci95",
+       "n", "vs", "diff_mean", "diff_low", "diff_high", "diff_kind", "diff_p", "iterations_done", "train_minutes",
+       "median_iter_s", "status", "run_dir"]
+RUN_COLUMNS = [("iterations", lambda r: fmt_g(r.get("iterations_done"))),
+               ("s / iteration", lambda r: fmt(r.get("median_iter_s"), 2)),
+               ("run", lambda r: f"{r.get('run_dir') or '—'}")]
+
+
+def _table(name: str, rows: list[dict], first: list, diff_title: str, notes: list[str], extra: tuple = ()):
+    cols = [*first, ("tested on", _split), ("test accuracy % (± 95% CI)", _acc), (diff_title, _diff),
+            ("p (Wilcoxon)", lambda r: fmt_p(r.get("diff_p"))), *extra, *RUN_COLUMNS]
+    return make_table(name, rows, cols, RAW, notes)
+
+
+def section(study: dict, w) -> str:
+    df = study["tables"]["deviations.csv"]
+    long = is_long(study)
+    prefix = "deviations_long" if long else "deviations"
+    minutes = ", ".join(sorted({fmt_g(m) for m in df["budget_minutes"].dropna()})) or "?"
+    devices = ", ".join(sorted({str(d) for d in df["device"].dropna()})) if "device" in df else ""
+    at = f"at {minutes} min of training per run on {devices or 'an unrecorded device'}"
+    n = ", ".join(sorted({fmt_g(v) for v in df["n"].dropna()})) or "—"
+    out = (f"\nOmniglot 5-way 1-shot, iMAML as the paper writes it (`experiment=omniglot_5w_imaml`) → the official "
+           f"release (`experiment=omniglot_5w_imaml_release`), "
+           f"{'the two end points' if long else 'one deviation at a time'} (`configs/study/deviations.yaml`). "
+           f"Every training run had the same {minutes} min of training wall-clock and was tested on {n} fixed tasks. ")
+    out += ("**An equal short budget measures how fast each rung learns, not where it ends up**: a rung that "
+            "trains faster per iteration or learns faster early can rank above one that would end higher "
+            "(iterations reached are shown per row).\n" if not long else
+            "A longer budget shows more of where each end point goes, still below the papers' iteration counts "
+            "(iterations reached are shown).\n")
+    out += ("\nDifferences are in accuracy points, [95% CI]; paired (bootstrap over identical test tasks, Wilcoxon "
+            "p) where both rows were tested on the same tasks (same test-task fingerprint), otherwise unpaired "
+            "(normal interval of the difference of two means). The data deviation changes the split: rows with it "
+            "are tested on the release's held-out characters (split seed 123), rows without it on the paper "
+            "split's (split seed 1); comparisons across the two are unpaired. A test-time deviation (λ = 0 at "
+            "test) does not train again: the same trained parameters are tested twice.\n")
+    groups = set(df["group"])
+    if "endpoints" in groups:
+        out += f"\n#### The paper as written and the full release, {at}\n"
+        out += w.table(_table(f"{prefix}_endpoints", _rows(df, "endpoints"), [("end point", lambda r: r["rung"]),
+                              ("deviations on", _on)], "release − paper [95% CI]", []))
+    if "ladder" in groups:
+        out += f"\n#### The ladder: deviations added one at a time, {at}\n"
+        out += w.table(_table(f"{prefix}_ladder", _rows(df, "ladder"),
+                              [("rung", lambda r: r["rung"] if r["rung"] == "paper" else f"+ {r['rung']}")],
+                              "gain over the previous rung [95% CI]",
+                              ["Each rung adds one deviation to the rung above it; the last is the full release."]))
+    if "removed" in groups:
+        out += f"\n#### Each deviation removed alone from the full release, {at}\n"
+        out += w.table(_table(f"{prefix}_removed", _rows(df, "removed"),
+                              [("removed", lambda r: "none (the full release)" if r["rung"] == "release"
+                                else f"− {r['rung']}")],
+                              "difference from the full release [95% CI]",
+                              ["Negative: the release is better with the deviation than without it."]))
+    if "leaky" in groups:
+        out += f"\n#### The release's leaky evaluation split, {at}\n"
+        out += w.table(_table(f"{prefix}_leaky", _rows(df, "leaky"),
+                              [("test characters", lambda r: "clean" if r["rung"] == "clean" else "leaky")],
+                              "inflation: leaky − clean [95% CI]",
+                              ["One trained run of the full release, its final parameters tested twice: on its "
+                               "held-out test characters and on the characters the release's evaluation script "
+                               "uses (mostly meta-training characters). Different characters, so unpaired."]))
+    if "maml" in groups:
+        ladder = {r["rung"]: r for r in _rows(df, "ladder")}
+        imaml = ("iMAML ladder's gain from the same deviation [95% CI]",
+                 lambda r: _diff(ladder[r["rung"]]) if r["rung"] in ladder else "—")
+        t = _table(f"{prefix}_maml", _rows(df, "maml"), [("MAML rung", lambda r: r["rung"] if r["rung"] == "maml"
+                                                          else f"+ {r['rung']}")],
+                   "gain over the previous MAML rung [95% CI]",
+                   ["MAML (`experiment=omniglot_5w_maml`) with the deviations that also exist for it, added in "
+                    "the ladder's order, beside the same deviation's gain in the iMAML ladder (where the rungs "
+                    "below differ: iMAML's carries the deviations before it in the ladder)."], extra=(imaml,))
+        out += f"\n#### MAML beside the ladder, {at}\n" + w.table(t)
+    return out
