@@ -138,17 +138,22 @@ def validate(cfg: DictConfig) -> None:
     if cfg.logger.name not in ("csv", "wandb"):
         raise ConfigError(f"logger={cfg.logger.name!r} is unknown; choose csv or wandb")
     if ds != "sinusoid":
-        root = data_root(cfg)
-        if not root.exists():
-            raise ConfigError(f"data.root={str(root)!r} does not exist; point data.root (or $METAGRAD_DATA) "
-                              f"at the folder holding the {ds} data (see README: Data)")
-        import datasets
-        check = getattr(datasets, "validate", None)
-        if check is not None:
-            try:
-                check(cfg)
-            except ValueError as e:
-                raise ConfigError(str(e)) from None
+        _validate_data(cfg, ds)
+
+
+def _validate_data(cfg: DictConfig, ds: str) -> None:
+    """A real dataset's root exists and holds what its protocol needs (``datasets.validate``)."""
+    root = data_root(cfg)
+    if not root.exists():
+        raise ConfigError(f"data.root={str(root)!r} does not exist; point data.root (or $METAGRAD_DATA) "
+                          f"at the folder holding the {ds} data (see README: Data)")
+    import datasets
+    check = getattr(datasets, "validate", None)
+    if check is not None:
+        try:
+            check(cfg)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
 
 
 def resolve_device(cfg) -> torch.device:

@@ -1,0 +1,36 @@
+"""The codebase's own rules: short functions, no process history in code or output, no code
+beside the generated report."""
+import ast
+import re
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+SKIP = {".venv", ".git", "tests", "runs", ".cache", "outputs", "multirun"}
+
+
+def _files(*suffixes):
+    for p in sorted(REPO.rglob("*")):
+        rel = p.relative_to(REPO)
+        if p.is_file() and p.suffix in suffixes and not (set(rel.parts) & SKIP):
+            yield rel, p
+
+
+def test_no_function_over_80_lines_outside_tests():
+    long = [f"{rel}:{n.lineno} {n.name} ({n.end_lineno - n.lineno + 1} lines)"
+            for rel, p in _files(".py") for n in ast.walk(ast.parse(p.read_text()))
+            if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)) and n.end_lineno - n.lineno + 1 > 80]
+    assert not long, long
+
+
+def test_no_issue_numbers_in_code_configs_or_generated_output():
+    """History belongs in commit messages; citing another project's issue is fine."""
+    pattern = re.compile(r"\bissues? #?\d+", re.IGNORECASE)
+    other = re.compile(r"learn2learn|upstream|imaml_dev|hypertorch|#413", re.IGNORECASE)
+    hits = [f"{rel}:{i}" for rel, p in _files(".py", ".yaml", ".md", ".csv", ".tex")
+            for i, line in enumerate(p.read_text(errors="replace").splitlines(), 1)
+            if pattern.search(line) and not other.search(line)]
+    assert not hits, hits
+
+
+def test_reports_holds_no_code():
+    assert not list((REPO / "reports").rglob("*.py"))
