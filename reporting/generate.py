@@ -62,7 +62,9 @@ def _train_sections(recs: Records, paper: PaperNumbers, w: Writer) -> list[str]:
         text += f"\n### {budget.budget_title(*key, members)}\n" + w.table(budget.protocol_table(key, members))
         fig = budget.curves_figure(key, members, w.fig_dir)
         if fig is not None:
-            text += w.figure(fig, "Validation metric vs training wall-clock")
+            text += w.figure(fig, "Validation metric vs training wall-clock") + (
+                "\nLines: the validation metric on the fixed validation tasks (`eval.val_tasks`, 30 in `make "
+                "reproduce`) during training; stars: the final test on the fixed test tasks.\n")
     out.append(text if by_budget else text + _no_runs("make reproduce"))
 
     sweep = [r for r in rows if budget.is_sweep(r)]
