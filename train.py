@@ -8,8 +8,9 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
+from atomic import atomic_write_json
 from trainer import ConfigError, train, validate
-from trainer.records import atomic_write_json, read_json
+from trainer.records import read_json
 
 
 def _remove_if_fresh(run_dir: Path) -> None:

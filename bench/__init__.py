@@ -123,19 +123,14 @@ def options(args: argparse.Namespace, p: argparse.ArgumentParser):
     return o
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("KINETO_LOG_LEVEL", "4")
     argv = list(sys.argv[1:] if argv is None else argv)
     p = parser()
     args = p.parse_args(argv)
     o = options(args, p)
+    from atomic import atomic_write_text
+
     from . import render
     from .run import run
     record = run(o)

@@ -28,7 +28,9 @@ from pathlib import Path
 
 import torch
 
-from . import ROOT, atomic_write_text
+from atomic import atomic_write_text
+
+from . import ROOT
 from .measure import draw_batches, ours_runner, peak_memory, time_runner
 from .render import machine, write_section
 from .run import Options, run

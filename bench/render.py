@@ -13,6 +13,8 @@ from pathlib import Path
 
 import torch
 
+from atomic import atomic_write_text
+
 from .workloads import AUTO_BATCHING, WORKLOADS
 
 # Targets: ours/peer MAML minimum and goal, memory flatness, vmap speed-up, sampling share.
@@ -290,7 +292,4 @@ def write_section(path: Path, name: str, body: str, title: str = "# Benchmarks")
     old = path.read_text() if path.exists() else f"{title}\n\n"
     pattern = re.compile(re.escape(begin) + r".*?" + re.escape(end) + r"\n?", re.S)
     new = pattern.sub(lambda _: block, old, count=1) if pattern.search(old) else old.rstrip() + "\n\n" + block
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(new)
-    os.replace(tmp, path)
+    atomic_write_text(path, new)

@@ -26,6 +26,8 @@ import sys
 import time
 from pathlib import Path
 
+from atomic import atomic_write_json, atomic_write_text
+
 ROOT = Path(__file__).resolve().parent.parent
 RECORDS = ROOT / "reports" / "bench_tta"
 FIGURE = ROOT / "reports" / "bench_tta" / "tta_omniglot_5w1s.png"
@@ -90,7 +92,7 @@ def _grow(record: dict, minutes: list[float], log, first_resume: bool) -> dict:
         record["load_average_end"] = os.getloadavg()[0]
         log(f"[tta {algorithm}] {m:g} min: {seg['iterations']} iterations, test {100 * seg['test_mean']:.2f} "
             f"± {100 * seg['test_ci95']:.2f}% (eval {seg['eval_wall_s']:.0f} s)")
-        _write_json(RECORDS / f"{record['name']}.json", record)
+        atomic_write_json(RECORDS / f"{record['name']}.json", record)
     return record
 
 
@@ -100,13 +102,6 @@ def _rel(path: Path) -> str:
         return str(Path(path).resolve().relative_to(ROOT))
     except ValueError:
         return str(path)
-
-
-def _write_json(path: Path, obj) -> None:
-    from trainer.records import atomic_write_json
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(path, obj)
 
 
 def _curve(record) -> list[tuple[float, float]]:
@@ -240,7 +235,7 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
     if a.render:
         section = render()
-        BENCHMARKS.write_text(splice(BENCHMARKS.read_text() if BENCHMARKS.exists() else "# Benchmarks\n", section))
+        atomic_write_text(BENCHMARKS, splice(BENCHMARKS.read_text() if BENCHMARKS.exists() else "# Benchmarks\n", section))
         print(f"wrote the time-to-accuracy section of {BENCHMARKS.relative_to(ROOT)}")
         return 0
     if not a.algorithm:

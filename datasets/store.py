@@ -9,7 +9,7 @@
   multi-hundred-MB archives, so it is remembered in ``<cache>/sha256.json`` keyed by
   (path, size, mtime).
 - Decoded tensors are saved once with ``torch.save`` under a name derived from the source
-  checksums and decode settings, written atomically (temp file + ``os.replace``) so a
+  checksums and decode settings, written atomically (:mod:`atomic`) so a
   failed or interrupted decode leaves nothing behind; later loads memory-map it.
 """
 from __future__ import annotations
@@ -17,15 +17,15 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import zipfile
 import zlib
 from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 import torch
+
+from atomic import atomic_torch_save, atomic_write_bytes
 
 ENV_VAR = "METAGRAD_DATA"
 DEFAULT_ROOT = "./data"
@@ -52,28 +52,6 @@ def cache_dir(path: str | os.PathLike | None) -> Path:
     except OSError as e:
         raise DataError(f"cache dir {p} cannot be created ({e}); set data.cache_dir to a writable folder") from e
     return p
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    _atomic(path, lambda f: f.write(data))
-
-
-def atomic_torch_save(obj: Any, path: Path) -> None:
-    _atomic(path, lambda f: torch.save(obj, f))
-
-
-def _atomic(path: Path, write: Callable) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; a shared cache must stay readable
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 # ---------------------------------------------------------------- sources
@@ -177,7 +155,7 @@ def load_or_build(path: Path, build: Callable[[], dict], meta: dict) -> dict:
         if obj is None:
             obj = build()
             obj["meta"] = meta
-            atomic_torch_save(obj, path)
+            atomic_torch_save(path, obj)
     return torch.load(path, mmap=True, weights_only=True)
 
 

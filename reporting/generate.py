@@ -9,11 +9,13 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from atomic import atomic_write_text
+
 from . import budget, paired, studies, tables
 from . import common as c
 from .paper import PaperNumbers, load_paper_numbers
 from .records import STATUSES, STUDY_FILES, Records, Skipped, load
-from .render import Table, atomic_write, make_table, to_markdown, write_table
+from .render import Table, make_table, to_markdown, write_table
 
 GENERATED_EXT = (".csv", ".tex", ".png")
 
@@ -180,7 +182,7 @@ def generate(runs_root: Path, out: Path, paper: PaperNumbers | None = None) -> P
     shown = runs_root.name if runs_root.is_absolute() else runs_root.as_posix()
     text = _header(recs, shown or "runs", len(skipped)) + "\n" + "\n".join(body)
     report = out / "REPORT.md"
-    atomic_write(report, text.encode("utf-8"))
+    atomic_write_text(report, text)
     w.files.add(report)
     w.remove_stale()
     return report

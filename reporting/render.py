@@ -7,14 +7,14 @@ the report does not depend on jinja2 (pandas' ``to_latex`` needs it).
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
+
+from atomic import atomic_write_bytes, atomic_write_text
 
 DPI = 100
 
@@ -83,20 +83,6 @@ def fmt_mib(nbytes: Any) -> str:
 
 
 # ---------------------------------------------------------------- writers
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write to a temporary file in the same folder, then rename over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def _md_cell(text: str) -> str:
     return str(text).replace("|", "\\|").replace("\n", " ")
 
@@ -137,7 +123,7 @@ def write_table(t: Table, tables_dir: Path) -> list[Path]:
     out = []
     for ext, text in (("csv", to_csv(t)), ("tex", to_latex(t))):
         path = tables_dir / f"{t.name}.{ext}"
-        atomic_write(path, text.encode("utf-8"))
+        atomic_write_text(path, text)
         out.append(path)
     return out
 
@@ -151,7 +137,7 @@ def save_figure(fig, path: Path) -> Path:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=DPI, metadata={"Software": None})
     plt.close(fig)
-    atomic_write(path, buf.getvalue())
+    atomic_write_bytes(path, buf.getvalue())
     return path
 
 

@@ -55,7 +55,8 @@ def check(cfg: DictConfig, out_dir: str | Path | None = None) -> None:
 
 def run(cfg: DictConfig, out_dir: str | Path) -> Path:
     """Validate, run the study, write its CSVs and ``study.json``; return ``out_dir``."""
-    from trainer.records import atomic_write_json, device_name, versions
+    from atomic import atomic_write_json
+    from trainer.records import device_name, versions
 
     from .common import resolve_device, write_csv
 

@@ -22,8 +22,9 @@ from omegaconf import DictConfig, OmegaConf
 
 import datasets
 import models
+from atomic import atomic_write_bytes
 from trainer.config import model_options
-from trainer.records import atomic_write_bytes, load_checkpoint
+from trainer.records import load_checkpoint
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 Params = dict[str, torch.Tensor]

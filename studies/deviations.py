@@ -31,7 +31,8 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from trainer.records import atomic_write_json, read_json
+from atomic import atomic_write_json
+from trainer.records import read_json
 from trainer.retest import RESUME_KEYS, is_test_time, retest
 
 from .common import need_ints, need_pos, need_subset, train_config

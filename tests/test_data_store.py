@@ -1,4 +1,4 @@
-"""datasets/store.py: data-root resolution, checksum cache, atomic tensor cache, archives."""
+"""datasets/store.py: data-root resolution, checksum cache, tensor cache, archives."""
 from __future__ import annotations
 
 import hashlib
@@ -47,15 +47,6 @@ def test_folder_digest_depends_on_content_and_names(tmp_path):
     (d / "sub" / "f.txt").rename(d / "sub" / "g.txt")
     third = store.source_sha256(d, cache)
     assert len({first, second, third}) == 3
-
-
-def test_atomic_save_leaves_nothing_on_failure(tmp_path):
-    class Boom:
-        def __reduce__(self):
-            raise RuntimeError("boom")
-    with pytest.raises(RuntimeError):
-        store.atomic_torch_save({"x": Boom()}, tmp_path / "c.pt")
-    assert list(tmp_path.iterdir()) == []
 
 
 def test_load_or_build_reuses_and_rebuilds(tmp_path):

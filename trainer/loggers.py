@@ -12,11 +12,14 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import io
 import os
 from collections.abc import Iterator
 from pathlib import Path
 
 from omegaconf import OmegaConf
+
+from atomic import atomic_write_text
 
 from .records import read_jsonl
 
@@ -37,12 +40,11 @@ class CsvLogger:
         if not rows:
             return
         keys = sorted({k for r in rows for k in r})
-        tmp = self.run_dir / ".metrics.csv.tmp"
-        with open(tmp, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=keys)
-            w.writeheader()
-            w.writerows(rows)
-        os.replace(tmp, self.run_dir / "metrics.csv")
+        buf = io.StringIO(newline="")
+        w = csv.DictWriter(buf, fieldnames=keys)
+        w.writeheader()
+        w.writerows(rows)
+        atomic_write_text(self.run_dir / "metrics.csv", buf.getvalue())
 
     @contextlib.contextmanager
     def guard(self, summary: dict) -> Iterator[None]:

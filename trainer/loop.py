@@ -24,20 +24,13 @@ from omegaconf import OmegaConf
 import datasets
 import models
 from algorithms import InnerConfig, meta_gradient_batch, resolve_cg_tol
+from atomic import atomic_torch_save, atomic_write_json, atomic_write_text
 
 from .config import ConfigError, eval_prox_lam, inner_config, model_options, outer_options, resolve_device
 from .evaluate import evaluate, fingerprint, has_split
 from .loggers import make_logger
 from .meters import AllocationMeter, Timer, rss_peak_bytes
-from .records import (
-    append_jsonl,
-    atomic_torch_save,
-    atomic_write_json,
-    device_name,
-    load_checkpoint,
-    read_jsonl,
-    versions,
-)
+from .records import append_jsonl, device_name, load_checkpoint, read_jsonl, versions
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
@@ -197,9 +190,7 @@ class _Run:
                 self.start, self.train_wall, self.iter_times = ck["iteration"], ck["train_wall_s"], ck["iter_times"]
                 self.alloc_peak, self.gpu_peak = ck["alloc_peak"], ck["gpu_peak"]
         rows = read_jsonl(self.run_dir / "metrics.jsonl", max_iter=self.start) if self.start else []
-        tmp = self.run_dir / "metrics.jsonl.tmp"
-        tmp.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
-        tmp.replace(self.run_dir / "metrics.jsonl")
+        atomic_write_text(self.run_dir / "metrics.jsonl", "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
         atomic_write_json(self.run_dir / "summary.json", self.summary)
         self.logger = make_logger(cfg, self.run_dir)
         self.next_val_s = self._next_val(self.train_wall)

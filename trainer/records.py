@@ -1,49 +1,19 @@
-"""Run records: atomic writes, environment facts, checkpoints.
+"""Run records: reading them back, environment facts, checkpoints.
 
-Schema of ``summary.json`` and the study records: ``reports/SCHEMA.md``. Every write goes
-to a temporary file in the same folder and is renamed over the target, so a crash leaves
-the previous valid file; readers treat unreadable files as absent (with a warning).
+Schema of ``summary.json`` and the study records: ``reports/SCHEMA.md``. Records are written
+by :mod:`atomic`, so a crash leaves the previous valid file; readers treat unreadable files
+as absent (with a warning).
 """
 from __future__ import annotations
 
-import io
 import json
-import os
 import platform
 import subprocess
 import sys
-import tempfile
 import warnings
 from pathlib import Path
-from typing import Any
 
 import torch
-
-
-def atomic_write_bytes(path: Path | str, data: bytes) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def atomic_write_json(path: Path | str, obj: Any) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True, allow_nan=True) + "\n").encode())
-
-
-def atomic_torch_save(path: Path | str, obj: Any) -> None:
-    buf = io.BytesIO()
-    torch.save(obj, buf)
-    atomic_write_bytes(path, buf.getvalue())
 
 
 def read_json(path: Path | str) -> dict | None:
