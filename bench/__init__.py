@@ -74,7 +74,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's, every core — the "
                    "machine as users run it; learn2learn's per-task loop gains little from a second core, "
                    "our batched meta-batch does; 1 steadies timings on a shared machine)")
-    p.add_argument("--data-root", help="data root (default $METAGRAD_DATA, else ../shared/data, else ./data)")
+    p.add_argument("--data-root", help="data root (default $METAGRAD_DATA, else ./data)")
     p.add_argument("--synthetic", action="store_true", help="random tensors even when the data is present")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"report (default {DEFAULT_OUT.relative_to(ROOT)})")
@@ -83,10 +83,10 @@ def parser() -> argparse.ArgumentParser:
 
 def options(args: argparse.Namespace, p: argparse.ArgumentParser):
     """Options from the parsed arguments (``--quick`` fills what was not given)."""
-    import torch
+    from datasets.store import data_root
+    from trainer.config import resolve_device
 
     from .run import Options
-    from .workloads import default_data_root
     quick = {"workloads": ["omniglot-5w1s", "sinusoid"], "ks": [1, 5], "repeats": 1, "mem_ks": [5, 20], "compile_ks": [1],
              "min_time_s": 0.2}
     o = Options()
@@ -111,10 +111,11 @@ def options(args: argparse.Namespace, p: argparse.ArgumentParser):
     o.compare, o.peer, o.synthetic, o.seed = not args.no_compare, not args.no_peer, args.synthetic, args.seed
     if args.no_compile:
         o.compile_ks = []
-    o.data_root = args.data_root or default_data_root()
-    o.device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
-    if o.device == "cuda" and not torch.cuda.is_available():
-        p.error("--device cuda but CUDA is not available here; use --device cpu")
+    o.data_root = str(data_root(args.data_root))
+    try:
+        o.device = resolve_device(args.device).type
+    except ValueError as e:
+        p.error(str(e).replace("device=", "--device "))
     if o.peer:
         try:
             import learn2learn  # noqa: F401

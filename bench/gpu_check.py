@@ -29,12 +29,13 @@ from pathlib import Path
 import torch
 
 from atomic import atomic_write_text
+from datasets.store import data_root
 
 from . import ROOT
 from .measure import draw_batches, ours_runner, peak_memory, time_runner
 from .render import machine, write_section
 from .run import Options, run
-from .workloads import ALGORITHMS, Workload, build_problem, default_data_root, estimator
+from .workloads import ALGORITHMS, Workload, build_problem, estimator
 
 
 def _train(algorithm: str, dataset: str, iters: int, eval_tasks: int, device: str, out: Path, data_root: str) -> dict:
@@ -144,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     stamp = dt.datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
     out = args.out_dir or ROOT / "runs" / "gpu_check" / stamp
     out.mkdir(parents=True, exist_ok=True)
-    data_root = args.data_root or default_data_root()
+    root = str(data_root(args.data_root))
     device = torch.device(args.device)
     tiny = args.tiny
     rec = {"command": "python -m bench.gpu_check " + " ".join(argv), "device": args.device, "machine": machine(),
@@ -152,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
            "train": [], "cost": [], "notes": []}
 
     # 1. short training of every algorithm
-    probe = build_problem(Workload("probe", "probe", "omniglot", 5, 1, 1, 1, 0.4), data_root)
+    probe = build_problem(Workload("probe", "probe", "omniglot", 5, 1, 1, 1, 0.4), root)
     dataset = "omniglot" if probe.origin.startswith("real") else "sinusoid"
     if dataset == "sinusoid":
         rec["notes"].append(f"Training used the sinusoid: {probe.origin}.")
@@ -163,20 +164,20 @@ def main(argv: list[str] | None = None) -> int:
             rec["train"].append({"algorithm": a, "dataset": dataset, "meta_iterations": iters, "status": "skipped",
                                  "note": "gpu-check budget spent"})
             continue
-        row = _train(a, dataset, iters, eval_tasks, args.device, out, data_root)
+        row = _train(a, dataset, iters, eval_tasks, args.device, out, root)
         rec["train"].append(row)
         print(f"gpu-check train: {a:9s} {row['status']} {row.get('test_mean')} {row.get('median_iter_s')}", flush=True)
 
     # 2. the cost study (Fig. 2)
     ks = [1, 2] if tiny else [1, 5, 10, 20, 40, 80]
     rec["cost_meta_batch"] = 1 if tiny else 4
-    rec["cost"] = _cost(ks, rec["cost_meta_batch"], device, data_root, deadline, 1 if tiny else 3)
+    rec["cost"] = _cost(ks, rec["cost_meta_batch"], device, root, deadline, 1 if tiny else 3)
 
     # 3. the harness on this device
     if time.perf_counter() < deadline - (0 if tiny else 60):
         # no torch.compile cells here: compiling for the GPU would take minutes of the 8
         o = Options(workloads=["omniglot-5w1s"], ks=[1] if tiny else [1, 5], repeats=1 if tiny else 3,
-                    device=args.device, data_root=data_root, mem_ks=[1, 2] if tiny else [5, 80],
+                    device=args.device, data_root=root, mem_ks=[1, 2] if tiny else [5, 80],
                     meta_batch=2 if tiny else None, algorithms=["maml", "imaml"] if tiny else list(ALGORITHMS),
                     compile_ks=[])
         from .render import render

@@ -219,7 +219,7 @@ def splice(text: str, section: str) -> str:
 
 
 def main(argv=None) -> int:
-    from .workloads import default_data_root
+    from datasets.store import data_root
 
     p = argparse.ArgumentParser(prog="python -m bench.tta", description=__doc__.split("\n\n")[0])
     p.add_argument("--algorithm", choices=ALGORITHMS)
@@ -227,7 +227,7 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's, all cores)")
     p.add_argument("--name", help="record name: reports/bench_tta/<name>.json (default: the algorithm)")
     p.add_argument("--run-dir", type=Path, help="default runs/bench/tta/<name>")
-    p.add_argument("--data-root", default=None, help="default $METAGRAD_DATA, else ../shared/data, else ./data")
+    p.add_argument("--data-root", default=None, help="default $METAGRAD_DATA, else ./data")
     p.add_argument("--render", action="store_true", help="only write the BENCHMARKS.md section from the records")
     p.add_argument("--continue", dest="cont", action="store_true",
                    help="continue the recorded run <name> to the marks beyond its last one (resume=true)")
@@ -258,7 +258,7 @@ def main(argv=None) -> int:
         return 0
     if run_dir.exists() and any(run_dir.iterdir()):
         p.error(f"{run_dir} is not empty: remove it or pass another --run-dir (segments resume from it)")
-    run(a.algorithm, a.minutes, run_dir, a.data_root or default_data_root(), a.overrides, name)
+    run(a.algorithm, a.minutes, run_dir, str(data_root(a.data_root)), a.overrides, name)
     return 0
 
 

@@ -14,9 +14,7 @@ what ``train.py`` runs.
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 from omegaconf import OmegaConf
@@ -57,15 +55,6 @@ WORKLOADS = {w.key: w for w in (
     Workload("miniimagenet-5w1s", "mini-ImageNet 5-way 1-shot", "miniimagenet", 5, 1, 15, 4, 0.01, "flatten"),
     Workload("sinusoid", "Sinusoid (K=10 points)", "sinusoid", 1, 10, 10, 25, 0.01),
 )}
-
-
-def default_data_root() -> str:
-    """``$METAGRAD_DATA``, else ``../shared/data`` beside the checkout (as the Makefile), else ``./data``."""
-    env = os.environ.get("METAGRAD_DATA")
-    if env:
-        return env
-    shared = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
-    return str(shared) if shared.is_dir() else "data"
 
 
 @dataclass

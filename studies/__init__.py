@@ -20,20 +20,8 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 STUDIES = ("fidelity", "precision", "assumptions", "cost", "failures", "deviations")
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
-__all__ = ["STUDIES", "check", "compose", "run"]
-
-
-def compose(overrides: list[str] | None = None) -> DictConfig:
-    """The resolved config ``python study.py <overrides>`` would run (Hydra compose API)."""
-    from hydra import compose as hcompose
-    from hydra import initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        return hcompose(config_name="study", overrides=list(overrides or []))
+__all__ = ["STUDIES", "check", "run"]
 
 
 def _module(name: str):
@@ -44,7 +32,7 @@ def _module(name: str):
 
 def check(cfg: DictConfig, out_dir: str | Path | None = None) -> None:
     """Raise ValueError (one line naming the key) if the study config cannot run (in ``out_dir``)."""
-    from .common import resolve_device
+    from trainer.config import resolve_device
 
     mod = _module(cfg.study.name)
     resolve_device(cfg.device)
@@ -56,9 +44,10 @@ def check(cfg: DictConfig, out_dir: str | Path | None = None) -> None:
 def run(cfg: DictConfig, out_dir: str | Path) -> Path:
     """Validate, run the study, write its CSVs and ``study.json``; return ``out_dir``."""
     from atomic import atomic_write_json
+    from trainer.config import resolve_device
     from trainer.records import device_name, versions
 
-    from .common import resolve_device, write_csv
+    from .common import write_csv
 
     check(cfg, out_dir)  # before any work: a bad value fails in one line, nothing written
     name = cfg.study.name

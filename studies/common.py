@@ -23,7 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 import datasets
 import models
 from atomic import atomic_write_bytes
-from trainer.config import model_options
+from trainer.config import model_options, resolve_device
 from trainer.records import load_checkpoint
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -32,21 +32,10 @@ Params = dict[str, torch.Tensor]
 
 # ---------------------------------------------------------------- configs and problems
 def train_config(overrides: Iterable[str]) -> DictConfig:
-    """The validated config ``python train.py <overrides>`` would run.
-
-    Inside ``study.py`` Hydra is already initialised on the same ``configs/`` folder, so the
-    compose API is used in place (``trainer.compose`` would reset Hydra's global state).
-    """
-    from hydra import compose
-    from hydra.core.global_hydra import GlobalHydra
-
+    """The validated config ``python train.py <overrides>`` would run."""
     import trainer
 
-    overrides = [str(o) for o in overrides]
-    if GlobalHydra.instance().is_initialized():
-        cfg = compose(config_name="train", overrides=overrides)
-    else:
-        cfg = trainer.compose(overrides)
+    cfg = trainer.compose(list(overrides))
     trainer.validate(cfg)
     return cfg
 
@@ -58,14 +47,6 @@ def base_overrides(cfg: DictConfig, *extra: str) -> list[str]:
     return [f"dataset={cfg.dataset.name}", f"ways={cfg.ways}", f"shots={cfg.shots}",
             f"query_shots={cfg.query_shots}", f"seed={cfg.seed}", f"device={cfg.device}", *data,
             *[str(o) for o in cfg.get("train_overrides", [])], *extra]
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device=cuda but CUDA is not available here; use device=cpu or device=auto")
-    return torch.device(name)
 
 
 def smooth_mlp(activation: str) -> Callable[[Params, torch.Tensor], torch.Tensor]:

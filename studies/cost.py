@@ -18,7 +18,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from .common import base_overrides, need_ints, need_pos, need_subset, progress, resolve_device
+from trainer.config import resolve_device
+
+from .common import base_overrides, need_ints, need_pos, need_subset, progress
 
 ROOT = Path(__file__).resolve().parent.parent
 ALGORITHMS = ("maml", "fomaml", "reptile", "imaml")

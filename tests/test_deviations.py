@@ -28,7 +28,7 @@ DOCUMENTED = ["group", "rung", "deviations", "algorithm", "test_split", "accurac
 
 
 def study_cfg(tmp_path: Path, *overrides: str):
-    return studies.compose(["study=deviations", "device=cpu", f"data.root={tmp_path}", *overrides])
+    return compose(["study=deviations", "device=cpu", f"data.root={tmp_path}", *overrides], config_name="study")
 
 
 def resolved(overrides: list[str]) -> dict:
@@ -133,10 +133,10 @@ def test_retest_changes_only_the_test(tmp_path):
 # ---------------------------------------------------------------- a tiny study on the real data
 def tiny(tmp_path: Path, budget: float, meta_iterations: int = 3):
     """Two rungs (the release's CG system, then λ = 0 at test) plus the leaky test, on meta-batches of 2."""
-    cfg = studies.compose(["study=deviations", "device=cpu", f"data.root={REAL_ROOT}", f"data.cache_dir={REPO_CACHE}",
+    cfg = compose(["study=deviations", "device=cpu", f"data.root={REAL_ROOT}", f"data.cache_dir={REPO_CACHE}",
                            "study.groups=[ladder,leaky]", f"study.budget_minutes={budget}", "study.eval_tasks=4",
                            f"study.meta_iterations={meta_iterations}", "study.ckpt_every=1",
-                           'train_overrides=["meta_batch_size=2","inner_steps=2","test_inner_steps=2"]'])
+                           'train_overrides=["meta_batch_size=2","inner_steps=2","test_inner_steps=2"]'], config_name="study")
     with open_dict(cfg):
         cfg.study.deviations = {"damped_cg": ["algorithm.hparams.cg_damping=1.0", "algorithm.hparams.lam_damping=10.0"],
                                 "test_lam0": ["eval.prox_lam=0.0"]}

@@ -26,7 +26,7 @@ def test_auto_picks_cuda_only_when_available(cuda, available, expected):
     cuda(available)
     cfg = compose([])
     assert cfg.device == "auto"  # the default
-    assert resolve_device(cfg) == torch.device(expected)
+    assert resolve_device(cfg.device) == torch.device(expected)
 
 
 @pytest.mark.parametrize("available", [True, False])
@@ -34,7 +34,7 @@ def test_explicit_cpu_stays_on_cpu(cuda, available):
     cuda(available)
     cfg = compose(["device=cpu"])
     validate(cfg)
-    assert resolve_device(cfg) == torch.device("cpu")
+    assert resolve_device(cfg.device) == torch.device("cpu")
 
 
 def test_explicit_cuda_is_refused_without_cuda_and_accepted_with_it(cuda):
@@ -44,7 +44,7 @@ def test_explicit_cuda_is_refused_without_cuda_and_accepted_with_it(cuda):
         validate(cfg)
     cuda(True)
     validate(cfg)
-    assert resolve_device(cfg) == torch.device("cuda")
+    assert resolve_device(cfg.device) == torch.device("cuda")
 
 
 def test_unknown_device_is_refused():

@@ -226,15 +226,6 @@ def test_a_crashed_job_finishes_its_wandb_run_and_the_sweep_goes_on(tmp_path):
     assert w["exit_code"] == 0 and w["summary"]["status"] == "completed" and len(w["history"]) == 20
 
 
-def compose_hydra(overrides: list[str]):
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
-        return compose(config_name="train", overrides=overrides, return_hydra_config=True)
-
-
 # configs/hydra/launcher/submitit_local.yaml shares its name with the plugin's schema, which Hydra
 # 1.3 still matches automatically (with this warning); the file is complete without it.
 @pytest.mark.filterwarnings("ignore:(?s).*validated against ConfigStore schema with the same name")
@@ -243,24 +234,27 @@ def test_slurm_launcher_defaults_overrides_and_sbatch_script(tmp_path, monkeypat
     ``sbatch`` call (intercepted): one GPU per job by default, overrides reach the script."""
     from omegaconf import OmegaConf
 
-    cfg = compose_hydra(["hydra/launcher=slurm", f"hydra.sweep.dir={tmp_path / 'sweep'}"])
+    from trainer import compose
+
+    cfg = compose(["hydra/launcher=slurm", f"hydra.sweep.dir={tmp_path / 'sweep'}"], return_hydra_config=True)
     lc = cfg.hydra.launcher
     assert lc._target_.endswith("SlurmLauncher")
     assert (lc.gpus_per_node, lc.nodes, lc.tasks_per_node, lc.max_num_timeout) == (1, 1, 1, 0)
     assert lc.timeout_min > 0 and lc.mem_gb > 0 and lc.cpus_per_task > 0
     assert OmegaConf.to_container(lc, resolve=True)["submitit_folder"] == f"{tmp_path / 'sweep'}/.submitit/%j"
 
-    local = compose_hydra(["hydra/launcher=submitit_local", f"hydra.sweep.dir={tmp_path / 'sweep'}"]).hydra.launcher
+    local = compose(["hydra/launcher=submitit_local", f"hydra.sweep.dir={tmp_path / 'sweep'}"],
+                    return_hydra_config=True).hydra.launcher
     assert local._target_.endswith("LocalLauncher") and (local.gpus_per_node, local.nodes) == (1, 1)
     assert OmegaConf.to_container(local, resolve=True)["submitit_folder"] == f"{tmp_path / 'sweep'}/.submitit/%j"
 
     with pytest.raises(Exception, match="partiton"):  # the plugin's schema rejects unknown keys
-        compose_hydra(["hydra/launcher=slurm", "hydra.launcher.partiton=gpu"])
+        compose(["hydra/launcher=slurm", "hydra.launcher.partiton=gpu"], return_hydra_config=True)
 
-    cfg = compose_hydra(["hydra/launcher=slurm", f"hydra.sweep.dir={tmp_path / 'sweep'}",
-                         "hydra.launcher.partition=gpu-a100", "hydra.launcher.timeout_min=90",
-                         "hydra.launcher.mem_gb=48", "hydra.launcher.gpus_per_node=2",
-                         "+hydra.launcher.additional_parameters.account=lab"])
+    cfg = compose(["hydra/launcher=slurm", f"hydra.sweep.dir={tmp_path / 'sweep'}",
+                   "hydra.launcher.partition=gpu-a100", "hydra.launcher.timeout_min=90",
+                   "hydra.launcher.mem_gb=48", "hydra.launcher.gpus_per_node=2",
+                   "+hydra.launcher.additional_parameters.account=lab"], return_hydra_config=True)
     import submitit.slurm.slurm as slurm
     from hydra.utils import instantiate
 

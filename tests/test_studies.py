@@ -21,6 +21,7 @@ from algorithms.linalg import tree_flatten, tree_unflatten
 from datasets.sinusoid import Sinusoid
 from studies import assumptions, cost, cost_point, failures, fidelity
 from studies.common import smooth_mlp
+from trainer import compose
 
 ROOT = Path(__file__).resolve().parent.parent
 # The columns reports/ relies on (the study-CSV schema); a study may append more.
@@ -39,7 +40,7 @@ DOCUMENTED = {
 
 def run_study(tmp_path: Path, name: str, *overrides: str) -> dict[str, list[dict]]:
     """Run a study in-process; check study.json and each CSV's header; return the CSV rows."""
-    cfg = studies.compose([f"study={name}", "device=cpu", *overrides])
+    cfg = compose([f"study={name}", "device=cpu", *overrides], config_name="study")
     out = studies.run(cfg, tmp_path / name)
     record = json.loads((out / "study.json").read_text())
     assert record["kind"] == "study" and record["study"] == name and record["status"] == "completed"
@@ -237,7 +238,7 @@ def test_failures_grid_and_statuses(tmp_path):
 
 
 def test_failures_axes_grid_skips_imaml_knobs_for_maml():
-    cfg = studies.compose(["study=failures"])
+    cfg = compose(["study=failures"], config_name="study")
     pts = failures.grid(cfg.study, "maml")
     assert all(p["lam"] is None and p["cg_steps"] is None for p in pts)
     assert len(pts) == len({tuple(p.values()) for p in pts})  # the base point appears once
@@ -248,7 +249,7 @@ def test_failures_axes_grid_skips_imaml_knobs_for_maml():
 @pytest.mark.parametrize("override, key", [("study.lam=-1", "study.lam"), ("study.methods=[sgd]", "study.methods"),
                                            ("study.inner_steps=[0]", "study.inner_steps")])
 def test_bad_study_config_is_one_clear_error(override, key):
-    cfg = studies.compose(["study=fidelity", override])
+    cfg = compose(["study=fidelity", override], config_name="study")
     with pytest.raises(ValueError, match=key.replace(".", r"\.")):
         studies.check(cfg)
 
@@ -257,7 +258,6 @@ def test_cost_study_batches_as_the_trainer_does():
     """The cost study follows the trainer's batching rule: vmap for the MLP and the Omniglot conv4,
     a per-task loop for the mini-ImageNet conv4 and for the hf solver."""
     from studies.cost_point import eager_batching
-    from trainer import compose
     from trainer.loop import _batching
 
     cfg = compose([])
@@ -268,11 +268,7 @@ def test_cost_study_batches_as_the_trainer_does():
 
 def test_studies_take_the_data_root_like_train():
     """``python study.py ... data.root=/path`` reaches the study's training runs (as train.py's key does)."""
-    from hydra import compose, initialize_config_dir
-
     from studies.common import base_overrides
-    from trainer.config import CONFIG_DIR
 
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        cfg = compose(config_name="study", overrides=["study=precision", "data.root=/some/data"])
+    cfg = compose(["study=precision", "data.root=/some/data"], config_name="study")
     assert "data.root=/some/data" in base_overrides(cfg)

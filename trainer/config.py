@@ -6,7 +6,6 @@ allowed; ``train.py`` prints it and exits with status 2.
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 
 import torch
@@ -24,16 +23,22 @@ class ConfigError(ValueError):
     pass
 
 
-def compose(overrides: list[str] | None = None, config_name: str = "train") -> DictConfig:
-    """The resolved config ``python train.py <overrides>`` would run (Hydra compose API)."""
+def compose(overrides: list[str] | None = None, config_name: str = "train",
+            return_hydra_config: bool = False) -> DictConfig:
+    """The resolved config ``python train.py <overrides>`` (``config_name="study"``: ``python
+    study.py``) would run, by Hydra's compose API. Inside a Hydra app (``study.py`` composing
+    its training runs) Hydra is already initialised on the same ``configs/`` folder and is
+    used in place: re-initialising it would reset the app's global state."""
     from hydra import compose as hcompose
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
-    GlobalHydra.instance().clear()
+    kw = {"config_name": config_name, "overrides": [str(o) for o in overrides or []],
+          "return_hydra_config": return_hydra_config}
+    if GlobalHydra.instance().is_initialized():
+        return hcompose(**kw)
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        cfg = hcompose(config_name=config_name, overrides=list(overrides or []), return_hydra_config=False)
-    return cfg
+        return hcompose(**kw)
 
 
 def _num(cfg, key):
@@ -56,11 +61,6 @@ def _pos(cfg, key, what="must be a finite number > 0"):
     if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
         raise ConfigError(f"{key}={v!r} is invalid: {what}")
     return v
-
-
-def data_root(cfg) -> Path:
-    root = cfg.data.root or os.environ.get("METAGRAD_DATA") or "data"
-    return Path(root)
 
 
 def validate(cfg: DictConfig) -> None:
@@ -119,8 +119,7 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"dtype={cfg.dtype!r} is invalid; choose float32 or float64")
     if cfg.device not in ("auto", "cpu", "cuda"):
         raise ConfigError(f"device={cfg.device!r} is invalid; choose auto, cpu or cuda")
-    if cfg.device == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device=cuda but CUDA is not available here; use device=cpu or device=auto")
+    resolve_device(cfg.device)
     if cfg.batching not in ("auto", "loop", "vmap", "compile"):
         raise ConfigError(f"batching={cfg.batching!r} is invalid; choose auto, loop, vmap or compile")
     if cfg.batching == "compile":
@@ -143,7 +142,9 @@ def validate(cfg: DictConfig) -> None:
 
 def _validate_data(cfg: DictConfig, ds: str) -> None:
     """A real dataset's root exists and holds what its protocol needs (``datasets.validate``)."""
-    root = data_root(cfg)
+    from datasets.store import data_root
+
+    root = data_root(cfg.data.root)
     if not root.exists():
         raise ConfigError(f"data.root={str(root)!r} does not exist; point data.root (or $METAGRAD_DATA) "
                           f"at the folder holding the {ds} data (see README: Data)")
@@ -156,10 +157,13 @@ def _validate_data(cfg: DictConfig, ds: str) -> None:
             raise ConfigError(str(e)) from None
 
 
-def resolve_device(cfg) -> torch.device:
-    if cfg.device == "auto":
+def resolve_device(name: str) -> torch.device:
+    """``auto``: CUDA when available, else the CPU; ``cuda`` is refused where there is none."""
+    if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(cfg.device)
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device=cuda but CUDA is not available here; use device=cpu or device=auto")
+    return torch.device(name)
 
 
 def inner_config(cfg, steps: int | None = None) -> dict:

@@ -83,7 +83,7 @@ def _batching(cfg, model_name: str) -> str:
 
 
 def _setup(cfg):
-    device = resolve_device(cfg)
+    device = resolve_device(cfg.device)
     dtype = DTYPES[cfg.dtype]
     source = datasets.build(cfg)
     params, forward = models.build(source.model, ways=cfg.ways, seed=cfg.seed, dtype=dtype, **model_options(cfg),
