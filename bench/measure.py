@@ -23,9 +23,10 @@ import torch
 
 from algorithms import meta_gradient_batch
 from trainer.meters import AllocationMeter
+from trainer.problem import Problem
 
 from .peer import PeerMAML, grads_as_params
-from .workloads import Estimator, Problem
+from .workloads import Estimator
 
 
 def load_average() -> float | None:
@@ -51,11 +52,17 @@ def draw_batches(problem: Problem, n: int, seed: int, device: torch.device,
     for _ in range(first + n):
         _sync(device)
         t0 = time.perf_counter()
-        batch = tuple(t.to(device) for t in problem.sample(problem.workload.meta_batch, g))
+        batch = tuple(t.to(device) for t in problem.source.sample("train", problem.cfg.meta_batch_size, g))
         _sync(device)
         seconds.append(time.perf_counter() - t0)
         batches.append(batch)
     return batches, seconds
+
+
+def _peer(problem: Problem, params, steps: int, outer_lr: float = 1e-3) -> PeerMAML:
+    """learn2learn's MAML on ``problem``'s model, loss and inner step size, from ``params``."""
+    c = problem.cfg
+    return PeerMAML(problem.model, c.ways, params, problem.metric, float(c.inner_lr), steps, outer_lr)
 
 
 def ours_runner(problem: Problem, est: Estimator, steps: int, batching: str, device: torch.device,
@@ -89,8 +96,7 @@ def compile_check(problem: Problem, est: Estimator, steps: int, tasks, device: t
 
 def peer_runner(problem: Problem, steps: int, device: torch.device, outer_lr: float = 1e-3) -> Callable:
     """``step(tasks) -> grads``: one learn2learn MAML meta-iteration from the same initial weights."""
-    w = problem.workload
-    peer = PeerMAML(problem.model, w.ways, problem.fresh_params(device), problem.loss_name, w.inner_lr, steps, outer_lr)
+    peer = _peer(problem, problem.fresh_params(device), steps, outer_lr)
 
     def step(tasks):
         peer.meta_gradient(tasks)
@@ -203,8 +209,7 @@ def peak_memory(fn: Callable[[], object], device: torch.device) -> int:
 def memory_of(problem: Problem, est: Estimator | None, steps: int, tasks, batching: str, device: torch.device) -> int:
     """Peak memory of one meta-gradient over ``tasks``: ours (``est``) or the peer's (``est=None``)."""
     if est is None:
-        w = problem.workload
-        peer = PeerMAML(problem.model, w.ways, problem.fresh_params(device), problem.loss_name, w.inner_lr, steps)
+        peer = _peer(problem, problem.fresh_params(device), steps)
         return peak_memory(lambda: peer.meta_gradient(tasks), device)
     params = problem.fresh_params(device)
     inner = {**est.inner, "steps": steps}
@@ -221,8 +226,7 @@ def equal_gradient_check(problem: Problem, est: Estimator, steps: int, tasks) ->
     task = tuple(t[:1].cpu().double() if t.is_floating_point() else t[:1].cpu() for t in tasks)
     ours, _ = meta_gradient_batch(est.estimator, problem.loss_fn, params, task, {**est.inner, "steps": steps},
                                   batching="loop", diagnostics_full=False, **est.hparams)
-    w = problem.workload
-    peer = PeerMAML(problem.model, w.ways, params, problem.loss_name, w.inner_lr, steps)
+    peer = _peer(problem, params, steps)
     peer.meta_gradient(task)
     return relative_difference({k: v.double() for k, v in ours.items()}, grads_as_params(peer.net, problem.model))
 

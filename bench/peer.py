@@ -75,7 +75,7 @@ def grads_as_params(net: torch.nn.Module, model: str) -> Params:
 class PeerMAML:
     """One learn2learn MAML meta-iteration at a time: ``step(tasks)``."""
 
-    def __init__(self, model: str, ways: int, params: Params, loss: str, inner_lr: float, steps: int,
+    def __init__(self, model: str, ways: int, params: Params, metric: str, inner_lr: float, steps: int,
                  outer_lr: float = 1e-3):
         import learn2learn as l2l
 
@@ -83,7 +83,7 @@ class PeerMAML:
         self.net = build_module(model, ways, params)
         self.maml = l2l.algorithms.MAML(self.net, lr=inner_lr, first_order=False)
         self.opt = torch.optim.Adam(self.maml.parameters(), lr=outer_lr)
-        self.loss: Callable = F.mse_loss if loss == "mse" else F.cross_entropy
+        self.loss: Callable = F.mse_loss if metric == "mse" else F.cross_entropy
 
     def meta_gradient(self, tasks) -> None:
         """Accumulate the mean meta-gradient of the stacked tasks into ``.grad``."""

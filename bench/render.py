@@ -14,8 +14,9 @@ from pathlib import Path
 import torch
 
 from atomic import atomic_write_text
+from trainer.problem import AUTO_BATCHING
 
-from .workloads import AUTO_BATCHING, WORKLOADS
+from .workloads import WORKLOADS
 
 # Targets: ours/peer MAML minimum and goal, memory flatness, vmap speed-up, sampling share.
 RATIO_MIN, RATIO_GOAL, MEM_FLAT, VMAP_MIN, SAMPLE_MAX = 0.8, 0.5, 1.05, 10.0, 0.05

@@ -14,6 +14,8 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
+from trainer.problem import batching as auto_batching
+
 from .measure import (
     Timing,
     compile_check,
@@ -25,7 +27,7 @@ from .measure import (
     peer_runner,
     time_runner,
 )
-from .workloads import ALGORITHMS, AUTO_BATCHING, WORKLOADS, Workload, build_problem, estimator
+from .workloads import ALGORITHMS, WORKLOADS, Workload, build_problem, estimator, sampler
 
 
 @dataclass
@@ -38,7 +40,7 @@ class Options:
     max_iter_s: float = 25.0
     cell_budget_s: float = 30.0
     min_time_s: float = 1.0            # a fast cell is timed for at least this long (see time_runner)
-    batching: str = "auto"             # auto (AUTO_BATCHING per model) | vmap | loop
+    batching: str = "auto"             # auto (trainer.problem.AUTO_BATCHING per model) | vmap | loop
     compare: bool = True               # also time the other batching (see compare_plan)
     peer: bool = True
     compile_ks: list[int] = field(default_factory=lambda: [1, 5])   # MAML also timed under torch.compile …
@@ -84,10 +86,10 @@ def _workload(w: Workload, o: Options, device: torch.device, log) -> dict:
     log(f"[{w.key}] {problem.origin}")
     n = o.warmup + o.repeats
     batches, sample_s = draw_batches(problem, max(n, 8), o.seed + 1, device, first=2)
-    primary = AUTO_BATCHING[problem.model] if o.batching == "auto" else o.batching
+    primary = auto_batching(o.batching, problem.model)
     rec = {"batching": primary, "label": w.label, "meta_batch": w.meta_batch, "ways": w.ways, "shots": w.shots,
            "query_shots": w.query_shots, "inner_lr": w.inner_lr, "model": problem.model, "head": w.head,
-           "origin": problem.origin, "sampler": problem.sampler, "sampling_first_s": sample_s[:2],
+           "origin": problem.origin, "sampler": sampler(problem), "sampling_first_s": sample_s[:2],
            "sampling_s": sample_s[2:],
            "cells": [], "grad_check": {}}
     ests = {a: estimator(a, w) for a in o.algorithms}

@@ -14,21 +14,18 @@ what ``train.py`` runs.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from omegaconf import OmegaConf
 
 import datasets
-import models
+from trainer import config
 from trainer.config import compose, inner_config
+from trainer.problem import Problem
+from trainer.problem import build_problem as trainer_problem
 
-ALGORITHMS = ("maml", "fomaml", "reptile", "imaml", "imaml_hf")
-# The faster batching over tasks per model, as measured by this harness (BENCHMARKS.md,
-# "Per-task loop vs torch.func.vmap"): vmap turns the small Omniglot convs of a whole
-# meta-batch into one grouped conv; on 84×84 mini-ImageNet maps its grouped convs, pooling
-# and copies cost more than they save, and a meta-batch of 4 has little to batch.
-AUTO_BATCHING = {"mlp": "vmap", "conv4_omniglot": "vmap", "conv4_miniimagenet": "loop"}
+ALGORITHMS = config.ALGORITHMS
 
 
 @dataclass(frozen=True)
@@ -57,34 +54,23 @@ WORKLOADS = {w.key: w for w in (
 )}
 
 
-@dataclass
-class Problem:
-    """One workload made concrete: task source, model, loss and initial weights."""
-    workload: Workload
-    model: str
-    params: dict[str, torch.Tensor]
-    loss_fn: object
-    metric_fn: object
-    loss_name: str
-    sample: object                      # (n, generator) -> (xs, ys, xq, yq) on the CPU
-    origin: str                         # "real: ..." or "synthetic: <why>"
-    sampler: str = ""
-    extra: dict = field(default_factory=dict)
+class SyntheticTasks:
+    """Uniform-noise images in [0, 1] with the task shapes the real sampler of ``w`` gives."""
 
-    def fresh_params(self, device) -> dict[str, torch.Tensor]:
-        return {k: v.detach().clone().to(device) for k, v in self.params.items()}
+    metric = "accuracy"
 
+    def __init__(self, w: Workload):
+        self.w, self.model = w, config.MODELS[w.dataset]
+        self.image_size, self.channels = (84, 3) if w.dataset == "miniimagenet" else (28, 1)
 
-def _synthetic_sampler(w: Workload, channels: int, size: int):
-    """Uniform-noise images in [0, 1] with the task shapes the real sampler gives."""
-    def sample(n: int, g: torch.Generator):
+    def sample(self, split: str, n: int, g: torch.Generator):
+        w, size = self.w, self.image_size
         labels = torch.arange(w.ways)
-        xs = torch.rand(n, w.ways * w.shots, channels, size, size, generator=g)
-        xq = torch.rand(n, w.ways * w.query_shots, channels, size, size, generator=g)
+        xs = torch.rand(n, w.ways * w.shots, self.channels, size, size, generator=g)
+        xq = torch.rand(n, w.ways * w.query_shots, self.channels, size, size, generator=g)
         ys = labels.repeat_interleave(w.shots).expand(n, -1).contiguous()
         yq = labels.repeat_interleave(w.query_shots).expand(n, -1).contiguous()
         return xs, ys, xq, yq
-    return sample
 
 
 def _make_resident(source) -> None:
@@ -97,15 +83,9 @@ def _make_resident(source) -> None:
 
 
 def build_problem(w: Workload, data_root: str, seed: int = 0, synthetic: bool = False) -> Problem:
-    """Tasks, model and initial weights for ``w`` (real data when present, unless ``synthetic``)."""
-    cfg = compose([*w.overrides, f"data.root={data_root}", f"seed={seed}"])
-    model = {"sinusoid": "mlp", "omniglot": "conv4_omniglot", "miniimagenet": "conv4_miniimagenet"}[w.dataset]
-    size, channels = (84, 3) if w.dataset == "miniimagenet" else (28, 1)
-    params, forward = models.build(model, ways=w.ways, seed=seed, head=w.head, image_size=size)
-    if w.dataset == "sinusoid":
-        loss_fn, metric_fn, loss_name = models.mse_loss(forward), None, "mse"
-    else:
-        loss_fn, metric_fn, loss_name = models.cross_entropy_loss(forward), models.accuracy_metric(forward), "ce"
+    """The trainer's problem for ``w`` on the CPU: real tasks when the data is present (unless
+    ``synthetic``), else :class:`SyntheticTasks`; ``origin`` says which, and why."""
+    cfg = compose([*w.overrides, f"data.root={data_root}", f"seed={seed}", "device=cpu"])
     why = "--synthetic was given"
     if not synthetic or w.dataset == "sinusoid":  # the sinusoid needs no data: always its real generator
         try:
@@ -116,11 +96,16 @@ def build_problem(w: Workload, data_root: str, seed: int = 0, synthetic: bool = 
             _make_resident(source)
             sha = ", ".join(f"{k} {v[:12]}…" for k, v in sorted(source.archive_sha256.items()))
             origin = "real: " + (f"datasets.build, {sha}" if sha else "datasets.build (generated tasks, no files)")
-            sampler = str(OmegaConf.select(cfg, "dataset.sampler", default="") or "generator")
-            return Problem(w, model, params, loss_fn, metric_fn, loss_name,
-                           lambda n, g: source.sample("train", n, g), origin, sampler)
-    return Problem(w, model, params, loss_fn, metric_fn, loss_name, _synthetic_sampler(w, channels, size),
-                   f"synthetic: {why}; uniform-noise tensors of the real shapes", "synthetic")
+            return trainer_problem(cfg, source=source, origin=origin)
+    return trainer_problem(cfg, source=SyntheticTasks(w),
+                           origin=f"synthetic: {why}; uniform-noise tensors of the real shapes")
+
+
+def sampler(problem: Problem) -> str:
+    """The task sampler behind ``problem``: synthetic, the dataset's ``sampler`` or the generator."""
+    if isinstance(problem.source, SyntheticTasks):
+        return "synthetic"
+    return str(OmegaConf.select(problem.cfg, "dataset.sampler", default="") or "generator")
 
 
 @dataclass(frozen=True)

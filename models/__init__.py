@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -37,6 +38,7 @@ INITS = ("maml", "imaml_release")
 ARCHS = ("maml", "imaml_release")
 RELEASE_BN_EPS = 1e-5
 RELEASE_GAIN = 1.73
+ACTIVATIONS = {"relu": F.relu, "tanh": torch.tanh, "softplus": F.softplus}
 
 
 def _xavier(shape, fan_in, fan_out, g, dtype):
@@ -54,12 +56,17 @@ def init_mlp(g: torch.Generator, dtype=torch.float32, hidden=(40, 40), n_in=1, n
     return p
 
 
-def mlp(params: Params, x: torch.Tensor) -> torch.Tensor:
+def mlp(params: Params, x: torch.Tensor, activation: str = "relu") -> torch.Tensor:
+    """The MLP; ``activation='tanh'`` or ``'softplus'`` makes it smooth. The ReLU MLP's inner
+    objective is only piecewise smooth: its minimisers sit on kinks, where the exact implicit
+    gradient, which needs ∇²L at a stationary point (Rajeswaran et al. 2019, Eq. 6), does not
+    exist (the fidelity study's ``activation``)."""
+    act = ACTIVATIONS[activation]
     n = len(params) // 2
     for i in range(n):
         x = F.linear(x, params[f"fc{i}.weight"], params[f"fc{i}.bias"])
         if i < n - 1:
-            x = F.relu(x)
+            x = act(x)
     return x
 
 
@@ -127,14 +134,15 @@ def conv4(params: Params, x: torch.Tensor, stride: int = 2, pool: bool = False, 
 
 
 def build(name: str, *, ways: int = 1, seed: int = 0, dtype=torch.float32, head: str = "mean",
-          image_size: int = 28, init: str = "maml",
-          arch: str = "maml") -> tuple[Params, Callable[[Params, torch.Tensor], torch.Tensor]]:
+          image_size: int = 28, init: str = "maml", arch: str = "maml",
+          activation: str = "relu") -> tuple[Params, Callable[[Params, torch.Tensor], torch.Tensor]]:
     """Return (initial params, forward). Names: ``mlp``, ``conv4_omniglot``, ``conv4_miniimagenet``.
-    ``head``, ``init`` and ``arch`` apply to the conv4s (``arch='imaml_release'``: Omniglot only)."""
+    ``head``, ``init`` and ``arch`` apply to the conv4s (``arch='imaml_release'``: Omniglot only),
+    ``activation`` to the MLP."""
     g = torch.Generator().manual_seed(seed)
-    check_options(name, head, init, arch)
+    check_options(name, head, init, arch, activation)
     if name == "mlp":
-        return init_mlp(g, dtype), mlp
+        return init_mlp(g, dtype), mlp if activation == "relu" else partial(mlp, activation=activation)
     if name == "conv4_omniglot":
         release = arch == "imaml_release"
         side = image_size
@@ -156,8 +164,13 @@ def build(name: str, *, ways: int = 1, seed: int = 0, dtype=torch.float32, head:
     raise ValueError(f"model name={name!r} is unknown; allowed: ['mlp', 'conv4_omniglot', 'conv4_miniimagenet']")
 
 
-def check_options(name: str, head: str = "mean", init: str = "maml", arch: str = "maml") -> None:
-    """ValueError (one line naming the key) for a head / init / arch this model does not have."""
+def check_options(name: str, head: str = "mean", init: str = "maml", arch: str = "maml",
+                  activation: str = "relu") -> None:
+    """ValueError (one line naming the key) for a head / init / arch / activation this model does not have."""
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"model.activation={activation!r}; allowed: {list(ACTIVATIONS)}")
+    if activation != "relu" and name != "mlp":
+        raise ValueError(f"activation={activation!r} applies to the sinusoid MLP only, not {name}; use activation=relu")
     if head not in ("mean", "flatten"):
         raise ValueError(f"model.head={head!r}; allowed: ['mean', 'flatten']")
     if init not in INITS:

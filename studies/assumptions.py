@@ -24,8 +24,9 @@ from torch.func import grad
 from algorithms import InnerConfig, meta_gradient, solve_inner
 from algorithms.linalg import hvp, lanczos_extreme_eigs, tree_flatten, tree_norm, tree_unflatten
 from trainer.config import inner_config
+from trainer.problem import build_problem
 
-from .common import base_overrides, build_problem, need_ints, need_pos, progress, train_config, train_run
+from .common import base_overrides, need_ints, need_pos, progress, train_config, train_run
 
 COLUMNS = ["checkpoint", "task", "lam", "eig_min", "eig_max", "strongly_convex", "hess_lipschitz",
            "inner_grad_norm", "cg_residual", "query_grad_norm", "lanczos_steps", "inner_steps"]

@@ -12,25 +12,19 @@ import csv
 import io
 import math
 import sys
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-import datasets
-import models
 from atomic import atomic_write_bytes
-from trainer.config import model_options, resolve_device
 from trainer.records import load_checkpoint
 
-DTYPES = {"float32": torch.float32, "float64": torch.float64}
 Params = dict[str, torch.Tensor]
 
 
-# ---------------------------------------------------------------- configs and problems
+# ---------------------------------------------------------------- configs
 def train_config(overrides: Iterable[str]) -> DictConfig:
     """The validated config ``python train.py <overrides>`` would run."""
     import trainer
@@ -47,71 +41,6 @@ def base_overrides(cfg: DictConfig, *extra: str) -> list[str]:
     return [f"dataset={cfg.dataset.name}", f"ways={cfg.ways}", f"shots={cfg.shots}",
             f"query_shots={cfg.query_shots}", f"seed={cfg.seed}", f"device={cfg.device}", *data,
             *[str(o) for o in cfg.get("train_overrides", [])], *extra]
-
-
-def smooth_mlp(activation: str) -> Callable[[Params, torch.Tensor], torch.Tensor]:
-    """``models.mlp`` (same parameters, same initialisation) with a smooth activation.
-
-    The ReLU MLP's inner objective is only piecewise smooth: gradient descent and Newton
-    stall at ||∇G|| ≈ 0.1–1 on sinusoid tasks (its minimisers sit on kinks), so the exact
-    implicit gradient, which needs ∇²L at a stationary point (Rajeswaran et al. 2019, Eq. 6),
-    does not exist there. tanh / softplus make it well defined.
-    """
-    act = {"tanh": torch.tanh, "softplus": F.softplus}[activation]
-
-    def forward(params: Params, x: torch.Tensor) -> torch.Tensor:
-        n = len(params) // 2
-        for i in range(n):
-            x = F.linear(x, params[f"fc{i}.weight"], params[f"fc{i}.bias"])
-            if i < n - 1:
-                x = act(x)
-        return x
-    return forward
-
-
-@dataclass
-class Problem:
-    """Task source, initial parameters and loss of a training config, on one device and dtype."""
-
-    source: object
-    params: Params
-    forward: Callable
-    loss_fn: Callable
-    metric_fn: Callable | None
-    metric: str
-    device: torch.device
-    dtype: torch.dtype
-
-    def tasks(self, n: int, seed: int, split: str = "train"):
-        """``n`` tasks (xs, ys, xq, yq), a deterministic function of ``seed``."""
-        return tuple(t.to(self.device) for t in self.source.sample(split, n, torch.Generator().manual_seed(seed)))
-
-    def cast(self, params: Params) -> Params:
-        return {k: v.detach().to(device=self.device, dtype=self.dtype) for k, v in params.items()}
-
-
-def build_problem(tcfg: DictConfig, dtype: str | None = None, device: str = "auto",
-                  activation: str = "relu") -> Problem:
-    """The trainer's task source / model / loss (as ``trainer.loop._setup``), at ``dtype``."""
-    dt = dtype or tcfg.dtype
-    if dt not in DTYPES:
-        raise ValueError(f"dtype={dt!r} is invalid; choose float32 or float64")
-    cfg = OmegaConf.merge(tcfg, {"dtype": dt})
-    dev = resolve_device(device)
-    source = datasets.build(cfg)
-    params, forward = models.build(source.model, ways=cfg.ways, seed=cfg.seed, dtype=DTYPES[dt],
-                                   **model_options(cfg), image_size=getattr(source, "image_size", 28))
-    if activation != "relu":
-        if source.model != "mlp":
-            raise ValueError(f"study.activation={activation!r} applies to the sinusoid MLP only, "
-                             f"not {source.model}; use activation=relu")
-        forward = smooth_mlp(activation)
-    if source.metric == "mse":
-        loss_fn, metric_fn = models.mse_loss(forward), None
-    else:
-        loss_fn, metric_fn = models.cross_entropy_loss(forward), models.accuracy_metric(forward)
-    return Problem(source, {k: v.to(dev) for k, v in params.items()}, forward, loss_fn, metric_fn,
-                   source.metric, dev, DTYPES[dt])
 
 
 # ---------------------------------------------------------------- training runs

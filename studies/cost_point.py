@@ -40,10 +40,11 @@ def eager_batching(trainer_mode: str, inner_optimizer: str) -> str:
 def measure(spec: dict) -> dict:
     from algorithms import InnerConfig, meta_gradient_batch
     from trainer.config import inner_config
-    from trainer.loop import _batching
     from trainer.meters import AllocationMeter, rss_peak_bytes
+    from trainer.problem import batching as trainer_batching
+    from trainer.problem import build_problem
 
-    from .common import build_problem, train_config
+    from .common import train_config
 
     tcfg = train_config(spec["overrides"])
     problem = build_problem(tcfg, device=tcfg.device)
@@ -51,7 +52,7 @@ def measure(spec: dict) -> dict:
     a = tcfg.algorithm
     inner = InnerConfig.make(inner_config(tcfg))
     hparams = OmegaConf.to_container(a.hparams, resolve=True)
-    batching = eager_batching(_batching(tcfg, problem.source.model), inner.optimizer)
+    batching = eager_batching(trainer_batching(tcfg.batching, problem.model), inner.optimizer)
     params = problem.params
     opt = (torch.optim.Adam if a.outer.optimizer == "adam" else torch.optim.SGD)(list(params.values()), lr=float(a.outer.lr))
     gen = torch.Generator().manual_seed(int(tcfg.seed))

@@ -23,9 +23,10 @@ import statistics
 from pathlib import Path
 
 from trainer.evaluate import sample_fixed
+from trainer.problem import build_problem
 from trainer.records import read_jsonl
 
-from .common import base_overrides, build_problem, need_ints, need_pos, need_subset, progress, train_config, train_run
+from .common import base_overrides, need_ints, need_pos, need_subset, progress, train_config, train_run
 
 ALGORITHMS = ("maml", "fomaml", "reptile", "imaml", "imaml_hf")
 KNOBS = ("lam", "inner_steps", "cg_steps", "inner_lr")

@@ -22,10 +22,10 @@ from pathlib import Path
 import torch
 
 from trainer.config import inner_config
+from trainer.problem import build_problem
 
 from .common import (
     base_overrides,
-    build_problem,
     flat_rows,
     need_ints,
     need_pos,

@@ -20,6 +20,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
+from atomic import atomic_write_json  # noqa: E402
 from bench import main as bench_main  # noqa: E402
 from bench.measure import Timing, time_runner  # noqa: E402
 from bench.render import write_section  # noqa: E402
@@ -224,7 +225,7 @@ def test_time_to_accuracy_section_from_records(tmp_path, monkeypatch):
               "machine": {"cpu": "x", "cores": 2, "threads": 1, "load_average_start": 1.0}, "load_average_end": 1.0,
               "overrides": ["experiment=omniglot_5w_maml"],
               "segments": [seg(5, 301.0, 1000, 0.93), seg(10, 602.5, 2000, 0.955), seg(20, 1201.0, 4000, 0.971)]}
-    tta._write_json(tta.RECORDS / "maml.json", record)
+    atomic_write_json(tta.RECORDS / "maml.json", record)
     text = tta.render()
     assert "| `maml` MAML | 93.00 ± 1.00% (1000 it) | 95.50 ± 1.00% (2000 it) | 97.10 ± 1.00% (4000 it) |" in text
     assert "| `maml` MAML | 10.0 min (2000 it) | 20.0 min (4000 it) | 97.10 ± 1.00% after 20.0 min |" in text

@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -20,7 +21,6 @@ from algorithms import InnerConfig, solve_inner
 from algorithms.linalg import tree_flatten, tree_unflatten
 from datasets.sinusoid import Sinusoid
 from studies import assumptions, cost, cost_point, failures, fidelity
-from studies.common import smooth_mlp
 from trainer import compose
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -90,7 +90,7 @@ def test_exact_reference_matches_finite_differences():
     """g* from the implicit formula equals the derivative of θ ↦ L_query(φ*(θ)) by central
     differences, with φ*(θ ± εv) solved by the test's own Newton iteration to ||∇G|| < 1e-11."""
     params = models.init_mlp(torch.Generator().manual_seed(0), torch.float64, hidden=(16, 16))
-    loss = models.mse_loss(smooth_mlp("tanh"))
+    loss = models.mse_loss(partial(models.mlp, activation="tanh"))
     xs, ys, xq, yq = Sinusoid(dtype=torch.float64).sample("train", 1, torch.Generator().manual_seed(3))
     sup, qry = (xs[0], ys[0]), (xq[0], yq[0])
     warm = InnerConfig.make({"steps": 100, "lr": 0.03, "prox_lam": 2.0})
@@ -113,7 +113,7 @@ def test_exact_reference_matches_finite_differences():
 def test_cg_reference_equals_dense_reference():
     """The Hessian-free reference (Newton-CG + CG, used for conv4) agrees with the dense one."""
     params = models.init_mlp(torch.Generator().manual_seed(0), torch.float64, hidden=(8, 8))
-    loss = models.mse_loss(smooth_mlp("tanh"))
+    loss = models.mse_loss(partial(models.mlp, activation="tanh"))
     xs, ys, xq, yq = Sinusoid(dtype=torch.float64).sample("train", 1, torch.Generator().manual_seed(3))
     warm = InnerConfig.make({"steps": 20, "lr": 0.03, "prox_lam": 2.0})
     args = (loss, params, (xs[0], ys[0]), (xq[0], yq[0]), 2.0, warm)
@@ -258,10 +258,10 @@ def test_cost_study_batches_as_the_trainer_does():
     """The cost study follows the trainer's batching rule: vmap for the MLP and the Omniglot conv4,
     a per-task loop for the mini-ImageNet conv4 and for the hf solver."""
     from studies.cost_point import eager_batching
-    from trainer.loop import _batching
+    from trainer.problem import batching
 
     cfg = compose([])
-    modes = {m: eager_batching(_batching(cfg, m), "sgd") for m in ("mlp", "conv4_omniglot", "conv4_miniimagenet")}
+    modes = {m: eager_batching(batching(cfg.batching, m), "sgd") for m in ("mlp", "conv4_omniglot", "conv4_miniimagenet")}
     assert modes == {"mlp": "vmap", "conv4_omniglot": "vmap", "conv4_miniimagenet": "loop"}
     assert eager_batching("vmap", "hf") == "loop" and eager_batching("compile", "sgd") == "loop"
 

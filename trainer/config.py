@@ -11,10 +11,17 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+import algorithms
+from datasets import DATASETS, DTYPES
+
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
-ALGORITHMS = ("maml", "fomaml", "reptile", "imaml", "imaml_hf")
-DATASETS = ("sinusoid", "omniglot", "miniimagenet")
-OPTIMIZERS = ("sgd", "momentum", "adam", "hf")
+# The names a config may use, each from its one home: the algorithm configs (estimators and
+# variants such as imaml_hf, in the estimators' registry order), the inner optimizers and
+# batching modes of algorithms/, the datasets and dtypes of datasets/.
+ALGORITHMS = tuple(sorted((p.stem for p in (CONFIG_DIR / "algorithm").glob("*.yaml")),
+                          key=lambda n: (list(algorithms.ESTIMATORS).index(n.split("_")[0]), n)))
+OPTIMIZERS = algorithms.OPTIMIZERS
+BATCHING = ("auto", *algorithms.BATCHING)
 OUTER = ("adam", "sgd")
 MODELS = {"sinusoid": "mlp", "omniglot": "conv4_omniglot", "miniimagenet": "conv4_miniimagenet"}
 
@@ -81,7 +88,6 @@ def validate(cfg: DictConfig) -> None:
     _pos(cfg, "algorithm.outer.lr")
     if cfg.algorithm.outer.optimizer == "adam" and cfg.algorithm.outer.get("eps") is not None:
         _pos(cfg, "algorithm.outer.eps", "must be a finite number > 0 (Adam's eps; torch's default 1e-8)")
-    import algorithms  # the estimator's own rules (λ, CG steps, dampings, HVP mode, prox mode), stated once
     mode = cfg.get("prox_mode", "every_step")
     if mode not in algorithms.PROX_MODES:
         raise ConfigError(f"prox_mode={mode!r} is invalid; choose every_step (the paper) or final_step "
@@ -115,13 +121,13 @@ def validate(cfg: DictConfig) -> None:
     _int(cfg, "query_shots", 1, "must be an integer >= 1")
     _int(cfg, "eval.num_tasks", 1, "must be an integer >= 1")
     _int(cfg, "seed", 0, "must be an integer >= 0")
-    if cfg.dtype not in ("float32", "float64"):
-        raise ConfigError(f"dtype={cfg.dtype!r} is invalid; choose float32 or float64")
+    if cfg.dtype not in DTYPES:
+        raise ConfigError(f"dtype={cfg.dtype!r} is invalid; choose one of {list(DTYPES)}")
     if cfg.device not in ("auto", "cpu", "cuda"):
         raise ConfigError(f"device={cfg.device!r} is invalid; choose auto, cpu or cuda")
     resolve_device(cfg.device)
-    if cfg.batching not in ("auto", "loop", "vmap", "compile"):
-        raise ConfigError(f"batching={cfg.batching!r} is invalid; choose auto, loop, vmap or compile")
+    if cfg.batching not in BATCHING:
+        raise ConfigError(f"batching={cfg.batching!r} is invalid; choose one of {list(BATCHING)}")
     if cfg.batching == "compile":
         try:
             algorithms.check_batching("compile", hparams)
@@ -182,12 +188,12 @@ def inner_config(cfg, steps: int | None = None) -> dict:
 
 def eval_prox_lam(cfg) -> float:
     """The proximal weight of test-time adaptation: ``eval.prox_lam``, or null → the training
-    one (λ for iMAML, the paper; 0 otherwise). The iMAML release tests with 0
-    (``examples/measure_accuracy.py --lam 0.0``)."""
+    one: the algorithm's ``lam`` hyperparameter (iMAML's λ, Rajeswaran et al. 2019 Eq. 3), 0 for
+    an algorithm without one. The iMAML release tests with 0 (``examples/measure_accuracy.py --lam 0.0``)."""
     lam = cfg.eval.get("prox_lam")
     if lam is not None:
         return float(lam)
-    return float(cfg.algorithm.hparams.lam) if cfg.algorithm.estimator == "imaml" else 0.0
+    return float(cfg.algorithm.hparams.get("lam", 0.0))
 
 
 def outer_options(cfg) -> dict:

@@ -5,11 +5,32 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 
 import torch
 from torch.func import vmap
 
 from algorithms import InnerConfig, solve_inner
+
+
+@dataclass(frozen=True)
+class EvalSpec:
+    """How a run tests θ, fixed once at its start: the task source, the model (``forward``,
+    ``loss_fn``) on ``device``, and test-time adaptation — ``inner`` (``test_inner_steps``),
+    the proximal weight ``prox_lam`` and the batch-norm protocol ``bn_mode``; ``metric`` is
+    ``mse`` or ``accuracy``; ``chunk`` tasks are adapted at once (under vmap if ``use_vmap``)."""
+
+    source: object
+    forward: Callable
+    loss_fn: Callable
+    device: torch.device
+    metric: str
+    inner: InnerConfig
+    prox_lam: float
+    bn_mode: str
+    use_vmap: bool
+    chunk: int
 
 
 def task_generator(seed: int, index: int) -> torch.Generator:
@@ -42,44 +63,42 @@ def _per_example_logits(forward, phi, xs, xq):
     return vmap(one)(xq)
 
 
-def _task_metric(kind, forward, loss_fn, phi, xs, xq, yq, bn_mode):
-    if kind == "mse":
-        return loss_fn(phi, xq, yq)
-    logits = _per_example_logits(forward, phi, xs, xq) if bn_mode == "per_example" else forward(phi, xq)
+def _task_metric(spec: EvalSpec, phi, xs, xq, yq):
+    if spec.metric == "mse":
+        return spec.loss_fn(phi, xq, yq)
+    if spec.bn_mode == "per_example":
+        logits = _per_example_logits(spec.forward, phi, xs, xq)
+    else:
+        logits = spec.forward(phi, xq)
     return (logits.argmax(-1) == yq).to(torch.float64).mean()
 
 
-def adapt_and_score(kind, forward, loss_fn, params, tasks, inner: InnerConfig, prox_lam: float,
-                    bn_mode: str, use_vmap: bool) -> torch.Tensor:
+def adapt_and_score(spec: EvalSpec, params, tasks, inner: InnerConfig) -> torch.Tensor:
     """Adapt to each task's support set from θ (no meta-gradient) and score its query set."""
     xs, ys, xq, yq = tasks
     theta = {k: v.detach() for k, v in params.items()}
 
     def one(xs_, ys_, xq_, yq_):
-        phi = solve_inner(loss_fn, theta, (xs_, ys_), inner, detach=True, prox_lam=prox_lam)
-        return _task_metric(kind, forward, loss_fn, phi, xs_, xq_, yq_, bn_mode)
+        phi = solve_inner(spec.loss_fn, theta, (xs_, ys_), inner, detach=True, prox_lam=spec.prox_lam)
+        return _task_metric(spec, phi, xs_, xq_, yq_)
 
-    if use_vmap and inner.optimizer != "hf":
+    if spec.use_vmap and inner.optimizer != "hf":
         return vmap(one)(xs, ys, xq, yq).detach()
     return torch.stack([one(xs[i], ys[i], xq[i], yq[i]) for i in range(xs.shape[0])]).detach()
 
 
-def evaluate(source, split: str, seed: int, n: int, kind: str, forward, loss_fn, params, inner: InnerConfig,
-             prox_lam: float, bn_mode: str, use_vmap: bool, device, chunk: int = 50,
-             steps_list=()) -> dict:
+def evaluate(spec: EvalSpec, params, split: str, seed: int, n: int, steps_list=()) -> dict:
     """Metric per task on tasks 0..n−1 of the fixed set; also the mean after each of ``steps_list``."""
-    from dataclasses import replace
     per_task, by_steps = [], {int(k): [] for k in steps_list}
-    for start in range(0, n, chunk):
-        tasks = sample_fixed(source, split, seed, start, min(n, start + chunk), device)
-        per_task.append(adapt_and_score(kind, forward, loss_fn, params, tasks, inner, prox_lam, bn_mode, use_vmap))
+    for start in range(0, n, spec.chunk):
+        tasks = sample_fixed(spec.source, split, seed, start, min(n, start + spec.chunk), spec.device)
+        per_task.append(adapt_and_score(spec, params, tasks, spec.inner))
         for k in by_steps:
-            by_steps[k].append(adapt_and_score(kind, forward, loss_fn, params, tasks, replace(inner, steps=k),
-                                               prox_lam, bn_mode, use_vmap))
+            by_steps[k].append(adapt_and_score(spec, params, tasks, replace(spec.inner, steps=k)))
     values = torch.cat(per_task).double().cpu()
     mean = values.mean().item()
     std = values.std(unbiased=False).item() if n > 1 else 0.0
-    return {"metric": kind, "mean": mean, "std": std, "ci95": 1.96 * std / math.sqrt(n), "n": n,
+    return {"metric": spec.metric, "mean": mean, "std": std, "ci95": 1.96 * std / math.sqrt(n), "n": n,
             "per_task": [float(v) for v in values],
-            "steps": inner.steps,
+            "steps": spec.inner.steps,
             "by_steps": {str(k): torch.cat(v).double().mean().item() for k, v in sorted(by_steps.items())}}

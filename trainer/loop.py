@@ -22,17 +22,15 @@ import torch
 from omegaconf import OmegaConf
 
 import datasets
-import models
 from algorithms import InnerConfig, meta_gradient_batch, resolve_cg_tol
 from atomic import atomic_torch_save, atomic_write_json, atomic_write_text
 
-from .config import ConfigError, eval_prox_lam, inner_config, model_options, outer_options, resolve_device
-from .evaluate import evaluate, fingerprint, has_split
+from .config import ConfigError, eval_prox_lam, inner_config, model_options, outer_options
+from .evaluate import EvalSpec, evaluate, fingerprint, has_split
 from .loggers import make_logger
 from .meters import AllocationMeter, Timer, rss_peak_bytes
+from .problem import Problem, batching, build_problem
 from .records import append_jsonl, device_name, load_checkpoint, read_jsonl, versions
-
-DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
 class _Stop:
@@ -64,59 +62,42 @@ def _config_key(cfg) -> str:
     return hashlib.sha256(json.dumps(c, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def _eval_source(cfg):
-    if cfg.eval.shots is None and cfg.eval.query_shots is None:
-        return None
-    ecfg = OmegaConf.merge(cfg, {"shots": cfg.eval.shots or cfg.shots,
-                                 "query_shots": cfg.eval.query_shots or cfg.query_shots})
-    return datasets.build(ecfg)
+def eval_spec(cfg, problem: Problem) -> EvalSpec:
+    """How this run validates and tests: ``eval.shots`` / ``eval.query_shots`` tasks when set (else
+    the training shapes), adapted with ``test_inner_steps``, ``eval.prox_lam`` and ``eval.bn_mode``,
+    under vmap unless the per-task loop was asked for."""
+    source = problem.source
+    if cfg.eval.shots is not None or cfg.eval.query_shots is not None:
+        source = datasets.build(OmegaConf.merge(cfg, {"shots": cfg.eval.shots or cfg.shots,
+                                                      "query_shots": cfg.eval.query_shots or cfg.query_shots}))
+    return EvalSpec(source, problem.forward, problem.loss_fn, problem.device, source.metric,
+                    InnerConfig.make(inner_config(cfg, cfg.test_inner_steps)), eval_prox_lam(cfg),
+                    cfg.eval.bn_mode, batching(cfg.batching, problem.model) != "loop", cfg.eval.chunk)
 
 
-def _batching(cfg, model_name: str) -> str:
-    """loop | vmap | compile. ``auto``: vmap for the MLP (≈ 10× the loop on CPU) and the
-    Omniglot conv4 (1.35–1.55× at meta-batch 32), a per-task loop for the mini-ImageNet conv4
-    (vmap 0.94–0.97× of the loop) — measured by ``make bench``, see reports/BENCHMARKS.md.
-    ``compile`` is never automatic: its one-off compile time pays off only in long runs."""
-    if cfg.batching == "auto":
-        return "vmap" if model_name in ("mlp", "conv4_omniglot") else "loop"
-    return cfg.batching
-
-
-def _setup(cfg):
-    device = resolve_device(cfg.device)
-    dtype = DTYPES[cfg.dtype]
-    source = datasets.build(cfg)
-    params, forward = models.build(source.model, ways=cfg.ways, seed=cfg.seed, dtype=dtype, **model_options(cfg),
-                                   image_size=getattr(source, "image_size", 28))
-    params = {k: v.to(device) for k, v in params.items()}
-    if source.metric == "mse":
-        loss_fn, metric_fn = models.mse_loss(forward), None
-    else:
-        loss_fn, metric_fn = models.cross_entropy_loss(forward), models.accuracy_metric(forward)
-    return device, dtype, source, params, forward, loss_fn, metric_fn
-
-
-def run_test(cfg, eval_source, forward, loss_fn, params, use_vmap: bool, device) -> dict:
+def run_test(cfg, spec: EvalSpec, params) -> dict:
     """The final test: ``eval.num_tasks`` fixed tasks of the test split, adapted from ``params`` with
-    the test-time settings (``test_inner_steps``, ``eval.prox_lam``, ``eval.bn_mode``), with the
-    test-task fingerprint and shots (also used to test a trained run again: ``trainer.retest``)."""
-    test = evaluate(eval_source, "test", cfg.eval.test_seed, cfg.eval.num_tasks, eval_source.metric, forward,
-                    loss_fn, params, InnerConfig.make(inner_config(cfg, cfg.test_inner_steps)), eval_prox_lam(cfg),
-                    cfg.eval.bn_mode, use_vmap, device, cfg.eval.chunk, steps_list=cfg.eval.steps_list or ())
-    test["fingerprint"] = fingerprint(eval_source, "test", cfg.eval.test_seed, cfg.eval.num_tasks)
-    test["shots"], test["query_shots"] = eval_source.shots, eval_source.query_shots
+    the test-time settings, with the test-task fingerprint and shots (also used to test a trained
+    run again: ``trainer.retest``)."""
+    seed, n = cfg.eval.test_seed, cfg.eval.num_tasks
+    test = evaluate(spec, params, "test", seed, n, steps_list=cfg.eval.steps_list or ())
+    test["fingerprint"] = fingerprint(spec.source, "test", seed, n)
+    test["shots"], test["query_shots"] = spec.source.shots, spec.source.query_shots
     return test
 
 
-def _summary_base(cfg, run_dir, source, device, seeds) -> dict:
-    a = cfg.algorithm
-    imaml = None
-    if a.estimator == "imaml":
-        imaml = {"lam": float(a.hparams.lam), "cg_steps": int(a.hparams.cg_steps),
-                 "cg_damping": float(a.hparams.get("cg_damping", 0.0)),
-                 "lam_damping": float(a.hparams.get("lam_damping", 0.0)),
-                 "cg_tol": resolve_cg_tol(a.hparams.get("cg_tol"), InnerConfig.make(inner_config(cfg)))}
-    inner = inner_config(cfg)
+def _implicit_record(hparams: dict, inner: InnerConfig) -> dict | None:
+    """λ and the CG settings of an implicit-gradient estimator (iMAML: the one with a proximal
+    weight ``lam``, Rajeswaran et al. 2019 Eq. 3); None for the others."""
+    if "lam" not in hparams:
+        return None
+    return {"lam": float(hparams["lam"]), "cg_steps": int(hparams["cg_steps"]),
+            "cg_damping": float(hparams.get("cg_damping", 0.0)), "lam_damping": float(hparams.get("lam_damping", 0.0)),
+            "cg_tol": resolve_cg_tol(hparams.get("cg_tol"), inner)}
+
+
+def _summary_base(cfg, run_dir, problem: Problem, seeds, inner: dict, implicit: dict | None, spec: EvalSpec) -> dict:
+    a, source, device = cfg.algorithm, problem.source, problem.device
     return {
         "schema_version": 1, "kind": "train", "status": "running", "run_dir": str(run_dir),
         "algorithm": a.estimator, "variant": a.name, "label": a.label, "dataset": source.name,
@@ -126,8 +107,8 @@ def _summary_base(cfg, run_dir, source, device, seeds) -> dict:
         "meta_iterations": cfg.meta_iterations, "max_train_minutes": cfg.get("max_train_minutes"),
         "iterations_done": 0, "stopped_by": None, "meta_batch_size": cfg.meta_batch_size,
         "inner": {**inner, "steps": cfg.inner_steps, "test_steps": cfg.test_inner_steps,
-                  "prox_lam": imaml["lam"] if imaml else 0.0, "test_prox_lam": eval_prox_lam(cfg)},
-        "imaml": imaml,
+                  "prox_lam": implicit["lam"] if implicit else 0.0, "test_prox_lam": spec.prox_lam},
+        "imaml": implicit,
         "outer": {"optimizer": a.outer.optimizer, **outer_options(cfg), "clip": a.outer.clip,
                   "anneal": bool(a.outer.anneal)},
         "model": model_options(cfg) if source.model != "mlp" else None,
@@ -146,19 +127,19 @@ class _Run:
     def __init__(self, cfg, run_dir: Path):
         self.cfg, self.run_dir = cfg, run_dir
         torch.manual_seed(cfg.seed)  # nothing should draw from the global RNG; pin it anyway
-        (self.device, _, self.source, self.params, self.forward, self.loss_fn,
-         self.metric_fn) = _setup(cfg)
-        self.eval_source = _eval_source(cfg) or self.source
+        p = build_problem(cfg)
+        self.device, self.source, self.params, self.loss_fn, self.metric_fn = (
+            p.device, p.source, p.params, p.loss_fn, p.metric_fn)
+        self.spec = eval_spec(cfg, p)
         seeds = {"init": cfg.seed, "train_tasks": cfg.seed * 7919 + 1, "val_tasks": cfg.eval.val_seed,
                  "test_tasks": cfg.eval.test_seed}
-        self.summary = _summary_base(cfg, run_dir, self.source, self.device, seeds)
         a = cfg.algorithm
-        self.inner = InnerConfig.make(inner_config(cfg))
-        self.test_inner = InnerConfig.make(inner_config(cfg, cfg.test_inner_steps))
-        self.prox = eval_prox_lam(cfg)  # test-time adaptation's proximal weight (validation and test)
+        fields = inner_config(cfg)
+        self.inner = InnerConfig.make(fields)
         self.hparams = dict(OmegaConf.to_container(a.hparams, resolve=True))
-        self.batching = _batching(cfg, self.source.model)
-        self.use_vmap = self.batching != "loop"  # evaluation: vmap unless the loop was asked for
+        self.summary = _summary_base(cfg, run_dir, p, seeds, fields, _implicit_record(self.hparams, self.inner),
+                                     self.spec)
+        self.batching = batching(cfg.batching, p.model)
         opt_cls = torch.optim.Adam if a.outer.optimizer == "adam" else torch.optim.SGD
         self.leaves = list(self.params.values())
         self.opt = opt_cls(self.leaves, **outer_options(cfg))
@@ -254,15 +235,10 @@ class _Run:
         cfg = self.cfg
         due = bool(cfg.eval.val_every and it % cfg.eval.val_every == 0) or (
             self.val_period_s is not None and (it == 1 or self.train_wall >= self.next_val_s))
-        if due and has_split(self.eval_source, "val"):
-            v = self._evaluate("val", cfg.eval.val_seed, cfg.eval.val_tasks)
+        if due and has_split(self.spec.source, "val"):
+            v = evaluate(self.spec, self.params, "val", cfg.eval.val_seed, cfg.eval.val_tasks)
             row["val_metric"] = v["mean"]
             self.next_val_s = self._next_val(self.train_wall)
-
-    def _evaluate(self, split: str, seed: int, n: int) -> dict:
-        return evaluate(self.eval_source, split, seed, n, self.source.metric, self.forward, self.loss_fn,
-                        self.params, self.test_inner, self.prox, self.cfg.eval.bn_mode, self.use_vmap,
-                        self.device, self.cfg.eval.chunk)
 
     # ------------------------------------------------------------------ log
     def log(self, it: int, row: dict, bar) -> None:
@@ -314,7 +290,7 @@ class _Run:
         cfg = self.cfg
         self.summary["stopped_by"] = "max_train_minutes" if it < cfg.meta_iterations else "meta_iterations"
         t0 = time.perf_counter()
-        test = run_test(cfg, self.eval_source, self.forward, self.loss_fn, self.params, self.use_vmap, self.device)
+        test = run_test(cfg, self.spec, self.params)
         eval_s = time.perf_counter() - t0
         if not math.isfinite(test["mean"]):  # the adapted models blew up on some test tasks
             bad = sum(not math.isfinite(v) for v in test["per_task"])

@@ -20,7 +20,8 @@ from omegaconf import OmegaConf
 import datasets
 
 from .config import ConfigError
-from .loop import _batching, _eval_source, _setup, run_test
+from .loop import eval_spec, run_test
+from .problem import build_problem
 from .records import device_name, load_checkpoint, read_json, versions
 
 # Keys that only change the test, never training (``dataset.test_split`` picks the test characters).
@@ -69,12 +70,13 @@ def retest(cfg, run_dir: str | Path) -> dict:
     ck = load_checkpoint(run_dir / "ckpt.pt")
     if ck is None or ck.get("iteration") != summary.get("iterations_done"):
         raise ConfigError(f"{run_dir}: ckpt.pt is missing or is not the final checkpoint of the run")
-    device, dtype, source, params, forward, loss_fn, metric_fn = _setup(cfg)
-    for k in params:
-        params[k].copy_(ck["params"][k].to(device))
-    eval_source = _eval_source(cfg) or source
+    problem = build_problem(cfg)
+    for k in problem.params:
+        problem.params[k].copy_(ck["params"][k].to(problem.device))
+    spec = eval_spec(cfg, problem)
     t0 = time.perf_counter()
-    test = run_test(cfg, eval_source, forward, loss_fn, params, _batching(cfg, source.model) != "loop", device)
+    test = run_test(cfg, spec, problem.params)
     return {"schema_version": 1, "kind": "retest", "run_dir": str(run_dir), "iteration": ck["iteration"],
-            "test": test, "data": datasets.record(eval_source), "eval_wall_s": time.perf_counter() - t0,
-            "device": device.type, "device_name": device_name(device), "versions": versions(), "config": config}
+            "test": test, "data": datasets.record(spec.source), "eval_wall_s": time.perf_counter() - t0,
+            "device": problem.device.type, "device_name": device_name(problem.device), "versions": versions(),
+            "config": config}
