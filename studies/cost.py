@@ -18,13 +18,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+from algorithms import ESTIMATORS, OPTIMIZERS
 from trainer.config import resolve_device
 
 from .common import base_overrides, need_ints, need_pos, need_subset, progress
 
 ROOT = Path(__file__).resolve().parent.parent
-ALGORITHMS = ("maml", "fomaml", "reptile", "imaml")
-OPTIMIZERS = ("sgd", "momentum", "adam", "hf")
+ALGORITHMS = tuple(ESTIMATORS)  # the estimators; iMAML-HF is imaml with inner optimizer hf
 COLUMNS = ["algorithm", "inner_optimizer", "inner_steps", "median_iter_s", "cpu_time_s", "alloc_peak_bytes",
            "rss_peak_bytes", "gpu_peak_bytes", "device", "status", "meta_batch_size", "batching", "note"]
 

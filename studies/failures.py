@@ -22,13 +22,13 @@ import math
 import statistics
 from pathlib import Path
 
+from trainer.config import ALGORITHMS
 from trainer.evaluate import sample_fixed
 from trainer.problem import build_problem
 from trainer.records import read_jsonl
 
 from .common import base_overrides, need_ints, need_pos, need_subset, progress, train_config, train_run
 
-ALGORITHMS = ("maml", "fomaml", "reptile", "imaml", "imaml_hf")
 KNOBS = ("lam", "inner_steps", "cg_steps", "inner_lr")
 IMAML_ONLY = ("lam", "cg_steps")
 COLUMNS = ["algorithm", "lam", "inner_steps", "cg_steps", "inner_lr", "final_metric", "metric", "status",

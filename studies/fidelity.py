@@ -25,6 +25,7 @@ from torch.func import grad, jacfwd, jacrev
 import models
 from algorithms import InnerConfig, inner_objective, meta_gradient_batch, solve_inner
 from algorithms.linalg import conjugate_gradient, hvp, tree_flatten, tree_unflatten, truncated_newton_direction
+from datasets import DTYPES
 from trainer.problem import Problem, build_problem
 
 from .common import (
@@ -56,7 +57,7 @@ def validate(cfg) -> None:
     need_pos(s.reference.tol, "study.reference.tol")
     need_subset(s.methods, "study.methods", METHODS)
     need_subset(s.theta_sources, "study.theta_sources", ("init", "trained"))
-    need_subset(s.dtype, "study.dtype", ("float32", "float64"))
+    need_subset(s.dtype, "study.dtype", DTYPES)
     need_subset(s.activation, "study.activation", list(models.ACTIVATIONS))
     need_subset(s.reference.solver, "study.reference.solver", ("auto", "dense", "cg"))
     inner = InnerConfig.make(inner_cfg(s, 1))

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from trainer.config import inner_config
+from trainer.config import ALGORITHMS, inner_config
 from trainer.problem import build_problem
 
 from .common import (
@@ -49,7 +49,7 @@ def validate(cfg) -> None:
     if s.inner_lr is not None:
         need_pos(s.inner_lr, "study.inner_lr")
     need_subset(s.theta_sources, "study.theta_sources", ("init", "trained"))
-    need_subset(s.train.algorithm, "study.train.algorithm", ("maml", "fomaml", "reptile", "imaml", "imaml_hf"))
+    need_subset(s.train.algorithm, "study.train.algorithm", ALGORITHMS)
     need_ints(s.train.meta_iterations, "study.train.meta_iterations", 0)
     need_ints(s.train.eval_tasks, "study.train.eval_tasks", 2)
     if s.train.inner_steps is not None:
