@@ -5,6 +5,9 @@
 - The profiler's environment must be set before torch is first imported (kineto reads it
   when libtorch loads), and tests must never talk to wandb's servers.
 - Thread counts are left alone on purpose: run with ``OMP_NUM_THREADS=1`` on shared CPUs.
+- The real data: ``$METAGRAD_DATA``, else ``../shared/data`` beside the checkout (the Makefile's
+  default); decoded caches go to the repo's git-ignored ``.cache/metagrad``, shared by the
+  test modules so that a cold cache is decoded once.
 """
 from __future__ import annotations
 
@@ -24,6 +27,20 @@ from types import SimpleNamespace  # noqa: E402
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
+from omegaconf import DictConfig, OmegaConf  # noqa: E402
+
+REAL_ROOT = Path(os.environ.get("METAGRAD_DATA") or ROOT.parent / "shared" / "data")
+REPO_CACHE = ROOT / ".cache" / "metagrad"
+HAVE_OMNIGLOT = all((REAL_ROOT / "omniglot" / f"{s}.zip").is_file() for s in ("images_background", "images_evaluation"))
+
+
+def data_cfg(name: str, root, cache, /, **kw) -> DictConfig:
+    """The keys ``datasets.build`` reads: 2-way 1-shot tasks of dataset ``name`` under ``root``
+    (``dataset={...}`` adds dataset keys, other keywords replace top-level ones)."""
+    d = {"dataset": {"name": name, **kw.pop("dataset", {})}, "ways": 2, "shots": 1, "query_shots": 1,
+         "dtype": "float32", "data": {"root": str(root), "cache_dir": str(cache)}}
+    d.update(kw)
+    return OmegaConf.create(d)
 
 
 def tanh_mlp(params: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:

@@ -9,34 +9,26 @@ from __future__ import annotations
 import collections
 import csv
 import io
-import os
 import pickle
 import zipfile
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from omegaconf import OmegaConf
+from conftest import REAL_ROOT, REPO_CACHE, data_cfg
 from PIL import Image
 
 import datasets
 from datasets import miniimagenet as mi
 from datasets import store
 
-REAL_ROOT = Path(os.environ.get(store.ENV_VAR) or Path(__file__).resolve().parents[2] / "shared" / "data")
-REPO_CACHE = Path(__file__).resolve().parents[1] / ".cache" / "metagrad"
+cfg = partial(data_cfg, "miniimagenet")
 REAL_DIR = REAL_ROOT / "mini-imagenet"
 HAVE_REAL = (REAL_DIR / "images.zip").is_file() and all((REAL_DIR / f"{s}.csv").is_file() for s in mi.SPLITS)
 SMALL = {"train": 3, "val": 2, "test": 2}
 N = 4  # images per class in the synthetic sets
-
-
-def cfg(root, cache, **kw):
-    d = {"dataset": {"name": "miniimagenet", **kw.pop("dataset", {})}, "ways": 2, "shots": 1, "query_shots": 1,
-         "dtype": "float32", "data": {"root": str(root), "cache_dir": str(cache)}}
-    d.update(kw)
-    return OmegaConf.create(d)
 
 
 @pytest.fixture

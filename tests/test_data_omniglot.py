@@ -3,33 +3,24 @@ split disjointness; the real data (``@pytest.mark.data``) for counts, splits, ta
 from __future__ import annotations
 
 import io
-import os
 import random
 import zipfile
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from omegaconf import OmegaConf
+from conftest import HAVE_OMNIGLOT, REAL_ROOT, REPO_CACHE, data_cfg
 from PIL import Image
 
 import datasets
 from datasets import omniglot, store
 
-REAL_ROOT = Path(os.environ.get(store.ENV_VAR) or Path(__file__).resolve().parents[2] / "shared" / "data")
-REPO_CACHE = Path(__file__).resolve().parents[1] / ".cache" / "metagrad"
-HAVE_REAL = all((REAL_ROOT / "omniglot" / f"{s}.zip").is_file() for s in omniglot.SETS)
+cfg = partial(data_cfg, "omniglot")
 
 # small synthetic release: alphabet → characters, per set
 SMALL = {"images_background": {"Alpha": 3, "Beta": 1}, "images_evaluation": {"Gamma": 2}}
-
-
-def cfg(root, cache, **kw):
-    d = {"dataset": {"name": "omniglot", **kw.pop("dataset", {})}, "ways": 2, "shots": 1, "query_shots": 1,
-         "dtype": "float32", "data": {"root": str(root), "cache_dir": str(cache)}}
-    d.update(kw)
-    return OmegaConf.create(d)
 
 
 @pytest.fixture
@@ -246,7 +237,7 @@ def real_cfg(**kw):
 
 @pytest.fixture(scope="module")
 def real_ds():
-    if not HAVE_REAL:
+    if not HAVE_OMNIGLOT:
         pytest.skip(f"real Omniglot zips not under {REAL_ROOT}/omniglot")
     return datasets.build(real_cfg(ways=5))
 
@@ -279,7 +270,7 @@ def identify(ds, lookup, x, y):
 
 
 @pytest.mark.data
-@pytest.mark.skipif(not HAVE_REAL, reason=f"real Omniglot zips not under {REAL_ROOT}/omniglot")
+@pytest.mark.skipif(not HAVE_OMNIGLOT, reason=f"real Omniglot zips not under {REAL_ROOT}/omniglot")
 def test_real_counts_and_read_only_root(tmp_path):
     before = snapshot(REAL_ROOT)
     archives = {s: store.Archive(p) for s, p in omniglot.locate(REAL_ROOT).items()}
@@ -324,7 +315,7 @@ def test_real_test_set_is_fixed_by_seed(real_ds, sampler):
 @pytest.mark.data
 @pytest.mark.parametrize("ways, shots, query, dtype", [(5, 1, 1, "float32"), (20, 5, 15, "float64")])
 def test_real_task_shapes_and_labels(ways, shots, query, dtype):
-    if not HAVE_REAL:
+    if not HAVE_OMNIGLOT:
         pytest.skip("no real data")
     ds = datasets.build(real_cfg(ways=ways, shots=shots, query_shots=query, dtype=dtype))
     xs, ys, xq, yq = ds.sample("train", 3, torch.Generator().manual_seed(0))
@@ -361,7 +352,7 @@ def test_real_tasks_stay_in_their_split_with_per_class_rotation(real_ds, lookup,
 
 @pytest.mark.data
 def test_real_rotation_switches(lookup):
-    if not HAVE_REAL:
+    if not HAVE_OMNIGLOT:
         pytest.skip("no real data")
     for extra in ({"rotations": [0]}, {"rotate_splits": ["train"]}):
         ds = datasets.build(real_cfg(ways=5, dataset=extra))
@@ -373,7 +364,7 @@ def test_real_rotation_switches(lookup):
 
 @pytest.mark.data
 def test_real_new_classes_mode(lookup):
-    if not HAVE_REAL:
+    if not HAVE_OMNIGLOT:
         pytest.skip("no real data")
     ds = datasets.build(real_cfg(ways=20, dataset={"rotation_mode": "new_classes"}))
     assert ds.fingerprint_fields()["rotation_mode"] == "new_classes"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_data_omniglot import HAVE_REAL, REAL_ROOT, REPO_CACHE, cfg
+from conftest import HAVE_OMNIGLOT, REAL_ROOT, REPO_CACHE, data_cfg
 
 import datasets
 import models
@@ -47,9 +47,9 @@ def short_meta_train(ds, algorithm: str, *, steps: int = 100, meta_batch: int = 
 
 @pytest.mark.data
 @pytest.mark.slow  # 15–45 s on 2 shared cores; the per-algorithm runs reuse short_meta_train
-@pytest.mark.skipif(not HAVE_REAL, reason=f"real Omniglot zips not under {REAL_ROOT}/omniglot")
+@pytest.mark.skipif(not HAVE_OMNIGLOT, reason=f"real Omniglot zips not under {REAL_ROOT}/omniglot")
 def test_fomaml_100_steps_on_omniglot_5w1s_beats_chance():
-    ds = datasets.build(cfg(REAL_ROOT, REPO_CACHE, ways=5, shots=1, query_shots=1))
+    ds = datasets.build(data_cfg("omniglot", REAL_ROOT, REPO_CACHE, ways=5, shots=1, query_shots=1))
     res = short_meta_train(ds, "fomaml", steps=100, meta_batch=8)
     print(res)
     assert res["acc_after"] > 0.4 and res["acc_after"] > res["acc_before"] + 0.1, res

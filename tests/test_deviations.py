@@ -11,8 +11,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import HAVE_OMNIGLOT, REAL_ROOT, REPO_CACHE
 from omegaconf import OmegaConf, open_dict
-from test_data_omniglot import HAVE_REAL, REAL_ROOT, REPO_CACHE
 
 import studies
 from studies import deviations as dv
@@ -153,7 +153,7 @@ def read_rows(out: Path) -> list[dict]:
 
 
 @pytest.mark.data
-@pytest.mark.skipif(not HAVE_REAL, reason=f"real Omniglot zips not under {REAL_ROOT}/omniglot")
+@pytest.mark.skipif(not HAVE_OMNIGLOT, reason=f"real Omniglot zips not under {REAL_ROOT}/omniglot")
 def test_tiny_study_end_to_end_reuses_and_extends(tmp_path, capfd):
     out = tmp_path / "study"
     studies.run(tiny(tmp_path, 1e-4), out)  # a budget that stops every run after its first iteration

@@ -3,6 +3,7 @@ import itertools
 from pathlib import Path
 
 import pytest
+from conftest import REAL_ROOT
 
 from trainer import ConfigError, compose, validate
 
@@ -33,17 +34,14 @@ def test_compose_algorithm_dataset_profile(algo, dataset, profile):
         assert cfg.inner_optim.name == "hf"
 
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-
-
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
 def test_compose_and_validate_experiment(experiment):
     overrides = [f"experiment={experiment}"]
-    if DATA.is_dir():
-        overrides.append(f"data.root={DATA}")
+    if REAL_ROOT.is_dir():
+        overrides.append(f"data.root={REAL_ROOT}")
     cfg = compose(overrides)
     assert cfg.get("experiment_name") == experiment
-    if cfg.dataset.name == "sinusoid" or DATA.is_dir():
+    if cfg.dataset.name == "sinusoid" or REAL_ROOT.is_dir():
         validate(cfg)  # without the real data, only sinusoid can be validated (the data root is checked)
 
 

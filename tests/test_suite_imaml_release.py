@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from test_data_omniglot import HAVE_REAL, REAL_ROOT, REPO_CACHE
+from conftest import HAVE_OMNIGLOT, REAL_ROOT, REPO_CACHE
 
 from trainer import ConfigError, compose, train, validate
 from trainer.config import eval_prox_lam, inner_config, model_options, outer_options
@@ -64,7 +64,7 @@ def test_bad_release_switches_are_refused_in_one_line(tmp_path, overrides, messa
 
 
 @pytest.mark.data
-@pytest.mark.skipif(not HAVE_REAL, reason=f"real Omniglot zips not under {REAL_ROOT}/omniglot")
+@pytest.mark.skipif(not HAVE_OMNIGLOT, reason=f"real Omniglot zips not under {REAL_ROOT}/omniglot")
 @pytest.mark.parametrize("test_split,overlap", [("standard", 0), ("release_leaky", 310)])
 def test_release_run_records_its_switches(tmp_path, capfd, test_split, overlap):
     """One meta-iteration of the release experiment (meta-batch 2) and 2 test tasks; validation

@@ -2,7 +2,7 @@
 the real data: meta-training must beat both chance (20%) and the untrained network adapted
 the same way on the same fixed test tasks (which is already far above chance)."""
 import pytest
-from test_data_omniglot import HAVE_REAL, REAL_ROOT, REPO_CACHE
+from conftest import HAVE_OMNIGLOT, REAL_ROOT, REPO_CACHE
 
 from trainer import compose, train
 
@@ -21,7 +21,7 @@ MIN_GAIN = {"imaml_hf": -0.02}
 
 
 @pytest.mark.data
-@pytest.mark.skipif(not HAVE_REAL, reason=f"real Omniglot zips not under {REAL_ROOT}/omniglot")
+@pytest.mark.skipif(not HAVE_OMNIGLOT, reason=f"real Omniglot zips not under {REAL_ROOT}/omniglot")
 @pytest.mark.parametrize("algo", sorted(SETTINGS))
 def test_short_omniglot_training_beats_untrained(tmp_path, algo):
     base = [f"data.root={REAL_ROOT}", f"data.cache_dir={REPO_CACHE}", "dataset=omniglot", f"algorithm={algo}", "meta_batch_size=8",
