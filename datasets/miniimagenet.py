@@ -26,12 +26,13 @@ from __future__ import annotations
 import csv
 import io
 import pickle
+from functools import partial
 from pathlib import Path
 
 import torch
 
 from . import store
-from .tasks import SAMPLERS, TaskSampler, check_task_shape
+from .tasks import TaskSampler, check_tasks, option
 
 SPLITS = {"train": 64, "val": 16, "test": 20}
 PKL_MODE = {"train": "train", "val": "validation", "test": "test"}
@@ -44,10 +45,7 @@ SOURCE_HELP = ("the Ravi & Larochelle images.zip + train/val/test.csv (the layou
                "learn2learn's mini-imagenet-cache-*.pkl")
 
 
-def _opt(cfg, key: str):
-    d = cfg.dataset
-    v = d.get(key) if hasattr(d, "get") else getattr(d, key, None)
-    return DEFAULTS[key] if v is None else v
+_opt = partial(option, defaults=DEFAULTS)
 
 
 def validate(cfg) -> None:
@@ -57,14 +55,7 @@ def validate(cfg) -> None:
         if len(v) != 3 or (key == "std" and min(v) <= 0):
             raise ValueError(f"dataset.{key}={v} must be 3 per-channel values in 0..255 units"
                              + (" (all > 0)" if key == "std" else ""))
-    if _opt(cfg, "sampler") not in SAMPLERS:
-        raise ValueError(f"dataset.sampler={_opt(cfg, 'sampler')!r} is unknown; allowed: {list(SAMPLERS)}")
-    q = cfg.query_shots if cfg.query_shots is not None else cfg.shots
-    check_task_shape("miniimagenet", SPLITS, PER_CLASS, cfg.ways, cfg.shots, q)
-    ev = cfg.get("eval") if hasattr(cfg, "get") else None
-    if ev is not None and (ev.get("shots") is not None or ev.get("query_shots") is not None):
-        check_task_shape("miniimagenet", SPLITS, PER_CLASS, cfg.ways, ev.get("shots") or cfg.shots,
-                         ev.get("query_shots") or q, "eval.")
+    check_tasks("miniimagenet", cfg, SPLITS, PER_CLASS, _opt(cfg, "sampler"))
 
 
 # ---------------------------------------------------------------- locating
@@ -82,11 +73,9 @@ def locate(root: Path, download: bool = False) -> dict[str, Path]:
             return {"pickles": d, **pkls}
     if download:
         return _download(root / "mini-imagenet")
-    raise store.DataError(
-        f"mini-ImageNet not found under data root {root}: looked in {[str(d) for d in dirs]} for images.zip (or "
-        f"images/) with train.csv, val.csv, test.csv, or for mini-imagenet-cache-{{train,validation,test}}.pkl. "
-        f"Get {SOURCE_HELP} into {root / 'mini-imagenet'}, or set data.root / ${store.ENV_VAR} to a folder that has "
-        f"them, or set dataset.download=true when online (learn2learn's pickles; its links are known to die).")
+    raise store.not_found("mini-ImageNet", root, dirs, "images.zip (or images/) with train.csv, val.csv, test.csv, or "
+                          "for mini-imagenet-cache-{train,validation,test}.pkl", f"{SOURCE_HELP} into "
+                          f"{root / 'mini-imagenet'}", "learn2learn's pickles; its links are known to die")
 
 
 def _download(dest: Path) -> dict[str, Path]:

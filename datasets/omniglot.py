@@ -51,12 +51,13 @@ from __future__ import annotations
 import io
 import random
 import sys
+from functools import partial
 from pathlib import Path
 
 import torch
 
 from . import store
-from .tasks import SAMPLERS, TaskSampler, check_task_shape
+from .tasks import TaskSampler, check_tasks, option
 
 SETS = {"images_background": (30, 964, 19_280), "images_evaluation": (20, 659, 13_180)}
 PER_CLASS = 20
@@ -72,10 +73,7 @@ SOURCE_HELP = ("https://github.com/brendenlake/omniglot (python/images_backgroun
                "python/images_evaluation.zip)")
 
 
-def _opt(cfg, key: str):
-    d = cfg.dataset
-    v = d.get(key) if hasattr(d, "get") else getattr(d, key, None)
-    return DEFAULTS[key] if v is None else v
+_opt = partial(option, defaults=DEFAULTS)
 
 
 def _sizes(cfg) -> dict[str, int]:
@@ -107,14 +105,7 @@ def validate(cfg) -> None:
     if _opt(cfg, "test_split") == "release_leaky":
         sizes = dict(sizes, test=N_CLASSES - RELEASE_TRAIN_SIZE)
     classes = {k: v * mult for k, v in sizes.items() if v > 0}
-    if _opt(cfg, "sampler") not in SAMPLERS:
-        raise ValueError(f"dataset.sampler={_opt(cfg, 'sampler')!r} is unknown; allowed: {list(SAMPLERS)}")
-    q = cfg.query_shots if cfg.query_shots is not None else cfg.shots
-    check_task_shape("omniglot", classes, PER_CLASS, cfg.ways, cfg.shots, q)
-    ev = cfg.get("eval") if hasattr(cfg, "get") else None
-    if ev is not None and (ev.get("shots") is not None or ev.get("query_shots") is not None):
-        es = ev.get("shots") or cfg.shots
-        check_task_shape("omniglot", classes, PER_CLASS, cfg.ways, es, ev.get("query_shots") or q, "eval.")
+    check_tasks("omniglot", cfg, classes, PER_CLASS, _opt(cfg, "sampler"))
 
 
 # ---------------------------------------------------------------- data
@@ -132,11 +123,9 @@ def locate(root: Path, download: bool = False) -> dict[str, Path]:
             return found
     if download:
         return _download(root)
-    raise store.DataError(
-        f"Omniglot not found under data root {root}: looked in {[str(d) for d in dirs]} for images_background.zip "
-        f"and images_evaluation.zip (or the extracted images_background/ and images_evaluation/ folders). "
-        f"Get them from {SOURCE_HELP} into {root / 'omniglot'}, or set data.root / ${store.ENV_VAR} to a folder "
-        f"that has them, or set dataset.download=true when online (torchvision; needs a writable root).")
+    raise store.not_found("Omniglot", root, dirs, "images_background.zip and images_evaluation.zip (or the extracted "
+                          "images_background/ and images_evaluation/ folders)", f"them from {SOURCE_HELP} into "
+                          f"{root / 'omniglot'}", "torchvision; needs a writable root")
 
 
 def _download(root: Path) -> dict[str, Path]:

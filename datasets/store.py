@@ -184,6 +184,14 @@ def _lock(path: Path):
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
+def not_found(dataset: str, root: Path, dirs: list[Path], wants: str, get: str, download: str) -> DataError:
+    """The error of a dataset absent under the data root: where it looked, for what, and the
+    three fixes (get the files, point the data root elsewhere, or download)."""
+    return DataError(f"{dataset} not found under data root {root}: looked in {[str(d) for d in dirs]} for {wants}. "
+                     f"Get {get}, or set data.root / ${ENV_VAR} to a folder that has them, or set "
+                     f"dataset.download=true when online ({download}).")
+
+
 def check_count(what: str, expected: int, found: int, where: Path | str) -> None:
     if expected != found:
         raise DataError(f"{where}: expected {expected:,} {what}, found {found:,} — the data is incomplete or "

@@ -186,6 +186,26 @@ def _rot90_per_class(x: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
     return out
 
 
+def option(cfg, key: str, defaults: dict):
+    """``dataset.<key>`` of ``cfg`` (a DictConfig or a namespace), or its default when unset."""
+    d = cfg.dataset
+    v = d.get(key) if hasattr(d, "get") else getattr(d, key, None)
+    return defaults[key] if v is None else v
+
+
+def check_tasks(dataset: str, cfg, split_classes: dict[str, int], per_class: int, sampler: str) -> None:
+    """The sampler's name, the training task shape and, when ``eval.shots`` / ``eval.query_shots``
+    are set, the test task shape (:func:`check_task_shape`)."""
+    if sampler not in SAMPLERS:
+        raise ValueError(f"dataset.sampler={sampler!r} is unknown; allowed: {list(SAMPLERS)}")
+    q = cfg.query_shots if cfg.query_shots is not None else cfg.shots
+    check_task_shape(dataset, split_classes, per_class, cfg.ways, cfg.shots, q)
+    ev = cfg.get("eval") if hasattr(cfg, "get") else None
+    if ev is not None and (ev.get("shots") is not None or ev.get("query_shots") is not None):
+        check_task_shape(dataset, split_classes, per_class, cfg.ways, ev.get("shots") or cfg.shots,
+                         ev.get("query_shots") or q, "eval.")
+
+
 def check_task_shape(dataset: str, split_classes: dict[str, int], per_class: int, ways, shots, query_shots,
                      prefix: str = "") -> None:
     """Config errors before any data is touched: ways ≤ classes in every split, and
