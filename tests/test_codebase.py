@@ -32,5 +32,13 @@ def test_no_issue_numbers_in_code_configs_or_generated_output():
     assert not hits, hits
 
 
+def test_no_process_history_in_code_configs_or_generated_output():
+    """Numbers are stated as measured, not against an earlier round of the work."""
+    pattern = re.compile(r"previous record|last round", re.IGNORECASE)
+    hits = [f"{rel}:{i}" for rel, p in _files(".py", ".yaml", ".md", ".csv", ".tex")
+            for i, line in enumerate(p.read_text(errors="replace").splitlines(), 1) if pattern.search(line)]
+    assert not hits, hits
+
+
 def test_reports_holds_no_code():
     assert not list((REPO / "reports").rglob("*.py"))
