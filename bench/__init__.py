@@ -57,7 +57,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--max-iter-s", type=float, help="skip a cell predicted slower than this per iteration (default 25)")
     p.add_argument("--cell-budget-s", type=float, help="time budget of a cell's timed iterations (default 30)")
     p.add_argument("--batching", choices=["auto", "vmap", "loop"],
-                   help="our batching over tasks (default auto: the faster one per model, bench.workloads.AUTO_BATCHING)")
+                   help="our batching over tasks (default auto: the faster one per model, trainer.problem.AUTO_BATCHING)")
     p.add_argument("--min-time-s", type=float, help="time a fast cell for at least this long, after half as "
                    "much extra warm-up (default 1; 0 disables)")
     p.add_argument("--no-compare", action="store_true", help="skip the loop-vs-vmap comparison cells")
