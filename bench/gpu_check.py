@@ -35,7 +35,7 @@ from . import ROOT
 from .measure import draw_batches, ours_runner, peak_memory, time_runner
 from .render import machine, write_section
 from .run import Options, run
-from .workloads import ALGORITHMS, Workload, build_problem, estimator
+from .workloads import ALGORITHMS, Workload, estimator, workload_problem
 
 
 def _train(algorithm: str, dataset: str, iters: int, eval_tasks: int, device: str, out: Path, data_root: str) -> dict:
@@ -62,7 +62,7 @@ def _train(algorithm: str, dataset: str, iters: int, eval_tasks: int, device: st
 def _cost(ks: list[int], meta_batch: int, device: torch.device, data_root: str, deadline: float, repeats: int) -> list[dict]:
     """Paper Fig. 2: MAML vs iMAML, 20-way 5-shot Omniglot, time and peak memory vs K."""
     w = Workload("omniglot-20w5s", "Omniglot 20-way 5-shot", "omniglot", 20, 5, 5, meta_batch, 0.1)
-    problem = build_problem(w, data_root)
+    problem = workload_problem(w, data_root)
     batches, _ = draw_batches(problem, repeats + 1, 7, device)
     rows = []
     for name in ("maml", "imaml"):
@@ -153,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
            "train": [], "cost": [], "notes": []}
 
     # 1. short training of every algorithm
-    probe = build_problem(Workload("probe", "probe", "omniglot", 5, 1, 1, 1, 0.4), root)
+    probe = workload_problem(Workload("probe", "probe", "omniglot", 5, 1, 1, 1, 0.4), root)
     dataset = "omniglot" if probe.origin.startswith("real") else "sinusoid"
     if dataset == "sinusoid":
         rec["notes"].append(f"Training used the sinusoid: {probe.origin}.")

@@ -27,7 +27,7 @@ from .measure import (
     peer_runner,
     time_runner,
 )
-from .workloads import ALGORITHMS, WORKLOADS, Workload, build_problem, estimator, sampler
+from .workloads import ALGORITHMS, WORKLOADS, Workload, estimator, sampler, workload_problem
 
 
 @dataclass
@@ -82,7 +82,7 @@ def _cell(algorithm: str, side: str, k: int, batching: str, t: Timing) -> dict:
 def _workload(w: Workload, o: Options, device: torch.device, log) -> dict:
     if o.meta_batch:
         w = Workload(**{**asdict(w), "meta_batch": o.meta_batch})
-    problem = build_problem(w, o.data_root, o.seed, o.synthetic)
+    problem = workload_problem(w, o.data_root, o.seed, o.synthetic)
     log(f"[{w.key}] {problem.origin}")
     n = o.warmup + o.repeats
     batches, sample_s = draw_batches(problem, max(n, 8), o.seed + 1, device, first=2)

@@ -22,8 +22,7 @@ from omegaconf import OmegaConf
 import datasets
 from trainer import config
 from trainer.config import compose, inner_config
-from trainer.problem import Problem
-from trainer.problem import build_problem as trainer_problem
+from trainer.problem import Problem, build_problem
 
 ALGORITHMS = config.ALGORITHMS
 
@@ -82,7 +81,7 @@ def _make_resident(source) -> None:
         images.reshape(-1)[::4096].sum()
 
 
-def build_problem(w: Workload, data_root: str, seed: int = 0, synthetic: bool = False) -> Problem:
+def workload_problem(w: Workload, data_root: str, seed: int = 0, synthetic: bool = False) -> Problem:
     """The trainer's problem for ``w`` on the CPU: real tasks when the data is present (unless
     ``synthetic``), else :class:`SyntheticTasks`; ``origin`` says which, and why."""
     cfg = compose([*w.overrides, f"data.root={data_root}", f"seed={seed}", "device=cpu"])
@@ -96,9 +95,9 @@ def build_problem(w: Workload, data_root: str, seed: int = 0, synthetic: bool = 
             _make_resident(source)
             sha = ", ".join(f"{k} {v[:12]}…" for k, v in sorted(source.archive_sha256.items()))
             origin = "real: " + (f"datasets.build, {sha}" if sha else "datasets.build (generated tasks, no files)")
-            return trainer_problem(cfg, source=source, origin=origin)
-    return trainer_problem(cfg, source=SyntheticTasks(w),
-                           origin=f"synthetic: {why}; uniform-noise tensors of the real shapes")
+            return build_problem(cfg, source=source, origin=origin)
+    return build_problem(cfg, source=SyntheticTasks(w),
+                         origin=f"synthetic: {why}; uniform-noise tensors of the real shapes")
 
 
 def sampler(problem: Problem) -> str:
