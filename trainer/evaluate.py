@@ -59,7 +59,7 @@ def adapt_and_score(kind, forward, loss_fn, params, tasks, inner: InnerConfig, p
         phi = solve_inner(loss_fn, theta, (xs_, ys_), inner, detach=True, prox_lam=prox_lam)
         return _task_metric(kind, forward, loss_fn, phi, xs_, xq_, yq_, bn_mode)
 
-    if use_vmap and inner.optimizer != "hf":
+    if use_vmap:
         return vmap(one)(xs, ys, xq, yq).detach()
     return torch.stack([one(xs[i], ys[i], xq[i], yq[i]) for i in range(xs.shape[0])]).detach()
 
