@@ -116,14 +116,13 @@ def meta_gradient_batch(name: str, loss_fn, params: dict[str, torch.Tensor], tas
     ``tasks = (xs, ys, xq, yq)`` stacked along a leading task dimension. ``batching`` is
     ``loop`` (one task at a time), ``vmap`` (``torch.func.vmap`` over tasks) or ``compile``
     (the loop over a ``torch.compile``d estimator); the same numbers up to float rounding.
-    Returns the mean gradient and per-task ``info`` tensors. The ``hf`` inner solver has
-    data-dependent control flow and always loops, uncompiled.
+    Returns the mean gradient and per-task ``info`` tensors.
     """
     cfg = validate(name, inner, hparams)
     check_batching(batching, hparams)
-    fn = _compiled(name) if batching == "compile" and cfg.optimizer != "hf" else ESTIMATORS[name]
+    fn = _compiled(name) if batching == "compile" else ESTIMATORS[name]
     xs, ys, xq, yq = tasks
-    if batching == "vmap" and cfg.optimizer != "hf":
+    if batching == "vmap":
         def one(xs_, ys_, xq_, yq_):
             return fn(loss_fn, params, (xs_, ys_), (xq_, yq_), cfg, **hparams)
         grads, aux = vmap(one)(xs, ys, xq, yq)

@@ -26,9 +26,9 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 import torch
-from torch.func import grad
+from torch.func import grad, vjp
 
-from .linalg import Params, hvp, tree_add, tree_dot, tree_norm, truncated_newton_direction
+from .linalg import Params, tree_add, tree_dot, tree_norm, truncated_newton_direction
 
 LossFn = Callable[[Params, torch.Tensor, torch.Tensor], torch.Tensor]
 OPTIMIZERS = ("sgd", "momentum", "adam", "hf")
@@ -182,23 +182,45 @@ def solve_inner(loss_fn: LossFn, theta: Params, support: tuple[torch.Tensor, tor
 def _solve_hf(loss_fn: LossFn, theta: Params, x, y, cfg: InnerConfig, lam: float) -> Params:
     """Hessian-free inner solver (iMAML-HF, Rajeswaran et al. 2019, §4 and Table 2):
     each step takes a truncated-Newton direction from ``hf_cg_steps`` CG iterations on
-    ∇²G, then backtracks (Armijo, c = 1e-4, halving) from step ``lr``."""
-    def G(p):
-        return inner_objective(loss_fn, p, theta, x, y, lam)
+    ∇²G, then backtracks (Armijo, c = 1e-4, halving) from step ``lr``.
 
+    Free of data-dependent Python control flow, so it runs under ``vmap`` and
+    ``torch.compile``: ∇G is linearised once per step (its pullback gives every
+    Hessian-vector product of that step's CG), the CG runs its fixed number of iterations
+    with a stop mask (``truncated_newton_direction``), and the line search evaluates its
+    whole ladder of step sizes lr·2⁻ʲ, j < ``hf_ls_steps``, and takes the first that satisfies
+    Armijo (lr·2^-hf_ls_steps when none does) — the step a sequential backtracking search
+    takes. (The ladder is a loop of forward passes rather than a ``vmap`` over step sizes:
+    under the trainer's ``vmap`` over tasks that would nest, and ``F.mse_loss`` fails under
+    nested ``vmap`` in torch 2.14.)
+    """
+    def G(p):
+        value = inner_objective(loss_fn, p, theta, x, y, lam)
+        return value, value
+
+    def at(p):
+        return G(p)[0]
+
+    ladder = [cfg.lr * 0.5 ** j for j in range(cfg.hf_ls_steps)]
     phi = dict(theta)
     for _ in range(cfg.steps):
-        g = {k: v.detach() for k, v in grad(G)(phi).items()}
-        d = truncated_newton_direction(lambda v: hvp(G, phi, v), g, cfg.hf_cg_steps)
+        g, pullback, f0 = vjp(grad(G, has_aux=True), phi, has_aux=True)
+        g, f0 = {k: v.detach() for k, v in g.items()}, f0.detach()
+        d = truncated_newton_direction(lambda v: pullback(v)[0], g, cfg.hf_cg_steps)
         d = {k: v.detach() for k, v in d.items()}
-        f0, slope = G(phi).item(), tree_dot(g, d).item()
-        if slope >= 0:  # not a descent direction (rounding): fall back to steepest descent
-            d, slope = {k: -v for k, v in g.items()}, -tree_dot(g, g).item()
-        step = cfg.lr
-        for _ in range(cfg.hf_ls_steps):
-            if G(tree_add(phi, d, step)).item() <= f0 + 1e-4 * step * slope:
-                break
-            step *= 0.5
+        slope = tree_dot(g, d)
+        ascent = slope >= 0  # not a descent direction (rounding): fall back to steepest descent
+        d = {k: torch.where(ascent, -g[k], d[k]) for k in d}
+        slope = torch.where(ascent, -tree_dot(g, g), slope)
+        step = torch.full_like(f0, cfg.lr * 0.5 ** cfg.hf_ls_steps)
+        if ladder:
+            steps = torch.tensor(ladder, dtype=f0.dtype, device=f0.device)
+            f = torch.stack([at(tree_add(phi, d, s)) for s in steps]).detach()
+            # Armijo in float64, as a search on Python floats compares
+            s64 = torch.tensor(ladder, dtype=torch.float64, device=f0.device)
+            ok = f.double() <= f0.double() + 1e-4 * s64 * slope.double()
+            first = ok & (ok.cumsum(0) == 1)
+            step = torch.where(ok.any(), (steps * first).sum(), step)
         phi = {k: v.detach() for k, v in tree_add(phi, d, step).items()}
     return phi
 

@@ -97,29 +97,34 @@ def conjugate_gradient(matvec: Callable[[Params], Params], b: Params, steps: int
 
 
 def truncated_newton_direction(matvec: Callable[[Params], Params], g: Params, steps: int) -> Params:
-    """Approximate Newton direction d ≈ −A⁻¹g by CG, stopping at negative curvature.
+    """Approximate Newton direction d ≈ −A⁻¹g by ``steps`` CG iterations, stopping at negative curvature.
 
-    Truncated Newton / Newton-CG (Nocedal & Wright, Alg. 7.1): if the first search
-    direction already has non-positive curvature, return steepest descent −g. Not
-    vmap-compatible (data-dependent stopping); used by the ``hf`` inner solver only.
+    Truncated Newton / Newton-CG (Nocedal & Wright, Alg. 7.1): if the first search direction
+    already has non-positive curvature, return steepest descent −g; at a later one, the
+    iterate reached so far; at a zero residual, the current iterate. The stops are masks, not
+    branches (every iteration costs its matvec), so it runs under ``vmap`` and ``torch.compile``.
     """
     d = {k: torch.zeros_like(t) for k, t in g.items()}
     r = tree_scale(g, -1.0)
     p = dict(r)
     rr = tree_dot(r, r)
+    done = torch.zeros_like(rr, dtype=torch.bool)
     for i in range(steps):
         ap = matvec(p)
         pap = tree_dot(p, ap)
-        if pap.item() <= 0:
-            return r if i == 0 else d
-        alpha = rr / pap
-        d = tree_add(d, p, alpha)
-        r = tree_add(r, ap, -alpha)
+        negative = ~done & (pap <= 0)
+        if i == 0:
+            d = {k: torch.where(negative, r[k], d[k]) for k in d}
+        done = done | negative
+        alpha = rr / torch.where(done, torch.ones_like(pap), pap)
+        d = {k: torch.where(done, d[k], v) for k, v in tree_add(d, p, alpha).items()}
+        r = {k: torch.where(done, r[k], v) for k, v in tree_add(r, ap, -alpha).items()}
         rr_new = tree_dot(r, r)
-        if rr_new.item() == 0:
-            break
-        p = tree_add(r, p, rr_new / rr)
-        rr = rr_new
+        zero = ~done & (rr_new == 0)
+        done = done | zero
+        beta = rr_new / torch.where(rr == 0, torch.ones_like(rr), rr)
+        p = {k: torch.where(done, p[k], v) for k, v in tree_add(r, p, beta).items()}
+        rr = torch.where(done, rr, rr_new)
     return d
 
 

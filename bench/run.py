@@ -107,8 +107,7 @@ def _workload(w: Workload, o: Options, device: torch.device, log) -> dict:
 
     for k in o.ks:
         for a in o.algorithms:
-            batching = "loop" if ests[a].inner.get("optimizer") == "hf" else primary
-            timed(a, "ours", k, batching, lambda: ours_runner(problem, ests[a], k, batching, device))
+            timed(a, "ours", k, primary, lambda: ours_runner(problem, ests[a], k, primary, device))
             if a == "maml" and o.peer:
                 timed("maml", "peer", k, "loop", lambda: peer_runner(problem, k, device))
                 rec["grad_check"][str(k)] = equal_gradient_check(problem, ests[a], k, batches[0])
@@ -133,7 +132,7 @@ def _memory(problem, ests, o: Options, primary: str, batch, device, log) -> dict
     tasks = tuple(t[:o.mem_tasks] for t in batch)
     rows = []
     for a, est in ests.items():
-        batching = "loop" if est.inner.get("optimizer") == "hf" else primary
+        batching = primary
         for k in o.mem_ks:
             b = memory_of(problem, est, k, tasks, batching, device)
             rows.append({"algorithm": a, "side": "ours", "K": k, "batching": batching, "peak_bytes": b})

@@ -124,7 +124,7 @@ def need_subset(value, key: str, allowed) -> list[str]:
 # ---------------------------------------------------------------- per-task meta-gradients
 def per_task(name: str, loss_fn, params: Params, tasks, inner: dict, **hparams) -> tuple[Params, dict]:
     """Every task's own meta-gradient (leading task dimension) and info, from the registered
-    estimator under ``torch.func.vmap`` (the ``hf`` solver loops): ``meta_gradient_batch``
+    estimator under ``torch.func.vmap``: ``meta_gradient_batch``
     without the averaging, which the studies need per task."""
     from torch.func import vmap
 
@@ -137,12 +137,7 @@ def per_task(name: str, loss_fn, params: Params, tasks, inner: dict, **hparams) 
     def one(a, b, c, d):
         return fn(loss_fn, params, (a, b), (c, d), cfg, **hparams)
 
-    if cfg.optimizer != "hf":
-        grads, info = vmap(one)(xs, ys, xq, yq)
-    else:
-        outs = [one(xs[i], ys[i], xq[i], yq[i]) for i in range(xs.shape[0])]
-        grads = {k: torch.stack([o[0][k] for o in outs]) for k in outs[0][0]}
-        info = {k: torch.stack([o[1][k] for o in outs]) for k in outs[0][1]}
+    grads, info = vmap(one)(xs, ys, xq, yq)
     return ({k: v.detach() for k, v in grads.items()}, {k: v.detach() for k, v in info.items()})
 
 

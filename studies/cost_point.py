@@ -29,12 +29,10 @@ def _is_oom(e: BaseException) -> bool:
     return isinstance(e, RuntimeError) and ("out of memory" in msg or "can't allocate memory" in msg)
 
 
-def eager_batching(trainer_mode: str, inner_optimizer: str) -> str:
-    """The trainer's batching mode as the cost study runs it: eagerly (``compile`` is timed by
-    ``make bench``, not here), and as a per-task loop for the hf solver (data-dependent control flow)."""
-    if inner_optimizer == "hf" or trainer_mode == "compile":
-        return "loop"
-    return trainer_mode
+def eager_batching(trainer_mode: str) -> str:
+    """The trainer's batching mode as the cost study runs it: eagerly (``compile``, a loop over the
+    compiled estimator, is timed by ``make bench``, not here)."""
+    return "loop" if trainer_mode == "compile" else trainer_mode
 
 
 def measure(spec: dict) -> dict:
@@ -52,7 +50,7 @@ def measure(spec: dict) -> dict:
     a = tcfg.algorithm
     inner = InnerConfig.make(inner_config(tcfg))
     hparams = OmegaConf.to_container(a.hparams, resolve=True)
-    batching = eager_batching(trainer_batching(tcfg.batching, problem.model), inner.optimizer)
+    batching = eager_batching(trainer_batching(tcfg.batching, problem.model))
     params = problem.params
     opt = (torch.optim.Adam if a.outer.optimizer == "adam" else torch.optim.SGD)(list(params.values()), lr=float(a.outer.lr))
     gen = torch.Generator().manual_seed(int(tcfg.seed))

@@ -66,13 +66,6 @@ def test_loop_and_vmap_agree(model, name, hp):
     assert rel(singles[0], singles[1]) > 1e-3
 
 
-def test_hf_inner_solver_falls_back_to_the_loop_under_vmap():
-    params, loss_fn, _, tasks, _ = sinusoid_batch(2)
-    inner = {"optimizer": "hf", "steps": 3, "lr": 1.0}
-    g_loop, _ = meta_gradient_batch("imaml", loss_fn, params, tasks, inner, batching="loop", lam=2.0)
-    g_vmap, _ = meta_gradient_batch("imaml", loss_fn, params, tasks, inner, batching="vmap", lam=2.0)
-    assert rel(g_vmap, g_loop) == 0.0
-
 
 def test_batching_rejects_unknown_mode():
     params, loss_fn, _, tasks, inner = sinusoid_batch(2)

@@ -261,9 +261,9 @@ def test_cost_study_batches_as_the_trainer_does():
     from trainer.problem import batching
 
     cfg = compose([])
-    modes = {m: eager_batching(batching(cfg.batching, m), "sgd") for m in ("mlp", "conv4_omniglot", "conv4_miniimagenet")}
+    modes = {m: eager_batching(batching(cfg.batching, m)) for m in ("mlp", "conv4_omniglot", "conv4_miniimagenet")}
     assert modes == {"mlp": "vmap", "conv4_omniglot": "vmap", "conv4_miniimagenet": "loop"}
-    assert eager_batching("vmap", "hf") == "loop" and eager_batching("compile", "sgd") == "loop"
+    assert eager_batching("compile") == "loop" and eager_batching("vmap") == "vmap"
 
 
 def test_studies_take_the_data_root_like_train():

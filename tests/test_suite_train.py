@@ -40,6 +40,10 @@ def test_smoke_every_algorithm(tmp_path, algo):
     assert (s["imaml"] is not None) == algo.startswith("imaml")
     rows = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["iter"] for r in rows] == list(range(1, 21))
+    # the extra diagnostics on the first and every 10th iteration (diagnostics=10), iMAML's CG residual on all
+    for key in ("query_loss_before", "inner_grad_norm"):
+        assert [r["iter"] for r in rows if key in r] == [1, 10, 20], key
+    assert all(("cg_residual" in r) == algo.startswith("imaml") for r in rows)
     assert (tmp_path / ".hydra" / "config.yaml").exists() and (tmp_path / "metrics.csv").exists()
 
 

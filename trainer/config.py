@@ -121,6 +121,8 @@ def validate(cfg: DictConfig) -> None:
     _int(cfg, "query_shots", 1, "must be an integer >= 1")
     _int(cfg, "eval.num_tasks", 1, "must be an integer >= 1")
     _int(cfg, "seed", 0, "must be an integer >= 0")
+    if not isinstance(cfg.diagnostics, (bool, int)) or cfg.diagnostics < 0:
+        raise ConfigError(f"diagnostics={cfg.diagnostics!r} is invalid: every N-th iteration (an integer >= 0) or true/false")
     if cfg.dtype not in DTYPES:
         raise ConfigError(f"dtype={cfg.dtype!r} is invalid; choose one of {list(DTYPES)}")
     if cfg.device not in ("auto", "cpu", "cuda"):

@@ -82,7 +82,7 @@ def adapt_and_score(spec: EvalSpec, params, tasks, inner: InnerConfig) -> torch.
         phi = solve_inner(spec.loss_fn, theta, (xs_, ys_), inner, detach=True, prox_lam=spec.prox_lam)
         return _task_metric(spec, phi, xs_, xq_, yq_)
 
-    if spec.use_vmap and inner.optimizer != "hf":
+    if spec.use_vmap:
         return vmap(one)(xs, ys, xq, yq).detach()
     return torch.stack([one(xs[i], ys[i], xq[i], yq[i]) for i in range(xs.shape[0])]).detach()
 

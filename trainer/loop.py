@@ -194,10 +194,12 @@ class _Run:
         # are not profiled (their rows and summary then have no alloc_peak_bytes).
         measure = (device.type == "cpu" and (it == self.start + 2 or it % cfg.mem_every == 0)
                    and (not self.iter_times or self.iter_times[-1] <= cfg.mem_max_iter_s))
+        every = int(cfg.diagnostics)  # the extra per-task diagnostics: first iteration, then every N-th
+        full = bool(every) and (it == self.start + 1 or it % every == 0)
         with Timer(device) as timer, (AllocationMeter() if measure else contextlib.nullcontext()) as meter:
             grads, info = meta_gradient_batch(a.estimator, self.loss_fn, self.params, tasks, self.inner,
                                               batching=self.batching, metric_fn=self.metric_fn,
-                                              diagnostics_full=bool(cfg.diagnostics), **self.hparams)
+                                              diagnostics_full=full, **self.hparams)
         row = {"iter": it, "train_loss": info["query_loss_after"].mean().item(), "sample_s": sample_s}
         if "query_metric_after" in info:
             row["train_metric"] = info["query_metric_after"].mean().item()
