@@ -256,7 +256,7 @@ def test_bad_study_config_is_one_clear_error(override, key):
 
 def test_cost_study_batches_as_the_trainer_does():
     """The cost study follows the trainer's batching rule: vmap for the MLP and the Omniglot conv4,
-    a per-task loop for the mini-ImageNet conv4 and for the hf solver."""
+    a per-task loop for the mini-ImageNet conv4."""
     from studies.cost_point import eager_batching
     from trainer.problem import batching
 
