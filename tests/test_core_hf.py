@@ -125,6 +125,8 @@ def sinusoid_tasks(n=3):
 def test_hf_batches_and_compiles_like_the_loop(batching):
     params, loss_fn, tasks = sinusoid_tasks()
     inner = {"optimizer": "hf", "steps": 3, "lr": 1.0}
+    if batching == "compile":  # a smaller unrolled graph: compiling the full one takes minutes on 2 cores
+        inner.update(steps=1, hf_cg_steps=2, hf_ls_steps=2)
     g_loop, i_loop = meta_gradient_batch("imaml", loss_fn, params, tasks, inner, batching="loop", lam=2.0)
     g_other, i_other = meta_gradient_batch("imaml", loss_fn, params, tasks, inner, batching=batching, lam=2.0)
     for k in params:
