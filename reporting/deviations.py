@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from .render import fmt, fmt_g, fmt_p, is_missing, make_table
+from .render import fmt, fmt_g, fmt_p, is_missing, make_table, new_figure, save_figure
 
 S = 100.0  # accuracy in percent
 
@@ -78,6 +78,46 @@ def _table(name: str, rows: list[dict], first: list, diff_title: str, notes: lis
     return make_table(name, rows, cols, RAW, notes)
 
 
+def _figure(df: pd.DataFrame, prefix: str, at: str, fig_dir):
+    """Test accuracy ± 95% CI per rung: the ladder (left) and each deviation removed alone (right)."""
+    panels = [(g, _rows(df, g)) for g in ("ladder", "removed") if (df["group"] == g).any()]
+    panels = [(g, [r for r in rows if r.get("accuracy") is not None]) for g, rows in panels]
+    panels = [(g, rows) for g, rows in panels if rows]
+    if not panels:
+        return None
+    fig, axes = new_figure(len(panels), width=5.2, height=3.6)
+    for ax, (group, rows) in zip(axes, panels):
+        names = [("paper" if r["rung"] == "paper" else f"+ {r['rung']}") if group == "ladder" else
+                 ("full release" if r["rung"] == "release" else f"− {r['rung']}") for r in rows]
+        y = list(range(len(rows)))[::-1]
+        ax.errorbar([r["accuracy"] * S for r in rows], y, xerr=[r["ci95"] * S for r in rows], fmt="o", capsize=3)
+        ax.set_yticks(y, names, fontsize=8)
+        ax.set_xlabel("test accuracy % (± 95% CI)")
+        ax.set_title("deviations added one at a time" if group == "ladder" else "each removed from the release",
+                     fontsize=9)
+        ax.grid(axis="x", alpha=0.3)
+    fig.suptitle(f"iMAML on Omniglot 5w1s, paper → release, {at}", fontsize=9)
+    return save_figure(fig, fig_dir / f"{prefix}.png")
+
+
+def _carriers(df: pd.DataFrame) -> str:
+    """The ladder's rungs whose gain's 95% CI excludes zero, largest first: what moved the accuracy."""
+    rows = [r for r in _rows(df, "ladder") if r.get("diff_mean") is not None]
+    up = sorted((r for r in rows if r["diff_low"] > 0), key=lambda r: -r["diff_mean"])
+    down = sorted((r for r in rows if r["diff_high"] < 0), key=lambda r: r["diff_mean"])
+    if not rows:
+        return ""
+
+    def say(rs):
+        return ", ".join(f"{r['rung']} ({fmt(r['diff_mean'], 2, S)} [{fmt(r['diff_low'], 2, S)}, "
+                         f"{fmt(r['diff_high'], 2, S)}])" for r in rs) or "none"
+    ends = [r for r in _rows(df, "ladder") if r.get("accuracy") is not None]
+    span = (f" From the paper as written ({fmt(ends[0]['accuracy'], 2, S)}%) to the full release "
+            f"({fmt(ends[-1]['accuracy'], 2, S)}%)." if len(ends) > 1 else "")
+    return (f"\nAt this budget the rungs that raised accuracy (95% CI above zero), largest first: {say(up)}; "
+            f"the rungs that lowered it: {say(down)}.{span}\n")
+
+
 def section(study: dict, w) -> str:
     df = study["tables"]["deviations.csv"]
     long = is_long(study)
@@ -106,7 +146,11 @@ def section(study: dict, w) -> str:
         out += f"\n#### The paper as written and the full release, {at}\n"
         out += w.table(_table(f"{prefix}_endpoints", _rows(df, "endpoints"), [("end point", lambda r: r["rung"]),
                               ("deviations on", _on)], "release − paper [95% CI]", []))
+    fig = _figure(df, prefix, at, w.fig_dir)
+    if fig is not None:
+        out += w.figure(fig, "Deviation ladder: test accuracy per rung")
     if "ladder" in groups:
+        out += _carriers(df)
         out += f"\n#### The ladder: deviations added one at a time, {at}\n"
         out += w.table(_table(f"{prefix}_ladder", _rows(df, "ladder"),
                               [("rung", lambda r: r["rung"] if r["rung"] == "paper" else f"+ {r['rung']}")],
