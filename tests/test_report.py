@@ -326,8 +326,8 @@ def test_figures_are_valid_pngs(report_dir: Path):
     from PIL import Image
 
     names = sorted(p.name for p in (report_dir / "figures").glob("*.png"))
-    assert names == ["cost.png", "curves_omniglot_5w1s_4min.png", "fidelity.png", "inner_steps_sinusoid_K5_cpu.png",
-                     "precision.png"]
+    assert names == ["cost.png", "curves_omniglot_5w1s_4min.png", "deviations.png", "fidelity.png",
+                     "inner_steps_sinusoid_K5_cpu.png", "precision.png"]
     for name in names:
         path = report_dir / "figures" / name
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
