@@ -107,7 +107,8 @@ def zero_predictor_mse(cfg, overrides) -> float | None:
 def run(cfg, out_dir: Path) -> dict:
     s = cfg.study
     common = [f"meta_iterations={s.meta_iterations}", f"meta_batch_size={s.meta_batch_size}",
-              f"eval.num_tasks={s.eval_tasks}", "eval.val_every=0"]
+              f"eval.num_tasks={s.eval_tasks}", "eval.val_every=0",
+              "diagnostics=true"]  # its ||∇G(φ_K)|| column is a median over every iteration
     zero = zero_predictor_mse(cfg, base_overrides(cfg, *common))
     ways = int(cfg.ways or 1)
     jobs = [(a, p) for a in s.algorithms for p in grid(s, a)]
