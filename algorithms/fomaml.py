@@ -4,13 +4,16 @@ Drops every second-order term (treats dφ_K/dθ as the identity); no graph acros
 """
 from __future__ import annotations
 
-from torch.func import grad_and_value
-
 from ._common import diagnostics, query_loss
 from .inner import InnerConfig, solve_inner
+from .linalg import gradient
 
 
 def fomaml(loss_fn, params, support, query, inner: InnerConfig, metric_fn=None, diagnostics_full: bool = True):
     phi = solve_inner(loss_fn, params, support, inner, detach=True)
-    grads, (qloss, qmetric) = grad_and_value(lambda p: query_loss(loss_fn, metric_fn, p, *query), has_aux=True)(phi)
+    def objective(p):
+        loss, metric = query_loss(loss_fn, metric_fn, p, *query)
+        return loss, (loss.detach(), metric)
+
+    grads, (qloss, qmetric) = gradient(objective, phi, has_aux=True)
     return grads, diagnostics(loss_fn, params, phi, support, query, inner.lam, qloss, qmetric, diagnostics_full)

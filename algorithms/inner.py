@@ -7,7 +7,7 @@ Inner objective (iMAML, Rajeswaran et al. 2019, Eq. 4; MAML is the special case 
 run for ``steps`` iterations of ``sgd``, ``momentum`` (heavy ball, optional Nesterov),
 ``adam`` or — without a differentiable path — ``hf`` (Hessian-free Newton-CG with a
 backtracking line search, the paper's iMAML-HF). The first three are pure tensor
-arithmetic, so MAML differentiates through them (``torch.func.grad`` of the unrolled loop)
+arithmetic, so MAML differentiates through them (the gradient of the unrolled loop)
 and they run under ``vmap``. Their update rules are exactly ``torch.optim``'s SGD /
 SGD(momentum, nesterov) / Adam, which the tests check step by step.
 
@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from torch.func import grad, vjp
 
-from .linalg import Params, tree_add, tree_dot, tree_norm, truncated_newton_direction
+from .linalg import Params, gradient, tree_add, tree_dot, tree_norm, truncated_newton_direction
 
 LossFn = Callable[[Params, torch.Tensor, torch.Tensor], torch.Tensor]
 OPTIMIZERS = ("sgd", "momentum", "adam", "hf")
@@ -150,7 +150,7 @@ def solve_inner(loss_fn: LossFn, theta: Params, support: tuple[torch.Tensor, tor
 
     ``detach=True`` (FOMAML, Reptile, iMAML): θ is detached and no graph is kept across
     steps, so memory is flat in K. ``detach=False`` (MAML): every step stays on the graph
-    of the enclosing ``torch.func.grad`` so the meta-gradient is exact through the unroll.
+    of the enclosing gradient so the meta-gradient is exact through the unroll.
     """
     lam = cfg.lam if prox_lam is None else prox_lam
     x, y = support
@@ -169,7 +169,7 @@ def solve_inner(loss_fn: LossFn, theta: Params, support: tuple[torch.Tensor, tor
 
     state = _init_state(phi, cfg)
     for t in range(1, cfg.steps + 1):
-        g = grad(G)(phi)
+        g = gradient(G, phi, create_graph=not detach)
         if detach:
             g = {k: v.detach() for k, v in g.items()}
         phi, state = _step(phi, g, state, cfg, t)
@@ -229,5 +229,5 @@ def inner_grad_norm(loss_fn: LossFn, phi: Params, theta: Params, support, lam: f
     """||∇G(φ)||: how well the inner problem was solved (iMAML's δ)."""
     x, y = support
     theta = {k: v.detach() for k, v in theta.items()}
-    g = grad(lambda p: inner_objective(loss_fn, p, theta, x, y, lam))({k: v.detach() for k, v in phi.items()})
+    g = gradient(lambda p: inner_objective(loss_fn, p, theta, x, y, lam), {k: v.detach() for k, v in phi.items()})
     return tree_norm(g).detach()

@@ -42,6 +42,27 @@ def tree_unflatten(vec: torch.Tensor, like: Params) -> Params:
     return out
 
 
+def gradient(f: Callable, params: Params, has_aux: bool = False, create_graph: bool = False):
+    """∇f(params), with f's aux when ``has_aux`` (f then returns ``(value, aux)``).
+
+    Inside a ``torch.func`` transform (``vmap``, an enclosing ``grad``) or ``torch.compile`` this
+    is ``torch.func.grad``. Outside them it is ``torch.autograd.grad`` of the same function: the
+    same arithmetic without functorch's per-op wrapping, which costs most on the small kernels
+    of a per-task loop (``make bench``, "your own module"). ``create_graph=True`` keeps the graph
+    through the inputs, so that an enclosing ``gradient`` differentiates through the result (the
+    MAML unroll).
+    """
+    if torch._C._functorch.peek_interpreter_stack() is not None or torch.compiler.is_compiling():
+        return grad(f, has_aux=has_aux)(params)
+    with torch.enable_grad():
+        p = {k: v if create_graph and v.requires_grad else v.detach().requires_grad_() for k, v in params.items()}
+        out = f(p)
+        value, aux = out if has_aux else (out, None)
+        gs = torch.autograd.grad(value, list(p.values()), create_graph=create_graph, allow_unused=True)
+    g = {k: torch.zeros_like(v) if d is None else d for (k, v), d in zip(p.items(), gs)}
+    return (g, aux) if has_aux else g
+
+
 def hvp(f: Callable[[Params], torch.Tensor], params: Params, v: Params, mode: str = "revrev") -> Params:
     """Hessian-vector product ∇²f(params)·v without forming the Hessian.
 

@@ -1,15 +1,14 @@
 """MAML: the exact meta-gradient of the unrolled inner loop (Finn, Abbeel & Levine, ICML 2017, Eq. 1–2).
 
 d/dθ L_query(φ_K(θ)), differentiating through every inner step (second order), here by
-``torch.func.grad`` of the whole unrolled objective. Memory grows linearly in K because
+the gradient of the whole unrolled objective (``linalg.gradient``). Memory grows linearly in K because
 every inner step's activations stay on the graph.
 """
 from __future__ import annotations
 
-from torch.func import grad
-
 from ._common import diagnostics, query_loss
 from .inner import InnerConfig, solve_inner
+from .linalg import gradient
 
 
 def maml(loss_fn, params, support, query, inner: InnerConfig, metric_fn=None, diagnostics_full: bool = True):
@@ -20,5 +19,5 @@ def maml(loss_fn, params, support, query, inner: InnerConfig, metric_fn=None, di
         loss, metric = query_loss(loss_fn, metric_fn, phi, *query)
         return loss, ({k: v.detach() for k, v in phi.items()}, loss.detach(), metric)
 
-    grads, (phi, qloss, qmetric) = grad(meta_objective, has_aux=True)(params)
+    grads, (phi, qloss, qmetric) = gradient(meta_objective, params, has_aux=True)
     return grads, diagnostics(loss_fn, params, phi, support, query, lam, qloss, qmetric, diagnostics_full)

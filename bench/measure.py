@@ -25,7 +25,7 @@ from algorithms import meta_gradient_batch
 from trainer.meters import AllocationMeter
 from trainer.problem import Problem
 
-from .peer import PeerMAML, grads_as_params
+from .peer import PeerMAML, grads_as_params, module_problem
 from .workloads import Estimator
 
 
@@ -229,6 +229,19 @@ def equal_gradient_check(problem: Problem, est: Estimator, steps: int, tasks) ->
     peer = _peer(problem, params, steps)
     peer.meta_gradient(task)
     return relative_difference({k: v.double() for k, v in ours.items()}, grads_as_params(peer.net, problem.model))
+
+
+def module_gradient_check(problem: Problem, est: Estimator, steps: int, tasks) -> float:
+    """The same oracle for the library on a ``torch.nn`` module (:func:`bench.peer.module_problem`):
+    our MAML through ``functional_call`` against learn2learn's, float64, first task."""
+    params = {k: v.detach().to("cpu", torch.float64) for k, v in problem.params.items()}
+    mod, names = module_problem(problem, params)
+    task = tuple(t[:1].cpu().double() if t.is_floating_point() else t[:1].cpu() for t in tasks)
+    ours, _ = meta_gradient_batch(est.estimator, mod.loss_fn, mod.params, task, {**est.inner, "steps": steps},
+                                  batching="loop", diagnostics_full=False, **est.hparams)
+    peer = _peer(problem, params, steps)
+    peer.meta_gradient(task)
+    return relative_difference({names[k]: v.double() for k, v in ours.items()}, grads_as_params(peer.net, problem.model))
 
 
 def relative_difference(a: dict, b: dict) -> float:

@@ -15,10 +15,12 @@ meta-gradient: :func:`grads_as_params` lets the harness check that before it tim
 """
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
+from torch.func import functional_call
 
 Params = dict[str, torch.Tensor]
 
@@ -65,6 +67,31 @@ def build_module(model: str, ways: int, params: Params, bn_eps: float = 1e-3) ->
         for k, p in pairs.items():
             p.copy_(params[k])
     return net
+
+
+def module_problem(problem, params: Params | None = None) -> tuple[object, dict[str, str]]:
+    """``problem`` as a researcher brings their own network: learn2learn's ``torch.nn`` module for
+    the model, holding ``params`` (default: the problem's initial weights), its parameters under
+    the module's own names, and the loss through ``torch.func.functional_call``. Batch norm keeps
+    no running statistics (it normalises by the batch's, as in training; an in-place running-mean
+    update cannot run inside a gradient transform). Returns the problem and module name → our name.
+    """
+    params = problem.params if params is None else params
+    net = build_module(problem.model, problem.cfg.ways, params)
+    for m in net.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            m.track_running_stats, m.running_mean, m.running_var, m.num_batches_tracked = False, None, None, None
+    criterion = F.mse_loss if problem.metric == "mse" else F.cross_entropy
+
+    def loss_fn(p, x, y):
+        return criterion(functional_call(net, p, (x,)), y)
+
+    ours = {id(t): k for k, t in _module_pairs(net, problem.model).items()}
+    names = {k: ours[id(t)] for k, t in net.named_parameters()}
+    mine = {k: t.detach().clone() for k, t in net.named_parameters()}
+    return dataclasses.replace(problem, params=mine, loss_fn=loss_fn, metric_fn=None,
+                               origin=f"{problem.origin}; the network as learn2learn's torch.nn module, "
+                                      "loss through torch.func.functional_call"), names
 
 
 def grads_as_params(net: torch.nn.Module, model: str) -> Params:

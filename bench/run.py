@@ -23,10 +23,12 @@ from .measure import (
     equal_gradient_check,
     load_average,
     memory_of,
+    module_gradient_check,
     ours_runner,
     peer_runner,
     time_runner,
 )
+from .peer import module_problem
 from .workloads import ALGORITHMS, WORKLOADS, Workload, estimator, sampler, workload_problem
 
 
@@ -45,6 +47,7 @@ class Options:
     peer: bool = True
     compile_ks: list[int] = field(default_factory=lambda: [1, 5])   # MAML also timed under torch.compile …
     compile_workloads: list[str] = field(default_factory=lambda: ["omniglot-5w1s"])  # … on these workloads
+    module_workloads: list[str] = field(default_factory=lambda: ["omniglot-5w1s"])  # MAML on a torch.nn module
     mem_workload: str = "omniglot-5w1s"
     mem_ks: list[int] = field(default_factory=lambda: [5, 80])
     mem_tasks: int = 2
@@ -112,6 +115,14 @@ def _workload(w: Workload, o: Options, device: torch.device, log) -> dict:
                 timed("maml", "peer", k, "loop", lambda: peer_runner(problem, k, device))
                 rec["grad_check"][str(k)] = equal_gradient_check(problem, ests[a], k, batches[0])
         gc.collect()
+    if w.key in o.module_workloads and "maml" in ests and o.peer:
+        # A researcher's own network: learn2learn's module through functional_call, per-task loop,
+        # MAML at K ≤ 5 beside learn2learn's MAML on that same module.
+        mod = module_problem(problem)[0]
+        for k in [k for k in o.ks if k <= 5]:
+            rec.setdefault("module_check", {})[str(k)] = module_gradient_check(problem, ests["maml"], k, batches[0])
+            timed("maml", "module", k, "loop", lambda: ours_runner(mod, ests["maml"], k, "loop", device))
+        mod = None
     other = "loop" if primary == "vmap" else "vmap"
     for a, k in compare_plan(w, o):
         timed(a, "ours", k, other, lambda: ours_runner(problem, ests[a], k, other, device))

@@ -107,6 +107,21 @@ def test_maml_meta_gradient_equals_learn2learns_on_the_same_task_and_weights(tin
     assert "MAML meta-gradient of the first task, in float64" in md
 
 
+def test_maml_on_a_torch_nn_module_matches_learn2learn_and_is_timed_beside_it(tiny_run):
+    """The library called on a user's torch.nn module (functional_call) gives learn2learn's
+    meta-gradient on that module in float64, and its cells sit beside the peer's in the report."""
+    _, _, rec, md = tiny_run
+    w = rec["workloads"]["omniglot-5w1s"]
+    assert set(w["module_check"]) == {"1", "2"}
+    assert all(v < 1e-10 for v in w["module_check"].values()), w["module_check"]
+    cells = {c["K"]: c for c in w["cells"] if c["side"] == "module"}
+    assert set(cells) == {1, 2} and all(c["status"] == "ok" and c["median_wall_s"] > 0 for c in cells.values())
+    rows = _table_rows(md, "| workload | K | s / iter (wall)")
+    assert [int(r[1]) for r in rows] == [1, 2]
+    assert all(r[2] == f"{cells[int(r[1])]['median_wall_s']:.3f}" for r in rows)
+    assert "MAML on a torch.nn module (functional_call, per-task loop)" in md
+
+
 def test_memory_table_maml_grows_with_k_imaml_and_fomaml_stay_flat(tiny_run):
     _, _, rec, md = tiny_run
     rows = {(r["algorithm"], r["side"], r["K"]): r["peak_bytes"] for r in rec["workloads"]["omniglot-5w1s"]["memory"]["rows"]}
