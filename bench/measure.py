@@ -218,26 +218,20 @@ def memory_of(problem: Problem, est: Estimator | None, steps: int, tasks, batchi
                                                    diagnostics_full=False, **est.hparams), device)
 
 
-def equal_gradient_check(problem: Problem, est: Estimator, steps: int, tasks) -> float:
+def equal_gradient_check(problem: Problem, est: Estimator, steps: int, tasks, module: bool = False) -> float:
     """‖ours − learn2learn‖ / ‖learn2learn‖ of the MAML meta-gradient of the first task, in
     float64 on the CPU from the same initial weights: an exact oracle (float32 is no use at
-    α = 0.4, where rounding alone moves the result by ~1% after a few steps)."""
+    α = 0.4, where rounding alone moves the result by ~1% after a few steps). ``module``: ours
+    runs on learn2learn's ``torch.nn`` module through ``functional_call``
+    (:func:`bench.peer.module_problem`) instead of our pure model."""
     params = {k: v.detach().to("cpu", torch.float64) for k, v in problem.params.items()}
+    if module:
+        mod, names = module_problem(problem, params)
+        loss_fn, ours_params = mod.loss_fn, mod.params
+    else:
+        loss_fn, ours_params, names = problem.loss_fn, params, {k: k for k in params}
     task = tuple(t[:1].cpu().double() if t.is_floating_point() else t[:1].cpu() for t in tasks)
-    ours, _ = meta_gradient_batch(est.estimator, problem.loss_fn, params, task, {**est.inner, "steps": steps},
-                                  batching="loop", diagnostics_full=False, **est.hparams)
-    peer = _peer(problem, params, steps)
-    peer.meta_gradient(task)
-    return relative_difference({k: v.double() for k, v in ours.items()}, grads_as_params(peer.net, problem.model))
-
-
-def module_gradient_check(problem: Problem, est: Estimator, steps: int, tasks) -> float:
-    """The same oracle for the library on a ``torch.nn`` module (:func:`bench.peer.module_problem`):
-    our MAML through ``functional_call`` against learn2learn's, float64, first task."""
-    params = {k: v.detach().to("cpu", torch.float64) for k, v in problem.params.items()}
-    mod, names = module_problem(problem, params)
-    task = tuple(t[:1].cpu().double() if t.is_floating_point() else t[:1].cpu() for t in tasks)
-    ours, _ = meta_gradient_batch(est.estimator, mod.loss_fn, mod.params, task, {**est.inner, "steps": steps},
+    ours, _ = meta_gradient_batch(est.estimator, loss_fn, ours_params, task, {**est.inner, "steps": steps},
                                   batching="loop", diagnostics_full=False, **est.hparams)
     peer = _peer(problem, params, steps)
     peer.meta_gradient(task)

@@ -23,7 +23,6 @@ from .measure import (
     equal_gradient_check,
     load_average,
     memory_of,
-    module_gradient_check,
     ours_runner,
     peer_runner,
     time_runner,
@@ -120,7 +119,7 @@ def _workload(w: Workload, o: Options, device: torch.device, log) -> dict:
         # MAML at K ≤ 5 beside learn2learn's MAML on that same module.
         mod = module_problem(problem)[0]
         for k in [k for k in o.ks if k <= 5]:
-            rec.setdefault("module_check", {})[str(k)] = module_gradient_check(problem, ests["maml"], k, batches[0])
+            rec.setdefault("module_check", {})[str(k)] = equal_gradient_check(problem, ests["maml"], k, batches[0], module=True)
             timed("maml", "module", k, "loop", lambda: ours_runner(mod, ests["maml"], k, "loop", device))
         mod = None
     other = "loop" if primary == "vmap" else "vmap"
