@@ -223,55 +223,52 @@ def _verdict(x: float | None, ok, goal=None) -> str:
 
 
 def _hf_target(rec: dict) -> list[str]:
-    """iMAML-HF ÷ MAML at K=16 (≤ HF_MAX); where the K=16 cell was skipped as too slow, the
-    ratio at the largest K both were timed at, named as such."""
-    ks = sorted({c["K"] for c in rec["cells"] if c["algorithm"] == "imaml_hf"})
-    for k in sorted(ks, reverse=True):
+    """iMAML-HF ÷ MAML at K=16 (≤ HF_MAX), or at the largest K both were timed at when the K=16
+    cell was skipped as too slow (named as such)."""
+    for k in sorted({c["K"] for c in rec["cells"] if c["algorithm"] == "imaml_hf"}, reverse=True):
         h, m = _primary(rec, "imaml_hf", k, rec["batching"]), _primary(rec, "maml", k, rec["batching"])
         r = _ratio(h and h["median_wall_s"], m and m["median_wall_s"])
         if r is not None:
-            h16 = _primary(rec, "imaml_hf", 16, rec["batching"])
-            at = "" if k == 16 else f" (K=16 {h16['status'] if h16 else 'not run'}{': ' + h16['note'] if h16 and h16['note'] else ''}; at K={k})"
+            at = "" if k == 16 else f" (K=16 {_status(_primary(rec, 'imaml_hf', 16, rec['batching']))}; at K={k})"
             return [f"| iMAML-HF ÷ MAML, K=16, Omniglot 5w1s: ≤ {HF_MAX} | {_r(r)}{at} | "
                     f"{_verdict(r, lambda x: x <= HF_MAX)} |"]
     return []
 
 
+def _peer_row(what: str, c: dict | None, p: dict | None, limit: float, goal: float | None = None) -> str:
+    """One target row: our cell ``c`` ÷ learn2learn's ``p``, wall and CPU, verdict on the wall ratio."""
+    r = _ratio(c and c["median_wall_s"], p and p["median_wall_s"])
+    rc = _ratio(c and c["median_cpu_s"], p and p["median_cpu_s"])
+    return (f"| {what} | {_r(r)} wall, {_r(rc)} CPU | "
+            f"{_verdict(r, lambda x: x <= limit, goal and (lambda x: x <= goal))} |")
+
+
 def _peer_targets(rec: dict, name: str, goal: float | None) -> list[str]:
-    """Our MAML ÷ learn2learn's at K = 1 and 5 (≤ RATIO_MIN, optionally a goal), and the same
-    under ``batching=compile`` where it was timed."""
+    """Our MAML ÷ learn2learn's at K = 1 and 5 (≤ RATIO_MIN, optionally a goal), the same under
+    ``batching=compile`` where it was timed, and MAML on learn2learn's own torch.nn module."""
     lines, peer = [], _cells(rec, "peer")
+    compiled, module = _cells(rec, "ours", "loop+compile"), _cells(rec, "module")
     want = f"≤ {RATIO_MIN}" + (f" (goal ≤ {goal})" if goal else "")
     for k in (1, 5):
         p = peer.get(("maml", k))
-        for what, c in ((f"MAML ÷ learn2learn MAML, {name}, K={k}: {want}", _primary(rec, "maml", k, rec["batching"])),
-                        ("the same with `batching=compile`", _cells(rec, "ours", "loop+compile").get(("maml", k)))):
-            if c is None and what.startswith("the same"):
-                continue
-            r = _ratio(c and c["median_wall_s"], p and p["median_wall_s"])
-            rc = _ratio(c and c["median_cpu_s"], p and p["median_cpu_s"])
-            lines.append(f"| {what} | {_r(r)} wall, {_r(rc)} CPU | "
-                         f"{_verdict(r, lambda x: x <= RATIO_MIN, goal and (lambda x: x <= goal))} |")
+        lines.append(_peer_row(f"MAML ÷ learn2learn MAML, {name}, K={k}: {want}",
+                               _primary(rec, "maml", k, rec["batching"]), p, RATIO_MIN, goal))
+        if ("maml", k) in compiled:
+            lines.append(_peer_row("the same with `batching=compile`", compiled[("maml", k)], p, RATIO_MIN, goal))
+    for (_, k), c in sorted(module.items()):
+        lines.append(_peer_row(f"MAML on a torch.nn module (functional_call, per-task loop) ÷ learn2learn MAML, "
+                               f"{name}, K={k}: ≤ 1", c, peer.get(("maml", k)), 1.0))
     return lines
 
 
 def targets(recs: dict, o: dict) -> list[str]:
     lines = ["### Targets", "", "| target | measured | verdict |", "|---|---|---|"]
-    rec = recs.get("omniglot-5w1s")
-    if rec:
-        lines += _peer_targets(rec, "Omniglot 5w1s", RATIO_GOAL)
-        peer = _cells(rec, "peer")
-        for (a, k), c in sorted(_cells(rec, "module").items()):
-            p = peer.get(("maml", k))
-            r = _ratio(c["median_wall_s"], p and p["median_wall_s"])
-            rc = _ratio(c["median_cpu_s"], p and p["median_cpu_s"])
-            lines.append(f"| MAML on a torch.nn module (functional_call, per-task loop) ÷ learn2learn MAML, "
-                         f"Omniglot 5w1s, K={k}: ≤ 1 | {_r(r)} wall, {_r(rc)} CPU | {_verdict(r, lambda x: x <= 1.0)} |")
-        lines += _hf_target(rec)
+    if "omniglot-5w1s" in recs:
+        lines += _peer_targets(recs["omniglot-5w1s"], "Omniglot 5w1s", RATIO_GOAL) + _hf_target(recs["omniglot-5w1s"])
     if "miniimagenet-5w1s" in recs:
         lines += _peer_targets(recs["miniimagenet-5w1s"], "mini-ImageNet 5w1s", None)
-    if rec:
-        for key, rk in recs.items():
+    if "omniglot-5w1s" in recs:
+        for rk in recs.values():
             m, i = _primary(rk, "maml", 16, rk["batching"]), _primary(rk, "imaml", 16, rk["batching"])
             r = _ratio(i and i["median_wall_s"], m and m["median_wall_s"])
             if r is not None:
