@@ -86,6 +86,20 @@ def _status(c: dict | None) -> str:
     return f"{c['status']}: {c['note']}"
 
 
+def _beside_peer(recs: dict, side: str, batching: str | None = None):
+    """(record, algorithm, K, our cell, learn2learn's cell or None) for each of ``side``'s cells, by K."""
+    for rec in recs.values():
+        peer = _cells(rec, "peer")
+        for (a, k), c in sorted(_cells(rec, side, batching).items(), key=lambda kv: (kv[0][1], kv[0][0])):
+            yield rec, a, k, c, peer.get((a, k))
+
+
+def _ratios(c: dict, p: dict | None) -> str:
+    """Cell ``c`` ÷ cell ``p``, wall clock then CPU time, as two table cells."""
+    return (f"{_r(_ratio(c['median_wall_s'], p and p['median_wall_s']))} | "
+            f"{_r(_ratio(c['median_cpu_s'], p and p['median_cpu_s']))}")
+
+
 def workload_table(key: str, rec: dict, o: dict) -> list[str]:
     lines = [f"### {rec['label']} — meta-batch {rec['meta_batch']}, {rec['model']} (head {rec['head']}), "
              f"α = {rec['inner_lr']:g}", "", f"Tasks: {rec['origin']}.", ""]
@@ -106,10 +120,8 @@ def workload_table(key: str, rec: dict, o: dict) -> list[str]:
             c = _primary(rec, a, k, rec["batching"])
             if c is None:
                 continue
-            rw = _ratio(c["median_wall_s"], p and p["median_wall_s"])
-            rc = _ratio(c["median_cpu_s"], p and p["median_cpu_s"])
             lines.append(f"| {k} | {a} | {c['batching']} | {_s(c['median_wall_s'])} | {_s(c['median_cpu_s'])} | "
-                         f"{_r(rw)} | {_r(rc)} | {_status(c)} |")
+                         f"{_ratios(c, p)} | {_status(c)} |")
         if p is not None:
             lines.append(f"| {k} | **learn2learn MAML** | loop | {_s(p['median_wall_s'])} | {_s(p['median_cpu_s'])} | "
                          f"1.00× | 1.00× | {_status(p)} |")
@@ -131,8 +143,7 @@ def compare_table(recs: dict, o: dict) -> list[str]:
                 continue
             loop, vmap = (c, p) if other == "loop" else (p, c)
             rows.append(f"| {rec['label']} | {a} | {k} | {_s(loop['median_wall_s'])} | {_s(vmap['median_wall_s'])} | "
-                        f"{_r(_ratio(loop['median_wall_s'], vmap['median_wall_s']))} | "
-                        f"{_r(_ratio(loop['median_cpu_s'], vmap['median_cpu_s']))} |")
+                        f"{_ratios(loop, vmap)} |")
     if not rows:
         return []
     return ["### Per-task loop vs torch.func.vmap", "",
@@ -142,14 +153,11 @@ def compare_table(recs: dict, o: dict) -> list[str]:
 
 def compile_table(recs: dict) -> list[str]:
     rows = []
-    for rec in recs.values():
-        peer = _cells(rec, "peer")
-        for (a, k), c in sorted(_cells(rec, "ours", "loop+compile").items(), key=lambda kv: kv[0][1]):
-            e, p = _primary(rec, a, k, rec["batching"]), peer.get((a, k))
-            rows.append(f"| {rec['label']} | {a} | {k} | {_s(c['first_s'])} | {_s(c['median_wall_s'])} | "
-                        f"{_s(e and e['median_wall_s'])} ({rec['batching']}) | {_s(p and p['median_wall_s'])} | "
-                        f"{_r(_ratio(c['median_wall_s'], p and p['median_wall_s']))} | "
-                        f"{_r(_ratio(c['median_cpu_s'], p and p['median_cpu_s']))} | {_status(c)} |")
+    for rec, a, k, c, p in _beside_peer(recs, "ours", "loop+compile"):
+        e = _primary(rec, a, k, rec["batching"])
+        rows.append(f"| {rec['label']} | {a} | {k} | {_s(c['first_s'])} | {_s(c['median_wall_s'])} | "
+                    f"{_s(e and e['median_wall_s'])} ({rec['batching']}) | {_s(p and p['median_wall_s'])} | "
+                    f"{_ratios(c, p)} | {_status(c)} |")
     if not rows:
         return []
     checks = "; ".join(f"{rec['label']} K={k}: compiled {v['compile_vs_loop']:.1e}, eager vmap {v['vmap_vs_loop']:.1e}"
@@ -170,15 +178,10 @@ def compile_table(recs: dict) -> list[str]:
 
 
 def module_table(recs: dict) -> list[str]:
-    rows = []
-    for rec in recs.values():
-        peer = _cells(rec, "peer")
-        for (a, k), c in sorted(_cells(rec, "module").items()):
-            p = peer.get((a, k))
-            rows.append(f"| {rec['label']} | {k} | {_s(c['median_wall_s'])} | {_s(c['median_cpu_s'])} | "
-                        f"{_s(p and p['median_wall_s'])} | {_r(_ratio(c['median_wall_s'], p and p['median_wall_s']))} | "
-                        f"{_r(_ratio(c['median_cpu_s'], p and p['median_cpu_s']))} | "
-                        f"{rec.get('module_check', {}).get(str(k), float('nan')):.1e} | {_status(c)} |")
+    rows = [f"| {rec['label']} | {k} | {_s(c['median_wall_s'])} | {_s(c['median_cpu_s'])} | "
+            f"{_s(p and p['median_wall_s'])} | {_ratios(c, p)} | "
+            f"{rec.get('module_check', {}).get(str(k), float('nan')):.1e} | {_status(c)} |"
+            for rec, _, k, c, p in _beside_peer(recs, "module")]
     if not rows:
         return []
     return ["### Your own network: MAML on a `torch.nn` module", "",
