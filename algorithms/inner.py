@@ -21,8 +21,9 @@ one SGD step of size ``lr`` on (λ/2)||φ − θ||² alone, φ ← φ − lr·λ
 from __future__ import annotations
 
 import math
+import random
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 from typing import Any
 
 import torch
@@ -53,6 +54,7 @@ class InnerConfig:
     hf_cg_steps: int = 5
     hf_ls_steps: int = 10
     prox_mode: str = "every_step"
+    batch: int | None = None
 
     @classmethod
     def make(cls, inner: InnerConfig | dict[str, Any] | None) -> InnerConfig:
@@ -92,11 +94,11 @@ class InnerConfig:
                              "not optimizer='hf' (the release has no Hessian-free solver)")
         if self.hf_cg_steps < 1 or self.hf_ls_steps < 0:
             raise ValueError("inner.hf_cg_steps must be >= 1 and inner.hf_ls_steps >= 0")
-
-    def with_prox(self, lam: float) -> InnerConfig:
-        d = asdict(self)
-        d["prox_lam"] = lam
-        return InnerConfig(**d)
+        if self.batch is not None:
+            if isinstance(self.batch, bool) or not isinstance(self.batch, int) or self.batch < 1:
+                raise ValueError(f"inner.batch={self.batch!r} must be an integer >= 1 (or None: the whole support set)")
+            if self.optimizer == "hf":
+                raise ValueError("inner.batch needs a gradient optimizer (sgd, momentum, adam), not optimizer='hf'")
 
     @property
     def lam(self) -> float:
@@ -163,12 +165,15 @@ def solve_inner(loss_fn: LossFn, theta: Params, support: tuple[torch.Tensor, tor
         return _solve_hf(loss_fn, theta, x, y, cfg, lam)
 
     final = cfg.prox_mode == "final_step"
-
-    def G(p):
-        return inner_objective(loss_fn, p, theta, x, y, 0.0 if final else lam)
+    batches = _batches(x.shape[0], cfg.batch, cfg.steps)
 
     state = _init_state(phi, cfg)
     for t in range(1, cfg.steps + 1):
+        xb, yb = (x, y) if batches is None else (x[batches[t - 1]], y[batches[t - 1]])
+
+        def G(p):
+            return inner_objective(loss_fn, p, theta, xb, yb, 0.0 if final else lam)
+
         g = gradient(G, phi, create_graph=not detach)
         if detach:
             g = {k: v.detach() for k, v in g.items()}
@@ -177,6 +182,25 @@ def solve_inner(loss_fn: LossFn, theta: Params, support: tuple[torch.Tensor, tor
         # The release's pull-back: one torch.optim.SGD step on 0.5·λ·||φ − θ||², whose gradient is λ·(φ − θ).
         phi = {k: phi[k] - cfg.lr * (lam * (phi[k] - theta[k])) for k in phi}
     return phi
+
+
+def _batches(n: int, batch: int | None, steps: int) -> list[torch.Tensor] | None:
+    """Row indices of each inner step's mini-batch, or None for the whole support set.
+
+    Reptile's reference code (Nichol et al. 2018, ``reptile.py _mini_batches``) takes each
+    inner step on ``batch`` samples drawn without replacement from a shuffled support set,
+    reshuffling when it runs out. Here the shuffle is one fixed permutation of the n rows
+    (``random.Random(n)``), cut into consecutive batches that wrap around: no random draw in
+    the inner loop, so the same tasks give the same iterates under the per-task loop, ``vmap``
+    and ``torch.compile``. The sampler already puts freshly drawn images, in a fresh class
+    order, in every row of every task, so what repeats across tasks is only which row
+    positions share a batch. ``batch >= n`` takes the whole support set in every step."""
+    if batch is None or batch >= n:
+        return None
+    perm = list(range(n))
+    random.Random(n).shuffle(perm)
+    flat = [perm[i % n] for i in range(steps * batch)]
+    return [torch.tensor(flat[t * batch:(t + 1) * batch]) for t in range(steps)]
 
 
 def _solve_hf(loss_fn: LossFn, theta: Params, x, y, cfg: InnerConfig, lam: float) -> Params:

@@ -110,3 +110,47 @@ def test_estimators_share_the_same_proximal_inner_solution(sinusoid_task):
         assert info["query_loss_after"] == pytest.approx(expected, rel=1e-12), name
     _, info = meta_gradient("imaml", loss_fn, params, support, query, inner={**inner, "steps": 5}, lam=lam)
     assert info["query_loss_after"] == pytest.approx(expected, rel=1e-12)
+
+
+def test_inner_mini_batches_draw_without_replacement_and_wrap():
+    """Reptile's inner batches: each step takes ``batch`` distinct rows; consecutive steps
+    exhaust the support set before any row comes back; ``batch >= n`` is the whole set."""
+    from algorithms.inner import _batches
+
+    assert _batches(50, None, 5) is None and _batches(5, 10, 50) is None and _batches(20, 20, 50) is None
+    b = _batches(50, 10, 5)  # Omniglot 5-way: 10 shots × 5 classes, 5 steps of 10 = one pass
+    assert [len(set(i.tolist())) for i in b] == [10] * 5
+    assert sorted(torch.cat(b).tolist()) == list(range(50))
+    assert torch.cat(b).tolist() != list(range(50))  # shuffled, so a batch mixes classes
+    b = _batches(75, 10, 8)  # mini-ImageNet: 75 rows, 80 draws: one pass, then 5 rows again
+    flat = torch.cat(b).tolist()
+    assert sorted(flat[:75]) == list(range(75)) and flat[75:] == flat[:5]
+
+
+def test_mini_batched_inner_iterates_equal_torch_optim(sinusoid_task):
+    """With ``batch``, step t is torch.optim's step on rows batches[t] of the support set."""
+    from algorithms.inner import _batches
+
+    params, loss_fn, (x, y), _ = sinusoid_task
+    inner, make_opt = CASES["adam"]
+    batches = _batches(10, 4, 6)
+    leaves = {k: v.detach().clone().requires_grad_(True) for k, v in params.items()}
+    opt = make_opt(list(leaves.values()))
+    for idx in batches:
+        opt.zero_grad()
+        loss_fn(leaves, x[idx], y[idx]).backward()
+        opt.step()
+    ref = {k: v.detach() for k, v in leaves.items()}
+    cfg = InnerConfig.make({**inner, "steps": 6, "batch": 4})
+    assert_close(solve_inner(loss_fn, params, (x, y), cfg, detach=True), ref)
+    assert_close(solve_inner(loss_fn, params, (x, y), cfg, detach=False), ref)
+    full = solve_inner(loss_fn, params, (x, y), InnerConfig.make({**inner, "steps": 6}))
+    assert (full["fc1.weight"] - ref["fc1.weight"]).abs().max() > 1e-4  # the batches change the iterates
+
+
+@pytest.mark.parametrize("bad", [0, -1, 2.5, True])
+def test_inner_batch_is_validated(bad):
+    with pytest.raises(ValueError, match="inner.batch"):
+        InnerConfig.make({"batch": bad})
+    with pytest.raises(ValueError, match="inner.batch"):
+        InnerConfig.make({"optimizer": "hf", "batch": 4})

@@ -102,6 +102,8 @@ def validate(cfg: DictConfig) -> None:
         if isinstance(k, bool) or not isinstance(k, int) or k < 0:
             raise ConfigError(f"eval.steps_list contains {k!r}: step counts must be integers >= 0")
     _pos(cfg, "inner_lr")
+    if cfg.get("inner_batch") is not None:
+        _int(cfg, "inner_batch", 1, "must be an integer >= 1 (or null: the whole support set in every inner step)")
     hparams = OmegaConf.to_container(cfg.algorithm.hparams, resolve=True) or {}
     try:
         algorithms.validate(cfg.algorithm.estimator, inner_config(cfg), hparams)
@@ -179,6 +181,8 @@ def inner_config(cfg, steps: int | None = None) -> dict:
     o = cfg.inner_optim
     d = {"steps": cfg.inner_steps if steps is None else steps, "optimizer": o.name, "lr": float(cfg.inner_lr),
          "prox_mode": cfg.get("prox_mode", "every_step")}
+    if cfg.get("inner_batch") is not None:
+        d["batch"] = cfg.inner_batch
     if o.name == "momentum":
         d.update(momentum=float(o.momentum), nesterov=bool(o.nesterov))
     elif o.name == "adam":
