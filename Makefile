@@ -32,7 +32,7 @@ OUT := runs/reproduce/$(PROFILE)
 SWEEP_OUT := runs/sweep/$(PROFILE)
 RECORDS := reports/records
 
-.PHONY: help setup reproduce large test test-all lint sweep sweep-sinusoid sweep-omniglot deviations deviations-long report bench bench-tta gpu-check clean
+.PHONY: help setup reproduce large campaign campaign-status campaign-save test test-all lint sweep sweep-sinusoid sweep-omniglot deviations deviations-long report bench bench-tta gpu-check clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -60,6 +60,16 @@ large: setup  ## comparison a on Omniglot 20w1s and mini-ImageNet 5w1s (cpu: BUD
 	  done; done; } | PY=$(PY) tools/jobs.sh runs/large/$(PROFILE)
 	$(PY) -m reporting.collect runs/large/$(PROFILE) $(RECORDS)/large-$(PROFILE)
 	$(PY) report.py
+
+# The paper-budget campaign (tools/campaign.py): resumable across sessions, JOBS runs at a time.
+campaign: setup  ## runs to the papers' iteration counts (sinusoid, Omniglot 5w1s), resumable; SIGTERM saves state
+	$(PY) tools/campaign.py run --jobs $(or $(JOBS),2)
+
+campaign-status:  ## each campaign run: iterations done / planned, latest validation, ETA
+	$(PY) tools/campaign.py status
+
+campaign-save:  ## copy unfinished campaign runs' checkpoints into reports/records/campaign-cpu (to commit)
+	$(PY) tools/campaign.py save
 
 test: setup lint  ## lint, then the test suite (CPU, no network; real data from DATA when present)
 	$(PY) -m pytest -m "not slow" -q

@@ -54,12 +54,33 @@ class _Stop:
         return False
 
 
-def _config_key(cfg) -> str:
-    """What must not change across a resume: the resolved config minus the resume flag."""
+def _resume_config(cfg) -> dict:
+    """What must not change across a resume: the resolved config minus the resume flag and the
+    time budget (a time-budgeted run may be continued with a larger budget)."""
     c = OmegaConf.to_container(cfg, resolve=True)
     c.pop("resume", None)
-    c.pop("max_train_minutes", None)  # a time-budgeted run may be continued with a larger budget
-    return hashlib.sha256(json.dumps(c, sort_keys=True, default=str).encode()).hexdigest()
+    c.pop("max_train_minutes", None)
+    return c
+
+
+def _config_key(cfg) -> str:
+    return hashlib.sha256(json.dumps(_resume_config(cfg), sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+
+def config_changes(old: dict, new: dict) -> tuple[list[str], list[str]]:
+    """(keys whose values differ, keys only one of the two configs has). A run may resume across
+    a code change that added or removed keys (a long campaign spans sessions), never across a
+    changed value."""
+    a, b = _flat(old), _flat(new)
+    changed = sorted(k for k in a.keys() & b.keys() if json.dumps(a[k], default=str) != json.dumps(b[k], default=str))
+    return changed, sorted(a.keys() ^ b.keys())
 
 
 def eval_spec(cfg, problem: Problem) -> EvalSpec:
@@ -120,6 +141,14 @@ def _summary_base(cfg, run_dir, problem: Problem, seeds, inner: dict, implicit: 
     }
 
 
+def budget_label(summary: dict, it: int) -> str:
+    """What a run ran, in words: a time-capped run never reads as the paper's budget."""
+    planned = f"{it:,} of {summary['meta_iterations']:,} iterations"
+    if summary["stopped_by"] == "max_train_minutes":
+        return f"capped at {summary['max_train_minutes']:g} min: {planned}"
+    return f"{planned} ({summary['profile']} profile)"
+
+
 class _Run:
     """One training run's state (parameters, outer optimizer, task stream, clocks, peaks) and the
     named steps :func:`train` tells its story with."""
@@ -145,6 +174,7 @@ class _Run:
         self.opt = opt_cls(self.leaves, **outer_options(cfg))
         self.gen = torch.Generator().manual_seed(seeds["train_tasks"])
         self.start, self.train_wall, self.iter_times, self.alloc_peak, self.gpu_peak = 0, 0.0, [], 0, 0
+        self.offclock_wall = 0.0  # diagnostics and memory profiling: recorded, not charged to the budget
         self.ckpt_path = run_dir / "ckpt.pt"
         self.budget_s = 60.0 * cfg.max_train_minutes if cfg.get("max_train_minutes") else math.inf
         # Validation every ``val_every`` iterations and/or every ``val_every_minutes`` of training
@@ -160,9 +190,12 @@ class _Run:
         if cfg.resume:
             ck = load_checkpoint(self.ckpt_path)
             if ck is not None and ck.get("config_key") != _config_key(cfg):
-                raise ConfigError(f"resume=true: the checkpoint in {self.run_dir} was made with a different config; "
-                                  "resume with the run's own overrides (see its .hydra/overrides.yaml) or use a new "
-                                  "run folder")
+                changed, keys = config_changes(ck["config"], _resume_config(cfg)) if "config" in ck else (["?"], [])
+                if changed:
+                    raise ConfigError(f"resume=true: the checkpoint in {self.run_dir} was made with a different "
+                                      f"config ({', '.join(changed[:3])}); resume with the run's own overrides (see "
+                                      "its .hydra/overrides.yaml) or use a new run folder")
+                self.summary["resumed_across_keys"] = sorted(set(ck.get("resumed_across_keys", [])) | set(keys))
             if ck is not None:
                 for k in self.params:
                     self.params[k].copy_(ck["params"][k].to(self.device))
@@ -170,6 +203,7 @@ class _Run:
                 self.gen.set_state(ck["gen"])
                 self.start, self.train_wall, self.iter_times = ck["iteration"], ck["train_wall_s"], ck["iter_times"]
                 self.alloc_peak, self.gpu_peak = ck["alloc_peak"], ck["gpu_peak"]
+                self.offclock_wall = ck.get("offclock_wall_s", 0.0)
         rows = read_jsonl(self.run_dir / "metrics.jsonl", max_iter=self.start) if self.start else []
         atomic_write_text(self.run_dir / "metrics.jsonl", "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
         atomic_write_json(self.run_dir / "summary.json", self.summary)
@@ -189,17 +223,31 @@ class _Run:
         sample_s = time.perf_counter() - t0
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
-        # The allocation profiler keeps one event per op: on an iteration of millions of ops
-        # (iMAML-HF's Newton solves) its buffer alone takes gigabytes, so long iterations
-        # are not profiled (their rows and summary then have no alloc_peak_bytes).
-        measure = (device.type == "cpu" and (it == self.start + 2 or it % cfg.mem_every == 0)
-                   and (not self.iter_times or self.iter_times[-1] <= cfg.mem_max_iter_s))
-        every = int(cfg.diagnostics)  # the extra per-task diagnostics: first iteration, then every N-th
-        full = bool(every) and (it == self.start + 1 or it % every == 0)
-        with Timer(device) as timer, (AllocationMeter() if measure else contextlib.nullcontext()) as meter:
-            grads, info = meta_gradient_batch(a.estimator, self.loss_fn, self.params, tasks, self.inner,
-                                              batching=self.batching, metric_fn=self.metric_fn,
-                                              diagnostics_full=full, **self.hparams)
+
+        def grad(full: bool = False, meter=None):
+            with meter or contextlib.nullcontext():
+                return meta_gradient_batch(a.estimator, self.loss_fn, self.params, tasks, self.inner,
+                                           batching=self.batching, metric_fn=self.metric_fn,
+                                           diagnostics_full=full, **self.hparams)
+
+        with Timer(device) as timer:
+            grads, info = grad()
+        # Off the budget clock (it counts only what every algorithm must do: sampling, the
+        # meta-gradient, the outer step): the extra per-task diagnostics on the first and every N-th
+        # iteration, and the CPU allocation profile, each a second call on the same tasks and θ.
+        # The profiler keeps one event per op, so after the run's first profiled iteration long
+        # iterations (millions of ops: iMAML-HF's Newton solves) are not profiled again.
+        t_off = time.perf_counter()
+        every = int(cfg.diagnostics)
+        if every and (it == self.start + 1 or it % every == 0):
+            info = {**info, **{k: v for k, v in grad(full=True)[1].items() if k not in info}}
+        if device.type == "cpu" and (it == self.start + 1 or (it % cfg.mem_every == 0
+                                                              and timer.seconds <= cfg.mem_max_iter_s)):
+            meter = AllocationMeter()
+            grad(meter=meter)
+        else:
+            meter = None
+        self.offclock_wall += time.perf_counter() - t_off
         row = {"iter": it, "train_loss": info["query_loss_after"].mean().item(), "sample_s": sample_s}
         if "query_metric_after" in info:
             row["train_metric"] = info["query_metric_after"].mean().item()
@@ -209,9 +257,10 @@ class _Run:
         if not (math.isfinite(row["train_loss"]) and all(bool(torch.isfinite(g).all()) for g in grads.values())):
             return None
         with Timer(device) as step_timer:
-            if a.outer.anneal:
+            if a.outer.anneal:  # linear to 0 over the run: its iterations, or its time budget if that ends it first
+                done = max((it - 1) / max(1, cfg.meta_iterations), self.train_wall / self.budget_s)
                 for gr in self.opt.param_groups:
-                    gr["lr"] = float(a.outer.lr) * (1 - (it - 1) / max(1, cfg.meta_iterations))
+                    gr["lr"] = float(a.outer.lr) * max(0.0, 1 - done)
             for k, p in self.params.items():
                 p.grad = grads[k].to(p.dtype)
             if a.outer.clip:
@@ -268,8 +317,10 @@ class _Run:
         atomic_torch_save(self.ckpt_path, {
             "params": {k: v.detach().cpu() for k, v in self.params.items()}, "opt": self.opt.state_dict(),
             "gen": self.gen.get_state(), "iteration": it, "train_wall_s": self.train_wall,
+            "offclock_wall_s": self.offclock_wall,
             "iter_times": self.iter_times, "alloc_peak": self.alloc_peak, "gpu_peak": self.gpu_peak,
-            "config_key": _config_key(self.cfg)})
+            "config_key": _config_key(self.cfg), "config": _resume_config(self.cfg),
+            "resumed_across_keys": self.summary.get("resumed_across_keys", [])})
 
     # ------------------------------------------------------------------ finish
     def failure(self, it: int, reason: str) -> dict:
@@ -280,6 +331,7 @@ class _Run:
         s.update(status=status, iterations_done=it, failure=failure, test=test)
         s["timing"] = {"median_iter_s": statistics.median(self.iter_times) if self.iter_times else None,
                        "train_wall_s": self.train_wall, "eval_wall_s": eval_s,
+                       "offclock_wall_s": self.offclock_wall,
                        "total_wall_s": self.train_wall + eval_s}
         s["memory"] = {"gpu_peak_bytes": self.gpu_peak if self.device.type == "cuda" else None,
                        "alloc_peak_bytes": self.alloc_peak or None, "rss_peak_bytes": rss_peak_bytes()}
@@ -291,6 +343,7 @@ class _Run:
         """The final test on the fixed test tasks; a non-finite result is a divergence, said so."""
         cfg = self.cfg
         self.summary["stopped_by"] = "max_train_minutes" if it < cfg.meta_iterations else "meta_iterations"
+        self.summary["budget"] = budget_label(self.summary, it)
         t0 = time.perf_counter()
         test = run_test(cfg, self.spec, self.params)
         eval_s = time.perf_counter() - t0

@@ -1,0 +1,196 @@
+"""The paper-budget campaign: runs to the papers' iteration counts, resumable across sessions.
+
+    python tools/campaign.py run [--jobs 2]   start or continue every unfinished run, JOBS at a time
+    python tools/campaign.py status           iterations done / planned, latest validation, ETA
+    python tools/campaign.py save             copy unfinished runs' checkpoints into the records
+
+Each run trains in ``runs/campaign/NAME`` with one torch thread. SIGTERM (or Ctrl-C) to this
+process is passed on to the runs, which checkpoint and stop as ``interrupted``; the campaign then
+saves their state. A completed run's ``summary.json`` and thinned ``metrics.csv`` go to
+``reports/records/campaign-cpu/NAME/``, and its saved state leaves the tree. An unfinished run's
+state (``ckpt.pt`` and ``metrics.jsonl``, both small) is saved to ``…/NAME/unfinished/`` so that a
+fresh clone continues it with ``resume=true``. A completed campaign is never rerun: starting it
+again changes no file.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from reporting.collect import thin_metrics  # noqa: E402
+
+RUNS = ROOT / "runs" / "campaign"
+RECORDS = ROOT / "reports" / "records" / "campaign-cpu"
+VAL = ["eval.val_every=1000", "eval.val_tasks=200"]  # learning curves: 200 fixed validation tasks
+
+
+def _plan() -> list[tuple[str, list[str]]]:
+    """(name, overrides) in the order they run: sinusoid first (70,000 iterations, the MAML paper),
+    then Omniglot 5w1s at its papers' budgets."""
+    plan = []
+    for seed in (0, 1, 2):
+        for algo in ("maml", "fomaml"):
+            plan.append((f"sinusoid/{algo}-s{seed}", [f"experiment=sinusoid_{algo}", f"seed={seed}", *VAL]))
+    for algo in ("maml", "fomaml", "reptile"):
+        plan.append((f"omniglot_5w1s/{algo}-s0", [f"experiment=omniglot_5w_{algo}", "seed=0", *VAL]))
+    return plan
+
+
+PLAN = _plan()
+
+
+def _read(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _copy_atomic(src: Path, dst: Path, text: str | None = None) -> None:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.name}.")
+    os.close(fd)
+    if text is None:
+        shutil.copyfile(src, tmp)
+    else:
+        Path(tmp).write_text(text)
+    os.replace(tmp, dst)
+
+
+def done(name: str) -> bool:
+    s = _read(RECORDS / name / "summary.json")
+    return bool(s) and s.get("status") == "completed"
+
+
+def restore(name: str) -> None:
+    """Bring a saved unfinished state back into the run folder when the folder has none."""
+    saved, run = RECORDS / name / "unfinished", RUNS / name
+    if (saved / "ckpt.pt").exists() and not (run / "ckpt.pt").exists():
+        for f in ("ckpt.pt", "metrics.jsonl"):
+            _copy_atomic(saved / f, run / f)
+
+
+def save(name: str) -> bool:
+    """Copy an unfinished run's checkpoint and metrics into the records; True when saved."""
+    run = RUNS / name
+    if done(name) or not (run / "ckpt.pt").exists():
+        return False
+    for f in ("ckpt.pt", "metrics.jsonl"):
+        _copy_atomic(run / f, RECORDS / name / "unfinished" / f)
+    return True
+
+
+def collect(name: str) -> bool:
+    """A completed run's records into the campaign folder; its saved state leaves the tree."""
+    run = RUNS / name
+    s = _read(run / "summary.json")
+    if not s or s.get("status") != "completed":
+        return False
+    _copy_atomic(run / "metrics.csv", RECORDS / name / "metrics.csv", thin_metrics((run / "metrics.csv").read_text()))
+    _copy_atomic(run / "summary.json", RECORDS / name / "summary.json")
+    shutil.rmtree(RECORDS / name / "unfinished", ignore_errors=True)
+    return True
+
+
+def command(name: str, overrides: list[str]) -> list[str]:
+    resume = ["resume=true"] if (RUNS / name / "ckpt.pt").exists() else []
+    return [sys.executable, "train.py", *overrides, *resume, f"hydra.run.dir={RUNS / name}"]
+
+
+def run(jobs: int) -> int:
+    todo = [(n, o) for n, o in PLAN if not done(n)]
+    if not todo:
+        print("campaign: every run is complete")
+        return 0
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", WANDB_MODE=os.environ.get("WANDB_MODE", "offline"))
+    running: dict[str, subprocess.Popen] = {}
+    stopping = []
+    signal.signal(signal.SIGTERM, lambda *_: stopping.append(True))
+    signal.signal(signal.SIGINT, lambda *_: stopping.append(True))
+    failed = 0
+    while todo or running:
+        while todo and len(running) < jobs and not stopping:
+            name, overrides = todo.pop(0)
+            restore(name)
+            (RUNS / name).mkdir(parents=True, exist_ok=True)
+            log = open(RUNS / name / "campaign.log", "a")
+            running[name] = subprocess.Popen(command(name, overrides), cwd=ROOT, env=env, stdout=log,
+                                             stderr=subprocess.STDOUT, start_new_session=True)
+            print(f"campaign: started {name}", flush=True)
+        if stopping:
+            for p in running.values():
+                if p.poll() is None:
+                    p.send_signal(signal.SIGTERM)
+            todo = []
+        time.sleep(1)
+        for name, p in list(running.items()):
+            if p.poll() is None:
+                continue
+            del running[name]
+            if collect(name):
+                print(f"campaign: {name} completed", flush=True)
+            else:
+                s = _read(RUNS / name / "summary.json") or {}
+                failed += s.get("status") != "interrupted"
+                print(f"campaign: {name} ended {s.get('status', 'without a summary')} (exit {p.returncode}; "
+                      f"log {RUNS / name / 'campaign.log'})", flush=True)
+    saved = [n for n, _ in PLAN if save(n)]
+    if saved:
+        print(f"campaign: saved the state of {len(saved)} unfinished run(s) under {RECORDS.relative_to(ROOT)}")
+    return 1 if failed else 0
+
+
+def status() -> None:
+    print(f"{'run':28} {'status':12} {'iterations':>17} {'val':>8} {'s/iter':>7} {'ETA':>8}")
+    for name, overrides in PLAN:
+        rows = _metrics(name)
+        s = _read(RECORDS / name / "summary.json") or _read(RUNS / name / "summary.json") or {}
+        planned = s.get("meta_iterations") or _planned(overrides)
+        it = rows[-1]["iter"] if rows else 0
+        state = "completed" if done(name) else (s.get("status") or ("saved" if it else "not started"))
+        val = next((r["val_metric"] for r in reversed(rows) if "val_metric" in r), None)
+        recent = sorted(r["iter_s"] + r.get("sample_s", 0.0) for r in rows[-200:] if "iter_s" in r)
+        per = recent[len(recent) // 2] if recent else None
+        eta = "-" if done(name) or per is None or not planned else f"{(planned - it) * per / 3600:.1f} h"
+        print(f"{name:28} {state:12} {it:>8,}/{planned or 0:>8,} {'-' if val is None else f'{val:.4g}':>8} "
+              f"{'-' if per is None else f'{per:.3f}':>7} {eta:>8}")
+
+
+def _metrics(name: str) -> list[dict]:
+    for path in (RUNS / name / "metrics.jsonl", RECORDS / name / "unfinished" / "metrics.jsonl"):
+        if path.exists():
+            return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return []
+
+
+def _planned(overrides: list[str]) -> int:
+    from trainer import compose  # only for runs that have not started (no summary yet)
+    return int(compose(overrides).meta_iterations)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("action", choices=["run", "status", "save"])
+    ap.add_argument("--jobs", type=int, default=2)
+    a = ap.parse_args(argv)
+    if a.action == "run":
+        return run(a.jobs)
+    if a.action == "save":
+        print(f"campaign: saved {sum(save(n) for n, _ in PLAN)} unfinished run(s)")
+        return 0
+    status()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
