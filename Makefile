@@ -32,7 +32,7 @@ OUT := runs/reproduce/$(PROFILE)
 SWEEP_OUT := runs/sweep/$(PROFILE)
 RECORDS := reports/records
 
-.PHONY: help setup reproduce large campaign campaign-status campaign-save test test-all lint sweep sweep-sinusoid sweep-omniglot deviations deviations-long report bench bench-tta gpu-check clean
+.PHONY: help setup reproduce large select campaign campaign-status campaign-save test test-all lint sweep sweep-sinusoid sweep-omniglot deviations deviations-long report bench bench-tta gpu-check clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -47,6 +47,7 @@ reproduce: setup  ## comparison a (published protocols, equal budgets) on Omnigl
 	rm -rf $(OUT)
 	{ for s in $(SEED_LIST); do for a in $(REVERSE_ALGOS); do \
 	    echo "omniglot_5w1s/$$a-s$$s train.py experiment=omniglot_5w_$$a seed=$$s $(call CAP,$(BUDGET_OMNIGLOT))"; \
+	  done; for a in imaml_release $(REVERSE_ALGOS) pretrained; do \
 	    echo "sinusoid/$$a-s$$s train.py experiment=sinusoid_$$a seed=$$s $(call CAP,$(BUDGET_SINUSOID))"; \
 	  done; done; for s in $(STUDIES); do echo "study/$$s study.py study=$$s"; done; } | PY=$(PY) tools/jobs.sh $(OUT)
 	$(PY) -m reporting.collect $(OUT) $(RECORDS)/reproduce-$(PROFILE)
@@ -60,6 +61,10 @@ large: setup  ## comparison a on Omniglot 20w1s and mini-ImageNet 5w1s (cpu: BUD
 	  done; done; } | PY=$(PY) tools/jobs.sh runs/large/$(PROFILE)
 	$(PY) -m reporting.collect runs/large/$(PROFILE) $(RECORDS)/large-$(PROFILE)
 	$(PY) report.py
+
+# Protocol choices no paper fixes, selected on validation tasks only (configs/selection.yaml).
+select: setup  ## selection on validation tasks (sinusoid: 4 tuned algorithms × 4 candidates × 1 min ≈ 20 min)
+	JOBS=$(or $(JOBS),2) $(PY) tools/selection.py sinusoid
 
 # The paper-budget campaign (tools/campaign.py): resumable across sessions, JOBS runs at a time.
 campaign: setup  ## runs to the papers' iteration counts (sinusoid, Omniglot 5w1s), resumable; SIGTERM saves state
@@ -133,10 +138,10 @@ TTA_IMAML := diagnostics=false meta_batch_size=8 inner_steps=3 test_inner_steps=
 	algorithm.hparams.lam=0.1 algorithm.hparams.cg_steps=2 algorithm.hparams.cg_damping=1.0 algorithm.hparams.lam_damping=10.0
 bench-tta: setup  ## time to accuracy, Omniglot 5w1s, MAML + iMAML (≈ 65 min) → reports/BENCHMARKS.md
 	rm -rf runs/bench/tta/maml runs/bench/tta/imaml-k3
-	OMP_NUM_THREADS=1 $(PY) -m bench.tta --algorithm maml --threads 1 batching=compile diagnostics=false & a=$$!; \
-	OMP_NUM_THREADS=1 $(PY) -m bench.tta --algorithm imaml --name imaml-k3 --threads 1 $(TTA_IMAML) & b=$$!; \
+	OMP_NUM_THREADS=1 $(PY) -m bench.tta algorithm=maml threads=1 batching=compile diagnostics=false & a=$$!; \
+	OMP_NUM_THREADS=1 $(PY) -m bench.tta algorithm=imaml name=imaml-k3 threads=1 $(TTA_IMAML) & b=$$!; \
 	wait $$a; ra=$$?; wait $$b; rb=$$?; [ $$ra -eq 0 ] && [ $$rb -eq 0 ]
-	$(PY) -m bench.tta --render
+	$(PY) -m bench.tta render=true
 
 gpu-check: setup  ## CUDA check (≤ 8 min on one H100): every algorithm briefly, MAML/iMAML time + memory vs K
 	$(PY) -m bench.gpu_check

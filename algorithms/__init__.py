@@ -8,22 +8,24 @@
 ``params``; ``info`` holds floats: ``query_loss_before``, ``query_loss_after``,
 ``inner_grad_norm`` (||∇G(φ_K)||) and, for iMAML, ``cg_residual``.
 
-Estimators (one file each): ``maml`` (second order, exact through the unroll),
-``fomaml``, ``reptile`` (pseudo-gradient θ − φ_K) and ``imaml`` (implicit gradient by CG;
-hparams ``lam``, ``cg_steps``, ``cg_damping``, ``lam_damping``, ``cg_tol``; inner optimizer
-sgd/momentum/adam or ``hf``). The inner config's ``prox_mode`` selects the paper's inner
-problem (``every_step``, default) or the official release's (``final_step``).
-:func:`meta_gradient_batch` runs a stacked meta-batch by a per-task loop or by
-``torch.func.vmap`` and averages; ``batching='compile'`` loops over a ``torch.compile``d
-estimator (TorchInductor fuses each task's graph; compiling takes seconds to minutes once
-per process and shape, then ~1.5× the eager speed on a 2-core CPU — ``make bench``). In
-float64 compiled and eager agree to ~1e-15 for every estimator (tests); in float32 they can
-differ by several per cent where the meta-gradient itself is ill-conditioned (Omniglot, α = 0.4,
-K ≥ 5) — as much as eager ``loop`` and ``vmap`` differ from each other there (BENCHMARKS.md).
-iMAML's ``hvp_mode='fwdrev'`` does not compile (torch 2.14) and is refused.
+Estimators (one file each): ``maml`` (Finn et al. 2017; second order, exact through the
+unroll), ``fomaml``, ``reptile`` (Nichol et al. 2018; pseudo-gradient θ − φ_K) and ``imaml``
+(Rajeswaran et al. 2019; implicit gradient by CG; hparams ``lam``, ``cg_steps``,
+``cg_damping``, ``lam_damping``, ``cg_tol``, ``hvp_mode``; inner optimizer sgd / momentum /
+adam or ``hf``). The inner config's ``prox_mode`` selects the paper's inner problem
+(``every_step``, default) or the official release's (``final_step``).
+
+:func:`meta_gradient_batch` averages over a stacked meta-batch, by a per-task loop, by
+``torch.func.vmap`` or by a loop over a ``torch.compile``d estimator (``batching``);
+:func:`meta_gradient_per_task` returns every task's own meta-gradient (vmap). The batching
+mode alone fixes the code path (:data:`CODE_PATHS`). The paths agree to rounding: in
+float64 to ~1e-15 (tests); in float32 they can differ visibly where the meta-gradient is
+ill-conditioned (BENCHMARKS.md). iMAML's ``hvp_mode='fwdrev'`` does not compile and is
+refused with ``batching='compile'``.
 """
 from __future__ import annotations
 
+import functools
 import inspect
 import math
 from collections.abc import Callable
@@ -40,6 +42,13 @@ from .reptile import reptile
 
 ESTIMATORS: dict[str, Callable] = {"maml": maml, "fomaml": fomaml, "reptile": reptile, "imaml": imaml}
 BATCHING = ("loop", "vmap", "compile")
+# The code path of each batching mode, which a run records: how it differentiates
+# (``linalg.gradient``), and whether the loss and metric run their ``fused`` variant where
+# they have one (``models``' conv4s: F.batch_norm, whose double backward fails under vmap).
+CODE_PATHS = {"loop": {"autodiff": "torch.autograd", "loss": "fused"},
+              "vmap": {"autodiff": "torch.func", "loss": "plain"},
+              "compile": {"autodiff": "torch.func", "loss": "fused"}}
+_OWN = ("loss_fn", "params", "support", "query", "inner", "autograd")  # not hparams
 _COMPILED: dict[str, Callable] = {}
 
 
@@ -50,8 +59,26 @@ def _compiled(name: str) -> Callable:
         _COMPILED[name] = torch.compile(ESTIMATORS[name], dynamic=False)
     return _COMPILED[name]
 
-__all__ = ["ESTIMATORS", "OPTIMIZERS", "PROX_MODES", "InnerConfig", "check_batching", "inner_objective",
-           "meta_gradient", "meta_gradient_batch", "resolve_cg_tol", "solve_inner", "validate"]
+
+@functools.cache
+def _hparams_of(estimator: Callable) -> frozenset[str]:
+    """The keyword arguments an estimator takes beyond the task (its signature, read once)."""
+    return frozenset(inspect.signature(estimator).parameters) - set(_OWN)
+
+
+def _on_path(batching: str, loss_fn, hparams: dict[str, Any]) -> tuple[Callable, dict[str, Any]]:
+    """``loss_fn`` and ``hparams`` (``metric_fn`` included) for ``batching``'s code path."""
+    path = CODE_PATHS[batching]
+    if path["loss"] == "fused":
+        loss_fn = getattr(loss_fn, "fused", loss_fn)
+        if hparams.get("metric_fn") is not None:
+            hparams = {**hparams, "metric_fn": getattr(hparams["metric_fn"], "fused", hparams["metric_fn"])}
+    return loss_fn, {**hparams, "autograd": path["autodiff"] == "torch.autograd"}
+
+
+__all__ = ["BATCHING", "CODE_PATHS", "ESTIMATORS", "OPTIMIZERS", "PROX_MODES", "InnerConfig", "check_batching",
+           "inner_objective", "meta_gradient", "meta_gradient_batch", "meta_gradient_per_task", "resolve_cg_tol",
+           "solve_inner", "validate"]
 
 
 def check_batching(batching: str, hparams: dict[str, Any]) -> None:
@@ -68,7 +95,7 @@ def validate(name: str, inner: InnerConfig | dict | None, hparams: dict[str, Any
     if name not in ESTIMATORS:
         raise ValueError(f"algorithm name={name!r} is unknown; allowed: {sorted(ESTIMATORS)}")
     cfg = InnerConfig.make(inner)
-    allowed = set(inspect.signature(ESTIMATORS[name]).parameters) - {"loss_fn", "params", "support", "query", "inner"}
+    allowed = _hparams_of(ESTIMATORS[name])
     unknown = sorted(set(hparams) - allowed)
     if unknown:
         own = sorted(allowed - {"metric_fn", "diagnostics_full"})  # those two are every estimator's options
@@ -102,10 +129,46 @@ def validate(name: str, inner: InnerConfig | dict | None, hparams: dict[str, Any
 
 def meta_gradient(name: str, loss_fn, params: dict[str, torch.Tensor], support, query,
                   inner: InnerConfig | dict | None = None, **hparams) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
-    """Meta-gradient of one task. See the module docstring."""
+    """Meta-gradient of one task, on the per-task loop's code path (outside ``torch.func`` transforms).
+
+    Args:
+        name: a key of :data:`ESTIMATORS`.
+        loss_fn: ``loss_fn(params, x, y) -> scalar``.
+        params: θ, a dict of tensors.
+        support, query: ``(x, y)`` of the task.
+        inner: an :class:`InnerConfig` or a dict of its fields.
+        **hparams: the estimator's own (e.g. iMAML's ``lam``), ``metric_fn``, ``diagnostics_full``.
+
+    Returns:
+        ``(grads, info)``: detached gradients with the keys of ``params``, floats in ``info``.
+    """
     cfg = validate(name, inner, hparams)
-    grads, aux = ESTIMATORS[name](loss_fn, params, support, query, cfg, **hparams)
+    loss_fn, hp = _on_path("loop", loss_fn, hparams)
+    grads, aux = ESTIMATORS[name](loss_fn, params, support, query, cfg, **hp)
     return {k: v.detach() for k, v in grads.items()}, {k: float(v) for k, v in aux.items()}
+
+
+def _vmapped(fn: Callable, loss_fn, params, tasks, cfg: InnerConfig, hparams: dict[str, Any]):
+    xs, ys, xq, yq = tasks
+
+    def one(xs_, ys_, xq_, yq_):
+        return fn(loss_fn, params, (xs_, ys_), (xq_, yq_), cfg, **hparams)
+
+    grads, aux = vmap(one)(xs, ys, xq, yq)
+    return {k: v.detach() for k, v in grads.items()}, {k: v.detach() for k, v in aux.items()}
+
+
+def meta_gradient_per_task(name: str, loss_fn, params: dict[str, torch.Tensor], tasks,
+                           inner: InnerConfig | dict | None = None,
+                           **hparams) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """Every task's own meta-gradient, under ``torch.func.vmap``.
+
+    Arguments as :func:`meta_gradient_batch`. Returns gradients and ``info`` tensors with a
+    leading task dimension.
+    """
+    cfg = validate(name, inner, hparams)
+    loss_fn, hp = _on_path("vmap", loss_fn, hparams)
+    return _vmapped(ESTIMATORS[name], loss_fn, params, tasks, cfg, hp)
 
 
 def meta_gradient_batch(name: str, loss_fn, params: dict[str, torch.Tensor], tasks,
@@ -113,23 +176,27 @@ def meta_gradient_batch(name: str, loss_fn, params: dict[str, torch.Tensor], tas
                         **hparams) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """Average meta-gradient over a meta-batch.
 
-    ``tasks = (xs, ys, xq, yq)`` stacked along a leading task dimension. ``batching`` is
-    ``loop`` (one task at a time), ``vmap`` (``torch.func.vmap`` over tasks) or ``compile``
-    (the loop over a ``torch.compile``d estimator); the same numbers up to float rounding.
-    Returns the mean gradient and per-task ``info`` tensors.
+    Args:
+        tasks: ``(xs, ys, xq, yq)`` stacked along a leading task dimension.
+        batching: ``loop`` (one task at a time), ``vmap`` (``torch.func.vmap`` over tasks) or
+            ``compile`` (the loop over a ``torch.compile``d estimator); it fixes the code
+            path, :data:`CODE_PATHS`.
+        The others as :func:`meta_gradient`.
+
+    Returns:
+        The mean gradient and per-task ``info`` tensors.
     """
     cfg = validate(name, inner, hparams)
     check_batching(batching, hparams)
+    loss_fn, hp = _on_path(batching, loss_fn, hparams)
     fn = _compiled(name) if batching == "compile" else ESTIMATORS[name]
-    xs, ys, xq, yq = tasks
     if batching == "vmap":
-        def one(xs_, ys_, xq_, yq_):
-            return fn(loss_fn, params, (xs_, ys_), (xq_, yq_), cfg, **hparams)
-        grads, aux = vmap(one)(xs, ys, xq, yq)
-        return {k: v.mean(0).detach() for k, v in grads.items()}, {k: v.detach() for k, v in aux.items()}
+        grads, aux = _vmapped(fn, loss_fn, params, tasks, cfg, hp)
+        return {k: v.mean(0) for k, v in grads.items()}, aux
+    xs, ys, xq, yq = tasks
     total, auxes = None, []
     for i in range(xs.shape[0]):
-        g, a = fn(loss_fn, params, (xs[i], ys[i]), (xq[i], yq[i]), cfg, **hparams)
+        g, a = fn(loss_fn, params, (xs[i], ys[i]), (xq[i], yq[i]), cfg, **hp)
         g = {k: v.detach() for k, v in g.items()}
         total = g if total is None else {k: total[k] + g[k] for k in g}
         auxes.append(a)

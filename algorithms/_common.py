@@ -14,9 +14,8 @@ def query_loss(loss_fn: LossFn, metric_fn: Callable | None, phi: Params, x: torc
     """The query loss (differentiable in φ) and ``{"query_metric_after": metric}`` (detached;
     empty without ``metric_fn``; a dict so it can be a transform's aux). One forward pass
     serves both when the two functions expose the same ``forward`` with a
-    ``criterion(out, y)`` / ``score(out, y)`` (as ``models`` builds them);
-    otherwise the metric costs its own forward — on mini-ImageNet's 75 query images that
-    second forward was ~half of a MAML K=1 meta-iteration (make bench)."""
+    ``criterion(out, y)`` / ``score(out, y)`` (as ``models`` builds them); otherwise the
+    metric costs its own forward."""
     if metric_fn is None:
         return loss_fn(phi, x, y), {}
     forward = getattr(loss_fn, "forward", None)
@@ -29,11 +28,12 @@ def query_loss(loss_fn: LossFn, metric_fn: Callable | None, phi: Params, x: torc
 
 def diagnostics(loss_fn: LossFn, theta: Params, phi: Params, support, query, lam: float,
                 query_loss_after: torch.Tensor, query_metric: dict[str, torch.Tensor],
-                full: bool) -> dict[str, torch.Tensor]:
+                full: bool, autograd: bool = False) -> dict[str, torch.Tensor]:
+    """The query loss and metric after adaptation; with ``full`` also the query loss at θ and ||∇G(φ_K)||."""
     phi = {k: v.detach() for k, v in phi.items()}
     aux = {"query_loss_after": query_loss_after.detach(), **{k: v.detach() for k, v in query_metric.items()}}
     if full:
         with torch.no_grad():
             aux["query_loss_before"] = loss_fn({k: v.detach() for k, v in theta.items()}, *query)
-        aux["inner_grad_norm"] = inner_grad_norm(loss_fn, phi, theta, support, lam)
+        aux["inner_grad_norm"] = inner_grad_norm(loss_fn, phi, theta, support, lam, autograd)
     return aux

@@ -9,11 +9,15 @@ from .inner import InnerConfig, solve_inner
 from .linalg import gradient
 
 
-def fomaml(loss_fn, params, support, query, inner: InnerConfig, metric_fn=None, diagnostics_full: bool = True):
-    phi = solve_inner(loss_fn, params, support, inner, detach=True)
+def fomaml(loss_fn, params, support, query, inner: InnerConfig, metric_fn=None, diagnostics_full: bool = True,
+           autograd: bool = False):
+    """FOMAML's meta-gradient of one task; arguments and returns as :func:`algorithms.maml.maml`."""
+    phi = solve_inner(loss_fn, params, support, inner, detach=True, autograd=autograd)
+
     def objective(p):
         loss, metric = query_loss(loss_fn, metric_fn, p, *query)
         return loss, (loss.detach(), metric)
 
-    grads, (qloss, qmetric) = gradient(objective, phi, has_aux=True)
-    return grads, diagnostics(loss_fn, params, phi, support, query, inner.lam, qloss, qmetric, diagnostics_full)
+    grads, (qloss, qmetric) = gradient(objective, phi, has_aux=True, autograd=autograd)
+    return grads, diagnostics(loss_fn, params, phi, support, query, inner.lam, qloss, qmetric, diagnostics_full,
+                              autograd)

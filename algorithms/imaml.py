@@ -12,25 +12,16 @@ Memory is independent of the inner steps K (no graph through the inner loop).
 
     ((1 + cg_damping)·I + H/(λ + lam_damping)) x = ∇L_query(φ_K)
 
-instead, the inner problem keeping its proximal weight λ. The official release uses
-``cg_damping=1, lam_damping=10``: with λ = 2 its system stays positive definite where the
-paper's is not (on Omniglot's conv4, λ_min(H) has a median of about −8 and goes down to −19:
-``study=assumptions dataset=omniglot``, reports/bench_tta/assumptions_omniglot/), at
-the price of a biased implicit gradient. Every run records the values.
-
-The release's inner loop is ``inner.prox_mode='final_step'`` (plain steps on L_support,
-then one step on the proximal term; ``algorithms/inner.py``); H is then the support-loss
-Hessian at the pulled-back φ, as here. ``cg_tol`` is its CG stopping rule
-(``utils.cg_solve``: stop once ||r||² < 1e-10, absolute); ``None`` (default) means 0 —
-always ``cg_steps`` iterations, the paper's "5 CG steps" — with ``prox_mode='every_step'``
-and the release's 1e-10 with ``'final_step'``, so that
+instead, the inner problem keeping its proximal weight λ. The official release
+(aravindr93/imaml_dev) uses ``cg_damping=1, lam_damping=10``, which keeps its system
+positive definite where the paper's need not be, at the price of a biased implicit
+gradient. With ``inner.prox_mode='final_step'`` (the release's inner loop, ``inner.py``)
 
     meta_gradient("imaml", ..., inner={"steps": K, "lr": α, "optimizer": "sgd",
                   "prox_mode": "final_step"}, lam=λ, cg_steps=5, cg_damping=1.0, lam_damping=10.0)
 
-is the release's per-task meta-gradient (``tests/test_imaml_release.py``); pass a number to
-set it independently. (With ``--cg_steps`` ≤ 1 the release skips CG and uses ∇L_query(φ)
-itself; here ``cg_steps=1`` is one CG step.)
+is the release's per-task meta-gradient. (With ``--cg_steps`` ≤ 1 the release skips CG and
+uses ∇L_query(φ) itself; here ``cg_steps=1`` is one CG step.)
 """
 from __future__ import annotations
 
@@ -44,7 +35,9 @@ RELEASE_CG_TOL = 1e-10  # imaml_dev utils.cg_solve(residual_tol=1e-10), on ||r||
 
 
 def resolve_cg_tol(cg_tol: float | None, inner: InnerConfig) -> float:
-    """The CG tolerance a run uses: ``cg_tol``, or by default the inner mode's own (module docstring)."""
+    """The CG tolerance a run uses: ``cg_tol``, or by default the inner mode's own: 0 with
+    ``prox_mode='every_step'`` (always ``cg_steps`` iterations, the paper's "5 CG steps") and
+    the release's 1e-10 with ``'final_step'``."""
     if cg_tol is not None:
         return float(cg_tol)
     return RELEASE_CG_TOL if inner.prox_mode == "final_step" else 0.0
@@ -52,8 +45,23 @@ def resolve_cg_tol(cg_tol: float | None, inner: InnerConfig) -> float:
 
 def imaml(loss_fn, params, support, query, inner: InnerConfig, lam: float = 2.0, cg_steps: int = 5,
           cg_damping: float = 0.0, lam_damping: float = 0.0, cg_tol: float | None = None, hvp_mode: str = "revrev",
-          metric_fn=None, diagnostics_full: bool = True):
-    phi = solve_inner(loss_fn, params, support, inner, detach=True, prox_lam=lam)
+          metric_fn=None, diagnostics_full: bool = True, autograd: bool = False):
+    """iMAML's implicit meta-gradient of one task.
+
+    Args:
+        lam: the proximal weight λ of the inner problem (Eq. 3).
+        cg_steps: CG iterations on the linear system.
+        cg_damping, lam_damping: the damped system above (0, 0: the paper's).
+        cg_tol: stop CG once ||r||² < cg_tol (absolute; the release's ``utils.cg_solve``);
+            None: :func:`resolve_cg_tol`.
+        hvp_mode: ``revrev`` (reverse-over-reverse) or ``fwdrev`` Hessian-vector products.
+        The others as :func:`algorithms.maml.maml`.
+
+    Returns:
+        ``(grads, info)`` as :func:`algorithms.maml.maml`, ``info`` with ``cg_residual``
+        (relative, from the CG recurrence).
+    """
+    phi = solve_inner(loss_fn, params, support, inner, detach=True, prox_lam=lam, autograd=autograd)
     gq, (qloss, qmetric) = grad_and_value(lambda p: query_loss(loss_fn, metric_fn, p, *query), has_aux=True)(phi)
     xs, ys = support
 
@@ -61,8 +69,8 @@ def imaml(loss_fn, params, support, query, inner: InnerConfig, lam: float = 2.0,
         return loss_fn(p, xs, ys)
 
     if hvp_mode == "revrev":
-        # Linearise ∇L_support at φ once; each CG step is then one pullback (same numbers
-        # as hvp(..., "revrev"), ~25% less time per iMAML iteration — make bench).
+        # Linearise ∇L_support at φ once; each CG step is then one pullback (the same numbers
+        # as hvp(..., "revrev"), without re-linearising per step).
         _, pullback = vjp(grad(support_loss), phi)
 
         def hess_vec(v):
@@ -77,6 +85,6 @@ def imaml(loss_fn, params, support, query, inner: InnerConfig, lam: float = 2.0,
 
     grads, rel_residual = conjugate_gradient(matvec, {k: v.detach() for k, v in gq.items()}, cg_steps,
                                              tol=resolve_cg_tol(cg_tol, inner))
-    aux = diagnostics(loss_fn, params, phi, support, query, lam, qloss, qmetric, diagnostics_full)
+    aux = diagnostics(loss_fn, params, phi, support, query, lam, qloss, qmetric, diagnostics_full, autograd)
     aux["cg_residual"] = rel_residual.detach()
     return {k: v.detach() for k, v in grads.items()}, aux

@@ -146,13 +146,15 @@ def _step(phi: Params, g: Params, state: dict[str, Params], cfg: InnerConfig, t:
 
 
 def solve_inner(loss_fn: LossFn, theta: Params, support: tuple[torch.Tensor, torch.Tensor],
-                cfg: InnerConfig, detach: bool = True, prox_lam: float | None = None) -> Params:
+                cfg: InnerConfig, detach: bool = True, prox_lam: float | None = None,
+                autograd: bool = False) -> Params:
     """Run the inner optimizer from φ₀ = θ and return φ_K (``prox_mode='final_step'``: the
     optimizer on L_support alone, then φ_K ← φ_K − lr·λ·(φ_K − θ)).
 
     ``detach=True`` (FOMAML, Reptile, iMAML): θ is detached and no graph is kept across
     steps, so memory is flat in K. ``detach=False`` (MAML): every step stays on the graph
     of the enclosing gradient so the meta-gradient is exact through the unroll.
+    ``prox_lam`` overrides ``cfg``'s proximal weight; ``autograd``: see :func:`linalg.gradient`.
     """
     lam = cfg.lam if prox_lam is None else prox_lam
     x, y = support
@@ -174,7 +176,7 @@ def solve_inner(loss_fn: LossFn, theta: Params, support: tuple[torch.Tensor, tor
         def G(p):
             return inner_objective(loss_fn, p, theta, xb, yb, 0.0 if final else lam)
 
-        g = gradient(G, phi, create_graph=not detach)
+        g = gradient(G, phi, create_graph=not detach, autograd=autograd)
         if detach:
             g = {k: v.detach() for k, v in g.items()}
         phi, state = _step(phi, g, state, cfg, t)
@@ -249,9 +251,11 @@ def _solve_hf(loss_fn: LossFn, theta: Params, x, y, cfg: InnerConfig, lam: float
     return phi
 
 
-def inner_grad_norm(loss_fn: LossFn, phi: Params, theta: Params, support, lam: float) -> torch.Tensor:
+def inner_grad_norm(loss_fn: LossFn, phi: Params, theta: Params, support, lam: float,
+                    autograd: bool = False) -> torch.Tensor:
     """||∇G(φ)||: how well the inner problem was solved (iMAML's δ)."""
     x, y = support
     theta = {k: v.detach() for k, v in theta.items()}
-    g = gradient(lambda p: inner_objective(loss_fn, p, theta, x, y, lam), {k: v.detach() for k, v in phi.items()})
+    g = gradient(lambda p: inner_objective(loss_fn, p, theta, x, y, lam), {k: v.detach() for k, v in phi.items()},
+                 autograd=autograd)
     return tree_norm(g).detach()

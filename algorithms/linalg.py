@@ -42,17 +42,24 @@ def tree_unflatten(vec: torch.Tensor, like: Params) -> Params:
     return out
 
 
-def gradient(f: Callable, params: Params, has_aux: bool = False, create_graph: bool = False):
+def gradient(f: Callable, params: Params, has_aux: bool = False, create_graph: bool = False,
+             autograd: bool = False):
     """∇f(params), with f's aux when ``has_aux`` (f then returns ``(value, aux)``).
 
-    Inside a ``torch.func`` transform (``vmap``, an enclosing ``grad``) or ``torch.compile`` this
-    is ``torch.func.grad``. Outside them it is ``torch.autograd.grad`` of the same function: the
-    same arithmetic without functorch's per-op wrapping, which costs most on the small kernels
-    of a per-task loop (``make bench``, "your own module"). ``create_graph=True`` keeps the graph
-    through the inputs, so that an enclosing ``gradient`` differentiates through the result (the
-    MAML unroll).
+    Args:
+        f: scalar function of a parameter dict.
+        params: where to differentiate.
+        has_aux: f returns ``(value, aux)``; aux is returned beside the gradient.
+        create_graph: keep the graph through the inputs, so that an enclosing ``gradient``
+            differentiates through the result (the MAML unroll; ``autograd=True`` only).
+        autograd: ``torch.autograd.grad``, the same arithmetic without functorch's per-op
+            wrapping; valid only outside ``torch.func`` transforms and ``torch.compile``
+            (the per-task loop). False: ``torch.func.grad``, valid anywhere.
+
+    Returns:
+        The gradient dict (zeros for unused inputs), and aux when ``has_aux``.
     """
-    if torch._C._functorch.peek_interpreter_stack() is not None or torch.compiler.is_compiling():
+    if not autograd:
         return grad(f, has_aux=has_aux)(params)
     with torch.enable_grad():
         p = {k: v if create_graph and v.requires_grad else v.detach().requires_grad_() for k, v in params.items()}

@@ -13,9 +13,12 @@ from ._common import diagnostics, query_loss
 from .inner import InnerConfig, solve_inner
 
 
-def reptile(loss_fn, params, support, query, inner: InnerConfig, metric_fn=None, diagnostics_full: bool = True):
-    phi = solve_inner(loss_fn, params, support, inner, detach=True)
+def reptile(loss_fn, params, support, query, inner: InnerConfig, metric_fn=None, diagnostics_full: bool = True,
+            autograd: bool = False):
+    """Reptile's pseudo-gradient θ − φ_K of one task; arguments and returns as :func:`algorithms.maml.maml`."""
+    phi = solve_inner(loss_fn, params, support, inner, detach=True, autograd=autograd)
     grads = {k: params[k].detach() - phi[k] for k in params}
     with torch.no_grad():
         qloss, qmetric = query_loss(loss_fn, metric_fn, phi, *query)
-    return grads, diagnostics(loss_fn, params, phi, support, query, inner.lam, qloss, qmetric, diagnostics_full)
+    return grads, diagnostics(loss_fn, params, phi, support, query, inner.lam, qloss, qmetric, diagnostics_full,
+                              autograd)

@@ -4,7 +4,7 @@ Times meta-iterations of every estimator (MAML, FOMAML, Reptile, iMAML-GD, iMAML
 Omniglot 5w1s / 20w1s, mini-ImageNet 5w1s and the sinusoid for K ∈ {1, 5, 16} inner steps,
 against learn2learn 0.2.0's MAML in the same process on the same tasks and initial weights;
 peak memory at two K; per-task loop vs ``torch.func.vmap``; the share of task sampling.
-Writes its section of ``reports/BENCHMARKS.md`` (and the raw record beside it as JSON).
+Writes its section of BENCHMARKS.md (and the raw record beside it as JSON).
 
 Modules: :mod:`bench.workloads` (what is measured), :mod:`bench.peer` (learn2learn),
 :mod:`bench.measure` (timing / memory), :mod:`bench.run` (the plan and budget),

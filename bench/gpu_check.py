@@ -1,6 +1,6 @@
-"""``make gpu-check``: the CUDA check, sized for ≤ 8 minutes on one H100.
+"""``make gpu-check``: the CUDA check, sized to a fixed budget (``--budget-s``).
 
-    python -m bench.gpu_check [--out-dir DIR] [--report reports/BENCHMARKS.md] [--budget-s 450]
+    python -m bench.gpu_check [--out-dir DIR] [--report PATH] [--budget-s 450]
 
 1. A short training run of every algorithm (``train.py … device=cuda``, Omniglot 5-way
    1-shot when the data is there, else the sinusoid): status, test accuracy (95% CI),

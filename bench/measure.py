@@ -220,8 +220,8 @@ def memory_of(problem: Problem, est: Estimator | None, steps: int, tasks, batchi
 
 def equal_gradient_check(problem: Problem, est: Estimator, steps: int, tasks, module: bool = False) -> float:
     """‖ours − learn2learn‖ / ‖learn2learn‖ of the MAML meta-gradient of the first task, in
-    float64 on the CPU from the same initial weights: an exact oracle (float32 is no use at
-    α = 0.4, where rounding alone moves the result by ~1% after a few steps). ``module``: ours
+    float64 on the CPU from the same initial weights: an exact oracle (in float32 at α = 0.4
+    rounding alone moves the result visibly after a few steps). ``module``: ours
     runs on learn2learn's ``torch.nn`` module through ``functional_call``
     (:func:`bench.peer.module_problem`) instead of our pure model."""
     params = {k: v.detach().to("cpu", torch.float64) for k, v in problem.params.items()}

@@ -1,22 +1,23 @@
 """Time to accuracy: test accuracy against training wall-clock, Omniglot 5-way 1-shot.
 
-    python -m bench.tta --algorithm maml  [--minutes 5,10,15,20,30,40,50,60] [--threads N]
-                        [--name NAME] [train.py overrides ...]
-    python -m bench.tta --render          # the section of reports/BENCHMARKS.md + figure
+    python -m bench.tta algorithm=maml [minutes=[5,10,15,20,30,40,50,60]] [threads=N] [name=NAME]
+                        [run_dir=DIR] [continue=true] [train.py overrides ...]
+    python -m bench.tta render=true      # the time-to-accuracy section of BENCHMARKS.md and its figure
 
-One training run per algorithm (``train.py experiment=omniglot_5w_<algorithm>``, the paper's
-protocol, with ``batching=auto``) is grown in segments: ``max_train_minutes`` = 5, then 10,
-… 60, each segment resuming the previous one's checkpoint (bit-identical to one
-uninterrupted run) and ending with the trainer's own test evaluation on the fixed 600 test
-tasks (95% CI). Minutes are training wall-clock as the trainer counts it (meta-gradients,
-outer steps and task sampling; not evaluation or checkpoints). Each finished segment's
-numbers and its ``summary.json`` go to ``reports/bench_tta/<name>.json`` (name: the algorithm
-unless given); ``--render`` turns every record there into the table and
-``reports/bench_tta/tta_omniglot_5w1s.png`` (beside its records: the report generator owns ``reports/figures/``).
+Every argument is a Hydra-style ``key=value`` override: the keys above are this tool's, any
+other one goes to ``train.py``. One training run per algorithm (``train.py
+experiment=omniglot_5w_<algorithm>``, the paper's protocol, with ``batching=auto``) is grown in
+segments: ``max_train_minutes`` = 5, then 10, … 60, each segment resuming the previous one's
+checkpoint (bit-identical to one uninterrupted run) and ending with the trainer's own test
+evaluation on the fixed 600 test tasks (95% CI). Minutes are training wall-clock as the trainer
+counts it (meta-gradients, outer steps and task sampling; not evaluation or checkpoints). Each
+finished segment's numbers and its ``summary.json`` go to the record ``<name>.json`` in
+:data:`RECORDS` (name: the algorithm unless given); ``render=true`` turns every record there
+into the table and the figure :data:`FIGURE`. ``continue=true`` grows the recorded run
+``<name>`` to the marks beyond its last one.
 """
 from __future__ import annotations
 
-import argparse
 import datetime as _dt
 import json
 import os
@@ -25,6 +26,8 @@ import shlex
 import sys
 import time
 from pathlib import Path
+
+from omegaconf import OmegaConf
 
 from atomic import atomic_write_json, atomic_write_text
 
@@ -37,14 +40,31 @@ ALGORITHMS = ("maml", "imaml")
 TARGET, MINIMUM = 0.97, 0.95
 
 
-def _minutes(text: str) -> list[float]:
-    try:
-        vals = [float(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected increasing minutes, e.g. 5,10,30,60") from None
-    if not vals or min(vals) <= 0 or vals != sorted(set(vals)):
-        raise argparse.ArgumentTypeError(f"{text!r}: expected increasing minutes > 0, e.g. 5,10,30,60")
-    return vals
+OPTIONS = {"algorithm": None, "minutes": [5, 10, 15, 20, 30, 40, 50, 60], "threads": None, "name": None,
+           "run_dir": None, "render": False, "continue": False}  # this tool's keys; the rest go to train.py
+
+
+def _fail(message: str):
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def parse(argv: list[str]) -> tuple[dict, list[str]]:
+    """This tool's options (``key=value`` for the keys of :data:`OPTIONS`) and the train.py overrides."""
+    bad = [a for a in argv if "=" not in a or a.startswith("-")]
+    if bad:
+        _fail(f"{bad}: give key=value overrides (python -m bench.tta algorithm=maml threads=1 ...)")
+    own = [a for a in argv if a.split("=", 1)[0] in OPTIONS]
+    opts = {**OPTIONS, **OmegaConf.to_container(OmegaConf.from_dotlist(own))}
+    minutes = opts["minutes"]
+    if isinstance(minutes, (int, float)):
+        minutes = [minutes]
+    ok = isinstance(minutes, list) and minutes and all(isinstance(m, (int, float)) and m > 0 for m in minutes)
+    if not ok or minutes != sorted(set(minutes)):
+        _fail(f"minutes={opts['minutes']!r}: expected increasing minutes > 0, e.g. minutes=[5,10,30,60]")
+    if opts["algorithm"] is not None and opts["algorithm"] not in ALGORITHMS:
+        _fail(f"algorithm={opts['algorithm']!r}; allowed: {list(ALGORITHMS)}")
+    return {**opts, "minutes": [float(m) for m in minutes]}, [a for a in argv if a not in own]
 
 
 def overrides(algorithm: str, data_root: str, extra: list[str]) -> list[str]:
@@ -139,7 +159,7 @@ def render(log=print) -> str:
     """The time-to-accuracy section (and figure) from every record under ``RECORDS``."""
     records = _load_records()
     if not records:
-        raise SystemExit(f"error: no records under {RECORDS}; run `python -m bench.tta --algorithm maml` first")
+        raise SystemExit(f"error: no records under {RECORDS}; run `python -m bench.tta algorithm=maml` first")
     marks = sorted({seg["max_train_minutes"] for r in records.values() for seg in r["segments"]})
     lines = ["## Time to accuracy: Omniglot 5-way 1-shot (`python -m bench.tta`)", "",
              "Test accuracy on the fixed 600 test tasks (mean ± 95% CI) and meta-iterations done after the given "
@@ -221,44 +241,39 @@ def splice(text: str, section: str) -> str:
 def main(argv=None) -> int:
     from datasets.store import data_root
 
-    p = argparse.ArgumentParser(prog="python -m bench.tta", description=__doc__.split("\n\n")[0])
-    p.add_argument("--algorithm", choices=ALGORITHMS)
-    p.add_argument("--minutes", type=_minutes, default=[5, 10, 15, 20, 30, 40, 50, 60])
-    p.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's, all cores)")
-    p.add_argument("--name", help="record name: reports/bench_tta/<name>.json (default: the algorithm)")
-    p.add_argument("--run-dir", type=Path, help="default runs/bench/tta/<name>")
-    p.add_argument("--data-root", default=None, help="default $METAGRAD_DATA, else ./data")
-    p.add_argument("--render", action="store_true", help="only write the BENCHMARKS.md section from the records")
-    p.add_argument("--continue", dest="cont", action="store_true",
-                   help="continue the recorded run <name> to the marks beyond its last one (resume=true)")
-    p.add_argument("overrides", nargs="*", help="extra train.py overrides (e.g. meta_batch_size=16)")
-    a = p.parse_args(argv)
-    if a.render:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if {"-h", "--help"} & set(argv):
+        print(__doc__)
+        return 0
+    a, extra = parse(argv)
+    if a["render"]:
         section = render()
         atomic_write_text(BENCHMARKS, splice(BENCHMARKS.read_text() if BENCHMARKS.exists() else "# Benchmarks\n", section))
         print(f"wrote the time-to-accuracy section of {BENCHMARKS.relative_to(ROOT)}")
         return 0
-    if not a.algorithm:
-        p.error("give --algorithm maml|imaml (or --render)")
-    if a.threads:
+    if not a["algorithm"]:
+        _fail(f"give algorithm={'|'.join(ALGORITHMS)} (or render=true)")
+    if a["threads"]:
         import torch
-        torch.set_num_threads(a.threads)
-    name = a.name or a.algorithm
+        torch.set_num_threads(int(a["threads"]))
+    name = str(a["name"] or a["algorithm"])
     if not name.replace("_", "").replace("-", "").isalnum():
-        p.error(f"--name {name!r}: use letters, digits, '-' and '_'")
-    run_dir = a.run_dir or ROOT / "runs" / "bench" / "tta" / name
-    if a.cont:
+        _fail(f"name={name!r}: use letters, digits, '-' and '_'")
+    run_dir = Path(a["run_dir"]) if a["run_dir"] else ROOT / "runs" / "bench" / "tta" / name
+    if a["continue"]:
         path = RECORDS / f"{name}.json"
         if not path.exists():
-            p.error(f"--continue: no record {path}; start the run without --continue")
+            _fail(f"continue=true: no record {path}; start the run without continue=true")
         record = json.loads(path.read_text())
         if not (ROOT / record["run_dir"] / "ckpt.pt").exists():
-            p.error(f"--continue: the run folder {record['run_dir']} has no checkpoint to resume")
-        run(a.algorithm, a.minutes, run_dir, "", [], name, record=record)
+            _fail(f"continue=true: the run folder {record['run_dir']} has no checkpoint to resume")
+        run(a["algorithm"], a["minutes"], run_dir, "", [], name, record=record)
         return 0
     if run_dir.exists() and any(run_dir.iterdir()):
-        p.error(f"{run_dir} is not empty: remove it or pass another --run-dir (segments resume from it)")
-    run(a.algorithm, a.minutes, run_dir, str(data_root(a.data_root)), a.overrides, name)
+        _fail(f"{run_dir} is not empty: remove it or pass another run_dir= (segments resume from it)")
+    root = next((o.split("=", 1)[1] for o in extra if o.startswith("data.root=")), None)
+    run(a["algorithm"], a["minutes"], run_dir, str(data_root(root)), [o for o in extra if not o.startswith("data.root=")],
+        name)
     return 0
 
 

@@ -74,8 +74,7 @@ class SyntheticTasks:
 
 def _make_resident(source) -> None:
     """Touch one byte per page of the memory-mapped uint8 image cache, so sampling is timed on
-    images in memory, as in a run past its first iterations — not on first-touch page faults
-    (a cold mini-ImageNet cache costs up to ~0.3 s on the first meta-batch, falling as pages load)."""
+    images in memory, as in a run past its first iterations — not on first-touch page faults."""
     images = getattr(source, "images", None)
     if isinstance(images, torch.Tensor) and images.numel():
         images.reshape(-1)[::4096].sum()

@@ -16,10 +16,8 @@ Decoded once into uint8 ``(100, 600, 3, 84, 84)``: classes sorted by name within
 Model input: ``x = (u/255 − mean) / std`` per channel with ``mean = (120.39586422,
 115.59361427, 104.54012653)/255`` and ``std = (70.68188272, 68.27635443, 72.54505529)/255``:
 the constants of learn2learn 0.2.0's ``mini_imagenet_tasksets(data_augmentation='lee2019')``
-(from MetaOptNet, Lee et al. 2019). Our rendering's own training-split statistics are
-mean (120.11, 114.71, 102.89), std (70.25, 68.21, 71.94) per channel over all
-training-split pixels (measured once; ``images.zip`` sha256 73b1ce88…). The MAML reference
-code only scales to [0, 1]: ``dataset.normalize: false``.
+(from MetaOptNet, Lee et al. 2019). The MAML reference code only scales to [0, 1]:
+``dataset.normalize: false``.
 """
 from __future__ import annotations
 
@@ -61,21 +59,21 @@ def validate(cfg) -> None:
 # ---------------------------------------------------------------- locating
 def locate(root: Path, download: bool = False) -> dict[str, Path]:
     """``{'images': zip-or-folder, 'train': csv, ...}`` or ``{'train': pkl, ...}`` (key 'pickles')."""
-    dirs = [root / "mini-imagenet", root / "miniimagenet", root]
-    for d in dirs:
-        csvs = {s: d / f"{s}.csv" for s in SPLITS}
-        if all(p.is_file() for p in csvs.values()):
-            for img in (d / "images.zip", d / "images"):
-                if img.exists():
-                    return {"images": img, **csvs}
-        pkls = {s: d / f"mini-imagenet-cache-{m}.pkl" for s, m in PKL_MODE.items()}
-        if all(p.is_file() for p in pkls.values()):
-            return {"pickles": d, **pkls}
-    if download:
-        return _download(root / "mini-imagenet")
-    raise store.not_found("mini-ImageNet", root, dirs, "images.zip (or images/) with train.csv, val.csv, test.csv, or "
-                          "for mini-imagenet-cache-{train,validation,test}.pkl", f"{SOURCE_HELP} into "
-                          f"{root / 'mini-imagenet'}", "learn2learn's pickles; its links are known to die")
+    return store.locate("mini-ImageNet", root, ["mini-imagenet", "miniimagenet"], _find,
+                        "images.zip (or images/) with train.csv, val.csv, test.csv, or "
+                        "for mini-imagenet-cache-{train,validation,test}.pkl", f"{SOURCE_HELP} into "
+                        f"{root / 'mini-imagenet'}", partial(_download, root / "mini-imagenet") if download else None,
+                        "learn2learn's pickles; its links are known to die")
+
+
+def _find(d: Path) -> dict[str, Path] | None:
+    csvs = {s: d / f"{s}.csv" for s in SPLITS}
+    if all(p.is_file() for p in csvs.values()):
+        for img in (d / "images.zip", d / "images"):
+            if img.exists():
+                return {"images": img, **csvs}
+    pkls = {s: d / f"mini-imagenet-cache-{m}.pkl" for s, m in PKL_MODE.items()}
+    return {"pickles": d, **pkls} if all(p.is_file() for p in pkls.values()) else None
 
 
 def _download(dest: Path) -> dict[str, Path]:

@@ -1,50 +1,26 @@
 """Omniglot (Lake et al. 2015) few-shot classification, MAML protocol (Finn et al. 2017 §5.2
 and reference code; learn2learn 0.2.0's ``omniglot_tasksets``).
 
-Data: ``images_background`` (30 alphabets / 964 characters / 19,280 images) and
-``images_evaluation`` (20 / 659 / 13,180), 20 images per character, as the two zips
-(official or repacked: verified by content, not by the archive's hash) or extracted
+Data: ``images_background`` (30 alphabets / 964 characters) and ``images_evaluation``
+(20 / 659), 20 images per character, as the two zips (verified by content) or extracted
 folders (torchvision's ``omniglot-py/`` layout), under ``<root>/omniglot``,
-``<root>/omniglot-py`` or ``<root>``.
+``<root>/omniglot-py`` or ``<root>``. Decoded once to uint8: greyscale, 28×28 with LANCZOS
+(``resample: nearest`` reproduces MAML's resize script, where Pillow silently used
+NEAREST on mode-'1' files). Model input ``x = 1 − u/255`` (``invert: false``: the iMAML
+release's ``u/255``).
 
-Decoding (once, cached as uint8): PNG → greyscale 'L' → 28×28 with LANCZOS (learn2learn /
-torchvision). Note: MAML's resize script called LANCZOS on the mode-'1' files, which Pillow
-silently replaces by NEAREST for that mode; ``dataset.resample: nearest`` reproduces it.
-Model input: ``x = 1 − u/255`` (strokes 1, background 0; ``invert: false`` gives the
-iMAML release's un-inverted images).
+Options (``dataset.*``):
 
-Split: the 1,623 characters, listed in sorted order of ``set/alphabet/character`` (so the
-split never depends on the file system's listing order), are shuffled by
-``random.Random(split_seed)`` and cut into 1,100 train / 100 val / 423 test. The splits
-are slices of one permutation, hence disjoint; every sampled task draws only from its
-split's classes (``tests/test_data_omniglot.py`` checks both). A split may be empty but
-train and test: the official iMAML release (aravindr93/imaml_dev) uses
-``split_seed: 123`` and ``{train: 1200, val: 0, test: 423}`` — its scripts shuffle
-``list(range(1623))`` with ``random.seed(123)`` and cut at 1,200, over the characters of
-``images_background`` then ``images_evaluation``, alphabets sorted, characters in
-``os.listdir`` order (sorted order here, which makes this split the release's exactly when
-its listing was sorted); the trainer then skips validation.
-
-``test_split: release_leaky`` (never the default) replaces the test characters by those
-the release's evaluation script (``examples/measure_accuracy.py``) uses: the same shuffle
-with seed 12345, characters 1,200 onwards. Most of them are meta-training characters
-(310 of 423 against the release's training split); the run prints the overlap and
-records it (``split_record``), and the test fingerprint changes with it.
-
-Rotations (``rotations``, quarter-turns from {0, 90, 180, 270} degrees):
-- ``rotation_mode: per_task`` (default; MAML TF reference and learn2learn): within a task
-  each class gets one rotation drawn uniformly, shared by its support and query images;
-  classes are characters (1,100 train). Applied on the splits in ``rotate_splits``
-  (default all three, as both references do).
-- ``rotation_mode: new_classes`` (Santoro et al. 2016; Vinyals et al. 2016): each
-  (character, rotation) is a class of its own, 4 × 1,100 train classes; all rotations of a
-  character stay in the character's split.
-- The iMAML release draws a rotation per class (``scipy.ndimage.rotate`` by 0/90/180/270°)
-  every time it loads a task, on every split: ``per_task`` here, since every task here is
-  drawn afresh. (The release draws its tasks from a fixed pool of pre-generated task
-  definitions, re-rotated at each load; that pool is not reproduced.)
-
-Tasks: ``datasets/tasks.py`` (learn2learn's TaskDataset by default; costs measured there).
+- ``split_seed``, ``split``: the 1,623 characters, sorted by ``set/alphabet/character``, shuffled
+  by ``random.Random(split_seed)`` and cut into train / val / test (default 1,100 / 100 / 423;
+  the iMAML release, aravindr93/imaml_dev: seed 123 and 1,200 / 0 / 423). See :func:`split_classes`.
+- ``test_split``: ``standard`` or ``release_leaky`` (the release's evaluation characters,
+  :func:`release_eval_classes`; mostly meta-training characters, so never the default).
+- ``rotations``, ``rotation_mode``, ``rotate_splits``: quarter-turn augmentation. ``per_task``
+  (MAML reference, learn2learn, the iMAML release): each class of a task gets one rotation,
+  shared by its support and query images. ``new_classes`` (Santoro et al. 2016; Vinyals et
+  al. 2016): each (character, rotation) is a class of its own, within the character's split.
+- ``sampler``: see :mod:`datasets.tasks`.
 """
 from __future__ import annotations
 
@@ -111,21 +87,21 @@ def validate(cfg) -> None:
 # ---------------------------------------------------------------- data
 def locate(root: Path, download: bool = False) -> dict[str, Path]:
     """The two sources (zip preferred, else extracted folder) under the data root."""
-    dirs = [root / "omniglot", root / "omniglot-py", root]
-    for d in dirs:
-        found = {}
-        for s in SETS:
-            if (d / f"{s}.zip").is_file():
-                found[s] = d / f"{s}.zip"
-            elif (d / s).is_dir():
-                found[s] = d / s
-        if len(found) == len(SETS):
-            return found
-    if download:
-        return _download(root)
-    raise store.not_found("Omniglot", root, dirs, "images_background.zip and images_evaluation.zip (or the extracted "
-                          "images_background/ and images_evaluation/ folders)", f"them from {SOURCE_HELP} into "
-                          f"{root / 'omniglot'}", "torchvision; needs a writable root")
+    return store.locate("Omniglot", root, ["omniglot", "omniglot-py"], _find,
+                        "images_background.zip and images_evaluation.zip (or the extracted "
+                        "images_background/ and images_evaluation/ folders)",
+                        f"them from {SOURCE_HELP} into {root / 'omniglot'}",
+                        partial(_download, root) if download else None, "torchvision; needs a writable root")
+
+
+def _find(d: Path) -> dict[str, Path] | None:
+    found = {}
+    for s in SETS:
+        if (d / f"{s}.zip").is_file():
+            found[s] = d / f"{s}.zip"
+        elif (d / s).is_dir():
+            found[s] = d / s
+    return found if len(found) == len(SETS) else None
 
 
 def _download(root: Path) -> dict[str, Path]:
@@ -187,7 +163,12 @@ def split_classes(keys: list[str], seed: int, sizes: dict[str, int],
                   test_split: str = "standard") -> dict[str, list[int]]:
     """Indices into ``keys`` per split: one seeded permutation of the sorted list cut
     into consecutive slices, so the splits are disjoint and independent of listing order.
-    ``test_split='release_leaky'``: the test split is :func:`release_eval_classes` instead."""
+    ``test_split='release_leaky'``: the test split is :func:`release_eval_classes` instead.
+
+    The iMAML release shuffles ``list(range(1623))`` with ``random.seed(123)`` and cuts at
+    1,200, over the characters of ``images_background`` then ``images_evaluation``, alphabets
+    sorted, characters in ``os.listdir`` order: seed 123 with sizes 1,200 / 0 / 423 here is its
+    split exactly when that listing was sorted."""
     ordered = sorted(keys)
     pos = {k: i for i, k in enumerate(keys)}
     perm = list(ordered)

@@ -184,6 +184,31 @@ def _lock(path: Path):
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
+def locate(dataset: str, root: Path, folders: list[str], find: Callable[[Path], dict | None], wants: str,
+           get: str, download: Callable[[], dict] | None, download_note: str) -> dict:
+    """A dataset's source files under the data root.
+
+    Args:
+        dataset: the name in the error message.
+        root: the data root; ``root/<folder>`` for each of ``folders``, then ``root`` itself, are searched.
+        find: ``find(folder)`` → the dataset's files in that folder, or None.
+        wants, get, download_note: the not-found error's what is looked for, where to get
+            it and what the download needs (:func:`not_found`).
+        download: fetches the files when none is found (None: do not download).
+
+    Returns:
+        ``find``'s result for the first folder that has the files, else ``download()``'s.
+    """
+    dirs = [root / f for f in folders] + [root]
+    for d in dirs:
+        found = find(d)
+        if found:
+            return found
+    if download is not None:
+        return download()
+    raise not_found(dataset, root, dirs, wants, get, download_note)
+
+
 def not_found(dataset: str, root: Path, dirs: list[Path], wants: str, get: str, download: str) -> DataError:
     """The error of a dataset absent under the data root: where it looked, for what, and the
     three fixes (get the files, point the data root elsewhere, or download)."""

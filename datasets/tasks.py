@@ -8,21 +8,14 @@ of the ``torch.Generator`` they are given:
   ``LoadData`` → ``RemapLabels`` over an ``l2l.data.MetaDataset`` of the split. learn2learn
   samples each task's description (every random draw it makes); the pixels are then
   gathered from the uint8 tensor in one indexing op rather than by learn2learn's per-image
-  ``LoadData`` calls — the same tasks and labels as ``TaskDataset.__getitem__`` (tested),
-  3× cheaper on mini-ImageNet. learn2learn draws from Python's global ``random``; each
-  ``sample`` call draws one seed from the torch generator, seeds ``random`` with it (the
-  per-class task rotations are drawn from it too) and restores the caller's ``random``
-  state afterwards, so tasks follow the generator and nothing else is disturbed. (Not
-  thread-safe: one sampling thread.) ``import learn2learn`` takes several seconds (it
-  imports gym); it happens on first use.
+  ``LoadData`` calls — the same tasks and labels as ``TaskDataset.__getitem__`` (tested).
+  learn2learn draws from Python's global ``random``; each ``sample`` call draws one seed
+  from the torch generator, seeds ``random`` with it (the per-class task rotations are
+  drawn from it too) and restores the caller's ``random`` state afterwards, so tasks follow
+  the generator and nothing else is disturbed. (Not thread-safe: one sampling thread.)
+  learn2learn is imported on first use.
 - ``torch`` — the same distribution drawn directly with the generator (vectorised); no
   learn2learn needed. Different draws than ``learn2learn`` for the same seed.
-
-Cost (CPU, OMP_NUM_THREADS=1, medians of 20 meta-batches, ms per task including the float
-conversion; ``learn2learn`` / ``torch``): Omniglot 5w1s (1 query) 0.07 / 0.10, 20w5s (5
-query) 1.0 / 0.65; mini-ImageNet 5w1s (15 query) 2.7 / 2.2, 5w5s 3.5 / 2.6 (it was
-9.5 ms for 5w1s when learn2learn loaded each image). For mini-ImageNet the gather and the
-uint8 → float conversion of 80 images dominate (pass ``device=`` to convert on the GPU).
 
 Within a task, ``k = shots + query_shots`` distinct images are drawn per class without
 replacement (in random order); the first ``shots`` form the support set, the rest the

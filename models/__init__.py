@@ -22,6 +22,8 @@ the whole query set as one batch (MAML reference and the iMAML release; the defa
 ``bn_mode='per_example'`` evaluates each query image together with the support set
 (Nichol et al. 2018's non-transductive protocol) — the trainer implements the latter at
 evaluation time. No running statistics exist, so the functions are pure and run under ``vmap``.
+A conv4's forward, and the losses and metrics built on it, carry a ``fused`` variant on
+``F.batch_norm`` for use outside ``vmap`` (:func:`batch_norm`).
 """
 from __future__ import annotations
 
@@ -95,36 +97,37 @@ def init_conv4(g: torch.Generator, ways: int, channels: int, filters: int, feat_
     return p
 
 
-def _under_vmap() -> bool:
-    """Whether a ``torch.func.vmap`` transform is active (at any level of the functorch stack)."""
-    stack = torch._C._functorch.get_interpreter_stack()
-    return bool(stack) and any(i.key() == torch._C._functorch.TransformType.Vmap for i in stack)
+def batch_norm(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, eps: float = BN_EPS,
+               fused: bool = False) -> torch.Tensor:
+    """Batch norm with the batch's own statistics (biased variance), no running stats (Ioffe & Szegedy 2015).
 
+    Args:
+        x: ``(N, C, H, W)`` feature maps.
+        w, b: per-channel scale and shift.
+        eps: added to the variance.
+        fused: ``F.batch_norm``'s fused kernels, as learn2learn uses; valid only outside
+            ``vmap``, where their double backward fails with a batched cotangent (iMAML's
+            reverse-over-reverse HVP). False: the same function written out (one reduction
+            for both statistics, the scale w/sqrt(var + eps) formed per channel), valid anywhere.
 
-def batch_norm(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, eps: float = BN_EPS) -> torch.Tensor:
-    """Batch norm with the batch's own statistics (biased variance), no running stats.
-
-    Outside ``vmap`` (the per-task loop, ``batching=compile``): ``F.batch_norm``, as
-    learn2learn uses, whose fused kernels make a MAML meta-iteration on mini-ImageNet's 84×84
-    maps ~1.6× faster (make bench). Under ``vmap``: the same function written out,
-    because F.batch_norm's double backward fails there with a batched cotangent (iMAML's
-    reverse-over-reverse HVP: "accessing `data` under vmap transform", torch 2.14); one
-    fused reduction for both statistics, and the scale w/sqrt(var + eps) formed per channel
-    before it touches the feature map. In float64 the two agree to rounding
-    (tests/test_core_batching.py). In float32 the fused form was the less accurate on a few
-    Omniglot tasks (meta-gradient error up to 4e-2 at K=1 against 2e-6; BENCHMARKS.md)."""
-    if torch.compiler.is_compiling() or not _under_vmap():  # batching=compile never vmaps
+    Returns:
+        The normalised, scaled and shifted ``x``. The two forms agree to rounding.
+    """
+    if fused:
         return F.batch_norm(x, None, None, w, b, training=True, eps=eps)
     var, mean = torch.var_mean(x, dim=(0, 2, 3), unbiased=False, keepdim=True)
     return (x - mean) * (w.view(1, -1, 1, 1) * torch.rsqrt(var + eps)) + b.view(1, -1, 1, 1)
 
 
 def conv4(params: Params, x: torch.Tensor, stride: int = 2, pool: bool = False, head: str = "mean",
-          bn_eps: float = BN_EPS, pad_block2: bool = False) -> torch.Tensor:
-    """``pad_block2``: the release's ``ZeroPad2d((0, 1, 0, 1))`` (right, bottom) after block 2."""
+          bn_eps: float = BN_EPS, pad_block2: bool = False, fused_bn: bool = False) -> torch.Tensor:
+    """The conv4 forward: logits ``(N, ways)`` of images ``x``.
+
+    ``pad_block2``: the release's ``ZeroPad2d((0, 1, 0, 1))`` (right, bottom) after block 2;
+    ``fused_bn``: :func:`batch_norm`'s ``fused``."""
     for i in range(4):
         x = F.conv2d(x, params[f"conv{i}.weight"], params[f"conv{i}.bias"], stride=stride, padding=1)
-        x = F.relu(batch_norm(x, params[f"bn{i}.weight"], params[f"bn{i}.bias"], bn_eps))
+        x = F.relu(batch_norm(x, params[f"bn{i}.weight"], params[f"bn{i}.bias"], bn_eps, fused_bn))
         if pool:
             x = F.max_pool2d(x, 2, 2)
         if pad_block2 and i == 1:
@@ -150,18 +153,22 @@ def build(name: str, *, ways: int = 1, seed: int = 0, dtype=torch.float32, head:
             side = (side + 2 - 3) // 2 + 1 + (1 if release and i == 1 else 0)
         feat = 64 if head == "mean" else 64 * side * side
         eps = RELEASE_BN_EPS if release else BN_EPS
-        def fwd(p, x):
-            return conv4(p, x, stride=2, pool=False, head=head, bn_eps=eps, pad_block2=release)
+        fwd = _conv4_forward(stride=2, pool=False, head=head, bn_eps=eps, pad_block2=release)
         return init_conv4(g, ways, 1, 64, feat, dtype, init), fwd
     if name == "conv4_miniimagenet":
         side = image_size
         for _ in range(4):
             side //= 2
         feat = 32 if head == "mean" else 32 * side * side
-        def fwd(p, x):
-            return conv4(p, x, stride=1, pool=True, head=head)
-        return init_conv4(g, ways, 3, 32, feat, dtype, init), fwd
+        return init_conv4(g, ways, 3, 32, feat, dtype, init), _conv4_forward(stride=1, pool=True, head=head)
     raise ValueError(f"model name={name!r} is unknown; allowed: ['mlp', 'conv4_omniglot', 'conv4_miniimagenet']")
+
+
+def _conv4_forward(**options) -> Callable:
+    """``forward(params, x)`` of a conv4, its ``fused`` attribute the same with ``fused_bn=True``."""
+    fwd = partial(conv4, **options)
+    fwd.fused = partial(conv4, fused_bn=True, **options)
+    return fwd
 
 
 def check_options(name: str, head: str = "mean", init: str = "maml", arch: str = "maml",
@@ -181,25 +188,35 @@ def check_options(name: str, head: str = "mean", init: str = "maml", arch: str =
         raise ValueError(f"model.arch='imaml_release' is the release's Omniglot conv4, not {name!r}; use arch=maml")
 
 
+def _with_fused(make: Callable, forward: Callable, fn: Callable) -> Callable:
+    """``fn`` with ``fn.fused = make(forward.fused)`` when ``forward`` has a fused variant."""
+    if hasattr(forward, "fused"):
+        fn.fused = make(forward.fused)
+    return fn
+
+
 def cross_entropy_loss(forward):
+    """``loss_fn(params, x, y)``: cross-entropy of ``forward``'s logits."""
     def loss_fn(params, x, y):
         return F.cross_entropy(forward(params, x), y)
     loss_fn.forward, loss_fn.criterion = forward, F.cross_entropy  # lets an estimator share the forward
-    return loss_fn
+    return _with_fused(cross_entropy_loss, forward, loss_fn)
 
 
 def accuracy_metric(forward):
+    """``metric_fn(params, x, y)``: the fraction of ``forward``'s argmax predictions equal to ``y``."""
     def score(out, y):
         return (out.argmax(-1) == y).to(out.dtype).mean()
 
     def metric_fn(params, x, y):
         return score(forward(params, x), y)
     metric_fn.forward, metric_fn.score = forward, score
-    return metric_fn
+    return _with_fused(accuracy_metric, forward, metric_fn)
 
 
 def mse_loss(forward):
+    """``loss_fn(params, x, y)``: mean squared error of ``forward``'s output."""
     def loss_fn(params, x, y):
         return F.mse_loss(forward(params, x), y)
     loss_fn.forward, loss_fn.criterion = forward, F.mse_loss
-    return loss_fn
+    return _with_fused(mse_loss, forward, loss_fn)

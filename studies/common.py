@@ -4,7 +4,7 @@ A study works on the same task source, model and loss as ``train.py`` (built fro
 training config composed with the study's dataset and ``train_overrides``), trains through
 the shared trainer (``trainer.train``) when it needs a trained θ, and writes tidy CSVs.
 Nothing here re-implements an estimator: studies call the registered ones
-(``algorithms.meta_gradient``, or :func:`per_task` for per-task gradients under vmap).
+(``algorithms.meta_gradient``, ``meta_gradient_batch`` or ``meta_gradient_per_task``).
 """
 from __future__ import annotations
 
@@ -122,25 +122,6 @@ def need_subset(value, key: str, allowed) -> list[str]:
 
 
 # ---------------------------------------------------------------- per-task meta-gradients
-def per_task(name: str, loss_fn, params: Params, tasks, inner: dict, **hparams) -> tuple[Params, dict]:
-    """Every task's own meta-gradient (leading task dimension) and info, from the registered
-    estimator under ``torch.func.vmap``: ``meta_gradient_batch``
-    without the averaging, which the studies need per task."""
-    from torch.func import vmap
-
-    from algorithms import ESTIMATORS, validate
-
-    cfg = validate(name, inner, hparams)
-    fn = ESTIMATORS[name]
-    xs, ys, xq, yq = tasks
-
-    def one(a, b, c, d):
-        return fn(loss_fn, params, (a, b), (c, d), cfg, **hparams)
-
-    grads, info = vmap(one)(xs, ys, xq, yq)
-    return ({k: v.detach() for k, v in grads.items()}, {k: v.detach() for k, v in info.items()})
-
-
 def flat_rows(g: Params) -> torch.Tensor:
     """(tasks, n_params) float64 matrix of per-task gradients."""
     return torch.cat([v.reshape(v.shape[0], -1) for v in g.values()], dim=1).double()

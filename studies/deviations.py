@@ -280,7 +280,7 @@ def row(p: Point, minutes: float, name: str, summary: dict, where: str, result: 
 
 def difference(a: dict, b: dict) -> dict:
     """a − b: paired on identical test tasks (bootstrap CI, Wilcoxon p), else unpaired (normal CI)."""
-    from reporting.stats import PairingError, paired_comparison
+    from pairing import PairingError, paired_comparison
 
     if a["_per_task"] is None or b["_per_task"] is None:
         return {}

@@ -23,7 +23,7 @@ import torch
 from torch.func import grad, jacfwd, jacrev
 
 import models
-from algorithms import InnerConfig, inner_objective, meta_gradient_batch, solve_inner
+from algorithms import InnerConfig, inner_objective, meta_gradient_batch, meta_gradient_per_task, solve_inner
 from algorithms.linalg import conjugate_gradient, hvp, tree_flatten, tree_unflatten, truncated_newton_direction
 from datasets import DTYPES
 from trainer.problem import Problem, build_problem
@@ -36,7 +36,6 @@ from .common import (
     need_ints,
     need_pos,
     need_subset,
-    per_task,
     progress,
     rel_error,
     train_config,
@@ -150,17 +149,18 @@ def exact_reference(loss_fn, theta, support, query, lam: float, warm: InnerConfi
 # ---------------------------------------------------------------- the methods
 def method_rows(problem: Problem, theta, tasks, refs: torch.Tensor, s) -> list[dict]:
     """Rows per (task, method, K[, CG steps]): cosine / rel. error to the task's ``refs`` row and cost.
-    All tasks at once (``per_task``: the registered estimators under vmap)."""
+    All tasks at once (``meta_gradient_per_task``: the registered estimators under vmap)."""
     lam, rows = float(s.lam), []
     hf_hvps = int(s.inner.get("hf_cg_steps", 5)) if s.inner.optimizer == "hf" else 0
     for K in s.inner_steps:
         for m in s.methods:
             if m == "imaml":
                 for c in s.cg_steps:
-                    g, info = per_task("imaml", problem.loss_fn, theta, tasks, inner_cfg(s, K), lam=lam, cg_steps=int(c))
+                    g, info = meta_gradient_per_task("imaml", problem.loss_fn, theta, tasks, inner_cfg(s, K), lam=lam, cg_steps=int(c))
                     rows += _rows("imaml", K, c, flat_rows(g), refs, c + K * hf_hvps, K + 1, info)
                 continue
-            g, info = per_task({"maml_prox": "maml"}.get(m, m), problem.loss_fn, theta, tasks, inner_cfg(s, K, prox=lam))
+            g, info = meta_gradient_per_task({"maml_prox": "maml"}.get(m, m), problem.loss_fn, theta, tasks,
+                                             inner_cfg(s, K, prox=lam))
             hvps, evals = {"maml_prox": (K, K + 1), "fomaml": (0, K + 1), "reptile": (0, K)}[m]
             rows += _rows(m, K, None, flat_rows(g), refs, hvps, evals, info)
     return rows

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from algorithms import meta_gradient_per_task
 from trainer.config import ALGORITHMS, inner_config
 from trainer.problem import build_problem
 
@@ -30,7 +31,6 @@ from .common import (
     need_ints,
     need_pos,
     need_subset,
-    per_task,
     progress,
     train_config,
     train_run,
@@ -107,8 +107,8 @@ def gradient_rows(loss_fn, theta32: dict, tasks32, ks, inner: dict, source: str)
     rows = []
     for K in progress(ks, desc=f"precision ({source})"):
         cfg_k = {**inner, "steps": int(K)}
-        g32, _ = per_task("maml", loss_fn, theta32, tasks32, cfg_k, diagnostics_full=False)
-        g64, _ = per_task("maml", loss_fn, theta64, tasks64, cfg_k, diagnostics_full=False)
+        g32, _ = meta_gradient_per_task("maml", loss_fn, theta32, tasks32, cfg_k, diagnostics_full=False)
+        g64, _ = meta_gradient_per_task("maml", loss_fn, theta64, tasks64, cfg_k, diagnostics_full=False)
         A, B = flat_rows(g32), flat_rows(g64)
         for i in range(A.shape[0]):
             a, b = A[i], B[i]
@@ -126,9 +126,9 @@ def run(cfg, out_dir: Path) -> dict:
     runs = [("float32", int(cfg.seed), "paired"), ("float64", int(cfg.seed), "paired")]
     if s.train.seed_control:
         runs.append(("float32", int(cfg.seed) + 1, "control"))
-    summaries, params32 = {}, None
+    summaries, tags, params32 = {}, {}, None
     for dtype, seed, role in runs:
-        tag = f"{dtype}" if role == "paired" else f"{dtype}_seed{seed}"
+        tag = tags[(dtype, role)] = f"{dtype}" if role == "paired" else f"{dtype}_seed{seed}"
         summary, params = train_run(_train_overrides(cfg, dtype, seed), out_dir / "train" / tag)
         summaries[(dtype, role)] = summary
         if (dtype, role) == ("float32", "paired") and summary["status"] == "completed":
@@ -145,7 +145,8 @@ def run(cfg, out_dir: Path) -> dict:
                            "n": t.get("n"), "verdict": text, "status": sm["status"],
                            "paired_diff": pd[0] if pd else None, "paired_ci95": pd[1] if pd else None,
                            "seed": seed, "role": role, "control_diff": cd[0] if cd else None,
-                           "fingerprint": t.get("fingerprint"), "run_dir": sm["run_dir"]})
+                           # relative to the study folder: a record names no machine's paths
+                           "fingerprint": t.get("fingerprint"), "run_dir": f"train/{tags[(dtype, role)]}"})
     print(f"precision: {text}")
 
     tcfg = train_config(_train_overrides(cfg, "float32", int(cfg.seed)))

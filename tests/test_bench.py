@@ -226,7 +226,7 @@ def test_gpu_check_code_path_runs_on_the_cpu(tmp_path):
 
 
 def test_time_to_accuracy_section_from_records(tmp_path, monkeypatch):
-    """bench.tta --render: the table and the first-crossing minutes come from the records."""
+    """bench.tta render=true: the table and the first-crossing minutes come from the records."""
     from bench import tta
 
     monkeypatch.setattr(tta, "RECORDS", tmp_path / "records")
@@ -236,7 +236,7 @@ def test_time_to_accuracy_section_from_records(tmp_path, monkeypatch):
         summary = {"label": "MAML", "versions": {"torch": "x"}, "data": {"archive_sha256": {"a.zip": "f" * 64}}}
         return {"max_train_minutes": m, "train_wall_s": wall, "iterations": it, "test_mean": acc, "test_ci95": 0.01,
                 "test_tasks": 600, "eval_wall_s": 5.0, "segment_wall_s": wall, "summary": summary}
-    record = {"algorithm": "maml", "command": "python -m bench.tta --algorithm maml", "run_dir": str(tmp_path / "run"),
+    record = {"algorithm": "maml", "command": "python -m bench.tta algorithm=maml", "run_dir": str(tmp_path / "run"),
               "machine": {"cpu": "x", "cores": 2, "threads": 1, "load_average_start": 1.0}, "load_average_end": 1.0,
               "overrides": ["experiment=omniglot_5w_maml"],
               "segments": [seg(5, 301.0, 1000, 0.93), seg(10, 602.5, 2000, 0.955), seg(20, 1201.0, 4000, 0.971)]}
@@ -254,13 +254,23 @@ def test_time_to_accuracy_refuses_bad_input(tmp_path, monkeypatch):
     from bench import tta
 
     monkeypatch.setattr(tta, "RECORDS", tmp_path / "records")
-    with pytest.raises(SystemExit):
-        tta.main(["--algorithm", "maml", "--name", "absent", "--continue"])
-    with pytest.raises(SystemExit):
-        tta.main(["--algorithm", "maml", "--minutes", "10,5"])
+    for argv in (["algorithm=maml", "name=absent", "continue=true"], ["algorithm=maml", "minutes=[10,5]"],
+                 ["algorithm=reptile"], ["--algorithm", "maml"], ["maml"]):
+        with pytest.raises(SystemExit) as e:
+            tta.main(argv)
+        assert e.value.code == 2, argv
     (tmp_path / "x").write_text("")
     with pytest.raises(SystemExit):
-        tta.main(["--algorithm", "maml", "--run-dir", str(tmp_path)])
+        tta.main(["algorithm=maml", f"run_dir={tmp_path}"])
+
+
+def test_time_to_accuracy_splits_its_own_keys_from_the_train_overrides():
+    from bench import tta
+
+    opts, extra = tta.parse(["algorithm=imaml", "name=imaml-k3", "threads=1", "minutes=[5,10]",
+                             "algorithm.hparams.lam=0.1", "batching=compile"])
+    assert (opts["algorithm"], opts["name"], opts["threads"], opts["minutes"]) == ("imaml", "imaml-k3", 1, [5.0, 10.0])
+    assert extra == ["algorithm.hparams.lam=0.1", "batching=compile"] and not opts["render"]
 
 
 def test_compile_section_shows_the_compiled_and_the_vmap_float32_differences(tiny_run):

@@ -5,6 +5,8 @@ result is also checked against single-task ``meta_gradient`` calls averaged by h
 """
 from __future__ import annotations
 
+import sys
+
 import pytest
 import torch
 
@@ -109,10 +111,11 @@ def test_compile_refuses_forward_over_reverse_hvps():
         meta_gradient_batch("imaml", loss_fn, params, tasks, inner, batching="compile", lam=2.0, hvp_mode="fwdrev")
 
 
-def test_batch_norm_is_native_outside_vmap_and_written_out_under_it(monkeypatch):
-    """models.batch_norm takes F.batch_norm's fused kernels in the per-task loop and the
-    written-out form under vmap (F.batch_norm's double backward fails there); both equal the
-    textbook formula. The conv4 loop-vs-vmap test above checks gradients and HVPs across the two."""
+def test_batch_norm_is_fused_only_when_asked_and_both_forms_are_the_textbook_one(monkeypatch):
+    """models.batch_norm(fused=True) takes F.batch_norm's fused kernels; the default is the
+    written-out form, which also runs under vmap (F.batch_norm's double backward fails there).
+    Both equal the textbook formula. The conv4 loop-vs-vmap test above checks gradients and
+    HVPs across the two."""
     g = torch.Generator().manual_seed(0)
     x = torch.randn(2, 6, 3, 5, 5, generator=g, dtype=D) * 3 + 1
     w, b = torch.rand(3, generator=g, dtype=D), torch.randn(3, generator=g, dtype=D)
@@ -122,11 +125,32 @@ def test_batch_norm_is_native_outside_vmap_and_written_out_under_it(monkeypatch)
     calls = []
     native = torch.nn.functional.batch_norm
     monkeypatch.setattr(torch.nn.functional, "batch_norm", lambda *a, **k: calls.append(1) or native(*a, **k))
-    torch.testing.assert_close(models.batch_norm(x[0], w, b), textbook[0], rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(models.batch_norm(x[0], w, b, fused=True), textbook[0], rtol=1e-12, atol=1e-12)
     assert len(calls) == 1
+    torch.testing.assert_close(models.batch_norm(x[0], w, b), textbook[0], rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(torch.func.vmap(models.batch_norm, in_dims=(0, None, None))(x, w, b), textbook,
                                rtol=1e-12, atol=1e-12)
     assert len(calls) == 1
+
+
+@pytest.mark.parametrize("batching", ["loop", "vmap"])
+def test_the_batching_mode_alone_chooses_the_code_path(monkeypatch, batching):
+    """loop: torch.autograd and the loss's fused batch norm; vmap: torch.func and the written-out
+    form (algorithms.CODE_PATHS); no probing of torch's transform stack."""
+    from algorithms import CODE_PATHS, linalg
+
+    params, loss_fn, metric_fn, tasks, inner = omniglot_batch(2)
+    fused, autograd = [], []
+    native = torch.nn.functional.batch_norm
+    monkeypatch.setattr(torch.nn.functional, "batch_norm", lambda *a, **k: fused.append(1) or native(*a, **k))
+    grad = linalg.gradient
+    monkeypatch.setattr(linalg, "gradient", lambda *a, **k: autograd.append(k.get("autograd", False)) or grad(*a, **k))
+    for module in ("maml", "fomaml", "inner"):  # (the package's ``maml`` is the function, not the module)
+        monkeypatch.setattr(sys.modules[f"algorithms.{module}"], "gradient", linalg.gradient)
+    meta_gradient_batch("maml", loss_fn, params, tasks, inner, batching=batching, metric_fn=metric_fn)
+    path = CODE_PATHS[batching]
+    assert bool(fused) == (path["loss"] == "fused")
+    assert set(autograd) == {path["autodiff"] == "torch.autograd"}
 
 
 @pytest.mark.parametrize("name,hp", ESTIMATORS, ids=[n for n, _ in ESTIMATORS])

@@ -8,8 +8,7 @@ indefinite, so its meta-gradient barely correlates with the true one. iMAML as w
 HF) is tested for what it is: the run completes, records a finite CG residual on every
 iteration, and its network still beats chance.
 
-The margins sit below the worst of five training seeds (measured with the test's settings;
-the numbers are in the comment beside each margin).
+The margins sit well below the worst of five training seeds (the comment beside them).
 """
 import json
 import math
@@ -30,11 +29,10 @@ SETTINGS = {  # small but real budgets, meta-batch 8
     "imaml_hf": ["algorithm=imaml_hf", "inner_steps=2", "test_inner_steps=2"],  # as written
 }
 ITERATIONS = {"imaml": 10, "imaml_hf": 5}
-# Gain over the untrained network, in accuracy, that each protocol must reach after 60 iterations.
-# Five seeds (0-4) measured: see MEASURED_GAIN; each margin is about half the worst seed's gain.
-MEASURED_GAIN = {"maml": None, "fomaml": None, "reptile": None, "imaml_release": None}
-MIN_GAIN = {"maml": 0.10, "fomaml": 0.10, "reptile": 0.05, "imaml_release": 0.05}
-
+# Gain over the untrained network, in accuracy, that each protocol must reach after 60 iterations:
+# about 40% of the worst of five training seeds (0-4), measured with these settings on a 2-core
+# CPU (gains: MAML 0.072-0.114, FOMAML 0.068-0.116, Reptile 0.076-0.146, iMAML release 0.144-0.214).
+MIN_GAIN = {"maml": 0.03, "fomaml": 0.03, "reptile": 0.03, "imaml_release": 0.06}
 
 def base_overrides(name: str) -> list[str]:
     return [f"data.root={REAL_ROOT}", f"data.cache_dir={REPO_CACHE}", "dataset=omniglot", "meta_batch_size=8",

@@ -6,8 +6,8 @@
 
 Each run trains in ``runs/campaign/NAME`` with one torch thread. SIGTERM (or Ctrl-C) to this
 process is passed on to the runs, which checkpoint and stop as ``interrupted``; the campaign then
-saves their state. A completed run's ``summary.json`` and thinned ``metrics.csv`` go to
-``reports/records/campaign-cpu/NAME/``, and its saved state leaves the tree. An unfinished run's
+saves their state. A completed run's ``summary.json`` and thinned ``metrics.csv`` go to the
+campaign's records folder (``RECORDS``/NAME), and its saved state leaves the tree. An unfinished run's
 state (``ckpt.pt`` and ``metrics.jsonl``, both small) is saved to ``…/NAME/unfinished/`` so that a
 fresh clone continues it with ``resume=true``. A completed campaign is never rerun: starting it
 again changes no file.
@@ -97,14 +97,15 @@ def collect(name: str) -> bool:
     if not s or s.get("status") != "completed":
         return False
     _copy_atomic(run / "metrics.csv", RECORDS / name / "metrics.csv", thin_metrics((run / "metrics.csv").read_text()))
-    _copy_atomic(run / "summary.json", RECORDS / name / "summary.json")
+    s["run_dir"] = str((run).relative_to(ROOT))  # records never name this machine's folders
+    _copy_atomic(run / "summary.json", RECORDS / name / "summary.json", json.dumps(s, indent=2, sort_keys=True) + "\n")
     shutil.rmtree(RECORDS / name / "unfinished", ignore_errors=True)
     return True
 
 
 def command(name: str, overrides: list[str]) -> list[str]:
     resume = ["resume=true"] if (RUNS / name / "ckpt.pt").exists() else []
-    return [sys.executable, "train.py", *overrides, *resume, f"hydra.run.dir={RUNS / name}"]
+    return [sys.executable, "train.py", *overrides, *resume, f"hydra.run.dir={(RUNS / name).relative_to(ROOT)}"]
 
 
 def run(jobs: int) -> int:

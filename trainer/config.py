@@ -24,6 +24,7 @@ OPTIMIZERS = algorithms.OPTIMIZERS
 BATCHING = ("auto", *algorithms.BATCHING)
 OUTER = ("adam", "sgd")
 MODELS = {"sinusoid": "mlp", "omniglot": "conv4_omniglot", "miniimagenet": "conv4_miniimagenet"}
+BASELINES = ("pretrained",)  # trained by an estimator with no inner loop (experiment=sinusoid_pretrained)
 
 
 class ConfigError(ValueError):
@@ -73,8 +74,11 @@ def _pos(cfg, key, what="must be a finite number > 0"):
 def validate(cfg: DictConfig) -> None:
     """Check the resolved config; raise ConfigError on the first problem."""
     algo = _num(cfg, "algorithm.name")
-    if algo not in ALGORITHMS:
+    if algo not in ALGORITHMS + BASELINES:
         raise ConfigError(f"algorithm={algo!r} is unknown; choose one of {list(ALGORITHMS)}")
+    if algo in BASELINES and (cfg.inner_steps != 0 or cfg.algorithm.estimator != "fomaml"):
+        raise ConfigError(f"algorithm.name={algo!r} is the plain-regression baseline: it needs "
+                          "algorithm.estimator=fomaml and inner_steps=0 (see experiment=sinusoid_pretrained)")
     ds = _num(cfg, "dataset.name")
     if ds not in DATASETS:
         raise ConfigError(f"dataset={ds!r} is unknown; choose one of {list(DATASETS)}")
@@ -92,15 +96,8 @@ def validate(cfg: DictConfig) -> None:
     if mode not in algorithms.PROX_MODES:
         raise ConfigError(f"prox_mode={mode!r} is invalid; choose every_step (the paper) or final_step "
                           "(the official iMAML release)")
-    lam = cfg.eval.get("prox_lam")
-    if lam is not None and (isinstance(lam, bool) or not isinstance(lam, (int, float)) or not math.isfinite(lam)
-                            or lam < 0):
-        raise ConfigError(f"eval.prox_lam={lam!r} is invalid: a finite number >= 0, or null for the training λ")
     _int(cfg, "inner_steps", 0, "must be an integer >= 0")
     _int(cfg, "test_inner_steps", 0, "must be an integer >= 0")
-    for k in cfg.eval.steps_list or []:
-        if isinstance(k, bool) or not isinstance(k, int) or k < 0:
-            raise ConfigError(f"eval.steps_list contains {k!r}: step counts must be integers >= 0")
     _pos(cfg, "inner_lr")
     if cfg.get("inner_batch") is not None:
         _int(cfg, "inner_batch", 1, "must be an integer >= 1 (or null: the whole support set in every inner step)")
@@ -114,14 +111,10 @@ def validate(cfg: DictConfig) -> None:
     m = cfg.get("max_train_minutes")
     if m is not None and (isinstance(m, bool) or not isinstance(m, (int, float)) or not m > 0):
         raise ConfigError(f"max_train_minutes={m!r} must be a number > 0 (or null: no time limit)")
-    vm = cfg.eval.get("val_every_minutes")
-    if vm is not None and (isinstance(vm, bool) or not isinstance(vm, (int, float)) or not vm > 0):
-        raise ConfigError(f"eval.val_every_minutes={vm!r} must be a number > 0 (or null: by iterations only)")
     if ds != "sinusoid":
         _int(cfg, "ways", 2, "must be an integer >= 2 (N-way classification)")
     _int(cfg, "shots", 1, "must be an integer >= 1")
     _int(cfg, "query_shots", 1, "must be an integer >= 1")
-    _int(cfg, "eval.num_tasks", 1, "must be an integer >= 1")
     _int(cfg, "seed", 0, "must be an integer >= 0")
     if not isinstance(cfg.diagnostics, (bool, int)) or cfg.diagnostics < 0:
         raise ConfigError(f"diagnostics={cfg.diagnostics!r} is invalid: every N-th iteration (an integer >= 0) or true/false")
@@ -142,12 +135,31 @@ def validate(cfg: DictConfig) -> None:
         models.check_options(MODELS[ds], **model_options(cfg))
     except ValueError as e:
         raise ConfigError(f"dataset: {e}") from None
-    if cfg.eval.bn_mode not in ("transductive", "per_example"):
-        raise ConfigError(f"eval.bn_mode={cfg.eval.bn_mode!r} is invalid; choose transductive or per_example")
+    _validate_eval(cfg)
     if cfg.logger.name not in ("csv", "wandb"):
         raise ConfigError(f"logger={cfg.logger.name!r} is unknown; choose csv or wandb")
     if ds != "sinusoid":
         _validate_data(cfg, ds)
+
+
+def _validate_eval(cfg: DictConfig) -> None:
+    """How a run validates and tests: test-time λ, step counts, task counts, protocols."""
+    lam = cfg.eval.get("prox_lam")
+    if lam is not None and (isinstance(lam, bool) or not isinstance(lam, (int, float)) or not math.isfinite(lam)
+                            or lam < 0):
+        raise ConfigError(f"eval.prox_lam={lam!r} is invalid: a finite number >= 0, or null for the training λ")
+    for k in cfg.eval.steps_list or []:
+        if isinstance(k, bool) or not isinstance(k, int) or k < 0:
+            raise ConfigError(f"eval.steps_list contains {k!r}: step counts must be integers >= 0")
+    vm = cfg.eval.get("val_every_minutes")
+    if vm is not None and (isinstance(vm, bool) or not isinstance(vm, (int, float)) or not vm > 0):
+        raise ConfigError(f"eval.val_every_minutes={vm!r} must be a number > 0 (or null: by iterations only)")
+    _int(cfg, "eval.num_tasks", 1, "must be an integer >= 1")
+    if cfg.eval.bn_mode not in ("transductive", "per_example"):
+        raise ConfigError(f"eval.bn_mode={cfg.eval.bn_mode!r} is invalid; choose transductive or per_example")
+    if cfg.eval.final not in ("test", "val"):
+        raise ConfigError(f"eval.final={cfg.eval.final!r} is invalid; choose test (the fixed test tasks) or val "
+                          "(validation tasks only, for selection)")
 
 
 def _validate_data(cfg: DictConfig, ds: str) -> None:

@@ -77,10 +77,14 @@ def adapt_and_score(spec: EvalSpec, params, tasks, inner: InnerConfig) -> torch.
     """Adapt to each task's support set from θ (no meta-gradient) and score its query set."""
     xs, ys, xq, yq = tasks
     theta = {k: v.detach() for k, v in params.items()}
+    # The per-task loop takes the loop path of CODE_PATHS (autograd, fused batch norm), vmap its own.
+    plain = spec if spec.use_vmap else replace(spec, loss_fn=getattr(spec.loss_fn, "fused", spec.loss_fn),
+                                               forward=getattr(spec.forward, "fused", spec.forward))
 
     def one(xs_, ys_, xq_, yq_):
-        phi = solve_inner(spec.loss_fn, theta, (xs_, ys_), inner, detach=True, prox_lam=spec.prox_lam)
-        return _task_metric(spec, phi, xs_, xq_, yq_)
+        phi = solve_inner(plain.loss_fn, theta, (xs_, ys_), inner, detach=True, prox_lam=spec.prox_lam,
+                          autograd=not spec.use_vmap)
+        return _task_metric(plain, phi, xs_, xq_, yq_)
 
     if spec.use_vmap:
         return vmap(one)(xs, ys, xq, yq).detach()
@@ -102,3 +106,15 @@ def evaluate(spec: EvalSpec, params, split: str, seed: int, n: int, steps_list=(
             "per_task": [float(v) for v in values],
             "steps": spec.inner.steps,
             "by_steps": {str(k): torch.cat(v).double().mean().item() for k, v in sorted(by_steps.items())}}
+
+
+def zero_predictor(spec: EvalSpec, split: str, seed: int, n: int) -> dict:
+    """The regression baseline that needs no training: predict 0 everywhere on the same fixed
+    tasks (its per-task MSE is the mean of y² over the query points)."""
+    per_task = []
+    for start in range(0, n, spec.chunk):
+        yq = sample_fixed(spec.source, split, seed, start, min(n, start + spec.chunk), spec.device)[3]
+        per_task.append((yq.double() ** 2).flatten(1).mean(1).cpu())
+    values = torch.cat(per_task)
+    std = values.std(unbiased=False).item() if n > 1 else 0.0
+    return {"mean": values.mean().item(), "ci95": 1.96 * std / math.sqrt(n), "per_task": [float(v) for v in values]}

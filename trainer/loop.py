@@ -22,11 +22,11 @@ import torch
 from omegaconf import OmegaConf
 
 import datasets
-from algorithms import InnerConfig, meta_gradient_batch, resolve_cg_tol
+from algorithms import CODE_PATHS, InnerConfig, meta_gradient_batch, resolve_cg_tol
 from atomic import atomic_torch_save, atomic_write_json, atomic_write_text
 
 from .config import ConfigError, eval_prox_lam, inner_config, model_options, outer_options
-from .evaluate import EvalSpec, evaluate, fingerprint, has_split
+from .evaluate import EvalSpec, evaluate, fingerprint, has_split, zero_predictor
 from .loggers import make_logger
 from .meters import AllocationMeter, Timer, rss_peak_bytes
 from .problem import Problem, batching, build_problem
@@ -104,7 +104,18 @@ def run_test(cfg, spec: EvalSpec, params) -> dict:
     test = evaluate(spec, params, "test", seed, n, steps_list=cfg.eval.steps_list or ())
     test["fingerprint"] = fingerprint(spec.source, "test", seed, n)
     test["shots"], test["query_shots"] = spec.source.shots, spec.source.query_shots
+    if spec.metric == "mse":
+        test["zero_predictor"] = zero_predictor(spec, "test", seed, n)
     return test
+
+
+def run_val(cfg, spec: EvalSpec, params) -> dict:
+    """The final score of a selection candidate: ``eval.val_tasks`` fixed tasks of the validation
+    split (its own seed; Omniglot and mini-ImageNet: the validation classes), with its fingerprint."""
+    seed, n = cfg.eval.val_seed, cfg.eval.val_tasks
+    val = evaluate(spec, params, "val", seed, n, steps_list=cfg.eval.steps_list or ())
+    val["fingerprint"] = fingerprint(spec.source, "val", seed, n)
+    return val
 
 
 def _implicit_record(hparams: dict, inner: InnerConfig) -> dict | None:
@@ -117,10 +128,19 @@ def _implicit_record(hparams: dict, inner: InnerConfig) -> dict | None:
             "cg_tol": resolve_cg_tol(hparams.get("cg_tol"), inner)}
 
 
+def _relative(path: Path) -> str:
+    """A run folder as records show it: relative to the working directory when inside it (records
+    are read on other machines; an absolute path names only this one)."""
+    try:
+        return str(Path(path).resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return Path(path).name
+
+
 def _summary_base(cfg, run_dir, problem: Problem, seeds, inner: dict, implicit: dict | None, spec: EvalSpec) -> dict:
     a, source, device = cfg.algorithm, problem.source, problem.device
     return {
-        "schema_version": 1, "kind": "train", "status": "running", "run_dir": str(run_dir),
+        "schema_version": 1, "kind": "train", "status": "running", "run_dir": _relative(run_dir),
         "algorithm": a.estimator, "variant": a.name, "label": a.label, "dataset": source.name,
         "ways": cfg.ways, "shots": cfg.shots, "query_shots": cfg.query_shots,
         "profile": cfg.get("profile", "custom"), "experiment": cfg.get("experiment_name"),
@@ -160,6 +180,9 @@ class _Run:
         self.device, self.source, self.params, self.loss_fn, self.metric_fn = (
             p.device, p.source, p.params, p.loss_fn, p.metric_fn)
         self.spec = eval_spec(cfg, p)
+        if cfg.eval.final == "val" and not has_split(self.spec.source, "val"):
+            raise ConfigError("eval.final=val needs a validation split; this dataset config has none "
+                              "(dataset.split.val=0)")
         seeds = {"init": cfg.seed, "train_tasks": cfg.seed * 7919 + 1, "val_tasks": cfg.eval.val_seed,
                  "test_tasks": cfg.eval.test_seed}
         a = cfg.algorithm
@@ -169,6 +192,7 @@ class _Run:
         self.summary = _summary_base(cfg, run_dir, p, seeds, fields, _implicit_record(self.hparams, self.inner),
                                      self.spec)
         self.batching = batching(cfg.batching, p.model)
+        self.summary["code_path"] = {"batching": self.batching, **CODE_PATHS[self.batching]}
         opt_cls = torch.optim.Adam if a.outer.optimizer == "adam" else torch.optim.SGD
         self.leaves = list(self.params.values())
         self.opt = opt_cls(self.leaves, **outer_options(cfg))
@@ -345,14 +369,18 @@ class _Run:
         self.summary["stopped_by"] = "max_train_minutes" if it < cfg.meta_iterations else "meta_iterations"
         self.summary["budget"] = budget_label(self.summary, it)
         t0 = time.perf_counter()
-        test = run_test(cfg, self.spec, self.params)
+        if cfg.eval.final == "val":  # a selection candidate: scored on validation tasks, never tested
+            self.summary["kind"] = "selection"
+            test = self.summary["val"] = run_val(cfg, self.spec, self.params)
+        else:
+            test = run_test(cfg, self.spec, self.params)
         eval_s = time.perf_counter() - t0
         if not math.isfinite(test["mean"]):  # the adapted models blew up on some test tasks
             bad = sum(not math.isfinite(v) for v in test["per_task"])
             return self.finish("diverged", it, self.failure(it, f"test-time adaptation diverged: non-finite metric "
                                                                 f"on {bad} of {test['n']} test tasks"),
                                test=test, eval_s=eval_s)
-        return self.finish("completed", it, test=test, eval_s=eval_s)
+        return self.finish("completed", it, test=None if cfg.eval.final == "val" else test, eval_s=eval_s)
 
 
 def train(cfg, run_dir: str | Path) -> dict:

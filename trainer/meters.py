@@ -41,8 +41,8 @@ def _quiet_stderr():
 
 
 class AllocationMeter:
-    """``with AllocationMeter() as m: ...`` then ``m.peak`` (bytes). Costs ~40 ms a use,
-    so the trainer samples it on a few iterations rather than every one."""
+    """``with AllocationMeter() as m: ...`` then ``m.peak`` (bytes). The profiler is costly, so
+    the trainer samples it on a few iterations, off the budget clock."""
 
     def __init__(self):
         self.peak = 0

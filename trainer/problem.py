@@ -26,7 +26,7 @@ AUTO_BATCHING = {"mlp": "vmap", "conv4_omniglot": "vmap", "conv4_miniimagenet": 
 def batching(mode: str, model: str) -> str:
     """loop | vmap | compile: ``mode`` itself, or for ``auto`` the faster eager one for ``model``.
     ``compile`` is never automatic: on a CPU its per-iteration gain over eager vmap is too
-    unsteady to repay the compile (reports/BENCHMARKS.md, "Notes")."""
+    unsteady to repay the compile (BENCHMARKS.md, "Notes")."""
     return AUTO_BATCHING[model] if mode == "auto" else mode
 
 

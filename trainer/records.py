@@ -1,6 +1,6 @@
 """Run records: reading them back, environment facts, checkpoints.
 
-Schema of ``summary.json`` and the study records: ``reports/SCHEMA.md``. Records are written
+Schema of ``summary.json`` and the study records: SCHEMA.md beside the report. Records are written
 by :mod:`atomic`, so a crash leaves the previous valid file; readers treat unreadable files
 as absent (with a warning).
 """

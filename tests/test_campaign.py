@@ -1,0 +1,48 @@
+"""The paper-budget campaign runner (tools/campaign.py) on a two-run plan of smoke runs."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def campaign(tmp_path, monkeypatch):
+    spec = importlib.util.spec_from_file_location("campaign", ROOT / "tools" / "campaign.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    runs = ROOT / "runs" / "test-campaign" / tmp_path.name  # run folders are named relative to the checkout
+    monkeypatch.setattr(mod, "RUNS", runs)
+    monkeypatch.setattr(mod, "RECORDS", tmp_path / "records")
+    monkeypatch.setattr(mod, "PLAN", [(f"smoke/{a}", ["experiment=smoke", f"algorithm={a}", "ckpt_every=5"])
+                                      for a in ("maml", "fomaml")])
+    yield mod
+    shutil.rmtree(runs, ignore_errors=True)
+
+
+def test_runs_collects_and_a_complete_campaign_changes_nothing(campaign, tmp_path):
+    assert campaign.run(jobs=2) == 0
+    for name, _ in campaign.PLAN:
+        s = json.loads((tmp_path / "records" / name / "summary.json").read_text())
+        assert s["status"] == "completed" and s["iterations_done"] == 20
+        assert not s["run_dir"].startswith("/") and (tmp_path / "records" / name / "metrics.csv").exists()
+    before = {p: p.stat().st_mtime_ns for p in (tmp_path / "records").rglob("*")}
+    assert campaign.run(jobs=2) == 0
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "records").rglob("*")} == before
+
+
+def test_an_unfinished_run_is_saved_and_restored_on_a_fresh_machine(campaign, tmp_path):
+    name = campaign.PLAN[0][0]
+    run = campaign.RUNS / name
+    run.mkdir(parents=True)
+    (run / "ckpt.pt").write_bytes(b"state")
+    (run / "metrics.jsonl").write_text('{"iter": 5}\n')
+    assert campaign.save(name) and (tmp_path / "records" / name / "unfinished" / "ckpt.pt").read_bytes() == b"state"
+    shutil.rmtree(campaign.RUNS)  # a fresh clone: only the records are there
+    campaign.restore(name)
+    assert (run / "ckpt.pt").read_bytes() == b"state" and "resume=true" in campaign.command(name, [])

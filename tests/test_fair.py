@@ -1,0 +1,126 @@
+"""A fair comparison: the budget clock, schedules under a time budget, baselines, selection on
+validation tasks only, honest budget labels, resumes across code changes."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from omegaconf import OmegaConf
+
+from trainer import ConfigError, compose, train, validate
+
+ROOT = Path(__file__).resolve().parents[1]
+SMOKE = ["experiment=smoke", "ckpt_every=0", "eval.val_every=0"]
+
+
+def rows(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_diagnostics_and_memory_run_off_the_budget_clock_and_do_not_change_training(tmp_path):
+    """The instrumentation is a second call on the same tasks and θ: the trained θ (and so every
+    test task's metric) is the same with it on or off, and its cost is recorded apart."""
+    on = train(compose([*SMOKE, "algorithm=reptile", "diagnostics=5", "mem_every=4"]), tmp_path / "on")
+    off = train(compose([*SMOKE, "algorithm=reptile", "diagnostics=0", "mem_every=1000"]), tmp_path / "off")
+    assert on["test"]["per_task"] == off["test"]["per_task"]
+    assert on["timing"]["offclock_wall_s"] > off["timing"]["offclock_wall_s"] > 0  # iteration 1 is profiled
+    r = rows(tmp_path / "on")
+    assert [x["iter"] for x in r if "alloc_peak_bytes" in x] == [1, 4, 8, 12, 16, 20]
+    assert [x["iter"] for x in r if "inner_grad_norm" in x] == [1, 5, 10, 15, 20]
+    assert on["memory"]["alloc_peak_bytes"] > 0 and off["memory"]["alloc_peak_bytes"] > 0
+
+
+def test_a_long_iteration_still_gets_its_first_memory_sample(tmp_path):
+    s = train(compose([*SMOKE, "algorithm=imaml_hf", "meta_iterations=3", "mem_max_iter_s=0"]), tmp_path)
+    assert [x["iter"] for x in rows(tmp_path) if "alloc_peak_bytes" in x] == [1]
+    assert s["memory"]["alloc_peak_bytes"] > 0
+
+
+def test_annealing_reaches_zero_when_the_time_budget_ends_the_run(tmp_path):
+    """Reptile's outer step anneals linearly to 0 over the run; when max_train_minutes ends it
+    before meta_iterations, the schedule follows the budget: the last step is within one
+    iteration's share of the budget of 0."""
+    budget_s = 1.5
+    s = train(compose([*SMOKE, "algorithm=reptile", "algorithm.outer.anneal=true", "meta_iterations=100000",
+                       f"max_train_minutes={budget_s / 60}"]), tmp_path)
+    assert s["stopped_by"] == "max_train_minutes"
+    r = rows(tmp_path)
+    lrs = [x["lr"] for x in r]
+    assert lrs == sorted(lrs, reverse=True) and lrs[0] == pytest.approx(float(s["outer"]["lr"]))
+    last = r[-1]
+    assert last["lr"] <= float(s["outer"]["lr"]) * (last["iter_s"] + last["sample_s"]) / budget_s + 1e-12
+    assert s["budget"] == f"capped at {budget_s / 60:g} min: {len(r):,} of 100,000 iterations"
+
+
+def test_sinusoid_records_the_zero_predictor_on_the_same_test_tasks(tmp_path):
+    from trainer.evaluate import sample_fixed
+    from trainer.loop import _Run
+    cfg = compose([*SMOKE, "meta_iterations=1"])
+    s = train(cfg, tmp_path)
+    z = s["test"]["zero_predictor"]
+    spec = _Run(cfg, tmp_path / "again").spec
+    yq = sample_fixed(spec.source, "test", cfg.eval.test_seed, 0, cfg.eval.num_tasks, spec.device)[3]
+    by_hand = [float((y.double() ** 2).mean()) for y in yq]
+    assert z["per_task"] == pytest.approx(by_hand, rel=1e-12) and z["mean"] == pytest.approx(sum(by_hand) / len(by_hand))
+
+
+def test_the_pretrained_baseline_has_no_inner_loop():
+    validate(compose(["experiment=sinusoid_pretrained"]))
+    cfg = compose(["experiment=sinusoid_pretrained"])
+    assert cfg.inner_steps == 0 and cfg.test_inner_steps == 10 and cfg.algorithm.name == "pretrained"
+    with pytest.raises(ConfigError, match="plain-regression baseline: it needs algorithm.estimator=fomaml and inner_steps=0"):
+        validate(compose(["experiment=sinusoid_pretrained", "inner_steps=1"]))
+
+
+def test_a_selection_candidate_is_scored_on_validation_tasks_and_never_tested(tmp_path):
+    s = train(compose([*SMOKE, "algorithm=imaml", "eval.final=val", "eval.val_tasks=7"]), tmp_path / "sel")
+    t = train(compose([*SMOKE, "algorithm=imaml"]), tmp_path / "test")
+    assert s["kind"] == "selection" and s["test"] is None and s["val"]["n"] == 7
+    assert s["val"]["fingerprint"] != t["test"]["fingerprint"]
+    with pytest.raises(ConfigError, match="eval.final='x' is invalid"):
+        validate(compose(["eval.final=x"]))
+
+
+SELECTION = yaml.safe_load((ROOT / "configs" / "selection.yaml").read_text())
+TUNED = [(setting, algo, a) for setting, spec in SELECTION.items() for algo, a in spec["algorithms"].items()]
+
+
+@pytest.mark.parametrize("setting,algo,spec", TUNED, ids=[f"{s}-{a}" for s, a, _ in TUNED])
+def test_every_tuned_experiment_runs_its_validation_winner(setting, algo, spec):
+    """No choice rests on test tasks: the experiment's values are the winner of its committed
+    selection record, every candidate was scored on validation tasks whose fingerprint differs
+    from the test tasks', and every tuned algorithm of the setting had as many candidates."""
+    path = ROOT / "reports" / "records" / "selection-cpu" / setting / algo / "selection.json"
+    rec = json.loads(path.read_text())
+    cfg = compose([f"experiment={spec['experiment']}"])
+    assert rec["grid"] == spec["grid"] and rec["experiment"] == spec["experiment"]
+    for key, value in rec["winner"].items():
+        assert OmegaConf.select(cfg, key) == value, (key, OmegaConf.select(cfg, key), value)
+    assert f"records/selection-cpu/{setting}/{algo}" in cfg.protocol
+    counts = {a: len(json.loads((path.parent.parent / a / "selection.json").read_text())["candidates"])
+              for a in SELECTION[setting]["algorithms"]}
+    assert len(set(counts.values())) == 1, counts
+    for c in rec["candidates"]:
+        s = json.loads((path.parent / c["candidate"] / "summary.json").read_text())
+        assert s["kind"] == "selection" and s["test"] is None
+        assert s["val"]["fingerprint"] == c["val_fingerprint"] != rec["test_fingerprint"]
+
+
+def test_resume_across_an_added_config_key_but_never_a_changed_value(tmp_path):
+    base = [*SMOKE, "algorithm=fomaml", "meta_iterations=4", "ckpt_every=2"]
+    train(compose([*base, "max_train_minutes=0.0000001"]), tmp_path)
+    ckpt = tmp_path / "ckpt.pt"
+    ck = torch.load(ckpt)
+    ck["config"]["old_key_gone"] = 1  # the checkpoint's code had a key the current code has not
+    ck["config_key"] = "older"
+    torch.save(ck, ckpt)
+    s = train(compose([*base, "resume=true"]), tmp_path)
+    assert s["iterations_done"] == 4 and s["resumed_across_keys"] == ["old_key_gone"]
+    ck = torch.load(ckpt)
+    ck["config"]["seed"], ck["config_key"] = 99, "older"
+    torch.save(ck, ckpt)
+    with pytest.raises(ConfigError, match=r"different config \(seed\)"):
+        train(compose([*base, "resume=true"]), tmp_path)

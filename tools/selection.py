@@ -1,0 +1,109 @@
+"""Select the protocol choices no paper fixes, on validation tasks only: ``python tools/selection.py SETTING``.
+
+Reads ``configs/selection.yaml``: per setting, a budget, a validation-task count, a seed, and per
+algorithm its experiment and a grid. Every candidate (experiment + one grid point) trains for the
+setting's budget with ``eval.final=val``, so it is scored on the validation tasks and never on the
+test tasks. Records go to ``RECORDS``/SETTING/ALGO: each candidate's
+``summary.json`` and ``metrics.csv`` and a ``selection.json`` with the grid, every candidate's
+validation score, the winner (best validation metric) and both fingerprints. Each tuned
+experiment then states the winner's values and its protocol names the selection; a test checks
+that the two agree.
+"""
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from atomic import atomic_write_json  # noqa: E402
+from reporting.collect import collect  # noqa: E402
+
+RECORDS = ROOT / "reports" / "records" / "selection-cpu"
+
+
+def candidates(grid: dict) -> list[dict]:
+    keys = list(grid)
+    return [dict(zip(keys, values)) for values in itertools.product(*(grid[k] for k in keys))]
+
+
+def candidate_name(point: dict) -> str:
+    return "-".join(f"{k.split('.')[-1]}{v:g}" if isinstance(v, float) else f"{k.split('.')[-1]}{v}"
+                    for k, v in point.items())
+
+
+def jobs(setting: str, spec: dict) -> list[str]:
+    lines = []
+    for algo, a in spec["algorithms"].items():
+        for point in candidates(a["grid"]):
+            overrides = [f"experiment={a['experiment']}", f"seed={spec['seed']}", "eval.final=val",
+                         f"eval.val_tasks={spec['val_tasks']}", f"max_train_minutes={spec['budget_minutes']}",
+                         "eval.val_every=0", *(f"{k}={v}" for k, v in point.items())]
+            lines.append(f"{setting}/{algo}/{candidate_name(point)} train.py {' '.join(overrides)}")
+    return lines
+
+
+def test_fingerprint(experiment: str) -> str:
+    """The fingerprint of the test tasks the winner will be tested on (no test task is scored here)."""
+    import datasets
+    from trainer import compose
+    from trainer.evaluate import fingerprint
+    cfg = compose([f"experiment={experiment}"])
+    from omegaconf import OmegaConf
+    source = datasets.build(OmegaConf.merge(cfg, {"shots": cfg.eval.shots or cfg.shots,
+                                                  "query_shots": cfg.eval.query_shots or cfg.query_shots}))
+    return fingerprint(source, "test", cfg.eval.test_seed, cfg.eval.num_tasks)
+
+
+def summarise(setting: str, spec: dict) -> None:
+    for algo, a in spec["algorithms"].items():
+        rows = []
+        for point in candidates(a["grid"]):
+            s = json.loads((RECORDS / setting / algo / candidate_name(point) / "summary.json").read_text())
+            assert s["kind"] == "selection" and s["test"] is None, "a selection candidate was tested"
+            rows.append({"candidate": candidate_name(point), "values": point, "status": s["status"],
+                         "val_metric": s["val"]["mean"] if s["status"] == "completed" else None,
+                         "val_ci95": s["val"]["ci95"] if s["status"] == "completed" else None,
+                         "iterations_done": s["iterations_done"], "val_fingerprint": s["val"]["fingerprint"]})
+        lower = json.loads((RECORDS / setting / algo / rows[0]["candidate"] / "summary.json").read_text())["val"][
+            "metric"] == "mse"
+        scored = [r for r in rows if r["val_metric"] is not None]
+        best = (min if lower else max)(scored, key=lambda r: r["val_metric"])
+        atomic_write_json(RECORDS / setting / algo / "selection.json", {
+            "kind": "selection", "setting": setting, "algorithm": algo, "experiment": a["experiment"],
+            "grid": a["grid"], "budget_minutes": spec["budget_minutes"], "val_tasks": spec["val_tasks"],
+            "seed": spec["seed"], "metric": "mse" if lower else "accuracy", "candidates": rows,
+            "winner": best["values"], "winner_name": best["candidate"],
+            "test_fingerprint": test_fingerprint(a["experiment"])})
+        print(f"select: {setting} {algo}: {best['candidate']} (validation {best['val_metric']:.4g})")
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 1:
+        print("usage: python tools/selection.py SETTING   (a key of configs/selection.yaml)", file=sys.stderr)
+        return 2
+    setting, spec = argv[0], yaml.safe_load((ROOT / "configs" / "selection.yaml").read_text())
+    if setting not in spec:
+        print(f"select: setting {setting!r} is not in configs/selection.yaml; choose one of {list(spec)}",
+              file=sys.stderr)
+        return 2
+    out = Path("runs") / "select"  # relative: records name no folder of this machine
+    shutil.rmtree(ROOT / out / setting, ignore_errors=True)
+    proc = subprocess.run(["bash", "tools/jobs.sh", str(out)], input="\n".join(jobs(setting, spec[setting])) + "\n",
+                          text=True, cwd=ROOT, env=dict(os.environ, PY=sys.executable))
+    if proc.returncode:
+        return proc.returncode
+    collect(ROOT / out / setting, RECORDS / setting)
+    summarise(setting, spec[setting])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
