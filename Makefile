@@ -46,9 +46,9 @@ $(VENV)/.setup-done: pyproject.toml tools/setup.sh
 reproduce: setup  ## comparison a (published protocols, equal budgets) on Omniglot 5w1s + sinusoid, the studies, the report
 	rm -rf $(OUT)
 	{ for s in $(SEED_LIST); do for a in $(REVERSE_ALGOS); do \
-	    echo "omniglot_5w1s/$$a-s$$s train.py experiment=omniglot_5w_$$a seed=$$s $(call CAP,$(BUDGET_OMNIGLOT))"; \
+	    echo "omniglot_5w1s/$$a-s$$s train.py experiment=omniglot_5w_$$a seed=$$s fidelity_every=100 $(call CAP,$(BUDGET_OMNIGLOT))"; \
 	  done; for a in imaml_release $(REVERSE_ALGOS) pretrained; do \
-	    echo "sinusoid/$$a-s$$s train.py experiment=sinusoid_$$a seed=$$s $(call CAP,$(BUDGET_SINUSOID))"; \
+	    echo "sinusoid/$$a-s$$s train.py experiment=sinusoid_$$a seed=$$s fidelity_every=100 $(call CAP,$(BUDGET_SINUSOID))"; \
 	  done; done; for s in $(STUDIES); do echo "study/$$s study.py study=$$s"; done; } | PY=$(PY) tools/jobs.sh $(OUT)
 	$(PY) -m reporting.collect $(OUT) $(RECORDS)/reproduce-$(PROFILE)
 	$(PY) report.py

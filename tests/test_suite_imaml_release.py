@@ -44,7 +44,7 @@ def test_release_experiment_composes_with_every_switch(tmp_path):
 
 
 @pytest.mark.parametrize("overrides,message", [
-    (["prox_mode=last"], "prox_mode='last' is invalid; choose every_step (the paper) or final_step"),
+    (["prox_mode=last"], "prox_mode='last' is invalid; choose every_step (the paper), final_step"),
     (["eval.prox_lam=-1"], "eval.prox_lam=-1 is invalid: a finite number >= 0, or null"),
     (["eval.prox_lam=abc"], "eval.prox_lam='abc' is invalid"),
     (["algorithm=imaml", "algorithm.outer.eps=0"], "algorithm.outer.eps=0 is invalid: must be a finite number > 0"),

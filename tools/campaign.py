@@ -85,9 +85,19 @@ def save(name: str) -> bool:
     run = RUNS / name
     if done(name) or not (run / "ckpt.pt").exists():
         return False
-    for f in ("ckpt.pt", "metrics.jsonl"):
-        _copy_atomic(run / f, RECORDS / name / "unfinished" / f)
+    _copy_atomic(run / "ckpt.pt", RECORDS / name / "unfinished" / "ckpt.pt")
+    _copy_atomic(run / "metrics.jsonl", RECORDS / name / "unfinished" / "metrics.jsonl",
+                 thin_jsonl((run / "metrics.jsonl").read_text()))
     return True
+
+
+def thin_jsonl(text: str, max_rows: int = 1000) -> str:
+    """The metrics rows an unfinished run's saved state keeps (so that it stays small): every
+    validated row, the last one and every n-th other; the final metrics.csv is thinned anyway."""
+    lines = [line for line in text.splitlines() if line.strip()]
+    every = max(1, -(-len(lines) // max_rows))
+    keep = [line for i, line in enumerate(lines) if i % every == 0 or i == len(lines) - 1 or '"val_metric"' in line]
+    return "".join(line + "\n" for line in keep)
 
 
 def collect(name: str) -> bool:

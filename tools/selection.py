@@ -67,14 +67,14 @@ def summarise(setting: str, spec: dict) -> None:
         rows = []
         for point in candidates(a["grid"]):
             s = json.loads((RECORDS / setting / algo / candidate_name(point) / "summary.json").read_text())
-            assert s["kind"] == "selection" and s["test"] is None, "a selection candidate was tested"
+            assert s["config"]["eval"]["final"] == "val" and s["test"] is None, "a selection candidate was tested"
+            val = s.get("val") if s["status"] == "completed" else None  # a diverged candidate has no score
             rows.append({"candidate": candidate_name(point), "values": point, "status": s["status"],
-                         "val_metric": s["val"]["mean"] if s["status"] == "completed" else None,
-                         "val_ci95": s["val"]["ci95"] if s["status"] == "completed" else None,
-                         "iterations_done": s["iterations_done"], "val_fingerprint": s["val"]["fingerprint"]})
-        lower = json.loads((RECORDS / setting / algo / rows[0]["candidate"] / "summary.json").read_text())["val"][
-            "metric"] == "mse"
+                         "val_metric": val["mean"] if val else None, "val_ci95": val["ci95"] if val else None,
+                         "iterations_done": s["iterations_done"], "val_fingerprint": val["fingerprint"] if val else None})
         scored = [r for r in rows if r["val_metric"] is not None]
+        lower = json.loads((RECORDS / setting / algo / scored[0]["candidate"] / "summary.json").read_text())["val"][
+            "metric"] == "mse"
         best = (min if lower else max)(scored, key=lambda r: r["val_metric"])
         atomic_write_json(RECORDS / setting / algo / "selection.json", {
             "kind": "selection", "setting": setting, "algorithm": algo, "experiment": a["experiment"],
@@ -102,6 +102,12 @@ def main(argv: list[str]) -> int:
         return proc.returncode
     collect(ROOT / out / setting, RECORDS / setting)
     summarise(setting, spec[setting])
+    return 0
+
+
+def resummarise(setting: str) -> int:
+    """Rewrite the selection.json files from the collected candidate records alone."""
+    summarise(setting, yaml.safe_load((ROOT / "configs" / "selection.yaml").read_text())[setting])
     return 0
 
 

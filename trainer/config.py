@@ -94,8 +94,8 @@ def validate(cfg: DictConfig) -> None:
         _pos(cfg, "algorithm.outer.eps", "must be a finite number > 0 (Adam's eps; torch's default 1e-8)")
     mode = cfg.get("prox_mode", "every_step")
     if mode not in algorithms.PROX_MODES:
-        raise ConfigError(f"prox_mode={mode!r} is invalid; choose every_step (the paper) or final_step "
-                          "(the official iMAML release)")
+        raise ConfigError(f"prox_mode={mode!r} is invalid; choose every_step (the paper), final_step "
+                          "(the official iMAML release) or none (hypertorch's example)")
     _int(cfg, "inner_steps", 0, "must be an integer >= 0")
     _int(cfg, "test_inner_steps", 0, "must be an integer >= 0")
     _pos(cfg, "inner_lr")
@@ -116,6 +116,7 @@ def validate(cfg: DictConfig) -> None:
     _int(cfg, "shots", 1, "must be an integer >= 1")
     _int(cfg, "query_shots", 1, "must be an integer >= 1")
     _int(cfg, "seed", 0, "must be an integer >= 0")
+    _int(cfg, "fidelity_every", 0, "must be an integer >= 0 (0: never)")
     if not isinstance(cfg.diagnostics, (bool, int)) or cfg.diagnostics < 0:
         raise ConfigError(f"diagnostics={cfg.diagnostics!r} is invalid: every N-th iteration (an integer >= 0) or true/false")
     if cfg.dtype not in DTYPES:

@@ -105,7 +105,9 @@ def evaluate(spec: EvalSpec, params, split: str, seed: int, n: int, steps_list=(
     return {"metric": spec.metric, "mean": mean, "std": std, "ci95": 1.96 * std / math.sqrt(n), "n": n,
             "per_task": [float(v) for v in values],
             "steps": spec.inner.steps,
-            "by_steps": {str(k): torch.cat(v).double().mean().item() for k, v in sorted(by_steps.items())}}
+            "by_steps": {str(k): torch.cat(v).double().mean().item() for k, v in sorted(by_steps.items())},
+            "by_steps_ci95": {str(k): 1.96 * torch.cat(v).double().std(unbiased=False).item() / math.sqrt(n)
+                              for k, v in sorted(by_steps.items())}}
 
 
 def zero_predictor(spec: EvalSpec, split: str, seed: int, n: int) -> dict:

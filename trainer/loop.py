@@ -27,6 +27,7 @@ from atomic import atomic_torch_save, atomic_write_json, atomic_write_text
 
 from .config import ConfigError, eval_prox_lam, inner_config, model_options, outer_options
 from .evaluate import EvalSpec, evaluate, fingerprint, has_split, zero_predictor
+from .fidelity import fidelity
 from .loggers import make_logger
 from .meters import AllocationMeter, Timer, rss_peak_bytes
 from .problem import Problem, batching, build_problem
@@ -191,6 +192,8 @@ class _Run:
         self.hparams = dict(OmegaConf.to_container(a.hparams, resolve=True))
         self.summary = _summary_base(cfg, run_dir, p, seeds, fields, _implicit_record(self.hparams, self.inner),
                                      self.spec)
+        if cfg.eval.final == "val":
+            self.summary["kind"] = "selection"
         self.batching = batching(cfg.batching, p.model)
         self.summary["code_path"] = {"batching": self.batching, **CODE_PATHS[self.batching]}
         opt_cls = torch.optim.Adam if a.outer.optimizer == "adam" else torch.optim.SGD
@@ -271,8 +274,11 @@ class _Run:
             grad(meter=meter)
         else:
             meter = None
+        fid = {}
+        if cfg.fidelity_every and (it == self.start + 1 or it % cfg.fidelity_every == 0):
+            fid = fidelity(a.estimator, self.loss_fn, self.params, tasks, self.inner, self.hparams, self.batching)
         self.offclock_wall += time.perf_counter() - t_off
-        row = {"iter": it, "train_loss": info["query_loss_after"].mean().item(), "sample_s": sample_s}
+        row = {"iter": it, "train_loss": info["query_loss_after"].mean().item(), "sample_s": sample_s, **fid}
         if "query_metric_after" in info:
             row["train_metric"] = info["query_metric_after"].mean().item()
         for k in ("query_loss_before", "inner_grad_norm", "cg_residual"):
@@ -370,7 +376,6 @@ class _Run:
         self.summary["budget"] = budget_label(self.summary, it)
         t0 = time.perf_counter()
         if cfg.eval.final == "val":  # a selection candidate: scored on validation tasks, never tested
-            self.summary["kind"] = "selection"
             test = self.summary["val"] = run_val(cfg, self.spec, self.params)
         else:
             test = run_test(cfg, self.spec, self.params)
