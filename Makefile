@@ -45,8 +45,8 @@ $(VENV)/.setup-done: pyproject.toml tools/setup.sh
 
 reproduce: setup  ## comparison a (published protocols, equal budgets) on Omniglot 5w1s + sinusoid, the studies, the report
 	rm -rf $(OUT)
-	{ for s in $(SEED_LIST); do for a in $(REVERSE_ALGOS); do \
-	    echo "omniglot_5w1s/$$a-s$$s train.py experiment=omniglot_5w_$$a seed=$$s fidelity_every=100 $(call CAP,$(BUDGET_OMNIGLOT))"; \
+	{ for s in $(SEED_LIST); do for a in imaml_release $(REVERSE_ALGOS); do e=$${a/#imaml_release/imaml_release_algo}; \
+	    echo "omniglot_5w1s/$$a-s$$s train.py experiment=omniglot_5w_$$e seed=$$s fidelity_every=25 $(call CAP,$(BUDGET_OMNIGLOT))"; \
 	  done; for a in imaml_release $(REVERSE_ALGOS) pretrained; do \
 	    echo "sinusoid/$$a-s$$s train.py experiment=sinusoid_$$a seed=$$s fidelity_every=100 $(call CAP,$(BUDGET_SINUSOID))"; \
 	  done; done; for s in $(STUDIES); do echo "study/$$s study.py study=$$s"; done; } | PY=$(PY) tools/jobs.sh $(OUT)
@@ -76,8 +76,9 @@ campaign-status:  ## each campaign run: iterations done / planned, latest valida
 campaign-save:  ## copy unfinished campaign runs' checkpoints into reports/records/campaign-cpu (to commit)
 	$(PY) tools/campaign.py save
 
-test: setup lint  ## lint, then the test suite (CPU, no network; real data from DATA when present)
-	$(PY) -m pytest -m "not slow" -q
+TEST_JOBS ?= $(shell n=$$(nproc 2>/dev/null || echo 2); echo $$(( n < 4 ? n : 4 )))   # one pytest-xdist worker per core, at most 4
+test: setup lint  ## lint, then the test suite (CPU, no network; real data from DATA when present), TEST_JOBS workers
+	$(PY) -m pytest -m "not slow" -q -n $(TEST_JOBS) --dist loadfile
 
 test-all: setup  ## every test, the slow ones too
 	$(PY) -m pytest -q
@@ -143,7 +144,7 @@ bench-tta: setup  ## time to accuracy, Omniglot 5w1s, MAML + iMAML (≈ 65 min) 
 	wait $$a; ra=$$?; wait $$b; rb=$$?; [ $$ra -eq 0 ] && [ $$rb -eq 0 ]
 	$(PY) -m bench.tta render=true
 
-gpu-check: setup  ## CUDA check (≤ 8 min on one H100): every algorithm briefly, MAML/iMAML time + memory vs K
+gpu-check: setup  ## CUDA check: every algorithm briefly, MAML/iMAML time + memory vs K
 	$(PY) -m bench.gpu_check
 
 clean:  ## remove run outputs and caches (not the venv)

@@ -1,7 +1,7 @@
 """Regenerate the results report from the run records: ``python report.py [--runs runs] [--out reports]``.
 
 Writes ``<out>/REPORT.md``, ``<out>/tables/*.csv|.tex`` and ``<out>/figures/*.png``
-(see ``reporting/generate.py``; the record schema is in ``reports/SCHEMA.md``).
+(see :mod:`reporting.generate`; the record schema is ``SCHEMA.md`` beside the report).
 """
 from __future__ import annotations
 

@@ -16,7 +16,10 @@ optimizer runs on G, Eq. 4) puts it in every step's objective. ``final_step`` is
 iMAML release (aravindr93/imaml_dev, ``examples/omniglot_implicit_maml.py``:
 ``learn_task(..., add_regularization=False)`` and then one ``inner_opt.step()`` on
 ``regularization_loss``): ``steps`` iterations of the optimizer on L_support alone, then
-one SGD step of size ``lr`` on (λ/2)||φ − θ||² alone, φ ← φ − lr·λ·(φ − θ).
+one SGD step of size ``lr`` on (λ/2)||φ − θ||² alone, φ ← φ − lr·λ·(φ − θ). ``none`` drops the
+proximal term from the inner loop altogether (plain steps on L_support, in training and at test);
+λ then appears only in iMAML's linear system. This is what prolearner/hypertorch's iMAML example
+runs: its proximal anchor is a generator consumed by the first step.
 """
 from __future__ import annotations
 
@@ -33,7 +36,7 @@ from .linalg import Params, gradient, tree_add, tree_dot, tree_norm, truncated_n
 
 LossFn = Callable[[Params, torch.Tensor, torch.Tensor], torch.Tensor]
 OPTIMIZERS = ("sgd", "momentum", "adam", "hf")
-PROX_MODES = ("every_step", "final_step")
+PROX_MODES = ("every_step", "final_step", "none")
 
 
 @dataclass(frozen=True)
@@ -89,8 +92,8 @@ class InnerConfig:
             raise ValueError(f"inner.betas={self.betas!r} must each be in [0, 1)")
         if self.prox_mode not in PROX_MODES:
             raise ValueError(f"inner.prox_mode={self.prox_mode!r} is unknown; allowed: {list(PROX_MODES)}")
-        if self.prox_mode == "final_step" and self.optimizer == "hf":
-            raise ValueError("inner.prox_mode='final_step' needs a gradient optimizer (sgd, momentum, adam), "
+        if self.prox_mode != "every_step" and self.optimizer == "hf":
+            raise ValueError(f"inner.prox_mode={self.prox_mode!r} needs a gradient optimizer (sgd, momentum, adam), "
                              "not optimizer='hf' (the release has no Hessian-free solver)")
         if self.hf_cg_steps < 1 or self.hf_ls_steps < 0:
             raise ValueError("inner.hf_cg_steps must be >= 1 and inner.hf_ls_steps >= 0")
@@ -167,6 +170,7 @@ def solve_inner(loss_fn: LossFn, theta: Params, support: tuple[torch.Tensor, tor
         return _solve_hf(loss_fn, theta, x, y, cfg, lam)
 
     final = cfg.prox_mode == "final_step"
+    plain = cfg.prox_mode != "every_step"  # the optimizer runs on L_support alone
     batches = _batches(x.shape[0], cfg.batch, cfg.steps)
 
     state = _init_state(phi, cfg)
@@ -174,7 +178,7 @@ def solve_inner(loss_fn: LossFn, theta: Params, support: tuple[torch.Tensor, tor
         xb, yb = (x, y) if batches is None else (x[batches[t - 1]], y[batches[t - 1]])
 
         def G(p):
-            return inner_objective(loss_fn, p, theta, xb, yb, 0.0 if final else lam)
+            return inner_objective(loss_fn, p, theta, xb, yb, 0.0 if plain else lam)
 
         g = gradient(G, phi, create_graph=not detach, autograd=autograd)
         if detach:

@@ -16,6 +16,12 @@ padding supplies anyway: 7×7 → 8×8 → 4×4 either way, the same numbers; te
 1.73 on the conv and linear weights, biases U(0, 0.05), batch-norm scale 1 and shift 0
 (torch's defaults, which the release keeps).
 
+prolearner/hypertorch's iMAML example (``examples/iMAML.py``, ``get_cnn_omniglot``,
+``initialize``): ``arch='hypertorch'`` — 4 × [3×3 conv, stride 1 → ReLU → 2×2 max-pool →
+batch norm, eps 1e-5] (28 → 14 → 7 → 3 → 1, so 64 features for either head); it evaluates in
+training mode, so batch norm uses batch statistics there too. ``init='hypertorch'`` — conv
+weights N(0, 2 / (9·filters)) with zero bias, batch-norm scale 1 and shift 0, head zero.
+
 Batch norm always normalises with the statistics of the batch it sees (eps 1e-3, as in
 the TF reference; 1e-5 with ``arch='imaml_release'``): ``bn_mode='transductive'`` feeds
 the whole query set as one batch (MAML reference and the iMAML release; the default),
@@ -36,8 +42,8 @@ import torch.nn.functional as F
 
 Params = dict[str, torch.Tensor]
 BN_EPS = 1e-3
-INITS = ("maml", "imaml_release")
-ARCHS = ("maml", "imaml_release")
+INITS = ("maml", "imaml_release", "hypertorch")
+ARCHS = ("maml", "imaml_release", "hypertorch")
 RELEASE_BN_EPS = 1e-5
 RELEASE_GAIN = 1.73
 ACTIVATIONS = {"relu": F.relu, "tanh": torch.tanh, "softplus": F.softplus}
@@ -77,7 +83,11 @@ def init_conv4(g: torch.Generator, ways: int, channels: int, filters: int, feat_
     """``init='maml'``: xavier-uniform convs with zero bias, batch-norm scale U[0,1], shift 0
     (as learn2learn's ``maml_init_``); xavier-uniform head weights, zero bias.
     ``init='imaml_release'``: ``xavier_uniform_(weight, gain=1.73)`` and ``uniform_(bias, 0, 0.05)``
-    on the convs and the head, batch-norm scale 1, shift 0 (imaml_dev ``make_conv_network``)."""
+    on the convs and the head, batch-norm scale 1, shift 0 (imaml_dev ``make_conv_network``).
+    ``init='hypertorch'``: conv weights N(0, 2 / (9·filters)), zero biases, batch-norm scale 1,
+    shift 0, zero head (hypertorch ``examples/iMAML.py`` ``initialize``)."""
+    if init == "hypertorch":
+        return _init_hypertorch(g, ways, channels, filters, feat_dim, dtype)
     release = init == "imaml_release"
     gain = RELEASE_GAIN if release else 1.0
 
@@ -94,6 +104,19 @@ def init_conv4(g: torch.Generator, ways: int, channels: int, filters: int, feat_
         c_in = filters
     p["head.weight"] = gain * _xavier((ways, feat_dim), feat_dim, ways, g, dtype)
     p["head.bias"] = bias(ways)
+    return p
+
+
+def _init_hypertorch(g: torch.Generator, ways: int, channels: int, filters: int, feat_dim: int, dtype) -> Params:
+    p, c_in, std = {}, channels, math.sqrt(2.0 / (9 * filters))
+    for i in range(4):
+        p[f"conv{i}.weight"] = torch.randn((filters, c_in, 3, 3), generator=g, dtype=dtype) * std
+        p[f"conv{i}.bias"] = torch.zeros(filters, dtype=dtype)
+        p[f"bn{i}.weight"] = torch.ones(filters, dtype=dtype)
+        p[f"bn{i}.bias"] = torch.zeros(filters, dtype=dtype)
+        c_in = filters
+    p["head.weight"] = torch.zeros((ways, feat_dim), dtype=dtype)
+    p["head.bias"] = torch.zeros(ways, dtype=dtype)
     return p
 
 
@@ -120,13 +143,19 @@ def batch_norm(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, eps: float = B
 
 
 def conv4(params: Params, x: torch.Tensor, stride: int = 2, pool: bool = False, head: str = "mean",
-          bn_eps: float = BN_EPS, pad_block2: bool = False, fused_bn: bool = False) -> torch.Tensor:
+          bn_eps: float = BN_EPS, pad_block2: bool = False, fused_bn: bool = False,
+          bn_last: bool = False) -> torch.Tensor:
     """The conv4 forward: logits ``(N, ways)`` of images ``x``.
 
     ``pad_block2``: the release's ``ZeroPad2d((0, 1, 0, 1))`` (right, bottom) after block 2;
-    ``fused_bn``: :func:`batch_norm`'s ``fused``."""
+    ``fused_bn``: :func:`batch_norm`'s ``fused``; ``bn_last``: each block is conv → ReLU →
+    pool → batch norm (hypertorch) instead of conv → batch norm → ReLU → pool."""
     for i in range(4):
         x = F.conv2d(x, params[f"conv{i}.weight"], params[f"conv{i}.bias"], stride=stride, padding=1)
+        if bn_last:
+            x = F.max_pool2d(F.relu(x), 2, 2) if pool else F.relu(x)
+            x = batch_norm(x, params[f"bn{i}.weight"], params[f"bn{i}.bias"], bn_eps, fused_bn)
+            continue
         x = F.relu(batch_norm(x, params[f"bn{i}.weight"], params[f"bn{i}.bias"], bn_eps, fused_bn))
         if pool:
             x = F.max_pool2d(x, 2, 2)
@@ -140,12 +169,19 @@ def build(name: str, *, ways: int = 1, seed: int = 0, dtype=torch.float32, head:
           image_size: int = 28, init: str = "maml", arch: str = "maml",
           activation: str = "relu") -> tuple[Params, Callable[[Params, torch.Tensor], torch.Tensor]]:
     """Return (initial params, forward). Names: ``mlp``, ``conv4_omniglot``, ``conv4_miniimagenet``.
-    ``head``, ``init`` and ``arch`` apply to the conv4s (``arch='imaml_release'``: Omniglot only),
+    ``head``, ``init`` and ``arch`` apply to the conv4s (``arch`` other than ``maml``: Omniglot only),
     ``activation`` to the MLP."""
     g = torch.Generator().manual_seed(seed)
     check_options(name, head, init, arch, activation)
     if name == "mlp":
         return init_mlp(g, dtype), mlp if activation == "relu" else partial(mlp, activation=activation)
+    if name == "conv4_omniglot" and arch == "hypertorch":
+        side = image_size
+        for _ in range(4):
+            side //= 2
+        feat = 64 if head == "mean" else 64 * side * side
+        fwd = _conv4_forward(stride=1, pool=True, head=head, bn_eps=RELEASE_BN_EPS, bn_last=True)
+        return init_conv4(g, ways, 1, 64, feat, dtype, init), fwd
     if name == "conv4_omniglot":
         release = arch == "imaml_release"
         side = image_size
@@ -184,8 +220,8 @@ def check_options(name: str, head: str = "mean", init: str = "maml", arch: str =
         raise ValueError(f"model.init={init!r}; allowed: {list(INITS)}")
     if arch not in ARCHS:
         raise ValueError(f"model.arch={arch!r}; allowed: {list(ARCHS)}")
-    if arch == "imaml_release" and name != "conv4_omniglot":
-        raise ValueError(f"model.arch='imaml_release' is the release's Omniglot conv4, not {name!r}; use arch=maml")
+    if arch != "maml" and name != "conv4_omniglot":
+        raise ValueError(f"model.arch={arch!r} is an Omniglot conv4, not {name!r}; use arch=maml")
 
 
 def _with_fused(make: Callable, forward: Callable, fn: Callable) -> Callable:

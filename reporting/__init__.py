@@ -1,3 +1,3 @@
-"""Report generator: reads run records under ``runs/`` (schema in
-``reports/SCHEMA.md``) and writes ``REPORT.md``, tables and figures. Entry point:
-``python report.py``; library entry point :func:`reporting.generate.generate`."""
+"""Report generator: reads run records (their schema is ``SCHEMA.md`` beside the report) and
+writes ``REPORT.md``, tables and figures. Entry point: ``python report.py``; library entry
+point :func:`reporting.generate.generate`."""

@@ -1,9 +1,9 @@
 """Comparison a: each algorithm at its published protocol, all at one training-time budget.
 
-Runs are grouped by (dataset, test setting, budget): rows show the test metric, how far each
-run got in that budget (iterations, seconds per iteration, peak memory) and its paired
-difference from MAML on the identical test tasks. The learning-curve figure answers the
-wall-clock question (R3): validation metric against minutes of training, one line per algorithm.
+Runs are grouped by (dataset, test setting, budget): one setup table says how each run was
+configured, one results table shows the test metric, whether it beat its baseline and how far
+each run got in that budget (iterations, seconds per iteration, peak memory). The learning-curve
+figure plots the validation metric against minutes of training, one line per algorithm.
 """
 from __future__ import annotations
 
@@ -11,11 +11,9 @@ import csv
 import math
 from pathlib import Path
 
+from . import baselines
 from . import common as c
-from .render import MARKERS, Table, fmt, fmt_g, make_table, new_figure, save_figure
-from .stats import PairingError, improvement_interval, paired_comparison
-
-BASELINE = "MAML"
+from .render import MARKERS, Table, fmt, fmt_g, fmt_pm, make_table, new_figure, save_figure
 
 
 def is_sweep(row: dict) -> bool:
@@ -45,56 +43,118 @@ def _peak_mib(r: dict):
     return None if b is None else b / 2**20
 
 
-def _vs_baseline(r: dict, base: dict | None) -> dict:
-    out = {"vs_mean": None, "vs_low": None, "vs_high": None, "vs_note": "—"}
-    if base is None or r is base or r["status"] != "completed" or base["status"] != "completed":
-        return out
-    try:
-        p = paired_comparison(r["per_task"], base["per_task"], r.get("fingerprint"), base.get("fingerprint"),
-                              r["metric"] == "accuracy")
-    except (PairingError, TypeError) as e:
-        return dict(out, vs_note=f"not paired: {e}")
-    m, lo, hi = improvement_interval(p, r["metric"] == "accuracy")
-    return dict(out, vs_mean=m, vs_low=lo, vs_high=hi, vs_note="")
+def _shots(train: bool):
+    def f(r: dict) -> str:
+        s, q = (r.get("shots"), r.get("query_shots")) if train else (r.get("test_shots"), r.get("test_query_shots"))
+        return f"{fmt_g(s)} + {fmt_g(q)}"
+    return f
 
 
-def protocol_table(key: tuple, rows: list[dict]) -> Table:
+def _inner(r: dict) -> str:
+    return f"{c.inner_text(r)}; {c.steps_text(r)} steps"
+
+
+def _label(runs: list[dict]) -> str:
+    r = runs[0]
+    return f"{r['label']} (baseline)" if baselines.is_baseline(r) else c.label_text(r)
+
+
+def setup_table(key: tuple, rows: list[dict]) -> Table:
+    """What each configuration of the setting was set up with (one row per configuration, its seeds
+    together): one table per setting, so the results tables carry results only."""
     dataset, setting, minutes = key
-    base = next((r for r in rows if r["label"] == BASELINE and r["status"] == "completed"), None)
+    first = lambda fn: (lambda runs: fn(runs[0]))  # noqa: E731
+    cols = [("algorithm", _label), ("protocol", first(lambda r: r.get("protocol") or "—")),
+            ("inner (opt lr; steps train/test)", first(_inner)), ("λ / CG", first(c.lam_cg_text)),
+            ("outer (opt lr)", first(c.outer_text)), ("meta-batch", first(lambda r: fmt_g(r.get("meta_batch_size")))),
+            ("train shots (support + query)", first(_shots(True))), ("test shots (support + query)", first(_shots(False))),
+            ("BN", first(lambda r: r.get("bn_mode") or "—")),
+            ("run on", lambda runs: f"seeds {c.seeds_list(runs)}, {runs[0].get('device') or '—'}, "
+                                    f"{runs[0].get('dtype') or '—'}")]
+    raw = ("label", "protocol", "experiment", *c.SETUP_RAW, "device_name", "run")
+    configs = c.config_groups(rows)
+    out = [dict(runs[0], seed=c.seeds_list(runs), run=c.runs_text(runs), _runs=runs) for runs in configs]
+    name = c.slug("setup", dataset, setting, f"{fmt_g(minutes)}min" if minutes is not None else "paper")
+    return make_table(name, out, [(h, _on_runs(fn)) for h, fn in cols], raw)
+
+
+def _on_runs(fn):
+    return lambda row: fn(row["_runs"])
+
+
+def learned_text(runs: list[dict], judged: dict[str, dict]) -> str:
+    """Whether the configuration beat its baselines: one run's judgement, or how many seeds did."""
+    if baselines.is_baseline(runs[0]):
+        return "— (a baseline)"
+    done = [r for r in runs if r["run"] in judged]
+    if len(done) <= 1:
+        return baselines.text(done[0], judged) if done else "—"
+    states = [judged[r["run"]]["status"] for r in done]
+    if len(set(states)) == 1:
+        return f"{states[0]} (all {len(done)} seeds)"
+    bad = [fmt_g(r.get("seed")) for r in done if judged[r["run"]]["status"] == baselines.DID_NOT_LEARN]
+    return f"learned in {len(done) - len(bad)} of {len(done)} seeds; did not learn: seed {', '.join(bad)}"
+
+
+def _reached(runs: list[dict]) -> str:
+    done = sorted(r["iterations_done"] for r in runs)
+    span = f"{done[0]:,}" if done[0] == done[-1] else f"{done[0]:,}–{done[-1]:,}"
+    return f"{span} of {runs[0]['meta_iterations']:,}"
+
+
+def _mean_of(runs: list[dict], key: str, scale: float = 1.0):
+    vals = [r[key] for r in runs if r.get(key) is not None]
+    return sum(vals) / len(vals) * scale if vals else None
+
+
+def protocol_table(key: tuple, rows: list[dict], judged: dict[str, dict], pool: list[dict] = ()) -> Table:
+    """Results at the budget, one row per configuration: the test metric (mean ± std over seeds and
+    each seed's value with its 95% CI, or one run's value ± 95% CI), whether it beat its baselines and
+    how far the runs got. ``pool``: every record, where a zero predictor on the same test tasks is found."""
+    dataset, setting, minutes = key
+    configs = c.config_groups(rows)
+    several = any(len(runs) > 1 for runs in configs)
     out = []
-    for r in rows:
-        d = dict(r, peak_mib=_peak_mib(r), **_vs_baseline(r, base))
-        out.append(d)
-    s, digits = c.scale_of(rows[0].get("metric") or ("mse" if dataset == "sinusoid" else "accuracy"))
-
-    def vs(r):
-        if r["vs_mean"] is None:
-            return r["vs_note"]
-        return (f"{fmt(r['vs_mean'], digits, s)} [{fmt(r['vs_low'], digits, s)}, {fmt(r['vs_high'], digits, s)}]")
-
-    cols = [("algorithm", c.label_text), ("protocol", lambda r: r.get("protocol") or "—"),
-            ("status", c.status_text), ("test metric (± 95% CI)", c.result_text),
-            (f"improvement over {BASELINE} [95% CI]", vs),
-            ("iterations reached", lambda r: f"{r['iterations_done']:,}"),
-            ("training min", lambda r: fmt(None if r.get("train_wall_s") is None else r["train_wall_s"] / 60, 1)),
-            ("s / iteration", lambda r: fmt(r.get("median_iter_s"), 3)),
-            ("peak MiB", lambda r: fmt(r["peak_mib"], 1)),
-            ("steps train/test", c.steps_text), ("inner (opt lr)", c.inner_text),
-            ("λ / CG", c.lam_cg_text), ("meta-batch", lambda r: fmt_g(r.get("meta_batch_size"))),
-            ("shots train/test", c.shots_text), ("seed", lambda r: fmt_g(r.get("seed"))), ("run", lambda r: r["run"])]
-    raw = ("label", "protocol", "experiment", "status", "metric", "mean", "ci95", "n", "vs_mean", "vs_low", "vs_high",
-           "iterations_done", "meta_iterations", "max_train_minutes", "train_wall_s", "median_iter_s", "peak_mib",
-           "inner_steps", "test_steps", "inner_optimizer", "inner_lr", "lam", "cg_steps", "meta_batch_size",
-           "shots", "test_shots", "seed", "device", "device_name", "run")
-    metric_word = "accuracy in %, differences in points" if s == 100 else "MSE (lower is better); improvement = MSE reduction"
-    notes = [f"{metric_word}. Improvement over {BASELINE}: paired on the identical test tasks (a bootstrap 95% CI "
-             "over tasks); every run is tested with its own protocol's test-time adaptation.",
-             "s / iteration: median wall-clock of one meta-iteration (meta-gradient and outer step); peak MiB: "
-             "the largest allocation peak sampled during training (CPU profiler; CUDA peak on a GPU).",
-             f"{c.NOT_PAPER} stopped by the time budget before the paper's iteration count: the row measures what "
-             "each method reaches in this budget, not the paper's number."]
+    for runs in configs:
+        g = c.over_seeds(runs)
+        peaks = [p for p in (_peak_mib(r) for r in runs) if p is not None]
+        out.append(dict(runs[0], _runs=runs, seeds=c.seeds_list(runs), seeds_mean=g["mean"], seeds_std=g["std"],
+                        seeds_runs=g["n"], peak_mib=max(peaks) if peaks else None, learned=learned_text(runs, judged),
+                        run=c.runs_text(runs), train_wall_s=_mean_of(runs, "train_wall_s"),
+                        median_iter_s=_mean_of(runs, "median_iter_s")))
+    s, _ = c.scale_of(rows[0].get("metric") or ("mse" if dataset == "sinusoid" else "accuracy"))
+    cols = [("algorithm", lambda r: _label(r["_runs"])), ("status", lambda r: c.status_summary(r["_runs"]))]
+    if several:
+        cols += [("test metric (mean ± std over seeds)", lambda r: c.spread_text(r["_runs"])),
+                 ("per seed (± 95% CI over test tasks)", lambda r: c.per_seed_text(r["_runs"]))]
+    else:
+        cols += [("seed", lambda r: r["seeds"]), ("test metric (± 95% CI)", lambda r: c.spread_text(r["_runs"]))]
+    cols += [("vs baseline", lambda r: r["learned"]), ("iterations (of the paper's)", lambda r: _reached(r["_runs"])),
+             ("training min", lambda r: fmt(None if r.get("train_wall_s") is None else r["train_wall_s"] / 60, 1)),
+             ("s / iteration", lambda r: fmt(r.get("median_iter_s"), 3)),
+             ("peak MiB", lambda r: fmt(r["peak_mib"], 1)), ("run", lambda r: r["run"])]
+    raw = ("label", "protocol", "experiment", "status", "metric", "seeds", "seeds_runs", "seeds_mean", "seeds_std",
+           "learned", "iterations_done", "meta_iterations", "max_train_minutes", "train_wall_s", "median_iter_s",
+           "peak_mib", "device", "device_name", "run")
+    metric_word = "accuracy in %" if s == 100 else "MSE (lower is better)"
+    notes = [f"{metric_word}; every run is tested with its own protocol's test-time adaptation on the same fixed "
+             "test tasks. s / iteration: median wall-clock of one meta-iteration (mean over seeds); peak MiB: the "
+             "largest allocation peak sampled during training (CUDA peak on a GPU). Paired differences: the matrix "
+             "in [paired comparisons](#paired)."]
+    notes += _baseline_note(rows, [*rows, *pool]) if dataset == "sinusoid" else []
     name = c.slug("protocols", dataset, setting, f"{fmt_g(minutes)}min" if minutes is not None else "paper")
     return make_table(name, out, cols, raw, notes)
+
+
+def _baseline_note(rows: list[dict], pool: list[dict]) -> list[str]:
+    """What a regression row is judged against, with the zero predictor's value on these test tasks."""
+    zero = next((z for z in (baselines.zero_predictor(r, pool) for r in rows) if z), None)
+    zero_text = (f" The zero predictor (predicting 0) has MSE {fmt_pm(zero['mean'], zero['ci95'], 3)} on these test "
+                 "tasks." if zero else "")
+    pre = "the pretrained network of the same seed and budget" + (
+        "" if any(baselines.is_baseline(r) for r in rows) else " (none at this budget)")
+    return [f"vs baseline: each seed is judged against {pre} and the zero predictor, paired on identical test tasks; "
+            f"it learned when the 95% CI of its improvement over each lies above 0.{zero_text}"]
 
 
 def _curve(folder: str) -> list[tuple[float, float]]:

@@ -1,42 +1,74 @@
 """Copy the records behind a report out of a run tree: ``python -m reporting.collect SRC DST``.
 
-The report is built from ``reports/records/`` (committed), not from ``runs/`` (git-ignored), so
-a reader of a clone can check every number. Copied per run: ``summary.json`` and ``metrics.csv``;
+The report is built from the committed records folder beside it, not from ``runs/``
+(git-ignored), so a reader of a clone can check every number. Copied per run: ``summary.json`` and ``metrics.csv``;
 per study: ``study.json`` and its CSVs (and, for a study in ``STUDY_RUN_FILES``, the records of
 its own training runs behind its rows). Never checkpoints or data. ``metrics.csv`` keeps every
 validated iteration (the learning curves) and every n-th other one, at most ``MAX_ROWS`` in all,
 so a sinusoid run's thousands of iterations stay a small file. ``DST`` is replaced as a whole
-and atomically: a reader sees the old records or the new ones, never a mix.
+and atomically: a reader sees the old records or the new ones, never a mix. A committed record
+names no path of the machine that wrote it (:func:`relative_paths`).
 """
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
+import re
 import shutil
 import sys
 import tempfile
 from pathlib import Path
 
-from .records import STUDY_FILES, STUDY_RUN_FILES
+from .records import STUDY_FILES, STUDY_RUN_FILES, study_relative
 
 RUN_FILES = ("summary.json", "metrics.csv")
 MAX_ROWS = 400
 
 
 def thin_metrics(text: str, max_rows: int = MAX_ROWS) -> str:
-    """The rows of a metrics.csv a record keeps: the header, every row with a validation metric,
-    the last row, and every n-th row with n chosen so that about ``max_rows`` remain."""
+    """The rows of a metrics.csv a record keeps: the header, every row with a validation metric or
+    a fidelity measurement (``fid_*``), the last row, and every n-th row with n chosen so that
+    about ``max_rows`` remain."""
     lines = text.splitlines(keepends=True)
     if len(lines) <= max_rows + 1:
         return text
     header, rows = lines[0], lines[1:]
-    col = next((i for i, name in enumerate(header.rstrip("\r\n").split(",")) if name == "val_metric"), None)
+    cols = [i for i, name in enumerate(header.rstrip("\r\n").split(",")) if name == "val_metric" or name.startswith("fid_")]
     every = math.ceil(len(rows) / max_rows)
-    keep = [r for i, r in enumerate(rows)
-            if i % every == 0 or i == len(rows) - 1
-            or (col is not None and next(csv.reader([r]))[col:col + 1] not in ([], [""]))]
+
+    def measured(r: str) -> bool:
+        values = next(csv.reader([r]))
+        return any(i < len(values) and values[i] != "" for i in cols)
+
+    keep = [r for i, r in enumerate(rows) if i % every == 0 or i == len(rows) - 1 or (cols and measured(r))]
     return header + "".join(keep)
+
+
+_RUN_DIR_JSON = re.compile(r'("run_dir": )"((?:/|[A-Za-z]:[\\/])[^"]*)"')
+
+
+def relative_paths(rel: Path, text: str) -> str:
+    """A record's text with every absolute ``run_dir`` made relative to the records folder.
+
+    ``rel`` is the record's path inside that folder. In JSON (summary, retest) the run folder
+    is the record's own folder (a retest record's is the run it retested); in a study CSV it is
+    relative to the study folder (``train/<name>``). Only those strings change, never a number."""
+    if rel.suffix == ".json":
+        folder = rel.parent.parent if rel.parent.name == "retest" else rel.parent
+        return _RUN_DIR_JSON.sub(lambda m: f'{m.group(1)}"{folder.as_posix() or "."}"', text)
+    if rel.suffix != ".csv" or "run_dir" not in text.split("\n", 1)[0].split(","):
+        return text
+    rows = list(csv.reader(io.StringIO(text, newline="")))
+    col = rows[0].index("run_dir")
+    relative = [[*r[:col], study_relative(r[col]), *r[col + 1:]] if len(r) > col and r[col] else r for r in rows[1:]]
+    if relative == rows[1:]:
+        return text
+    rows[1:] = relative
+    buf = io.StringIO(newline="")
+    csv.writer(buf, lineterminator="\n").writerows(rows)
+    return buf.getvalue()
 
 
 def record_files(src: Path) -> list[Path]:
@@ -69,10 +101,9 @@ def collect(src: Path, dst: Path) -> int:
     for f in files:
         target = tmp / f.relative_to(src)
         target.parent.mkdir(parents=True, exist_ok=True)
-        if f.name == "metrics.csv":
-            target.write_text(thin_metrics(f.read_text()))
-        else:
-            shutil.copyfile(f, target)
+        text = f.read_text()
+        text = thin_metrics(text) if f.name == "metrics.csv" else relative_paths(f.relative_to(src), text)
+        target.write_text(text)
     old = dst.with_name(f".{dst.name}.old")
     shutil.rmtree(old, ignore_errors=True)
     if dst.exists():

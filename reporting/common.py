@@ -9,7 +9,8 @@ import pandas as pd
 from .render import fmt, fmt_g, fmt_pm, is_missing
 from .stats import mean_std
 
-LABEL_ORDER = ("MAML", "FOMAML", "Reptile", "iMAML-GD", "iMAML-HF")
+LABEL_ORDER = ("MAML", "FOMAML", "Reptile", "iMAML-GD", "iMAML-GD (release)", "iMAML-GD (hypertorch)", "iMAML-HF",
+               "Pretrained")
 SETTING_ORDER = ("5w1s", "5w5s", "20w1s", "20w5s")
 DATASET_NAMES = {"omniglot": "Omniglot", "miniimagenet": "mini-ImageNet", "sinusoid": "sinusoid"}
 # Everything that defines a training configuration except the seed: runs sharing these
@@ -17,7 +18,8 @@ DATASET_NAMES = {"omniglot": "Omniglot", "miniimagenet": "mini-ImageNet", "sinus
 CONFIG_KEYS = ("label", "variant", "algorithm", "dataset", "ways", "shots", "query_shots", "test_shots",
                "test_query_shots", "profile", "experiment", "meta_iterations", "meta_batch_size",
                "inner_optimizer", "inner_lr", "inner_steps", "test_steps", "prox_lam", "lam", "cg_steps",
-               "outer_optimizer", "outer_lr", "outer_clip", "outer_anneal", "bn_mode", "dtype", "device")
+               "outer_optimizer", "outer_lr", "outer_clip", "outer_anneal", "bn_mode", "dtype", "device",
+               "max_train_minutes")
 NOT_PAPER = "†"
 NOT_PAPER_NOTE = (f"{NOT_PAPER} not paper-scale: trained with the `cpu` (or a custom) profile or stopped before its "
                   "planned iterations; such a row checks the pipeline and is not a reproduction of the paper's number.")
@@ -57,8 +59,7 @@ def _cell(key: str, v: Any) -> Any:
 def records(frame: pd.DataFrame) -> list[dict]:
     """Rows as dicts with missing values as None, in the canonical report order."""
     rows = [{k: _cell(k, v) for k, v in r.items()} for r in frame.to_dict("records")] if not frame.empty else []
-    return sorted(rows, key=lambda r: (r["dataset"], setting_rank(r["setting"]), label_rank(r["label"]),
-                                       r["profile"], -1 if r.get("seed") is None else r["seed"], r["run"]))
+    return records_sorted(rows)
 
 
 def config_key(row: dict) -> tuple:
@@ -181,3 +182,65 @@ def seeds_raw(row: dict, groups: dict[tuple, dict]) -> dict:
     ok = row["status"] == "completed" and g["n"] >= 2
     return {"seeds_mean": g["mean"] if ok else math.nan, "seeds_std": g["std"] if ok else math.nan,
             "seeds_runs": g["n"] if ok else None}
+
+
+def config_groups(rows: list[dict]) -> list[list[dict]]:
+    """The runs of each configuration (its seeds), in the order of their first run; each by seed."""
+    out: dict[tuple, list[dict]] = {}
+    for r in rows:
+        out.setdefault(config_key(r), []).append(r)
+    return [sorted(v, key=lambda r: (-1 if r.get("seed") is None else r["seed"], r["run"])) for v in out.values()]
+
+
+def seeds_list(runs: list[dict]) -> str:
+    """'0, 1, 2': the seeds of some runs."""
+    return ", ".join(fmt_g(s) for s in sorted({r.get("seed") for r in runs if r.get("seed") is not None})) or "—"
+
+
+def runs_text(runs: list[dict]) -> str:
+    """The run folders of a configuration's seeds, compressed: 'a/maml-s{0,1,2}'."""
+    names = [r["run"] for r in runs]
+    stems = {n.rsplit("-s", 1)[0] for n in names}
+    if len(names) > 1 and len(stems) == 1 and all("-s" in n for n in names):
+        return f"{stems.pop()}-s{{{','.join(n.rsplit('-s', 1)[1] for n in names)}}}"
+    return "; ".join(names)
+
+
+def over_seeds(runs: list[dict]) -> dict:
+    """The completed runs' test metric across seeds: mean, std (ddof 1), count and seeds."""
+    done = [r for r in runs if r["status"] == "completed"]
+    mean, std, n = mean_std([r["mean"] for r in done])
+    return {"mean": mean, "std": std, "n": n, "done": done, "seeds": seeds_list(done)}
+
+
+def spread_text(runs: list[dict]) -> str:
+    """Mean ± std over seeds with their count, or one run's mean ± 95% CI over test tasks."""
+    g = over_seeds(runs)
+    if not g["n"]:
+        return "—"
+    if g["n"] == 1:
+        return result_text(g["done"][0])
+    s, d = scale_of(g["done"][0]["metric"])
+    return f"{fmt(g['mean'], d, s)} ± {fmt(g['std'], d, s)} ({g['n']} seeds)"
+
+
+def per_seed_text(runs: list[dict]) -> str:
+    """Each seed's result ± 95% CI over test tasks, or its status."""
+    return "; ".join(f"s{fmt_g(r.get('seed'))} {result_text(r) if r['status'] == 'completed' else r['status']}"
+                     for r in runs)
+
+
+def status_summary(runs: list[dict]) -> str:
+    """'completed' when every seed completed, else each stopped seed's status."""
+    bad = [r for r in runs if r["status"] != "completed"]
+    if not bad:
+        return "completed"
+    done = len(runs) - len(bad)
+    head = f"{done} of {len(runs)} completed; " if len(runs) > 1 else ""
+    return head + "; ".join((f"seed {fmt_g(r.get('seed'))} " if len(runs) > 1 else "") + status_text(r) for r in bad)
+
+
+def records_sorted(rows: list[dict]) -> list[dict]:
+    """Row dicts in the canonical report order."""
+    return sorted(rows, key=lambda r: (r["dataset"], setting_rank(r["setting"]), label_rank(r["label"]),
+                                       r["profile"], -1 if r.get("seed") is None else r["seed"], r["run"]))

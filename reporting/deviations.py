@@ -20,16 +20,30 @@ def is_long(study: dict) -> bool:
     return df is not None and bool((df["group"] == "endpoints").any())
 
 
+# What a ladder climbs to (its study's ``release``): the official release, or hypertorch's example.
+TARGETS = {"release": ("the official release", "experiment=omniglot_5w_imaml_release", "configs/study/deviations.yaml"),
+           "hypertorch": ("hypertorch's example", "experiment=omniglot_5w_imaml_hypertorch",
+                          "configs/study/deviations_hypertorch.yaml")}
+
+
+def target(study: dict) -> str:
+    """``hypertorch`` for a ladder whose top rung is hypertorch's protocol, else ``release``."""
+    top = str((((study.get("config") or {}).get("study")) or {}).get("release") or "")
+    return "hypertorch" if "hypertorch" in top else "release"
+
+
 def picks(studies: list[dict]) -> list[tuple[dict, list[str]]]:
-    """The latest completed run (else the latest) of the short-budget study and of the long one."""
+    """Per ladder target, the latest completed run (else the latest) of the short-budget study and of the long one."""
     mine = [s for s in studies if s["study"] == "deviations"]
     out = []
-    for long in (False, True):
-        kind = [s for s in mine if is_long(s) == long]
-        done = [s for s in kind if s["status"] == "completed"]
-        if kind:
-            out.append((done or kind)[-1])
-    return [(s, [o["run"] for o in mine if all(o is not c for c in out)]) for s in out]
+    for goal in TARGETS:
+        for long in (False, True):
+            kind = [s for s in mine if is_long(s) == long and target(s) == goal]
+            done = [s for s in kind if s["status"] == "completed"]
+            if kind:
+                out.append((done or kind)[-1])
+    return [(s, [o["run"] for o in mine if all(o is not c for c in out)] if i == 0 else [])
+            for i, s in enumerate(out)]
 
 
 def _rows(df: pd.DataFrame, group: str) -> list[dict]:
@@ -78,7 +92,7 @@ def _table(name: str, rows: list[dict], first: list, diff_title: str, notes: lis
     return make_table(name, rows, cols, RAW, notes)
 
 
-def _figure(df: pd.DataFrame, prefix: str, at: str, fig_dir):
+def _figure(df: pd.DataFrame, prefix: str, at: str, fig_dir, goal: str = "release"):
     """Test accuracy ± 95% CI per rung: the ladder (left) and each deviation removed alone (right)."""
     panels = [(g, _rows(df, g)) for g in ("ladder", "removed") if (df["group"] == g).any()]
     panels = [(g, [r for r in rows if r.get("accuracy") is not None]) for g, rows in panels]
@@ -88,31 +102,40 @@ def _figure(df: pd.DataFrame, prefix: str, at: str, fig_dir):
     fig, axes = new_figure(len(panels), width=5.2, height=3.6)
     for ax, (group, rows) in zip(axes, panels):
         names = [("paper" if r["rung"] == "paper" else f"+ {r['rung']}") if group == "ladder" else
-                 ("full release" if r["rung"] == "release" else f"− {r['rung']}") for r in rows]
+                 (f"full {goal}" if r["rung"] == "release" else f"− {r['rung']}") for r in rows]
         y = list(range(len(rows)))[::-1]
         ax.errorbar([r["accuracy"] * S for r in rows], y, xerr=[r["ci95"] * S for r in rows], fmt="o", capsize=3)
         ax.set_yticks(y, names, fontsize=8)
         ax.set_xlabel("test accuracy % (± 95% CI)")
-        ax.set_title("deviations added one at a time" if group == "ladder" else "each removed from the release",
+        ax.set_title("deviations added one at a time" if group == "ladder" else f"each removed from the {goal}",
                      fontsize=9)
         ax.grid(axis="x", alpha=0.3)
-    fig.suptitle(f"iMAML on Omniglot 5w1s, paper → release, {at}", fontsize=9)
+    fig.suptitle(f"iMAML on Omniglot 5w1s, paper → {goal}, {at}", fontsize=9)
     return save_figure(fig, fig_dir / f"{prefix}.png")
 
 
-def _carriers(df: pd.DataFrame) -> str:
-    """The ladder's rungs whose gain's 95% CI excludes zero, largest first: what moved the accuracy."""
+rows_of = _rows
+
+
+def carriers(df: pd.DataFrame) -> tuple[list[dict], list[dict]]:
+    """The ladder's rungs whose gain's 95% CI excludes zero (raised, lowered), largest first."""
     rows = [r for r in _rows(df, "ladder") if r.get("diff_mean") is not None]
     up = sorted((r for r in rows if r["diff_low"] > 0), key=lambda r: -r["diff_mean"])
     down = sorted((r for r in rows if r["diff_high"] < 0), key=lambda r: r["diff_mean"])
-    if not rows:
+    return up, down
+
+
+def _carriers(df: pd.DataFrame) -> str:
+    """What moved the accuracy, in words."""
+    up, down = carriers(df)
+    if not any(r.get("diff_mean") is not None for r in _rows(df, "ladder")):
         return ""
 
     def say(rs):
         return ", ".join(f"{r['rung']} ({fmt(r['diff_mean'], 2, S)} [{fmt(r['diff_low'], 2, S)}, "
                          f"{fmt(r['diff_high'], 2, S)}])" for r in rs) or "none"
     ends = [r for r in _rows(df, "ladder") if r.get("accuracy") is not None]
-    span = (f" From the paper as written ({fmt(ends[0]['accuracy'], 2, S)}%) to the full release "
+    span = (f" From the paper as written ({fmt(ends[0]['accuracy'], 2, S)}%) to the top rung "
             f"({fmt(ends[-1]['accuracy'], 2, S)}%)." if len(ends) > 1 else "")
     return (f"\nAt this budget the rungs that raised accuracy (95% CI above zero), largest first: {say(up)}; "
             f"the rungs that lowered it: {say(down)}.{span}\n")
@@ -120,15 +143,16 @@ def _carriers(df: pd.DataFrame) -> str:
 
 def section(study: dict, w) -> str:
     df = study["tables"]["deviations.csv"]
-    long = is_long(study)
-    prefix = "deviations_long" if long else "deviations"
+    long, goal = is_long(study), target(study)
+    prefix = ("deviations_long" if long else "deviations") + ("" if goal == "release" else f"_{goal}")
+    goal_words, goal_exp, goal_cfg = TARGETS[goal]
     minutes = ", ".join(sorted({fmt_g(m) for m in df["budget_minutes"].dropna()})) or "?"
     devices = ", ".join(sorted({str(d) for d in df["device"].dropna()})) if "device" in df else ""
     at = f"at {minutes} min of training per run on {devices or 'an unrecorded device'}"
     n = ", ".join(sorted({fmt_g(v) for v in df["n"].dropna()})) or "—"
-    out = (f"\nOmniglot 5-way 1-shot, iMAML as the paper writes it (`experiment=omniglot_5w_imaml`) → the official "
-           f"release (`experiment=omniglot_5w_imaml_release`), "
-           f"{'the two end points' if long else 'one deviation at a time'} (`configs/study/deviations.yaml`). "
+    out = (f"\nOmniglot 5-way 1-shot, iMAML as the paper writes it (`experiment=omniglot_5w_imaml`) → {goal_words} "
+           f"(`{goal_exp}`), "
+           f"{'the two end points' if long else 'one deviation at a time'} (`{goal_cfg}`). "
            f"Every training run had the same {minutes} min of training wall-clock and was tested on {n} fixed tasks. ")
     out += ("**An equal short budget measures how fast each rung learns, not where it ends up**: a rung that "
             "trains faster per iteration or learns faster early can rank above one that would end higher "
@@ -137,16 +161,19 @@ def section(study: dict, w) -> str:
             "(iterations reached are shown).\n")
     out += ("\nDifferences are in accuracy points, [95% CI]; paired (bootstrap over identical test tasks, Wilcoxon "
             "p) where both rows were tested on the same tasks (same test-task fingerprint), otherwise unpaired "
-            "(normal interval of the difference of two means). The data deviation changes the split: rows with it "
-            "are tested on the release's held-out characters (split seed 123), rows without it on the paper "
-            "split's (split seed 1); comparisons across the two are unpaired. A test-time deviation (λ = 0 at "
-            "test) does not train again: the same trained parameters are tested twice.\n")
+            "(normal interval of the difference of two means). "
+            + ("The data deviation changes the split: rows with it "
+               "are tested on the release's held-out characters (split seed 123), rows without it on the paper "
+               "split's (split seed 1); comparisons across the two are unpaired. A test-time deviation (λ = 0 at "
+               "test) does not train again: the same trained parameters are tested twice.\n" if goal == "release" else
+               "No rung changes the class split; the batch rung also tests with 15 query images per class (the "
+               "example's test tasks), so differences across it are unpaired, the others paired.\n"))
     groups = set(df["group"])
     if "endpoints" in groups:
         out += f"\n#### The paper as written and the full release, {at}\n"
         out += w.table(_table(f"{prefix}_endpoints", _rows(df, "endpoints"), [("end point", lambda r: r["rung"]),
                               ("deviations on", _on)], "release − paper [95% CI]", []))
-    fig = _figure(df, prefix, at, w.fig_dir)
+    fig = _figure(df, prefix, at, w.fig_dir, "release" if goal == "release" else "hypertorch protocol")
     if fig is not None:
         out += w.figure(fig, "Deviation ladder: test accuracy per rung")
     if "ladder" in groups:
@@ -155,14 +182,17 @@ def section(study: dict, w) -> str:
         out += w.table(_table(f"{prefix}_ladder", _rows(df, "ladder"),
                               [("rung", lambda r: r["rung"] if r["rung"] == "paper" else f"+ {r['rung']}")],
                               "gain over the previous rung [95% CI]",
-                              ["Each rung adds one deviation to the rung above it; the last is the full release."]))
+                              [f"Each rung adds one deviation to the rung above it; the last is {goal_words}' "
+                               "protocol." if goal == "hypertorch" else
+                               "Each rung adds one deviation to the rung above it; the last is the full release."]))
     if "removed" in groups:
-        out += f"\n#### Each deviation removed alone from the full release, {at}\n"
+        top = "the full release" if goal == "release" else "hypertorch's protocol"
+        out += f"\n#### Each deviation removed alone from {top}, {at}\n"
         out += w.table(_table(f"{prefix}_removed", _rows(df, "removed"),
-                              [("removed", lambda r: "none (the full release)" if r["rung"] == "release"
+                              [("removed", lambda r: f"none ({top})" if r["rung"] == "release"
                                 else f"− {r['rung']}")],
-                              "difference from the full release [95% CI]",
-                              ["Negative: the release is better with the deviation than without it."]))
+                              f"difference from {top} [95% CI]",
+                              [f"Negative: {top} is better with the deviation than without it."]))
     if "leaky" in groups:
         out += f"\n#### The release's leaky evaluation split, {at}\n"
         out += w.table(_table(f"{prefix}_leaky", _rows(df, "leaky"),

@@ -11,29 +11,34 @@ from pathlib import Path
 
 from atomic import atomic_write_text
 
-from . import budget, paired, studies, tables
+from . import baselines, budget, fidelity_train, findings, limits, paired, studies, tables, tta
 from . import common as c
 from .paper import PaperNumbers, load_paper_numbers
 from .records import STATUSES, STUDY_FILES, Records, Skipped, load
-from .render import Table, make_table, to_markdown, write_table
+from .render import Table, compact, make_table, to_markdown, write_table
 
 GENERATED_EXT = (".csv", ".tex", ".png")
 
 
 class Writer:
-    """Writes tables and figures under ``out`` and returns the Markdown that shows them."""
+    """Writes tables and figures under ``out`` and returns the Markdown that shows them: the
+    main-text view of a table drops its constant columns into the caption; the files keep all."""
 
     def __init__(self, out: Path):
         self.out, self.fig_dir, self.tab_dir = out, out / "figures", out / "tables"
         self.files: set[Path] = set()
 
+    def files_only(self, t: Table) -> str:
+        self.files.update(write_table(t, self.tab_dir))
+        return f"[`tables/{t.name}.csv`](tables/{t.name}.csv), [`tables/{t.name}.tex`](tables/{t.name}.tex)"
+
     def table(self, t: Table) -> str:
         if not t.cells:
             return "\nNo rows.\n"
-        self.files.update(write_table(t, self.tab_dir))
-        notes = "".join(f"\n{n}\n" for n in t.notes)
-        return (f"\n{to_markdown(t)}{notes}\n"
-                f"Files: [`tables/{t.name}.csv`](tables/{t.name}.csv), [`tables/{t.name}.tex`](tables/{t.name}.tex)\n")
+        links = self.files_only(t)
+        view = compact(t)
+        notes = "".join(f"\n{n}\n" for n in view.notes)
+        return f'\n<a id="table-{t.name}"></a>\n\n{to_markdown(view)}{notes}\nFiles: {links}\n'
 
     def figure(self, path: Path, caption: str) -> str:
         self.files.add(path)
@@ -51,88 +56,103 @@ def _no_runs(command: str) -> str:
     return f"\nno runs yet: run `{command}`\n"
 
 
-def _train_sections(recs: Records, paper: PaperNumbers, w: Writer) -> list[str]:
-    rows = c.records(recs.runs)
-    out = ["## 1. Runs\n" + (w.table(tables.inventory(rows)) if rows else _no_runs("make reproduce"))]
+def _heading(anchor: str, title: str) -> str:
+    return f'<a id="{anchor}"></a>\n\n## {title}\n'
 
-    text = ("## 2. Published protocols at an equal training-time budget\n\nEach algorithm runs with the settings "
-            "its authors published for the dataset (`configs/experiment/`), for the same minutes of training on "
-            "the same machine, and is tested on the same fixed test tasks with its own protocol's test-time "
-            "adaptation. This measures what each method reaches in that budget, not the paper's number.\n")
+
+def _protocols(rows, judged, w, pool) -> str:
+    text = _heading("protocols", "1. Published protocols at an equal training-time budget") + (
+        "\nEach algorithm runs with the settings its authors published for the dataset (`configs/experiment/`), for "
+        "the same minutes of training on the same machine, and is tested on the same fixed test tasks with its own "
+        "protocol's test-time adaptation: what each method reaches in that budget, not the paper's number. Per "
+        "setting: how each run was set up, then its results.\n")
     by_budget = budget.groups(rows)
     for key, members in by_budget.items():
-        text += f"\n### {budget.budget_title(*key, members)}\n" + w.table(budget.protocol_table(key, members))
+        text += f"\n### {budget.budget_title(*key, members)}\n"
+        text += w.table(budget.setup_table(key, members)) + w.table(budget.protocol_table(key, members, judged, pool))
         fig = budget.curves_figure(key, members, w.fig_dir)
         if fig is not None:
             text += w.figure(fig, "Validation metric vs training wall-clock") + (
-                "\nLines: the validation metric on the fixed validation tasks (`eval.val_tasks`, 30 in `make "
-                "reproduce`) during training; stars: the final test on the fixed test tasks.\n")
-    out.append(text if by_budget else text + _no_runs("make reproduce"))
+                "\nLines: the validation metric on the fixed validation tasks during training; stars: the final "
+                "test on the fixed test tasks.\n")
+    return text if by_budget else text + _no_runs("make reproduce")
 
-    sweep = [r for r in rows if budget.is_sweep(r)]
-    rows = [r for r in rows if not budget.is_sweep(r)]  # tables 3-5, pairs and claims: comparison a
-    omni = [r for r in rows if r["dataset"] == "omniglot"]
-    text = "## 3. Omniglot — iMAML Table 2 (5w1s / 5w5s / 20w1s / 20w5s)\n"
-    text += (w.table(tables.paper_table("table2_omniglot", omni, paper, tables.omniglot_notes(paper))) if omni
-             else _no_runs("make reproduce") + "(Omniglot 5-way 1-shot; other settings: "
-                  "`python train.py dataset=omniglot ways=20 shots=1`, needs the Omniglot data)\n")
-    out.append(text)
 
-    mini = [r for r in rows if r["dataset"] == "miniimagenet"]
-    text = "## 4. mini-ImageNet — iMAML Table 3 (5w1s / 5w5s)\n"
-    text += (w.table(tables.paper_table("table3_miniimagenet", mini, paper, tables.miniimagenet_notes(paper)))
-             if mini else _no_runs("python train.py dataset=miniimagenet") + "(needs the mini-ImageNet data)\n")
-    out.append(text)
-
-    sin = [r for r in rows if r["dataset"] == "sinusoid"]
-    out.append("## 5. Sinusoid regression — MAML paper\n"
-               + (w.table(tables.sinusoid_table(sin, paper)) if sin else _no_runs("make reproduce")))
-
-    groups = tables.inner_steps_groups(sweep)
-    text = ("## 6. Shared protocol: accuracy and MSE vs inner steps\n\nEvery algorithm uses the same inner loop "
-            "(the MAML protocol's SGD step size and meta-batch; iMAML with λ = 2 and 5 CG steps) and sweeps the "
-            "number of inner steps K, each run for the same minutes of training (`make sweep`). Sinusoid is tested "
-            "after 10 steps (the MAML protocol), Omniglot after K.\n")
-    if groups:
-        text += w.table(tables.inner_steps_table(groups))
-        figures = tables.inner_steps_figures(groups, w.fig_dir)
-        text += "".join(w.figure(p, "Test metric vs inner steps") for p in figures)
-    else:
-        text += _no_runs("make sweep") + "(needs one algorithm trained at two or more inner-step counts)\n"
-    out.append(text)
-
+def _paired(rows, judged, w):
     pairs, refused, notes = paired.compare_all(rows)
-    text = ("## 7. Paired comparisons on identical test tasks\n\nEvery algorithm is evaluated on the same "
-            "seeded test tasks; two runs are compared task by task only when their test-task fingerprints "
-            "match.\n")
-    text += w.table(paired.paired_table(pairs)) if pairs else (
-        "\nno pairs yet: needs two algorithms evaluated on the same test tasks; run `make reproduce`\n")
+    text = _heading("paired", "2. Paired comparisons on identical test tasks") + (
+        "\nEvery algorithm is evaluated on the same seeded test tasks; two runs are compared task by task only "
+        "when their test-task fingerprints match. One sign throughout this report: the improvement of a over b, "
+        "honouring the metric's direction (positive = a better; accuracy a − b, MSE b − a).\n")
+    if pairs:
+        learned = baselines.statuses(judged)
+        text += "".join(f"\n### {title}\n" + w.table(t) for title, t in paired.matrix_tables(pairs, learned))
+        text += f"\nEvery comparison with its p-values and task counts: {w.files_only(paired.long_table(pairs))}\n"
+    else:
+        text += "\nno pairs yet: needs two algorithms evaluated on the same test tasks; run `make reproduce`\n"
     if refused:
         text += "\n### Refused pairs (different test tasks)\n" + w.table(paired.refused_table(refused))
     if notes:
         text += "\n### Not paired\n\n" + "".join(f"- {n}\n" for n in notes)
-    out.append(text)
-    claims, claim_rows = paired.claims_table(paper.claims, pairs, refused, rows)
-    text = ("## 8. The papers' claims\n\nA claim gets a verdict only from runs at the paper's budget; below it, "
-            "it reads 'not tested at paper budget' and the comparison that was measured is shown with its budget "
-            "in the next table.\n" + w.table(claims))
-    at_budget = paired.budget_claims_table(claim_rows)
-    if at_budget.cells:
-        text += "\n### The claims' comparisons at the budgets measured\n" + w.table(at_budget)
-    out.append(text)
-    return out
+    return text, pairs, refused
 
 
-def _study_sections(recs: Records, w: Writer, skipped: list[Skipped]) -> str:
-    text = "## 9. Reviewer studies\n"
+def _paper_sections(rows, base_rows, judged, paper, w) -> str:
+    text = _heading("papers", "3. Against the papers' numbers") + (
+        "\nThe same runs as section 1, beside the published numbers (setup: section 1's setup tables).\n")
+    omni = [r for r in rows if r["dataset"] == "omniglot"]
+    text += "\n### 3.1 Omniglot — iMAML Table 2\n" + (
+        w.table(tables.paper_table("table2_omniglot", omni, paper, tables.omniglot_notes(paper))) if omni
+        else _no_runs("make reproduce"))
+    mini = [r for r in rows if r["dataset"] == "miniimagenet"]
+    text += "\n### 3.2 mini-ImageNet — iMAML Table 3\n" + (
+        w.table(tables.paper_table("table3_miniimagenet", mini, paper, tables.miniimagenet_notes(paper))) if mini
+        else _no_runs("python train.py dataset=miniimagenet") + "(needs the mini-ImageNet data)\n")
+    sin = [r for r in rows + base_rows if r["dataset"] == "sinusoid"]
+    text += "\n### 3.3 Sinusoid regression — MAML paper\n" + (
+        w.table(tables.sinusoid_table(sin, paper, judged)) if sin else _no_runs("make reproduce"))
+    return text
+
+
+def _sweep(sweep, w) -> str:
+    text = _heading("inner-steps", "4. Shared protocol: test metric vs inner steps") + (
+        "\nEvery algorithm uses the same inner loop (the MAML protocol's SGD step size and meta-batch; iMAML with "
+        "λ = 2 and 5 CG steps) and sweeps the number of inner steps K, each run for the same minutes of training "
+        "(`make sweep`).\n")
+    groups = tables.inner_steps_groups(sweep)
+    if not groups:
+        return text + _no_runs("make sweep") + "(needs one algorithm trained at two or more inner-step counts)\n"
+    w.files_only(tables.inner_steps_table(groups))
+    text += "".join(w.table(t) for t in tables.inner_steps_pivots(groups))
+    return text + "".join(w.figure(p, "Test metric vs inner steps") for p in tables.inner_steps_figures(groups, w.fig_dir))
+
+
+def _claims(paper, pairs, refused, rows, judged, w) -> str:
+    t, _ = paired.claims_table(paper.claims, pairs, refused, rows, baselines.statuses(judged))
+    return _heading("claims", "5. The papers' claims") + w.table(t)
+
+
+def _time_to_accuracy(records, w) -> str:
+    text = _heading("time-to-accuracy", "6. Time to accuracy (wall-clock)") + (
+        "\nHow long each method needs on this machine to reach a test accuracy: Omniglot 5-way 1-shot, one CPU "
+        "thread, runs grown in segments by `python -m bench.tta` (the harness: [BENCHMARKS.md](BENCHMARKS.md)).\n")
+    if not records:
+        return text + _no_runs("python -m bench.tta algorithm=maml")
+    return text + w.table(tta.table(records)) + w.figure(tta.figure(records, w.fig_dir), "Time to accuracy")
+
+
+def _study_sections(studies_list, w, skipped: list[Skipped]) -> tuple[str, dict]:
+    text, shown = _heading("studies", "7. Reviewer studies"), {}
     for i, name in enumerate(studies.SECTIONS, 1):
-        text += f"\n### 9.{i} {studies.TITLES[name]}\n"
+        text += f"\n### 7.{i} {studies.TITLES[name]}\n"
         command = f"python study.py study={name}"
-        for study, others in studies.picks(recs.studies, name):
+        for study, others in studies.picks(studies_list, name):
             if study is None:
                 text += _no_runs(command)
                 continue
-            text += f"\nFrom `{study['run']}` (status {study['status']}, device {study.get('device') or 'unknown'})"
+            shown.setdefault(name, []).append(study)
+            text += (f"\n{studies.ran_on(study)} From `{study['run']}` (status {study['status']}, device "
+                     f"{study.get('device_name') or study.get('device') or 'unknown'})")
             text += f"; other runs of this study, not shown: {', '.join(others)}.\n" if others else ".\n"
             if STUDY_FILES[name][0] not in study["tables"]:
                 text += f"\nno results in this run: rerun `{command}`\n"
@@ -142,11 +162,11 @@ def _study_sections(recs: Records, w: Writer, skipped: list[Skipped]) -> str:
             except Exception as e:  # a malformed study CSV must not take the whole report down
                 skipped.append(Skipped(study["run"], f"{name} study could not be summarised: {type(e).__name__}: {e}"))
                 text += "\nThis study's records could not be summarised; see Skipped records.\n"
-    return text
+    return text, shown
 
 
 def _skipped_section(skipped: list[Skipped], w: Writer) -> str:
-    text = "## 10. Skipped records\n"
+    text = _heading("skipped", "Appendix B. Skipped records")
     if not skipped:
         return text + "\nnone\n"
     rows = [{"path": s.path, "reason": s.reason} for s in sorted(skipped, key=lambda s: (s.path, s.reason))]
@@ -155,32 +175,67 @@ def _skipped_section(skipped: list[Skipped], w: Writer) -> str:
     return text + "\nThese records could not be read and are left out of every table above.\n" + w.table(t)
 
 
-def _header(recs: Records, runs_name: str, n_skipped: int) -> str:
+def _header(recs: Records, runs_name: str, n_skipped: int, n_baselines: int) -> str:
     counts = recs.runs["status"].value_counts().to_dict() if not recs.runs.empty else {}
     status = ", ".join(f"{counts[s]} {s}" for s in STATUSES if counts.get(s))
     return ("# metagrad-bench — results report\n\n"
             f"Generated by `python report.py` from the run records under `{runs_name}/` "
             "(each run's `summary.json` and `metrics.csv`, each study's `study.json` and CSVs): "
-            f"{len(recs.runs)} training run(s){f' ({status})' if status else ''}, {len(recs.studies)} study run(s), "
-            f"{n_skipped} skipped record(s). Every number traces to the run folder(s) named in its row "
-            f"(paths start at `{runs_name.rsplit('/', 1)[-1]}/`). Tables are also written to `tables/` as CSV and booktabs LaTeX, "
-            "figures to `figures/`.\n\n"
-            f"{c.NOT_PAPER} marks a result below the paper's budget (the `cpu` profile, or a run stopped early): "
-            "it checks the pipeline, not the paper's number.\n")
+            f"{len(recs.runs)} training run(s){f' ({status})' if status else ''}, of them {n_baselines} baseline "
+            f"record(s), {len(recs.studies)} study run(s), {n_skipped} skipped record(s). Every number traces to the "
+            f"run folder named in its row (paths start at `{runs_name.rsplit('/', 1)[-1]}/`); every table is also in "
+            f"`tables/` as CSV and booktabs LaTeX. {c.NOT_PAPER} marks a row below the paper's budget "
+            "(see [Limitations](#limitations)).\n")
 
 
-def generate(runs_root: Path, out: Path, paper: PaperNumbers | None = None) -> Path:
-    """Write the report folder; returns the path of ``REPORT.md``."""
+CONTENTS = (("findings", "Findings"), ("protocols", "1. Published protocols at an equal budget"),
+            ("paired", "2. Paired comparisons"), ("papers", "3. Against the papers' numbers"),
+            ("inner-steps", "4. Test metric vs inner steps"), ("claims", "5. The papers' claims"),
+            ("time-to-accuracy", "6. Time to accuracy"), ("studies", "7. Reviewer studies"),
+            ("assumptions-fail", "8. When the assumptions fail"), ("limitations", "9. Limitations"),
+            ("inventory", "Appendix A. Run inventory"),
+            ("skipped", "Appendix B. Skipped records"))
+
+
+def generate(runs_root: Path, out: Path, paper: PaperNumbers | None = None, bench: Path | None = None) -> Path:
+    """Write the report folder; returns the path of ``REPORT.md``. ``bench`` holds the
+    ``bench.tta`` records and extra study records (default: ``bench_tta`` beside ``runs_root``)."""
     runs_root, out = Path(runs_root), Path(out)
+    bench = Path(bench) if bench is not None else runs_root.parent / "bench_tta"
     paper = paper or load_paper_numbers()
     recs = load(runs_root)
-    skipped = list(recs.skipped)
+    extra = load(bench) if bench.is_dir() else None
+    skipped = list(recs.skipped) + (list(extra.skipped) if extra else [])
     w = Writer(out)
-    body = _train_sections(recs, paper, w)
-    body.append(_study_sections(recs, w, skipped))
+    all_rows, base_rows = baselines.split(c.records(recs.runs))
+    judged = baselines.judge_all(all_rows, base_rows)
+    sweep = [r for r in all_rows if budget.is_sweep(r)]
+    rows = [r for r in all_rows if not budget.is_sweep(r)]
+    bases = [r for r in base_rows if not budget.is_sweep(r)]
+    tta_records = tta.load(bench)
+    body = [_protocols(c.records_sorted(rows + bases), judged, w, all_rows + base_rows)]
+    text, pairs, refused = _paired(rows, judged, w)
+    body += [text, _paper_sections(rows, bases, judged, paper, w), _sweep(sweep, w),
+             _claims(paper, pairs, refused, rows, judged, w), _time_to_accuracy(tta_records, w)]
+    study_list = sorted(recs.studies + (extra.studies if extra else []), key=lambda s: s["run"])
+    text, shown = _study_sections(study_list, w, skipped)
+    body.append(text)
+    body.append(_heading("assumptions-fail", "8. When the assumptions fail") + fidelity_train.section(rows, w))
+    body.append(_heading("limitations", "9. Limitations")
+                + limits.section(limits.Inputs(rows, bases, judged, study_list, tta.devices(tta_records), paper,
+                                               recs.selections)))
+    inventory = all_rows + base_rows
+    body.append(_heading("inventory", "Appendix A. Run inventory") + (
+        w.table(tables.inventory(inventory)) if inventory else _no_runs("make reproduce")))
     body.append(_skipped_section(skipped, w))
-    shown = runs_root.name if runs_root.is_absolute() else runs_root.as_posix()
-    text = _header(recs, shown or "runs", len(skipped)) + "\n" + "\n".join(body)
+    found = findings.findings(findings.Context(rows, judged, pairs, shown, tta_records, bases, paper))
+    head = _heading("findings", "Findings") + "\nEach sentence is generated from the records by a declared rule " \
+        "(`reporting/findings.py`) and links to its table.\n\n" + ("".join(f"{i}. {f}\n" for i, f in enumerate(found, 1))
+                                                                     or "No findings yet: no records.\n")
+    toc = "\n## Contents\n\n" + "".join(f"- [{title}](#{a})\n" for a, title in CONTENTS)
+    shown_name = runs_root.name if runs_root.is_absolute() else runs_root.as_posix()
+    text = (_header(recs, shown_name or "runs", len(skipped), len(base_rows)) + "\n" + head + toc + "\n"
+            + "\n".join(body))
     report = out / "REPORT.md"
     atomic_write_text(report, text)
     w.files.add(report)

@@ -1,21 +1,65 @@
 """Paired comparisons between algorithms on identical test tasks, and the claims table.
 
-Within a setting (dataset, ways/shots, profile) each algorithm is represented by one
+One sign everywhere: :func:`improvement` is a's improvement over b honouring the metric's
+direction (positive = a better: accuracy a − b, MSE b − a); every section and finding reads it.
+
+Within a setting (dataset, test setting, profile) each algorithm is represented by one
 configuration: the one run as a named experiment, then the one with most runs, then the
-longest trained, then the latest folder. Its runs are paired with another algorithm's
-runs of the same seed, task by task, and only when the test-task fingerprints match;
-every refused pair is listed with its reason.
+longest trained, then the latest folder. Its runs are paired with another algorithm's runs
+of the same seed, task by task, and only when the test-task fingerprints match; every
+refused pair is listed with its reason. The pairs of one setting are one family: their
+Wilcoxon p-values are Holm-adjusted together.
 """
 from __future__ import annotations
 
 from . import common as c
 from .paper import Claim
-from .render import Table, fmt, fmt_g, fmt_p, make_table
-from .stats import PairingError, claim_verdict, direction, improvement_interval, mean_std, paired_comparison
+from .render import Table, fmt, fmt_p, make_table
+from .stats import PairingError, claim_verdict, direction, holm, improvement_interval, mean_std, paired_comparison
+
+ALPHA = 0.05
+
+
+def improvement(a: dict, b: dict) -> dict:
+    """Run a's improvement over run b on their identical test tasks: mean and 95% bootstrap CI
+    (positive = a better), Wilcoxon p and task counts. Raises :class:`PairingError`."""
+    if a.get("metric") != b.get("metric"):
+        raise PairingError(f"different metrics ({a.get('metric')} vs {b.get('metric')})")
+    if a.get("per_task") is None or b.get("per_task") is None:
+        raise PairingError("a run has no per-task test metrics")
+    higher = a["metric"] == "accuracy"
+    p = paired_comparison(a["per_task"], b["per_task"], a.get("fingerprint"), b.get("fingerprint"), higher)
+    imp, low, high = improvement_interval(p, higher)
+    return {"imp": imp, "low": low, "high": high, "p_value": p.p_value, "n": p.n, "a_better": p.a_better,
+            "b_better": p.b_better, "ties": p.ties}
+
+
+def flipped(d: dict) -> dict:
+    """The same comparison read from b's side."""
+    return dict(d, a=d.get("b"), b=d.get("a"), a_run=d.get("b_run"), b_run=d.get("a_run"), imp=-d["imp"],
+                low=-d["high"], high=-d["low"], a_better=d["b_better"], b_better=d["a_better"])
+
+
+def delta_text(d: dict, metric: str) -> str:
+    s, digits = c.scale_of(metric)
+    return f"{fmt(d['imp'], digits, s)} [{fmt(d['low'], digits, s)}, {fmt(d['high'], digits, s)}]"
 
 
 def _setting(r: dict) -> tuple:
-    return (r["dataset"], r["setting"], r["profile"])
+    """(dataset, test setting, profile, training-minutes cap): runs are paired only within one budget."""
+    return (r["dataset"], r["setting"], r["profile"], r.get("max_train_minutes"))
+
+
+def _order(s: tuple) -> tuple:
+    return (s[0], c.setting_rank(s[1]), s[2], s[3] is None, s[3] or 0)
+
+
+def budget_words(minutes, profile: str) -> str:
+    """A budget in words: minutes per run (and the profile unless it is the paper's), or the profile
+    when there is no time cap."""
+    if minutes is None:
+        return f"{profile} profile, no time cap"
+    return f"{c.fmt_g(minutes)} min per run" + ("" if profile == "paper" else f", {profile} profile")
 
 
 def representatives(rows: list[dict]) -> tuple[dict[tuple, dict[str, list[dict]]], list[str]]:
@@ -31,6 +75,7 @@ def representatives(rows: list[dict]) -> tuple[dict[tuple, dict[str, list[dict]]
         cands.setdefault(_setting(r), {}).setdefault(r["label"], {}).setdefault(c.config_key(r), []).append(r)
     chosen: dict[tuple, dict[str, list[dict]]] = {}
     for setting, by_label in cands.items():
+        where = f"{setting[0]} {setting[1]} ({budget_words(setting[3], setting[2])})"
         for label, configs in by_label.items():
             def rank(item):
                 runs = item[1]
@@ -38,15 +83,15 @@ def representatives(rows: list[dict]) -> tuple[dict[tuple, dict[str, list[dict]]
                         max(r["iterations_done"] for r in runs), max(r["run"] for r in runs))
             best_key, best = max(configs.items(), key=rank)
             chosen.setdefault(setting, {})[label] = sorted(best, key=lambda r: r["run"])
-            kept = set(r["run"] for r in _by_seed(chosen[setting][label]).values())
+            kept = {r["run"] for r in _by_seed(chosen[setting][label]).values()}
             repeats = [r["run"] for r in chosen[setting][label] if r["run"] not in kept]
             if repeats:
-                notes.append(f"{label} {setting[0]} {setting[1]} ({setting[2]}): a seed run more than once; the "
-                             f"latest folder is paired, not: {', '.join(repeats)}")
+                notes.append(f"{label} {where}: a seed run more than once; the latest folder is paired, not: "
+                             f"{', '.join(repeats)}")
             others = sorted(r["run"] for k, runs in configs.items() if k != best_key for r in runs)
             if others:
-                notes.append(f"{label} {setting[0]} {setting[1]} ({setting[2]}): paired runs of one configuration; "
-                             f"other configurations not paired: {', '.join(others)}")
+                notes.append(f"{label} {where}: paired runs of one configuration; other configurations not "
+                             f"paired: {', '.join(others)}")
     return chosen, sorted(notes)
 
 
@@ -56,191 +101,218 @@ def _by_seed(runs: list[dict]) -> dict:
 
 
 def compare_all(rows: list[dict]) -> tuple[list[dict], list[dict], list[str]]:
-    """(paired rows, refused rows, notes) for every pair of algorithms in every setting."""
+    """(paired rows, refused rows, notes) for every pair of algorithms in every setting; a is the
+    later algorithm in the canonical order, b the earlier."""
     chosen, notes = representatives(rows)
     pairs, refused = [], []
-    for setting in sorted(chosen, key=lambda s: (s[0], c.setting_rank(s[1]), s[2])):
+    for setting in sorted(chosen, key=_order):
         labels = sorted(chosen[setting], key=c.label_rank)
         for j, a_label in enumerate(labels):
-            for b_label in labels[:j]:  # a comes later in the canonical order: "a vs b"
+            for b_label in labels[:j]:
                 a_by_seed, b_by_seed = _by_seed(chosen[setting][a_label]), _by_seed(chosen[setting][b_label])
                 for seed in sorted(set(a_by_seed) & set(b_by_seed), key=lambda s: (s is None, s or 0)):
                     a, b = a_by_seed[seed], b_by_seed[seed]
-                    base = {"dataset": setting[0], "setting": setting[1], "profile": setting[2], "a": a_label,
-                            "b": b_label, "seed": seed, "a_run": a["run"], "b_run": b["run"]}
+                    base = {"dataset": setting[0], "setting": setting[1], "profile": setting[2],
+                            "max_train_minutes": setting[3], "a": a_label, "b": b_label, "seed": seed,
+                            "a_run": a["run"], "b_run": b["run"]}
                     try:
-                        if a["metric"] != b["metric"]:
-                            raise PairingError(f"different metrics ({a['metric']} vs {b['metric']})")
-                        p = paired_comparison(a["per_task"], b["per_task"], a.get("fingerprint"),
-                                              b.get("fingerprint"), a["metric"] == "accuracy")
+                        d = improvement(a, b)
                     except PairingError as e:
                         refused.append(dict(base, reason=str(e)))
                         continue
-                    pairs.append(dict(base, metric=a["metric"], p=p, n=p.n, mean_diff=p.mean_diff,
-                                      ci_low=p.ci_low, ci_high=p.ci_high, p_value=p.p_value, a_better=p.a_better,
-                                      b_better=p.b_better, ties=p.ties, a_iters=c.budget_text(a),
-                                      b_iters=c.budget_text(b), a_minutes=a.get("max_train_minutes"),
-                                      b_minutes=b.get("max_train_minutes"),
+                    pairs.append(dict(base, **d, metric=a["metric"], a_iters=c.budget_text(a),
+                                      b_iters=c.budget_text(b), minutes=a.get("max_train_minutes")
+                                      if a.get("max_train_minutes") == b.get("max_train_minutes") else None,
                                       device_name=a.get("device_name") or a.get("device"),
                                       paper_scale=c.is_paper_scale(a) and c.is_paper_scale(b)))
                 unpaired = sorted(set(a_by_seed) ^ set(b_by_seed), key=lambda s: (s is None, s or 0))
                 if unpaired:
-                    notes.append(f"{a_label} vs {b_label}, {setting[0]} {setting[1]} ({setting[2]}): seed(s) "
+                    notes.append(f"{a_label} vs {b_label}, {setting[0]} {setting[1]} "
+                                 f"({budget_words(setting[3], setting[2])}): seed(s) "
                                  f"{', '.join(str(s) for s in unpaired)} run by only one of the two")
-    groups: dict[tuple, list[float]] = {}
-    for r in pairs:
-        groups.setdefault((r["dataset"], r["setting"], r["profile"], r["a"], r["b"]), []).append(r["mean_diff"])
-    for r in pairs:
-        m, s, n = mean_std(groups[(r["dataset"], r["setting"], r["profile"], r["a"], r["b"])])
-        r.update(seeds_mean=m if n > 1 else None, seeds_std=s if n > 1 else None, seeds_runs=n)
+    for setting in sorted({_setting(p) for p in pairs}, key=_order):
+        family = [p for p in pairs if _setting(p) == setting]
+        for p, adj in zip(family, holm([p["p_value"] for p in family])):
+            p["p_holm"] = adj
     return pairs, refused, sorted(notes)
 
 
-def _better(r: dict) -> str:
-    lo, hi = improvement_interval(r["p"], r["metric"] == "accuracy")[1:]
-    return {"better": r["a"], "worse": r["b"], "tie": "no significant difference"}[direction(lo, hi)]
+ANY = object()
 
 
-def paired_table(pairs: list[dict]) -> Table:
-    def d(r, key):
-        s, digits = c.scale_of(r["metric"])
-        return fmt(r[key], digits, s)
+def find(pairs: list[dict], dataset: str, setting: str, a: str, b: str, profile: str | None = None,
+         minutes=ANY) -> list[dict]:
+    """The comparisons of a against b in a setting (one per seed), read with a's sign; ``profile``
+    and ``minutes`` narrow them to one budget."""
+    out = []
+    for p in pairs:
+        if (p["dataset"], p["setting"]) != (dataset, setting) or profile not in (None, p["profile"]):
+            continue
+        if minutes is not ANY and p.get("max_train_minutes") != minutes:
+            continue
+        if (p["a"], p["b"]) == (a, b):
+            out.append(p)
+        elif (p["a"], p["b"]) == (b, a):
+            out.append(flipped(p))
+    return out
 
-    cols = [("dataset", lambda r: r["dataset"]), ("setting", lambda r: r["setting"]),
-            ("comparison (a vs b)", lambda r: f"{r['a']} vs {r['b']}"), ("metric", lambda r: r["metric"]),
-            ("seed", lambda r: str(r["seed"])), ("tasks", lambda r: str(r["n"])),
-            ("mean a − b", lambda r: d(r, "mean_diff")),
-            ("95% CI (bootstrap)", lambda r: f"[{d(r, 'ci_low')}, {d(r, 'ci_high')}]"),
-            ("Wilcoxon p", lambda r: fmt_p(r["p_value"])),
-            ("a better / b better / tie", lambda r: f"{r['a_better']} / {r['b_better']} / {r['ties']}"),
-            ("better", _better),
-            ("across seeds (mean ± std)", lambda r: "—" if r["seeds_mean"] is None else
-             f"{d(r, 'seeds_mean')} ± {d(r, 'seeds_std')} ({r['seeds_runs']} seeds)"),
-            ("budget", lambda r: f"{r['profile']}; a {r['a_iters']} it., b {r['b_iters']} it."
-             + ("" if r["paper_scale"] else f" {c.NOT_PAPER}")),
-            ("runs (a; b)", lambda r: f"{r['a_run']}; {r['b_run']}")]
-    raw = ("dataset", "setting", "profile", "a", "b", "metric", "seed", "n", "mean_diff", "ci_low", "ci_high",
-           "p_value", "a_better", "b_better", "ties", "seeds_mean", "seeds_std", "seeds_runs", "a_iters", "b_iters",
-           "paper_scale", "a_run", "b_run")
-    notes = ["Differences are a − b per test task (accuracy in percentage points here, as a fraction in the CSV; "
-             "MSE as is, lower is better), "
-             "so 'better' honours each metric's direction. CI: percentile bootstrap over tasks, 10,000 resamples, "
-             "resampling seed 0. p: two-sided Wilcoxon signed-rank test, zero differences dropped.",
-             f"{c.NOT_PAPER} at least one run is not paper-scale."]
-    return make_table("paired", pairs, cols, raw, notes)
+
+def matrix_tables(pairs: list[dict], learned: dict[str, str]) -> list[tuple[str, Table]]:
+    """One matrix per setting and budget: cell (row a, column b) = a's improvement over b. One seed:
+    Δ [95% CI], * where the Holm-adjusted Wilcoxon p < α and the CI excludes 0. Several seeds: the mean
+    over seeds ± their std, * where every seed's comparison is significant that way in one direction,
+    (k/n*) where k of the n are."""
+    out = []
+    for setting in sorted({_setting(p) for p in pairs}, key=_order):
+        sel = [p for p in pairs if _setting(p) == setting]
+        labels = sorted({p["a"] for p in sel} | {p["b"] for p in sel}, key=c.label_rank)
+        runs = {lab: sorted({p[k + "_run"] for p in sel for k in ("a", "b") if p[k] == lab}) for lab in labels}
+        metric = sel[0]["metric"]
+        n_seeds = len({p["seed"] for p in sel})
+        rows = []
+        for a in labels:
+            row = {"algorithm": a, "run": "; ".join(runs[a]), "_tag": _learned_tag(runs[a], learned)}
+            for b in labels:
+                found = find(sel, setting[0], setting[1], a, b)
+                row[b] = _cell(found, metric, n_seeds) if found else "—"
+                row[f"{b}_imp"] = mean_std([f["imp"] for f in found])[0] if found else None
+            rows.append(row)
+        cols = [("a \\ b", lambda r: r["algorithm"] + r["_tag"]), *((b, (lambda b: lambda r: r[b])(b)) for b in labels)]
+        out.append((_matrix_title(setting), make_table(_matrix_name(setting), rows, cols,
+                                                        ["algorithm", "run", *(f"{b}_imp" for b in labels)],
+                                                        [_matrix_note(sel, metric)])))
+    return out
+
+
+def _learned_tag(runs: list[str], learned: dict[str, str]) -> str:
+    bad = [r for r in runs if learned.get(r) == "did not learn"]
+    if not bad:
+        return ""
+    return " (did not learn)" if len(bad) == len(runs) else f" (did not learn in {len(bad)} of {len(runs)} seeds)"
+
+
+def _matrix_name(setting: tuple) -> str:
+    minutes = [] if setting[3] is None else [f"{c.fmt_g(setting[3])}min"]
+    return c.slug("paired", setting[0], setting[1], *([] if minutes and setting[2] == "paper" else [setting[2]]),
+                  *minutes)
+
+
+def _matrix_title(setting: tuple) -> str:
+    return f"{c.DATASET_NAMES.get(setting[0], setting[0])} {setting[1]} ({budget_words(setting[3], setting[2])})"
+
+
+def _matrix_note(sel: list[dict], metric: str) -> str:
+    unit = "accuracy points" if metric == "accuracy" else "MSE reduction"
+    seeds = sorted({p["seed"] for p in sel}, key=lambda s: (s is None, s or 0))
+    several = len(seeds) > 1
+    cell = ("the mean over seeds of the per-seed improvement ± its std over seeds; * = significant in every seed, "
+            "(k/n*) = in k of the n seeds" if several else "[95% bootstrap CI over test tasks]; * = significant")
+    return (f"Cell: improvement of the row's algorithm over the column's ({unit}; positive = the row is better), "
+            f"each seed's runs paired on identical test tasks (equal test-task fingerprints); {cell} after a Holm "
+            f"correction over this table's {len(sel)} per-seed comparison(s) (Wilcoxon signed-rank, α = {ALPHA:g}) "
+            f"with the CI excluding 0. Seeds: {', '.join(str(s) for s in seeds)}. Each comparison with its CI and "
+            "p-values: `tables/paired.csv`.")
+
+
+def significant(d: dict) -> bool:
+    return d["p_holm"] < ALPHA and direction(d["low"], d["high"]) != "tie"
+
+
+def _cell(found: list[dict], metric: str, n_seeds: int) -> str:
+    """One matrix cell; names its seed count when fewer seeds than the table's were paired."""
+    fewer = f" ({len(found)} seed{'s' if len(found) > 1 else ''})" if len(found) < n_seeds else ""
+    if len(found) == 1:
+        return delta_text(found[0], metric) + ("*" if significant(found[0]) else "") + fewer
+    s, digits = c.scale_of(metric)
+    m, sd, n = mean_std([f["imp"] for f in found])
+    sig = [f for f in found if significant(f)]
+    one_way = len({direction(f["low"], f["high"]) for f in sig}) == 1
+    mark = "*" if len(sig) == n and one_way else f" ({len(sig)}/{n}*)" if sig else ""
+    return f"{fmt(m, digits, s)} ± {fmt(sd, digits, s)}{mark}{fewer}"
+
+
+def long_table(pairs: list[dict]) -> Table:
+    """Every comparison in one long table (files only): the matrices' cells with their statistics."""
+    def d(key):
+        return lambda r: fmt(r[key], *reversed(c.scale_of(r["metric"])))
+
+    cols = [("setting", lambda r: f"{r['dataset']} {r['setting']} ({budget_words(r['max_train_minutes'], r['profile'])})"),
+            ("a vs b", lambda r: f"{r['a']} vs {r['b']}"),
+            ("seed", lambda r: str(r["seed"])), ("improvement of a over b", d("imp")),
+            ("95% CI", lambda r: f"[{d('low')(r)}, {d('high')(r)}]"), ("Holm p", lambda r: fmt_p(r["p_holm"])),
+            ("tasks a / b better / tie", lambda r: f"{r['a_better']} / {r['b_better']} / {r['ties']}")]
+    raw = ("dataset", "setting", "profile", "max_train_minutes", "a", "b", "seed", "metric", "n", "imp", "low",
+           "high", "p_value",
+           "p_holm", "a_better", "b_better", "ties", "a_iters", "b_iters", "a_run", "b_run")
+    return make_table("paired", pairs, cols, raw)
 
 
 def refused_table(refused: list[dict]) -> Table:
-    cols = [("dataset", lambda r: r["dataset"]), ("setting", lambda r: r["setting"]),
-            ("profile", lambda r: r["profile"]), ("comparison", lambda r: f"{r['a']} vs {r['b']}"),
-            ("seed", lambda r: str(r["seed"])), ("reason", lambda r: r["reason"]),
-            ("runs (a; b)", lambda r: f"{r['a_run']}; {r['b_run']}")]
+    cols = [("setting", lambda r: f"{r['dataset']} {r['setting']} ({budget_words(r['max_train_minutes'], r['profile'])})"),
+            ("comparison", lambda r: f"{r['a']} vs {r['b']}"), ("seed", lambda r: str(r["seed"])),
+            ("reason", lambda r: r["reason"]), ("runs (a; b)", lambda r: f"{r['a_run']}; {r['b_run']}")]
     return make_table("paired_refused", refused, cols,
                       ("dataset", "setting", "profile", "a", "b", "seed", "reason", "a_run", "b_run"))
 
 
-def claims_table(claims: tuple[Claim, ...], pairs: list[dict], refused: list[dict], rows: list[dict]) -> Table:
-    """One row per paper claim and profile: our verdict from the paired comparisons."""
+def claims_table(claims: tuple[Claim, ...], pairs: list[dict], refused: list[dict], rows: list[dict],
+                 learned: dict[str, str]) -> tuple[Table, list[dict]]:
+    """One row per paper claim: the claimed-better algorithm's improvement over the claimed-worse one
+    as measured, and a verdict only at the paper's budget and only when both rows learned."""
     out = []
     for cl in claims:
         setting = f"{cl.ways}w{cl.shots}s"
-        mine = [p for p in pairs if (p["dataset"], p["setting"]) == (cl.dataset, setting)
-                and {p["a"], p["b"]} == {cl.better, cl.worse}]
         base = {"claim": cl.text, "paper": f"{cl.evidence} ({cl.source})", "relation": cl.relation}
-        profiles = sorted({p["profile"] for p in mine})
-        if not profiles:
+        found = find(pairs, cl.dataset, setting, cl.better, cl.worse)
+        if not found:
             why = [f["reason"] for f in refused if (f["dataset"], f["setting"]) == (cl.dataset, setting)
                    and {f["a"], f["b"]} == {cl.better, cl.worse}]
             have = {r["label"] for r in rows if (r["dataset"], r["setting"]) == (cl.dataset, setting)
                     and r["status"] == "completed"}
             verdict = (f"not paired: {why[0]}" if why else
                        "no paired runs" if {cl.better, cl.worse} <= have else "no runs")
-            out.append(dict(base, verdict=verdict, profile=None, budget=None, seeds=0, improvement=None, at_paper=False,
-                            spread=None, cis=None, pvalues=None, tally=None, runs=None, metric=None))
-            continue
-        for profile in profiles:
-            sel = [p for p in mine if p["profile"] == profile]
-            ints, dirs = [], []
-            for p in sel:
-                m, lo, hi = improvement_interval(p["p"], p["metric"] == "accuracy")
-                if p["a"] != cl.better:
-                    m, lo, hi = -m, -hi, -lo
-                ints.append((m, lo, hi))
-                dirs.append(direction(lo, hi))
-            mean, std, n = mean_std([i[0] for i in ints])
-            s, digits = c.scale_of(sel[0]["metric"])
-            # A verdict on the paper's claim needs the paper's budget; below it the result is shown as
-            # what it is, a comparison at that budget (budget_claims_table), never as a verdict.
-            at_paper = all(p["paper_scale"] for p in sel)
-            verdict = claim_verdict(dirs, cl.relation) if at_paper else "not tested at paper budget"
-            out.append(dict(base, verdict=verdict, profile=profile, seeds=n, at_paper=at_paper,
-                            minutes=sel[0]["a_minutes"] if sel[0]["a_minutes"] == sel[0]["b_minutes"] else None,
-                            device_name=sel[0]["device_name"], better_label=cl.better, worse_label=cl.worse,
-                            metric=sel[0]["metric"], improvement=mean, spread=std if n > 1 else None,
-                            budget=f"{profile}, " + "; ".join(sorted({
-                                f"{p['a']} {p['a_iters']}, {p['b']} {p['b_iters']}" for p in sel}))
-                            + ("" if all(p["paper_scale"] for p in sel) else f" {c.NOT_PAPER}"),
-                            cis="; ".join(f"[{fmt(lo, digits, s)}, {fmt(hi, digits, s)}]" for _, lo, hi in ints),
-                            pvalues="; ".join(fmt_p(p["p_value"]) for p in sel),
-                            tally=f"{dirs.count('better')} / {dirs.count('tie')} / {dirs.count('worse')}",
-                            runs="; ".join(f"{p['a_run']} vs {p['b_run']}" for p in sel)))
+            out.append(dict(base, verdict=verdict, seeds=0, metric=None, imp=None, text=None, budget=None, runs=None))
+        for budget in sorted({(p["profile"], p["max_train_minutes"]) for p in found},
+                             key=lambda b: (b[0], b[1] is None, b[1] or 0)):
+            out.append(_claim_row(base, cl, [p for p in found if (p["profile"], p["max_train_minutes"]) == budget],
+                                  learned))
+    return _claims(out)
 
-    def imp(r):
-        if r["improvement"] is None:
-            return "—"
-        s, digits = c.scale_of(r["metric"])
-        text = fmt(r["improvement"], digits, s)
-        return text if r["spread"] is None else f"{text} ± {fmt(r['spread'], digits, s)}"
 
+def _claim_row(base: dict, cl: Claim, sel: list[dict], learned: dict[str, str]) -> dict:
+    dnl = sorted({p[k] for p in sel for k in ("a", "b") if learned.get(p[k + "_run"]) == "did not learn"},
+                 key=c.label_rank)
+    at_paper = all(p["paper_scale"] for p in sel)
+    if dnl:
+        verdict = f"no verdict: {', '.join(dnl)} did not learn"
+    elif at_paper:
+        verdict = claim_verdict([direction(p["low"], p["high"]) for p in sel], cl.relation)
+    else:
+        verdict = "not tested at paper budget"
+    metric = sel[0]["metric"]
+    minutes = sel[0]["minutes"]
+    budget = (f"{c.fmt_g(minutes)} min per run" if minutes is not None else sel[0]["profile"] + " profile")
+    budget += "; iterations " + "; ".join(f"{p['a']} {p['a_iters']}, {p['b']} {p['b_iters']}" for p in sel)
+    return dict(base, verdict=verdict, seeds=len(sel), metric=metric, imp=mean_std([p["imp"] for p in sel])[0],
+                text="; ".join(delta_text(p, metric) for p in sel), budget=budget,
+                runs="; ".join(f"{p['a_run']} vs {p['b_run']}" for p in sel))
+
+
+def _claims(out: list[dict]) -> tuple[Table, list[dict]]:
     def text(key):
         return lambda r: r[key] or "—"
 
     cols = [("claim", text("claim")), ("paper", text("paper")), ("verdict", text("verdict")),
-            ("improvement (mean ± std over seeds)", imp), ("95% CI per seed", text("cis")),
-            ("Wilcoxon p per seed", text("pvalues")), ("seeds better / tie / worse", text("tally")),
-            ("budget", text("budget")), ("runs", text("runs"))]
-    raw = ("claim", "paper", "relation", "verdict", "profile", "seeds", "metric", "improvement", "spread", "cis",
-           "pvalues", "tally", "budget", "runs")
-    notes = ["improvement: the claimed-better algorithm's advantage (accuracy in percentage points here, a "
-             "fraction in the CSV; or MSE reduction), paired on identical test tasks. '>' is supported when "
-             "every seed's 95% bootstrap CI lies above 0; '≥' when no seed's CI lies below 0; contradicted when some seed is significantly worse and "
-             "none better; otherwise not supported.",
-             "A verdict needs both runs at the paper's budget (completed at the paper's iteration count); "
-             "anything less reads 'not tested at paper budget'.",
+            ("improvement of the claimed-better [95% CI]", text("text")),
+            ("seeds", lambda r: str(r["seeds"])), ("budget", text("budget"))]
+    raw = ("claim", "paper", "relation", "verdict", "seeds", "metric", "imp", "text", "budget", "runs")
+    notes = ["Improvement of the claimed-better algorithm over the claimed-worse one (accuracy points, or MSE "
+             "reduction), paired on identical test tasks, one [95% CI] per seed; the same numbers as the paired "
+             "matrices. '>' is supported when every seed's CI lies above 0, '≥' when none lies below 0; "
+             "contradicted when some seed is significantly worse and none better.",
+             "A verdict needs both runs completed at the paper's iteration count and both rows to have learned; "
+             "below the paper's budget a claim reads 'not tested at paper budget', and the measured improvement "
+             "says which method got further in that budget on this machine, not whether the claim holds.",
              "no runs: train both algorithms in that setting with the same test tasks (`make reproduce`, or "
-             "`python train.py` with the setting's dataset, ways and shots); no paired runs: both were run but "
-             "not with the same seed."]
+             "`python train.py` with the setting's dataset, ways and shots)."]
     return make_table("claims", out, cols, raw, notes), out
-
-
-def budget_claims_table(claim_rows: list[dict]) -> Table:
-    """The claims' comparisons measured below the paper's budget, each with the budget it rests on."""
-    rows = [r for r in claim_rows if r.get("improvement") is not None and not r["at_paper"]]
-
-    def budget(r):
-        where = f" on {r['device_name']}" if r.get("device_name") else ""
-        if r["minutes"] is not None:
-            return f"{fmt_g(r['minutes'])} min of training per run{where}"
-        return f"{r['profile']} profile, iterations: {r['budget']}"
-
-    def result(r):
-        s, digits = c.scale_of(r["metric"])
-        unit = " points" if r["metric"] == "accuracy" else " MSE"
-        sign = "+" if r["improvement"] >= 0 else "−"
-        text = f"{r['better_label']} vs {r['worse_label']}: {sign}{fmt(abs(r['improvement']), digits, s)}{unit} {r['cis']}"
-        lead = {"better": f"{r['better_label']} > {r['worse_label']}",
-                "worse": f"{r['worse_label']} > {r['better_label']}"}
-        tally = r["tally"].split(" / ")
-        if len(tally) == 3 and int(tally[0]) == r["seeds"]:
-            return f"{lead['better']} ({text})"
-        if len(tally) == 3 and int(tally[2]) == r["seeds"]:
-            return f"{lead['worse']} ({text})"
-        return f"no significant difference ({text})"
-
-    cols = [("paper claim", lambda r: r["claim"]), ("budget", budget), ("result at this budget [95% CI]", result),
-            ("seeds", lambda r: str(r["seeds"])), ("runs", lambda r: r["runs"])]
-    raw = ("claim", "profile", "minutes", "device_name", "metric", "improvement", "cis", "tally", "seeds", "runs")
-    return make_table("claims_at_budget", rows, cols, raw,
-                      ["A comparison at a smaller budget than the paper's says which method learns faster on this "
-                       "machine, not whether the paper's claim holds: the claims table above gives those claims no "
-                       "verdict. Improvement of the claimed-better algorithm, paired on identical test tasks."])

@@ -1,4 +1,4 @@
-"""Find and read run records (see ``reports/SCHEMA.md``) into flat rows for pandas.
+"""Find and read run records (their schema: ``SCHEMA.md`` beside the report) into flat rows for pandas.
 
 A record that cannot be read — empty, truncated, not JSON, wrong schema version, missing
 or ill-typed fields — becomes a :class:`Skipped` entry with the reason; it never stops
@@ -9,13 +9,14 @@ from __future__ import annotations
 import json
 import math
 import os
-from dataclasses import dataclass
-from pathlib import Path
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import pandas as pd
 
 SCHEMA_VERSION = 1
+UNFINISHED = "unfinished"
 STATUSES = ("completed", "diverged", "oom", "interrupted", "running")
 METRICS = ("accuracy", "mse")
 STUDY_FILES = {
@@ -31,7 +32,7 @@ STUDY_FILES = {
 STUDY_RUN_FILES = {"deviations": ("train/*/summary.json", "train/*/metrics.csv", "train/*/retest/*.json")}
 
 
-# Columns each study CSV must have (reports/SCHEMA.md); a CSV without them is skipped.
+# Columns each study CSV must have (SCHEMA.md beside the report); a CSV without them is skipped.
 STUDY_COLUMNS = {
     "fidelity.csv": ("theta_source", "task", "method", "inner_steps", "cg_steps", "cosine", "rel_error",
                      "hvps", "grad_evals"),
@@ -52,6 +53,16 @@ TEXT_COLUMNS = {"theta_source", "method", "dtype", "metric", "verdict", "algorit
                 "vs", "diff_kind"}
 
 
+def study_relative(path: str) -> str:
+    """A study CSV's ``run_dir`` relative to the study folder: a study trains its runs under
+    ``<study>/train/<name>``, so an absolute path (the machine that ran it) keeps ``train/<name>``."""
+    p = PurePosixPath(str(path).replace("\\", "/"))
+    if not p.is_absolute():
+        return str(path)
+    parts = p.parts
+    return "/".join(parts[len(parts) - 1 - parts[::-1].index("train"):]) if "train" in parts[1:] else p.name
+
+
 class RecordError(ValueError):
     """A record is unusable; the message is the reason shown in the report."""
 
@@ -67,6 +78,7 @@ class Records:
     runs: pd.DataFrame                  # one row per readable summary.json (all statuses)
     studies: list[dict]                 # one dict per readable study.json, with loaded CSVs
     skipped: list[Skipped]
+    selections: list[dict] = field(default_factory=list)  # one dict per selection.json (validation-only tuning)
 
 
 def read_json(path: Path) -> dict:
@@ -132,7 +144,7 @@ def normalise_train(d: dict, run: str) -> dict:
     for key, kind in (("variant", "str"), ("query_shots", "int"), ("experiment", "str"),
                       ("meta_batch_size", "int"), ("bn_mode", "str"), ("seed", "int"),
                       ("dtype", "str"), ("device", "str"), ("device_name", "str"), ("protocol", "str"),
-                      ("max_train_minutes", "num"), ("stopped_by", "str")):
+                      ("max_train_minutes", "num"), ("stopped_by", "str"), ("budget", "str")):
         row[key] = _get(d, key, kind, required=False)
     for col, dotted, kind in (
             ("inner_optimizer", "inner.optimizer", "str"), ("inner_steps", "inner.steps", "int"),
@@ -171,7 +183,8 @@ def _test_fields(d: dict, required: bool) -> dict:
     """The test evaluation; required for completed runs, ignored (blank) for the others:
     a run that stopped early has no result to compare, only its status."""
     blank = {"metric": None, "mean": math.nan, "std": math.nan, "ci95": math.nan, "n": None,
-             "per_task": None, "fingerprint": None, "test_steps_used": None, "by_steps": {}}
+             "per_task": None, "fingerprint": None, "test_steps_used": None, "by_steps": {},
+             "zero_mean": None, "zero_ci95": None, "zero_per_task": None}
     if not required:
         return blank
     if not isinstance(d.get("test"), dict):
@@ -200,7 +213,36 @@ def _test_fields(d: dict, required: bool) -> dict:
         out["by_steps"] = {int(k): float(v) for k, v in by_steps.items()}
     except (TypeError, ValueError):
         raise RecordError("test.by_steps should map step counts to numbers") from None
+    out.update(_zero_predictor(d, out["n"]))
     return out
+
+
+def _zero_predictor(d: dict, n: int) -> dict:
+    """The regression baseline stored beside a test result: the MSE of predicting 0 on the same
+    test tasks (``test.zero_predictor``: mean, ci95, per_task); blank when absent."""
+    if _get(d, "test.zero_predictor", "dict", required=False) is None:
+        return {}
+    per_task = _get(d, "test.zero_predictor.per_task", "list", required=False)
+    if per_task is not None and (len(per_task) != n or not all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) for v in per_task)):
+        raise RecordError(f"test.zero_predictor.per_task should hold {n} numbers")
+    return {"zero_mean": _get(d, "test.zero_predictor.mean", "num"),
+            "zero_ci95": _get(d, "test.zero_predictor.ci95", "num", required=False),
+            "zero_per_task": None if per_task is None else [float(v) for v in per_task]}
+
+
+def _load_selection(d: dict, run: str) -> dict:
+    """A ``selection.json``: a protocol chosen on validation tasks only (never a test result)."""
+    grid = _get(d, "grid", "dict")
+    return {"run": run, "algorithm": _get(d, "algorithm", "str"), "experiment": _get(d, "experiment", "str"),
+            "setting": _get(d, "setting", "str"), "metric": _get(d, "metric", "str"),
+            "budget_minutes": _get(d, "budget_minutes", "num", required=False),
+            "val_tasks": _get(d, "val_tasks", "int", required=False), "seed": _get(d, "seed", "int", required=False),
+            "grid": {k: list(v) if isinstance(v, list) else [v] for k, v in sorted(grid.items())},
+            "winner": _get(d, "winner", "dict", required=False) or {},
+            "candidates": len(_get(d, "candidates", "list", required=False) or []),
+            "stopped": sum(1 for cand in _get(d, "candidates", "list", required=False) or []
+                           if isinstance(cand, dict) and cand.get("status") != "completed")}
 
 
 def _load_study(d: dict, folder: Path, run: str) -> dict:
@@ -220,6 +262,9 @@ def _load_study(d: dict, folder: Path, run: str) -> dict:
             tables[fname] = pd.read_csv(path)
         except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
             raise RecordError(f"{fname}: unreadable CSV ({type(e).__name__})") from None
+        if "run_dir" in tables[fname].columns:
+            tables[fname]["run_dir"] = [v if not isinstance(v, str) else study_relative(v)
+                                        for v in tables[fname]["run_dir"]]
         missing = [col for col in STUDY_COLUMNS[fname] if col not in tables[fname].columns]
         if missing:
             raise RecordError(f"{fname}: missing columns {', '.join(missing)}")
@@ -232,18 +277,21 @@ def _load_study(d: dict, folder: Path, run: str) -> dict:
             tables[fname][col] = values
     if status == "completed" and STUDY_FILES[name][0] not in tables:
         raise RecordError(f"status is completed but {STUDY_FILES[name][0]} is missing")
-    return {"run": run, "study": name, "status": status,
-            "device": _get(d, "device", "str", required=False), "tables": tables}
+    config = d.get("config") if isinstance(d.get("config"), dict) else {}
+    return {"run": run, "study": name, "status": status, "config": config,
+            "device": _get(d, "device", "str", required=False),
+            "device_name": _get(d, "device_name", "str", required=False), "tables": tables}
 
 
 def load(runs_root: Path) -> Records:
     """Walk ``runs_root`` (sorted, so the result is deterministic) and read every record."""
     runs_root = Path(runs_root)
-    rows, studies, skipped = [], [], []
+    rows, studies, skipped, selections = [], [], [], []
     prefix = runs_root.name or "runs"
     if runs_root.is_dir():
         for dirpath, dirnames, filenames in os.walk(runs_root):
-            dirnames[:] = sorted(n for n in dirnames if not n.startswith("."))
+            # a running campaign keeps its resumable state under unfinished/: not a record yet
+            dirnames[:] = sorted(n for n in dirnames if not n.startswith(".") and n != UNFINISHED)
             folder = Path(dirpath)
             rel = folder.relative_to(runs_root).as_posix()
             run = prefix if rel == "." else f"{prefix}/{rel}"
@@ -251,13 +299,20 @@ def load(runs_root: Path) -> Records:
             if "summary.json" in names:
                 try:
                     d = read_json(folder / "summary.json")
-                    if d.get("kind", "train") != "train":
+                    if d.get("kind", "train") not in ("train", "selection"):
                         raise RecordError(f"summary.json has kind {d.get('kind')!r}, expected 'train'")
-                    rows.append(dict(normalise_train(d, run), folder=str(folder)))
+                    if d.get("kind", "train") == "train":  # a selection candidate is read via selection.json
+                        rows.append(dict(normalise_train(d, run), folder=str(folder)))
                 except RecordError as e:
                     skipped.append(Skipped(f"{run}/summary.json", str(e)))
             elif "metrics.jsonl" in names:
                 skipped.append(Skipped(run, "no summary.json (the run was killed or is still running)"))
+            if "selection.json" in names:
+                dirnames[:] = []  # its candidates were tuned on validation tasks: never comparison rows
+                try:
+                    selections.append(_load_selection(read_json(folder / "selection.json"), run))
+                except RecordError as e:
+                    skipped.append(Skipped(f"{run}/selection.json", str(e)))
             if "study.json" in names:
                 dirnames[:] = []  # a study's own training runs (its inputs) are not results to tabulate
                 try:
@@ -267,4 +322,5 @@ def load(runs_root: Path) -> Records:
     frame = pd.DataFrame(rows)
     if not frame.empty:
         frame = frame.sort_values("run", kind="stable").reset_index(drop=True)
-    return Records(frame, sorted(studies, key=lambda s: s["run"]), sorted(skipped, key=lambda s: s.path))
+    return Records(frame, sorted(studies, key=lambda s: s["run"]), sorted(skipped, key=lambda s: s.path),
+                   sorted(selections, key=lambda s: s["run"]))

@@ -37,6 +37,22 @@ def make_table(name: str, rows: Sequence[dict], columns: Sequence[tuple[str, Cal
     return Table(name, [h for h, _ in columns], cells, raw, list(notes))
 
 
+def compact(t: Table) -> Table:
+    """The main-text view of a table: a column whose cells are all equal (over two or more rows)
+    says nothing per row, so it moves into the caption ("All rows: seed 0; device cpu.")."""
+    if len(t.cells) < 2:
+        return t
+    constant = [i for i in range(len(t.headers)) if len({row[i] for row in t.cells}) == 1]
+    if len(constant) == len(t.headers):
+        constant = constant[1:]  # keep the first column, so the table still has one
+    if not constant:
+        return t
+    keep = [i for i in range(len(t.headers)) if i not in constant]
+    caption = "All rows: " + "; ".join(f"{t.headers[i]} {t.cells[0][i]}" for i in constant) + "."
+    return Table(t.name, [t.headers[i] for i in keep], [[row[i] for i in keep] for row in t.cells], t.raw,
+                 [caption, *t.notes])
+
+
 def _csv_value(v: Any) -> Any:
     if isinstance(v, (list, tuple)):
         return ";".join(str(x) for x in v)

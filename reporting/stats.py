@@ -14,6 +14,7 @@ arrays; nothing here reads files.
   (accuracy: higher is better; MSE: lower is better).
 - :func:`mean_std` — mean ± sample std (ddof 1) across seeds.
 - :func:`paired_comparison` — all of the above for one pair of runs.
+- :func:`holm` — Holm step-down adjusted p-values of one family of comparisons.
 """
 from __future__ import annotations
 
@@ -166,3 +167,14 @@ def claim_verdict(directions: Sequence[str], relation: str) -> str:
     if relation == ">":
         return "supported" if better == len(directions) else "not supported"
     return "supported" if not worse else "not supported"
+
+
+def holm(pvalues: Sequence[float]) -> list[float]:
+    """Holm (1979) step-down adjusted p-values of one family of tests, in the input order:
+    the i-th smallest p is multiplied by (m − i), and adjusted values never decrease."""
+    order = sorted(range(len(pvalues)), key=lambda i: pvalues[i])
+    out, running = [0.0] * len(pvalues), 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (len(pvalues) - rank) * float(pvalues[i])))
+        out[i] = running
+    return out

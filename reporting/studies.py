@@ -17,22 +17,77 @@ from .render import MARKERS, fmt, fmt_g, log_x, make_table, new_figure, save_fig
 TITLES = {"fidelity": "Gradient fidelity vs inner and CG steps", "precision": "float32 vs float64",
           "assumptions": "Assumption audit", "cost": "Cost: time and memory vs inner steps",
           "failures": "Failure regimes",
-          "deviations": "Deviation ladder: iMAML as written → the official release (Omniglot 5w1s)"}
+          "deviations": "Deviation ladders: iMAML as written → the official release, → hypertorch's example (Omniglot 5w1s)"}
 
 
-def pick(studies: list[dict], name: str) -> tuple[dict | None, list[str]]:
-    """The latest completed run of a study (else the latest of any status) and the others' folders."""
-    mine = [s for s in studies if s["study"] == name]
-    done = [s for s in mine if s["status"] == "completed"]
-    chosen = (done or mine or [None])[-1]
-    return chosen, [s["run"] for s in mine if s is not chosen]
+def _dataset(study: dict) -> str:
+    return str(((study.get("config") or {}).get("dataset") or {}).get("name") or "unknown")
 
 
 def picks(studies: list[dict], name: str) -> list[tuple[dict | None, list[str]]]:
-    """The runs of a study the report shows, each with the folders of the runs it does not show."""
+    """The runs of a study the report shows — the latest completed one (else the latest) per
+    dataset — each with the folders of the runs it does not show."""
     if name == "deviations":
         return _deviations.picks(studies) or [(None, [])]
-    return [pick(studies, name)]
+    mine = [s for s in studies if s["study"] == name]
+    chosen = []
+    for ds in sorted({_dataset(s) for s in mine}, key=lambda d: (d != "sinusoid", d)):
+        kind = [s for s in mine if _dataset(s) == ds]
+        chosen.append(([s for s in kind if s["status"] == "completed"] or kind)[-1])
+    shown = {s["run"] for s in chosen}
+    others = [s["run"] for s in mine if s["run"] not in shown]
+    return [(s, others if i == 0 else []) for i, s in enumerate(chosen)] or [(None, [])]
+
+
+def _grid(values) -> str:
+    return "{" + ", ".join(fmt_g(v) for v in values) + "}" if isinstance(values, list) else fmt_g(values)
+
+
+def ran_on(study: dict) -> str:
+    """What a study ran on, from its recorded config: dataset, network, activation, λ, K grid, checkpoint."""
+    if study["study"] == "deviations":  # its config's dataset is the study default; it trains Omniglot experiments
+        if _deviations.target(study) == "hypertorch":
+            return ("**The ladder to hypertorch's example.** Ran on: Omniglot 5-way 1-shot; conv4, relu activation "
+                    "(the MAML layout; hypertorch's under `network`); λ, K and CG steps of "
+                    "`experiment=omniglot_5w_imaml`; checkpoint: the final one of each rung's training run.")
+        return ("**The ladder to the official release.** Ran on: Omniglot 5-way 1-shot; conv4, relu activation "
+                "(the MAML layout; the release's under `network`); λ, K and CG steps of `experiment=omniglot_5w_imaml` "
+                "(the release's under its deviations); checkpoint: the final one of each rung's training run.")
+    cfg = study.get("config") or {}
+    s, ds = cfg.get("study") or {}, cfg.get("dataset") or {}
+    name = ds.get("name")
+    if name is None:
+        return "Ran on: not recorded in study.json."
+    where = {"sinusoid": "sinusoid regression", "omniglot": "Omniglot", "miniimagenet": "mini-ImageNet"}.get(name, name)
+    if name != "sinusoid":
+        where += f" {ds.get('ways', cfg.get('ways'))}-way {ds.get('shots', cfg.get('shots'))}-shot"
+    net = ("MLP 1-40-40-1" if name == "sinusoid" else
+           f"conv4 ({ds.get('arch', 'maml')} layout, {ds.get('head', 'mean')} head)")
+    train, trained, axes = s.get("train") or {}, s.get("trained") or {}, s.get("axes") or {}
+    lam = next((v for v in (s.get("lam"), s.get("lams"), axes.get("lam"), train.get("lam")) if v is not None), None)
+    ks = next((v for v in (s.get("inner_steps"), axes.get("inner_steps"), train.get("inner_steps")) if v is not None),
+              None)
+    parts = [where, f"{net}, {s.get('activation', 'relu')} activation"]
+    parts += [f"λ = {_grid(lam)}"] if lam is not None else []
+    parts += [f"K = {_grid(ks)}"] if ks is not None else []
+    parts += [f"CG steps = {_grid(s['cg_steps'])}"] if s.get("cg_steps") is not None else []
+    parts.append(_checkpoint(s, train, trained))
+    return "Ran on: " + "; ".join(parts) + "."
+
+
+def _checkpoint(s: dict, train: dict, trained: dict) -> str:
+    if s.get("checkpoints") is not None:
+        return f"checkpoints at iterations {_grid(s['checkpoints'])} of one {train.get('algorithm', '?')} training run"
+    if s.get("theta_sources") is not None:
+        algo = trained.get("algorithm") or train.get("algorithm") or "?"
+        iters = trained.get("meta_iterations") or train.get("meta_iterations")
+        return (f"θ = {' and '.join(s['theta_sources'])} (trained: {algo}, {fmt_g(iters)} meta-iterations, "
+                f"seed {(s.get('seed') or 0)})")
+    if s.get("iterations") is not None:
+        return f"initial θ, {fmt_g(s['iterations'])} timed meta-iterations after {fmt_g(s.get('warmup', 0))} warm-up"
+    if s.get("meta_iterations") is not None:
+        return f"each grid point trained for {fmt_g(s['meta_iterations'])} meta-iterations from the initial θ"
+    return "checkpoint not recorded"
 
 
 def _pivot(name: str, df: pd.DataFrame, index: list[str], column: str, cell: Callable[[pd.DataFrame], str],
@@ -55,16 +110,26 @@ def _pivot(name: str, df: pd.DataFrame, index: list[str], column: str, cell: Cal
     return make_table(name, rows, cols, [*index, *(f"{column}={fmt_g(k)}" for k in keys)], notes)
 
 
+def _estimator(df: pd.DataFrame) -> pd.DataFrame:
+    df = df.copy()
+    df["estimator"] = [f"{m}, CG {fmt_g(c)}" if m == "imaml" else str(m) for m, c in zip(df["method"], df["cg_steps"])]
+    return df
+
+
 def fidelity(study: dict, w) -> str:
-    df = study["tables"]["fidelity.csv"]
+    df = _estimator(study["tables"]["fidelity.csv"])
     med = lambda col: (lambda g: float(g[col].median()))  # noqa: E731
-    out = w.table(_pivot("fidelity_rel_error", df, ["theta_source", "method", "cg_steps"], "inner_steps",
+    scaled = df[df["method"] != "reptile"]
+    out = w.table(_pivot("fidelity_rel_error", scaled, ["theta_source", "estimator"], "inner_steps",
                          lambda g: f"{g['rel_error'].median():.2e}", med("rel_error"), lambda k: f"K={fmt_g(k)}",
-                         ["Median over tasks of ||g − g*|| / ||g*||, g* the exact implicit meta-gradient; "
-                          "columns: inner steps K; cg_steps only for iMAML."]))
-    out += w.table(_pivot("fidelity_cosine", df, ["theta_source", "method", "cg_steps"], "inner_steps",
+                         ["Median over tasks of ||g − g*|| / ||g*||, g* the exact implicit meta-gradient of the "
+                          "proximal inner problem; columns: inner steps K. Reptile is not in this table: its "
+                          "direction θ − φ_K has no scale of its own (the outer step sets it), so it is compared "
+                          "with the same g* by cosine only, in the next table."]))
+    out += w.table(_pivot("fidelity_cosine", df, ["theta_source", "estimator"], "inner_steps",
                           lambda g: f"{g['cosine'].median():.4f}", med("cosine"), lambda k: f"K={fmt_g(k)}",
-                          ["Median over tasks of the cosine similarity to the exact meta-gradient."]))
+                          ["Median over tasks of the cosine similarity to the exact meta-gradient g*; Reptile's row "
+                           "is the cosine of its direction θ − φ_K with g*."]))
     fig, (ax1, ax2) = new_figure(2)
     cg_max = df["cg_steps"].max()
     for i, ((theta, method), g) in enumerate(df.groupby(["theta_source", "method"], sort=True)):
@@ -89,12 +154,13 @@ def fidelity(study: dict, w) -> str:
             ax.legend(fontsize=7)
     ax1.set_title("meta-gradient error vs inner steps")
     out += w.figure(save_figure(fig, w.fig_dir / "fidelity.png"), "Relative error to the exact meta-gradient")
-    out += w.table(_pivot("fidelity_cost", df, ["theta_source", "method", "cg_steps"], "inner_steps",
+    out += w.table(_pivot("fidelity_cost", df[df["theta_source"] == df["theta_source"].min()], ["estimator"],
+                          "inner_steps",
                           lambda g: f"{g['hvps'].mean():.0f} / {g['grad_evals'].mean():.0f}",
                           lambda g: float(g["hvps"].mean()),
                           lambda k: f"K={fmt_g(k)}",
                           ["Cost of one meta-gradient: Hessian-vector products / gradient evaluations "
-                           "(mean over tasks; the CSV holds the HVPs)."]))
+                           "(mean over tasks, the same at every θ; the CSV holds the HVPs)."]))
     return out
 
 
@@ -127,22 +193,33 @@ def precision(study: dict, w) -> str:
     out += w.figure(save_figure(fig, w.fig_dir / "precision.png"), "float32 vs float64 meta-gradient difference")
     train = study["tables"].get("precision_train.csv")
     if train is not None:
-        trows = train.sort_values(["dtype", "metric"], kind="stable").to_dict("records")
-        tcols = [("dtype", lambda r: str(r["dtype"])), ("metric", lambda r: str(r["metric"])),
+        sort = [k for k in ("role", "dtype", "seed") if k in train.columns]
+        trows = train.sort_values(sort, ascending=[k != "role" for k in sort], kind="stable").to_dict("records")
+        tcols = [("dtype", lambda r: str(r["dtype"])), ("seed", lambda r: fmt_g(r.get("seed"))),
+                 ("role", lambda r: {"paired": "paired (same seed in both precisions)",
+                                     "control": "control (float32, another seed)"}.get(r.get("role"),
+                                                                                      str(r.get("role", "—")))),
+                 ("metric", lambda r: str(r["metric"])),
                  ("mean (± 95% CI)", lambda r: f"{fmt(r['mean'], 4)} ± {fmt(r['ci95'], 4)}"),
-                 ("tasks", lambda r: fmt_g(r["n"])), ("verdict", lambda r: str(r["verdict"]))]
+                 ("tasks", lambda r: fmt_g(r["n"])), ("verdict", lambda r: str(r["verdict"])),
+                 ("run", lambda r: str(r.get("run_dir") or "—"))]
         out += w.table(make_table("precision_train", trows, tcols, list(train.columns),
-                                  ["Paired short training run, same seed and tasks, in each precision."]))
+                                  ["Short training runs tested on the same tasks: the paired float32 and float64 runs "
+                                   "share a seed; the control float32 run changes only the seed, so its difference "
+                                   "measures seed noise; run folders are relative to the study folder."]))
     return out
 
 
-def assumptions(study: dict, w) -> str:
+def assumption_rows(study: dict) -> list[dict]:
+    """Per (checkpoint, λ): how many tasks' regularised inner objective is not strongly convex, and
+    quantiles of the other audited quantities."""
     df = study["tables"]["assumptions.csv"].copy()
     sc = df["strongly_convex"]
     df["violated"] = ~(sc.astype(str).str.strip().str.lower().isin(["true", "1", "1.0", "yes"]))
     rows = []
     for (ckpt, lam), g in df.groupby(["checkpoint", "lam"], sort=True):
-        rows.append({"checkpoint": ckpt, "lam": lam, "tasks": int(g["task"].nunique()),
+        rows.append({"checkpoint": ckpt, "lam": lam, "tasks": int(g["task"].nunique()), "pairs": len(g),
+                     "not_strongly_convex": int(g["violated"].sum()),
                      "frac_not_strongly_convex": float(g["violated"].mean()),
                      "eig_min_min": g["eig_min"].min(), "eig_min_median": g["eig_min"].median(),
                      "eig_max_median": g["eig_max"].median(), "hess_lipschitz_median": g["hess_lipschitz"].median(),
@@ -150,20 +227,23 @@ def assumptions(study: dict, w) -> str:
                      "inner_grad_norm_q90": g["inner_grad_norm"].quantile(0.9),
                      "cg_residual_median": g["cg_residual"].median(), "cg_residual_q90": g["cg_residual"].quantile(0.9),
                      "query_grad_norm_median": g["query_grad_norm"].median()})
+    return rows
+
+
+def assumptions(study: dict, w) -> str:
+    rows = assumption_rows(study)
     e = lambda key: (lambda r: f"{r[key]:.2e}")  # noqa: E731
     cols = [("checkpoint (iteration)", lambda r: fmt_g(r["checkpoint"])), ("λ", lambda r: fmt_g(r["lam"])),
-            ("tasks", lambda r: str(r["tasks"])),
-            ("not strongly convex", lambda r: f"{100 * r['frac_not_strongly_convex']:.1f}%"),
+            ("not strongly convex (tasks)", lambda r: f"{r['not_strongly_convex']} of {r['pairs']}"),
             ("λ_min min / median", lambda r: f"{r['eig_min_min']:.3g} / {r['eig_min_median']:.3g}"),
             ("λ_max median", lambda r: f"{r['eig_max_median']:.3g}"),
             ("Hessian-Lipschitz median", e("hess_lipschitz_median")),
             ("‖∇G(φ_K)‖ median / q90", lambda r: f"{r['inner_grad_norm_median']:.2e} / {r['inner_grad_norm_q90']:.2e}"),
-            ("CG residual median / q90", lambda r: f"{r['cg_residual_median']:.2e} / {r['cg_residual_q90']:.2e}"),
-            ("query-gradient norm median", e("query_grad_norm_median"))]
-    return w.table(make_table("assumptions", rows, cols, list(rows[0]) if rows else [],
-                              ["Fraction of tasks whose regularised inner objective is not strongly convex "
-                               "(λ_min(H) + λ ≤ 0 at φ), and quantiles of the other audited quantities, per "
-                               "checkpoint and λ."]))
+            ("CG residual median / q90", lambda r: f"{r['cg_residual_median']:.2e} / {r['cg_residual_q90']:.2e}")]
+    return w.table(make_table(f"assumptions_{_dataset(study)}", rows, cols, list(rows[0]) if rows else [],
+                              ["Tasks whose regularised inner objective is not strongly convex (λ_min(H) + λ ≤ 0 "
+                               "at φ_K; iMAML's Theorem 1 assumes it is), and quantiles of the other audited "
+                               "quantities, per checkpoint and λ; the query-gradient norms are in the CSV."]))
 
 
 def cost(study: dict, w) -> str:

@@ -5,7 +5,9 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+from . import baselines
 from . import common as c
+from .budget import learned_text
 from .paper import PaperNumbers
 from .render import MARKERS, Table, fmt, fmt_g, fmt_pm, log_x, make_table, new_figure, save_figure
 
@@ -15,10 +17,10 @@ SINUSOID_STEPS = (1, 5, 10)
 def inventory(rows: list[dict]) -> Table:
     """Every readable training record, whatever its status: a failure is a result."""
     cols = [("run", lambda r: r["run"]), ("status", c.status_text), ("algorithm", lambda r: r["label"]),
-            ("dataset", lambda r: r["dataset"]), ("test setting", lambda r: r["setting"]),
+            ("setting", lambda r: f"{c.DATASET_NAMES.get(r['dataset'], r['dataset'])} {r['setting']}"),
             ("profile", lambda r: r["profile"]), ("iterations", c.budget_text),
-            ("seed", lambda r: fmt_g(r.get("seed"))), ("test metric", lambda r: r.get("metric") or "—"),
-            ("result (± 95% CI)", c.result_text), ("device", lambda r: r.get("device") or "—"),
+            ("seed", lambda r: fmt_g(r.get("seed"))),
+            ("result (± 95% CI; accuracy % or MSE)", c.result_text), ("device", lambda r: r.get("device") or "—"),
             ("commit", lambda r: (r.get("git_commit") or "—")[:10])]
     raw = ("run", "status", "failure_iteration", "failure_reason", "label", "variant", "algorithm", "dataset",
            "ways", "shots", "query_shots", "test_shots", "test_query_shots", "profile", "experiment",
@@ -54,14 +56,21 @@ def _yes_no(v) -> str:
     return "—" if v is None else ("yes" if v else "no")
 
 
+def _in_ci_text(d: dict) -> str:
+    if d.get("paper_in_ci") is None:
+        return ""
+    k, n = d["paper_in_ci"], d["paper_in_ci_of"]
+    return f"; {'yes' if k == n else 'no' if k == 0 else 'partly'} ({k} of {n} seed{'s' if n > 1 else ''})"
+
+
 def paper_table(name: str, rows: list[dict], paper: PaperNumbers, notes: list[str]) -> Table:
-    """Our mean ± 95% CI beside the paper's number, the difference and the budget run."""
+    """Our mean ± 95% CI beside the paper's number and the difference; the setup is in section 1."""
     cols = [("setting", lambda r: r["setting"]), ("algorithm", c.label_text), ("status", c.status_text),
             ("ours % (± 95% CI)", lambda r: fmt_pm(r["mean_pct"], r["ci95_pct"])),
             ("paper %", lambda r: fmt_pm(r["paper_value"], r["paper_pm"], 2)),
             ("ours − paper", lambda r: fmt(r["diff"])), ("paper in our CI", lambda r: _yes_no(r["paper_in_ci"])),
-            ("across runs (mean ± std)", lambda r: r["seeds_text"]), ("scale", lambda r: r["scale"]),
-            *c.SETUP_COLUMNS, ("paper source", lambda r: r["paper_source"] or "—"), ("run", lambda r: r["run"])]
+            ("across seeds (mean ± std)", lambda r: r["seeds_text"]), ("iterations", c.budget_text),
+            ("run", lambda r: r["run"])]
     raw = ("setting", "label", "status", "failure_reason", "mean_pct", "ci95_pct", "n", "paper_value",
            "paper_pm", "diff", "paper_in_ci", "seeds_mean_pct", "seeds_std_pct", "seeds_runs", "scale", *c.SETUP_RAW,
            "paper_source", "paper_transductive", "run")
@@ -71,8 +80,7 @@ def paper_table(name: str, rows: list[dict], paper: PaperNumbers, notes: list[st
 def omniglot_notes(paper: PaperNumbers) -> list[str]:
     nt = [paper.lookup("omniglot", w, s, "Reptile", "non_transductive") for w, s in ((5, 1), (5, 5), (20, 1), (20, 5))]
     nt_text = " / ".join(fmt_g(r.value) for r in nt if r is not None)
-    return [c.NOT_PAPER_NOTE,
-            "ours: mean test accuracy over the fixed test tasks ± 95% CI (1.96·std/√n); 'paper in our CI' asks "
+    return ["ours: mean test accuracy over the fixed test tasks ± 95% CI (1.96·std/√n); 'paper in our CI' asks "
             "whether the paper's mean lies in that interval (the paper's own ± is not used).",
             "The iMAML paper's Reptile row (97.68 / 99.48 / 89.43 / 97.12) is transductive (Nichol et al., batch "
             "statistics shared across the query set); the Reptile paper's non-transductive numbers are "
@@ -81,47 +89,73 @@ def omniglot_notes(paper: PaperNumbers) -> list[str]:
 
 
 def miniimagenet_notes(paper: PaperNumbers) -> list[str]:
-    return [c.NOT_PAPER_NOTE,
-            "The iMAML paper reports 5-way 1-shot only; 5-way 5-shot numbers come from the MAML and Reptile papers "
+    return ["The iMAML paper reports 5-way 1-shot only; 5-way 5-shot numbers come from the MAML and Reptile papers "
             "(no iMAML number). Reptile 49.97 / 65.99 are transductive; its non-transductive 47.07 / 62.74 are used "
             "for runs whose batch-norm mode is not transductive.",
             f"Sources: imaml_t3 = {paper.sources['imaml_t3']} maml_t1 = {paper.sources['maml_t1']} "
             f"reptile_t1 = {paper.sources['reptile_t1']}"]
 
 
-def sinusoid_table(rows: list[dict], paper: PaperNumbers) -> Table:
-    """MSE after 1 / 5 / 10 test steps against the MAML paper (5-shot)."""
-    groups = c.seed_groups(rows)
+def _budget_of(runs: list[dict]) -> str:
+    r = runs[0]
+    if r.get("max_train_minutes") is None:
+        return f"{r['meta_iterations']:,} iterations (the paper's)" if c.is_paper_scale(r) else c.budget_text(r)
+    return f"{fmt_g(r['max_train_minutes'])} min"
+
+
+def _steps_over_seeds(runs: list[dict], k: int):
+    vals = [r["by_steps"].get(k) for r in runs if r["status"] == "completed"]
+    vals = [v for v in vals if v is not None]
+    return c.mean_std(vals)[0] if vals else None
+
+
+def sinusoid_table(rows: list[dict], paper: PaperNumbers, judged: dict[str, dict]) -> Table:
+    """MSE after 1 / 5 / 10 test steps against the MAML paper (5-shot), one row per configuration and
+    budget (its seeds averaged), the pretrained baseline beside the paper's."""
     out = []
-    for r in rows:
-        ref = {k: paper.lookup("sinusoid", 1, 5, r["label"], None, steps=k) for k in SINUSOID_STEPS}
+    for runs in c.config_groups(rows):
+        r = runs[0]
+        base = baselines.is_baseline(r)
+        name = "pretrained" if base else r["label"]
+        ref = {k: paper.lookup("sinusoid", 1, 5, name, None, steps=k) for k in SINUSOID_STEPS}
         comparable = r["test_shots"] == 5 and all(ref.values())
-        d = dict(r, seeds_text=c.seeds_text(r, groups), scale=c.scale_text(r), **c.seeds_raw(r, groups),
-                 comparable=comparable)
+        g = c.over_seeds(runs)
+        d = dict(r, _runs=runs, seeds=c.seeds_list(runs), seeds_mean=g["mean"], seeds_std=g["std"], seeds_runs=g["n"],
+                 run=c.runs_text(runs), comparable=comparable, baseline=base, budget_label=_budget_of(runs))
         for k in SINUSOID_STEPS:
-            ours = r["by_steps"].get(k) if r["status"] == "completed" else None
+            ours = _steps_over_seeds(runs, k)
             d[f"mse_{k}"] = ours
             d[f"paper_{k}"] = ref[k].value if ref[k] else None
             d[f"diff_{k}"] = ours - ref[k].value if comparable and ours is not None else None
+        last = SINUSOID_STEPS[-1]
+        done = [x for x in runs if x["status"] == "completed" and x.get("mean") is not None]
+        d["paper_in_ci"] = (sum(abs(x["mean"] - ref[last].value) <= x["ci95"] for x in done)
+                            if comparable and done and (r.get("test_steps_used") or r.get("test_steps")) == last else None)
+        d["paper_in_ci_of"] = len(done)
         out.append(d)
+    out.sort(key=lambda d: (d["max_train_minutes"] is None, d["max_train_minutes"] or 0, c.label_rank(d["label"])))
 
     def triple(prefix: str, digits: int = 3):
         return lambda r: " / ".join(fmt(r[f"{prefix}_{k}"], digits) for k in SINUSOID_STEPS)
 
-    cols = [("test K", lambda r: str(r["test_shots"])), ("algorithm", c.label_text), ("status", c.status_text),
-            ("ours MSE (± 95% CI)", c.result_text), ("test steps", lambda r: fmt_g(r.get("test_steps_used"))),
-            ("ours after 1 / 5 / 10 steps", triple("mse")), ("paper (K=5) 1 / 5 / 10", triple("paper", 2)),
-            ("ours − paper", triple("diff")), ("comparable", lambda r: "yes" if r["comparable"] else "no"),
-            ("across runs (mean ± std)", lambda r: r["seeds_text"]), ("scale", lambda r: r["scale"]),
-            *c.SETUP_COLUMNS, ("run", lambda r: r["run"])]
-    raw = ("test_shots", "label", "status", "failure_reason", "mean", "ci95", "n", "test_steps_used",
-           *(f"{p}_{k}" for p in ("mse", "paper", "diff") for k in SINUSOID_STEPS), "comparable",
-           "seeds_mean", "seeds_std", "seeds_runs", "scale", *c.SETUP_RAW, "run")
-    base = [paper.lookup("sinusoid", 1, 5, "pretrained", None, steps=k) for k in SINUSOID_STEPS]
-    notes = [c.NOT_PAPER_NOTE,
-             "The MAML paper reports MAML only, tested at K=5 (5 support points); other algorithms and other test K "
-             "have no paper number, and 'ours − paper' is shown only where the test K and the algorithm match. "
-             f"Its pretrained baseline reaches {' / '.join(fmt_g(b.value) for b in base if b)}.",
+    cols = [("algorithm", lambda d: f"{d['label']} (baseline)" if d["baseline"] else c.label_text(d)),
+            ("budget", lambda d: d["budget_label"]), ("seeds", lambda d: d["seeds"]),
+            ("status", lambda d: c.status_summary(d["_runs"])),
+            ("ours after 1 / 5 / 10 steps (mean over seeds)", triple("mse")),
+            ("after 10 steps: ± std over seeds (one seed: 95% CI)", lambda d: c.spread_text(d["_runs"])),
+            ("paper (K=5) 1 / 5 / 10", triple("paper", 2)),
+            ("ours − paper; paper in our 10-step 95% CI", lambda d: triple("diff")(d) + _in_ci_text(d)),
+            ("vs baseline", lambda d: learned_text(d["_runs"], judged)), ("runs", lambda d: d["run"])]
+    raw = ("label", "budget_label", "seeds", "status", "test_shots", "n", "test_steps_used",
+           *(f"{p}_{k}" for p in ("mse", "paper", "diff") for k in SINUSOID_STEPS), "comparable", "paper_in_ci",
+           "paper_in_ci_of",
+           "seeds_mean", "seeds_std", "seeds_runs", "baseline", *c.SETUP_RAW, "run")
+    notes = ["Test MSE on the fixed 5-shot test tasks after 1 / 5 / 10 steps of the protocol's test-time adaptation, "
+             "averaged over the configuration's completed seeds. The MAML paper reports MAML and its pretrained "
+             "baseline only, tested at K=5; other algorithms have no paper number, and 'ours − paper' is shown only "
+             "where the test K and the algorithm match. 'paper in our 10-step 95% CI': in how many seeds the "
+             "paper's 10-step number lies within that seed's mean ± 95% CI over test tasks. vs baseline: see "
+             "section 1.",
              f"Source: maml_sinusoid = {paper.sources['maml_sinusoid']}"]
     return make_table("sinusoid", out, cols, raw, notes)
 
@@ -163,21 +197,45 @@ def _spread(g: dict) -> str:
 
 
 def inner_steps_table(groups: list[dict]) -> Table:
-    cols = [("dataset", lambda g: g["dataset"]), ("setting", lambda g: g["setting"]),
-            ("profile", lambda g: g["profile"]), ("algorithm", lambda g: g["label"]),
-            ("inner steps (train)", lambda g: str(g["inner_steps"])),
-            ("test steps", lambda g: ", ".join(fmt_g(s) for s in g["test_steps"]) or "—"),
-            ("metric", lambda g: g["metric"]), ("result", _spread),
-            ("budget min", lambda g: fmt_g(g["minutes"])), ("iterations reached", lambda g: fmt(g["iterations"], 0)),
+    """Every (setting, algorithm, K) point with its cost: the long form behind the pivots (files only)."""
+    cols = [("setting", lambda g: f"{g['dataset']} {g['setting']} ({g['profile']})"),
+            ("algorithm", lambda g: g["label"]), ("inner steps (train)", lambda g: str(g["inner_steps"])),
+            ("result", _spread), ("iterations reached", lambda g: fmt(g["iterations"], 0)),
             ("s / iteration", lambda g: fmt(g["median_iter_s"], 4)),
-            ("peak alloc MiB", lambda g: fmt(g["alloc_peak_bytes"], 1, 2.0**-20)),
-            ("runs", lambda g: "; ".join(g["runs"]))]
+            ("peak alloc MiB", lambda g: fmt(g["alloc_peak_bytes"], 1, 2.0**-20))]
     raw = ("dataset", "setting", "profile", "label", "inner_steps", "test_steps", "metric", "n_runs", "mean",
            "std", "ci95", "minutes", "iterations", "median_iter_s", "alloc_peak_bytes", "runs")
-    return make_table("inner_steps", groups, cols, raw,
-                      ["accuracy in percent; result is the mean over runs ± std across runs (± the run's 95% CI "
-                       "when there is one run); time and memory are the runs' mean median time per "
-                       "meta-iteration and peak allocated bytes."])
+    return make_table("inner_steps", groups, cols, raw)
+
+
+def inner_steps_pivots(groups: list[dict]) -> list[Table]:
+    """One table per setting: rows algorithms, columns the inner steps K, cells the test metric."""
+    out = []
+    for key in sorted({(g["dataset"], g["setting"], g["profile"]) for g in groups},
+                      key=lambda k: (k[0], c.setting_rank(k[1]), k[2])):
+        sel = [g for g in groups if (g["dataset"], g["setting"], g["profile"]) == key]
+        ks = sorted({g["inner_steps"] for g in sel})
+        rows = []
+        for label in sorted({g["label"] for g in sel}, key=c.label_rank):
+            row = {"label": label}
+            for g in (g for g in sel if g["label"] == label):
+                s, d = c.scale_of(g["metric"])
+                row[f"K={g['inner_steps']}"] = g["mean"]
+                row[f"text_{g['inner_steps']}"] = fmt_pm(g["mean"], g["std"] if g["n_runs"] > 1 else g["ci95"], d, s)
+            rows.append(row)
+        cols = [("algorithm", lambda r: r["label"]),
+                *((f"K={k}", (lambda k: lambda r: r.get(f"text_{k}", "—"))(k)) for k in ks)]
+        metric, minutes = sel[0]["metric"], sorted({fmt_g(g["minutes"]) for g in sel if g["minutes"] is not None})
+        tests = sorted({t for g in sel for t in g["test_steps"]})
+        test_rule = "tested after K steps" if all(g["test_steps"] == [g["inner_steps"]] for g in sel) else \
+            f"tested after {', '.join(fmt_g(t) for t in tests)} steps"
+        n_runs = sorted({g["n_runs"] for g in sel})
+        spread = "± 95% CI over test tasks (one run each)" if n_runs == [1] else "± std across runs"
+        notes = [f"{'Test accuracy %' if metric == 'accuracy' else 'Test MSE'} {spread}; every run trained for "
+                 f"{'/'.join(minutes) or '?'} min with K inner steps, {test_rule}. Time and memory per point: "
+                 "`tables/inner_steps.csv` and the figure."]
+        out.append(make_table(c.slug("inner_steps", *key), rows, cols, ["label", *(f"K={k}" for k in ks)], notes))
+    return out
 
 
 def inner_steps_figures(groups: list[dict], fig_dir: Path) -> list[Path]:

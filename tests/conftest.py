@@ -4,7 +4,10 @@
   ``sys.path``; the top-level ``algorithms``/``models`` packages are imported from there.
 - The profiler's environment must be set before torch is first imported (kineto reads it
   when libtorch loads), and tests must never talk to wandb's servers.
-- Thread counts are left alone on purpose: run with ``OMP_NUM_THREADS=1`` on shared CPUs.
+- Thread counts are left alone on purpose when one process runs the suite (run it with
+  ``OMP_NUM_THREADS=1`` on shared CPUs). Under pytest-xdist (``make test`` runs one worker per
+  core) each worker and the processes it starts use one torch thread, so workers never
+  oversubscribe the cores.
 - The real data: ``$METAGRAD_DATA``, else ``../shared/data`` beside the checkout (the Makefile's
   default); decoded caches go to the repo's git-ignored ``.cache/metagrad``, shared by the
   test modules so that a cold cache is decoded once.
@@ -17,6 +20,8 @@ from pathlib import Path
 
 os.environ["KINETO_LOG_LEVEL"] = "4"
 os.environ["WANDB_MODE"] = "disabled"
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = "1"
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
@@ -28,6 +33,9 @@ from types import SimpleNamespace  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    torch.set_num_threads(1)
 
 REAL_ROOT = Path(os.environ.get("METAGRAD_DATA") or ROOT.parent / "shared" / "data")
 REPO_CACHE = ROOT / ".cache" / "metagrad"

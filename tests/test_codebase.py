@@ -48,7 +48,7 @@ def test_reports_holds_no_code():
 MEASURED = re.compile(r"\d\s*ms\b|\bs\s*/\s*iter|[×x]\s*(faster|slower)\b|\d\s*[×x]\s+the\b|\d+(\.\d+)?\s*s per\b"
                       r"|\bit/s\b|\breports/")
 # Packages others are rewriting at the moment; their docstrings are checked once that lands.
-DOCSTRINGS_PENDING = ("reporting",)
+DOCSTRINGS_PENDING = ()
 
 
 def test_no_timings_or_report_paths_in_docstrings():

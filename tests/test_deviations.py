@@ -111,7 +111,7 @@ def test_bad_rung_fails_before_any_work_through_the_cli(tmp_path):
     assert p.returncode == 2, p.stderr[-2000:]
     assert p.stderr.strip().splitlines() == [
         "error: study.deviations.network=['dataset.arch=resnet']: dataset: model.arch='resnet'; "
-        "allowed: ['maml', 'imaml_release']"]
+        "allowed: ['maml', 'imaml_release', 'hypertorch']"]
     assert not out.exists()
 
 
@@ -200,3 +200,20 @@ def test_tiny_study_end_to_end_reuses_and_extends(tmp_path, capfd):
     summary = json.loads((out / "train" / "paper" / "summary.json").read_text())
     assert summary["max_train_minutes"] == 10.0 and summary["status"] == "completed"
     assert len((out / "train" / "paper" / "metrics.jsonl").read_text().splitlines()) == 3
+
+
+def test_the_hypertorch_ladder_ends_at_the_hypertorch_experiment(tmp_path):
+    """study=deviations_hypertorch: the paper as written plus every difference composes to
+    experiment=omniglot_5w_imaml_hypertorch; the ladder and the removed-one rows, nothing else,
+    and no rung changes the class split."""
+    cfg = compose(["study=deviations_hypertorch", "device=cpu", f"data.root={tmp_path}"], config_name="study")
+    s = cfg.study
+    dv.validate(cfg)
+    every = [o for ovs in dv.deviations(s).values() for o in ovs]
+    data = [f"data.root={tmp_path}"]
+    ladder_top, hypertorch = resolved([*s.base, *every, *data]), resolved([s.release, *data])
+    assert hypertorch["algorithm"].pop("label") == "iMAML-GD (hypertorch)"  # a name, not a setting
+    ladder_top["algorithm"].pop("label")
+    assert ladder_top == hypertorch
+    assert {p.group for p in dv.points(s)} == {"ladder", "removed"}
+    assert not any(o.startswith("dataset.split") for o in every)

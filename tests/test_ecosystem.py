@@ -192,17 +192,18 @@ def test_a_diverged_job_never_stops_the_sweep_and_finishes_its_wandb_run(tmp_pat
     assert w["config"]["inner_lr"] == 0.01 and len(w["history"]) == 20 and w["group"] == str(sweep)
 
 
-# Runs train.py as the CLI does, with the 3rd meta-gradient call of the process raising.
+# Runs train.py as the CLI does, with the 3rd meta-iteration of the process raising (a step may
+# call the meta-gradient more than once: diagnostics and the memory profile run off the clock).
 CRASH_ON_THIRD_CALL = """
 import runpy, sys
 import trainer.loop as loop
-real, calls = loop.meta_gradient_batch, []
-def flaky(*args, **kwargs):
+real, calls = loop._Run.step, []
+def flaky(self, it):
     calls.append(1)
     if len(calls) == 3:
         raise RuntimeError("injected failure")
-    return real(*args, **kwargs)
-loop.meta_gradient_batch = flaky
+    return real(self, it)
+loop._Run.step = flaky
 sys.argv = ["train.py", *sys.argv[1:]]
 runpy.run_path("train.py", run_name="__main__")
 """

@@ -220,7 +220,7 @@ def test_final_step_is_plain_steps_then_one_prox_step():
 
 
 @pytest.mark.parametrize("inner,hp,pattern", [
-    ({"prox_mode": "last"}, {}, r"inner\.prox_mode='last' is unknown; allowed: \['every_step', 'final_step'\]"),
+    ({"prox_mode": "last"}, {}, r"inner\.prox_mode='last' is unknown; allowed: \['every_step', 'final_step', 'none'\]"),
     ({"prox_mode": "final_step", "optimizer": "hf"}, {}, r"prox_mode='final_step' needs a gradient optimizer"),
     ({}, {"cg_tol": -1.0}, r"cg_tol=-1\.0 must be a finite number >= 0"),
     ({}, {"cg_tol": float("nan")}, r"cg_tol=nan must be a finite number >= 0"),
@@ -288,8 +288,8 @@ def test_release_init():
 
 
 @pytest.mark.parametrize("kw,pattern", [
-    ({"init": "kaiming"}, r"model\.init='kaiming'; allowed: \['maml', 'imaml_release'\]"),
-    ({"arch": "resnet"}, r"model\.arch='resnet'; allowed: \['maml', 'imaml_release'\]"),
+    ({"init": "kaiming"}, r"model\.init='kaiming'; allowed: \['maml', 'imaml_release', 'hypertorch'\]"),
+    ({"arch": "resnet"}, r"model\.arch='resnet'; allowed: \['maml', 'imaml_release', 'hypertorch'\]"),
 ])
 def test_bad_model_switches(kw, pattern):
     with pytest.raises(ValueError, match=pattern):
@@ -297,7 +297,7 @@ def test_bad_model_switches(kw, pattern):
 
 
 def test_release_arch_is_omniglot_only():
-    with pytest.raises(ValueError, match=r"arch='imaml_release' is the release's Omniglot conv4"):
+    with pytest.raises(ValueError, match=r"arch='imaml_release' is an Omniglot conv4"):
         models.build("conv4_miniimagenet", ways=5, arch="imaml_release", image_size=84)
 
 

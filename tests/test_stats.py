@@ -12,6 +12,7 @@ from reporting.stats import (
     check_same_test_set,
     claim_verdict,
     direction,
+    holm,
     improvement_interval,
     mean_std,
     paired_comparison,
@@ -115,3 +116,10 @@ def test_claim_verdicts():
     assert claim_verdict([], ">") == "no runs"
     with pytest.raises(ValueError):
         claim_verdict(["better"], "<")
+
+
+def test_holm_known_answer():
+    # sorted 0.01, 0.02, 0.04, 0.3 → ×4, ×3, ×2, ×1 = 0.04, 0.06, 0.08, 0.3 (monotone), back in input order
+    np.testing.assert_allclose(holm([0.3, 0.01, 0.04, 0.02]), [0.3, 0.04, 0.08, 0.06])
+    assert holm([0.5, 0.5]) == [1.0, 1.0] and holm([]) == []
+    assert holm([0.04, 0.03]) == [0.06, 0.06]  # step-down: never smaller than an earlier adjusted value

@@ -35,12 +35,14 @@ VAL = ["eval.val_every=1000", "eval.val_tasks=200"]  # learning curves: 200 fixe
 
 
 def _plan() -> list[tuple[str, list[str]]]:
-    """(name, overrides) in the order they run: sinusoid first (70,000 iterations, the MAML paper),
-    then Omniglot 5w1s at its papers' budgets."""
-    plan = []
-    for seed in (0, 1, 2):
-        for algo in ("maml", "fomaml"):
-            plan.append((f"sinusoid/{algo}-s{seed}", [f"experiment=sinusoid_{algo}", f"seed={seed}", *VAL]))
+    """(name, overrides) in the order they run. Sinusoid first, at the MAML paper's 70,000
+    iterations: every algorithm and the pretrained baseline on seed 0, then seeds 1 and 2 (the
+    cheap ones first); then Omniglot 5w1s at its papers' budgets, which needs a GPU to finish."""
+    sinusoid = ("maml", "fomaml", "pretrained", "reptile", "imaml_release", "imaml", "imaml_hf")
+    order = [("maml", 0), ("maml", 1), ("fomaml", 0), ("fomaml", 1), ("pretrained", 0), ("reptile", 0),
+             ("imaml_release", 0), ("maml", 2), ("fomaml", 2), ("imaml", 0), ("imaml_hf", 0)]
+    order += [(a, s) for s in (1, 2) for a in sinusoid if (a, s) not in order]
+    plan = [(f"sinusoid/{a}-s{s}", [f"experiment=sinusoid_{a}", f"seed={s}", *VAL]) for a, s in order]
     for algo in ("maml", "fomaml", "reptile"):
         plan.append((f"omniglot_5w1s/{algo}-s0", [f"experiment=omniglot_5w_{algo}", "seed=0", *VAL]))
     return plan
@@ -167,7 +169,7 @@ def status() -> None:
         rows = _metrics(name)
         s = _read(RECORDS / name / "summary.json") or _read(RUNS / name / "summary.json") or {}
         planned = s.get("meta_iterations") or _planned(overrides)
-        it = rows[-1]["iter"] if rows else 0
+        it = rows[-1]["iter"] if rows else (s.get("iterations_done") or 0)
         state = "completed" if done(name) else (s.get("status") or ("saved" if it else "not started"))
         val = next((r["val_metric"] for r in reversed(rows) if "val_metric" in r), None)
         recent = sorted(r["iter_s"] + r.get("sample_s", 0.0) for r in rows[-200:] if "iter_s" in r)

@@ -130,12 +130,12 @@ def _implicit_record(hparams: dict, inner: InnerConfig) -> dict | None:
 
 
 def _relative(path: Path) -> str:
-    """A run folder as records show it: relative to the working directory when inside it (records
-    are read on other machines; an absolute path names only this one)."""
+    """A run folder as its summary names it: relative to the working directory when inside it,
+    else as given (collecting records makes every run folder relative to the records folder)."""
     try:
         return str(Path(path).resolve().relative_to(Path.cwd().resolve()))
     except ValueError:
-        return Path(path).name
+        return str(path)
 
 
 def _summary_base(cfg, run_dir, problem: Problem, seeds, inner: dict, implicit: dict | None, spec: EvalSpec) -> dict:

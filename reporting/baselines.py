@@ -1,0 +1,125 @@
+"""Did a row learn? Each completed run against the baselines of its setting.
+
+Baselines:
+- classification: chance accuracy (1 / ways), and baseline records in the same dataset and test
+  setting;
+- regression: the pretrained network (a network trained on the pooled tasks, no inner steps in
+  training, the same test-time adaptation) of the same seed and the same training budget, and the
+  zero predictor (the MSE of predicting 0, stored beside every sinusoid test result; it depends on
+  the test tasks only, so a record without it borrows it from a record with the same test-task
+  fingerprint).
+
+A baseline record is an ordinary training record that is not an algorithm row: a pretrained
+network (variant ``pretrained``, or no inner steps in training) or an untrained θ₀
+(``meta_iterations == 0`` or ``iterations_done == 0``). A row learned when it beats every
+baseline it is judged against — paired on identical test tasks where both have per-task values
+(the 95% CI of the improvement lies above 0), otherwise with non-overlapping 95% CIs. A row that
+did not learn gets no better/worse wording anywhere.
+"""
+from __future__ import annotations
+
+from .paired import improvement
+from .render import fmt
+from .stats import PairingError
+
+LEARNED, DID_NOT_LEARN, NO_BASELINE = "learned", "did not learn", "no baseline record"
+ZERO = "zero predictor"
+
+
+def is_baseline(r: dict) -> bool:
+    if r.get("variant") == "pretrained" or r.get("inner_steps") == 0:
+        return True
+    return r["status"] == "completed" and (r.get("meta_iterations") == 0 or r.get("iterations_done") == 0)
+
+
+def split(rows: list[dict]) -> tuple[list[dict], list[dict]]:
+    """(algorithm rows, baseline records)."""
+    return [r for r in rows if not is_baseline(r)], [r for r in rows if is_baseline(r)]
+
+
+def _same_budget(a: dict, b: dict) -> bool:
+    return (a.get("profile"), a.get("max_train_minutes")) == (b.get("profile"), b.get("max_train_minutes"))
+
+
+def _record_candidates(r: dict, baselines: list[dict]) -> list[dict]:
+    """The baseline records a row is judged against: same dataset, test setting and metric;
+    a regression row only the pretrained network of its own seed and budget."""
+    mine = [b for b in baselines if b["status"] == "completed"
+            and (b["dataset"], b["setting"], b["metric"]) == (r["dataset"], r["setting"], r["metric"])]
+    if r["metric"] == "mse":
+        return [b for b in mine if b.get("seed") == r.get("seed") and _same_budget(b, r)]
+    same_protocol = [b for b in mine if b.get("experiment") and b.get("experiment") == r.get("experiment")]
+    return same_protocol or mine
+
+
+def zero_predictor(r: dict, rows: list[dict]) -> dict | None:
+    """The zero predictor on r's test tasks, as a pseudo-record (its own, else one with r's fingerprint)."""
+    src = r if r.get("zero_mean") is not None else next(
+        (o for o in rows if o.get("zero_mean") is not None and o.get("fingerprint")
+         and o.get("fingerprint") == r.get("fingerprint")), None)
+    if src is None:
+        return None
+    return {"kind": "zero", "label": ZERO, "run": None, "metric": "mse", "mean": src["zero_mean"],
+            "ci95": src.get("zero_ci95") or 0.0, "per_task": src.get("zero_per_task"),
+            "fingerprint": src.get("fingerprint")}
+
+
+def _beats(r: dict, b: dict) -> bool:
+    higher = r["metric"] == "accuracy"
+    if b["kind"] == "chance":
+        return r["mean"] - r["ci95"] > b["mean"]
+    try:  # paired on identical test tasks when possible
+        return improvement(r, b)["low"] > 0
+    except PairingError:  # else the two intervals must not overlap
+        return (r["mean"] - r["ci95"] > b["mean"] + b["ci95"]) if higher else \
+            (r["mean"] + r["ci95"] < b["mean"] - b["ci95"])
+
+
+def _text(b: dict) -> str:
+    s, digits = (100.0, 2) if b["metric"] == "accuracy" else (1.0, 3)
+    value = fmt(b["mean"], digits, s)
+    if b["kind"] == "chance":
+        return f"chance {value}"
+    if b["kind"] == "zero":
+        return f"{ZERO} {value}"
+    if b.get("variant") == "pretrained" or b.get("inner_steps") == 0:
+        return f"pretrained {value}" + (f" (seed {b['seed']})" if b.get("seed") is not None else "")
+    return f"{b['label']} untrained {value}"
+
+
+def candidates(r: dict, baselines: list[dict], rows: list[dict]) -> list[dict]:
+    """Every baseline r is judged against, best first."""
+    cands = [dict(b, kind="record") for b in _record_candidates(r, baselines)]
+    if r["metric"] == "accuracy" and r.get("ways"):
+        cands.append({"kind": "chance", "metric": "accuracy", "mean": 1.0 / r["ways"], "ci95": 0.0, "run": None,
+                      "label": "chance"})
+    zero = zero_predictor(r, rows) if r["metric"] == "mse" else None
+    cands += [zero] if zero else []
+    higher = r["metric"] == "accuracy"
+    return sorted(cands, key=lambda b: -b["mean"] if higher else b["mean"])
+
+
+def judge(r: dict, baselines: list[dict], rows: list[dict] = ()) -> dict:
+    """{'status', 'baseline' (text), 'run' (the best baseline record or None)} for one completed row."""
+    cands = candidates(r, baselines, list(rows) + list(baselines))
+    if not cands:
+        return {"status": NO_BASELINE, "baseline": NO_BASELINE, "run": None}
+    beats = all(_beats(r, b) for b in cands)
+    return {"status": LEARNED if beats else DID_NOT_LEARN, "baseline": ", ".join(_text(b) for b in cands),
+            "run": cands[0].get("run")}
+
+
+def judge_all(rows: list[dict], baselines: list[dict]) -> dict[str, dict]:
+    """run folder → judgement, for every completed algorithm row."""
+    return {r["run"]: judge(r, baselines, rows) for r in rows if r["status"] == "completed"}
+
+
+def statuses(judged: dict[str, dict]) -> dict[str, str]:
+    return {run: j["status"] for run, j in judged.items()}
+
+
+def text(r: dict, judged: dict[str, dict]) -> str:
+    j = judged.get(r["run"])
+    if j is None:
+        return "—"
+    return j["status"] if j["status"] == NO_BASELINE else f"{j['status']} (vs {j['baseline']})"

@@ -1,0 +1,105 @@
+"""Time to accuracy (the wall-clock question): the committed ``bench.tta`` records, ``bench_tta/*.json``
+beside the records folder (written by ``python -m bench.tta``; its harness is documented in
+``BENCHMARKS.md`` beside the report). Each record is one Omniglot 5-way 1-shot run grown segment by
+segment; a segment holds the minutes trained, the iterations done and the test result on the
+fixed test tasks. This module only reads them.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .render import Table, fmt, fmt_g, make_table, new_figure, save_figure
+
+# The thresholds bench.tta reports against (its MINIMUM and TARGET).
+THRESHOLDS = (0.95, 0.97)
+FIXED = ("experiment=", "data.root=", "meta_iterations=", "eval.val_every=", "ckpt_every=", "device=",
+         "diagnostics=", "batching=")
+
+
+def load(folder: Path) -> list[dict]:
+    """The records with at least one segment, MAML first, then by name."""
+    out = []
+    for f in sorted(Path(folder).glob("*.json")) if folder and Path(folder).is_dir() else []:
+        try:
+            r = json.loads(f.read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(r, dict) and r.get("segments"):
+            out.append(dict(r, name=r.get("name") or f.stem, file=f.name))
+    return sorted(out, key=lambda r: (r["algorithm"] != "maml", r["name"]))
+
+
+def label(r: dict) -> str:
+    return r["segments"][0]["summary"].get("label") or r["algorithm"]
+
+
+def changed(r: dict) -> str:
+    extra = [o.replace("algorithm.hparams.", "") for o in r.get("overrides", []) if not o.startswith(FIXED)]
+    return ", ".join(extra) or "the published protocol"
+
+
+def first_reaching(r: dict, threshold: float) -> dict | None:
+    return next((s for s in r["segments"] if s["test_mean"] >= threshold), None)
+
+
+def best(r: dict) -> dict:
+    return max(r["segments"], key=lambda s: (s["test_mean"], -s["train_wall_s"]))
+
+
+def seed(r: dict):
+    return r["segments"][0]["summary"].get("seed")
+
+
+def _acc(s: dict) -> str:
+    return f"{fmt(s['test_mean'], 2, 100)} ± {fmt(s['test_ci95'], 2, 100)}"
+
+
+def _at(s: dict | None) -> str:
+    if s is None:
+        return "not reached"
+    return f"{fmt(s['train_wall_s'] / 60, 1)} min ({s['iterations']:,} it., {_acc(s)})"
+
+
+def table(records: list[dict]) -> Table:
+    rows = [dict(name=r["name"], label=label(r), changed=changed(r), seed=seed(r),
+                 **{f"min_{t}": (first_reaching(r, t) or {}).get("train_wall_s") for t in THRESHOLDS},
+                 best_mean=best(r)["test_mean"], best_ci95=best(r)["test_ci95"],
+                 best_minutes=best(r)["train_wall_s"] / 60, record=r) for r in records]
+    cols = [("run", lambda d: f"`{d['name']}`"), ("algorithm", lambda d: d["label"]),
+            ("changed from the protocol", lambda d: d["changed"]),
+            *((f"first ≥ {100 * t:g}%", (lambda t: lambda d: _at(first_reaching(d["record"], t)))(t))
+              for t in THRESHOLDS),
+            ("best (± 95% CI)", lambda d: f"{_acc(best(d['record']))} after {fmt(d['best_minutes'], 1)} min")]
+    raw = ("name", "label", "changed", "seed", *(f"min_{t}" for t in THRESHOLDS), "best_mean", "best_ci95",
+           "best_minutes")
+    return make_table("time_to_accuracy", rows, cols, raw,
+                      ["Omniglot 5-way 1-shot test accuracy on the fixed 600 test tasks (± 95% CI over tasks) after "
+                       "the given minutes of training wall-clock on one CPU thread (meta-gradients, outer steps, "
+                       "task sampling; evaluation and checkpoints excluded), measured at the end of each segment; "
+                       "one run per row. Segments and machine load: `bench_tta/<run>.json`."])
+
+
+def figure(records: list[dict], fig_dir: Path) -> Path:
+    fig, (ax,) = new_figure(width=7.5, height=4.2)
+    for r in records:
+        xs = [s["train_wall_s"] / 60 for s in r["segments"]]
+        ax.errorbar(xs, [100 * s["test_mean"] for s in r["segments"]],
+                    yerr=[100 * s["test_ci95"] for s in r["segments"]], marker="o", ms=4, capsize=3,
+                    label=f"{r['name']} ({label(r)})")
+    for t, style in zip(THRESHOLDS, ("--", ":")):
+        ax.axhline(100 * t, color="gray", ls=style, lw=0.8)
+    ax.set_xlabel("training wall-clock (minutes, one CPU thread)")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title("Omniglot 5-way 1-shot: time to accuracy (600 test tasks, 95% CI)", fontsize=9)
+    ax.legend(fontsize=7, loc="lower right")
+    return save_figure(fig, fig_dir / "time_to_accuracy.png")
+
+
+def devices(records: list[dict]) -> list[str]:
+    return sorted({r["segments"][0]["summary"].get("device_name") or r["segments"][0]["summary"].get("device")
+                   or "?" for r in records})
+
+
+def minutes_text(m: float) -> str:
+    return f"{fmt_g(round(m, 1))} min"
