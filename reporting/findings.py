@@ -165,6 +165,13 @@ def at_paper_budget(ctx: Context) -> list[str]:
             text += f" against the paper's {fmt_g(ref.value)}%" if ref else " (no paper number)"
             anchor = anchor or ("table2_omniglot" if r["dataset"] == "omniglot" else "table3_miniimagenet")
         parts.append(text)
+    stopped = [r for r in ctx.rows + ctx.bases  # runs at the paper's budget that did not finish it
+               if r["profile"] == "paper" and r.get("max_train_minutes") is None and r["status"] != "completed"]
+    for r in c.records_sorted(stopped):
+        why = (r.get("failure_reason") or "").split(":")[0] or "no reason recorded"
+        parts.append(f"{r['label']} on {c.DATASET_NAMES[r['dataset']]} {r['setting']} seed {r.get('seed')} "
+                     f"{r['status']} at iteration {fmt_g(r.get('failure_iteration') or r.get('iterations_done'))} "
+                     f"({why})")
     iters = sorted({r["meta_iterations"] for r in full})
     return [f"At the paper's full iteration count ({' and '.join(f'{i:,}' for i in iters)} iterations, no time cap, "
             f"{_devices(full)}): {'; '.join(parts)} {_link(anchor)}."]

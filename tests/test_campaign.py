@@ -46,3 +46,13 @@ def test_an_unfinished_run_is_saved_and_restored_on_a_fresh_machine(campaign, tm
     shutil.rmtree(campaign.RUNS)  # a fresh clone: only the records are there
     campaign.restore(name)
     assert (run / "ckpt.pt").read_bytes() == b"state" and "resume=true" in campaign.command(name, [])
+
+
+def test_a_diverged_run_is_an_outcome_recorded_and_not_rerun(campaign, tmp_path, monkeypatch):
+    monkeypatch.setattr(campaign, "PLAN", [("smoke/diverges", ["experiment=smoke", "algorithm=maml", "inner_lr=1e30"])])
+    assert campaign.run(jobs=1) == 0
+    s = json.loads((tmp_path / "records" / "smoke" / "diverges" / "summary.json").read_text())
+    assert s["status"] == "diverged" and campaign.done("smoke/diverges")
+    before = {p: p.stat().st_mtime_ns for p in (tmp_path / "records").rglob("*")}
+    assert campaign.run(jobs=1) == 0
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "records").rglob("*")} == before

@@ -6,8 +6,9 @@
 
 Each run trains in ``runs/campaign/NAME`` with one torch thread. SIGTERM (or Ctrl-C) to this
 process is passed on to the runs, which checkpoint and stop as ``interrupted``; the campaign then
-saves their state. A completed run's ``summary.json`` and thinned ``metrics.csv`` go to the
-campaign's records folder (``RECORDS``/NAME), and its saved state leaves the tree. An unfinished run's
+saves their state. A finished run's ``summary.json`` and thinned ``metrics.csv`` (completed, or
+diverged: an outcome too) go to the campaign's records folder (``RECORDS``/NAME), and its saved
+state leaves the tree. An unfinished run's
 state (``ckpt.pt`` and ``metrics.jsonl``, both small) is saved to ``…/NAME/unfinished/`` so that a
 fresh clone continues it with ``resume=true``. A completed campaign is never rerun: starting it
 again changes no file.
@@ -30,6 +31,7 @@ sys.path.insert(0, str(ROOT))
 from reporting.collect import thin_metrics  # noqa: E402
 
 RUNS = ROOT / "runs" / "campaign"
+OUTCOMES = ("completed", "diverged")  # a run's result either way: recorded, never rerun
 RECORDS = ROOT / "reports" / "records" / "campaign-cpu"
 VAL = ["eval.val_every=1000", "eval.val_tasks=200"]  # learning curves: 200 fixed validation tasks
 
@@ -71,7 +73,7 @@ def _copy_atomic(src: Path, dst: Path, text: str | None = None) -> None:
 
 def done(name: str) -> bool:
     s = _read(RECORDS / name / "summary.json")
-    return bool(s) and s.get("status") == "completed"
+    return bool(s) and s.get("status") in OUTCOMES
 
 
 def restore(name: str) -> None:
@@ -103,12 +105,14 @@ def thin_jsonl(text: str, max_rows: int = 1000) -> str:
 
 
 def collect(name: str) -> bool:
-    """A completed run's records into the campaign folder; its saved state leaves the tree."""
+    """A finished run's records (completed, or diverged: a result too) into the campaign folder;
+    its saved state leaves the tree."""
     run = RUNS / name
     s = _read(run / "summary.json")
-    if not s or s.get("status") != "completed":
+    if not s or s.get("status") not in OUTCOMES:
         return False
-    _copy_atomic(run / "metrics.csv", RECORDS / name / "metrics.csv", thin_metrics((run / "metrics.csv").read_text()))
+    if (run / "metrics.csv").exists():  # a run that diverged on its first iteration logged none
+        _copy_atomic(run / "metrics.csv", RECORDS / name / "metrics.csv", thin_metrics((run / "metrics.csv").read_text()))
     s["run_dir"] = str((run).relative_to(ROOT))  # records never name this machine's folders
     _copy_atomic(run / "summary.json", RECORDS / name / "summary.json", json.dumps(s, indent=2, sort_keys=True) + "\n")
     shutil.rmtree(RECORDS / name / "unfinished", ignore_errors=True)
@@ -151,7 +155,7 @@ def run(jobs: int) -> int:
                 continue
             del running[name]
             if collect(name):
-                print(f"campaign: {name} completed", flush=True)
+                print(f"campaign: {name} {_read(RUNS / name / 'summary.json')['status']}", flush=True)
             else:
                 s = _read(RUNS / name / "summary.json") or {}
                 failed += s.get("status") != "interrupted"
@@ -170,7 +174,7 @@ def status() -> None:
         s = _read(RECORDS / name / "summary.json") or _read(RUNS / name / "summary.json") or {}
         planned = s.get("meta_iterations") or _planned(overrides)
         it = rows[-1]["iter"] if rows else (s.get("iterations_done") or 0)
-        state = "completed" if done(name) else (s.get("status") or ("saved" if it else "not started"))
+        state = s.get("status") if done(name) else (s.get("status") or ("saved" if it else "not started"))
         val = next((r["val_metric"] for r in reversed(rows) if "val_metric" in r), None)
         recent = sorted(r["iter_s"] + r.get("sample_s", 0.0) for r in rows[-200:] if "iter_s" in r)
         per = recent[len(recent) // 2] if recent else None
