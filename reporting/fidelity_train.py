@@ -17,7 +17,7 @@ from pathlib import Path
 from . import common as c
 from .render import MARKERS, fmt, fmt_g, make_table, new_figure, save_figure
 
-FIELDS = ("fid_cos_exact", "fid_cos_solved", "fid_rel_exact")
+FIELDS = ("fid_cos_exact", "fid_cos_solved", "fid_rel_exact")  # iMAML-HF has no exact one: no unrolled Newton solve
 
 
 def points(folder: str) -> list[dict]:
@@ -28,7 +28,7 @@ def points(folder: str) -> list[dict]:
     out = []
     with path.open(newline="") as f:
         for row in csv.DictReader(f):
-            if row.get("fid_cos_exact") in (None, ""):
+            if all(row.get(k) in (None, "") for k in FIELDS):
                 continue
             out.append({"iter": int(float(row["iter"])),
                         **{k: float(row[k]) for k in FIELDS if row.get(k) not in (None, "")}})
@@ -53,7 +53,7 @@ def _median(values: list[float]) -> float | None:
 
 def _first_last(runs: list[dict], field: str) -> str:
     first = _median([r["_fid"][0][field] for r in runs if field in r["_fid"][0]])
-    last = _median([r["_fid"][-1][field] for r in runs if field in r["_fid"][-1]])
+    last = _median([r["_fid"][-1][field] for r in runs if field in r["_fid"][-1]])  # each run's last measurement
     if first is None:
         return "—"
     return f"{fmt(first, 2)} → {fmt(last, 2)}"
@@ -80,7 +80,8 @@ def table(key: tuple, by_label: dict[str, list[dict]]):
              "run's last one, on the run's own meta-batch in float64. Exact: second-order MAML through the run's "
              "own inner loop (its steps, inner objective and prox_mode); solved system: iMAML's linear system "
              "solved with 100 CG steps. A cosine near 1 means the estimator points where the exact gradient does; "
-             "MAML's is 1 by construction."]
+             "MAML's is 1 by construction; iMAML-HF has no exact comparison (its Newton solve is not unrolled), only its "
+             "solved-system cosine."]
     return make_table(name, rows, cols, ("label", "seeds", "n_points", "last_iter", "cos_exact", "rel_exact",
                                          "cos_solved", "run"), notes)
 
@@ -92,7 +93,9 @@ def figure(key: tuple, by_label: dict[str, list[dict]], fig_dir: Path) -> Path |
     i = 0
     for label, runs in by_label.items():
         for r in runs:
-            pts = r["_fid"]
+            pts = [p for p in r["_fid"] if "fid_cos_exact" in p]
+            if not pts:
+                continue
             ax.plot([p["iter"] for p in pts], [p["fid_cos_exact"] for p in pts], marker=MARKERS[i % len(MARKERS)],
                     markersize=3, label=f"{label} (seed {r.get('seed')})")
             i += 1

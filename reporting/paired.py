@@ -161,7 +161,7 @@ def matrix_tables(pairs: list[dict], learned: dict[str, str]) -> list[tuple[str,
     """One matrix per setting and budget: cell (row a, column b) = a's improvement over b. One seed:
     Δ [95% CI], * where the Holm-adjusted Wilcoxon p < α and the CI excludes 0. Several seeds: the mean
     over seeds ± their std, * where every seed's comparison is significant that way in one direction,
-    (k/n*) where k of the n are."""
+    (k/n*) where k of the n are. A seed's comparison with a run that did not learn is left out."""
     out = []
     for setting in sorted({_setting(p) for p in pairs}, key=_order):
         sel = [p for p in pairs if _setting(p) == setting]
@@ -173,8 +173,10 @@ def matrix_tables(pairs: list[dict], learned: dict[str, str]) -> list[tuple[str,
         for a in labels:
             row = {"algorithm": a, "run": "; ".join(runs[a]), "_tag": _learned_tag(runs[a], learned)}
             for b in labels:
-                found = find(sel, setting[0], setting[1], a, b)
-                row[b] = _cell(found, metric, n_seeds) if found else "—"
+                every = find(sel, setting[0], setting[1], a, b)
+                # a seed whose run did not learn is never called better or worse than another
+                found = [f for f in every if "did not learn" not in (learned.get(f["a_run"]), learned.get(f["b_run"]))]
+                row[b] = _cell(found, metric, n_seeds) if found else "— (did not learn)" if every else "—"
                 row[f"{b}_imp"] = mean_std([f["imp"] for f in found])[0] if found else None
             rows.append(row)
         cols = [("a \\ b", lambda r: r["algorithm"] + r["_tag"]), *((b, (lambda b: lambda r: r[b])(b)) for b in labels)]
@@ -210,8 +212,9 @@ def _matrix_note(sel: list[dict], metric: str) -> str:
     return (f"Cell: improvement of the row's algorithm over the column's ({unit}; positive = the row is better), "
             f"each seed's runs paired on identical test tasks (equal test-task fingerprints); {cell} after a Holm "
             f"correction over this table's {len(sel)} per-seed comparison(s) (Wilcoxon signed-rank, α = {ALPHA:g}) "
-            f"with the CI excluding 0. Seeds: {', '.join(str(s) for s in seeds)}. Each comparison with its CI and "
-            "p-values: `tables/paired.csv`.")
+            f"with the CI excluding 0. Seeds: {', '.join(str(s) for s in seeds)}. A seed whose run did not beat its "
+            "baselines is left out of every cell (— (did not learn) when no seed is left). Each comparison with its "
+            "CI and p-values: `tables/paired.csv`.")
 
 
 def significant(d: dict) -> bool:

@@ -582,6 +582,7 @@ def test_multi_seed_matrix_pairs_per_seed_with_holm(report_dir: Path):
     back = t[2][t[0].index("MAML")]
     assert back == "-" + cell  # the same comparison read from the other side: the sign flips, nothing else
     assert t[1][t[0].index("iMAML-GD (release)")].endswith("(2 seeds)")  # its seed 2 diverged
+    assert t[1][t[0].index("iMAML-HF")] == "— (did not learn)"  # never called better or worse than another
     assert "Holm correction over this table's" in section and "Seeds: 0, 1, 2." in section
     csv_rows = (report_dir / "tables" / "paired.csv").read_text().splitlines()
     maml_fomaml = [r for r in csv_rows if r.startswith("sinusoid,K=5,paper,1,FOMAML,MAML,")]
