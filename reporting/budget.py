@@ -7,7 +7,6 @@ figure plots the validation metric against minutes of training, one line per alg
 """
 from __future__ import annotations
 
-import csv
 import math
 from pathlib import Path
 
@@ -159,15 +158,11 @@ def _baseline_note(rows: list[dict], pool: list[dict]) -> list[str]:
 
 def _curve(folder: str) -> list[tuple[float, float]]:
     """(training minutes, validation metric) of every validated iteration in metrics.csv."""
-    path = Path(folder) / "metrics.csv"
-    if not path.exists():
-        return []
     pts = []
-    with path.open(newline="") as f:
-        for row in csv.DictReader(f):
-            v, t = row.get("val_metric"), row.get("train_wall_s")
-            if v not in (None, "") and t not in (None, ""):
-                pts.append((float(t) / 60, float(v)))
+    for row in c.metrics_rows(folder):
+        v, t = row.get("val_metric"), row.get("train_wall_s")
+        if v not in (None, "") and t not in (None, ""):
+            pts.append((float(t) / 60, float(v)))
     return pts
 
 

@@ -1,7 +1,9 @@
 """Shared row helpers: ordering, configuration identity, display of a run's budget and setup."""
 from __future__ import annotations
 
+import csv
 import math
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -244,3 +246,12 @@ def records_sorted(rows: list[dict]) -> list[dict]:
     """Row dicts in the canonical report order."""
     return sorted(rows, key=lambda r: (r["dataset"], setting_rank(r["setting"]), label_rank(r["label"]),
                                        r["profile"], -1 if r.get("seed") is None else r["seed"], r["run"]))
+
+
+def metrics_rows(folder: str) -> list[dict]:
+    """The rows of a run folder's ``metrics.csv`` as dicts of strings (empty cells ""); [] without one."""
+    path = Path(folder) / "metrics.csv"
+    if not path.exists():
+        return []
+    with path.open(newline="") as f:
+        return list(csv.DictReader(f))

@@ -10,7 +10,6 @@ far each estimator is from the exact gradient where those assumptions fail.
 """
 from __future__ import annotations
 
-import csv
 import statistics
 from pathlib import Path
 
@@ -22,17 +21,8 @@ FIELDS = ("fid_cos_exact", "fid_cos_solved", "fid_rel_exact")  # iMAML-HF has no
 
 def points(folder: str) -> list[dict]:
     """The fidelity rows of a run's metrics.csv: iteration and the ``fid_*`` values present."""
-    path = Path(folder) / "metrics.csv"
-    if not path.exists():
-        return []
-    out = []
-    with path.open(newline="") as f:
-        for row in csv.DictReader(f):
-            if all(row.get(k) in (None, "") for k in FIELDS):
-                continue
-            out.append({"iter": int(float(row["iter"])),
-                        **{k: float(row[k]) for k in FIELDS if row.get(k) not in (None, "")}})
-    return out
+    return [{"iter": int(float(row["iter"])), **{k: float(row[k]) for k in FIELDS if row.get(k) not in (None, "")}}
+            for row in c.metrics_rows(folder) if any(row.get(k) not in (None, "") for k in FIELDS)]
 
 
 def groups(rows: list[dict]) -> dict[tuple, list[dict]]:

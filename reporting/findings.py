@@ -274,11 +274,16 @@ def assumptions(ctx: Context) -> list[str]:
             f"{_link(name)}."]
 
 
+def _latest_table(ctx: Context, study: str, name: str):
+    """The table ``name`` of the latest shown run of ``study`` that has it, or None."""
+    shown = [s for s in ctx.studies.get(study) or [] if name in s["tables"]]
+    return shown[-1]["tables"][name] if shown else None
+
+
 def fidelity(ctx: Context) -> list[str]:
-    shown = [s for s in ctx.studies.get("fidelity") or [] if "fidelity.csv" in s["tables"]]
-    if not shown:
+    df = _latest_table(ctx, "fidelity", "fidelity.csv")
+    if df is None:
         return []
-    df = shown[-1]["tables"]["fidelity.csv"]
     src = "trained" if (df["theta_source"] == "trained").any() else df["theta_source"].min()
     df = df[df["theta_source"] == src]
     kmax = df["inner_steps"].max()
@@ -301,10 +306,9 @@ def fidelity(ctx: Context) -> list[str]:
 
 
 def cost(ctx: Context) -> list[str]:
-    shown = [s for s in ctx.studies.get("cost") or [] if "cost.csv" in s["tables"]]
-    if not shown:
+    df = _latest_table(ctx, "cost", "cost.csv")
+    if df is None:
         return []
-    df = shown[-1]["tables"]["cost.csv"]
     df = df[df["status"] == "completed"].copy()
     df["memory"] = df["gpu_peak_bytes"].where(df["gpu_peak_bytes"].notna(), df["alloc_peak_bytes"])
     parts = []
