@@ -63,8 +63,8 @@ large: setup  ## comparison a on Omniglot 20w1s and mini-ImageNet 5w1s (cpu: BUD
 	$(PY) report.py
 
 # Protocol choices no paper fixes, selected on validation tasks only (configs/selection.yaml).
-select: setup  ## selection on validation tasks (sinusoid: 4 tuned algorithms × 4 candidates × 1 min ≈ 20 min)
-	JOBS=$(or $(JOBS),2) $(PY) tools/selection.py sinusoid
+select: setup  ## selection on validation tasks (sinusoid: 4 tuned algorithms × 4 candidates × 1 min; Omniglot 5w1s: iMAML-HF × 4 × 4 min)
+	for s in sinusoid omniglot_5w1s; do JOBS=$(or $(JOBS),2) $(PY) tools/selection.py $$s || exit 1; done
 
 # The paper-budget campaign (tools/campaign.py): resumable across sessions, JOBS runs at a time.
 campaign: setup  ## runs to the papers' iteration counts (sinusoid, Omniglot 5w1s), resumable; SIGTERM saves state
@@ -135,12 +135,10 @@ bench: setup  ## benchmark harness → reports/BENCHMARKS.md
 # Time to accuracy: both runs at once, one core each (a 2-core machine), then the section of BENCHMARKS.md.
 # iMAML: the fastest settings found (reports/BENCHMARKS.md): 3 inner steps of 0.4 (MAML's step, 3 at test as
 # MAML), λ = 0.1, 2 CG steps on the official release's damped system, meta-batch 8.
-TTA_IMAML := diagnostics=false meta_batch_size=8 inner_steps=3 test_inner_steps=3 inner_lr=0.4 \
-	algorithm.hparams.lam=0.1 algorithm.hparams.cg_steps=2 algorithm.hparams.cg_damping=1.0 algorithm.hparams.lam_damping=10.0
 bench-tta: setup  ## time to accuracy, Omniglot 5w1s, MAML + iMAML (≈ 65 min) → reports/BENCHMARKS.md
-	rm -rf runs/bench/tta/maml runs/bench/tta/imaml-k3
+	rm -rf runs/bench/tta/maml runs/bench/tta/imaml-release
 	OMP_NUM_THREADS=1 $(PY) -m bench.tta algorithm=maml threads=1 batching=compile diagnostics=false & a=$$!; \
-	OMP_NUM_THREADS=1 $(PY) -m bench.tta algorithm=imaml name=imaml-k3 threads=1 $(TTA_IMAML) & b=$$!; \
+	OMP_NUM_THREADS=1 $(PY) -m bench.tta algorithm=imaml_release_algo name=imaml-release threads=1 diagnostics=false & b=$$!; \
 	wait $$a; ra=$$?; wait $$b; rb=$$?; [ $$ra -eq 0 ] && [ $$rb -eq 0 ]
 	$(PY) -m bench.tta render=true
 

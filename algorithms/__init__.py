@@ -60,10 +60,41 @@ def _compiled(name: str) -> Callable:
     return _COMPILED[name]
 
 
+_OPTIONS = ("metric_fn", "diagnostics_full")  # every estimator's options, not hyperparameters
+
+
 @functools.cache
 def _hparams_of(estimator: Callable) -> frozenset[str]:
     """The keyword arguments an estimator takes beyond the task (its signature, read once)."""
     return frozenset(inspect.signature(estimator).parameters) - set(_OWN)
+
+
+@functools.cache
+def defaults(name: str) -> dict[str, Any]:
+    """An estimator's own hyperparameters and their defaults, as its signature declares them."""
+    params = inspect.signature(ESTIMATORS[name]).parameters
+    return {k: p.default for k, p in params.items() if k not in _OWN + _OPTIONS}
+
+
+def record(name: str, hparams: dict[str, Any], inner: InnerConfig | dict | None) -> dict[str, Any] | None:
+    """The hyperparameters a run of estimator ``name`` uses, as its records state them: every
+    declared one at its value or default, ``cg_tol`` resolved (:func:`resolve_cg_tol`); None for
+    an estimator without hyperparameters."""
+    own = defaults(name)
+    if not own:
+        return None
+    out = {k: hparams.get(k, v) for k, v in own.items()}
+    out = {k: type(own[k])(v) if isinstance(own[k], (int, float)) and v is not None else v for k, v in out.items()}
+    if "cg_tol" in out:
+        out["cg_tol"] = resolve_cg_tol(out["cg_tol"], InnerConfig.make(inner))
+    return out
+
+
+def proximal_weight(name: str, hparams: dict[str, Any]) -> float:
+    """λ of the inner problem (φ* = argmin L̂(φ) + λ/2 ||φ − θ||², Rajeswaran et al. 2019 Eq. 3):
+    the estimator's ``lam`` where it declares one, else 0."""
+    own = defaults(name)
+    return float(hparams.get("lam", own["lam"])) if "lam" in own else 0.0
 
 
 def _on_path(batching: str, loss_fn, hparams: dict[str, Any]) -> tuple[Callable, dict[str, Any]]:
@@ -77,8 +108,8 @@ def _on_path(batching: str, loss_fn, hparams: dict[str, Any]) -> tuple[Callable,
 
 
 __all__ = ["BATCHING", "CODE_PATHS", "ESTIMATORS", "OPTIMIZERS", "PROX_MODES", "InnerConfig", "check_batching",
-           "inner_objective", "meta_gradient", "meta_gradient_batch", "meta_gradient_per_task", "resolve_cg_tol",
-           "solve_inner", "validate"]
+           "defaults", "inner_objective", "meta_gradient", "meta_gradient_batch", "meta_gradient_per_task",
+           "proximal_weight", "record", "resolve_cg_tol", "solve_inner", "validate"]
 
 
 def check_batching(batching: str, hparams: dict[str, Any]) -> None:
@@ -98,26 +129,27 @@ def validate(name: str, inner: InnerConfig | dict | None, hparams: dict[str, Any
     allowed = _hparams_of(ESTIMATORS[name])
     unknown = sorted(set(hparams) - allowed)
     if unknown:
-        own = sorted(allowed - {"metric_fn", "diagnostics_full"})  # those two are every estimator's options
+        own = sorted(allowed - set(_OPTIONS))
         raise ValueError(f"{name}: unknown hyperparameter(s) {unknown}; allowed: {own or 'none'} "
                          "(and metric_fn, diagnostics_full)")
     if name == "imaml":
-        lam = hparams.get("lam", 2.0)
+        hp = {**defaults(name), **hparams}
+        lam = hp["lam"]
         if not (isinstance(lam, (int, float)) and math.isfinite(lam) and lam > 0):
             raise ValueError(f"imaml: lam={lam!r} must be a finite number > 0")
-        cg = hparams.get("cg_steps", 5)
+        cg = hp["cg_steps"]
         if isinstance(cg, bool) or not isinstance(cg, int) or cg < 1:
             raise ValueError(f"imaml: cg_steps={cg!r} must be an integer >= 1")
         for key in ("cg_damping", "lam_damping"):
-            damping = hparams.get(key, 0.0)
+            damping = hp[key]
             if isinstance(damping, bool) or not (isinstance(damping, (int, float)) and math.isfinite(damping) and damping >= 0):
                 raise ValueError(f"imaml: {key}={damping!r} must be a finite number >= 0")
-        tol = hparams.get("cg_tol")
+        tol = hp["cg_tol"]
         if tol is not None and (isinstance(tol, bool) or not (isinstance(tol, (int, float)) and math.isfinite(tol)
                                                               and tol >= 0)):
             raise ValueError(f"imaml: cg_tol={tol!r} must be a finite number >= 0 (or None: the inner mode's own)")
-        if hparams.get("hvp_mode", "revrev") not in ("fwdrev", "revrev"):
-            raise ValueError(f"imaml: hvp_mode={hparams['hvp_mode']!r}; allowed: ['fwdrev', 'revrev']")
+        if hp["hvp_mode"] not in ("fwdrev", "revrev"):
+            raise ValueError(f"imaml: hvp_mode={hp['hvp_mode']!r}; allowed: ['fwdrev', 'revrev']")
         if cfg.prox_lam is not None and cfg.prox_lam != lam:
             raise ValueError(f"imaml: inner.prox_lam={cfg.prox_lam!r} differs from lam={lam!r}; "
                              "iMAML's proximal weight is lam (leave inner.prox_lam unset)")

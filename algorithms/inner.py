@@ -50,14 +50,14 @@ class InnerConfig:
     lr: float = 0.01
     optimizer: str = "sgd"
     prox_lam: float | None = None
-    momentum: float = 0.9
-    nesterov: bool = False
-    betas: tuple[float, float] = (0.9, 0.999)
-    eps: float = 1e-8
-    hf_cg_steps: int = 5
-    hf_ls_steps: int = 10
     prox_mode: str = "every_step"
     batch: int | None = None
+    momentum: float = 0.9      # momentum
+    nesterov: bool = False
+    betas: tuple[float, float] = (0.9, 0.999)  # adam
+    eps: float = 1e-8
+    hf_cg_steps: int = 5       # hf: CG steps per Newton direction, backtracking line-search steps
+    hf_ls_steps: int = 10
 
     @classmethod
     def make(cls, inner: InnerConfig | dict[str, Any] | None) -> InnerConfig:

@@ -86,6 +86,12 @@ def hvp(f: Callable[[Params], torch.Tensor], params: Params, v: Params, mode: st
     raise ValueError(f"hvp mode must be 'fwdrev' or 'revrev', got {mode!r}")
 
 
+def _ratio(num: torch.Tensor, den: torch.Tensor) -> torch.Tensor:
+    """num / den, and 0 where den is 0 (CG has converged exactly), without data-dependent branches."""
+    ok = den != 0
+    return torch.where(ok, num / torch.where(ok, den, torch.ones_like(den)), torch.zeros_like(den))
+
+
 def conjugate_gradient(matvec: Callable[[Params], Params], b: Params, steps: int,
                        tol: float = 0.0) -> tuple[Params, torch.Tensor]:
     """Solve A x = b for symmetric positive-definite A with ``steps`` CG iterations from x0 = 0.
@@ -106,13 +112,11 @@ def conjugate_gradient(matvec: Callable[[Params], Params], b: Params, steps: int
     for i in range(steps):
         ap = matvec(p)
         pap = tree_dot(p, ap)
-        ok = pap != 0
-        alpha = torch.where(ok, rr / torch.where(ok, pap, torch.ones_like(pap)), torch.zeros_like(pap))
+        alpha = _ratio(rr, pap)
         x_new = tree_add(x, p, alpha)
         r_new = tree_add(r, ap, -alpha)
         rr_new = tree_dot(r_new, r_new)
-        nz = rr != 0
-        beta = torch.where(nz, rr_new / torch.where(nz, rr, torch.ones_like(rr)), torch.zeros_like(rr))
+        beta = _ratio(rr_new, rr)
         p_new = tree_add(r_new, p, beta)
         if tol > 0 and i > 0:
             done = rr < tol

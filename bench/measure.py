@@ -42,6 +42,15 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def _timed(step: Callable, tasks, device: torch.device) -> tuple[float, float]:
+    """(wall, process CPU) seconds of one ``step(tasks)``, synchronised with the device."""
+    _sync(device)
+    w0, c0 = time.perf_counter(), time.process_time()
+    step(tasks)
+    _sync(device)
+    return time.perf_counter() - w0, time.process_time() - c0
+
+
 def draw_batches(problem: Problem, n: int, seed: int, device: torch.device,
                  first: int = 0) -> tuple[list, list[float]]:
     """``first + n`` meta-batches from the workload's sampler (moved to ``device``) and the
@@ -151,11 +160,7 @@ def time_runner(make: Callable[[], Callable], batches: list, device: torch.devic
         step = make()
         warm = 0.0
         for i in range(warmup):
-            _sync(device)
-            t0 = time.perf_counter()
-            step(batches[i % len(batches)])
-            _sync(device)
-            warm = time.perf_counter() - t0
+            warm, _ = _timed(step, batches[i % len(batches)], device)
             if i == 0:
                 t.first_s = warm   # for a compiled runner: compilation + one iteration
         t.warmup_s = warm if warmup else None
@@ -167,21 +172,13 @@ def time_runner(make: Callable[[], Callable], batches: list, device: torch.devic
         if warm and warm * repeats < min_time_s:
             spent = 0.0
             while spent < min_time_s / 2 and done < warmup + 100:
-                _sync(device)
-                t0 = time.perf_counter()
-                step(batches[done % len(batches)])
-                _sync(device)
-                spent += time.perf_counter() - t0
+                spent += _timed(step, batches[done % len(batches)], device)[0]
                 done += 1
             n = max(n, min(200, int(min_time_s // max(warm, 1e-9))))
         for i in range(n):
-            tasks = batches[(done + i) % len(batches)]
-            _sync(device)
-            w0, c0 = time.perf_counter(), time.process_time()
-            step(tasks)
-            _sync(device)
-            t.wall.append(time.perf_counter() - w0)
-            t.cpu.append(time.process_time() - c0)
+            wall, cpu = _timed(step, batches[(done + i) % len(batches)], device)
+            t.wall.append(wall)
+            t.cpu.append(cpu)
             if sum(t.wall) >= cell_budget_s:  # slower than the warm-up promised (e.g. the machine got busy)
                 break
         if len(t.wall) < repeats:

@@ -165,6 +165,11 @@ def conv4(params: Params, x: torch.Tensor, stride: int = 2, pool: bool = False, 
     return F.linear(x, params["head.weight"], params["head.bias"])
 
 
+def _features(channels: int, side: int, head: str) -> int:
+    """The head's input width: the channels (``mean`` pools space away) or the flattened map."""
+    return channels if head == "mean" else channels * side * side
+
+
 def build(name: str, *, ways: int = 1, seed: int = 0, dtype=torch.float32, head: str = "mean",
           image_size: int = 28, init: str = "maml", arch: str = "maml",
           activation: str = "relu") -> tuple[Params, Callable[[Params, torch.Tensor], torch.Tensor]]:
@@ -176,26 +181,18 @@ def build(name: str, *, ways: int = 1, seed: int = 0, dtype=torch.float32, head:
     if name == "mlp":
         return init_mlp(g, dtype), mlp if activation == "relu" else partial(mlp, activation=activation)
     if name == "conv4_omniglot" and arch == "hypertorch":
-        side = image_size
-        for _ in range(4):
-            side //= 2
-        feat = 64 if head == "mean" else 64 * side * side
         fwd = _conv4_forward(stride=1, pool=True, head=head, bn_eps=RELEASE_BN_EPS, bn_last=True)
-        return init_conv4(g, ways, 1, 64, feat, dtype, init), fwd
+        return init_conv4(g, ways, 1, 64, _features(64, image_size // 16, head), dtype, init), fwd
     if name == "conv4_omniglot":
         release = arch == "imaml_release"
         side = image_size
-        for i in range(4):
+        for i in range(4):  # 3×3 stride-2 pad-1 convolutions; the release pads one row and column after block 2
             side = (side + 2 - 3) // 2 + 1 + (1 if release and i == 1 else 0)
-        feat = 64 if head == "mean" else 64 * side * side
         eps = RELEASE_BN_EPS if release else BN_EPS
         fwd = _conv4_forward(stride=2, pool=False, head=head, bn_eps=eps, pad_block2=release)
-        return init_conv4(g, ways, 1, 64, feat, dtype, init), fwd
+        return init_conv4(g, ways, 1, 64, _features(64, side, head), dtype, init), fwd
     if name == "conv4_miniimagenet":
-        side = image_size
-        for _ in range(4):
-            side //= 2
-        feat = 32 if head == "mean" else 32 * side * side
+        feat = _features(32, image_size // 16, head)  # four 2×2 max-pools
         return init_conv4(g, ways, 3, 32, feat, dtype, init), _conv4_forward(stride=1, pool=True, head=head)
     raise ValueError(f"model name={name!r} is unknown; allowed: ['mlp', 'conv4_omniglot', 'conv4_miniimagenet']")
 

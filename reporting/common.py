@@ -68,13 +68,25 @@ def config_key(row: dict) -> tuple:
     return tuple(clean(row.get(k)) for k in CONFIG_KEYS)
 
 
+def budget_kind(row: dict) -> str | None:
+    """``paper``: a completed paper-profile run that did all its iterations; ``converged``: one
+    the declared early-stop rule ended (``eval.early_stop``); None for any other run."""
+    if row["profile"] != "paper" or row["status"] != "completed":
+        return None
+    if row["iterations_done"] >= row["meta_iterations"]:
+        return "paper"
+    return "converged" if row.get("stopped_by") == "converged" else None
+
+
 def is_paper_scale(row: dict) -> bool:
-    return (row["profile"] == "paper" and row["status"] == "completed"
-            and row["iterations_done"] >= row["meta_iterations"])
+    return budget_kind(row) is not None
 
 
 def scale_text(row: dict) -> str:
-    return "paper" if is_paper_scale(row) else f"NOT paper-scale ({row['profile']})"
+    kind = budget_kind(row)
+    if kind == "converged":
+        return f"converged at {row['iterations_done']:,} iterations (declared rule)"
+    return "paper" if kind else f"NOT paper-scale ({row['profile']})"
 
 
 def label_text(row: dict) -> str:

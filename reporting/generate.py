@@ -223,7 +223,10 @@ def generate(runs_root: Path, out: Path, paper: PaperNumbers | None = None, benc
     body.append(_heading("assumptions-fail", "8. When the assumptions fail") + fidelity_train.section(rows, w))
     body.append(_heading("limitations", "9. Limitations")
                 + limits.section(limits.Inputs(rows, bases, judged, study_list, tta.devices(tta_records), paper,
-                                               recs.selections)))
+                                               recs.selections))
+                + (w.table(limits.selection_table(recs.selections, {r.get("experiment"): r["label"]
+                                                                     for r in rows + bases}))
+                   if recs.selections else ""))
     inventory = all_rows + base_rows
     body.append(_heading("inventory", "Appendix A. Run inventory") + (
         w.table(tables.inventory(inventory)) if inventory else _no_runs("make reproduce")))

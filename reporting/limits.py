@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from . import baselines
 from . import common as c
 from .paper import PaperNumbers
-from .render import fmt_g
+from .render import Table, fmt_g, make_table
 
 
 @dataclass
@@ -150,3 +150,28 @@ def section(x: Inputs) -> str:
     items = [_seeds(groups), _budget(groups), _stopped(x.rows + x.bases), _did_not_learn(x), _protocols(x),
              f"**Devices.** Every record was measured on: {', '.join(devices) or 'none'}.", _never(x)]
     return "\n" + "".join(f"- {i}\n" for i in items)
+
+
+def selection_table(selections: list[dict], labels: dict) -> Table:
+    """Every candidate of every selection on validation tasks, its validation score and the choice."""
+    rows = [{"setting": s["setting"], "algorithm": labels.get(s["experiment"], s["algorithm"]), "run": s["run"],
+             "metric": s["metric"], "chosen": cand.get("candidate") == s.get("winner_name"), **cand}
+            for s in selections for cand in s["candidate_rows"]]
+
+    def score(r):
+        if r.get("val_metric") is None:
+            return f"— ({r.get('status', '?')})"
+        scale, digits = (1, 3) if r["metric"] == "mse" else (100, 2)
+        return f"{scale * r['val_metric']:.{digits}f} ± {scale * (r.get('val_ci95') or 0):.{digits}f}"
+
+    cols = [("setting", lambda r: r["setting"]), ("algorithm", lambda r: r["algorithm"]),
+            ("candidate", lambda r: ", ".join(f"{k.rsplit('.', 1)[-1]} {fmt_g(v)}" for k, v in r["values"].items())
+             if r.get("values") else r.get("candidate", "?")),
+            ("iterations", lambda r: fmt_g(r.get("iterations_done"))),
+            ("validation (± 95% CI; MSE or accuracy %)", score), ("chosen", lambda r: "**chosen**" if r["chosen"] else ""),
+            ("selection record", lambda r: f"`{r['run']}`")]
+    raw = ("setting", "algorithm", "run", "candidate", "status", "iterations_done", "metric", "val_metric", "val_ci95",
+           "val_fingerprint", "chosen")
+    return make_table("selection", rows, cols, raw,
+                      ["Each candidate trained from the same seed for the same minutes and was scored on validation "
+                       "tasks only; only the chosen one is tested, by its experiment."])

@@ -124,7 +124,8 @@ def compare_all(rows: list[dict]) -> tuple[list[dict], list[dict], list[str]]:
                                       b_iters=c.budget_text(b), minutes=a.get("max_train_minutes")
                                       if a.get("max_train_minutes") == b.get("max_train_minutes") else None,
                                       device_name=a.get("device_name") or a.get("device"),
-                                      paper_scale=c.is_paper_scale(a) and c.is_paper_scale(b)))
+                                      paper_scale=c.is_paper_scale(a) and c.budget_kind(a) == c.budget_kind(b),
+                                      budget_kind=c.budget_kind(a)))
                 unpaired = sorted(set(a_by_seed) ^ set(b_by_seed), key=lambda s: (s is None, s or 0))
                 if unpaired:
                     notes.append(f"{a_label} vs {b_label}, {setting[0]} {setting[1]} "
@@ -288,7 +289,7 @@ def _claim_row(base: dict, cl: Claim, sel: list[dict], learned: dict[str, str]) 
     at_paper = all(p["paper_scale"] for p in sel)
     if dnl:
         verdict = f"no verdict: {', '.join(dnl)} did not learn"
-    elif at_paper:
+    elif at_paper and len({p.get("budget_kind") for p in sel}) == 1:
         verdict = claim_verdict([direction(p["low"], p["high"]) for p in sel], cl.relation)
     else:
         verdict = "not tested at paper budget"
@@ -296,6 +297,11 @@ def _claim_row(base: dict, cl: Claim, sel: list[dict], learned: dict[str, str]) 
     minutes = sel[0]["minutes"]
     budget = (f"{c.fmt_g(minutes)} min per run" if minutes is not None else sel[0]["profile"] + " profile")
     budget += "; iterations " + "; ".join(f"{p['a']} {p['a_iters']}, {p['b']} {p['b_iters']}" for p in sel)
+    kinds = {p.get("budget_kind") for p in sel}
+    if at_paper and kinds == {"paper"}:
+        budget += " (both runs of every pair at the paper's budget)"
+    elif at_paper and kinds == {"converged"}:
+        budget += " (both runs of every pair converged by the declared rule)"
     return dict(base, verdict=verdict, seeds=len(sel), metric=metric, imp=mean_std([p["imp"] for p in sel])[0],
                 text="; ".join(delta_text(p, metric) for p in sel), budget=budget,
                 runs="; ".join(f"{p['a_run']} vs {p['b_run']}" for p in sel))

@@ -241,6 +241,9 @@ def _load_selection(d: dict, run: str) -> dict:
             "grid": {k: list(v) if isinstance(v, list) else [v] for k, v in sorted(grid.items())},
             "winner": _get(d, "winner", "dict", required=False) or {},
             "candidates": len(_get(d, "candidates", "list", required=False) or []),
+            "candidate_rows": [cand for cand in _get(d, "candidates", "list", required=False) or []
+                               if isinstance(cand, dict)],
+            "winner_name": _get(d, "winner_name", "str", required=False),
             "stopped": sum(1 for cand in _get(d, "candidates", "list", required=False) or []
                            if isinstance(cand, dict) and cand.get("status") != "completed")}
 

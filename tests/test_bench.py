@@ -267,9 +267,10 @@ def test_time_to_accuracy_refuses_bad_input(tmp_path, monkeypatch):
 def test_time_to_accuracy_splits_its_own_keys_from_the_train_overrides():
     from bench import tta
 
-    opts, extra = tta.parse(["algorithm=imaml", "name=imaml-k3", "threads=1", "minutes=[5,10]",
+    opts, extra = tta.parse(["algorithm=imaml_release_algo", "name=imaml-release", "threads=1", "minutes=[5,10]",
                              "algorithm.hparams.lam=0.1", "batching=compile"])
-    assert (opts["algorithm"], opts["name"], opts["threads"], opts["minutes"]) == ("imaml", "imaml-k3", 1, [5.0, 10.0])
+    assert (opts["algorithm"], opts["name"], opts["threads"], opts["minutes"]) == (
+        "imaml_release_algo", "imaml-release", 1, [5.0, 10.0])
     assert extra == ["algorithm.hparams.lam=0.1", "batching=compile"] and not opts["render"]
 
 

@@ -63,3 +63,10 @@ def test_no_timings_or_report_paths_in_docstrings():
                 if m:
                     hits.append(f"{rel}:{getattr(n, 'lineno', 1)} {getattr(n, 'name', '<module>')}: {m.group()!r}")
     assert not hits, hits
+
+
+def test_no_private_torch_internals_choose_a_code_path():
+    """The autograd or torch.func path is chosen from the batching mode the caller passed."""
+    hits = [f"{rel}:{i}" for rel, p in _files(".py") for i, line in enumerate(p.read_text().splitlines(), 1)
+            if re.search(r"torch\._C\.|_functorch|peek_interpreter_stack|get_interpreter_stack", line)]
+    assert not hits, hits

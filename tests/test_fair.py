@@ -143,3 +143,47 @@ def test_fidelity_along_training_compares_with_the_exact_gradient_of_the_same_ob
     assert cols["fomaml"]["fid_cos_exact"] < 0.9999
     assert {"fid_cos_solved", "fid_rel_solved", "fid_cg_residual_solved"} <= set(cols["imaml"])
     assert "fid_cos_solved" not in cols["maml"]
+
+
+def test_the_declared_plateau_rule():
+    """From the 9th validation on: the last third's mean must beat the third before it by more
+    than that third's mean CI half-width, in the metric's direction."""
+    from trainer.evaluate import plateaued
+    rising = [(0.5 + 0.05 * i, 0.01) for i in range(12)]
+    assert not plateaued(rising, lower_is_better=False)
+    assert plateaued(rising[:1] * 12, lower_is_better=False)
+    assert not plateaued(rising[:1] * 8, lower_is_better=False)  # too few validations
+    falling = [(v, ci) for v, ci in reversed(rising)]
+    assert plateaued(falling, lower_is_better=False) and not plateaued(falling, lower_is_better=True)
+    # a gain of 0.03 per third: a plateau with CIs of 0.05, not with CIs of 0.02
+    assert plateaued([(0.01 * i, 0.05) for i in range(9)], False)
+    assert not plateaued([(0.01 * i, 0.02) for i in range(9)], False)
+
+
+def test_a_run_that_plateaus_stops_by_the_declared_rule_and_says_so(tmp_path):
+    """An outer learning rate of ~0 keeps θ, so validation is flat: the run stops at the 9th
+    validation, is tested like any other, and its record names the rule."""
+    from reporting.common import budget_kind
+    s = train(compose(["experiment=smoke", "ckpt_every=0", "meta_iterations=40", "eval.val_every=2",
+                       "eval.val_tasks=200", "eval.early_stop=plateau", "algorithm.outer.lr=1e-30"]), tmp_path)
+    assert s["status"] == "completed" and s["stopped_by"] == "converged" and s["iterations_done"] == 18
+    assert s["budget"].startswith("converged at 18 of 40 iterations") and s["early_stop"]["validations"] == 9
+    assert s["test"]["n"] > 0
+    row = {"profile": "paper", "status": "completed", "iterations_done": 18, "meta_iterations": 40,
+           "stopped_by": "converged"}
+    assert budget_kind(row) == "converged" and budget_kind(dict(row, stopped_by="max_train_minutes")) is None
+    with pytest.raises(ConfigError, match="eval.early_stop=plateau needs eval.val_every > 0 and eval.val_tasks >= 200"):
+        validate(compose(["eval.early_stop=plateau", "eval.val_tasks=30"]))
+    with pytest.raises(ConfigError, match="eval.early_stop='soon' is invalid"):
+        validate(compose(["eval.early_stop=soon"]))
+
+
+def test_an_estimator_declares_what_its_records_state():
+    """λ and the CG settings come from the estimator's own signature, not from probing hparams."""
+    import algorithms
+    rec = algorithms.record("imaml", {"lam": 10, "cg_steps": 3}, {"prox_mode": "final_step"})
+    assert rec == {"lam": 10.0, "cg_steps": 3, "cg_damping": 0.0, "lam_damping": 0.0, "cg_tol": 1e-10,
+                   "hvp_mode": "revrev"}
+    assert algorithms.record("imaml", {}, None)["cg_tol"] == 0.0
+    assert all(algorithms.record(n, {}, None) is None for n in ("maml", "fomaml", "reptile"))
+    assert algorithms.proximal_weight("imaml", {}) == 2.0 and algorithms.proximal_weight("maml", {}) == 0.0

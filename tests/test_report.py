@@ -598,6 +598,8 @@ def test_selection_records_are_protocol_evidence_not_rows(report_dir: Path):
             "sinusoid: 2 candidates (inner_steps {1, 5}; 1 stopped early), 1 min of training each, 200 validation "
             "tasks, seed 0 → inner_steps 1") in limits
     assert "iMAML-GD (release) sinusoid K=5 seed 2: diverged at iteration 871" in limits
+    table = md[md.index('<a id="table-selection">'):md.index("## Appendix A.")]
+    assert "steps1" in table and "**chosen**" in table and "— (diverged)" in table
 
 
 def test_deviation_ladder_section(report_dir: Path):

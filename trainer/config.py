@@ -14,6 +14,8 @@ from omegaconf import DictConfig, OmegaConf
 import algorithms
 from datasets import DATASETS, DTYPES
 
+from .evaluate import PLATEAU_MIN_TASKS
+
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 # The names a config may use, each from its one home: the algorithm configs (estimators and
 # variants such as imaml_hf, in the estimators' registry order), the inner optimizers and
@@ -158,6 +160,12 @@ def _validate_eval(cfg: DictConfig) -> None:
     _int(cfg, "eval.num_tasks", 1, "must be an integer >= 1")
     if cfg.eval.bn_mode not in ("transductive", "per_example"):
         raise ConfigError(f"eval.bn_mode={cfg.eval.bn_mode!r} is invalid; choose transductive or per_example")
+    stop = cfg.eval.get("early_stop")
+    if stop not in (None, "plateau"):
+        raise ConfigError(f"eval.early_stop={stop!r} is invalid; choose null (the full budget) or plateau")
+    if stop and not (cfg.eval.val_every and cfg.eval.val_tasks >= PLATEAU_MIN_TASKS):
+        raise ConfigError(f"eval.early_stop=plateau needs eval.val_every > 0 and eval.val_tasks >= {PLATEAU_MIN_TASKS} "
+                          f"(got {cfg.eval.val_every}, {cfg.eval.val_tasks}): the declared rule")
     if cfg.eval.final not in ("test", "val"):
         raise ConfigError(f"eval.final={cfg.eval.final!r} is invalid; choose test (the fixed test tasks) or val "
                           "(validation tasks only, for selection)")
@@ -212,7 +220,7 @@ def eval_prox_lam(cfg) -> float:
     lam = cfg.eval.get("prox_lam")
     if lam is not None:
         return float(lam)
-    return float(cfg.algorithm.hparams.get("lam", 0.0))
+    return algorithms.proximal_weight(cfg.algorithm.estimator, cfg.algorithm.hparams)
 
 
 def outer_options(cfg) -> dict:

@@ -120,3 +120,24 @@ def zero_predictor(spec: EvalSpec, split: str, seed: int, n: int) -> dict:
     values = torch.cat(per_task)
     std = values.std(unbiased=False).item() if n > 1 else 0.0
     return {"mean": values.mean().item(), "ci95": 1.96 * std / math.sqrt(n), "per_task": [float(v) for v in values]}
+
+
+# The declared early stop (``eval.early_stop=plateau``), fixed before any run used it.
+PLATEAU_RULE = ("plateau: validate every eval.val_every iterations on the same eval.val_tasks (>= 200) "
+                "validation tasks; from the 9th validation on, stop when the mean of the last third of the "
+                "validations improves on the mean of the third before it by no more than that third's mean "
+                "95% CI half-width")
+PLATEAU_MIN_VALIDATIONS = 9
+PLATEAU_MIN_TASKS = 200
+
+
+def plateaued(history: list[tuple[float, float]], lower_is_better: bool) -> bool:
+    """Whether validations ``[(mean, ci95), ...]`` (in order) meet :data:`PLATEAU_RULE`."""
+    n = len(history)
+    if n < PLATEAU_MIN_VALIDATIONS:
+        return False
+    m = n // 3
+    last, before = history[n - m:], history[n - 2 * m:n - m]
+    mean = [sum(v for v, _ in h) / m for h in (last, before)]
+    gain = (mean[1] - mean[0]) if lower_is_better else (mean[0] - mean[1])
+    return gain <= sum(ci for _, ci in before) / m

@@ -17,7 +17,7 @@ from dataclasses import replace
 
 import torch
 
-from algorithms import InnerConfig, meta_gradient_batch
+from algorithms import InnerConfig, meta_gradient_batch, proximal_weight
 
 SOLVE_STEPS = 100
 
@@ -43,7 +43,7 @@ def fidelity(estimator: str, loss_fn, params: dict, tasks, inner: InnerConfig, h
     run, _ = meta_gradient_batch(estimator, loss_fn, theta, tasks, inner, batching=batching, **hparams)
     out: dict[str, float] = {}
     if inner.optimizer != "hf":
-        lam = float(hparams.get("lam", 0.0)) if estimator == "imaml" else inner.lam
+        lam = proximal_weight(estimator, hparams) if estimator == "imaml" else inner.lam
         exact, _ = meta_gradient_batch("maml", loss_fn, theta, tasks, replace(inner, prox_lam=lam or None),
                                        batching=batching)
         out |= _compare(run, exact, "exact")

@@ -21,12 +21,13 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
+import algorithms
 import datasets
-from algorithms import CODE_PATHS, InnerConfig, meta_gradient_batch, resolve_cg_tol
+from algorithms import CODE_PATHS, InnerConfig, meta_gradient_batch
 from atomic import atomic_torch_save, atomic_write_json, atomic_write_text
 
 from .config import ConfigError, eval_prox_lam, inner_config, model_options, outer_options
-from .evaluate import EvalSpec, evaluate, fingerprint, has_split, zero_predictor
+from .evaluate import PLATEAU_RULE, EvalSpec, evaluate, fingerprint, has_split, plateaued, zero_predictor
 from .fidelity import fidelity
 from .loggers import make_logger
 from .meters import AllocationMeter, Timer, rss_peak_bytes
@@ -119,16 +120,6 @@ def run_val(cfg, spec: EvalSpec, params) -> dict:
     return val
 
 
-def _implicit_record(hparams: dict, inner: InnerConfig) -> dict | None:
-    """λ and the CG settings of an implicit-gradient estimator (iMAML: the one with a proximal
-    weight ``lam``, Rajeswaran et al. 2019 Eq. 3); None for the others."""
-    if "lam" not in hparams:
-        return None
-    return {"lam": float(hparams["lam"]), "cg_steps": int(hparams["cg_steps"]),
-            "cg_damping": float(hparams.get("cg_damping", 0.0)), "lam_damping": float(hparams.get("lam_damping", 0.0)),
-            "cg_tol": resolve_cg_tol(hparams.get("cg_tol"), inner)}
-
-
 def _relative(path: Path) -> str:
     """A run folder as its summary names it: relative to the working directory when inside it,
     else as given (collecting records makes every run folder relative to the records folder)."""
@@ -167,6 +158,8 @@ def budget_label(summary: dict, it: int) -> str:
     planned = f"{it:,} of {summary['meta_iterations']:,} iterations"
     if summary["stopped_by"] == "max_train_minutes":
         return f"capped at {summary['max_train_minutes']:g} min: {planned}"
+    if summary["stopped_by"] == "converged":
+        return f"converged at {planned} (declared rule {PLATEAU_RULE.split(':')[0]})"
     return f"{planned} ({summary['profile']} profile)"
 
 
@@ -190,8 +183,8 @@ class _Run:
         fields = inner_config(cfg)
         self.inner = InnerConfig.make(fields)
         self.hparams = dict(OmegaConf.to_container(a.hparams, resolve=True))
-        self.summary = _summary_base(cfg, run_dir, p, seeds, fields, _implicit_record(self.hparams, self.inner),
-                                     self.spec)
+        implicit = algorithms.record(cfg.algorithm.estimator, self.hparams, self.inner)
+        self.summary = _summary_base(cfg, run_dir, p, seeds, fields, implicit, self.spec)
         if cfg.eval.final == "val":
             self.summary["kind"] = "selection"
         self.batching = batching(cfg.batching, p.model)
@@ -209,6 +202,8 @@ class _Run:
         # at the same training times). With the time rule, the first iteration is validated too.
         self.val_period_s = 60.0 * cfg.eval.val_every_minutes if cfg.eval.get("val_every_minutes") else None
         self.last: dict = {}
+        self.val_history: list[tuple[float, float]] = []  # (mean, ci95) of the val_every validations
+        self.converged = False
 
     # ------------------------------------------------------------------ restore
     def restore(self) -> None:
@@ -232,6 +227,7 @@ class _Run:
                 self.alloc_peak, self.gpu_peak = ck["alloc_peak"], ck["gpu_peak"]
                 self.offclock_wall = ck.get("offclock_wall_s", 0.0)
         rows = read_jsonl(self.run_dir / "metrics.jsonl", max_iter=self.start) if self.start else []
+        self.val_history = [(r["val_metric"], r["val_ci95"]) for r in rows if "val_ci95" in r]
         atomic_write_text(self.run_dir / "metrics.jsonl", "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
         atomic_write_json(self.run_dir / "summary.json", self.summary)
         self.logger = make_logger(cfg, self.run_dir)
@@ -320,6 +316,11 @@ class _Run:
             v = evaluate(self.spec, self.params, "val", cfg.eval.val_seed, cfg.eval.val_tasks)
             row["val_metric"] = v["mean"]
             self.next_val_s = self._next_val(self.train_wall)
+            if cfg.eval.val_every and it % cfg.eval.val_every == 0:
+                row["val_ci95"] = v["ci95"]
+                self.val_history.append((v["mean"], v["ci95"]))
+                self.converged = (cfg.eval.get("early_stop") == "plateau"
+                                  and plateaued(self.val_history, self.spec.metric == "mse"))
 
     # ------------------------------------------------------------------ log
     def log(self, it: int, row: dict, bar) -> None:
@@ -372,7 +373,10 @@ class _Run:
     def test_and_finish(self, it: int) -> dict:
         """The final test on the fixed test tasks; a non-finite result is a divergence, said so."""
         cfg = self.cfg
-        self.summary["stopped_by"] = "max_train_minutes" if it < cfg.meta_iterations else "meta_iterations"
+        self.summary["stopped_by"] = ("converged" if self.converged else
+                                      "max_train_minutes" if it < cfg.meta_iterations else "meta_iterations")
+        if self.converged:
+            self.summary["early_stop"] = {"rule": PLATEAU_RULE, "validations": len(self.val_history)}
         self.summary["budget"] = budget_label(self.summary, it)
         t0 = time.perf_counter()
         if cfg.eval.final == "val":  # a selection candidate: scored on validation tasks, never tested
@@ -411,6 +415,8 @@ def train(cfg, run_dir: str | Path) -> dict:
                 if stop.signal:
                     run.checkpoint(it)
                     return run.finish("interrupted", it, run.failure(it, f"received {stop.signal}"))
+                if run.converged:
+                    break
         except torch.cuda.OutOfMemoryError as e:
             return run.finish("oom", it - 1, run.failure(it, str(e).splitlines()[0]))
         run.checkpoint(it)
