@@ -319,7 +319,8 @@ def _claims(out: list[dict]) -> tuple[Table, list[dict]]:
              "reduction), paired on identical test tasks, one [95% CI] per seed; the same numbers as the paired "
              "matrices. '>' is supported when every seed's CI lies above 0, '≥' when none lies below 0; "
              "contradicted when some seed is significantly worse and none better.",
-             "A verdict needs both runs completed at the paper's iteration count and both rows to have learned; "
+             "A verdict needs both runs completed at the paper's iteration count (or both ended by the declared "
+             "plateau rule, `eval.early_stop=plateau`; the budget column says which) and both rows to have learned; "
              "below the paper's budget a claim reads 'not tested at paper budget', and the measured improvement "
              "says which method got further in that budget on this machine, not whether the claim holds.",
              "no runs: train both algorithms in that setting with the same test tasks (`make reproduce`, or "

@@ -79,7 +79,8 @@ def test_release_run_records_its_switches(tmp_path, capfd, test_split, overlap):
     for rec in (s, on_disk):
         assert rec["inner"]["prox_mode"] == "final_step" and rec["inner"]["test_prox_lam"] == 0.0
         assert rec["inner"]["prox_lam"] == 2.0 and rec["inner"]["steps"] == rec["inner"]["test_steps"] == 16
-        assert rec["imaml"] == {"lam": 2.0, "cg_steps": 5, "cg_damping": 1.0, "lam_damping": 10.0, "cg_tol": 1e-10}
+        assert rec["imaml"] == {"lam": 2.0, "cg_steps": 5, "cg_damping": 1.0, "lam_damping": 10.0, "cg_tol": 1e-10,
+                                "hvp_mode": "revrev"}
         assert rec["outer"]["eps"] == 1e-3 and rec["outer"]["lr"] == 1e-3
         assert rec["model"] == {"head": "flatten", "init": "imaml_release", "arch": "imaml_release"}
         assert rec["data"]["split_sizes"] == {"train": 1200, "val": 0, "test": 423}
