@@ -286,10 +286,11 @@ def claims_table(claims: tuple[Claim, ...], pairs: list[dict], refused: list[dic
 def _claim_row(base: dict, cl: Claim, sel: list[dict], learned: dict[str, str]) -> dict:
     dnl = sorted({p[k] for p in sel for k in ("a", "b") if learned.get(p[k + "_run"]) == "did not learn"},
                  key=c.label_rank)
-    at_paper = all(p["paper_scale"] for p in sel)
+    kinds = {p.get("budget_kind") for p in sel}
+    at_paper = all(p["paper_scale"] for p in sel) and len(kinds) == 1
     if dnl:
         verdict = f"no verdict: {', '.join(dnl)} did not learn"
-    elif at_paper and len({p.get("budget_kind") for p in sel}) == 1:
+    elif at_paper:
         verdict = claim_verdict([direction(p["low"], p["high"]) for p in sel], cl.relation)
     else:
         verdict = "not tested at paper budget"
@@ -297,7 +298,6 @@ def _claim_row(base: dict, cl: Claim, sel: list[dict], learned: dict[str, str]) 
     minutes = sel[0]["minutes"]
     budget = (f"{c.fmt_g(minutes)} min per run" if minutes is not None else sel[0]["profile"] + " profile")
     budget += "; iterations " + "; ".join(f"{p['a']} {p['a_iters']}, {p['b']} {p['b_iters']}" for p in sel)
-    kinds = {p.get("budget_kind") for p in sel}
     if at_paper and kinds == {"paper"}:
         budget += " (both runs of every pair at the paper's budget)"
     elif at_paper and kinds == {"converged"}:
