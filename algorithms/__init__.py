@@ -27,12 +27,13 @@ from __future__ import annotations
 
 import functools
 import inspect
-import math
 from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch.func import vmap
+
+import checks
 
 from .fomaml import fomaml
 from .imaml import imaml, resolve_cg_tol
@@ -134,22 +135,13 @@ def validate(name: str, inner: InnerConfig | dict | None, hparams: dict[str, Any
                          "(and metric_fn, diagnostics_full)")
     if name == "imaml":
         hp = {**defaults(name), **hparams}
-        lam = hp["lam"]
-        if not (isinstance(lam, (int, float)) and math.isfinite(lam) and lam > 0):
-            raise ValueError(f"imaml: lam={lam!r} must be a finite number > 0")
-        cg = hp["cg_steps"]
-        if isinstance(cg, bool) or not isinstance(cg, int) or cg < 1:
-            raise ValueError(f"imaml: cg_steps={cg!r} must be an integer >= 1")
+        lam = checks.number("imaml: lam", hp["lam"])
+        checks.integer("imaml: cg_steps", hp["cg_steps"], 1)
         for key in ("cg_damping", "lam_damping"):
-            damping = hp[key]
-            if isinstance(damping, bool) or not (isinstance(damping, (int, float)) and math.isfinite(damping) and damping >= 0):
-                raise ValueError(f"imaml: {key}={damping!r} must be a finite number >= 0")
-        tol = hp["cg_tol"]
-        if tol is not None and (isinstance(tol, bool) or not (isinstance(tol, (int, float)) and math.isfinite(tol)
-                                                              and tol >= 0)):
-            raise ValueError(f"imaml: cg_tol={tol!r} must be a finite number >= 0 (or None: the inner mode's own)")
-        if hp["hvp_mode"] not in ("fwdrev", "revrev"):
-            raise ValueError(f"imaml: hvp_mode={hp['hvp_mode']!r}; allowed: ['fwdrev', 'revrev']")
+            checks.number(f"imaml: {key}", hp[key], strict=False)
+        if hp["cg_tol"] is not None:
+            checks.number("imaml: cg_tol", hp["cg_tol"], strict=False, note=" (or None: the inner mode's own)")
+        checks.choice("imaml: hvp_mode", hp["hvp_mode"], ("fwdrev", "revrev"))
         if cfg.prox_lam is not None and cfg.prox_lam != lam:
             raise ValueError(f"imaml: inner.prox_lam={cfg.prox_lam!r} differs from lam={lam!r}; "
                              "iMAML's proximal weight is lam (leave inner.prox_lam unset)")

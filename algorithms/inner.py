@@ -32,11 +32,14 @@ from typing import Any
 import torch
 from torch.func import grad, vjp
 
+import checks
+
 from .linalg import Params, gradient, tree_add, tree_dot, tree_norm, truncated_newton_direction
 
 LossFn = Callable[[Params, torch.Tensor, torch.Tensor], torch.Tensor]
 OPTIMIZERS = ("sgd", "momentum", "adam", "hf")
-PROX_MODES = ("every_step", "final_step", "none")
+# Where the proximal term λ/2||φ − θ||² acts (InnerConfig.prox_mode), and whose inner problem that is.
+PROX_MODES = {"every_step": "the paper", "final_step": "the official iMAML release", "none": "hypertorch's example"}
 
 
 @dataclass(frozen=True)
@@ -78,28 +81,22 @@ class InnerConfig:
         return cfg
 
     def validate(self) -> None:
-        if self.optimizer not in OPTIMIZERS:
-            raise ValueError(f"inner.optimizer={self.optimizer!r} is unknown; allowed: {list(OPTIMIZERS)}")
-        if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 0:
-            raise ValueError(f"inner.steps={self.steps!r} must be an integer >= 0")
-        if not (isinstance(self.lr, (int, float)) and self.lr > 0 and math.isfinite(self.lr)):
-            raise ValueError(f"inner.lr={self.lr!r} must be a finite number > 0")
-        if self.prox_lam is not None and not self.prox_lam >= 0:
-            raise ValueError(f"inner.prox_lam={self.prox_lam!r} must be >= 0 (or None for the estimator default)")
-        if not 0 <= self.momentum < 1:
-            raise ValueError(f"inner.momentum={self.momentum!r} must be in [0, 1)")
-        if not (0 <= self.betas[0] < 1 and 0 <= self.betas[1] < 1):
-            raise ValueError(f"inner.betas={self.betas!r} must each be in [0, 1)")
-        if self.prox_mode not in PROX_MODES:
-            raise ValueError(f"inner.prox_mode={self.prox_mode!r} is unknown; allowed: {list(PROX_MODES)}")
+        checks.choice("inner.optimizer", self.optimizer, OPTIMIZERS, unknown=True)
+        checks.integer("inner.steps", self.steps)
+        checks.number("inner.lr", self.lr)
+        if self.prox_lam is not None:
+            checks.number("inner.prox_lam", self.prox_lam, strict=False, note=" (or None for the estimator default)")
+        checks.number("inner.momentum", self.momentum, strict=False, hi=1)
+        for beta in self.betas:
+            checks.number("inner.betas", beta, strict=False, hi=1, note=f" (each of {self.betas!r})")
+        checks.choice("inner.prox_mode", self.prox_mode, PROX_MODES, unknown=True)
         if self.prox_mode != "every_step" and self.optimizer == "hf":
             raise ValueError(f"inner.prox_mode={self.prox_mode!r} needs a gradient optimizer (sgd, momentum, adam), "
                              "not optimizer='hf' (the release has no Hessian-free solver)")
-        if self.hf_cg_steps < 1 or self.hf_ls_steps < 0:
-            raise ValueError("inner.hf_cg_steps must be >= 1 and inner.hf_ls_steps >= 0")
+        checks.integer("inner.hf_cg_steps", self.hf_cg_steps, 1)
+        checks.integer("inner.hf_ls_steps", self.hf_ls_steps)
         if self.batch is not None:
-            if isinstance(self.batch, bool) or not isinstance(self.batch, int) or self.batch < 1:
-                raise ValueError(f"inner.batch={self.batch!r} must be an integer >= 1 (or None: the whole support set)")
+            checks.integer("inner.batch", self.batch, 1, " (or None: the whole support set)")
             if self.optimizer == "hf":
                 raise ValueError("inner.batch needs a gradient optimizer (sgd, momentum, adam), not optimizer='hf'")
 

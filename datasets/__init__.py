@@ -14,25 +14,39 @@ tensors in ``data.cache_dir`` (null → ``./.cache/metagrad``); see ``datasets/s
 """
 from __future__ import annotations
 
+import importlib
+from dataclasses import dataclass
+
 import torch
 
-from .sinusoid import Sinusoid
+import checks
 
-DATASETS = ("sinusoid", "omniglot", "miniimagenet")
+
+@dataclass(frozen=True)
+class Spec:
+    """A dataset's entry: its module ``datasets.<name>`` (imported when first used, so that
+    PIL and learn2learn load only for image data) provides ``build(cfg)`` and, where it has
+    options, ``validate(cfg)``."""
+    title: str      # its name in the report
+    model: str      # the network it trains (a :func:`models.build` name)
+    batching: str   # ``batching=auto``: the faster eager batching mode for that network on a CPU
+
+
+DATASETS: dict[str, Spec] = {"sinusoid": Spec("sinusoid", "mlp", "vmap"),
+                             "omniglot": Spec("Omniglot", "conv4_omniglot", "vmap"),
+                             "miniimagenet": Spec("mini-ImageNet", "conv4_miniimagenet", "loop")}
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+def _module(name: str):
+    return importlib.import_module(f"{__name__}.{checks.choice('dataset', name, DATASETS, unknown=True)}")
 
 
 def validate(cfg) -> None:
     """Config checks of the dataset branch that need no data (ValueError naming key and limit)."""
-    name = cfg.dataset.name
-    if name == "omniglot":
-        from . import omniglot
-        omniglot.validate(cfg)
-    elif name == "miniimagenet":
-        from . import miniimagenet
-        miniimagenet.validate(cfg)
-    elif name != "sinusoid":
-        raise ValueError(f"dataset={name!r} is unknown; allowed: {list(DATASETS)}")
+    check = getattr(_module(cfg.dataset.name), "validate", None)
+    if check is not None:
+        check(cfg)
 
 
 def record(source) -> dict:
@@ -45,14 +59,5 @@ def record(source) -> dict:
 
 
 def build(cfg):
-    name = cfg.dataset.name
-    dtype = DTYPES[cfg.dtype]
-    if name == "sinusoid":
-        return Sinusoid(shots=cfg.shots, query_shots=cfg.query_shots, dtype=dtype)
-    if name == "omniglot":
-        from .omniglot import Omniglot  # imported lazily: PIL / learn2learn only when needed
-        return Omniglot(cfg)
-    if name == "miniimagenet":
-        from .miniimagenet import MiniImageNet
-        return MiniImageNet(cfg)
-    raise ValueError(f"dataset={name!r} is unknown; allowed: {list(DATASETS)}")
+    """The task source of ``cfg.dataset.name``, in ``cfg.dtype``."""
+    return _module(cfg.dataset.name).build(cfg)

@@ -22,14 +22,13 @@ the constants of learn2learn 0.2.0's ``mini_imagenet_tasksets(data_augmentation=
 from __future__ import annotations
 
 import csv
-import io
 import pickle
 from functools import partial
 from pathlib import Path
 
 import torch
 
-from . import store
+from . import DATASETS, DTYPES, store
 from .tasks import TaskSampler, check_tasks, option
 
 SPLITS = {"train": 64, "val": 16, "test": 20}
@@ -57,15 +56,6 @@ def validate(cfg) -> None:
 
 
 # ---------------------------------------------------------------- locating
-def locate(root: Path, download: bool = False) -> dict[str, Path]:
-    """``{'images': zip-or-folder, 'train': csv, ...}`` or ``{'train': pkl, ...}`` (key 'pickles')."""
-    return store.locate("mini-ImageNet", root, ["mini-imagenet", "miniimagenet"], _find,
-                        "images.zip (or images/) with train.csv, val.csv, test.csv, or "
-                        "for mini-imagenet-cache-{train,validation,test}.pkl", f"{SOURCE_HELP} into "
-                        f"{root / 'mini-imagenet'}", partial(_download, root / "mini-imagenet") if download else None,
-                        "learn2learn's pickles; its links are known to die")
-
-
 def _find(d: Path) -> dict[str, Path] | None:
     csvs = {s: d / f"{s}.csv" for s in SPLITS}
     if all(p.is_file() for p in csvs.values()):
@@ -76,7 +66,8 @@ def _find(d: Path) -> dict[str, Path] | None:
     return {"pickles": d, **pkls} if all(p.is_file() for p in pkls.values()) else None
 
 
-def _download(dest: Path) -> dict[str, Path]:
+def _download(root: Path) -> dict[str, Path]:
+    dest = root / "mini-imagenet"
     try:
         import learn2learn as l2l
         dest.mkdir(parents=True, exist_ok=True)
@@ -86,6 +77,12 @@ def _download(dest: Path) -> dict[str, Path]:
         raise store.DataError(f"mini-ImageNet download into {dest} failed ({e}); learn2learn's links are known to "
                               f"die — get {SOURCE_HELP} by hand instead") from e
     return {"pickles": dest, **{s: dest / f"mini-imagenet-cache-{m}.pkl" for s, m in PKL_MODE.items()}}
+
+
+SOURCE = store.Source("mini-ImageNet", ("mini-imagenet", "miniimagenet"), _find,
+                      "images.zip (or images/) with train.csv, val.csv, test.csv, or "
+                      "for mini-imagenet-cache-{train,validation,test}.pkl", SOURCE_HELP, _download,
+                      "learn2learn's pickles; its links are known to die")
 
 
 # ---------------------------------------------------------------- reading
@@ -126,7 +123,6 @@ def _to_chw(img) -> torch.Tensor:
 
 
 def decode_images(src: Path, splits: dict[str, dict[str, list[str]]]) -> dict:
-    from PIL import Image
     arc = store.Archive(src)
     try:
         have = set(arc.names())
@@ -139,14 +135,7 @@ def decode_images(src: Path, splits: dict[str, dict[str, list[str]]]) -> dict:
         out = torch.empty(len(classes), PER_CLASS, 3, SIZE, SIZE, dtype=torch.uint8)
         for ci, files in enumerate(f for cls in splits.values() for f in cls.values()):
             for j, name in enumerate(files):
-                try:
-                    with Image.open(io.BytesIO(arc.read(f"images/{name}"))) as im:
-                        out[ci, j] = _to_chw(im.convert("RGB"))
-                except store.DataError:
-                    raise
-                except Exception as e:  # noqa: BLE001 — PIL raises many types for a broken JPEG
-                    raise store.DataError(f"{src}: cannot decode images/{name} ({e}); the archive is corrupt — "
-                                          "replace it with an intact copy") from e
+                out[ci, j] = _to_chw(store.image(arc, f"images/{name}", "RGB"))
         return {"images": out, "classes": classes, "splits": {s: list(c) for s, c in splits.items()}}
     finally:
         arc.close()
@@ -200,24 +189,19 @@ def decode_pickles(paths: dict[str, Path]) -> dict:
 class MiniImageNet:
     name = "miniimagenet"
     metric = "accuracy"
-    model = "conv4_miniimagenet"
+    model = DATASETS["miniimagenet"].model
     image_size = SIZE
 
     def __init__(self, cfg):
         validate(cfg)
         self.ways, self.shots = int(cfg.ways), int(cfg.shots)
         self.query_shots = int(cfg.query_shots if cfg.query_shots is not None else cfg.shots)
-        self.dtype = {"float32": torch.float32, "float64": torch.float64}[cfg.dtype]
+        self.dtype = DTYPES[cfg.dtype]
         self.normalize = bool(_opt(cfg, "normalize"))
         self.mean, self.std = [float(v) for v in _opt(cfg, "mean")], [float(v) for v in _opt(cfg, "std")]
         self.sampler_name = _opt(cfg, "sampler")
 
-        root = store.data_root(cfg.data.root)
-        cache = store.cache_dir(cfg.data.cache_dir)
-        src = locate(root, download=bool(_opt(cfg, "download")))
-        files = {k: p for k, p in src.items() if k != "pickles"}
-        self.archive_sha256 = {p.name + ("" if p.is_file() else "/"): store.source_sha256(p, cache)
-                               for p in files.values()}
+        src, self.archive_sha256, cache = store.sources(SOURCE, cfg, bool(_opt(cfg, "download")))
         layout = "pickles" if "pickles" in src else "ravi"
         meta = {"dataset": "miniimagenet", "sources": self.archive_sha256, "settings": {"layout": layout}}
         path = cache / f"miniimagenet-{store.cache_key(self.archive_sha256, meta['settings'])}.pt"
@@ -262,3 +246,7 @@ class MiniImageNet:
                 "normalize": self.normalize, "mean": self.mean, "std": self.std, "sampler": self.sampler_name,
                 "ways": self.ways, "shots": self.shots, "query_shots": self.query_shots,
                 "archive_sha256": self.archive_sha256}
+
+
+def build(cfg) -> MiniImageNet:
+    return MiniImageNet(cfg)

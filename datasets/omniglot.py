@@ -24,7 +24,6 @@ Options (``dataset.*``):
 """
 from __future__ import annotations
 
-import io
 import random
 import sys
 from functools import partial
@@ -32,7 +31,9 @@ from pathlib import Path
 
 import torch
 
-from . import store
+import checks
+
+from . import DATASETS, DTYPES, store
 from .tasks import TaskSampler, check_tasks, option
 
 SETS = {"images_background": (30, 964, 19_280), "images_evaluation": (20, 659, 13_180)}
@@ -63,20 +64,14 @@ def validate(cfg) -> None:
     if sizes["train"] < 1 or sizes["test"] < 1 or sizes["val"] < 0 or sum(sizes.values()) != N_CLASSES:
         raise ValueError(f"dataset.split={sizes} must have train and test >= 1, val >= 0 (0: no validation) "
                          f"and sum to the {N_CLASSES} Omniglot characters")
-    if _opt(cfg, "test_split") not in TEST_SPLITS:
-        raise ValueError(f"dataset.test_split={_opt(cfg, 'test_split')!r}; allowed: {list(TEST_SPLITS)} "
-                         "(release_leaky: the iMAML release's evaluation characters, mostly training characters)")
+    checks.choice("dataset.test_split", _opt(cfg, "test_split"), TEST_SPLITS,
+                  " (release_leaky: the iMAML release's evaluation characters, mostly training characters)")
     rots = list(_opt(cfg, "rotations"))
     if not rots or any(r not in (0, 90, 180, 270) for r in rots) or len(set(rots)) != len(rots):
         raise ValueError(f"dataset.rotations={rots} must be distinct values from [0, 90, 180, 270]")
-    mode = _opt(cfg, "rotation_mode")
-    if mode not in ("per_task", "new_classes"):
-        raise ValueError(f"dataset.rotation_mode={mode!r}; allowed: ['per_task', 'new_classes']")
-    bad = [s for s in _opt(cfg, "rotate_splits") if s not in SPLITS]
-    if bad:
-        raise ValueError(f"dataset.rotate_splits has unknown split(s) {bad}; allowed: {list(SPLITS)}")
-    if _opt(cfg, "resample") not in ("lanczos", "nearest"):
-        raise ValueError(f"dataset.resample={_opt(cfg, 'resample')!r}; allowed: ['lanczos', 'nearest']")
+    mode = checks.choice("dataset.rotation_mode", _opt(cfg, "rotation_mode"), ("per_task", "new_classes"))
+    checks.subset("dataset.rotate_splits", list(_opt(cfg, "rotate_splits")), SPLITS)
+    checks.choice("dataset.resample", _opt(cfg, "resample"), ("lanczos", "nearest"))
     mult = len(rots) if mode == "new_classes" else 1
     if _opt(cfg, "test_split") == "release_leaky":
         sizes = dict(sizes, test=N_CLASSES - RELEASE_TRAIN_SIZE)
@@ -85,15 +80,6 @@ def validate(cfg) -> None:
 
 
 # ---------------------------------------------------------------- data
-def locate(root: Path, download: bool = False) -> dict[str, Path]:
-    """The two sources (zip preferred, else extracted folder) under the data root."""
-    return store.locate("Omniglot", root, ["omniglot", "omniglot-py"], _find,
-                        "images_background.zip and images_evaluation.zip (or the extracted "
-                        "images_background/ and images_evaluation/ folders)",
-                        f"them from {SOURCE_HELP} into {root / 'omniglot'}",
-                        partial(_download, root) if download else None, "torchvision; needs a writable root")
-
-
 def _find(d: Path) -> dict[str, Path] | None:
     found = {}
     for s in SETS:
@@ -113,6 +99,12 @@ def _download(root: Path) -> dict[str, Path]:
         raise store.DataError(f"Omniglot download into {root / 'omniglot-py'} failed ({e}); get the zips from "
                               f"{SOURCE_HELP} instead") from e
     return {s: root / "omniglot-py" / s for s in SETS}
+
+
+SOURCE = store.Source("Omniglot", ("omniglot", "omniglot-py"), _find,
+                      "images_background.zip and images_evaluation.zip (or the extracted images_background/ "
+                      "and images_evaluation/ folders)", f"them from {SOURCE_HELP}", _download,
+                      "torchvision; needs a writable root")
 
 
 def index(archives: dict[str, store.Archive]) -> dict[str, list[str]]:
@@ -147,14 +139,7 @@ def decode(archives: dict[str, store.Archive], classes: dict[str, list[str]], si
     for ci, (key, files) in enumerate(classes.items()):
         arc = archives[key.split("/")[0]]
         for j, name in enumerate(files):
-            try:
-                with Image.open(io.BytesIO(arc.read(name))) as im:
-                    a = np.asarray(im.convert("L").resize((size, size), method))
-            except store.DataError:
-                raise
-            except Exception as e:  # noqa: BLE001 — PIL raises many types for a broken PNG
-                raise store.DataError(f"{arc.path}: cannot decode {name} ({e}); the archive is corrupt — replace "
-                                      "it with an intact copy") from e
+            a = np.asarray(store.image(arc, name, "L").resize((size, size), method))
             out[ci, j, 0] = torch.from_numpy(a.copy())
     return {"images": out, "classes": list(classes)}
 
@@ -196,7 +181,7 @@ def release_eval_classes(keys: list[str]) -> list[int]:
 class Omniglot:
     name = "omniglot"
     metric = "accuracy"
-    model = "conv4_omniglot"
+    model = DATASETS["omniglot"].model
 
     def __init__(self, cfg):
         validate(cfg)
@@ -207,14 +192,10 @@ class Omniglot:
         self.rotate_splits = [s for s in SPLITS if s in g("rotate_splits")]
         self.ways, self.shots = int(cfg.ways), int(cfg.shots)
         self.query_shots = int(cfg.query_shots if cfg.query_shots is not None else cfg.shots)
-        self.dtype = {"float32": torch.float32, "float64": torch.float64}[cfg.dtype]
+        self.dtype = DTYPES[cfg.dtype]
         self.sampler_name = g("sampler")
 
-        root = store.data_root(cfg.data.root)
-        cache = store.cache_dir(cfg.data.cache_dir)
-        sources = locate(root, download=bool(g("download")))
-        self.archive_sha256 = {p.name + ("" if p.is_file() else "/"): store.source_sha256(p, cache)
-                               for p in sources.values()}
+        sources, self.archive_sha256, cache = store.sources(SOURCE, cfg, bool(g("download")))
         settings = {"size": self.image_size, "resample": self.resample}
         meta = {"dataset": "omniglot", "sources": self.archive_sha256, "settings": settings}
         path = cache / f"omniglot-{store.cache_key(self.archive_sha256, settings)}.pt"
@@ -283,3 +264,7 @@ class Omniglot:
         if self.test_split != "standard":  # (the standard split keeps its earlier fingerprints)
             fields.update(test_split=self.test_split, test_train_overlap=self.test_train_overlap)
         return fields
+
+
+def build(cfg) -> Omniglot:
+    return Omniglot(cfg)

@@ -7,11 +7,13 @@ import math
 
 import torch
 
+from . import DATASETS, DTYPES
+
 
 class Sinusoid:
     name = "sinusoid"
     metric = "mse"
-    model = "mlp"
+    model = DATASETS["sinusoid"].model
     archive_sha256: dict[str, str] = {}
 
     def __init__(self, shots: int = 10, query_shots: int = 10, amp=(0.1, 5.0), phase=(0.0, math.pi),
@@ -36,3 +38,7 @@ class Sinusoid:
     def fingerprint_fields(self) -> dict:
         return {"dataset": self.name, "shots": self.shots, "query_shots": self.query_shots,
                 "amp": list(self.amp), "phase": list(self.phase), "x_range": list(self.x_range)}
+
+
+def build(cfg) -> Sinusoid:
+    return Sinusoid(shots=cfg.shots, query_shots=cfg.query_shots, dtype=DTYPES[cfg.dtype])

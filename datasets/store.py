@@ -15,12 +15,14 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import zipfile
 import zlib
 from collections.abc import Callable
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -184,29 +186,48 @@ def _lock(path: Path):
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def locate(dataset: str, root: Path, folders: list[str], find: Callable[[Path], dict | None], wants: str,
-           get: str, download: Callable[[], dict] | None, download_note: str) -> dict:
-    """A dataset's source files under the data root.
+@dataclass(frozen=True)
+class Source:
+    """Where a dataset's files lie under the data root, and how to get them.
 
     Args:
-        dataset: the name in the error message.
-        root: the data root; ``root/<folder>`` for each of ``folders``, then ``root`` itself, are searched.
-        find: ``find(folder)`` → the dataset's files in that folder, or None.
-        wants, get, download_note: the not-found error's what is looked for, where to get
-            it and what the download needs (:func:`not_found`).
-        download: fetches the files when none is found (None: do not download).
-
-    Returns:
-        ``find``'s result for the first folder that has the files, else ``download()``'s.
+        name: the dataset's name in error messages.
+        folders: searched under the root (``root/<folder>``), then the root itself.
+        find: ``find(folder)`` → the dataset's files in that folder (name → path), or None.
+        wants, get, download_note: the not-found error's what is looked for, where to get it
+            (into ``root/<folders[0]>``) and what the download needs (:func:`not_found`).
+        download: ``download(root)`` fetches the files and returns what ``find`` would.
     """
-    dirs = [root / f for f in folders] + [root]
+    name: str
+    folders: tuple[str, ...]
+    find: Callable[[Path], dict | None]
+    wants: str
+    get: str
+    download: Callable[[Path], dict] | None = None
+    download_note: str = ""
+
+
+def locate(source: Source, root: Path, download: bool = False) -> dict:
+    """``source.find``'s result for the first folder that has the files, else (``download``) the
+    download's; else :func:`not_found`."""
+    dirs = [root / f for f in source.folders] + [root]
     for d in dirs:
-        found = find(d)
+        found = source.find(d)
         if found:
             return found
-    if download is not None:
-        return download()
-    raise not_found(dataset, root, dirs, wants, get, download_note)
+    if download and source.download is not None:
+        return source.download(root)
+    raise not_found(source.name, root, dirs, source.wants, f"{source.get} into {root / source.folders[0]}",
+                    source.download_note)
+
+
+def sources(source: Source, cfg, download: bool) -> tuple[dict[str, Path], dict[str, str], Path]:
+    """A run's data: the located files (:func:`locate`), their sha256 by file name (a folder's
+    name ends in ``/``; the ``pickles`` folder entry is not a source of its own) and the cache folder."""
+    cache = cache_dir(cfg.data.cache_dir)
+    found = locate(source, data_root(cfg.data.root), download)
+    sha = {p.name + ("" if p.is_file() else "/"): source_sha256(p, cache) for k, p in found.items() if k != "pickles"}
+    return found, sha, cache
 
 
 def not_found(dataset: str, root: Path, dirs: list[Path], wants: str, get: str, download: str) -> DataError:
@@ -215,6 +236,20 @@ def not_found(dataset: str, root: Path, dirs: list[Path], wants: str, get: str, 
     return DataError(f"{dataset} not found under data root {root}: looked in {[str(d) for d in dirs]} for {wants}. "
                      f"Get {get}, or set data.root / ${ENV_VAR} to a folder that has them, or set "
                      f"dataset.download=true when online ({download}).")
+
+
+def image(arc: Archive, member: str, mode: str):
+    """Member ``member`` of ``arc`` decoded by PIL and converted to ``mode`` (``L``, ``RGB``); a
+    file PIL cannot decode is a :class:`DataError` naming it."""
+    from PIL import Image
+    try:
+        with Image.open(io.BytesIO(arc.read(member))) as im:
+            return im.convert(mode)
+    except DataError:
+        raise
+    except Exception as e:  # noqa: BLE001 — PIL raises many types for a broken image
+        raise DataError(f"{arc.path}: cannot decode {member} ({e}); the archive is corrupt — replace it with an "
+                        "intact copy") from e
 
 
 def check_count(what: str, expected: int, found: int, where: Path | str) -> None:

@@ -29,6 +29,8 @@ from contextlib import contextmanager
 import torch
 from torch.utils.data import Dataset
 
+import checks
+
 SAMPLERS = ("learn2learn", "torch")
 
 
@@ -189,8 +191,7 @@ def option(cfg, key: str, defaults: dict):
 def check_tasks(dataset: str, cfg, split_classes: dict[str, int], per_class: int, sampler: str) -> None:
     """The sampler's name, the training task shape and, when ``eval.shots`` / ``eval.query_shots``
     are set, the test task shape (:func:`check_task_shape`)."""
-    if sampler not in SAMPLERS:
-        raise ValueError(f"dataset.sampler={sampler!r} is unknown; allowed: {list(SAMPLERS)}")
+    checks.choice("dataset.sampler", sampler, SAMPLERS, unknown=True)
     q = cfg.query_shots if cfg.query_shots is not None else cfg.shots
     check_task_shape(dataset, split_classes, per_class, cfg.ways, cfg.shots, q)
     ev = cfg.get("eval") if hasattr(cfg, "get") else None
@@ -204,8 +205,7 @@ def check_task_shape(dataset: str, split_classes: dict[str, int], per_class: int
     """Config errors before any data is touched: ways ≤ classes in every split, and
     shots + query_shots ≤ images per class."""
     for key, v in ((f"{prefix}ways", ways), (f"{prefix}shots", shots), (f"{prefix}query_shots", query_shots)):
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise ValueError(f"{key}={v!r} must be an integer >= 1 ({dataset})")
+        checks.integer(key, v, 1, f" ({dataset})")
     for split, n in sorted(split_classes.items(), key=lambda kv: kv[1]):  # the smallest split binds
         if ways > n:
             raise ValueError(f"{prefix}ways={ways} exceeds the {n} classes of {dataset}'s {split} split; "

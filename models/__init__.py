@@ -40,6 +40,8 @@ from functools import partial
 import torch
 import torch.nn.functional as F
 
+import checks
+
 Params = dict[str, torch.Tensor]
 BN_EPS = 1e-3
 INITS = ("maml", "imaml_release", "hypertorch")
@@ -207,16 +209,11 @@ def _conv4_forward(**options) -> Callable:
 def check_options(name: str, head: str = "mean", init: str = "maml", arch: str = "maml",
                   activation: str = "relu") -> None:
     """ValueError (one line naming the key) for a head / init / arch / activation this model does not have."""
-    if activation not in ACTIVATIONS:
-        raise ValueError(f"model.activation={activation!r}; allowed: {list(ACTIVATIONS)}")
+    checks.choice("model.activation", activation, ACTIVATIONS)
     if activation != "relu" and name != "mlp":
         raise ValueError(f"activation={activation!r} applies to the sinusoid MLP only, not {name}; use activation=relu")
-    if head not in ("mean", "flatten"):
-        raise ValueError(f"model.head={head!r}; allowed: ['mean', 'flatten']")
-    if init not in INITS:
-        raise ValueError(f"model.init={init!r}; allowed: {list(INITS)}")
-    if arch not in ARCHS:
-        raise ValueError(f"model.arch={arch!r}; allowed: {list(ARCHS)}")
+    for key, value, allowed in (("head", head, ("mean", "flatten")), ("init", init, INITS), ("arch", arch, ARCHS)):
+        checks.choice(f"model.{key}", value, allowed)
     if arch != "maml" and name != "conv4_omniglot":
         raise ValueError(f"model.arch={arch!r} is an Omniglot conv4, not {name!r}; use arch=maml")
 

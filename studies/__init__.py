@@ -19,24 +19,28 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+import checks
+
 STUDIES = ("fidelity", "precision", "assumptions", "cost", "failures", "deviations")
 
 __all__ = ["STUDIES", "check", "run"]
 
 
 def _module(name: str):
-    if name not in STUDIES:
-        raise ValueError(f"study={name!r} is unknown; choose one of {list(STUDIES)}")
-    return importlib.import_module(f"studies.{name}")
+    return importlib.import_module(f"studies.{checks.choice('study', name, STUDIES, unknown=True)}")
 
 
 def check(cfg: DictConfig, out_dir: str | Path | None = None) -> None:
     """Raise ValueError (one line naming the key) if the study config cannot run (in ``out_dir``)."""
     from trainer.config import resolve_device
 
+    from .common import need
+
     mod = _module(cfg.study.name)
     resolve_device(cfg.device)
-    mod.validate(cfg)
+    need(cfg.study, mod.RULES)
+    if hasattr(mod, "validate"):  # the rules that span keys
+        mod.validate(cfg)
     if out_dir is not None and hasattr(mod, "check_folder"):
         mod.check_folder(cfg, Path(out_dir))
 

@@ -21,30 +21,26 @@ from pathlib import Path
 import torch
 from torch.func import grad
 
+import checks
 from algorithms import InnerConfig, meta_gradient, solve_inner
 from algorithms.linalg import hvp, lanczos_extreme_eigs, tree_flatten, tree_norm, tree_unflatten
 from trainer.config import inner_config
 from trainer.problem import build_problem
 
-from .common import base_overrides, need_ints, need_pos, progress, train_config, train_run
+from .common import POS, base_overrides, progress, train_config, train_run
 
 COLUMNS = ["checkpoint", "task", "lam", "eig_min", "eig_max", "strongly_convex", "hess_lipschitz",
            "inner_grad_norm", "cg_residual", "query_grad_norm", "lanczos_steps", "inner_steps"]
 
 
+RULES = {"tasks": 1, "lams": POS, "lanczos_steps": 2, "lipschitz_probes": 1, "train.inner_steps": 1,
+         "train.inner_lr": POS, "train.cg_steps": 1}  # studies.common.need
+
+
 def validate(cfg) -> None:
-    s = cfg.study
-    need_ints(s.tasks, "study.tasks", 1)
-    cks = need_ints(s.checkpoints, "study.checkpoints", 0)
-    if sorted(cks) != list(cks) or len(set(cks)) != len(cks):
-        raise ValueError(f"study.checkpoints={list(cks)} must be strictly increasing iteration numbers")
-    for lam in s.lams:
-        need_pos(lam, "study.lams[]")
-    need_ints(s.lanczos_steps, "study.lanczos_steps", 2)
-    need_ints(s.lipschitz_probes, "study.lipschitz_probes", 1)
-    need_ints(s.train.inner_steps, "study.train.inner_steps", 1)
-    need_pos(s.train.inner_lr, "study.train.inner_lr")
-    need_ints(s.train.cg_steps, "study.train.cg_steps", 1)
+    cks = checks.integers("study.checkpoints", cfg.study.checkpoints)
+    if sorted(cks) != cks or len(set(cks)) != len(cks):
+        raise ValueError(f"study.checkpoints={cks} must be strictly increasing iteration numbers")
 
 
 def support_hessian_eigs(loss_fn, phi, support, steps: int, generator: torch.Generator) -> tuple[float, float]:

@@ -16,8 +16,9 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
+import checks
 from atomic import atomic_write_bytes
 from trainer.records import load_checkpoint
 
@@ -98,27 +99,27 @@ def write_csv(path: Path, columns: list[str], rows: list[dict]) -> None:
 
 
 # ---------------------------------------------------------------- config checks (one line each)
-def need_ints(value, key: str, lo: int = 0) -> list[int]:
-    vals = list(value) if not isinstance(value, (int, str)) else [value]
-    if not vals or any(isinstance(v, bool) or not isinstance(v, int) or v < lo for v in vals):
-        raise ValueError(f"{key}={value!r} is invalid: give a non-empty list of integers >= {lo}")
-    return vals
+POS = "a finite number > 0"
+THETA_SOURCES = ("init", "trained")  # where a study's θ comes from: the initialisation or a trained run
 
 
-def need_pos(value, key: str, allow_zero: bool = False) -> float:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and \
-        (value >= 0 if allow_zero else value > 0)
-    if not ok:
-        raise ValueError(f"{key}={value!r} is invalid: must be a finite number {'>= 0' if allow_zero else '> 0'}")
-    return float(value)
-
-
-def need_subset(value, key: str, allowed) -> list[str]:
-    vals = [value] if isinstance(value, str) else list(value)
-    bad = [v for v in vals if v not in allowed]
-    if not vals or bad:
-        raise ValueError(f"{key}={value!r} is invalid: choose from {list(allowed)}")
-    return vals
+def need(block, rules: dict) -> None:
+    """Check ``study.<key>`` for every ``key: rule`` (dotted keys reach into sub-blocks; a key
+    ending in ``?`` may be null): an int ``lo`` asks for integers >= lo (one or a list),
+    :data:`POS` for a finite number > 0, a collection for names from it (one or a list)."""
+    for key, rule in rules.items():
+        key, optional = key.rstrip("?"), key.endswith("?")
+        v = OmegaConf.select(block, key)
+        if optional and v is None:
+            continue
+        name = f"study.{key}"
+        if rule is POS:
+            for x in (v if OmegaConf.is_list(v) else [v]):
+                checks.number(name, x)
+        elif isinstance(rule, int):
+            checks.integers(name, v, rule)
+        else:
+            checks.subset(name, v, rule)
 
 
 # ---------------------------------------------------------------- per-task meta-gradients

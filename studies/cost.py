@@ -21,7 +21,7 @@ from pathlib import Path
 from algorithms import ESTIMATORS, OPTIMIZERS
 from trainer.config import resolve_device
 
-from .common import base_overrides, need_ints, need_pos, need_subset, progress
+from .common import POS, base_overrides, progress
 
 ROOT = Path(__file__).resolve().parent.parent
 ALGORITHMS = tuple(ESTIMATORS)  # the estimators; iMAML-HF is imaml with inner optimizer hf
@@ -29,16 +29,8 @@ COLUMNS = ["algorithm", "inner_optimizer", "inner_steps", "median_iter_s", "cpu_
            "rss_peak_bytes", "gpu_peak_bytes", "device", "status", "meta_batch_size", "batching", "note"]
 
 
-def validate(cfg) -> None:
-    s = cfg.study
-    need_subset(s.algorithms, "study.algorithms", ALGORITHMS)
-    need_subset(s.optimizers, "study.optimizers", OPTIMIZERS)
-    need_ints(s.inner_steps, "study.inner_steps", 1)
-    need_ints(s.meta_batch_size, "study.meta_batch_size", 1)
-    need_ints(s.warmup, "study.warmup", 0)
-    need_ints(s.iterations, "study.iterations", 1)
-    need_pos(s.mem_cap_bytes, "study.mem_cap_bytes")
-    need_pos(s.point_timeout_s, "study.point_timeout_s")
+RULES = {"algorithms": ALGORITHMS, "optimizers": OPTIMIZERS, "inner_steps": 1, "meta_batch_size": 1, "warmup": 0,
+         "iterations": 1, "mem_cap_bytes": POS, "point_timeout_s": POS}  # studies.common.need
 
 
 def series(cfg) -> list[tuple[str, str]]:

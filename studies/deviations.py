@@ -32,10 +32,11 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from atomic import atomic_write_json
+from trainer.config import CONFIG_DIR
 from trainer.records import read_json
 from trainer.retest import RESUME_KEYS, is_test_time, retest
 
-from .common import need_ints, need_pos, need_subset, train_config
+from .common import POS, train_config
 
 GROUPS = ("ladder", "removed", "leaky", "maml")
 RESERVED = ("paper", "release", "clean", "leaky", "maml")
@@ -64,8 +65,30 @@ def _key(override: str) -> str:
     return override.split("=", 1)[0].lstrip("+~")
 
 
+def _overrides(node, prefix: str = "") -> list[str]:
+    """A config's leaves as ``key=value`` overrides (``dataset.split.train=1200``, …)."""
+    if isinstance(node, dict):
+        return [o for k, v in node.items() for o in _overrides(v, f"{prefix}{k}.")]
+    value = "null" if node is None else str(node).lower() if isinstance(node, bool) else node
+    return [f"{prefix[:-1]}={value}"]
+
+
 def deviations(s) -> dict[str, list[str]]:
-    return {str(k): [str(o) for o in v] for k, v in s.deviations.items()}
+    """Each deviation's ``train.py`` overrides: a list as written, or a name such as
+    ``imaml_release/damped_cg``: the settings of ``configs/imaml_release/damped_cg.yaml``, the
+    files ``experiment=omniglot_5w_imaml_release`` composes, so every switch has one home."""
+    out = {}
+    for k, v in s.deviations.items():
+        if isinstance(v, str):
+            path = CONFIG_DIR / f"{v}.yaml"
+            if not path.is_file():
+                raise ValueError(f"study.deviations.{k}={v!r}: no config {path.relative_to(CONFIG_DIR.parent)}; "
+                                 "name a file of configs/ (such as imaml_release/damped_cg) or give a list of overrides")
+            v = _overrides(OmegaConf.to_container(OmegaConf.load(path)))
+        elif not OmegaConf.is_list(v):
+            raise ValueError(f"study.deviations.{k}={v!r} is invalid: give a non-empty list of key=value overrides")
+        out[str(k)] = [str(o) for o in v]
+    return out
 
 
 def test_time(overrides: list[str]) -> bool:
@@ -149,33 +172,29 @@ def _compose(overrides: list[str], where: str):
         raise ValueError(f"{where}: {lines[0]}{f' ({why})' if why else ''}") from None
 
 
+RULES = {"groups": GROUPS, "budget_minutes": POS, "long_budget_minutes?": POS, "eval_tasks": 1, "ckpt_every": 0,
+         "meta_iterations?": 1}  # studies.common.need
+
+
 def validate(cfg) -> None:
     s = cfg.study
-    devs = s.get("deviations")
-    if not devs or not OmegaConf.is_dict(devs):
-        raise ValueError("study.deviations must map names to lists of train.py overrides")
+    if not s.get("deviations") or not OmegaConf.is_dict(s.deviations):
+        raise ValueError("study.deviations must map names to lists of train.py overrides (or to configs/ files)")
+    devs = deviations(s)
     for name, ovs in devs.items():
         if not re.fullmatch(r"[A-Za-z0-9_]+", str(name)) or name in RESERVED:
             raise ValueError(f"study.deviations.{name}: a name of letters, digits and _, not one of {list(RESERVED)}")
-        if not OmegaConf.is_list(ovs) or not ovs or not all(isinstance(o, str) and "=" in o for o in ovs):
+        if not ovs or not all("=" in o for o in ovs):
             raise ValueError(f"study.deviations.{name}={ovs!r} is invalid: give a non-empty list of key=value overrides")
         for o in ovs:
             if any(_key(o) == c or _key(o).startswith(c + ".") for c in CONTROLLED):
                 raise ValueError(f"study.deviations.{name}: {o!r} sets a key the study controls "
                                  f"({', '.join(CONTROLLED)})")
-    need_subset(s.groups, "study.groups", GROUPS)
     bad = [d for d in s.maml_deviations if d not in devs]
     if bad and "maml" in s.groups:
         raise ValueError(f"study.maml_deviations={list(s.maml_deviations)!r}: {bad} not in study.deviations")
     if not s.leaky or not test_time([str(o) for o in s.leaky]):
         raise ValueError(f"study.leaky={s.leaky!r} is invalid: give test-time overrides (dataset.test_split=…)")
-    need_pos(s.budget_minutes, "study.budget_minutes")
-    if s.get("long_budget_minutes") is not None:
-        need_pos(s.long_budget_minutes, "study.long_budget_minutes")
-    need_ints(s.eval_tasks, "study.eval_tasks", 1)
-    need_ints(s.ckpt_every, "study.ckpt_every", 0)
-    if s.meta_iterations is not None:
-        need_ints(s.meta_iterations, "study.meta_iterations", 1)
     minutes = budget(s)
     tail = common(cfg, minutes) + [str(o) for o in cfg.get("train_overrides", [])]
     _compose([*map(str, s.base), *tail], f"study.base={list(s.base)}")

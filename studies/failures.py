@@ -22,12 +22,13 @@ import math
 import statistics
 from pathlib import Path
 
+import checks
 from trainer.config import ALGORITHMS
 from trainer.evaluate import sample_fixed
 from trainer.problem import build_problem
 from trainer.records import read_jsonl
 
-from .common import base_overrides, need_ints, need_pos, need_subset, progress, train_config, train_run
+from .common import POS, base_overrides, progress, train_config, train_run
 
 KNOBS = ("lam", "inner_steps", "cg_steps", "inner_lr")
 IMAML_ONLY = ("lam", "cg_steps")
@@ -35,24 +36,21 @@ COLUMNS = ["algorithm", "lam", "inner_steps", "cg_steps", "inner_lr", "final_met
            "cg_residual", "inner_grad_norm", "iterations_done", "reason", "run_dir"]
 
 
+RULES = {"algorithms": ALGORITHMS, "mode": ("axes", "product"), "meta_iterations": 0, "meta_batch_size": 1,
+         "eval_tasks": 2, "cg_threshold": POS, "diverge_factor": POS}  # studies.common.need
+
+
 def validate(cfg) -> None:
     s = cfg.study
-    need_subset(s.algorithms, "study.algorithms", ALGORITHMS)
-    need_subset(s.mode, "study.mode", ("axes", "product"))
     for k in KNOBS:
         if k not in s.base:
             raise ValueError(f"study.base.{k} is missing; base needs {list(KNOBS)}")
         values = [s.base[k], *s.axes.get(k, [])]
-        if k in ("lam", "inner_lr"):
-            for v in values:
-                need_pos(v, f"study.axes.{k}")
-        else:
-            need_ints(values, f"study.axes.{k}", 1 if k == "cg_steps" else 0)
-    need_ints(s.meta_iterations, "study.meta_iterations", 0)
-    need_ints(s.meta_batch_size, "study.meta_batch_size", 1)
-    need_ints(s.eval_tasks, "study.eval_tasks", 2)
-    need_pos(s.cg_threshold, "study.cg_threshold")
-    need_pos(s.diverge_factor, "study.diverge_factor")
+        for v in values:
+            if k in ("lam", "inner_lr"):
+                checks.number(f"study.axes.{k}", v)
+            else:
+                checks.integer(f"study.axes.{k}", v, 1 if k == "cg_steps" else 0)
 
 
 def grid(s, algorithm: str) -> list[dict]:

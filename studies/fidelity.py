@@ -29,13 +29,12 @@ from datasets import DTYPES
 from trainer.problem import Problem, build_problem
 
 from .common import (
+    POS,
+    THETA_SOURCES,
     base_overrides,
     cosine,
     flat_rows,
     load_params,
-    need_ints,
-    need_pos,
-    need_subset,
     progress,
     rel_error,
     train_config,
@@ -47,18 +46,13 @@ COLUMNS = ["theta_source", "task", "method", "inner_steps", "cg_steps", "cosine"
            "grad_evals", "ref_grad_norm", "ref_converged", "inner_grad_norm", "cg_residual"]
 
 
+RULES = {"tasks": 1, "inner_steps": 1, "cg_steps": 1, "lam": POS, "reference.tol": POS, "methods": METHODS,
+         "theta_sources": THETA_SOURCES, "dtype": DTYPES, "activation": models.ACTIVATIONS,
+         "reference.solver": ("auto", "dense", "cg")}  # studies.common.need
+
+
 def validate(cfg) -> None:
     s = cfg.study
-    need_ints(s.tasks, "study.tasks", 1)
-    need_ints(s.inner_steps, "study.inner_steps", 1)
-    need_ints(s.cg_steps, "study.cg_steps", 1)
-    need_pos(s.lam, "study.lam")
-    need_pos(s.reference.tol, "study.reference.tol")
-    need_subset(s.methods, "study.methods", METHODS)
-    need_subset(s.theta_sources, "study.theta_sources", ("init", "trained"))
-    need_subset(s.dtype, "study.dtype", DTYPES)
-    need_subset(s.activation, "study.activation", list(models.ACTIVATIONS))
-    need_subset(s.reference.solver, "study.reference.solver", ("auto", "dense", "cg"))
     inner = InnerConfig.make(inner_cfg(s, 1))
     if inner.optimizer == "hf" and set(s.methods) - {"imaml"}:
         raise ValueError("study.inner.optimizer=hf is iMAML-only: set study.methods=[imaml]")

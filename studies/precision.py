@@ -26,11 +26,10 @@ from trainer.config import ALGORITHMS, inner_config
 from trainer.problem import build_problem
 
 from .common import (
+    POS,
+    THETA_SOURCES,
     base_overrides,
     flat_rows,
-    need_ints,
-    need_pos,
-    need_subset,
     progress,
     train_config,
     train_run,
@@ -42,18 +41,9 @@ TRAIN_COLUMNS = ["dtype", "metric", "mean", "ci95", "n", "verdict", "status", "p
                  "seed", "role", "control_diff", "fingerprint", "run_dir"]
 
 
-def validate(cfg) -> None:
-    s = cfg.study
-    need_ints(s.tasks, "study.tasks", 1)
-    need_ints(s.inner_steps, "study.inner_steps", 1)
-    if s.inner_lr is not None:
-        need_pos(s.inner_lr, "study.inner_lr")
-    need_subset(s.theta_sources, "study.theta_sources", ("init", "trained"))
-    need_subset(s.train.algorithm, "study.train.algorithm", ALGORITHMS)
-    need_ints(s.train.meta_iterations, "study.train.meta_iterations", 0)
-    need_ints(s.train.eval_tasks, "study.train.eval_tasks", 2)
-    if s.train.inner_steps is not None:
-        need_ints(s.train.inner_steps, "study.train.inner_steps", 0)
+RULES = {"tasks": 1, "inner_steps": 1, "inner_lr?": POS, "theta_sources": THETA_SOURCES,
+         "train.algorithm": ALGORITHMS, "train.meta_iterations": 0, "train.eval_tasks": 2,
+         "train.inner_steps?": 0}  # studies.common.need
 
 
 def _train_overrides(cfg, dtype: str, seed: int) -> list[str]:

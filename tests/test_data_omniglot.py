@@ -273,7 +273,7 @@ def identify(ds, lookup, x, y):
 @pytest.mark.skipif(not HAVE_OMNIGLOT, reason=f"real Omniglot zips not under {REAL_ROOT}/omniglot")
 def test_real_counts_and_read_only_root(tmp_path):
     before = snapshot(REAL_ROOT)
-    archives = {s: store.Archive(p) for s, p in omniglot.locate(REAL_ROOT).items()}
+    archives = {s: store.Archive(p) for s, p in store.locate(omniglot.SOURCE, REAL_ROOT).items()}
     classes = omniglot.index(archives)                                  # raises on any count mismatch
     assert len(classes) == 1623 and {len(v) for v in classes.values()} == {20}
     assert sum(k.startswith("images_background/") for k in classes) == 964

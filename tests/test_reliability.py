@@ -55,6 +55,9 @@ BAD = [
     (["meta_iterations=-5"], "meta_iterations=-5"),
     (["inner_steps=="], "inner_steps"),                     # malformed override
     (["algorithm.outer.optimizer=rmsprop"], "algorithm.outer.optimizer='rmsprop'"),
+    (["eval.steps_list=[1,x]"], "eval.steps_list[1]='x' is invalid: must be an integer"),   # the schema's types
+    (["algorithm.outer.clip=-1"], "algorithm.outer.clip=-1 is invalid: must be a finite number > 0"),
+    (["log_every=0"], "log_every=0 is invalid: must be an integer >= 1"),
 ]
 if not torch.cuda.is_available():
     BAD.append((["device=cuda"], "CUDA is not available"))

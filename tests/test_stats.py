@@ -6,20 +6,16 @@ import math
 import numpy as np
 import pytest
 
-from reporting.stats import (
+from pairing import (
     PairingError,
     bootstrap_ci,
     check_same_test_set,
-    claim_verdict,
-    direction,
-    holm,
-    improvement_interval,
-    mean_std,
     paired_comparison,
     paired_differences,
     wilcoxon_p,
     win_counts,
 )
+from reporting.stats import claim_verdict, direction, holm, improvement_interval, mean_std
 
 FP = "f" * 64
 

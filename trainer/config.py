@@ -5,15 +5,15 @@ allowed; ``train.py`` prints it and exits with status 2.
 """
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 
 import algorithms
-from datasets import DATASETS, DTYPES
+from datasets import DATASETS
 
+from . import schema
 from .evaluate import PLATEAU_MIN_TASKS
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
@@ -23,9 +23,7 @@ CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 ALGORITHMS = tuple(sorted((p.stem for p in (CONFIG_DIR / "algorithm").glob("*.yaml")),
                           key=lambda n: (list(algorithms.ESTIMATORS).index(n.split("_")[0]), n)))
 OPTIMIZERS = algorithms.OPTIMIZERS
-BATCHING = ("auto", *algorithms.BATCHING)
-OUTER = ("adam", "sgd")
-MODELS = {"sinusoid": "mlp", "omniglot": "conv4_omniglot", "miniimagenet": "conv4_miniimagenet"}
+MODELS = {name: spec.model for name, spec in DATASETS.items()}
 BASELINES = ("pretrained",)  # trained by an estimator with no inner loop (experiment=sinusoid_pretrained)
 
 
@@ -51,124 +49,52 @@ def compose(overrides: list[str] | None = None, config_name: str = "train",
         return hcompose(**kw)
 
 
-def _num(cfg, key):
+def _checked(fn, *args, prefix: str = "", **kwargs) -> None:
+    """``fn(*args, **kwargs)``, its ValueError as one ConfigError line (``prefix``: the config part it names)."""
     try:
-        v = OmegaConf.select(cfg, key, throw_on_missing=True)
-    except Exception as e:
-        raise ConfigError(f"{key}: cannot be resolved ({e})") from None
-    return v
-
-
-def _int(cfg, key, lo, what):
-    v = _num(cfg, key)
-    if isinstance(v, bool) or not isinstance(v, int) or v < lo:
-        raise ConfigError(f"{key}={v!r} is invalid: {what}")
-    return v
-
-
-def _pos(cfg, key, what="must be a finite number > 0"):
-    v = _num(cfg, key)
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
-        raise ConfigError(f"{key}={v!r} is invalid: {what}")
-    return v
+        fn(*args, **kwargs)
+    except ConfigError:
+        raise
+    except ValueError as e:
+        raise ConfigError(f"{prefix}{e}") from None
 
 
 def validate(cfg: DictConfig) -> None:
-    """Check the resolved config; raise ConfigError on the first problem."""
-    algo = _num(cfg, "algorithm.name")
-    if algo not in ALGORITHMS + BASELINES:
-        raise ConfigError(f"algorithm={algo!r} is unknown; choose one of {list(ALGORITHMS)}")
+    """Check the resolved config: every key's type and rule (:mod:`trainer.schema`), then the
+    rules that span keys; raise ConfigError on the first problem."""
+    algo, ds = cfg.algorithm.get("name"), cfg.dataset.get("name")
+    _checked(schema.choice, "algorithm", algo, ALGORITHMS + BASELINES)
+    _checked(schema.choice, "dataset", ds, tuple(DATASETS))
+    _checked(schema.choice, "inner_optim", cfg.inner_optim.get("name"), OPTIMIZERS)
+    _checked(schema.check, cfg)
     if algo in BASELINES and (cfg.inner_steps != 0 or cfg.algorithm.estimator != "fomaml"):
         raise ConfigError(f"algorithm.name={algo!r} is the plain-regression baseline: it needs "
                           "algorithm.estimator=fomaml and inner_steps=0 (see experiment=sinusoid_pretrained)")
-    ds = _num(cfg, "dataset.name")
-    if ds not in DATASETS:
-        raise ConfigError(f"dataset={ds!r} is unknown; choose one of {list(DATASETS)}")
-    opt = _num(cfg, "inner_optim.name")
-    if opt not in OPTIMIZERS:
-        raise ConfigError(f"inner_optim={opt!r} is unknown; choose one of {list(OPTIMIZERS)}")
-    if opt == "hf" and cfg.algorithm.estimator != "imaml":
+    if cfg.inner_optim.name == "hf" and cfg.algorithm.estimator != "imaml":
         raise ConfigError(f"inner_optim=hf is only for iMAML (algorithm=imaml or imaml_hf), not algorithm={algo}")
-    if cfg.algorithm.outer.optimizer not in OUTER:
-        raise ConfigError(f"algorithm.outer.optimizer={cfg.algorithm.outer.optimizer!r}; choose one of {list(OUTER)}")
-    _pos(cfg, "algorithm.outer.lr")
-    if cfg.algorithm.outer.optimizer == "adam" and cfg.algorithm.outer.get("eps") is not None:
-        _pos(cfg, "algorithm.outer.eps", "must be a finite number > 0 (Adam's eps; torch's default 1e-8)")
-    mode = cfg.get("prox_mode", "every_step")
-    if mode not in algorithms.PROX_MODES:
-        raise ConfigError(f"prox_mode={mode!r} is invalid; choose every_step (the paper), final_step "
-                          "(the official iMAML release) or none (hypertorch's example)")
-    _int(cfg, "inner_steps", 0, "must be an integer >= 0")
-    _int(cfg, "test_inner_steps", 0, "must be an integer >= 0")
-    _pos(cfg, "inner_lr")
-    if cfg.get("inner_batch") is not None:
-        _int(cfg, "inner_batch", 1, "must be an integer >= 1 (or null: the whole support set in every inner step)")
+    if ds != "sinusoid" and (cfg.ways is None or cfg.ways < 2):
+        raise ConfigError(str(schema.invalid("ways", cfg.ways, "must be an integer >= 2 (N-way classification)")))
+    d = cfg.diagnostics
+    if not isinstance(d, bool) and not (isinstance(d, int) and d >= 0):
+        raise ConfigError(str(schema.invalid("diagnostics", d, "every N-th iteration (an integer >= 0) or true/false")))
     hparams = OmegaConf.to_container(cfg.algorithm.hparams, resolve=True) or {}
+    # "inner.…" names an inner_optim setting; the rest are algorithm.hparams
     try:
         algorithms.validate(cfg.algorithm.estimator, inner_config(cfg), hparams)
-    except ValueError as e:  # "inner.…" names an inner_optim setting; the rest are algorithm.hparams
-        raise ConfigError(f"{'inner_optim' if str(e).startswith('inner') else 'algorithm.hparams'}: {e}") from None
-    _int(cfg, "meta_batch_size", 1, "must be an integer >= 1")
-    _int(cfg, "meta_iterations", 0, "must be an integer >= 0")
-    m = cfg.get("max_train_minutes")
-    if m is not None and (isinstance(m, bool) or not isinstance(m, (int, float)) or not m > 0):
-        raise ConfigError(f"max_train_minutes={m!r} must be a number > 0 (or null: no time limit)")
-    if ds != "sinusoid":
-        _int(cfg, "ways", 2, "must be an integer >= 2 (N-way classification)")
-    _int(cfg, "shots", 1, "must be an integer >= 1")
-    _int(cfg, "query_shots", 1, "must be an integer >= 1")
-    _int(cfg, "seed", 0, "must be an integer >= 0")
-    _int(cfg, "fidelity_every", 0, "must be an integer >= 0 (0: never)")
-    if not isinstance(cfg.diagnostics, (bool, int)) or cfg.diagnostics < 0:
-        raise ConfigError(f"diagnostics={cfg.diagnostics!r} is invalid: every N-th iteration (an integer >= 0) or true/false")
-    if cfg.dtype not in DTYPES:
-        raise ConfigError(f"dtype={cfg.dtype!r} is invalid; choose one of {list(DTYPES)}")
-    if cfg.device not in ("auto", "cpu", "cuda"):
-        raise ConfigError(f"device={cfg.device!r} is invalid; choose auto, cpu or cuda")
-    resolve_device(cfg.device)
-    if cfg.batching not in BATCHING:
-        raise ConfigError(f"batching={cfg.batching!r} is invalid; choose one of {list(BATCHING)}")
-    if cfg.batching == "compile":
-        try:
-            algorithms.check_batching("compile", hparams)
-        except ValueError as e:
-            raise ConfigError(str(e)) from None
-    import models
-    try:
-        models.check_options(MODELS[ds], **model_options(cfg))
     except ValueError as e:
-        raise ConfigError(f"dataset: {e}") from None
-    _validate_eval(cfg)
-    if cfg.logger.name not in ("csv", "wandb"):
-        raise ConfigError(f"logger={cfg.logger.name!r} is unknown; choose csv or wandb")
-    if ds != "sinusoid":
-        _validate_data(cfg, ds)
-
-
-def _validate_eval(cfg: DictConfig) -> None:
-    """How a run validates and tests: test-time λ, step counts, task counts, protocols."""
-    lam = cfg.eval.get("prox_lam")
-    if lam is not None and (isinstance(lam, bool) or not isinstance(lam, (int, float)) or not math.isfinite(lam)
-                            or lam < 0):
-        raise ConfigError(f"eval.prox_lam={lam!r} is invalid: a finite number >= 0, or null for the training λ")
-    for k in cfg.eval.steps_list or []:
-        if isinstance(k, bool) or not isinstance(k, int) or k < 0:
-            raise ConfigError(f"eval.steps_list contains {k!r}: step counts must be integers >= 0")
-    vm = cfg.eval.get("val_every_minutes")
-    if vm is not None and (isinstance(vm, bool) or not isinstance(vm, (int, float)) or not vm > 0):
-        raise ConfigError(f"eval.val_every_minutes={vm!r} must be a number > 0 (or null: by iterations only)")
-    _int(cfg, "eval.num_tasks", 1, "must be an integer >= 1")
-    if cfg.eval.bn_mode not in ("transductive", "per_example"):
-        raise ConfigError(f"eval.bn_mode={cfg.eval.bn_mode!r} is invalid; choose transductive or per_example")
+        raise ConfigError(f"{'inner_optim' if str(e).startswith('inner') else 'algorithm.hparams'}: {e}") from None
+    resolve_device(cfg.device)
+    if cfg.batching == "compile":
+        _checked(algorithms.check_batching, "compile", hparams)
+    import models
+    _checked(models.check_options, MODELS[ds], prefix="dataset: ", **model_options(cfg))
     stop = cfg.eval.get("early_stop")
-    if stop not in (None, "plateau"):
-        raise ConfigError(f"eval.early_stop={stop!r} is invalid; choose null (the full budget) or plateau")
     if stop and not (cfg.eval.val_every and cfg.eval.val_tasks >= PLATEAU_MIN_TASKS):
         raise ConfigError(f"eval.early_stop=plateau needs eval.val_every > 0 and eval.val_tasks >= {PLATEAU_MIN_TASKS} "
                           f"(got {cfg.eval.val_every}, {cfg.eval.val_tasks}): the declared rule")
-    if cfg.eval.final not in ("test", "val"):
-        raise ConfigError(f"eval.final={cfg.eval.final!r} is invalid; choose test (the fixed test tasks) or val "
-                          "(validation tasks only, for selection)")
+    _checked(schema.choice, "logger", cfg.logger.get("name"), ("csv", "wandb"))
+    if ds != "sinusoid":
+        _validate_data(cfg, ds)
 
 
 def _validate_data(cfg: DictConfig, ds: str) -> None:

@@ -11,16 +11,15 @@ from omegaconf import DictConfig, OmegaConf
 
 import datasets
 import models
+from datasets import DATASETS, DTYPES
 
-from .config import DTYPES, model_options, resolve_device
+from .config import model_options, resolve_device
 
 Params = dict[str, torch.Tensor]
 
-# The faster eager batching over tasks per model (``make bench``, reports/BENCHMARKS.md,
-# "Per-task loop vs torch.func.vmap"): vmap turns the MLP and the small Omniglot convs of a
-# whole meta-batch into batched kernels; on 84×84 mini-ImageNet maps its grouped convs,
-# pooling and copies cost more than they save, and a meta-batch of 4 has little to batch.
-AUTO_BATCHING = {"mlp": "vmap", "conv4_omniglot": "vmap", "conv4_miniimagenet": "loop"}
+# batching=auto per network: each dataset's declared mode (datasets.DATASETS; measured by
+# `make bench`, BENCHMARKS.md "Per-task loop vs torch.func.vmap").
+AUTO_BATCHING = {spec.model: spec.batching for spec in DATASETS.values()}
 
 
 def batching(mode: str, model: str) -> str:
