@@ -18,9 +18,10 @@ did not learn gets no better/worse wording anywhere.
 """
 from __future__ import annotations
 
+from pairing import PairingError
+
 from .paired import improvement
 from .render import fmt
-from .stats import PairingError
 
 LEARNED, DID_NOT_LEARN, NO_BASELINE = "learned", "did not learn", "no baseline record"
 ZERO = "zero predictor"
@@ -78,10 +79,9 @@ def _beats(r: dict, b: dict) -> bool:
 def _text(b: dict) -> str:
     s, digits = (100.0, 2) if b["metric"] == "accuracy" else (1.0, 3)
     value = fmt(b["mean"], digits, s)
-    if b["kind"] == "chance":
-        return f"chance {value}"
-    if b["kind"] == "zero":
-        return f"{ZERO} {value}"
+    name = {"chance": "chance", "zero": ZERO}.get(b["kind"])
+    if name:
+        return f"{name} {value}"
     if b.get("variant") == "pretrained" or b.get("inner_steps") == 0:
         return f"pretrained {value}" + (f" (seed {b['seed']})" if b.get("seed") is not None else "")
     return f"{b['label']} untrained {value}"

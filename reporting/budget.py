@@ -12,7 +12,7 @@ from pathlib import Path
 
 from . import baselines
 from . import common as c
-from .render import MARKERS, Table, fmt, fmt_g, fmt_pm, make_table, new_figure, save_figure
+from .render import MARKERS, Table, column_keys, fmt, fmt_g, fmt_pm, make_table, new_figure, save_figure
 
 
 def is_sweep(row: dict) -> bool:
@@ -63,18 +63,22 @@ def setup_table(key: tuple, rows: list[dict]) -> Table:
     together): one table per setting, so the results tables carry results only."""
     dataset, setting, minutes = key
     first = lambda fn: (lambda runs: fn(runs[0]))  # noqa: E731
-    cols = [("algorithm", _label), ("protocol", first(lambda r: r.get("protocol") or "—")),
-            ("inner (opt lr; steps train/test)", first(_inner)), ("λ / CG", first(c.lam_cg_text)),
-            ("outer (opt lr)", first(c.outer_text)), ("meta-batch", first(lambda r: fmt_g(r.get("meta_batch_size")))),
-            ("train shots (support + query)", first(_shots(True))), ("test shots (support + query)", first(_shots(False))),
-            ("BN", first(lambda r: r.get("bn_mode") or "—")),
+    cols = [("algorithm", _label, "label"), ("protocol", first(lambda r: r.get("protocol") or "—"), "protocol"),
+            ("inner (opt lr; steps train/test)", first(_inner), "inner_optimizer", "inner_lr", "prox_lam",
+             "inner_steps", "test_steps"),
+            ("λ / CG", first(c.lam_cg_text), "lam", "cg_steps"),
+            ("outer (opt lr)", first(c.outer_text), "outer_optimizer", "outer_lr", "outer_clip", "outer_anneal"),
+            ("meta-batch", first(lambda r: fmt_g(r.get("meta_batch_size"))), "meta_batch_size"),
+            ("train shots (support + query)", first(_shots(True)), "shots", "query_shots"),
+            ("test shots (support + query)", first(_shots(False)), "test_shots", "test_query_shots"),
+            ("BN", first(lambda r: r.get("bn_mode") or "—"), "bn_mode"),
             ("run on", lambda runs: f"seeds {c.seeds_list(runs)}, {runs[0].get('device') or '—'}, "
-                                    f"{runs[0].get('dtype') or '—'}")]
-    raw = ("label", "protocol", "experiment", *c.SETUP_RAW, "device_name", "run")
+                                    f"{runs[0].get('dtype') or '—'}", "seed", "device", "dtype")]
     configs = c.config_groups(rows)
     out = [dict(runs[0], seed=c.seeds_list(runs), run=c.runs_text(runs), _runs=runs) for runs in configs]
     name = c.slug("setup", dataset, setting, f"{fmt_g(minutes)}min" if minutes is not None else "paper")
-    return make_table(name, out, [(h, _on_runs(fn)) for h, fn in cols], raw)
+    return make_table(name, out, [(h, _on_runs(fn), *keys) for h, fn, *keys in cols],
+                      extra=("experiment", "profile", *column_keys(c.SETUP_COLUMNS), "device_name", "run"))
 
 
 def _on_runs(fn):
@@ -122,19 +126,21 @@ def protocol_table(key: tuple, rows: list[dict], judged: dict[str, dict], pool: 
                         run=c.runs_text(runs), train_wall_s=_mean_of(runs, "train_wall_s"),
                         median_iter_s=_mean_of(runs, "median_iter_s")))
     s, _ = c.scale_of(rows[0].get("metric") or ("mse" if dataset == "sinusoid" else "accuracy"))
-    cols = [("algorithm", lambda r: _label(r["_runs"])), ("status", lambda r: c.status_summary(r["_runs"]))]
+    spread = ("seeds_mean", "seeds_std", "seeds_runs")
+    cols = [("algorithm", lambda r: _label(r["_runs"]), "label"),
+            ("status", lambda r: c.status_summary(r["_runs"]), "status")]
     if several:
-        cols += [("test metric (mean ± std over seeds)", lambda r: c.spread_text(r["_runs"])),
-                 ("per seed (± 95% CI over test tasks)", lambda r: c.per_seed_text(r["_runs"]))]
+        cols += [("test metric (mean ± std over seeds)", lambda r: c.spread_text(r["_runs"]), *spread),
+                 ("per seed (± 95% CI over test tasks)", lambda r: c.per_seed_text(r["_runs"]), "seeds")]
     else:
-        cols += [("seed", lambda r: r["seeds"]), ("test metric (± 95% CI)", lambda r: c.spread_text(r["_runs"]))]
-    cols += [("vs baseline", lambda r: r["learned"]), ("iterations (of the paper's)", lambda r: _reached(r["_runs"])),
-             ("training min", lambda r: fmt(None if r.get("train_wall_s") is None else r["train_wall_s"] / 60, 1)),
-             ("s / iteration", lambda r: fmt(r.get("median_iter_s"), 3)),
-             ("peak MiB", lambda r: fmt(r["peak_mib"], 1)), ("run", lambda r: r["run"])]
-    raw = ("label", "protocol", "experiment", "status", "metric", "seeds", "seeds_runs", "seeds_mean", "seeds_std",
-           "learned", "iterations_done", "meta_iterations", "max_train_minutes", "train_wall_s", "median_iter_s",
-           "peak_mib", "device", "device_name", "run")
+        cols += [("seed", lambda r: r["seeds"], "seeds"),
+                 ("test metric (± 95% CI)", lambda r: c.spread_text(r["_runs"]), *spread)]
+    cols += [("vs baseline", lambda r: r["learned"], "learned"),
+             ("iterations (of the paper's)", lambda r: _reached(r["_runs"]), "iterations_done", "meta_iterations"),
+             ("training min", lambda r: fmt(None if r.get("train_wall_s") is None else r["train_wall_s"] / 60, 1),
+              "train_wall_s"),
+             ("s / iteration", lambda r: fmt(r.get("median_iter_s"), 3), "median_iter_s"),
+             ("peak MiB", lambda r: fmt(r["peak_mib"], 1), "peak_mib"), ("run", lambda r: r["run"], "run")]
     metric_word = "accuracy in %" if s == 100 else "MSE (lower is better)"
     notes = [f"{metric_word}; every run is tested with its own protocol's test-time adaptation on the same fixed "
              "test tasks. s / iteration: median wall-clock of one meta-iteration (mean over seeds); peak MiB: the "
@@ -142,7 +148,8 @@ def protocol_table(key: tuple, rows: list[dict], judged: dict[str, dict], pool: 
              "in [paired comparisons](#paired)."]
     notes += _baseline_note(rows, [*rows, *pool]) if dataset == "sinusoid" else []
     name = c.slug("protocols", dataset, setting, f"{fmt_g(minutes)}min" if minutes is not None else "paper")
-    return make_table(name, out, cols, raw, notes)
+    return make_table(name, out, cols, notes,
+                      extra=("protocol", "experiment", "metric", "max_train_minutes", "device", "device_name"))
 
 
 def _baseline_note(rows: list[dict], pool: list[dict]) -> list[str]:

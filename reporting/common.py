@@ -8,13 +8,15 @@ from typing import Any
 
 import pandas as pd
 
+from datasets import DATASETS
+
 from .render import fmt, fmt_g, fmt_pm, is_missing
 from .stats import mean_std
 
 LABEL_ORDER = ("MAML", "FOMAML", "Reptile", "iMAML-GD", "iMAML-GD (release)", "iMAML-GD (hypertorch)", "iMAML-HF",
                "Pretrained")
 SETTING_ORDER = ("5w1s", "5w5s", "20w1s", "20w5s")
-DATASET_NAMES = {"omniglot": "Omniglot", "miniimagenet": "mini-ImageNet", "sinusoid": "sinusoid"}
+DATASET_NAMES = {name: spec.title for name, spec in DATASETS.items()}
 # Everything that defines a training configuration except the seed: runs sharing these
 # are seeds of one setting and are aggregated across seeds.
 CONFIG_KEYS = ("label", "variant", "algorithm", "dataset", "ways", "shots", "query_shots", "test_shots",
@@ -108,20 +110,20 @@ def budget_text(row: dict) -> str:
     return f"{row['iterations_done']}/{row['meta_iterations']}"
 
 
+def _optimizer_text(row: dict, side: str, *extras: str | None) -> str:
+    """``<side>_optimizer <side>_lr`` and the extras that apply, comma-separated."""
+    head = f"{row.get(side + '_optimizer') or '—'} {fmt_g(row.get(side + '_lr'))}"
+    return ", ".join([head, *(e for e in extras if e)])
+
+
 def outer_text(row: dict) -> str:
-    text = f"{row.get('outer_optimizer') or '—'} {fmt_g(row.get('outer_lr'))}"
-    if row.get("outer_clip") is not None:
-        text += f", clip {fmt_g(row['outer_clip'])}"
-    if row.get("outer_anneal"):
-        text += ", annealed"
-    return text
+    clip = row.get("outer_clip")
+    return _optimizer_text(row, "outer", clip is not None and f"clip {fmt_g(clip)}",
+                           row.get("outer_anneal") and "annealed")
 
 
 def inner_text(row: dict) -> str:
-    text = f"{row.get('inner_optimizer') or '—'} {fmt_g(row.get('inner_lr'))}"
-    if row.get("prox_lam"):
-        text += f", prox {fmt_g(row['prox_lam'])}"
-    return text
+    return _optimizer_text(row, "inner", row.get("prox_lam") and f"prox {fmt_g(row['prox_lam'])}")
 
 
 def steps_text(row: dict) -> str:
@@ -151,19 +153,18 @@ def result_text(row: dict) -> str:
     return fmt_pm(row["mean"], row["ci95"], d, s)
 
 
-# Columns every results row carries: what the reviewers asked to see for each number.
+# Columns every results row carries: what the reviewers asked to see for each number, each with its row keys.
 SETUP_COLUMNS = [
-    ("iterations", budget_text), ("shots train/test", shots_text), ("outer (opt lr)", outer_text),
-    ("inner (opt lr)", inner_text),
-    ("steps train/test", steps_text), ("λ / CG", lam_cg_text),
-    ("BN", lambda r: r.get("bn_mode") or "—"), ("meta-batch", lambda r: fmt_g(r.get("meta_batch_size"))),
-    ("seed", lambda r: fmt_g(r.get("seed"))), ("device", lambda r: r.get("device") or "—"),
-    ("dtype", lambda r: r.get("dtype") or "—"),
+    ("iterations", budget_text, "iterations_done", "meta_iterations"),
+    ("shots train/test", shots_text, "shots", "test_shots", "query_shots", "test_query_shots"),
+    ("outer (opt lr)", outer_text, "outer_optimizer", "outer_lr", "outer_clip", "outer_anneal"),
+    ("inner (opt lr)", inner_text, "inner_optimizer", "inner_lr", "prox_lam"),
+    ("steps train/test", steps_text, "inner_steps", "test_steps"), ("λ / CG", lam_cg_text, "lam", "cg_steps"),
+    ("BN", lambda r: r.get("bn_mode") or "—", "bn_mode"),
+    ("meta-batch", lambda r: fmt_g(r.get("meta_batch_size")), "meta_batch_size"),
+    ("seed", lambda r: fmt_g(r.get("seed")), "seed"), ("device", lambda r: r.get("device") or "—", "device"),
+    ("dtype", lambda r: r.get("dtype") or "—", "dtype"),
 ]
-SETUP_RAW = ("profile", "iterations_done", "meta_iterations", "shots", "test_shots", "query_shots",
-             "test_query_shots", "outer_optimizer", "outer_lr", "outer_clip",
-             "outer_anneal", "inner_optimizer", "inner_lr", "prox_lam", "inner_steps", "test_steps", "lam",
-             "cg_steps", "bn_mode", "meta_batch_size", "seed", "device", "dtype")
 
 
 def seed_groups(rows: list[dict]) -> dict[tuple, dict]:

@@ -78,18 +78,19 @@ def _on(r: dict) -> str:
     return "none" if r.get("deviations") in (None, "none") else str(r["deviations"]).replace("+", " + ")
 
 
-RAW = ["group", "rung", "deviations", "algorithm", "test_split", "split_seed", "split_sizes", "accuracy", "ci95",
-       "n", "vs", "diff_mean", "diff_low", "diff_high", "diff_kind", "diff_p", "iterations_done", "train_minutes",
-       "median_iter_s", "status", "run_dir"]
-RUN_COLUMNS = [("iterations", lambda r: fmt_g(r.get("iterations_done"))),
-               ("s / iteration", lambda r: fmt(r.get("median_iter_s"), 2)),
-               ("run", lambda r: f"{r.get('run_dir') or '—'}")]
+RUN_COLUMNS = [("iterations", lambda r: fmt_g(r.get("iterations_done")), "iterations_done"),
+               ("s / iteration", lambda r: fmt(r.get("median_iter_s"), 2), "median_iter_s"),
+               ("run", lambda r: f"{r.get('run_dir') or '—'}", "run_dir")]
 
 
-def _table(name: str, rows: list[dict], first: list, diff_title: str, notes: list[str], extra: tuple = ()):
-    cols = [*first, ("tested on", _split), ("test accuracy % (± 95% CI)", _acc), (diff_title, _diff),
-            ("p (Wilcoxon)", lambda r: fmt_p(r.get("diff_p"))), *extra, *RUN_COLUMNS]
-    return make_table(name, rows, cols, RAW, notes)
+def _table(name: str, rows: list[dict], first: list, diff_title: str, notes: list[str], more: tuple = ()):
+    """A ladder table: ``first`` (the rung's columns), the test and its difference, ``more``, the run."""
+    cols = [*first, ("tested on", _split, "test_split", "split_seed", "split_sizes"),
+            ("test accuracy % (± 95% CI)", _acc, "accuracy", "ci95", "status"),
+            (diff_title, _diff, "diff_mean", "diff_low", "diff_high", "diff_kind"),
+            ("p (Wilcoxon)", lambda r: fmt_p(r.get("diff_p")), "diff_p"), *more, *RUN_COLUMNS]
+    return make_table(name, rows, cols, notes,
+                      extra=("group", "rung", "deviations", "algorithm", "n", "vs", "train_minutes"))
 
 
 def _figure(df: pd.DataFrame, prefix: str, at: str, fig_dir, goal: str = "release"):
@@ -171,8 +172,8 @@ def section(study: dict, w) -> str:
     groups = set(df["group"])
     if "endpoints" in groups:
         out += f"\n#### The paper as written and the full release, {at}\n"
-        out += w.table(_table(f"{prefix}_endpoints", _rows(df, "endpoints"), [("end point", lambda r: r["rung"]),
-                              ("deviations on", _on)], "release − paper [95% CI]", []))
+        out += w.table(_table(f"{prefix}_endpoints", _rows(df, "endpoints"), [("end point", lambda r: r["rung"], "rung"),
+                              ("deviations on", _on, "deviations")], "release − paper [95% CI]", []))
     fig = _figure(df, prefix, at, w.fig_dir, "release" if goal == "release" else "hypertorch protocol")
     if fig is not None:
         out += w.figure(fig, "Deviation ladder: test accuracy per rung")
@@ -180,7 +181,7 @@ def section(study: dict, w) -> str:
         out += _carriers(df)
         out += f"\n#### The ladder: deviations added one at a time, {at}\n"
         out += w.table(_table(f"{prefix}_ladder", _rows(df, "ladder"),
-                              [("rung", lambda r: r["rung"] if r["rung"] == "paper" else f"+ {r['rung']}")],
+                              [("rung", lambda r: r["rung"] if r["rung"] == "paper" else f"+ {r['rung']}", "rung")],
                               "gain over the previous rung [95% CI]",
                               [f"Each rung adds one deviation to the rung above it; the last is {goal_words}' "
                                "protocol." if goal == "hypertorch" else
@@ -190,13 +191,13 @@ def section(study: dict, w) -> str:
         out += f"\n#### Each deviation removed alone from {top}, {at}\n"
         out += w.table(_table(f"{prefix}_removed", _rows(df, "removed"),
                               [("removed", lambda r: f"none ({top})" if r["rung"] == "release"
-                                else f"− {r['rung']}")],
+                                else f"− {r['rung']}", "rung")],
                               f"difference from {top} [95% CI]",
                               [f"Negative: {top} is better with the deviation than without it."]))
     if "leaky" in groups:
         out += f"\n#### The release's leaky evaluation split, {at}\n"
         out += w.table(_table(f"{prefix}_leaky", _rows(df, "leaky"),
-                              [("test characters", lambda r: "clean" if r["rung"] == "clean" else "leaky")],
+                              [("test characters", lambda r: "clean" if r["rung"] == "clean" else "leaky", "rung")],
                               "inflation: leaky − clean [95% CI]",
                               ["One trained run of the full release, its final parameters tested twice: on its "
                                "held-out test characters and on the characters the release's evaluation script "
@@ -206,10 +207,10 @@ def section(study: dict, w) -> str:
         imaml = ("iMAML ladder's gain from the same deviation [95% CI]",
                  lambda r: _diff(ladder[r["rung"]]) if r["rung"] in ladder else "—")
         t = _table(f"{prefix}_maml", _rows(df, "maml"), [("MAML rung", lambda r: r["rung"] if r["rung"] == "maml"
-                                                          else f"+ {r['rung']}")],
+                                                          else f"+ {r['rung']}", "rung")],
                    "gain over the previous MAML rung [95% CI]",
                    ["MAML (`experiment=omniglot_5w_maml`) with the deviations that also exist for it, added in "
                     "the ladder's order, beside the same deviation's gain in the iMAML ladder (where the rungs "
-                    "below differ: iMAML's carries the deviations before it in the ladder)."], extra=(imaml,))
+                    "below differ: iMAML's carries the deviations before it in the ladder)."], more=(imaml,))
         out += f"\n#### MAML beside the ladder, {at}\n" + w.table(t)
     return out

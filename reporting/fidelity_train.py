@@ -57,12 +57,13 @@ def table(key: tuple, by_label: dict[str, list[dict]]):
                      "last_iter": max(r["_fid"][-1]["iter"] for r in runs),
                      "cos_exact": _first_last(runs, "fid_cos_exact"), "cos_solved": _first_last(runs, "fid_cos_solved"),
                      "rel_exact": _first_last(runs, "fid_rel_exact"), "run": c.runs_text(runs)})
-    cols = [("algorithm", lambda r: r["label"]), ("seeds", lambda r: r["seeds"]),
-            ("measurements (last iteration)", lambda r: f"{r['n_points']} ({fmt_g(r['last_iter'])})"),
-            ("cos with the exact meta-gradient: first → last", lambda r: r["cos_exact"]),
-            ("relative error vs exact: first → last", lambda r: r["rel_exact"]),
-            ("iMAML: cos with its solved system: first → last", lambda r: r["cos_solved"]),
-            ("runs", lambda r: r["run"])]
+    cols = [("algorithm", lambda r: r["label"], "label"), ("seeds", lambda r: r["seeds"], "seeds"),
+            ("measurements (last iteration)", lambda r: f"{r['n_points']} ({fmt_g(r['last_iter'])})", "n_points",
+             "last_iter"),
+            ("cos with the exact meta-gradient: first → last", lambda r: r["cos_exact"], "cos_exact"),
+            ("relative error vs exact: first → last", lambda r: r["rel_exact"], "rel_exact"),
+            ("iMAML: cos with its solved system: first → last", lambda r: r["cos_solved"], "cos_solved"),
+            ("runs", lambda r: r["run"], "run")]
     name = c.slug("fidelity_train", dataset, setting, f"{fmt_g(minutes)}min" if minutes is not None else "paper")
     notes = [f"{c.DATASET_NAMES.get(dataset, dataset)} {setting}"
              + (f", {fmt_g(minutes)} min of training per run" if minutes is not None else "")
@@ -72,8 +73,7 @@ def table(key: tuple, by_label: dict[str, list[dict]]):
              "solved with 100 CG steps. A cosine near 1 means the estimator points where the exact gradient does; "
              "MAML's is 1 by construction; iMAML-HF has no exact comparison (its Newton solve is not unrolled), only its "
              "solved-system cosine."]
-    return make_table(name, rows, cols, ("label", "seeds", "n_points", "last_iter", "cos_exact", "rel_exact",
-                                         "cos_solved", "run"), notes)
+    return make_table(name, rows, cols, notes)
 
 
 def figure(key: tuple, by_label: dict[str, list[dict]], fig_dir: Path) -> Path | None:

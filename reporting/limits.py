@@ -164,14 +164,14 @@ def selection_table(selections: list[dict], labels: dict) -> Table:
         scale, digits = (1, 3) if r["metric"] == "mse" else (100, 2)
         return f"{scale * r['val_metric']:.{digits}f} ± {scale * (r.get('val_ci95') or 0):.{digits}f}"
 
-    cols = [("setting", lambda r: r["setting"]), ("algorithm", lambda r: r["algorithm"]),
+    cols = [("setting", lambda r: r["setting"], "setting"), ("algorithm", lambda r: r["algorithm"], "algorithm"),
             ("candidate", lambda r: ", ".join(f"{k.rsplit('.', 1)[-1]} {fmt_g(v)}" for k, v in r["values"].items())
-             if r.get("values") else r.get("candidate", "?")),
-            ("iterations", lambda r: fmt_g(r.get("iterations_done"))),
-            ("validation (± 95% CI; MSE or accuracy %)", score), ("chosen", lambda r: "**chosen**" if r["chosen"] else ""),
-            ("selection record", lambda r: f"`{r['run']}`")]
-    raw = ("setting", "algorithm", "run", "candidate", "status", "iterations_done", "metric", "val_metric", "val_ci95",
-           "val_fingerprint", "chosen")
-    return make_table("selection", rows, cols, raw,
+             if r.get("values") else r.get("candidate", "?"), "candidate"),
+            ("iterations", lambda r: fmt_g(r.get("iterations_done")), "iterations_done"),
+            ("validation (± 95% CI; MSE or accuracy %)", score, "val_metric", "val_ci95", "status"),
+            ("chosen", lambda r: "**chosen**" if r["chosen"] else "", "chosen"),
+            ("selection record", lambda r: f"`{r['run']}`", "run")]
+    return make_table("selection", rows, cols,
                       ["Each candidate trained from the same seed for the same minutes and was scored on validation "
-                       "tasks only; only the chosen one is tested, by its experiment."])
+                       "tasks only; only the chosen one is tested, by its experiment."],
+                      extra=("metric", "val_fingerprint"))

@@ -12,10 +12,12 @@ Wilcoxon p-values are Holm-adjusted together.
 """
 from __future__ import annotations
 
+from pairing import PairingError, paired_comparison
+
 from . import common as c
 from .paper import Claim
 from .render import Table, fmt, fmt_p, make_table
-from .stats import PairingError, claim_verdict, direction, holm, improvement_interval, mean_std, paired_comparison
+from .stats import claim_verdict, direction, holm, improvement_interval, mean_std
 
 ALPHA = 0.05
 
@@ -180,10 +182,10 @@ def matrix_tables(pairs: list[dict], learned: dict[str, str]) -> list[tuple[str,
                 row[b] = _cell(found, metric, n_seeds) if found else "— (did not learn)" if every else "—"
                 row[f"{b}_imp"] = mean_std([f["imp"] for f in found])[0] if found else None
             rows.append(row)
-        cols = [("a \\ b", lambda r: r["algorithm"] + r["_tag"]), *((b, (lambda b: lambda r: r[b])(b)) for b in labels)]
-        out.append((_matrix_title(setting), make_table(_matrix_name(setting), rows, cols,
-                                                        ["algorithm", "run", *(f"{b}_imp" for b in labels)],
-                                                        [_matrix_note(sel, metric)])))
+        cols = [("a \\ b", lambda r: r["algorithm"] + r["_tag"], "algorithm"),
+                *((b, (lambda b: lambda r: r[b])(b), f"{b}_imp") for b in labels)]
+        out.append((_matrix_title(setting), make_table(_matrix_name(setting), rows, cols, [_matrix_note(sel, metric)],
+                                                        extra=("run",))))
     return out
 
 
@@ -240,23 +242,25 @@ def long_table(pairs: list[dict]) -> Table:
     def d(key):
         return lambda r: fmt(r[key], *reversed(c.scale_of(r["metric"])))
 
-    cols = [("setting", lambda r: f"{r['dataset']} {r['setting']} ({budget_words(r['max_train_minutes'], r['profile'])})"),
-            ("a vs b", lambda r: f"{r['a']} vs {r['b']}"),
-            ("seed", lambda r: str(r["seed"])), ("improvement of a over b", d("imp")),
-            ("95% CI", lambda r: f"[{d('low')(r)}, {d('high')(r)}]"), ("Holm p", lambda r: fmt_p(r["p_holm"])),
-            ("tasks a / b better / tie", lambda r: f"{r['a_better']} / {r['b_better']} / {r['ties']}")]
-    raw = ("dataset", "setting", "profile", "max_train_minutes", "a", "b", "seed", "metric", "n", "imp", "low",
-           "high", "p_value",
-           "p_holm", "a_better", "b_better", "ties", "a_iters", "b_iters", "a_run", "b_run")
-    return make_table("paired", pairs, cols, raw)
+    cols = [("setting", lambda r: f"{r['dataset']} {r['setting']} ({budget_words(r['max_train_minutes'], r['profile'])})",
+             "dataset", "setting", "profile", "max_train_minutes"),
+            ("a vs b", lambda r: f"{r['a']} vs {r['b']}", "a", "b"),
+            ("seed", lambda r: str(r["seed"]), "seed"), ("improvement of a over b", d("imp"), "imp"),
+            ("95% CI", lambda r: f"[{d('low')(r)}, {d('high')(r)}]", "low", "high"),
+            ("Holm p", lambda r: fmt_p(r["p_holm"]), "p_holm"),
+            ("tasks a / b better / tie", lambda r: f"{r['a_better']} / {r['b_better']} / {r['ties']}",
+             "a_better", "b_better", "ties")]
+    return make_table("paired", pairs, cols,
+                      extra=("metric", "n", "p_value", "a_iters", "b_iters", "a_run", "b_run"))
 
 
 def refused_table(refused: list[dict]) -> Table:
-    cols = [("setting", lambda r: f"{r['dataset']} {r['setting']} ({budget_words(r['max_train_minutes'], r['profile'])})"),
-            ("comparison", lambda r: f"{r['a']} vs {r['b']}"), ("seed", lambda r: str(r["seed"])),
-            ("reason", lambda r: r["reason"]), ("runs (a; b)", lambda r: f"{r['a_run']}; {r['b_run']}")]
-    return make_table("paired_refused", refused, cols,
-                      ("dataset", "setting", "profile", "a", "b", "seed", "reason", "a_run", "b_run"))
+    cols = [("setting", lambda r: f"{r['dataset']} {r['setting']} ({budget_words(r['max_train_minutes'], r['profile'])})",
+             "dataset", "setting", "profile"),
+            ("comparison", lambda r: f"{r['a']} vs {r['b']}", "a", "b"), ("seed", lambda r: str(r["seed"]), "seed"),
+            ("reason", lambda r: r["reason"], "reason"),
+            ("runs (a; b)", lambda r: f"{r['a_run']}; {r['b_run']}", "a_run", "b_run")]
+    return make_table("paired_refused", refused, cols)
 
 
 def claims_table(claims: tuple[Claim, ...], pairs: list[dict], refused: list[dict], rows: list[dict],
@@ -308,13 +312,12 @@ def _claim_row(base: dict, cl: Claim, sel: list[dict], learned: dict[str, str]) 
 
 
 def _claims(out: list[dict]) -> tuple[Table, list[dict]]:
-    def text(key):
-        return lambda r: r[key] or "—"
+    def text(header, key):
+        return header, lambda r: r[key] or "—", key
 
-    cols = [("claim", text("claim")), ("paper", text("paper")), ("verdict", text("verdict")),
-            ("improvement of the claimed-better [95% CI]", text("text")),
-            ("seeds", lambda r: str(r["seeds"])), ("budget", text("budget"))]
-    raw = ("claim", "paper", "relation", "verdict", "seeds", "metric", "imp", "text", "budget", "runs")
+    cols = [text("claim", "claim"), text("paper", "paper"), text("verdict", "verdict"),
+            text("improvement of the claimed-better [95% CI]", "text"),
+            ("seeds", lambda r: str(r["seeds"]), "seeds"), text("budget", "budget")]
     notes = ["Improvement of the claimed-better algorithm over the claimed-worse one (accuracy points, or MSE "
              "reduction), paired on identical test tasks, one [95% CI] per seed; the same numbers as the paired "
              "matrices. '>' is supported when every seed's CI lies above 0, '≥' when none lies below 0; "
@@ -325,4 +328,4 @@ def _claims(out: list[dict]) -> tuple[Table, list[dict]]:
              "says which method got further in that budget on this machine, not whether the claim holds.",
              "no runs: train both algorithms in that setting with the same test tasks (`make reproduce`, or "
              "`python train.py` with the setting's dataset, ways and shots)."]
-    return make_table("claims", out, cols, raw, notes), out
+    return make_table("claims", out, cols, notes, extra=("relation", "metric", "imp", "runs")), out

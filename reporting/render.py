@@ -6,6 +6,7 @@ the report does not depend on jinja2 (pandas' ``to_latex`` needs it).
 """
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -28,13 +29,29 @@ class Table:
     notes: list[str] = field(default_factory=list)
 
 
-def make_table(name: str, rows: Sequence[dict], columns: Sequence[tuple[str, Callable[[dict], str]]],
-               raw_keys: Sequence[str], notes: Sequence[str] = ()) -> Table:
-    """Build a table from row dicts: ``columns`` are (header, row → cell text) pairs,
-    ``raw_keys`` the row keys written to the CSV."""
-    cells = [[fn(r) for _, fn in columns] for r in rows]
-    raw = pd.DataFrame([{k: _csv_value(r.get(k)) for k in raw_keys} for r in rows], columns=list(raw_keys))
-    return Table(name, [h for h, _ in columns], cells, raw, list(notes))
+# A table column: (header, row → cell text, *row keys the cell shows).
+Column = tuple[Any, ...]
+
+
+def make_table(name: str, rows: Sequence[dict], columns: Sequence[Column], notes: Sequence[str] = (),
+               extra: Sequence[str] = ()) -> Table:
+    """A table of row dicts.
+
+    columns: ``(header, row → cell text, *keys)``, ``keys`` the row values the cell shows.
+    notes: lines under the table.
+    extra: row keys the CSV keeps that no cell shows.
+
+    The CSV holds every column's keys in column order, then ``extra``, each key once.
+    """
+    keys = column_keys(columns, extra)
+    cells = [[col[1](r) for col in columns] for r in rows]
+    raw = pd.DataFrame([{k: _csv_value(r.get(k)) for k in keys} for r in rows], columns=keys)
+    return Table(name, [col[0] for col in columns], cells, raw, list(notes))
+
+
+def column_keys(columns: Sequence[Column], extra: Sequence[str] = ()) -> list[str]:
+    """The row keys behind ``columns`` in column order, then ``extra``, each once."""
+    return list(dict.fromkeys([*(k for col in columns for k in col[2:]), *extra]))
 
 
 def compact(t: Table) -> Table:
@@ -64,33 +81,33 @@ def is_missing(v: Any) -> bool:
     return v is None or (isinstance(v, float) and math.isnan(v))
 
 
+def _dash(fn: Callable[..., str]) -> Callable[..., str]:
+    """``fn``, returning '—' where its first argument is missing."""
+    @functools.wraps(fn)
+    def text(v: Any, *args, **kwargs) -> str:
+        return "—" if is_missing(v) else fn(v, *args, **kwargs)
+    return text
+
+
+@_dash
 def fmt(v: Any, digits: int = 2, scale: float = 1.0) -> str:
     """Fixed-point text of a number, '—' when missing."""
-    if is_missing(v):
-        return "—"
     return f"{float(v) * scale:.{digits}f}"
 
 
+@_dash
 def fmt_pm(mean: Any, pm: Any, digits: int = 2, scale: float = 1.0) -> str:
-    if is_missing(mean):
-        return "—"
-    if is_missing(pm):
-        return fmt(mean, digits, scale)
-    return f"{fmt(mean, digits, scale)} ± {fmt(pm, digits, scale)}"
+    return fmt(mean, digits, scale) if is_missing(pm) else f"{fmt(mean, digits, scale)} ± {fmt(pm, digits, scale)}"
 
 
+@_dash
 def fmt_g(v: Any) -> str:
     """Shortest faithful text of a configuration number (1e-3 → '0.001', 2.0 → '2')."""
-    if is_missing(v):
-        return "—"
-    if isinstance(v, float) and v.is_integer() and abs(v) < 1e15:
-        return str(int(v))
-    return f"{v:g}"
+    return str(int(v)) if isinstance(v, float) and v.is_integer() and abs(v) < 1e15 else f"{v:g}"
 
 
+@_dash
 def fmt_p(p: Any) -> str:
-    if is_missing(p):
-        return "—"
     return "<0.0001" if p < 1e-4 else f"{p:.4f}"
 
 

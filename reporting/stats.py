@@ -1,19 +1,8 @@
-"""Paired statistics on identical test tasks.
+"""The report's statistics: across seeds, over a family of comparisons, and a claim's verdict
+(the paired statistics themselves are :mod:`pairing`'s, which the studies share).
 
-Every algorithm is evaluated on the same seeded test tasks, so two runs can be compared
-task by task: the per-task difference removes the task-difficulty variance that makes
-two overlapping "mean ± 95% CI" intervals uninformative. Pure functions over numpy
-arrays; nothing here reads files.
-
-- :func:`paired_differences` — a − b per task, after checking the two runs can be paired.
-- :func:`bootstrap_ci` — percentile bootstrap CI of the mean paired difference
-  (resampling tasks with replacement, fixed seed, vectorised).
-- :func:`wilcoxon_p` — two-sided Wilcoxon signed-rank p-value (SciPy; zero differences
-  dropped, the "wilcox" convention).
-- :func:`win_counts` — tasks where a is better / worse / tied, honouring the metric's sense
-  (accuracy: higher is better; MSE: lower is better).
 - :func:`mean_std` — mean ± sample std (ddof 1) across seeds.
-- :func:`paired_comparison` — all of the above for one pair of runs.
+- :func:`improvement_interval` — a paired difference turned to the metric's good direction.
 - :func:`holm` — Holm step-down adjusted p-values of one family of comparisons.
 """
 from __future__ import annotations
@@ -23,18 +12,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from pairing import (  # noqa: F401  (re-exported)
-    BOOTSTRAP_SEED,
-    N_RESAMPLES,
-    Paired,
-    PairingError,
-    bootstrap_ci,
-    check_same_test_set,
-    paired_comparison,
-    paired_differences,
-    wilcoxon_p,
-    win_counts,
-)
+from pairing import Paired
 
 
 def mean_std(values: Sequence[float]) -> tuple[float, float, int]:

@@ -104,10 +104,10 @@ def _pivot(name: str, df: pd.DataFrame, index: list[str], column: str, cell: Cal
             row[f"text_{k}"] = cell(sub) if len(sub) else "—"
             row[f"{column}={fmt_g(k)}"] = value(sub) if len(sub) else None
         rows.append(row)
-    cols = [(i, (lambda i: lambda r: "—" if r[i] is None else fmt_g(r[i]) if not isinstance(r[i], str) else r[i])(i))
-            for i in index]
-    cols += [(col_title(k), (lambda k: lambda r: r[f"text_{k}"])(k)) for k in keys]
-    return make_table(name, rows, cols, [*index, *(f"{column}={fmt_g(k)}" for k in keys)], notes)
+    cols = [(i, (lambda i: lambda r: "—" if r[i] is None else fmt_g(r[i]) if not isinstance(r[i], str) else r[i])(i),
+             i) for i in index]
+    cols += [(col_title(k), (lambda k: lambda r: r[f"text_{k}"])(k), f"{column}={fmt_g(k)}") for k in keys]
+    return make_table(name, rows, cols, notes)
 
 
 def _estimator(df: pd.DataFrame) -> pd.DataFrame:
@@ -177,9 +177,10 @@ def precision(study: dict, w) -> str:
             ("rel. diff max", lambda r: f"{r['rel_diff_max']:.2e}"),
             ("‖g‖ float32", lambda r: fmt(r["norm32_mean"], 4)), ("‖g‖ float64", lambda r: fmt(r["norm64_mean"], 4)),
             ("non-finite tasks f32 / f64", lambda r: f"{r['nonfinite32']} / {r['nonfinite64']}")]
-    out = w.table(make_table("precision", rows, cols, list(rows[0]) if rows else [],
+    out = w.table(make_table("precision", rows, cols,
                              ["MAML meta-gradient in float32 vs float64 on the same tasks: relative difference "
-                              "||g32 − g64|| / ||g64||, mean norms, tasks with any non-finite value."]))
+                              "||g32 − g64|| / ||g64||, mean norms, tasks with any non-finite value."],
+                             extra=list(rows[0]) if rows else []))
     fig, (ax,) = new_figure()
     if rows:
         ax.plot([r["inner_steps"] for r in rows], [r["rel_diff_median"] for r in rows], marker="o", label="median")
@@ -203,10 +204,11 @@ def precision(study: dict, w) -> str:
                  ("mean (± 95% CI)", lambda r: f"{fmt(r['mean'], 4)} ± {fmt(r['ci95'], 4)}"),
                  ("tasks", lambda r: fmt_g(r["n"])), ("verdict", lambda r: str(r["verdict"])),
                  ("run", lambda r: str(r.get("run_dir") or "—"))]
-        out += w.table(make_table("precision_train", trows, tcols, list(train.columns),
+        out += w.table(make_table("precision_train", trows, tcols,
                                   ["Short training runs tested on the same tasks: the paired float32 and float64 runs "
                                    "share a seed; the control float32 run changes only the seed, so its difference "
-                                   "measures seed noise; run folders are relative to the study folder."]))
+                                   "measures seed noise; run folders are relative to the study folder."],
+                                  extra=list(train.columns)))
     return out
 
 
@@ -240,10 +242,11 @@ def assumptions(study: dict, w) -> str:
             ("Hessian-Lipschitz median", e("hess_lipschitz_median")),
             ("‖∇G(φ_K)‖ median / q90", lambda r: f"{r['inner_grad_norm_median']:.2e} / {r['inner_grad_norm_q90']:.2e}"),
             ("CG residual median / q90", lambda r: f"{r['cg_residual_median']:.2e} / {r['cg_residual_q90']:.2e}")]
-    return w.table(make_table(f"assumptions_{_dataset(study)}", rows, cols, list(rows[0]) if rows else [],
+    return w.table(make_table(f"assumptions_{_dataset(study)}", rows, cols,
                               ["Tasks whose regularised inner objective is not strongly convex (λ_min(H) + λ ≤ 0 "
                                "at φ_K; iMAML's Theorem 1 assumes it is), and quantiles of the other audited "
-                               "quantities, per checkpoint and λ; the query-gradient norms are in the CSV."]))
+                               "quantities, per checkpoint and λ; the query-gradient norms are in the CSV."],
+                              extra=list(rows[0]) if rows else []))
 
 
 def cost(study: dict, w) -> str:
@@ -306,9 +309,10 @@ def failures(study: dict, w) -> str:
             ("grid points", lambda r: f"{r['configs']} of {r['of']}"), ("λ", lambda r: r["lam"]),
             ("inner steps", lambda r: r["inner_steps"]), ("CG steps", lambda r: r["cg_steps"]),
             ("inner lr", lambda r: r["inner_lr"])]
-    out = w.table(make_table("failures", rows, cols, list(rows[0]) if rows else [],
+    out = w.table(make_table("failures", rows, cols,
                              ["For each algorithm and outcome: how many grid points ended that way and the range "
-                              "of each grid variable among them; the full grid is in the study's failures.csv."]))
+                              "of each grid variable among them; the full grid is in the study's failures.csv."],
+                             extra=list(rows[0]) if rows else []))
     return out
 
 

@@ -9,27 +9,28 @@ from . import baselines
 from . import common as c
 from .budget import learned_text
 from .paper import PaperNumbers
-from .render import MARKERS, Table, fmt, fmt_g, fmt_pm, log_x, make_table, new_figure, save_figure
+from .render import MARKERS, Table, column_keys, fmt, fmt_g, fmt_pm, log_x, make_table, new_figure, save_figure
 
 SINUSOID_STEPS = (1, 5, 10)
 
 
 def inventory(rows: list[dict]) -> Table:
     """Every readable training record, whatever its status: a failure is a result."""
-    cols = [("run", lambda r: r["run"]), ("status", c.status_text), ("algorithm", lambda r: r["label"]),
-            ("setting", lambda r: f"{c.DATASET_NAMES.get(r['dataset'], r['dataset'])} {r['setting']}"),
-            ("profile", lambda r: r["profile"]), ("iterations", c.budget_text),
-            ("seed", lambda r: fmt_g(r.get("seed"))),
-            ("result (± 95% CI; accuracy % or MSE)", c.result_text), ("device", lambda r: r.get("device") or "—"),
-            ("commit", lambda r: (r.get("git_commit") or "—")[:10])]
-    raw = ("run", "status", "failure_iteration", "failure_reason", "label", "variant", "algorithm", "dataset",
-           "ways", "shots", "query_shots", "test_shots", "test_query_shots", "profile", "experiment",
-           "iterations_done", "meta_iterations",
-           "seed", "metric", "mean", "std", "ci95", "n", "fingerprint", "device", "device_name", "dtype",
-           "git_commit")
+    cols = [("run", lambda r: r["run"], "run"),
+            ("status", c.status_text, "status", "failure_iteration", "failure_reason"),
+            ("algorithm", lambda r: r["label"], "label"),
+            ("setting", lambda r: f"{c.DATASET_NAMES.get(r['dataset'], r['dataset'])} {r['setting']}", "dataset"),
+            ("profile", lambda r: r["profile"], "profile"),
+            ("iterations", c.budget_text, "iterations_done", "meta_iterations"),
+            ("seed", lambda r: fmt_g(r.get("seed")), "seed"),
+            ("result (± 95% CI; accuracy % or MSE)", c.result_text, "mean", "ci95"),
+            ("device", lambda r: r.get("device") or "—", "device"),
+            ("commit", lambda r: (r.get("git_commit") or "—")[:10], "git_commit")]
     ordered = sorted(rows, key=lambda r: r["run"])
-    return make_table("runs", ordered, cols, raw,
-                      ["Results are shown for completed runs only; a stopped run shows its status and reason."])
+    return make_table("runs", ordered, cols,
+                      ["Results are shown for completed runs only; a stopped run shows its status and reason."],
+                      extra=("variant", "algorithm", "ways", "shots", "query_shots", "test_shots", "test_query_shots",
+                             "experiment", "metric", "std", "n", "fingerprint", "device_name", "dtype"))
 
 
 def _paper_rows(rows: list[dict], paper: PaperNumbers) -> list[dict]:
@@ -65,16 +66,17 @@ def _in_ci_text(d: dict) -> str:
 
 def paper_table(name: str, rows: list[dict], paper: PaperNumbers, notes: list[str]) -> Table:
     """Our mean ± 95% CI beside the paper's number and the difference; the setup is in section 1."""
-    cols = [("setting", lambda r: r["setting"]), ("algorithm", c.label_text), ("status", c.status_text),
-            ("ours % (± 95% CI)", lambda r: fmt_pm(r["mean_pct"], r["ci95_pct"])),
-            ("paper %", lambda r: fmt_pm(r["paper_value"], r["paper_pm"], 2)),
-            ("ours − paper", lambda r: fmt(r["diff"])), ("paper in our CI", lambda r: _yes_no(r["paper_in_ci"])),
-            ("across seeds (mean ± std)", lambda r: r["seeds_text"]), ("iterations", c.budget_text),
-            ("run", lambda r: r["run"])]
-    raw = ("setting", "label", "status", "failure_reason", "mean_pct", "ci95_pct", "n", "paper_value",
-           "paper_pm", "diff", "paper_in_ci", "seeds_mean_pct", "seeds_std_pct", "seeds_runs", "scale", *c.SETUP_RAW,
-           "paper_source", "paper_transductive", "run")
-    return make_table(name, _paper_rows(rows, paper), cols, raw, notes)
+    cols = [("setting", lambda r: r["setting"], "setting"), ("algorithm", c.label_text, "label"),
+            ("status", c.status_text, "status", "failure_reason"),
+            ("ours % (± 95% CI)", lambda r: fmt_pm(r["mean_pct"], r["ci95_pct"]), "mean_pct", "ci95_pct"),
+            ("paper %", lambda r: fmt_pm(r["paper_value"], r["paper_pm"], 2), "paper_value", "paper_pm"),
+            ("ours − paper", lambda r: fmt(r["diff"]), "diff"),
+            ("paper in our CI", lambda r: _yes_no(r["paper_in_ci"]), "paper_in_ci"),
+            ("across seeds (mean ± std)", lambda r: r["seeds_text"], "seeds_mean_pct", "seeds_std_pct", "seeds_runs"),
+            ("iterations", c.budget_text, "iterations_done", "meta_iterations"), ("run", lambda r: r["run"], "run")]
+    return make_table(name, _paper_rows(rows, paper), cols, notes,
+                      extra=("n", "scale", "profile", *column_keys(c.SETUP_COLUMNS), "paper_source",
+                             "paper_transductive"))
 
 
 def omniglot_notes(paper: PaperNumbers) -> list[str]:
@@ -138,18 +140,20 @@ def sinusoid_table(rows: list[dict], paper: PaperNumbers, judged: dict[str, dict
     def triple(prefix: str, digits: int = 3):
         return lambda r: " / ".join(fmt(r[f"{prefix}_{k}"], digits) for k in SINUSOID_STEPS)
 
-    cols = [("algorithm", lambda d: f"{d['label']} (baseline)" if d["baseline"] else c.label_text(d)),
-            ("budget", lambda d: d["budget_label"]), ("seeds", lambda d: d["seeds"]),
-            ("status", lambda d: c.status_summary(d["_runs"])),
-            ("ours after 1 / 5 / 10 steps (mean over seeds)", triple("mse")),
-            ("after 10 steps: ± std over seeds (one seed: 95% CI)", lambda d: c.spread_text(d["_runs"])),
-            ("paper (K=5) 1 / 5 / 10", triple("paper", 2)),
-            ("ours − paper; paper in our 10-step 95% CI", lambda d: triple("diff")(d) + _in_ci_text(d)),
-            ("vs baseline", lambda d: learned_text(d["_runs"], judged)), ("runs", lambda d: d["run"])]
-    raw = ("label", "budget_label", "seeds", "status", "test_shots", "n", "test_steps_used",
-           *(f"{p}_{k}" for p in ("mse", "paper", "diff") for k in SINUSOID_STEPS), "comparable", "paper_in_ci",
-           "paper_in_ci_of",
-           "seeds_mean", "seeds_std", "seeds_runs", "baseline", *c.SETUP_RAW, "run")
+    def steps(prefix: str) -> list[str]:
+        return [f"{prefix}_{k}" for k in SINUSOID_STEPS]
+
+    cols = [("algorithm", lambda d: f"{d['label']} (baseline)" if d["baseline"] else c.label_text(d), "label",
+             "baseline"),
+            ("budget", lambda d: d["budget_label"], "budget_label"), ("seeds", lambda d: d["seeds"], "seeds"),
+            ("status", lambda d: c.status_summary(d["_runs"]), "status"),
+            ("ours after 1 / 5 / 10 steps (mean over seeds)", triple("mse"), *steps("mse")),
+            ("after 10 steps: ± std over seeds (one seed: 95% CI)", lambda d: c.spread_text(d["_runs"]),
+             "seeds_mean", "seeds_std", "seeds_runs"),
+            ("paper (K=5) 1 / 5 / 10", triple("paper", 2), *steps("paper")),
+            ("ours − paper; paper in our 10-step 95% CI", lambda d: triple("diff")(d) + _in_ci_text(d),
+             *steps("diff"), "paper_in_ci", "paper_in_ci_of"),
+            ("vs baseline", lambda d: learned_text(d["_runs"], judged)), ("runs", lambda d: d["run"], "run")]
     notes = ["Test MSE on the fixed 5-shot test tasks after 1 / 5 / 10 steps of the protocol's test-time adaptation, "
              "averaged over the configuration's completed seeds. The MAML paper reports MAML and its pretrained "
              "baseline only, tested at K=5; other algorithms have no paper number, and 'ours − paper' is shown only "
@@ -157,7 +161,8 @@ def sinusoid_table(rows: list[dict], paper: PaperNumbers, judged: dict[str, dict
              "paper's 10-step number lies within that seed's mean ± 95% CI over test tasks. vs baseline: see "
              "section 1.",
              f"Source: maml_sinusoid = {paper.sources['maml_sinusoid']}"]
-    return make_table("sinusoid", out, cols, raw, notes)
+    return make_table("sinusoid", out, cols, notes, extra=("test_shots", "n", "test_steps_used", "comparable",
+                                                          "profile", *column_keys(c.SETUP_COLUMNS)))
 
 
 def inner_steps_groups(rows: list[dict]) -> list[dict]:
@@ -198,14 +203,14 @@ def _spread(g: dict) -> str:
 
 def inner_steps_table(groups: list[dict]) -> Table:
     """Every (setting, algorithm, K) point with its cost: the long form behind the pivots (files only)."""
-    cols = [("setting", lambda g: f"{g['dataset']} {g['setting']} ({g['profile']})"),
-            ("algorithm", lambda g: g["label"]), ("inner steps (train)", lambda g: str(g["inner_steps"])),
-            ("result", _spread), ("iterations reached", lambda g: fmt(g["iterations"], 0)),
-            ("s / iteration", lambda g: fmt(g["median_iter_s"], 4)),
-            ("peak alloc MiB", lambda g: fmt(g["alloc_peak_bytes"], 1, 2.0**-20))]
-    raw = ("dataset", "setting", "profile", "label", "inner_steps", "test_steps", "metric", "n_runs", "mean",
-           "std", "ci95", "minutes", "iterations", "median_iter_s", "alloc_peak_bytes", "runs")
-    return make_table("inner_steps", groups, cols, raw)
+    cols = [("setting", lambda g: f"{g['dataset']} {g['setting']} ({g['profile']})", "dataset", "setting", "profile"),
+            ("algorithm", lambda g: g["label"], "label"),
+            ("inner steps (train)", lambda g: str(g["inner_steps"]), "inner_steps"),
+            ("result", _spread, "mean", "std", "ci95", "n_runs"),
+            ("iterations reached", lambda g: fmt(g["iterations"], 0), "iterations"),
+            ("s / iteration", lambda g: fmt(g["median_iter_s"], 4), "median_iter_s"),
+            ("peak alloc MiB", lambda g: fmt(g["alloc_peak_bytes"], 1, 2.0**-20), "alloc_peak_bytes")]
+    return make_table("inner_steps", groups, cols, extra=("test_steps", "metric", "minutes", "runs"))
 
 
 def inner_steps_pivots(groups: list[dict]) -> list[Table]:
@@ -223,8 +228,8 @@ def inner_steps_pivots(groups: list[dict]) -> list[Table]:
                 row[f"K={g['inner_steps']}"] = g["mean"]
                 row[f"text_{g['inner_steps']}"] = fmt_pm(g["mean"], g["std"] if g["n_runs"] > 1 else g["ci95"], d, s)
             rows.append(row)
-        cols = [("algorithm", lambda r: r["label"]),
-                *((f"K={k}", (lambda k: lambda r: r.get(f"text_{k}", "—"))(k)) for k in ks)]
+        cols = [("algorithm", lambda r: r["label"], "label"),
+                *((f"K={k}", (lambda k: lambda r: r.get(f"text_{k}", "—"))(k), f"K={k}") for k in ks)]
         metric, minutes = sel[0]["metric"], sorted({fmt_g(g["minutes"]) for g in sel if g["minutes"] is not None})
         tests = sorted({t for g in sel for t in g["test_steps"]})
         test_rule = "tested after K steps" if all(g["test_steps"] == [g["inner_steps"]] for g in sel) else \
@@ -234,7 +239,7 @@ def inner_steps_pivots(groups: list[dict]) -> list[Table]:
         notes = [f"{'Test accuracy %' if metric == 'accuracy' else 'Test MSE'} {spread}; every run trained for "
                  f"{'/'.join(minutes) or '?'} min with K inner steps, {test_rule}. Time and memory per point: "
                  "`tables/inner_steps.csv` and the figure."]
-        out.append(make_table(c.slug("inner_steps", *key), rows, cols, ["label", *(f"K={k}" for k in ks)], notes))
+        out.append(make_table(c.slug("inner_steps", *key), rows, cols, notes))
     return out
 
 
