@@ -32,7 +32,8 @@ def budget_title(dataset: str, setting: str, minutes, rows: list[dict]) -> str:
     name = f"{c.DATASET_NAMES.get(dataset, dataset)} {setting if dataset != 'sinusoid' else ''}".strip()
     devices = sorted({r.get("device_name") or r.get("device") or "?" for r in rows})
     if minutes is None:
-        return f"{name}: published protocols at the papers' iteration counts ({', '.join(devices)})"
+        early = " or ended by the declared plateau rule" if any(c.budget_kind(r) == "converged" for r in rows) else ""
+        return f"{name}: published protocols at the papers' iteration counts{early} ({', '.join(devices)})"
     return (f"{name}: published protocols at an equal budget of {fmt_g(minutes)} min of training per run "
             f"({', '.join(devices)})")
 
@@ -163,40 +164,45 @@ def _baseline_note(rows: list[dict], pool: list[dict]) -> list[str]:
             f"it learned when the 95% CI of its improvement over each lies above 0.{zero_text}"]
 
 
-def _curve(folder: str) -> list[tuple[float, float]]:
-    """(training minutes, validation metric) of every validated iteration in metrics.csv."""
+def _curve(folder: str) -> list[tuple[float, float, int]]:
+    """(training minutes, validation metric, iteration) of every validated iteration in metrics.csv."""
     pts = []
     for row in c.metrics_rows(folder):
         v, t = row.get("val_metric"), row.get("train_wall_s")
         if v not in (None, "") and t not in (None, ""):
-            pts.append((float(t) / 60, float(v)))
+            pts.append((float(t) / 60, float(v), int(float(row["iter"]))))
     return pts
 
 
 def curves_figure(key: tuple, rows: list[dict], fig_dir: Path) -> Path | None:
-    """Validation metric vs training wall-clock, one line per run; the final test result as a star."""
+    """Validation metric vs training wall-clock, one line per run, the final test result as a star;
+    for runs without a time cap (the papers' budgets) also against iterations, in a second panel."""
     dataset, setting, minutes = key
-    fig, (ax,) = new_figure()
+    fig, axes = new_figure(1 if minutes is not None else 2)
     drawn = False
     for i, r in enumerate(sorted(rows, key=lambda r: (c.label_rank(r["label"]), r.get("seed") or 0))):
         pts = _curve(r["folder"])
         if not pts:
             continue
         s, _ = c.scale_of(r.get("metric") or ("mse" if dataset == "sinusoid" else "accuracy"))
-        line, = ax.plot([p[0] for p in pts], [p[1] * s for p in pts], marker=MARKERS[i % len(MARKERS)],
-                        markersize=3, label=f"{r['label']} (seed {r.get('seed')})")
-        if r["status"] == "completed" and r.get("train_wall_s") is not None and not math.isnan(r["mean"]):
-            ax.plot([r["train_wall_s"] / 60], [r["mean"] * s], marker="*", markersize=11, color=line.get_color())
+        done = r["status"] == "completed" and not math.isnan(r["mean"])
+        for ax, x, end in zip(axes, (0, 2), (r.get("train_wall_s"), r.get("iterations_done"))):
+            line, = ax.plot([p[x] for p in pts], [p[1] * s for p in pts], marker=MARKERS[i % len(MARKERS)],
+                            markersize=3, label=f"{r['label']} (seed {r.get('seed')})")
+            if done and end is not None:
+                ax.plot([end / 60 if x == 0 else end], [r["mean"] * s], marker="*", markersize=11,
+                        color=line.get_color())
         drawn = True
     if not drawn:
         return None
-    if dataset == "sinusoid":
-        ax.set_yscale("log")
-    ax.set_xlabel("training wall-clock (minutes)")
-    ax.set_ylabel("validation accuracy (%)" if dataset != "sinusoid" else "validation MSE")
-    ax.set_title(f"{c.DATASET_NAMES.get(dataset, dataset)} {setting}: learning curves"
-                 + (f" ({fmt_g(minutes)} min budget)" if minutes is not None else ""), fontsize=10)
-    ax.legend(fontsize=7)
+    for ax, xlabel in zip(axes, ("training wall-clock (minutes)", "meta-iteration")):
+        if dataset == "sinusoid":
+            ax.set_yscale("log")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("validation accuracy (%)" if dataset != "sinusoid" else "validation MSE")
+    axes[0].set_title(f"{c.DATASET_NAMES.get(dataset, dataset)} {setting}: learning curves"
+                      + (f" ({fmt_g(minutes)} min budget)" if minutes is not None else ""), fontsize=10)
+    axes[0].legend(fontsize=7)
     name = c.slug("curves", dataset, setting, f"{fmt_g(minutes)}min" if minutes is not None else "paper")
     return save_figure(fig, fig_dir / f"{name}.png")
 

@@ -140,7 +140,7 @@ def _steps_text(runs: list[dict], ks=(1, 5, 10)) -> str:
 
 
 def at_paper_budget(ctx: Context) -> list[str]:
-    """Rule 3: the rows that ran the paper's full iteration count."""
+    """Rule 3: the rows that ran the paper's full iteration count, or were ended by the declared rule."""
     full = [r for r in ctx.rows + ctx.bases if c.is_paper_scale(r) and r["status"] == "completed"]
     if not any(not baselines.is_baseline(r) for r in full):
         return []
@@ -162,8 +162,14 @@ def at_paper_budget(ctx: Context) -> list[str]:
         else:
             ref = ctx.paper.lookup(r["dataset"], r["ways"], r["test_shots"], r["label"], r.get("bn_mode")) \
                 if ctx.paper else None
-            text += f" against the paper's {fmt_g(ref.value)}%" if ref else " (no paper number)"
+            done = [x for x in runs if x["status"] == "completed"]
+            inside = sum(abs(100 * x["mean"] - ref.value) <= 100 * x["ci95"] for x in done) if ref else 0
+            text += (f" against the paper's {fmt_g(ref.value)}% (in our 95% CI in {inside} of {len(done)} "
+                     f"seed{'s' if len(done) > 1 else ''})") if ref else " (no paper number)"
             anchor = anchor or ("table2_omniglot" if r["dataset"] == "omniglot" else "table3_miniimagenet")
+        if c.budget_kind(r) == "converged":
+            text += (f", ended by the declared plateau rule at {r['iterations_done']:,} of "
+                     f"{r['meta_iterations']:,} iterations")
         parts.append(text)
     stopped = [r for r in ctx.rows + ctx.bases  # runs at the paper's budget that did not finish it
                if r["profile"] == "paper" and r.get("max_train_minutes") is None and r["status"] != "completed"]
@@ -173,8 +179,9 @@ def at_paper_budget(ctx: Context) -> list[str]:
                      f"{r['status']} at iteration {fmt_g(r.get('failure_iteration') or r.get('iterations_done'))} "
                      f"({why})")
     iters = sorted({r["meta_iterations"] for r in full})
-    return [f"At the paper's full iteration count ({' and '.join(f'{i:,}' for i in iters)} iterations, no time cap, "
-            f"{_devices(full)}): {'; '.join(parts)} {_link(anchor)}."]
+    early = " or ended earlier by the declared plateau rule" if any(c.budget_kind(r) == "converged" for r in full) else ""
+    return [f"At the paper's full iteration count{early} ({' and '.join(f'{i:,}' for i in iters)} iterations, no time "
+            f"cap, {_devices(full)}): {'; '.join(parts)} {_link(anchor)}."]
 
 
 def did_not_learn(ctx: Context) -> list[str]:

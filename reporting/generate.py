@@ -72,7 +72,8 @@ def _protocols(rows, judged, w, pool) -> str:
         text += w.table(budget.setup_table(key, members)) + w.table(budget.protocol_table(key, members, judged, pool))
         fig = budget.curves_figure(key, members, w.fig_dir)
         if fig is not None:
-            text += w.figure(fig, "Validation metric vs training wall-clock") + (
+            caption = "Validation metric vs training wall-clock" + (" and meta-iterations" if key[2] is None else "")
+            text += w.figure(fig, caption) + (
                 "\nLines: the validation metric on the fixed validation tasks during training; stars: the final "
                 "test on the fixed test tasks.\n")
     return text if by_budget else text + _no_runs("make reproduce")

@@ -128,11 +128,14 @@ def _never(x: Inputs) -> str:
     never = []
     if not any(r.get("device") == "cuda" for r in rows):
         never.append("a GPU training run")
-    at_paper = {r["dataset"] for r in rows if c.is_paper_scale(r)}
+    at_paper = {r["dataset"] for r in rows if c.budget_kind(r) == "paper"}
+    converged = {r["dataset"] for r in rows if c.budget_kind(r) == "converged"} - at_paper
     missing_scale = sorted({r["dataset"] for r in rows} - at_paper)
     if missing_scale:
         never.append("a run at the paper's iteration count on "
-                     + ", ".join(c.DATASET_NAMES.get(d, d) for d in missing_scale))
+                     + ", ".join(c.DATASET_NAMES.get(d, d) + (" (only runs ended earlier by the declared plateau "
+                                                                "rule)" if d in converged else "")
+                                 for d in missing_scale))
     ran = {(r["dataset"], r["ways"], r["test_shots"]) for r in rows}
     missing = sorted({(p.dataset, p.ways, p.shots) for p in x.paper.results if p.dataset != "sinusoid"} - ran,
                      key=lambda k: (k[0], c.setting_rank(f"{k[1]}w{k[2]}s")))

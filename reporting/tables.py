@@ -101,6 +101,8 @@ def miniimagenet_notes(paper: PaperNumbers) -> list[str]:
 def _budget_of(runs: list[dict]) -> str:
     r = runs[0]
     if r.get("max_train_minutes") is None:
+        if c.budget_kind(r) == "converged":
+            return c.scale_text(r)
         return f"{r['meta_iterations']:,} iterations (the paper's)" if c.is_paper_scale(r) else c.budget_text(r)
     return f"{fmt_g(r['max_train_minutes'])} min"
 

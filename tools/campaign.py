@@ -40,13 +40,14 @@ def _plan() -> list[tuple[str, list[str]]]:
     """(name, overrides) in the order they run. Sinusoid first, at the MAML paper's 70,000
     iterations: every algorithm and the pretrained baseline on seed 0, then seeds 1 and 2 (the
     cheap ones first); then Omniglot 5w1s up to its papers' budgets, ended early by the declared
-    plateau rule (``eval.early_stop=plateau``)."""
+    plateau rule (``eval.early_stop=plateau``): MAML, FOMAML, Reptile, then iMAML-GD and iMAML-HF
+    as the paper writes them (the iMAML paper's claims compare them with MAML and FOMAML)."""
     sinusoid = ("maml", "fomaml", "pretrained", "reptile", "imaml_release", "imaml", "imaml_hf")
     order = [("maml", 0), ("maml", 1), ("fomaml", 0), ("fomaml", 1), ("pretrained", 0), ("reptile", 0),
              ("imaml_release", 0), ("maml", 2), ("fomaml", 2), ("imaml", 0), ("imaml_hf", 0)]
     order += [(a, s) for s in (1, 2) for a in sinusoid if (a, s) not in order]
     plan = [(f"sinusoid/{a}-s{s}", [f"experiment=sinusoid_{a}", f"seed={s}", *VAL]) for a, s in order]
-    for algo in ("maml", "fomaml", "reptile"):
+    for algo in ("maml", "fomaml", "reptile", "imaml", "imaml_hf"):
         plan.append((f"omniglot_5w1s/{algo}-s0", [f"experiment=omniglot_5w_{algo}", "seed=0", *VAL,
                                                   "eval.early_stop=plateau"]))
     return plan
