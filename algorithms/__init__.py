@@ -142,9 +142,9 @@ def validate(name: str, inner: InnerConfig | dict | None, hparams: dict[str, Any
         if hp["cg_tol"] is not None:
             checks.number("imaml: cg_tol", hp["cg_tol"], strict=False, note=" (or None: the inner mode's own)")
         checks.choice("imaml: hvp_mode", hp["hvp_mode"], ("fwdrev", "revrev"))
-        if cfg.prox_lam is not None and cfg.prox_lam != lam:
+        if cfg.prox_lam and cfg.prox_lam != lam:
             raise ValueError(f"imaml: inner.prox_lam={cfg.prox_lam!r} differs from lam={lam!r}; "
-                             "iMAML's proximal weight is lam (leave inner.prox_lam unset)")
+                             "iMAML's proximal weight is lam (leave inner.prox_lam at 0)")
     elif cfg.optimizer == "hf":
         raise ValueError(f"inner.optimizer='hf' is only available for imaml, not {name!r}; "
                          f"allowed for {name}: {[o for o in OPTIMIZERS if o != 'hf']}")

@@ -19,5 +19,5 @@ def fomaml(loss_fn, params, support, query, inner: InnerConfig, metric_fn=None, 
         return loss, (loss.detach(), metric)
 
     grads, (qloss, qmetric) = gradient(objective, phi, has_aux=True, autograd=autograd)
-    return grads, diagnostics(loss_fn, params, phi, support, query, inner.lam, qloss, qmetric, diagnostics_full,
+    return grads, diagnostics(loss_fn, params, phi, support, query, inner.prox_lam, qloss, qmetric, diagnostics_full,
                               autograd)

@@ -25,6 +25,8 @@ uses ∇L_query(φ) itself; here ``cg_steps=1`` is one CG step.)
 """
 from __future__ import annotations
 
+from dataclasses import replace
+
 from torch.func import grad, grad_and_value, vjp
 
 from ._common import diagnostics, query_loss
@@ -61,7 +63,7 @@ def imaml(loss_fn, params, support, query, inner: InnerConfig, lam: float = 2.0,
         ``(grads, info)`` as :func:`algorithms.maml.maml`, ``info`` with ``cg_residual``
         (relative, from the CG recurrence).
     """
-    phi = solve_inner(loss_fn, params, support, inner, detach=True, prox_lam=lam, autograd=autograd)
+    phi = solve_inner(loss_fn, params, support, replace(inner, prox_lam=lam), detach=True, autograd=autograd)
     gq, (qloss, qmetric) = grad_and_value(lambda p: query_loss(loss_fn, metric_fn, p, *query), has_aux=True)(phi)
     xs, ys = support
 

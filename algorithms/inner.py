@@ -44,15 +44,16 @@ PROX_MODES = {"every_step": "the paper", "final_step": "the official iMAML relea
 
 @dataclass(frozen=True)
 class InnerConfig:
-    """How the inner problem is solved. ``prox_lam=None`` means the estimator's own default
-    (0 for MAML / FOMAML / Reptile, λ for iMAML). For ``hf``, ``lr`` is the first step
+    """How the inner problem is solved. ``prox_lam`` is λ of the inner objective
+    G(φ) = L(φ) + (λ/2)||φ − θ||² (Rajeswaran et al. 2019, Eq. 3; 0: the plain support loss); iMAML
+    sets it from its hyperparameter ``lam``. For ``hf``, ``lr`` is the first step
     tried by the backtracking line search (1.0 is a pure Newton step). ``prox_mode``:
     ``every_step`` (the paper) or ``final_step`` (the official release; see the module docstring)."""
 
     steps: int = 5
     lr: float = 0.01
     optimizer: str = "sgd"
-    prox_lam: float | None = None
+    prox_lam: float = 0.0
     prox_mode: str = "every_step"
     batch: int | None = None
     momentum: float = 0.9      # momentum
@@ -84,8 +85,7 @@ class InnerConfig:
         checks.choice("inner.optimizer", self.optimizer, OPTIMIZERS, unknown=True)
         checks.integer("inner.steps", self.steps)
         checks.number("inner.lr", self.lr)
-        if self.prox_lam is not None:
-            checks.number("inner.prox_lam", self.prox_lam, strict=False, note=" (or None for the estimator default)")
+        checks.number("inner.prox_lam", self.prox_lam, strict=False)
         checks.number("inner.momentum", self.momentum, strict=False, hi=1)
         for beta in self.betas:
             checks.number("inner.betas", beta, strict=False, hi=1, note=f" (each of {self.betas!r})")
@@ -99,10 +99,6 @@ class InnerConfig:
             checks.integer("inner.batch", self.batch, 1, " (or None: the whole support set)")
             if self.optimizer == "hf":
                 raise ValueError("inner.batch needs a gradient optimizer (sgd, momentum, adam), not optimizer='hf'")
-
-    @property
-    def lam(self) -> float:
-        return self.prox_lam or 0.0
 
 
 def inner_objective(loss_fn: LossFn, phi: Params, theta: Params, x: torch.Tensor, y: torch.Tensor,
@@ -146,17 +142,16 @@ def _step(phi: Params, g: Params, state: dict[str, Params], cfg: InnerConfig, t:
 
 
 def solve_inner(loss_fn: LossFn, theta: Params, support: tuple[torch.Tensor, torch.Tensor],
-                cfg: InnerConfig, detach: bool = True, prox_lam: float | None = None,
-                autograd: bool = False) -> Params:
+                cfg: InnerConfig, detach: bool = True, autograd: bool = False) -> Params:
     """Run the inner optimizer from φ₀ = θ and return φ_K (``prox_mode='final_step'``: the
     optimizer on L_support alone, then φ_K ← φ_K − lr·λ·(φ_K − θ)).
 
     ``detach=True`` (FOMAML, Reptile, iMAML): θ is detached and no graph is kept across
     steps, so memory is flat in K. ``detach=False`` (MAML): every step stays on the graph
     of the enclosing gradient so the meta-gradient is exact through the unroll.
-    ``prox_lam`` overrides ``cfg``'s proximal weight; ``autograd``: see :func:`linalg.gradient`.
+    ``autograd``: see :func:`linalg.gradient`.
     """
-    lam = cfg.lam if prox_lam is None else prox_lam
+    lam = cfg.prox_lam
     x, y = support
     if detach:
         theta = {k: v.detach() for k, v in theta.items()}

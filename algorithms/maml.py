@@ -28,7 +28,7 @@ def maml(loss_fn, params, support, query, inner: InnerConfig, metric_fn=None, di
     Returns:
         ``(grads, info)``: the meta-gradient (keys of ``params``) and 0-dim diagnostics.
     """
-    lam = inner.lam
+    lam = inner.prox_lam
 
     def meta_objective(theta):
         phi = solve_inner(loss_fn, theta, support, inner, detach=False, autograd=autograd)

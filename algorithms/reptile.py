@@ -20,5 +20,5 @@ def reptile(loss_fn, params, support, query, inner: InnerConfig, metric_fn=None,
     grads = {k: params[k].detach() - phi[k] for k in params}
     with torch.no_grad():
         qloss, qmetric = query_loss(loss_fn, metric_fn, phi, *query)
-    return grads, diagnostics(loss_fn, params, phi, support, query, inner.lam, qloss, qmetric, diagnostics_full,
+    return grads, diagnostics(loss_fn, params, phi, support, query, inner.prox_lam, qloss, qmetric, diagnostics_full,
                               autograd)

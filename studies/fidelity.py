@@ -17,6 +17,7 @@ products and gradient evaluations (MAML's backward through K steps counts K HVPs
 """
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -81,7 +82,7 @@ def exact_reference(loss_fn, theta, support, query, lam: float, warm: InnerConfi
     """
     theta = {k: v.detach() for k, v in theta.items()}
     x, y = support
-    phi0 = solve_inner(loss_fn, theta, support, warm, detach=True, prox_lam=lam)
+    phi0 = solve_inner(loss_fn, theta, support, replace(warm, prox_lam=lam), detach=True)
     v = tree_flatten(phi0).detach()
 
     def G(u):

@@ -8,6 +8,8 @@ Both must take the same iterates, step by step, in float64.
 """
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 from torch.func import grad
@@ -76,7 +78,7 @@ def test_hf_takes_the_sequential_solvers_iterates(lam):
         cfg = InnerConfig.make({"optimizer": "hf", "steps": 4, "lr": 1.0})
         path, taken = reference_hf(loss_fn, theta, x, y, cfg, lam)
         for k in range(1, cfg.steps + 1):
-            phi = solve_inner(loss_fn, theta, (x, y), InnerConfig.make({**vars(cfg), "steps": k}), prox_lam=lam)
+            phi = solve_inner(loss_fn, theta, (x, y), InnerConfig.make({**vars(cfg), "steps": k, "prox_lam": lam}))
             for key in theta:
                 torch.testing.assert_close(phi[key], path[k - 1][key], rtol=1e-12, atol=1e-14, msg=f"{name} step {k}")
         # Armijo holds at every step the search accepted (not at the exhausted ladder's last
@@ -92,7 +94,7 @@ def test_line_search_backtracks_like_the_reference():
     cfg = InnerConfig.make({"optimizer": "hf", "steps": 3, "lr": 8.0, "hf_ls_steps": 6})
     path, taken = reference_hf(loss_fn, theta, x, y, cfg, 2.0)
     assert any(s < 8.0 for s, *_ in taken)  # the case under test happens
-    phi = solve_inner(loss_fn, theta, (x, y), cfg, prox_lam=2.0)
+    phi = solve_inner(loss_fn, theta, (x, y), replace(cfg, prox_lam=2.0))
     for key in theta:
         torch.testing.assert_close(phi[key], path[-1][key], rtol=1e-12, atol=1e-14)
 

@@ -207,15 +207,14 @@ def test_paper_mode_keeps_every_cg_step(tanh_task):
 # ---------------------------------------------------------------- the inner prox_mode
 def test_final_step_is_plain_steps_then_one_prox_step():
     theta, support, _ = make_task(0)
-    plain = solve_inner(loss_fn, theta, support, InnerConfig.make({"steps": 4, "lr": 0.1}), prox_lam=0.0)
-    final = solve_inner(loss_fn, theta, support, InnerConfig.make({"steps": 4, "lr": 0.1, "prox_mode": "final_step"}),
-                        prox_lam=2.0)
+    plain = solve_inner(loss_fn, theta, support, InnerConfig.make({"steps": 4, "lr": 0.1}))
+    final = solve_inner(loss_fn, theta, support,
+                        InnerConfig.make({"steps": 4, "lr": 0.1, "prox_mode": "final_step", "prox_lam": 2.0}))
     for k in theta:
         torch.testing.assert_close(final[k], plain[k] - 0.1 * 2.0 * (plain[k] - theta[k]), rtol=0, atol=1e-15)
-    every = solve_inner(loss_fn, theta, support, InnerConfig.make({"steps": 4, "lr": 0.1}), prox_lam=2.0)
+    every = solve_inner(loss_fn, theta, support, InnerConfig.make({"steps": 4, "lr": 0.1, "prox_lam": 2.0}))
     assert not torch.allclose(every["w0"], final["w0"])
-    no_prox = solve_inner(loss_fn, theta, support, InnerConfig.make({"steps": 4, "lr": 0.1, "prox_mode": "final_step"}),
-                          prox_lam=0.0)
+    no_prox = solve_inner(loss_fn, theta, support, InnerConfig.make({"steps": 4, "lr": 0.1, "prox_mode": "final_step"}))
     assert all(torch.equal(no_prox[k], plain[k]) for k in theta)  # λ = 0 (the release's test time): plain steps
 
 

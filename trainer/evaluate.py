@@ -81,9 +81,10 @@ def adapt_and_score(spec: EvalSpec, params, tasks, inner: InnerConfig) -> torch.
     plain = spec if spec.use_vmap else replace(spec, loss_fn=getattr(spec.loss_fn, "fused", spec.loss_fn),
                                                forward=getattr(spec.forward, "fused", spec.forward))
 
+    inner = replace(inner, prox_lam=spec.prox_lam)
+
     def one(xs_, ys_, xq_, yq_):
-        phi = solve_inner(plain.loss_fn, theta, (xs_, ys_), inner, detach=True, prox_lam=spec.prox_lam,
-                          autograd=not spec.use_vmap)
+        phi = solve_inner(plain.loss_fn, theta, (xs_, ys_), inner, detach=True, autograd=not spec.use_vmap)
         return _task_metric(plain, phi, xs_, xq_, yq_)
 
     if spec.use_vmap:

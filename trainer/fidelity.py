@@ -43,8 +43,8 @@ def fidelity(estimator: str, loss_fn, params: dict, tasks, inner: InnerConfig, h
     run, _ = meta_gradient_batch(estimator, loss_fn, theta, tasks, inner, batching=batching, **hparams)
     out: dict[str, float] = {}
     if inner.optimizer != "hf":
-        lam = proximal_weight(estimator, hparams) if estimator == "imaml" else inner.lam
-        exact, _ = meta_gradient_batch("maml", loss_fn, theta, tasks, replace(inner, prox_lam=lam or None),
+        lam = proximal_weight(estimator, hparams) or inner.prox_lam
+        exact, _ = meta_gradient_batch("maml", loss_fn, theta, tasks, replace(inner, prox_lam=lam),
                                        batching=batching)
         out |= _compare(run, exact, "exact")
     if estimator == "imaml":
