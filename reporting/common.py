@@ -23,7 +23,7 @@ CONFIG_KEYS = ("label", "variant", "algorithm", "dataset", "ways", "shots", "que
                "test_query_shots", "profile", "experiment", "meta_iterations", "meta_batch_size",
                "inner_optimizer", "inner_lr", "inner_steps", "test_steps", "prox_lam", "lam", "cg_steps",
                "outer_optimizer", "outer_lr", "outer_clip", "outer_anneal", "bn_mode", "dtype", "device",
-               "max_train_minutes")
+               "max_train_minutes", "early_stop")
 NOT_PAPER = "†"
 NOT_PAPER_NOTE = (f"{NOT_PAPER} not paper-scale: trained with the `cpu` (or a custom) profile or stopped before its "
                   "planned iterations; such a row checks the pipeline and is not a reproduction of the paper's number.")

@@ -158,7 +158,8 @@ def normalise_train(d: dict, run: str) -> dict:
             ("alloc_peak_bytes", "memory.alloc_peak_bytes", "int"),
             ("rss_peak_bytes", "memory.rss_peak_bytes", "int"),
             ("git_commit", "versions.git_commit", "str"),
-            ("failure_iteration", "failure.iteration", "int"), ("failure_reason", "failure.reason", "str")):
+            ("failure_iteration", "failure.iteration", "int"), ("failure_reason", "failure.reason", "str"),
+            ("early_stop", "config.eval.early_stop", "str")):
         row[col] = _get(d, dotted, kind, required=False)
     # The evaluation may use other shots than training (the MAML sinusoid protocol trains at
     # K=10 and tests at K=5; Reptile trains Omniglot with 10 shots): the paper's setting is

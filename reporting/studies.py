@@ -20,6 +20,11 @@ TITLES = {"fidelity": "Gradient fidelity vs inner and CG steps", "precision": "f
           "deviations": "Deviation ladders: iMAML as written → the official release, → hypertorch's example (Omniglot 5w1s)"}
 
 
+def _every_key_table(name: str, rows: list[dict], cols: list, notes: list[str]):
+    """A study table whose CSV keeps every key of its rows (the study's own summary rows)."""
+    return make_table(name, rows, cols, notes, extra=list(rows[0]) if rows else [])
+
+
 def _dataset(study: dict) -> str:
     return str(((study.get("config") or {}).get("dataset") or {}).get("name") or "unknown")
 
@@ -177,10 +182,9 @@ def precision(study: dict, w) -> str:
             ("rel. diff max", lambda r: f"{r['rel_diff_max']:.2e}"),
             ("‖g‖ float32", lambda r: fmt(r["norm32_mean"], 4)), ("‖g‖ float64", lambda r: fmt(r["norm64_mean"], 4)),
             ("non-finite tasks f32 / f64", lambda r: f"{r['nonfinite32']} / {r['nonfinite64']}")]
-    out = w.table(make_table("precision", rows, cols,
+    out = w.table(_every_key_table("precision", rows, cols,
                              ["MAML meta-gradient in float32 vs float64 on the same tasks: relative difference "
-                              "||g32 − g64|| / ||g64||, mean norms, tasks with any non-finite value."],
-                             extra=list(rows[0]) if rows else []))
+                              "||g32 − g64|| / ||g64||, mean norms, tasks with any non-finite value."]))
     fig, (ax,) = new_figure()
     if rows:
         ax.plot([r["inner_steps"] for r in rows], [r["rel_diff_median"] for r in rows], marker="o", label="median")
@@ -242,11 +246,10 @@ def assumptions(study: dict, w) -> str:
             ("Hessian-Lipschitz median", e("hess_lipschitz_median")),
             ("‖∇G(φ_K)‖ median / q90", lambda r: f"{r['inner_grad_norm_median']:.2e} / {r['inner_grad_norm_q90']:.2e}"),
             ("CG residual median / q90", lambda r: f"{r['cg_residual_median']:.2e} / {r['cg_residual_q90']:.2e}")]
-    return w.table(make_table(f"assumptions_{_dataset(study)}", rows, cols,
+    return w.table(_every_key_table(f"assumptions_{_dataset(study)}", rows, cols,
                               ["Tasks whose regularised inner objective is not strongly convex (λ_min(H) + λ ≤ 0 "
                                "at φ_K; iMAML's Theorem 1 assumes it is), and quantiles of the other audited "
-                               "quantities, per checkpoint and λ; the query-gradient norms are in the CSV."],
-                              extra=list(rows[0]) if rows else []))
+                               "quantities, per checkpoint and λ; the query-gradient norms are in the CSV."]))
 
 
 def cost(study: dict, w) -> str:
@@ -309,10 +312,9 @@ def failures(study: dict, w) -> str:
             ("grid points", lambda r: f"{r['configs']} of {r['of']}"), ("λ", lambda r: r["lam"]),
             ("inner steps", lambda r: r["inner_steps"]), ("CG steps", lambda r: r["cg_steps"]),
             ("inner lr", lambda r: r["inner_lr"])]
-    out = w.table(make_table("failures", rows, cols,
+    out = w.table(_every_key_table("failures", rows, cols,
                              ["For each algorithm and outcome: how many grid points ended that way and the range "
-                              "of each grid variable among them; the full grid is in the study's failures.csv."],
-                             extra=list(rows[0]) if rows else []))
+                              "of each grid variable among them; the full grid is in the study's failures.csv."]))
     return out
 
 
