@@ -9,13 +9,15 @@ Rules, in order:
    its per-seed paired improvement over the runner-up;
 3. at the paper's iteration count: each algorithm's test metric (mean ± std over seeds), after
    1 / 5 / 10 steps for sinusoid, beside the paper's number;
-4. which configurations did not beat their baselines, in which seeds;
-5. what the deviation ladder attributes (rungs whose gain's CI excludes 0), and its end points
+4. the papers' claims: each verdict with the budget it rests on, and how many claims have none
+   yet and why;
+5. which configurations did not beat their baselines, in which seeds;
+6. what the deviation ladder attributes (rungs whose gain's CI excludes 0), and its end points
    at the longest budget;
-6. whether the strong-convexity assumption held in each assumption audit;
-7. gradient fidelity (iMAML's and FOMAML's error at the largest K, Reptile's cosine) and what it
+7. whether the strong-convexity assumption held in each assumption audit;
+8. gradient fidelity (iMAML's and FOMAML's error at the largest K, Reptile's cosine) and what it
    costs (how memory and time per meta-iteration scale with K);
-8. time to accuracy: which runs reached the harness's highest threshold, and when.
+9. time to accuracy: which runs reached the harness's highest threshold, and when.
 """
 from __future__ import annotations
 
@@ -28,7 +30,7 @@ from .paired import delta_text, find, significant
 from .paper import PaperNumbers
 from .render import fmt, fmt_g
 
-MAX_FINDINGS = 8
+MAX_FINDINGS = 9
 
 
 @dataclass
@@ -40,6 +42,7 @@ class Context:
     tta: list[dict]
     bases: list[dict] = field(default_factory=list)  # baseline records
     paper: PaperNumbers | None = None
+    claims: list[dict] = field(default_factory=list)  # paired.claims_table's rows
 
 
 def _devices(rows: list[dict]) -> str:
@@ -182,6 +185,37 @@ def at_paper_budget(ctx: Context) -> list[str]:
     early = " or ended earlier by the declared plateau rule" if any(c.budget_kind(r) == "converged" for r in full) else ""
     return [f"At the paper's full iteration count{early} ({' and '.join(f'{i:,}' for i in iters)} iterations, no time "
             f"cap, {_devices(full)}): {'; '.join(parts)} {_link(anchor)}."]
+
+
+VERDICTS = ("supported", "not supported", "contradicted")
+
+
+def claims(ctx: Context) -> list[str]:
+    """Rule 4: the claims with a verdict (only at the paper's budget or the declared rule), and why the
+    others have none."""
+    if not ctx.claims:
+        return []
+    done = [r for r in ctx.claims if r["verdict"] in VERDICTS]
+    parts = []
+    for r in done:
+        unit = "MSE reduction" if r["metric"] == "mse" else "points"
+        kind = ("both runs ended by the declared plateau rule" if "converged by the declared rule" in r["budget"]
+                else "both runs at the paper's iteration count")
+        parts.append(f"{r['claim']} is {r['verdict']} ({unit} per seed {r['text']}; {r['seeds']} "
+                     f"seed{'s' if r['seeds'] != 1 else ''}, {kind})")
+    names = {r["claim"] for r in ctx.claims}
+    waiting = names - {r["claim"] for r in done}
+    reasons: dict[str, int] = {}
+    for r in ctx.claims:
+        if r["claim"] in waiting and r["verdict"] not in VERDICTS:
+            reasons[r["verdict"]] = reasons.get(r["verdict"], 0) + 1
+    text = f"Of the papers' {len(names)} ordering claims, {len(done)} {'has' if len(done) == 1 else 'have'} a verdict"
+    text += ": " + "; ".join(parts) if parts else ""
+    if waiting:
+        why = ", ".join(f"'{k}' {n}" for k, n in sorted(reasons.items(), key=lambda kv: (-kv[1], kv[0])))
+        text += (f"; the other {len(waiting)} have none yet (claims-table rows: {why}): a verdict needs both runs "
+                 "at the paper's iteration count, or both ended by the declared plateau rule")
+    return [text + f" {_link('claims')}."]
 
 
 def did_not_learn(ctx: Context) -> list[str]:
@@ -368,7 +402,7 @@ def time_to_accuracy(ctx: Context) -> list[str]:
             f"{_link('time_to_accuracy')}."]
 
 
-RULES = (best_per_setting, at_paper_budget, did_not_learn, deviations, assumptions, fidelity_and_cost,
+RULES = (best_per_setting, at_paper_budget, claims, did_not_learn, deviations, assumptions, fidelity_and_cost,
          time_to_accuracy)
 
 

@@ -128,9 +128,13 @@ def _sweep(sweep, w) -> str:
     return text + "".join(w.figure(p, "Test metric vs inner steps") for p in tables.inner_steps_figures(groups, w.fig_dir))
 
 
-def _claims(paper, pairs, refused, rows, judged, w) -> str:
-    t, _ = paired.claims_table(paper.claims, pairs, refused, rows, baselines.statuses(judged))
-    return _heading("claims", "5. The papers' claims") + w.table(t)
+def _claims(paper, rows, bases, judged, w) -> tuple[str, list[dict]]:
+    # a claim against the pretrained network (the MAML paper's sinusoid claim) is paired like any other:
+    # the pretrained records join the pairing here, not the algorithm matrices of section 2
+    rows = rows + [b for b in bases if b["label"] == "Pretrained"]
+    pairs, refused, _ = paired.compare_all(rows)
+    t, out = paired.claims_table(paper.claims, pairs, refused, rows, baselines.statuses(judged))
+    return _heading("claims", "5. The papers' claims") + w.table(t), out
 
 
 def _time_to_accuracy(records, w) -> str:
@@ -216,8 +220,9 @@ def generate(runs_root: Path, out: Path, paper: PaperNumbers | None = None, benc
     tta_records = tta.load(bench)
     body = [_protocols(c.records_sorted(rows + bases), judged, w, all_rows + base_rows)]
     text, pairs, refused = _paired(rows, judged, w)
-    body += [text, _paper_sections(rows, bases, judged, paper, w), _sweep(sweep, w),
-             _claims(paper, pairs, refused, rows, judged, w), _time_to_accuracy(tta_records, w)]
+    claims_text, claim_rows = _claims(paper, rows, bases, judged, w)
+    body += [text, _paper_sections(rows, bases, judged, paper, w), _sweep(sweep, w), claims_text,
+             _time_to_accuracy(tta_records, w)]
     study_list = sorted(recs.studies + (extra.studies if extra else []), key=lambda s: s["run"])
     text, shown = _study_sections(study_list, w, skipped)
     body.append(text)
@@ -232,7 +237,7 @@ def generate(runs_root: Path, out: Path, paper: PaperNumbers | None = None, benc
     body.append(_heading("inventory", "Appendix A. Run inventory") + (
         w.table(tables.inventory(inventory)) if inventory else _no_runs("make reproduce")))
     body.append(_skipped_section(skipped, w))
-    found = findings.findings(findings.Context(rows, judged, pairs, shown, tta_records, bases, paper))
+    found = findings.findings(findings.Context(rows, judged, pairs, shown, tta_records, bases, paper, claim_rows))
     head = _heading("findings", "Findings") + "\nEach sentence is generated from the records by a declared rule " \
         "(`reporting/findings.py`) and links to its table.\n\n" + ("".join(f"{i}. {f}\n" for i, f in enumerate(found, 1))
                                                                      or "No findings yet: no records.\n")

@@ -269,7 +269,7 @@ def claims_table(claims: tuple[Claim, ...], pairs: list[dict], refused: list[dic
     as measured, and a verdict only at the paper's budget and only when both rows learned."""
     out = []
     for cl in claims:
-        setting = f"{cl.ways}w{cl.shots}s"
+        setting = cl.setting
         base = {"claim": cl.text, "paper": f"{cl.evidence} ({cl.source})", "relation": cl.relation}
         found = find(pairs, cl.dataset, setting, cl.better, cl.worse)
         if not found:

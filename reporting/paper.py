@@ -7,6 +7,8 @@ from typing import Any
 
 import yaml
 
+from .records import setting_name
+
 PAPER_FILE = Path(__file__).with_name("paper_numbers.yaml")
 
 
@@ -35,8 +37,15 @@ class Claim:
     source: str
 
     @property
+    def setting(self) -> str:
+        """The test setting as the records name it."""
+        return setting_name(self.dataset, self.ways, self.shots)
+
+    @property
     def text(self) -> str:
         rel = "≥" if self.relation == ">=" else ">"
+        if self.dataset == "sinusoid":
+            return f"{self.better} {rel} {self.worse} on sinusoid regression, {self.shots}-shot"
         where = {"omniglot": "Omniglot", "miniimagenet": "mini-ImageNet"}.get(self.dataset, self.dataset)
         return f"{self.better} {rel} {self.worse} on {where} {self.ways}-way {self.shots}-shot"
 

@@ -80,6 +80,11 @@ IMAML_HF = {"algorithm": "imaml", "variant": "imaml_hf", "label": "iMAML-HF", "i
             "imaml": {"lam": 2.0, "cg_steps": 5, "cg_damping": 0.0}}
 
 
+# sinusoid records train at K=10 and test at K=5 (the MAML paper's protocol)
+SIN = {"dataset": "sinusoid", "ways": 1, "shots": 10, "query_shots": 10, "bn_mode": None, "meta_batch_size": 25,
+       "inner.lr": 0.01, "inner.test_steps": 10, "config": {"eval": {"shots": 5, "query_shots": 100}}}
+
+
 def build_runs(root: Path) -> Path:
     runs = root / "runs"
     t = runs / "train"
@@ -119,10 +124,7 @@ def build_runs(root: Path) -> Path:
     _write(t / "2026-01-01_01-30-00", "metrics.jsonl", '{"iter": 1, "train_loss": 1.6}\n')
     sweep = runs / "sweep" / "2026-01-03_00-00-00"
     # MAML protocol: train at K=10, test at K=5 (the test shots live in the config's eval group)
-    sin = {"dataset": "sinusoid", "ways": 1, "shots": 10, "query_shots": 10, "experiment": "sweep_sinusoid",
-           "bn_mode": None, "max_train_minutes": 1,
-           "meta_batch_size": 25, "inner.lr": 0.01, "inner.test_steps": 10,
-           "config": {"eval": {"shots": 5, "query_shots": 100}}}
+    sin = dict(SIN, experiment="sweep_sinusoid", max_train_minutes=1)
     for job, steps in enumerate((1, 2, 5)):
         rec = summary(**sin, **{"inner.steps": steps}, test=mse_test(0.30 + 0.1 / steps, 10 + job))
         _write(sweep / str(job), "summary.json", json.dumps(rec))
@@ -649,6 +651,31 @@ def test_a_claim_is_contradicted_only_at_the_paper_budget(tmp_path: Path):
     assert "| contradicted |" in _claim_md(tmp_path / "paper", 60000)
     below = _claim_md(tmp_path / "short", 59999)
     assert "| not tested at paper budget |" in below and "contradicted" not in below
+
+
+def _sinusoid_claim(tmp_path: Path, maml_level: float, iterations: int) -> str:
+    runs = tmp_path / "runs"
+    for name, level in (("maml", maml_level), ("pretrained", 2.4)):
+        for seed in (0, 1):
+            rec = sinusoid_run(name, seed, SIN, max_train_minutes=None, iterations_done=iterations,
+                               stopped_by="meta_iterations",
+                               test=dict(mse_test(level, 10 * seed + len(name)), zero_predictor=zero_predictor()))
+            _write(runs / f"{name}-s{seed}", "summary.json", json.dumps(rec))
+    generate(runs, tmp_path / "out")
+    md = (tmp_path / "out" / "REPORT.md").read_text()
+    return next(line for line in md.splitlines() if line.startswith("| MAML > Pretrained on sinusoid regression"))
+
+
+def test_the_sinusoid_claim_pairs_maml_with_the_pretrained_network(tmp_path: Path):
+    """The MAML paper's claim is judged against the pretrained records of the same seeds, at the paper's
+    budget only; a MAML that does not beat the pretrained network did not learn, so gets no verdict."""
+    line = _sinusoid_claim(tmp_path / "paper", 0.4, 70000)
+    assert "| supported |" in line and "| 2 |" in line and "(both runs of every pair at the paper's budget)" in line
+    findings = (tmp_path / "paper" / "out" / "REPORT.md").read_text().split("## Contents")[0]
+    assert "ordering claims, 1 has a verdict: MAML > Pretrained on sinusoid regression, 5-shot is supported " \
+           "(MSE reduction per seed " in findings and "'no runs' 11" in findings
+    assert "| not tested at paper budget |" in _sinusoid_claim(tmp_path / "short", 0.4, 69999)
+    assert "| no verdict: MAML did not learn |" in _sinusoid_claim(tmp_path / "worse", 2.6, 70000)
 
 
 def test_empty_runs_folder_says_what_to_run(tmp_path: Path):
