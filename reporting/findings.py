@@ -8,7 +8,8 @@ Rules, in order:
 2. the same for regression, over seeds: the mean ± std over seeds of the best configuration and
    its per-seed paired improvement over the runner-up;
 3. at the paper's iteration count: each algorithm's test metric (mean ± std over seeds), after
-   1 / 5 / 10 steps for sinusoid, beside the paper's number;
+   1 / 5 / 10 steps for sinusoid, beside the paper's number, with the seeds that did not learn;
+   then, per configuration, the seeds that stopped before it and why;
 4. the papers' claims: each verdict with the budget it rests on, and how many claims have none
    yet and why;
 5. which configurations did not beat their baselines, in which seeds;
@@ -173,14 +174,22 @@ def at_paper_budget(ctx: Context) -> list[str]:
         if c.budget_kind(r) == "converged":
             text += (f", ended by the declared plateau rule at {r['iterations_done']:,} of "
                      f"{r['meta_iterations']:,} iterations")
+        dnl = [x for x in runs if ctx.judged.get(x["run"], {}).get("status") == baselines.DID_NOT_LEARN]
+        if dnl:
+            text += f", and did not learn (seed{'s' if len(dnl) > 1 else ''} {c.seeds_list(dnl)})"
         parts.append(text)
     stopped = [r for r in ctx.rows + ctx.bases  # runs at the paper's budget that did not finish it
                if r["profile"] == "paper" and r.get("max_train_minutes") is None and r["status"] != "completed"]
-    for r in c.records_sorted(stopped):
-        why = (r.get("failure_reason") or "").split(":")[0] or "no reason recorded"
-        parts.append(f"{r['label']} on {c.DATASET_NAMES[r['dataset']]} {r['setting']} seed {r.get('seed')} "
-                     f"{r['status']} at iteration {fmt_g(r.get('failure_iteration') or r.get('iterations_done'))} "
-                     f"({why})")
+    for runs in c.config_groups(c.records_sorted(stopped)):
+        r = runs[0]
+        mine = [x for x in ctx.rows + ctx.bases if c.config_key(x) == c.config_key(r)]
+        why = {x["run"]: (x.get("failure_reason") or "").split(":")[0] or "no reason recorded" for x in runs}
+        each = ", ".join(f"seed {fmt_g(x.get('seed'))} at iteration "
+                         f"{(x.get('failure_iteration') or x.get('iterations_done') or 0):,}"
+                         + ("" if len(set(why.values())) == 1 else f" ({why[x['run']]})") for x in runs)
+        common = f": {next(iter(why.values()))}" if len(set(why.values())) == 1 else ""
+        parts.append(f"{r['label']} on {c.DATASET_NAMES[r['dataset']]} {r['setting']} {r['status']} in {len(runs)} "
+                     f"of {len(mine)} seeds ({each}{common})")
     iters = sorted({r["meta_iterations"] for r in full})
     early = " or ended earlier by the declared plateau rule" if any(c.budget_kind(r) == "converged" for r in full) else ""
     return [f"At the paper's full iteration count{early} ({' and '.join(f'{i:,}' for i in iters)} iterations, no time "

@@ -676,6 +676,8 @@ def test_the_sinusoid_claim_pairs_maml_with_the_pretrained_network(tmp_path: Pat
            "(MSE reduction per seed " in findings and "'no runs' 11" in findings
     assert "| not tested at paper budget |" in _sinusoid_claim(tmp_path / "short", 0.4, 69999)
     assert "| no verdict: MAML did not learn |" in _sinusoid_claim(tmp_path / "worse", 2.6, 70000)
+    findings = (tmp_path / "worse" / "out" / "REPORT.md").read_text().split("## Contents")[0]
+    assert "against the paper's 0.67 / 0.38 / 0.35, and did not learn (seeds 0, 1)" in findings
 
 
 def test_empty_runs_folder_says_what_to_run(tmp_path: Path):
