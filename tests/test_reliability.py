@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from trainer.records import load_checkpoint, read_json
+from trainer.records import load_checkpoint, machines, machines_text, read_json
 
 ROOT = Path(__file__).resolve().parent.parent
 ENV = dict(os.environ, WANDB_MODE="disabled", KINETO_LOG_LEVEL="4")
@@ -139,6 +139,23 @@ def test_sigkill_then_resume_is_bit_identical(tmp_path):
     assert s_run["status"] == "completed"
     assert s_run["test"]["per_task"] == s_ref["test"]["per_task"]
     assert m_run == m_ref
+    # resumed on the same device: one stretch of iterations, the device's own name
+    assert [(m["device_name"], m["from"], m["to"]) for m in s_run["machines"]] == [(s_ref["device_name"], 0, 400)]
+
+
+def test_a_run_resumed_on_another_machine_says_which_iterations_ran_where():
+    before = [{"device_name": "CPU A (1 threads)", "from": 0, "to": 300, "train_wall_s": 60.0}]
+    same = machines(before, "CPU A (1 threads)", 300, 500, 40.0)
+    assert same == [{"device_name": "CPU A (1 threads)", "from": 0, "to": 500, "train_wall_s": 100.0}]
+    assert machines_text(same) == "CPU A (1 threads)"
+    moved = machines(before, "CPU B (1 threads)", 300, 500, 40.0)
+    assert [m["to"] for m in moved] == [300, 500] and before[0]["to"] == 300  # the input is not changed
+    assert machines_text(moved) == "CPU A (1 threads) (iterations 0–300) + CPU B (1 threads) (iterations 300–500)"
+    # a checkpoint made before machines were recorded: its iterations ran on an unrecorded device
+    old = machines([{"device_name": None, "from": 0, "to": 300, "train_wall_s": 60.0}], "CPU B (1 threads)", 300, 301, 1)
+    assert machines_text(old).startswith("an unrecorded device (iterations 0–300) + CPU B")
+    assert machines([], "CPU B (1 threads)", 0, 0, 0.0) == [
+        {"device_name": "CPU B (1 threads)", "from": 0, "to": 0, "train_wall_s": 0.0}]
 
 
 def test_sigterm_checkpoints_and_records_interrupted(tmp_path):

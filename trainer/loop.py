@@ -32,7 +32,7 @@ from .fidelity import fidelity
 from .loggers import make_logger
 from .meters import AllocationMeter, Timer, rss_peak_bytes
 from .problem import Problem, batching, build_problem
-from .records import append_jsonl, device_name, load_checkpoint, read_jsonl, versions
+from .records import append_jsonl, device_name, load_checkpoint, machines, machines_text, read_jsonl, versions
 
 
 class _Stop:
@@ -204,6 +204,9 @@ class _Run:
         self.last: dict = {}
         self.val_history: list[tuple[float, float]] = []  # (mean, ci95) of the val_every validations
         self.converged = False
+        self.machines: list[dict] = []  # where the iterations before this process ran (from the checkpoint)
+        self.wall_at_start = 0.0
+        self.device_name = device_name(self.device)
 
     # ------------------------------------------------------------------ restore
     def restore(self) -> None:
@@ -226,6 +229,10 @@ class _Run:
                 self.start, self.train_wall, self.iter_times = ck["iteration"], ck["train_wall_s"], ck["iter_times"]
                 self.alloc_peak, self.gpu_peak = ck["alloc_peak"], ck["gpu_peak"]
                 self.offclock_wall = ck.get("offclock_wall_s", 0.0)
+                self.machines = ck.get("machines") or ([  # a checkpoint from before machines were recorded
+                    {"device_name": None, "from": 0, "to": self.start, "train_wall_s": self.train_wall}]
+                    if self.start else [])
+                self.wall_at_start = self.train_wall
         rows = read_jsonl(self.run_dir / "metrics.jsonl", max_iter=self.start) if self.start else []
         self.val_history = [(r["val_metric"], r["val_ci95"]) for r in rows if "val_ci95" in r]
         atomic_write_text(self.run_dir / "metrics.jsonl", "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
@@ -351,7 +358,10 @@ class _Run:
             "offclock_wall_s": self.offclock_wall,
             "iter_times": self.iter_times, "alloc_peak": self.alloc_peak, "gpu_peak": self.gpu_peak,
             "config_key": _config_key(self.cfg), "config": _resume_config(self.cfg),
-            "resumed_across_keys": self.summary.get("resumed_across_keys", [])})
+            "resumed_across_keys": self.summary.get("resumed_across_keys", []), "machines": self._machines(it)})
+
+    def _machines(self, it: int) -> list[dict]:
+        return machines(self.machines, self.device_name, self.start, it, self.train_wall - self.wall_at_start)
 
     # ------------------------------------------------------------------ finish
     def failure(self, it: int, reason: str) -> dict:
@@ -359,7 +369,8 @@ class _Run:
 
     def finish(self, status: str, it: int, failure=None, test=None, eval_s: float = 0.0) -> dict:
         s = self.summary
-        s.update(status=status, iterations_done=it, failure=failure, test=test)
+        s.update(status=status, iterations_done=it, failure=failure, test=test, machines=self._machines(it))
+        s["device_name"] = machines_text(s["machines"])
         s["timing"] = {"median_iter_s": statistics.median(self.iter_times) if self.iter_times else None,
                        "train_wall_s": self.train_wall, "eval_wall_s": eval_s,
                        "offclock_wall_s": self.offclock_wall,

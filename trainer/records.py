@@ -64,6 +64,29 @@ def versions() -> dict[str, str | None]:
             "git_commit": git_commit()}
 
 
+def machines(before: list[dict], device: str, start: int, it: int, train_wall_s: float) -> list[dict]:
+    """The machines a run trained on, one entry per stretch of iterations: ``before`` (from the
+    checkpoint it resumed) plus this process's stretch, ``start`` → ``it``, merged into the last
+    entry when the device is the same. A run resumed across sessions may change machines, and its
+    wall-clock numbers then mix them; this says which iterations ran where."""
+    out = [dict(m) for m in before]
+    if out and out[-1]["device_name"] == device and out[-1]["to"] == start:
+        out[-1].update(to=it, train_wall_s=out[-1]["train_wall_s"] + train_wall_s)
+    elif it > start or not out:
+        out.append({"device_name": device, "from": start, "to": it, "train_wall_s": train_wall_s})
+    return out
+
+
+def machines_text(ms: list[dict]) -> str | None:
+    """One device name when every stretch ran on it, else each with its iterations; None if no record."""
+    names = [m["device_name"] or "an unrecorded device" for m in ms]
+    if not names:
+        return None
+    if len(set(names)) == 1:
+        return names[0]
+    return " + ".join(f"{n} (iterations {m['from']:,}–{m['to']:,})" for n, m in zip(names, ms))
+
+
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
