@@ -103,7 +103,9 @@ def learned_text(runs: list[dict], judged: dict[str, dict]) -> str:
 def _reached(runs: list[dict]) -> str:
     done = sorted(r["iterations_done"] for r in runs)
     span = f"{done[0]:,}" if done[0] == done[-1] else f"{done[0]:,}–{done[-1]:,}"
-    return f"{span} of {runs[0]['meta_iterations']:,}"
+    rule = sum(c.budget_kind(r) == "converged" for r in runs)
+    tail = "" if not rule else ", ended by the plateau rule" + ("" if rule == len(runs) else f" in {rule} seeds")
+    return f"{span} of {runs[0]['meta_iterations']:,}{tail}"
 
 
 def _mean_of(runs: list[dict], key: str, scale: float = 1.0):

@@ -48,20 +48,26 @@ def delta_text(d: dict, metric: str) -> str:
 
 
 def _setting(r: dict) -> tuple:
-    """(dataset, test setting, profile, training-minutes cap): runs are paired only within one budget."""
-    return (r["dataset"], r["setting"], r["profile"], r.get("max_train_minutes"))
+    """(dataset, test setting, profile, training-minutes cap, early stop): runs are paired only within
+    one budget, and a run ended by the declared plateau rule only with runs under the same rule."""
+    return (r["dataset"], r["setting"], r["profile"], r.get("max_train_minutes"), r.get("early_stop"))
 
 
 def _order(s: tuple) -> tuple:
-    return (s[0], c.setting_rank(s[1]), s[2], s[3] is None, s[3] or 0)
+    return (s[0], c.setting_rank(s[1]), s[2], s[3] is None, s[3] or 0, s[4] or "")
 
 
-def budget_words(minutes, profile: str) -> str:
+def budget_words(minutes, profile: str, early_stop: str | None = None) -> str:
     """A budget in words: minutes per run (and the profile unless it is the paper's), or the profile
-    when there is no time cap."""
+    when there is no time cap; and the early-stop rule, if any."""
+    rule = f", {early_stop} rule" if early_stop else ""
     if minutes is None:
-        return f"{profile} profile, no time cap"
-    return f"{c.fmt_g(minutes)} min per run" + ("" if profile == "paper" else f", {profile} profile")
+        return f"{profile} profile, no time cap{rule}"
+    return f"{c.fmt_g(minutes)} min per run" + ("" if profile == "paper" else f", {profile} profile") + rule
+
+
+def _words(setting: tuple) -> str:
+    return budget_words(setting[3], setting[2], setting[4])
 
 
 def representatives(rows: list[dict]) -> tuple[dict[tuple, dict[str, list[dict]]], list[str]]:
@@ -77,7 +83,7 @@ def representatives(rows: list[dict]) -> tuple[dict[tuple, dict[str, list[dict]]
         cands.setdefault(_setting(r), {}).setdefault(r["label"], {}).setdefault(c.config_key(r), []).append(r)
     chosen: dict[tuple, dict[str, list[dict]]] = {}
     for setting, by_label in cands.items():
-        where = f"{setting[0]} {setting[1]} ({budget_words(setting[3], setting[2])})"
+        where = f"{setting[0]} {setting[1]} ({_words(setting)})"
         for label, configs in by_label.items():
             def rank(item):
                 runs = item[1]
@@ -115,7 +121,8 @@ def compare_all(rows: list[dict]) -> tuple[list[dict], list[dict], list[str]]:
                 for seed in sorted(set(a_by_seed) & set(b_by_seed), key=lambda s: (s is None, s or 0)):
                     a, b = a_by_seed[seed], b_by_seed[seed]
                     base = {"dataset": setting[0], "setting": setting[1], "profile": setting[2],
-                            "max_train_minutes": setting[3], "a": a_label, "b": b_label, "seed": seed,
+                            "max_train_minutes": setting[3], "early_stop": setting[4], "a": a_label, "b": b_label,
+                            "seed": seed,
                             "a_run": a["run"], "b_run": b["run"]}
                     try:
                         d = improvement(a, b)
@@ -131,7 +138,7 @@ def compare_all(rows: list[dict]) -> tuple[list[dict], list[dict], list[str]]:
                 unpaired = sorted(set(a_by_seed) ^ set(b_by_seed), key=lambda s: (s is None, s or 0))
                 if unpaired:
                     notes.append(f"{a_label} vs {b_label}, {setting[0]} {setting[1]} "
-                                 f"({budget_words(setting[3], setting[2])}): seed(s) "
+                                 f"({_words(setting)}): seed(s) "
                                  f"{', '.join(str(s) for s in unpaired)} run by only one of the two")
     for setting in sorted({_setting(p) for p in pairs}, key=_order):
         family = [p for p in pairs if _setting(p) == setting]
@@ -199,11 +206,11 @@ def _learned_tag(runs: list[str], learned: dict[str, str]) -> str:
 def _matrix_name(setting: tuple) -> str:
     minutes = [] if setting[3] is None else [f"{c.fmt_g(setting[3])}min"]
     return c.slug("paired", setting[0], setting[1], *([] if minutes and setting[2] == "paper" else [setting[2]]),
-                  *minutes)
+                  *minutes, *([setting[4]] if setting[4] else []))
 
 
 def _matrix_title(setting: tuple) -> str:
-    return f"{c.DATASET_NAMES.get(setting[0], setting[0])} {setting[1]} ({budget_words(setting[3], setting[2])})"
+    return f"{c.DATASET_NAMES.get(setting[0], setting[0])} {setting[1]} ({_words(setting)})"
 
 
 def _matrix_note(sel: list[dict], metric: str) -> str:
@@ -242,7 +249,7 @@ def long_table(pairs: list[dict]) -> Table:
     def d(key):
         return lambda r: fmt(r[key], *reversed(c.scale_of(r["metric"])))
 
-    cols = [("setting", lambda r: f"{r['dataset']} {r['setting']} ({budget_words(r['max_train_minutes'], r['profile'])})",
+    cols = [("setting", lambda r: f"{r['dataset']} {r['setting']} ({_words(_setting(r))})",
              "dataset", "setting", "profile", "max_train_minutes"),
             ("a vs b", lambda r: f"{r['a']} vs {r['b']}", "a", "b"),
             ("seed", lambda r: str(r["seed"]), "seed"), ("improvement of a over b", d("imp"), "imp"),
@@ -251,11 +258,11 @@ def long_table(pairs: list[dict]) -> Table:
             ("tasks a / b better / tie", lambda r: f"{r['a_better']} / {r['b_better']} / {r['ties']}",
              "a_better", "b_better", "ties")]
     return make_table("paired", pairs, cols,
-                      extra=("metric", "n", "p_value", "a_iters", "b_iters", "a_run", "b_run"))
+                      extra=("metric", "n", "p_value", "a_iters", "b_iters", "a_run", "b_run", "early_stop"))
 
 
 def refused_table(refused: list[dict]) -> Table:
-    cols = [("setting", lambda r: f"{r['dataset']} {r['setting']} ({budget_words(r['max_train_minutes'], r['profile'])})",
+    cols = [("setting", lambda r: f"{r['dataset']} {r['setting']} ({_words(_setting(r))})",
              "dataset", "setting", "profile"),
             ("comparison", lambda r: f"{r['a']} vs {r['b']}", "a", "b"), ("seed", lambda r: str(r["seed"]), "seed"),
             ("reason", lambda r: r["reason"], "reason"),
@@ -280,9 +287,8 @@ def claims_table(claims: tuple[Claim, ...], pairs: list[dict], refused: list[dic
             verdict = (f"not paired: {why[0]}" if why else
                        "no paired runs" if {cl.better, cl.worse} <= have else "no runs")
             out.append(dict(base, verdict=verdict, seeds=0, metric=None, imp=None, text=None, budget=None, runs=None))
-        for budget in sorted({(p["profile"], p["max_train_minutes"]) for p in found},
-                             key=lambda b: (b[0], b[1] is None, b[1] or 0)):
-            out.append(_claim_row(base, cl, [p for p in found if (p["profile"], p["max_train_minutes"]) == budget],
+        for budget in sorted({_setting(p)[2:] for p in found}, key=lambda b: (b[0], b[1] is None, b[1] or 0, b[2] or "")):
+            out.append(_claim_row(base, cl, [p for p in found if _setting(p)[2:] == budget],
                                   learned))
     return _claims(out)
 

@@ -653,6 +653,26 @@ def test_a_claim_is_contradicted_only_at_the_paper_budget(tmp_path: Path):
     assert "| not tested at paper budget |" in below and "contradicted" not in below
 
 
+def test_runs_ended_by_the_plateau_rule_earn_verdicts_only_beside_each_other(tmp_path: Path):
+    """Two runs ended by the declared rule: a verdict that says so, and the rule named beside the
+    iterations; a MAML trained to the full budget is its own row, and is not paired with a
+    rule-ended run for a verdict."""
+    runs = tmp_path / "runs"
+    rule = {"max_train_minutes": None, "stopped_by": "converged", "config": {"eval": {"early_stop": "plateau"}}}
+    for name, label, iters, p, seed, over in (("maml", "MAML", 9000, 0.95, 40, rule),
+                                              ("hf", "iMAML-HF", 12000, 0.6, 41, rule),
+                                              ("maml_full", "MAML", 60000, 0.97, 42,
+                                               {"max_train_minutes": None, "stopped_by": "meta_iterations"})):
+        _write(runs / name, "summary.json", json.dumps(protocol_run(label, iters, p, seed, **over)))
+    generate(runs, tmp_path / "out")
+    md = (tmp_path / "out" / "REPORT.md").read_text()
+    section = md[md.index("## 1."):md.index("## 2.")]
+    assert "| 9,000 of 60,000, ended by the plateau rule |" in section and "| 60,000 of 60,000 |" in section
+    claims = [line for line in md.splitlines() if line.startswith("| iMAML-HF > MAML on Omniglot 5-way 1-shot |")]
+    assert len(claims) == 1 and "| contradicted |" in claims[0]
+    assert "(both runs of every pair converged by the declared rule)" in claims[0] and "MAML 9000/60000" in claims[0]
+
+
 def _sinusoid_claim(tmp_path: Path, maml_level: float, iterations: int) -> str:
     runs = tmp_path / "runs"
     for name, level in (("maml", maml_level), ("pretrained", 2.4)):
