@@ -22,6 +22,7 @@ Rules, in order:
 """
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 
 from . import baselines, budget
@@ -205,22 +206,15 @@ def claims(ctx: Context) -> list[str]:
     if not ctx.claims:
         return []
     done = [r for r in ctx.claims if r["verdict"] in VERDICTS]
-    parts = []
-    for r in done:
-        unit = "MSE reduction" if r["metric"] == "mse" else "points"
-        kind = ("both runs ended by the declared plateau rule" if "converged by the declared rule" in r["budget"]
-                else "both runs at the paper's iteration count")
-        parts.append(f"{r['claim']} is {r['verdict']} ({unit} per seed {r['text']}; {r['seeds']} "
-                     f"seed{'s' if r['seeds'] != 1 else ''}, {kind})")
+    kind = {"converged": "both runs ended by the declared plateau rule", "paper": "both runs at the paper's iteration count"}
+    parts = [f"{r['claim']} is {r['verdict']} ({'MSE reduction' if r['metric'] == 'mse' else 'points'} per seed "
+             f"{r['text']}; {r['seeds']} seed{'s' if r['seeds'] != 1 else ''}, {kind[r['kind']]})" for r in done]
     names = {r["claim"] for r in ctx.claims}
     waiting = names - {r["claim"] for r in done}
-    reasons: dict[str, int] = {}
-    for r in ctx.claims:
-        if r["claim"] in waiting and r["verdict"] not in VERDICTS:
-            reasons[r["verdict"]] = reasons.get(r["verdict"], 0) + 1
-    text = f"Of the papers' {len(names)} ordering claims, {len(done)} {'has' if len(done) == 1 else 'have'} a verdict"
-    text += ": " + "; ".join(parts) if parts else ""
+    text = f"Of the papers' {len(names)} ordering claims, {len(names) - len(waiting)} " \
+           f"{'has' if len(names) - len(waiting) == 1 else 'have'} a verdict" + (": " + "; ".join(parts) if parts else "")
     if waiting:
+        reasons = Counter(r["verdict"] for r in ctx.claims if r["claim"] in waiting)
         why = ", ".join(f"'{k}' {n}" for k, n in sorted(reasons.items(), key=lambda kv: (-kv[1], kv[0])))
         text += (f"; the other {len(waiting)} have none yet (claims-table rows: {why}): a verdict needs both runs "
                  "at the paper's iteration count, or both ended by the declared plateau rule")

@@ -287,8 +287,8 @@ def claims_table(claims: tuple[Claim, ...], pairs: list[dict], refused: list[dic
             verdict = (f"not paired: {why[0]}" if why else
                        "no paired runs" if {cl.better, cl.worse} <= have else "no runs")
             out.append(dict(base, verdict=verdict, seeds=0, metric=None, imp=None, text=None, budget=None, runs=None))
-        for budget in sorted({_setting(p)[2:] for p in found}, key=lambda b: (b[0], b[1] is None, b[1] or 0, b[2] or "")):
-            out.append(_claim_row(base, cl, [p for p in found if _setting(p)[2:] == budget],
+        for budget in sorted({_setting(p) for p in found}, key=_order):
+            out.append(_claim_row(base, cl, [p for p in found if _setting(p) == budget],
                                   learned))
     return _claims(out)
 
@@ -312,7 +312,7 @@ def _claim_row(base: dict, cl: Claim, sel: list[dict], learned: dict[str, str]) 
         budget += " (both runs of every pair at the paper's budget)"
     elif at_paper and kinds == {"converged"}:
         budget += " (both runs of every pair converged by the declared rule)"
-    return dict(base, verdict=verdict, seeds=len(sel), metric=metric, imp=mean_std([p["imp"] for p in sel])[0],
+    return dict(base, verdict=verdict, kind=next(iter(kinds)) if at_paper else None, seeds=len(sel), metric=metric, imp=mean_std([p["imp"] for p in sel])[0],
                 text="; ".join(delta_text(p, metric) for p in sel), budget=budget,
                 runs="; ".join(f"{p['a_run']} vs {p['b_run']}" for p in sel))
 
