@@ -170,11 +170,12 @@ def time_runner(make: Callable[[], Callable], batches: list, device: torch.devic
         n = repeats if not warm else max(1, min(repeats, int(cell_budget_s // max(warm, 1e-9))))
         done = warmup
         if warm and warm * repeats < min_time_s:
-            spent = 0.0
-            while spent < min_time_s / 2 and done < warmup + 100:
+            spent, extra = 0.0, 0
+            while spent < min_time_s / 2 and extra < 100:
                 spent += _timed(step, batches[done % len(batches)], device)[0]
-                done += 1
-            n = max(n, min(200, int(min_time_s // max(warm, 1e-9))))
+                done, extra = done + 1, extra + 1
+            per_iter = spent / extra   # warmed up: the first calls pay one-off costs
+            n = max(n, min(200, int(min_time_s // max(per_iter, 1e-9))))
         for i in range(n):
             wall, cpu = _timed(step, batches[(done + i) % len(batches)], device)
             t.wall.append(wall)

@@ -13,7 +13,6 @@ import re
 import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -150,17 +149,33 @@ def test_time_runner_skips_predicted_slow_cells_and_reports_warmup_only():
     assert t.status == "ok" and calls == [1, 2] and len(t.wall) == 1 and "cell_budget_s" in t.note
 
 
-def test_fast_cells_get_more_warm_up_and_timed_iterations():
-    calls = []
+def test_fast_cells_get_more_warm_up_and_timed_iterations(monkeypatch):
+    """A fake clock (powers of two, so that sums are exact): the first call pays a one-off cost,
+    as a cold call does."""
+    import bench.measure as measure
+    calls, per_call = [], {"first": 2.0 ** -11, "then": 2.0 ** -16}
+
+    def fake_timed(step, tasks, device):
+        step(tasks)
+        return (per_call["first"] if len(calls) == 1 else per_call["then"]), 0.0
+    monkeypatch.setattr(measure, "_timed", fake_timed)
     t = time_runner(lambda: calls.append, [1, 2, 3], _cpu(), warmup=1, repeats=3, max_iter_s=10, cell_budget_s=10)
     assert len(t.wall) == 3 and len(calls) == 4                       # min_time_s=0: as asked
     calls.clear()
     t = time_runner(lambda: calls.append, [1, 2, 3], _cpu(), warmup=1, repeats=3, max_iter_s=10, cell_budget_s=10,
                     min_time_s=0.01)
     extra = len(calls) - 1 - len(t.wall)
-    assert len(t.wall) == 200 and 1 <= extra <= 100 and t.status == "ok" and t.note == ""
-    slow = time_runner(lambda: (lambda b: time.sleep(0.02)), [1], _cpu(), warmup=1, repeats=3, max_iter_s=10,
-                       cell_budget_s=10, min_time_s=0.01)
+    # warmed up for 0.005 s of steady calls (100 at most), then timed for 0.01 s: 200 at most
+    assert extra == 100 and len(t.wall) == 200 and t.status == "ok" and t.note == ""
+    per_call["then"] = 2.0 ** -12
+    calls.clear()
+    t = time_runner(lambda: calls.append, [1, 2, 3], _cpu(), warmup=1, repeats=3, max_iter_s=10, cell_budget_s=10,
+                    min_time_s=0.01)
+    assert len(calls) - 1 - len(t.wall) == 21 and len(t.wall) == 40   # the steady time decides, not the cold call
+    per_call["first"] = per_call["then"] = 0.02
+    calls.clear()
+    slow = time_runner(lambda: calls.append, [1], _cpu(), warmup=1, repeats=3, max_iter_s=10, cell_budget_s=10,
+                       min_time_s=0.01)
     assert len(slow.wall) == 3                                         # not a fast cell: unchanged
 
 
