@@ -7,9 +7,9 @@ Rules, in order:
    learned, with its paired improvement over the runner-up;
 2. the same for regression, over seeds: the mean ± std over seeds of the best configuration and
    its per-seed paired improvement over the runner-up;
-3. at the paper's iteration count: each algorithm's test metric (mean ± std over seeds), after
-   1 / 5 / 10 steps for sinusoid, beside the paper's number, with the seeds that did not learn;
-   then, per configuration, the seeds that stopped before it and why;
+3. at the paper's iteration count, one sentence per dataset: each algorithm's test metric (mean ±
+   std over seeds), after 1 / 5 / 10 steps for sinusoid, beside the paper's number, with the seeds
+   that did not learn; then, per configuration, the seeds that stopped before it and why;
 4. the papers' claims: each verdict with the budget it rests on, and how many claims have none
    yet and why;
 5. which configurations did not beat their baselines, in which seeds;
@@ -32,7 +32,7 @@ from .paired import delta_text, find, significant
 from .paper import PaperNumbers
 from .render import fmt, fmt_g
 
-MAX_FINDINGS = 9
+MAX_FINDINGS = 11  # what the rules can say at most: 2 + 3 (one per dataset) + 6
 
 
 @dataclass
@@ -145,42 +145,57 @@ def _steps_text(runs: list[dict], ks=(1, 5, 10)) -> str:
 
 
 def at_paper_budget(ctx: Context) -> list[str]:
-    """Rule 3: the rows that ran the paper's full iteration count, or were ended by the declared rule."""
+    """Rule 3, one sentence per dataset: the rows that ran the paper's full iteration count, or were
+    ended by the declared rule, then the runs at that budget that stopped before it."""
     full = [r for r in ctx.rows + ctx.bases if c.is_paper_scale(r) and r["status"] == "completed"]
-    if not any(not baselines.is_baseline(r) for r in full):
-        return []
-    parts, anchor = [], None
-    for runs in c.config_groups(c.records_sorted(full)):
-        r = runs[0]
-        where = f"{c.DATASET_NAMES[r['dataset']]} {r['setting']}"
-        base = baselines.is_baseline(r)
-        text = f"{'the pretrained baseline' if base else r['label'] + ' on ' + where} reaches {_value(runs)}"
-        if r["dataset"] == "sinusoid":
-            name = "pretrained" if base else r["label"]
-            ref = [ctx.paper.lookup("sinusoid", 1, r["test_shots"], name, None, steps=k) if ctx.paper else None
-                   for k in (1, 5, 10)]
-            text += f" after {r.get('test_steps_used') or r.get('test_steps')} steps; after 1 / 5 / 10 steps " \
-                    f"{_steps_text(runs)}"
-            text += (f" against the paper's {' / '.join(fmt_g(p.value) for p in ref)}" if all(ref)
-                     else " (no paper number)")
-            anchor = anchor or "sinusoid"
-        else:
-            ref = ctx.paper.lookup(r["dataset"], r["ways"], r["test_shots"], r["label"], r.get("bn_mode")) \
-                if ctx.paper else None
-            done = [x for x in runs if x["status"] == "completed"]
-            inside = sum(abs(100 * x["mean"] - ref.value) <= 100 * x["ci95"] for x in done) if ref else 0
-            text += (f" against the paper's {fmt_g(ref.value)}% (in our 95% CI in {inside} of {len(done)} "
-                     f"seed{'s' if len(done) > 1 else ''})") if ref else " (no paper number)"
-            anchor = anchor or ("table2_omniglot" if r["dataset"] == "omniglot" else "table3_miniimagenet")
-        if c.budget_kind(r) == "converged":
-            text += (f", ended by the declared plateau rule at {r['iterations_done']:,} of "
-                     f"{r['meta_iterations']:,} iterations")
-        dnl = [x for x in runs if ctx.judged.get(x["run"], {}).get("status") == baselines.DID_NOT_LEARN]
-        if dnl:
-            text += f", and did not learn (seed{'s' if len(dnl) > 1 else ''} {c.seeds_list(dnl)})"
-        parts.append(text)
     stopped = [r for r in ctx.rows + ctx.bases  # runs at the paper's budget that did not finish it
                if r["profile"] == "paper" and r.get("max_train_minutes") is None and r["status"] != "completed"]
+    out = []
+    for dataset in sorted({r["dataset"] for r in full + stopped if not baselines.is_baseline(r)}):
+        mine = [r for r in full if r["dataset"] == dataset]
+        parts = [_at_budget(runs, ctx) for runs in c.config_groups(c.records_sorted(mine))]
+        parts += _stopped([r for r in stopped if r["dataset"] == dataset], ctx)
+        iters = sorted({r["meta_iterations"] for r in mine + stopped if r["dataset"] == dataset})
+        early = ", or ended earlier by the declared plateau rule" if any(c.budget_kind(r) == "converged"
+                                                                         for r in mine) else ""
+        anchor = {"sinusoid": "sinusoid", "omniglot": "table2_omniglot"}.get(dataset, "table3_miniimagenet")
+        out.append(f"At the paper's full iteration count on {c.DATASET_NAMES[dataset]} "
+                   f"({' and '.join(f'{i:,}' for i in iters)} iterations{early}; no time cap; {_devices(mine or stopped)}): "
+                   f"{'; '.join(parts)} {_link(anchor)}.")
+    return out
+
+
+def _at_budget(runs: list[dict], ctx: Context) -> str:
+    """One configuration at the paper's budget: its test metric beside the paper's number."""
+    r = runs[0]
+    where = f"{c.DATASET_NAMES[r['dataset']]} {r['setting']}"
+    base = baselines.is_baseline(r)
+    text = f"{'the pretrained baseline' if base else r['label'] + ' on ' + where} reaches {_value(runs)}"
+    if r["dataset"] == "sinusoid":
+        name = "pretrained" if base else r["label"]
+        ref = [ctx.paper.lookup("sinusoid", 1, r["test_shots"], name, None, steps=k) if ctx.paper else None
+               for k in (1, 5, 10)]
+        text += f" after {r.get('test_steps_used') or r.get('test_steps')} steps; after 1 / 5 / 10 steps " \
+                f"{_steps_text(runs)}"
+        text += f" against the paper's {' / '.join(fmt_g(p.value) for p in ref)}" if all(ref) else " (no paper number)"
+    else:
+        ref = ctx.paper.lookup(r["dataset"], r["ways"], r["test_shots"], r["label"], r.get("bn_mode")) \
+            if ctx.paper else None
+        done = [x for x in runs if x["status"] == "completed"]
+        inside = sum(abs(100 * x["mean"] - ref.value) <= 100 * x["ci95"] for x in done) if ref else 0
+        text += (f" against the paper's {fmt_g(ref.value)}% (in our 95% CI in {inside} of {len(done)} "
+                 f"seed{'s' if len(done) > 1 else ''})") if ref else " (no paper number)"
+    if c.budget_kind(r) == "converged":
+        text += f", ended by the declared plateau rule at {r['iterations_done']:,} of {r['meta_iterations']:,} iterations"
+    dnl = [x for x in runs if ctx.judged.get(x["run"], {}).get("status") == baselines.DID_NOT_LEARN]
+    if dnl:
+        text += f", and did not learn (seed{'s' if len(dnl) > 1 else ''} {c.seeds_list(dnl)})"
+    return text
+
+
+def _stopped(stopped: list[dict], ctx: Context) -> list[str]:
+    """Per configuration, the seeds that stopped before the paper's budget, where, and why."""
+    parts = []
     for runs in c.config_groups(c.records_sorted(stopped)):
         r = runs[0]
         mine = [x for x in ctx.rows + ctx.bases if c.config_key(x) == c.config_key(r)]
@@ -191,10 +206,7 @@ def at_paper_budget(ctx: Context) -> list[str]:
         common = f": {next(iter(why.values()))}" if len(set(why.values())) == 1 else ""
         parts.append(f"{r['label']} on {c.DATASET_NAMES[r['dataset']]} {r['setting']} {r['status']} in {len(runs)} "
                      f"of {len(mine)} seeds ({each}{common})")
-    iters = sorted({r["meta_iterations"] for r in full})
-    early = " or ended earlier by the declared plateau rule" if any(c.budget_kind(r) == "converged" for r in full) else ""
-    return [f"At the paper's full iteration count{early} ({' and '.join(f'{i:,}' for i in iters)} iterations, no time "
-            f"cap, {_devices(full)}): {'; '.join(parts)} {_link(anchor)}."]
+    return parts
 
 
 VERDICTS = ("supported", "not supported", "contradicted")

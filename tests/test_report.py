@@ -382,7 +382,9 @@ def test_findings_are_generated_and_link_to_tables(report_dir: Path):
     md = (report_dir / "REPORT.md").read_text()
     block = md[md.index("## Findings"):md.index("## Contents")]
     findings = [line for line in block.splitlines() if line[:1].isdigit()]
-    assert 5 <= len(findings) <= 8
+    assert 5 <= len(findings) <= 9, findings
+    at_budget = [f for f in findings if "At the paper's full iteration count on " in f]  # one per dataset
+    assert len(at_budget) == len({f.split(" on ")[1].split(" (")[0] for f in at_budget}) >= 2, at_budget
     for f in findings:
         anchor = f[f.index("](#") + 3:f.index(")", f.index("](#"))]
         assert f'<a id="{anchor}"></a>' in md, anchor
