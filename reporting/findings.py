@@ -187,6 +187,9 @@ def _at_budget(runs: list[dict], ctx: Context) -> str:
                  f"seed{'s' if len(done) > 1 else ''})") if ref else " (no paper number)"
     if c.budget_kind(r) == "converged":
         text += f", ended by the declared plateau rule at {r['iterations_done']:,} of {r['meta_iterations']:,} iterations"
+        if r.get("outer_anneal"):  # the schedule is laid over the planned budget, so it never reached its end
+            text += (f" with its outer step, annealed linearly to 0 over the planned iterations, still at "
+                     f"{1 - r['iterations_done'] / r['meta_iterations']:.2f} of its start")
     dnl = [x for x in runs if ctx.judged.get(x["run"], {}).get("status") == baselines.DID_NOT_LEARN]
     if dnl:
         text += f", and did not learn (seed{'s' if len(dnl) > 1 else ''} {c.seeds_list(dnl)})"

@@ -662,7 +662,7 @@ def test_runs_ended_by_the_plateau_rule_earn_verdicts_only_beside_each_other(tmp
     runs = tmp_path / "runs"
     rule = {"max_train_minutes": None, "stopped_by": "converged", "config": {"eval": {"early_stop": "plateau"}}}
     for name, label, iters, p, seed, over in (("maml", "MAML", 9000, 0.95, 40, rule),
-                                              ("hf", "iMAML-HF", 12000, 0.6, 41, rule),
+                                              ("hf", "iMAML-HF", 12000, 0.6, 41, {**rule, "outer.anneal": True}),
                                               ("maml_full", "MAML", 60000, 0.97, 42,
                                                {"max_train_minutes": None, "stopped_by": "meta_iterations"})):
         _write(runs / name, "summary.json", json.dumps(protocol_run(label, iters, p, seed, **over)))
@@ -673,6 +673,10 @@ def test_runs_ended_by_the_plateau_rule_earn_verdicts_only_beside_each_other(tmp
     claims = [line for line in md.splitlines() if line.startswith("| iMAML-HF > MAML on Omniglot 5-way 1-shot |")]
     assert len(claims) == 1 and "| contradicted |" in claims[0]
     assert "(both runs of every pair converged by the declared rule)" in claims[0] and "MAML 9000/60000" in claims[0]
+    findings = md[md.index("## Findings"):md.index("## Contents")]  # a schedule laid over the planned budget
+    assert "at 12,000 of 60,000 iterations with its outer step, annealed linearly to 0 over the planned " \
+           "iterations, still at 0.80 of its start" in findings
+    assert findings.count("with its outer step") == 1
 
 
 def _sinusoid_claim(tmp_path: Path, maml_level: float, iterations: int) -> str:
