@@ -32,7 +32,7 @@ OUT := runs/reproduce/$(PROFILE)
 SWEEP_OUT := runs/sweep/$(PROFILE)
 RECORDS := reports/records
 
-.PHONY: help setup reproduce large select campaign campaign-status campaign-save test test-all lint sweep sweep-sinusoid sweep-omniglot deviations deviations-long report bench bench-tta gpu-check clean
+.PHONY: help setup reproduce large select campaign campaign-status campaign-save test test-all lint sweep sweep-sinusoid sweep-omniglot deviations deviations-long deviations-reptile report bench bench-tta gpu-check clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -124,6 +124,14 @@ deviations-long: setup  ## its two end points (paper, release) for BUDGET_DEVIAT
 	$(PY) study.py study=deviations study.long_budget_minutes=$(BUDGET_DEVIATIONS_LONG) \
 	  study.eval_tasks=$(DEVIATIONS_TASKS) hydra.run.dir=runs/study/deviations-long
 	$(PY) -m reporting.collect runs/study/deviations-long $(RECORDS)/deviations-long-cpu
+	$(PY) report.py
+
+# The Reptile ladder (configs/study/deviations_reptile.yaml): the suite's earlier Reptile → its reference code, one
+# difference at a time, 4 trained rungs + 1 retest per seed, BUDGET_OMNIGLOT min each, seeds 0, 1, 2.
+deviations-reptile: setup  ## Reptile ladder, fresh inner state → openai/supervised-reptile, 3 seeds × 4 runs × 4 min (≈ 1 h) → report
+	for s in 0 1 2; do $(PY) study.py study=deviations_reptile seed=$$s study.budget_minutes=$(BUDGET_OMNIGLOT) \
+	  study.eval_tasks=$(DEVIATIONS_TASKS) hydra.run.dir=runs/study/deviations_reptile/s$$s || exit 1; \
+	  $(PY) -m reporting.collect runs/study/deviations_reptile/s$$s $(RECORDS)/deviations-reptile-cpu/s$$s || exit 1; done
 	$(PY) report.py
 
 report: setup  ## regenerate reports/REPORT.md, tables and figures from the records in reports/records/

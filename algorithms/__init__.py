@@ -37,7 +37,16 @@ import checks
 
 from .fomaml import fomaml
 from .imaml import imaml, resolve_cg_tol
-from .inner import OPTIMIZERS, PROX_MODES, InnerConfig, inner_objective, solve_inner
+from .inner import (
+    OPTIMIZERS,
+    PROX_MODES,
+    InnerConfig,
+    InnerState,
+    fresh_inner_state,
+    inner_objective,
+    solve_inner,
+    solve_inner_carried,
+)
 from .maml import maml
 from .reptile import reptile
 
@@ -49,7 +58,7 @@ BATCHING = ("loop", "vmap", "compile")
 CODE_PATHS = {"loop": {"autodiff": "torch.autograd", "loss": "fused"},
               "vmap": {"autodiff": "torch.func", "loss": "plain"},
               "compile": {"autodiff": "torch.func", "loss": "fused"}}
-_OWN = ("loss_fn", "params", "support", "query", "inner", "autograd")  # not hparams
+_OWN = ("loss_fn", "params", "support", "query", "inner", "autograd", "inner_state")  # not hparams
 _COMPILED: dict[str, Callable] = {}
 
 
@@ -108,9 +117,16 @@ def _on_path(batching: str, loss_fn, hparams: dict[str, Any]) -> tuple[Callable,
     return loss_fn, {**hparams, "autograd": path["autodiff"] == "torch.autograd"}
 
 
-__all__ = ["BATCHING", "CODE_PATHS", "ESTIMATORS", "OPTIMIZERS", "PROX_MODES", "InnerConfig", "check_batching",
-           "defaults", "inner_objective", "meta_gradient", "meta_gradient_batch", "meta_gradient_per_task",
-           "proximal_weight", "record", "resolve_cg_tol", "solve_inner", "validate"]
+__all__ = ["BATCHING", "CODE_PATHS", "ESTIMATORS", "OPTIMIZERS", "PROX_MODES", "InnerConfig", "InnerState",
+           "carries_state", "check_batching", "defaults", "fresh_inner_state", "inner_objective", "meta_gradient",
+           "meta_gradient_batch", "meta_gradient_carried", "meta_gradient_per_task", "proximal_weight", "record",
+           "resolve_cg_tol", "solve_inner", "solve_inner_carried", "validate"]
+
+
+def carries_state(name: str) -> bool:
+    """Whether estimator ``name`` can run from an inner optimizer state carried across tasks (it
+    declares an ``inner_state`` argument; Reptile's reference protocol)."""
+    return "inner_state" in inspect.signature(ESTIMATORS[name]).parameters
 
 
 def check_batching(batching: str, hparams: dict[str, Any]) -> None:
@@ -227,3 +243,29 @@ def meta_gradient_batch(name: str, loss_fn, params: dict[str, torch.Tensor], tas
     n = xs.shape[0]
     return ({k: v / n for k, v in total.items()},
             {k: torch.stack([a[k] for a in auxes]).detach() for k in auxes[0]})
+
+
+def meta_gradient_carried(name: str, loss_fn, params: dict[str, torch.Tensor], tasks, state: InnerState,
+                          inner: InnerConfig | dict | None = None,
+                          **hparams) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], InnerState]:
+    """Average meta-gradient over a meta-batch whose tasks run one after another from a carried
+    inner optimizer state: task i starts from the state task i − 1 left, the first from ``state``
+    (Reptile's reference code, Nichol et al. 2018). Sequential by nature, so always the per-task
+    loop's code path (no ``vmap``). Returns the mean gradient, per-task ``info`` tensors and the
+    state after the last task; ``state`` itself is not modified, so calling again with the same
+    one repeats the same computation."""
+    cfg = validate(name, inner, hparams)
+    if not carries_state(name):
+        raise ValueError(f"{name}: carries no inner optimizer state across tasks (only estimators with an "
+                         "inner_state argument do: " + ", ".join(n for n in ESTIMATORS if carries_state(n)) + ")")
+    loss_fn, hp = _on_path("loop", loss_fn, hparams)
+    xs, ys, xq, yq = tasks
+    total, auxes = None, []
+    for i in range(xs.shape[0]):
+        g, a, state = ESTIMATORS[name](loss_fn, params, (xs[i], ys[i]), (xq[i], yq[i]), cfg, inner_state=state, **hp)
+        g = {k: v.detach() for k, v in g.items()}
+        total = g if total is None else {k: total[k] + g[k] for k in g}
+        auxes.append(a)
+    n = xs.shape[0]
+    return ({k: v / n for k, v in total.items()},
+            {k: torch.stack([a[k] for a in auxes]).detach() for k in auxes[0]}, state)

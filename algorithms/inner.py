@@ -119,6 +119,17 @@ def _init_state(phi: Params, cfg: InnerConfig) -> dict[str, Params]:
     return {}
 
 
+InnerState = dict[str, Any]  # {"t": steps taken so far, plus the optimizer's buffers: "m", "v" (adam), "buf" (momentum)}
+
+
+def fresh_inner_state(params: Params, cfg: InnerConfig) -> InnerState:
+    """The inner optimizer's state before its first step: zero buffers and step count 0 (what every
+    task starts from unless a carried state is passed to :func:`solve_inner_carried`)."""
+    if cfg.optimizer == "hf":
+        raise ValueError("inner.optimizer='hf' has no state to carry across tasks")
+    return {"t": 0, **_init_state({k: v.detach() for k, v in params.items()}, cfg)}
+
+
 def _step(phi: Params, g: Params, state: dict[str, Params], cfg: InnerConfig, t: int):
     """One update, matching torch.optim (t is 1-based)."""
     if cfg.optimizer == "sgd":
@@ -143,29 +154,49 @@ def _step(phi: Params, g: Params, state: dict[str, Params], cfg: InnerConfig, t:
 
 def solve_inner(loss_fn: LossFn, theta: Params, support: tuple[torch.Tensor, torch.Tensor],
                 cfg: InnerConfig, detach: bool = True, autograd: bool = False) -> Params:
-    """Run the inner optimizer from φ₀ = θ and return φ_K (``prox_mode='final_step'``: the
-    optimizer on L_support alone, then φ_K ← φ_K − lr·λ·(φ_K − θ)).
+    """Run the inner optimizer from φ₀ = θ and a fresh optimizer state, and return φ_K
+    (``prox_mode='final_step'``: the optimizer on L_support alone, then φ_K ← φ_K − lr·λ·(φ_K − θ)).
 
     ``detach=True`` (FOMAML, Reptile, iMAML): θ is detached and no graph is kept across
     steps, so memory is flat in K. ``detach=False`` (MAML): every step stays on the graph
     of the enclosing gradient so the meta-gradient is exact through the unroll.
     ``autograd``: see :func:`linalg.gradient`.
     """
+    if cfg.optimizer == "hf":
+        if not detach:
+            raise ValueError("inner.optimizer='hf' is not differentiable: use it with imaml only")
+        theta = {k: v.detach() for k, v in theta.items()}
+        return _solve_hf(loss_fn, theta, support[0], support[1], cfg, cfg.prox_lam)
+    return _gradient_steps(loss_fn, theta, support, cfg, None, detach, autograd)[0]
+
+
+def solve_inner_carried(loss_fn: LossFn, theta: Params, support: tuple[torch.Tensor, torch.Tensor],
+                        cfg: InnerConfig, state: InnerState, autograd: bool = False) -> tuple[Params, InnerState]:
+    """Run the inner optimizer from φ₀ = θ but from ``state`` — the optimizer state the previous
+    task left — and return (φ_K, the state after these K steps). Adam's moments and its step count
+    (hence its bias correction) continue across tasks: what Reptile's reference code does, whose
+    ``train_step`` restores only the trainable variables between tasks (Nichol et al. 2018,
+    openai/supervised-reptile ``reptile.py``). First order only (θ is detached)."""
+    return _gradient_steps(loss_fn, theta, support, cfg, state, True, autograd)
+
+
+def _gradient_steps(loss_fn: LossFn, theta: Params, support, cfg: InnerConfig, state: InnerState | None,
+                    detach: bool, autograd: bool) -> tuple[Params, InnerState]:
+    """``cfg.steps`` steps of a gradient optimizer (sgd / momentum / adam) from θ and ``state``
+    (None: fresh); returns φ_K and the state after them."""
     lam = cfg.prox_lam
     x, y = support
     if detach:
         theta = {k: v.detach() for k, v in theta.items()}
-    phi = dict(theta)
     if cfg.optimizer == "hf":
-        if not detach:
-            raise ValueError("inner.optimizer='hf' is not differentiable: use it with imaml only")
-        return _solve_hf(loss_fn, theta, x, y, cfg, lam)
-
+        raise ValueError("inner.optimizer='hf' has no state to carry across tasks")
+    phi = dict(theta)
     final = cfg.prox_mode == "final_step"
     plain = cfg.prox_mode != "every_step"  # the optimizer runs on L_support alone
     batches = _batches(x.shape[0], cfg.batch, cfg.steps)
 
-    state = _init_state(phi, cfg)
+    t0 = 0 if state is None else state["t"]
+    buffers = _init_state(phi, cfg) if state is None else {k: v for k, v in state.items() if k != "t"}
     for t in range(1, cfg.steps + 1):
         xb, yb = (x, y) if batches is None else (x[batches[t - 1]], y[batches[t - 1]])
 
@@ -175,11 +206,11 @@ def solve_inner(loss_fn: LossFn, theta: Params, support: tuple[torch.Tensor, tor
         g = gradient(G, phi, create_graph=not detach, autograd=autograd)
         if detach:
             g = {k: v.detach() for k, v in g.items()}
-        phi, state = _step(phi, g, state, cfg, t)
+        phi, buffers = _step(phi, g, buffers, cfg, t0 + t)
     if final and lam:
         # The release's pull-back: one torch.optim.SGD step on 0.5·λ·||φ − θ||², whose gradient is λ·(φ − θ).
         phi = {k: phi[k] - cfg.lr * (lam * (phi[k] - theta[k])) for k in phi}
-    return phi
+    return phi, {"t": t0 + cfg.steps, **buffers}
 
 
 def _batches(n: int, batch: int | None, steps: int) -> list[torch.Tensor] | None:

@@ -19,7 +19,9 @@ Options (``dataset.*``):
 - ``rotations``, ``rotation_mode``, ``rotate_splits``: quarter-turn augmentation. ``per_task``
   (MAML reference, learn2learn, the iMAML release): each class of a task gets one rotation,
   shared by its support and query images. ``new_classes`` (Santoro et al. 2016; Vinyals et
-  al. 2016): each (character, rotation) is a class of its own, within the character's split.
+  al. 2016; Reptile's reference code): each (character, rotation) is a class of its own, within
+  the character's split, for the splits of ``rotate_splits`` (the others keep each character
+  unrotated, as Reptile's test characters).
 - ``sampler``: see :mod:`datasets.tasks`.
 """
 from __future__ import annotations
@@ -72,10 +74,10 @@ def validate(cfg) -> None:
     mode = checks.choice("dataset.rotation_mode", _opt(cfg, "rotation_mode"), ("per_task", "new_classes"))
     checks.subset("dataset.rotate_splits", list(_opt(cfg, "rotate_splits")), SPLITS)
     checks.choice("dataset.resample", _opt(cfg, "resample"), ("lanczos", "nearest"))
-    mult = len(rots) if mode == "new_classes" else 1
+    rotated = set(_opt(cfg, "rotate_splits"))
     if _opt(cfg, "test_split") == "release_leaky":
         sizes = dict(sizes, test=N_CLASSES - RELEASE_TRAIN_SIZE)
-    classes = {k: v * mult for k, v in sizes.items() if v > 0}
+    classes = {k: v * (len(rots) if mode == "new_classes" and k in rotated else 1) for k, v in sizes.items() if v > 0}
     check_tasks("omniglot", cfg, classes, PER_CLASS, _opt(cfg, "sampler"))
 
 
@@ -219,7 +221,8 @@ class Omniglot:
                   "release's evaluation split); the test metric is not a held-out measure", file=sys.stderr, flush=True)
         quarter = [r // 90 for r in self.rotations]
         if self.rotation_mode == "new_classes":
-            splits = {s: [(c, q) for c in cs for q in quarter] for s, cs in self.split_index.items()}
+            splits = {s: [(c, q) for c in cs for q in (quarter if s in self.rotate_splits else [0])]
+                      for s, cs in self.split_index.items()}
             task_rot = (0,)
         else:
             splits = {s: [(c, 0) for c in cs] for s, cs in self.split_index.items()}

@@ -13,7 +13,7 @@ from datasets import DATASETS
 from .render import fmt, fmt_g, fmt_pm, is_missing
 from .stats import mean_std
 
-LABEL_ORDER = ("MAML", "FOMAML", "Reptile", "iMAML-GD", "iMAML-GD (release)", "iMAML-GD (hypertorch)", "iMAML-HF",
+LABEL_ORDER = ("MAML", "FOMAML", "Reptile", "Reptile (fresh state)", "iMAML-GD", "iMAML-GD (release)", "iMAML-GD (hypertorch)", "iMAML-HF",
                "Pretrained")
 SETTING_ORDER = ("5w1s", "5w5s", "20w1s", "20w5s")
 DATASET_NAMES = {name: spec.title for name, spec in DATASETS.items()}
@@ -23,7 +23,7 @@ CONFIG_KEYS = ("label", "variant", "algorithm", "dataset", "ways", "shots", "que
                "test_query_shots", "profile", "experiment", "meta_iterations", "meta_batch_size",
                "inner_optimizer", "inner_lr", "inner_steps", "test_steps", "prox_lam", "lam", "cg_steps",
                "outer_optimizer", "outer_lr", "outer_clip", "outer_anneal", "bn_mode", "dtype", "device",
-               "max_train_minutes", "early_stop")
+               "max_train_minutes", "early_stop", "inner_state", "test_inner_state")
 NOT_PAPER = "†"
 NOT_PAPER_NOTE = (f"{NOT_PAPER} not paper-scale: trained with the `cpu` (or a custom) profile or stopped before its "
                   "planned iterations; such a row checks the pipeline and is not a reproduction of the paper's number.")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import pandas as pd
 
+from . import reptile_ladder
 from .render import fmt, fmt_g, fmt_p, is_missing, make_table, new_figure, save_figure
 
 S = 100.0  # accuracy in percent
@@ -34,7 +35,7 @@ def target(study: dict) -> str:
 
 def picks(studies: list[dict]) -> list[tuple[dict, list[str]]]:
     """Per ladder target, the latest completed run (else the latest) of the short-budget study and of the long one."""
-    mine = [s for s in studies if s["study"] == "deviations"]
+    mine = [s for s in studies if s["study"] == "deviations" and not reptile_ladder.is_reptile(s)]
     out = []
     for goal in TARGETS:
         for long in (False, True):
@@ -42,8 +43,12 @@ def picks(studies: list[dict]) -> list[tuple[dict, list[str]]]:
             done = [s for s in kind if s["status"] == "completed"]
             if kind:
                 out.append((done or kind)[-1])
-    return [(s, [o["run"] for o in mine if all(o is not c for c in out)] if i == 0 else [])
-            for i, s in enumerate(out)]
+    shown = [(s, [o["run"] for o in mine if all(o is not c for c in out)] if i == 0 else [])
+             for i, s in enumerate(out)]
+    reptile = [s for s in studies if s["study"] == "deviations" and reptile_ladder.is_reptile(s)]
+    if reptile:  # one section for all its seeds (one study folder each)
+        shown.append((dict(reptile[0], seeds=reptile), []))
+    return shown
 
 
 def _rows(df: pd.DataFrame, group: str) -> list[dict]:
@@ -143,6 +148,8 @@ def _carriers(df: pd.DataFrame) -> str:
 
 
 def section(study: dict, w) -> str:
+    if "seeds" in study:
+        return reptile_ladder.section(study["seeds"], w)
     df = study["tables"]["deviations.csv"]
     long, goal = is_long(study), target(study)
     prefix = ("deviations_long" if long else "deviations") + ("" if goal == "release" else f"_{goal}")

@@ -159,8 +159,11 @@ def normalise_train(d: dict, run: str) -> dict:
             ("rss_peak_bytes", "memory.rss_peak_bytes", "int"),
             ("git_commit", "versions.git_commit", "str"),
             ("failure_iteration", "failure.iteration", "int"), ("failure_reason", "failure.reason", "str"),
-            ("early_stop", "config.eval.early_stop", "str")):
+            ("early_stop", "config.eval.early_stop", "str"), ("inner_state", "inner.state", "str"),
+            ("test_inner_state", "inner.test_state", "str")):
         row[col] = _get(d, dotted, kind, required=False)
+    for col in ("inner_state", "test_inner_state"):  # records from before the carried state: every task fresh
+        row[col] = row[col] or "fresh"
     # The evaluation may use other shots than training (the MAML sinusoid protocol trains at
     # K=10 and tests at K=5; Reptile trains Omniglot with 10 shots): the paper's setting is
     # the test one. Taken from test.shots, else the config's eval.shots, else the training shots.
@@ -320,7 +323,7 @@ def load(runs_root: Path) -> Records:
             if "study.json" in names:
                 dirnames[:] = []  # a study's own training runs (its inputs) are not results to tabulate
                 try:
-                    studies.append(_load_study(read_json(folder / "study.json"), folder, run))
+                    studies.append(dict(_load_study(read_json(folder / "study.json"), folder, run), folder=str(folder)))
                 except RecordError as e:
                     skipped.append(Skipped(f"{run}/study.json", str(e)))
     frame = pd.DataFrame(rows)

@@ -17,7 +17,8 @@ from .render import MARKERS, fmt, fmt_g, log_x, make_table, new_figure, save_fig
 TITLES = {"fidelity": "Gradient fidelity vs inner and CG steps", "precision": "float32 vs float64",
           "assumptions": "Assumption audit", "cost": "Cost: time and memory vs inner steps",
           "failures": "Failure regimes",
-          "deviations": "Deviation ladders: iMAML as written → the official release, → hypertorch's example (Omniglot 5w1s)"}
+          "deviations": ("Deviation ladders: iMAML as written → the official release, → hypertorch's example; Reptile → "
+                         "its reference code (Omniglot 5w1s)")}
 
 
 def _every_key_table(name: str, rows: list[dict], cols: list, notes: list[str]):
@@ -50,6 +51,11 @@ def _grid(values) -> str:
 
 def ran_on(study: dict) -> str:
     """What a study ran on, from its recorded config: dataset, network, activation, λ, K grid, checkpoint."""
+    if study["study"] == "deviations" and "seeds" in study:
+        return ("**The Reptile ladder.** Ran on: Omniglot 5-way 1-shot; Reptile's reference inner loop (Adam β1 = 0, "
+                "lr 0.001, 5 steps on batches of 10 from 10-shot training tasks, 50 at test); seeds "
+                + ", ".join(str(((s.get("config") or {}).get("seed")) or 0) for s in study["seeds"])
+                + "; records: " + ", ".join(f"`{s['run']}`" for s in study["seeds"]) + ".")
     if study["study"] == "deviations":  # its config's dataset is the study default; it trains Omniglot experiments
         if _deviations.target(study) == "hypertorch":
             return ("**The ladder to hypertorch's example.** Ran on: Omniglot 5-way 1-shot; conv4, relu activation "

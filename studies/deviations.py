@@ -198,8 +198,10 @@ def validate(cfg) -> None:
     minutes = budget(s)
     tail = common(cfg, minutes) + [str(o) for o in cfg.get("train_overrides", [])]
     _compose([*map(str, s.base), *tail], f"study.base={list(s.base)}")
-    for name, ovs in deviations(s).items():  # each deviation alone on the base: names the bad one
-        _compose([*map(str, s.base), *ovs, *tail], f"study.deviations.{name}={ovs}")
+    before: list[str] = []
+    for name, ovs in deviations(s).items():  # each deviation on the base and the ones before it: names the bad one
+        before += ovs
+        _compose([*map(str, s.base), *before, *tail], f"study.deviations.{name}={ovs}")
     if "maml" in s.groups:
         _compose([*map(str, s.maml_base), *tail], f"study.maml_base={list(s.maml_base)}")
     seen = set()

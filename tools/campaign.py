@@ -33,31 +33,27 @@ from reporting.collect import thin_metrics  # noqa: E402
 RUNS = ROOT / "runs" / "campaign"
 OUTCOMES = ("completed", "diverged")  # a run's result either way: recorded, never rerun
 RECORDS = ROOT / "reports" / "records" / "campaign-cpu"
-VAL = ["eval.val_every=1000", "eval.val_tasks=200"]  # learning curves: 200 fixed validation tasks
+PLAN_FILE = ROOT / "configs" / "campaign.yaml"
 
 
-def _plan() -> list[tuple[str, list[str]]]:
-    """(name, overrides) in the order they run. Sinusoid first, at the MAML paper's 70,000
-    iterations: every algorithm and the pretrained baseline on seed 0, then seeds 1 and 2 (the
-    cheap ones first); then Omniglot 5w1s up to its papers' budgets, ended early by the declared
-    plateau rule (``eval.early_stop=plateau``): MAML, FOMAML, Reptile, then iMAML-GD and iMAML-HF
-    as the paper writes them (the iMAML paper's claims compare them with MAML and FOMAML). Reptile
-    also runs its whole 100,000 iterations: its outer step anneals linearly to 0 over the planned
-    budget, so a plateau early in the schedule says nothing about where the schedule ends."""
-    sinusoid = ("maml", "fomaml", "pretrained", "reptile", "imaml_release", "imaml", "imaml_hf")
-    order = [("maml", 0), ("maml", 1), ("fomaml", 0), ("fomaml", 1), ("pretrained", 0), ("reptile", 0),
-             ("imaml_release", 0), ("maml", 2), ("fomaml", 2), ("imaml", 0), ("imaml_hf", 0)]
-    order += [(a, s) for s in (1, 2) for a in sinusoid if (a, s) not in order]
-    plan = [(f"sinusoid/{a}-s{s}", [f"experiment=sinusoid_{a}", f"seed={s}", *VAL]) for a, s in order]
-    for algo in ("maml", "fomaml", "reptile", "imaml", "imaml_hf"):
-        plan.append((f"omniglot_5w1s/{algo}-s0", [f"experiment=omniglot_5w_{algo}", "seed=0", *VAL,
-                                                  "eval.early_stop=plateau"]))
-        if algo == "reptile":  # its outer step anneals to 0 over the planned budget: only the full one says
-            plan.append(("omniglot_5w1s/reptile_full-s0", ["experiment=omniglot_5w_reptile", "seed=0", *VAL]))
+def load_plan(path: Path = PLAN_FILE) -> list[tuple[str, list[str]]]:
+    """(name, overrides) of each run of ``configs/campaign.yaml``, in the order they start; each
+    entry says why it runs (``why``), so the plan is read, not inferred."""
+    import yaml
+
+    spec = yaml.safe_load(path.read_text())
+    plan, seen = [], set()
+    for r in spec["runs"]:
+        missing = sorted({"name", "experiment", "seed", "why"} - set(r))
+        if missing or r["name"] in seen:
+            raise SystemExit(f"{path}: run {r.get('name')!r} " + (f"lacks {missing}" if missing else "is listed twice"))
+        seen.add(r["name"])
+        plan.append((r["name"], [f"experiment={r['experiment']}", f"seed={r['seed']}", *spec["validation"],
+                                 *r.get("overrides", [])]))
     return plan
 
 
-PLAN = _plan()
+PLAN = load_plan()
 
 
 def _read(path: Path) -> dict | None:

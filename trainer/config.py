@@ -83,6 +83,7 @@ def validate(cfg: DictConfig) -> None:
         algorithms.validate(cfg.algorithm.estimator, inner_config(cfg), hparams)
     except ValueError as e:
         raise ConfigError(f"{'inner_optim' if str(e).startswith('inner') else 'algorithm.hparams'}: {e}") from None
+    _validate_inner_state(cfg)
     resolve_device(cfg.device)
     if cfg.batching == "compile":
         _checked(algorithms.check_batching, "compile", hparams)
@@ -95,6 +96,23 @@ def validate(cfg: DictConfig) -> None:
     _checked(schema.choice, "logger", cfg.logger.get("name"), ("csv", "wandb"))
     if ds != "sinusoid":
         _validate_data(cfg, ds)
+
+
+def _validate_inner_state(cfg: DictConfig) -> None:
+    """``inner_state=carried`` runs the tasks of a meta-batch one after another from the state the
+    previous one left: an estimator that takes a carried state, a gradient inner optimizer, the
+    per-task loop; ``eval.inner_state=training`` needs that carried state."""
+    carried, est = cfg.get("inner_state", "fresh") == "carried", cfg.algorithm.estimator
+    if carried and not algorithms.carries_state(est):
+        able = [n for n in algorithms.ESTIMATORS if algorithms.carries_state(n)]
+        raise ConfigError(f"inner_state=carried is not available for algorithm.estimator={est!r} (only {able}); "
+                          "use inner_state=fresh")
+    if carried and cfg.batching in ("vmap", "compile"):
+        raise ConfigError(f"inner_state=carried runs the tasks of a meta-batch in sequence: batching={cfg.batching!r} "
+                          "cannot; use batching=loop or auto")
+    if cfg.eval.get("inner_state", "fresh") == "training" and not carried:
+        raise ConfigError("eval.inner_state=training adapts test tasks from the carried training state: it needs "
+                          "inner_state=carried (or set eval.inner_state=fresh)")
 
 
 def _validate_data(cfg: DictConfig, ds: str) -> None:

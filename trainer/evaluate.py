@@ -11,7 +11,7 @@ from dataclasses import dataclass, replace
 import torch
 from torch.func import vmap
 
-from algorithms import InnerConfig, solve_inner
+from algorithms import InnerConfig, solve_inner, solve_inner_carried
 
 
 @dataclass(frozen=True)
@@ -73,8 +73,10 @@ def _task_metric(spec: EvalSpec, phi, xs, xq, yq):
     return (logits.argmax(-1) == yq).to(torch.float64).mean()
 
 
-def adapt_and_score(spec: EvalSpec, params, tasks, inner: InnerConfig) -> torch.Tensor:
-    """Adapt to each task's support set from θ (no meta-gradient) and score its query set."""
+def adapt_and_score(spec: EvalSpec, params, tasks, inner: InnerConfig, inner_state=None) -> torch.Tensor:
+    """Adapt to each task's support set from θ (no meta-gradient) and score its query set. With
+    ``inner_state`` (a carried training state) every task's inner optimizer starts from it; the
+    state a task leaves is dropped, so tasks stay independent and ``inner_state`` unchanged."""
     xs, ys, xq, yq = tasks
     theta = {k: v.detach() for k, v in params.items()}
     # The per-task loop takes the loop path of CODE_PATHS (autograd, fused batch norm), vmap its own.
@@ -84,7 +86,10 @@ def adapt_and_score(spec: EvalSpec, params, tasks, inner: InnerConfig) -> torch.
     inner = replace(inner, prox_lam=spec.prox_lam)
 
     def one(xs_, ys_, xq_, yq_):
-        phi = solve_inner(plain.loss_fn, theta, (xs_, ys_), inner, detach=True, autograd=not spec.use_vmap)
+        if inner_state is None:
+            phi = solve_inner(plain.loss_fn, theta, (xs_, ys_), inner, detach=True, autograd=not spec.use_vmap)
+        else:
+            phi = solve_inner_carried(plain.loss_fn, theta, (xs_, ys_), inner, inner_state, autograd=not spec.use_vmap)[0]
         return _task_metric(plain, phi, xs_, xq_, yq_)
 
     if spec.use_vmap:
@@ -92,14 +97,15 @@ def adapt_and_score(spec: EvalSpec, params, tasks, inner: InnerConfig) -> torch.
     return torch.stack([one(xs[i], ys[i], xq[i], yq[i]) for i in range(xs.shape[0])]).detach()
 
 
-def evaluate(spec: EvalSpec, params, split: str, seed: int, n: int, steps_list=()) -> dict:
-    """Metric per task on tasks 0..n−1 of the fixed set; also the mean after each of ``steps_list``."""
+def evaluate(spec: EvalSpec, params, split: str, seed: int, n: int, steps_list=(), inner_state=None) -> dict:
+    """Metric per task on tasks 0..n−1 of the fixed set; also the mean after each of ``steps_list``;
+    ``inner_state``: the inner optimizer state every task starts from (None: a fresh one)."""
     per_task, by_steps = [], {int(k): [] for k in steps_list}
     for start in range(0, n, spec.chunk):
         tasks = sample_fixed(spec.source, split, seed, start, min(n, start + spec.chunk), spec.device)
-        per_task.append(adapt_and_score(spec, params, tasks, spec.inner))
+        per_task.append(adapt_and_score(spec, params, tasks, spec.inner, inner_state))
         for k in by_steps:
-            by_steps[k].append(adapt_and_score(spec, params, tasks, replace(spec.inner, steps=k)))
+            by_steps[k].append(adapt_and_score(spec, params, tasks, replace(spec.inner, steps=k), inner_state))
     values = torch.cat(per_task).double().cpu()
     mean = values.mean().item()
     std = values.std(unbiased=False).item() if n > 1 else 0.0

@@ -17,7 +17,7 @@ from dataclasses import replace
 
 import torch
 
-from algorithms import InnerConfig, meta_gradient_batch, proximal_weight
+from algorithms import InnerConfig, meta_gradient_batch, meta_gradient_carried, proximal_weight
 
 SOLVE_STEPS = 100
 
@@ -35,12 +35,18 @@ def _compare(a: dict, ref: dict, prefix: str) -> dict[str, float]:
 
 
 def fidelity(estimator: str, loss_fn, params: dict, tasks, inner: InnerConfig, hparams: dict,
-             batching: str) -> dict[str, float]:
-    """The ``fid_*`` columns of one meta-iteration (see the module docstring)."""
+             batching: str, inner_state=None) -> dict[str, float]:
+    """The ``fid_*`` columns of one meta-iteration (see the module docstring); ``inner_state``: the
+    run's carried inner optimizer state (Reptile's reference protocol), which the run's own
+    direction starts from (the exact gradient does not: it is MAML's, from a fresh state)."""
     theta = {k: v.detach().double() for k, v in params.items()}
     tasks = tuple(t.double() if t.is_floating_point() else t for t in tasks)
     batching = "vmap" if batching == "vmap" else "loop"
-    run, _ = meta_gradient_batch(estimator, loss_fn, theta, tasks, inner, batching=batching, **hparams)
+    if inner_state is None:
+        run, _ = meta_gradient_batch(estimator, loss_fn, theta, tasks, inner, batching=batching, **hparams)
+    else:
+        state = {k: v if k == "t" else {n: t.double() for n, t in v.items()} for k, v in inner_state.items()}
+        run = meta_gradient_carried(estimator, loss_fn, theta, tasks, state, inner, **hparams)[0]
     out: dict[str, float] = {}
     if inner.optimizer != "hf":
         lam = proximal_weight(estimator, hparams) or inner.prox_lam

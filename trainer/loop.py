@@ -23,7 +23,7 @@ from omegaconf import OmegaConf
 
 import algorithms
 import datasets
-from algorithms import CODE_PATHS, InnerConfig, meta_gradient_batch
+from algorithms import CODE_PATHS, InnerConfig, fresh_inner_state, meta_gradient_batch, meta_gradient_carried
 from atomic import atomic_torch_save, atomic_write_json, atomic_write_text
 
 from .config import ConfigError, eval_prox_lam, inner_config, model_options, outer_options
@@ -98,12 +98,20 @@ def eval_spec(cfg, problem: Problem) -> EvalSpec:
                     cfg.eval.bn_mode, batching(cfg.batching, problem.model) != "loop", cfg.eval.chunk)
 
 
-def run_test(cfg, spec: EvalSpec, params) -> dict:
-    """The final test: ``eval.num_tasks`` fixed tasks of the test split, adapted from ``params`` with
-    the test-time settings, with the test-task fingerprint and shots (also used to test a trained
-    run again: ``trainer.retest``)."""
+def test_inner_state(cfg, inner_state):
+    """The inner optimizer state test and validation tasks start from: the carried training state
+    with ``eval.inner_state=training``, else None (a fresh one per task)."""
+    return inner_state if cfg.eval.get("inner_state", "fresh") == "training" else None
+
+
+def run_test(cfg, spec: EvalSpec, params, inner_state=None) -> dict:
+    """The final test: ``eval.num_tasks`` fixed tasks of the test split, adapted from ``params`` (and
+    from ``inner_state``, the carried training state, where ``eval.inner_state=training``) with the
+    test-time settings, with the test-task fingerprint and shots (also used to test a trained run
+    again: ``trainer.retest``)."""
     seed, n = cfg.eval.test_seed, cfg.eval.num_tasks
-    test = evaluate(spec, params, "test", seed, n, steps_list=cfg.eval.steps_list or ())
+    test = evaluate(spec, params, "test", seed, n, steps_list=cfg.eval.steps_list or (),
+                    inner_state=test_inner_state(cfg, inner_state))
     test["fingerprint"] = fingerprint(spec.source, "test", seed, n)
     test["shots"], test["query_shots"] = spec.source.shots, spec.source.query_shots
     if spec.metric == "mse":
@@ -111,11 +119,12 @@ def run_test(cfg, spec: EvalSpec, params) -> dict:
     return test
 
 
-def run_val(cfg, spec: EvalSpec, params) -> dict:
+def run_val(cfg, spec: EvalSpec, params, inner_state=None) -> dict:
     """The final score of a selection candidate: ``eval.val_tasks`` fixed tasks of the validation
     split (its own seed; Omniglot and mini-ImageNet: the validation classes), with its fingerprint."""
     seed, n = cfg.eval.val_seed, cfg.eval.val_tasks
-    val = evaluate(spec, params, "val", seed, n, steps_list=cfg.eval.steps_list or ())
+    val = evaluate(spec, params, "val", seed, n, steps_list=cfg.eval.steps_list or (),
+                   inner_state=test_inner_state(cfg, inner_state))
     val["fingerprint"] = fingerprint(spec.source, "val", seed, n)
     return val
 
@@ -140,7 +149,8 @@ def _summary_base(cfg, run_dir, problem: Problem, seeds, inner: dict, implicit: 
         "meta_iterations": cfg.meta_iterations, "max_train_minutes": cfg.get("max_train_minutes"),
         "iterations_done": 0, "stopped_by": None, "meta_batch_size": cfg.meta_batch_size,
         "inner": {**inner, "steps": cfg.inner_steps, "test_steps": cfg.test_inner_steps,
-                  "prox_lam": implicit["lam"] if implicit else 0.0, "test_prox_lam": spec.prox_lam},
+                  "prox_lam": implicit["lam"] if implicit else 0.0, "test_prox_lam": spec.prox_lam,
+                  "state": cfg.get("inner_state", "fresh"), "test_state": cfg.eval.get("inner_state", "fresh")},
         "imaml": implicit,
         "outer": {"optimizer": a.outer.optimizer, **outer_options(cfg), "clip": a.outer.clip,
                   "anneal": bool(a.outer.anneal)},
@@ -161,6 +171,13 @@ def budget_label(summary: dict, it: int) -> str:
     if summary["stopped_by"] == "converged":
         return f"converged at {planned} (declared rule {PLATEAU_RULE.split(':')[0]})"
     return f"{planned} ({summary['profile']} profile)"
+
+
+def state_on(state, device):
+    """A carried inner state (``{"t": int, name: {param: tensor}}``, or None) on ``device``."""
+    if state is None:
+        return None
+    return {k: v if k == "t" else {n: t.detach().to(device) for n, t in v.items()} for k, v in state.items()}
 
 
 class _Run:
@@ -187,7 +204,11 @@ class _Run:
         self.summary = _summary_base(cfg, run_dir, p, seeds, fields, implicit, self.spec)
         if cfg.eval.final == "val":
             self.summary["kind"] = "selection"
-        self.batching = batching(cfg.batching, p.model)
+        # inner_state=carried (Reptile's reference): the tasks of a meta-batch run in sequence, each
+        # from the inner optimizer state the previous one left; the state is checkpointed.
+        self.carried = cfg.get("inner_state", "fresh") == "carried"
+        self.inner_state = fresh_inner_state(self.params, self.inner) if self.carried else None
+        self.batching = "loop" if self.carried else batching(cfg.batching, p.model)
         self.summary["code_path"] = {"batching": self.batching, **CODE_PATHS[self.batching]}
         opt_cls = torch.optim.Adam if a.outer.optimizer == "adam" else torch.optim.SGD
         self.leaves = list(self.params.values())
@@ -225,6 +246,8 @@ class _Run:
                 for k in self.params:
                     self.params[k].copy_(ck["params"][k].to(self.device))
                 self.opt.load_state_dict(ck["opt"])
+                if self.carried:
+                    self.inner_state = state_on(ck["inner_state"], self.device)
                 self.gen.set_state(ck["gen"])
                 self.start, self.train_wall, self.iter_times = ck["iteration"], ck["train_wall_s"], ck["iter_times"]
                 self.alloc_peak, self.gpu_peak = ck["alloc_peak"], ck["gpu_peak"]
@@ -255,13 +278,19 @@ class _Run:
             torch.cuda.reset_peak_memory_stats(device)
 
         def grad(full: bool = False, meter=None):
+            """The meta-gradient (and the carried inner state after it, else None). Every call starts
+            from the same state, so the off-clock calls below repeat the first and change nothing."""
             with meter or contextlib.nullcontext():
-                return meta_gradient_batch(a.estimator, self.loss_fn, self.params, tasks, self.inner,
-                                           batching=self.batching, metric_fn=self.metric_fn,
-                                           diagnostics_full=full, **self.hparams)
+                if self.carried:
+                    return meta_gradient_carried(a.estimator, self.loss_fn, self.params, tasks, self.inner_state,
+                                                 self.inner, metric_fn=self.metric_fn, diagnostics_full=full,
+                                                 **self.hparams)
+                return (*meta_gradient_batch(a.estimator, self.loss_fn, self.params, tasks, self.inner,
+                                             batching=self.batching, metric_fn=self.metric_fn,
+                                             diagnostics_full=full, **self.hparams), None)
 
         with Timer(device) as timer:
-            grads, info = grad()
+            grads, info, state_after = grad()
         # Off the budget clock (it counts only what every algorithm must do: sampling, the
         # meta-gradient, the outer step): the extra per-task diagnostics on the first and every N-th
         # iteration, and the CPU allocation profile, each a second call on the same tasks and θ.
@@ -271,15 +300,16 @@ class _Run:
         every = int(cfg.diagnostics)
         if every and (it == self.start + 1 or it % every == 0):
             info = {**info, **{k: v for k, v in grad(full=True)[1].items() if k not in info}}
-        if device.type == "cpu" and (it == self.start + 1 or (it % cfg.mem_every == 0
-                                                              and timer.seconds <= cfg.mem_max_iter_s)):
+        if device.type == "cpu" and cfg.mem_every and (it == self.start + 1 or (
+                it % cfg.mem_every == 0 and timer.seconds <= cfg.mem_max_iter_s)):
             meter = AllocationMeter()
             grad(meter=meter)
         else:
             meter = None
         fid = {}
         if cfg.fidelity_every and (it == self.start + 1 or it % cfg.fidelity_every == 0):
-            fid = fidelity(a.estimator, self.loss_fn, self.params, tasks, self.inner, self.hparams, self.batching)
+            fid = fidelity(a.estimator, self.loss_fn, self.params, tasks, self.inner, self.hparams, self.batching,
+                           self.inner_state)
         self.offclock_wall += time.perf_counter() - t_off
         row = {"iter": it, "train_loss": info["query_loss_after"].mean().item(), "sample_s": sample_s, **fid}
         if "query_metric_after" in info:
@@ -289,6 +319,8 @@ class _Run:
                 row[k] = info[k].mean().item()
         if not (math.isfinite(row["train_loss"]) and all(bool(torch.isfinite(g).all()) for g in grads.values())):
             return None
+        if self.carried:
+            self.inner_state = state_after
         with Timer(device) as step_timer:
             if a.outer.anneal:  # linear to 0 over the run: its iterations, or its time budget if that ends it first
                 done = max((it - 1) / max(1, cfg.meta_iterations), self.train_wall / self.budget_s)
@@ -320,7 +352,8 @@ class _Run:
         due = bool(cfg.eval.val_every and it % cfg.eval.val_every == 0) or (
             self.val_period_s is not None and (it == 1 or self.train_wall >= self.next_val_s))
         if due and has_split(self.spec.source, "val"):
-            v = evaluate(self.spec, self.params, "val", cfg.eval.val_seed, cfg.eval.val_tasks)
+            v = evaluate(self.spec, self.params, "val", cfg.eval.val_seed, cfg.eval.val_tasks,
+                         inner_state=test_inner_state(cfg, self.inner_state))
             row["val_metric"] = v["mean"]
             self.next_val_s = self._next_val(self.train_wall)
             if cfg.eval.val_every and it % cfg.eval.val_every == 0:
@@ -355,6 +388,7 @@ class _Run:
         atomic_torch_save(self.ckpt_path, {
             "params": {k: v.detach().cpu() for k, v in self.params.items()}, "opt": self.opt.state_dict(),
             "gen": self.gen.get_state(), "iteration": it, "train_wall_s": self.train_wall,
+            "inner_state": state_on(self.inner_state, "cpu"),
             "offclock_wall_s": self.offclock_wall,
             "iter_times": self.iter_times, "alloc_peak": self.alloc_peak, "gpu_peak": self.gpu_peak,
             "config_key": _config_key(self.cfg), "config": _resume_config(self.cfg),
@@ -391,9 +425,9 @@ class _Run:
         self.summary["budget"] = budget_label(self.summary, it)
         t0 = time.perf_counter()
         if cfg.eval.final == "val":  # a selection candidate: scored on validation tasks, never tested
-            test = self.summary["val"] = run_val(cfg, self.spec, self.params)
+            test = self.summary["val"] = run_val(cfg, self.spec, self.params, self.inner_state)
         else:
-            test = run_test(cfg, self.spec, self.params)
+            test = run_test(cfg, self.spec, self.params, self.inner_state)
         eval_s = time.perf_counter() - t0
         if not math.isfinite(test["mean"]):  # the adapted models blew up on some test tasks
             bad = sum(not math.isfinite(v) for v in test["per_task"])

@@ -20,7 +20,7 @@ from omegaconf import OmegaConf
 import datasets
 
 from .config import ConfigError
-from .loop import eval_spec, run_test
+from .loop import eval_spec, run_test, state_on
 from .problem import build_problem
 from .records import device_name, load_checkpoint, read_json, versions
 
@@ -75,7 +75,7 @@ def retest(cfg, run_dir: str | Path) -> dict:
         problem.params[k].copy_(ck["params"][k].to(problem.device))
     spec = eval_spec(cfg, problem)
     t0 = time.perf_counter()
-    test = run_test(cfg, spec, problem.params)
+    test = run_test(cfg, spec, problem.params, state_on(ck.get("inner_state"), problem.device))
     return {"schema_version": 1, "kind": "retest", "run_dir": str(run_dir), "iteration": ck["iteration"],
             "test": test, "data": datasets.record(spec.source), "eval_wall_s": time.perf_counter() - t0,
             "device": problem.device.type, "device_name": device_name(problem.device), "versions": versions(),

@@ -76,6 +76,8 @@ class Eval:
     query_shots: int | None = rule(lo=1, note=" (or null: query_shots)")
     steps_list: list[int] | None = rule(lo=0)
     bn_mode: str = rule(choices=("transductive", "per_example"))
+    inner_state: str = rule(choices={"fresh": "a zero inner optimizer state per task",
+                                     "training": "the carried training state, left unchanged; needs inner_state=carried"})
     prox_lam: float | None = rule(lo=0, what="a finite number >= 0, or null for the training λ")
     chunk: int = rule(lo=1)
     final: str = rule(choices={"test": "the fixed test tasks", "val": "validation tasks only, for selection"})
@@ -95,6 +97,8 @@ class Train:
     inner_lr: float = positive()
     inner_batch: int | None = rule(lo=1, note=" (or null: the whole support set in every inner step)")
     prox_mode: str = rule(choices=algorithms.PROX_MODES)
+    inner_state: str = rule(choices={"fresh": "a zero inner optimizer state per task",
+                                     "carried": "the state the previous task left, Reptile's reference code"})
     meta_batch_size: int = rule(lo=1)
     meta_iterations: int = rule(lo=0)
     max_train_minutes: float | None = positive(" (or null: no time limit)")
