@@ -58,7 +58,7 @@ BATCHING = ("loop", "vmap", "compile")
 CODE_PATHS = {"loop": {"autodiff": "torch.autograd", "loss": "fused"},
               "vmap": {"autodiff": "torch.func", "loss": "plain"},
               "compile": {"autodiff": "torch.func", "loss": "fused"}}
-_OWN = ("loss_fn", "params", "support", "query", "inner", "autograd", "inner_state")  # not hparams
+_OWN = ("loss_fn", "params", "support", "query", "inner", "autograd", "inner_state", "trace")  # not hparams
 _COMPILED: dict[str, Callable] = {}
 
 

@@ -6,18 +6,20 @@ from __future__ import annotations
 
 from ._common import diagnostics, query_loss
 from .inner import InnerConfig, solve_inner
-from .linalg import gradient
+from .linalg import gradient, tree_norm
 
 
 def fomaml(loss_fn, params, support, query, inner: InnerConfig, metric_fn=None, diagnostics_full: bool = True,
-           autograd: bool = False):
+           autograd: bool = False, trace: list | None = None):
     """FOMAML's meta-gradient of one task; arguments and returns as :func:`algorithms.maml.maml`."""
-    phi = solve_inner(loss_fn, params, support, inner, detach=True, autograd=autograd)
+    phi = solve_inner(loss_fn, params, support, inner, detach=True, autograd=autograd, trace=trace)
 
     def objective(p):
         loss, metric = query_loss(loss_fn, metric_fn, p, *query)
         return loss, (loss.detach(), metric)
 
     grads, (qloss, qmetric) = gradient(objective, phi, has_aux=True, autograd=autograd)
+    if trace is not None:
+        trace.append({"stage": "query", "loss": float(qloss), "grad_norm": float(tree_norm(grads))})
     return grads, diagnostics(loss_fn, params, phi, support, query, inner.prox_lam, qloss, qmetric, diagnostics_full,
                               autograd)

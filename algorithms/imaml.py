@@ -31,7 +31,7 @@ from torch.func import grad, grad_and_value, vjp
 
 from ._common import diagnostics, query_loss
 from .inner import InnerConfig, solve_inner
-from .linalg import conjugate_gradient, hvp
+from .linalg import conjugate_gradient, hvp, tree_norm
 
 RELEASE_CG_TOL = 1e-10  # imaml_dev utils.cg_solve(residual_tol=1e-10), on ||r||²
 
@@ -47,7 +47,7 @@ def resolve_cg_tol(cg_tol: float | None, inner: InnerConfig) -> float:
 
 def imaml(loss_fn, params, support, query, inner: InnerConfig, lam: float = 2.0, cg_steps: int = 5,
           cg_damping: float = 0.0, lam_damping: float = 0.0, cg_tol: float | None = None, hvp_mode: str = "revrev",
-          metric_fn=None, diagnostics_full: bool = True, autograd: bool = False):
+          metric_fn=None, diagnostics_full: bool = True, autograd: bool = False, trace: list | None = None):
     """iMAML's implicit meta-gradient of one task.
 
     Args:
@@ -63,8 +63,11 @@ def imaml(loss_fn, params, support, query, inner: InnerConfig, lam: float = 2.0,
         ``(grads, info)`` as :func:`algorithms.maml.maml`, ``info`` with ``cg_residual``
         (relative, from the CG recurrence).
     """
-    phi = solve_inner(loss_fn, params, support, replace(inner, prox_lam=lam), detach=True, autograd=autograd)
+    phi = solve_inner(loss_fn, params, support, replace(inner, prox_lam=lam), detach=True, autograd=autograd,
+                      trace=trace)
     gq, (qloss, qmetric) = grad_and_value(lambda p: query_loss(loss_fn, metric_fn, p, *query), has_aux=True)(phi)
+    if trace is not None:
+        trace.append({"stage": "query", "loss": float(qloss), "grad_norm": float(tree_norm(gq))})
     xs, ys = support
 
     def support_loss(p):
@@ -86,7 +89,7 @@ def imaml(loss_fn, params, support, query, inner: InnerConfig, lam: float = 2.0,
         return {k: (1.0 + cg_damping) * v[k] + hv[k] / (lam + lam_damping) for k in v}
 
     grads, rel_residual = conjugate_gradient(matvec, {k: v.detach() for k, v in gq.items()}, cg_steps,
-                                             tol=resolve_cg_tol(cg_tol, inner))
+                                             tol=resolve_cg_tol(cg_tol, inner), trace=trace)
     aux = diagnostics(loss_fn, params, phi, support, query, lam, qloss, qmetric, diagnostics_full, autograd)
     aux["cg_residual"] = rel_residual.detach()
     return {k: v.detach() for k, v in grads.items()}, aux

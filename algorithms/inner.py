@@ -153,35 +153,43 @@ def _step(phi: Params, g: Params, state: dict[str, Params], cfg: InnerConfig, t:
 
 
 def solve_inner(loss_fn: LossFn, theta: Params, support: tuple[torch.Tensor, torch.Tensor],
-                cfg: InnerConfig, detach: bool = True, autograd: bool = False) -> Params:
+                cfg: InnerConfig, detach: bool = True, autograd: bool = False, trace: list | None = None) -> Params:
     """Run the inner optimizer from φ₀ = θ and a fresh optimizer state, and return φ_K
     (``prox_mode='final_step'``: the optimizer on L_support alone, then φ_K ← φ_K − lr·λ·(φ_K − θ)).
 
     ``detach=True`` (FOMAML, Reptile, iMAML): θ is detached and no graph is kept across
     steps, so memory is flat in K. ``detach=False`` (MAML): every step stays on the graph
     of the enclosing gradient so the meta-gradient is exact through the unroll.
-    ``autograd``: see :func:`linalg.gradient`.
+    ``autograd``: see :func:`linalg.gradient`. ``trace`` (a list, outside ``torch.func``
+    transforms only): each step appends its loss, gradient norm and ‖φ‖ (``trainer.anatomy``).
     """
     if cfg.optimizer == "hf":
         if not detach:
             raise ValueError("inner.optimizer='hf' is not differentiable: use it with imaml only")
         theta = {k: v.detach() for k, v in theta.items()}
-        return _solve_hf(loss_fn, theta, support[0], support[1], cfg, cfg.prox_lam)
-    return _gradient_steps(loss_fn, theta, support, cfg, None, detach, autograd)[0]
+        return _solve_hf(loss_fn, theta, support[0], support[1], cfg, cfg.prox_lam, trace)
+    return _gradient_steps(loss_fn, theta, support, cfg, None, detach, autograd, trace)[0]
 
 
 def solve_inner_carried(loss_fn: LossFn, theta: Params, support: tuple[torch.Tensor, torch.Tensor],
-                        cfg: InnerConfig, state: InnerState, autograd: bool = False) -> tuple[Params, InnerState]:
+                        cfg: InnerConfig, state: InnerState, autograd: bool = False,
+                        trace: list | None = None) -> tuple[Params, InnerState]:
     """Run the inner optimizer from φ₀ = θ but from ``state`` — the optimizer state the previous
     task left — and return (φ_K, the state after these K steps). Adam's moments and its step count
     (hence its bias correction) continue across tasks: what Reptile's reference code does, whose
     ``train_step`` restores only the trainable variables between tasks (Nichol et al. 2018,
     openai/supervised-reptile ``reptile.py``). First order only (θ is detached)."""
-    return _gradient_steps(loss_fn, theta, support, cfg, state, True, autograd)
+    return _gradient_steps(loss_fn, theta, support, cfg, state, True, autograd, trace)
+
+
+def _traced(trace: list | None, **values) -> None:
+    """Append one stage's values (floats) to ``trace`` when tracing (``trainer.anatomy``)."""
+    if trace is not None:
+        trace.append({k: float(v) if isinstance(v, torch.Tensor) else v for k, v in values.items()})
 
 
 def _gradient_steps(loss_fn: LossFn, theta: Params, support, cfg: InnerConfig, state: InnerState | None,
-                    detach: bool, autograd: bool) -> tuple[Params, InnerState]:
+                    detach: bool, autograd: bool, trace: list | None = None) -> tuple[Params, InnerState]:
     """``cfg.steps`` steps of a gradient optimizer (sgd / momentum / adam) from θ and ``state``
     (None: fresh); returns φ_K and the state after them."""
     lam = cfg.prox_lam
@@ -206,6 +214,10 @@ def _gradient_steps(loss_fn: LossFn, theta: Params, support, cfg: InnerConfig, s
         g = gradient(G, phi, create_graph=not detach, autograd=autograd)
         if detach:
             g = {k: v.detach() for k, v in g.items()}
+        if trace is not None:
+            with torch.no_grad():
+                _traced(trace, stage="inner", step=t, loss=G({k: v.detach() for k, v in phi.items()}),
+                        grad_norm=tree_norm(g).detach(), phi_norm=tree_norm(phi).detach())
         phi, buffers = _step(phi, g, buffers, cfg, t0 + t)
     if final and lam:
         # The release's pull-back: one torch.optim.SGD step on 0.5·λ·||φ − θ||², whose gradient is λ·(φ − θ).
@@ -232,7 +244,7 @@ def _batches(n: int, batch: int | None, steps: int) -> list[torch.Tensor] | None
     return [torch.tensor(flat[t * batch:(t + 1) * batch]) for t in range(steps)]
 
 
-def _solve_hf(loss_fn: LossFn, theta: Params, x, y, cfg: InnerConfig, lam: float) -> Params:
+def _solve_hf(loss_fn: LossFn, theta: Params, x, y, cfg: InnerConfig, lam: float, trace: list | None = None) -> Params:
     """Hessian-free inner solver (iMAML-HF, Rajeswaran et al. 2019, §4 and Table 2):
     each step takes a truncated-Newton direction from ``hf_cg_steps`` CG iterations on
     ∇²G, then backtracks (Armijo, c = 1e-4, halving) from step ``lr``.
@@ -256,10 +268,15 @@ def _solve_hf(loss_fn: LossFn, theta: Params, x, y, cfg: InnerConfig, lam: float
 
     ladder = [cfg.lr * 0.5 ** j for j in range(cfg.hf_ls_steps)]
     phi = dict(theta)
-    for _ in range(cfg.steps):
+    for t in range(1, cfg.steps + 1):
         g, pullback, f0 = vjp(grad(G, has_aux=True), phi, has_aux=True)
         g, f0 = {k: v.detach() for k, v in g.items()}, f0.detach()
-        d = truncated_newton_direction(lambda v: pullback(v)[0], g, cfg.hf_cg_steps)
+        if trace is not None:
+            _traced(trace, stage="inner", step=t, loss=f0, grad_norm=tree_norm(g), phi_norm=tree_norm(phi))
+        cg_trace = None if trace is None else []
+        d = truncated_newton_direction(lambda v: pullback(v)[0], g, cfg.hf_cg_steps, trace=cg_trace)
+        for e in cg_trace or []:
+            _traced(trace, stage="inner_cg", step=t, **{k: v for k, v in e.items() if k != "stage"})
         d = {k: v.detach() for k, v in d.items()}
         slope = tree_dot(g, d)
         ascent = slope >= 0  # not a descent direction (rounding): fall back to steepest descent
@@ -275,6 +292,8 @@ def _solve_hf(loss_fn: LossFn, theta: Params, x, y, cfg: InnerConfig, lam: float
             first = ok & (ok.cumsum(0) == 1)
             step = torch.where(ok.any(), (steps * first).sum(), step)
         phi = {k: v.detach() for k, v in tree_add(phi, d, step).items()}
+        if trace is not None:
+            trace[-1 - len(cg_trace)]["step_size"] = float(step)
     return phi
 
 

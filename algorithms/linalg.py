@@ -93,7 +93,7 @@ def _ratio(num: torch.Tensor, den: torch.Tensor) -> torch.Tensor:
 
 
 def conjugate_gradient(matvec: Callable[[Params], Params], b: Params, steps: int,
-                       tol: float = 0.0) -> tuple[Params, torch.Tensor]:
+                       tol: float = 0.0, trace: list | None = None) -> tuple[Params, torch.Tensor]:
     """Solve A x = b for symmetric positive-definite A with ``steps`` CG iterations from x0 = 0.
 
     Hestenes & Stiefel (1952). Fixed step count, no early exit (vmap-compatible); a zero
@@ -102,7 +102,8 @@ def conjugate_gradient(matvec: Callable[[Params], Params], b: Params, steps: int
     official iMAML release's ``utils.cg_solve(..., residual_tol=1e-10)``, which breaks out of
     its loop there (the first iteration always runs). The masked iterations still cost their
     matvec, so the loop stays free of data-dependent branching.
-    Returns (x, relative residual ||b − A x|| / ||b||, from the CG recurrence).
+    Returns (x, relative residual ||b − A x|| / ||b||, from the CG recurrence). ``trace`` (a list,
+    outside ``torch.func`` transforms only): each iteration appends its pᵀAp and relative residual.
     """
     x = {k: torch.zeros_like(t) for k, t in b.items()}
     r = dict(b)
@@ -124,11 +125,15 @@ def conjugate_gradient(matvec: Callable[[Params], Params], b: Params, steps: int
                                    for old, new in ((x, x_new), (r, r_new), (p, p_new)))
             rr_new = torch.where(done, rr, rr_new)
         x, r, p, rr = x_new, r_new, p_new, rr_new
+        if trace is not None:
+            trace.append({"stage": "cg", "iteration": i + 1, "pAp": float(pap), "alpha": float(alpha),
+                          "residual": float((rr / bb).sqrt()) if float(bb) > 0 else 0.0})
     rel = torch.where(bb > 0, (rr / torch.where(bb > 0, bb, torch.ones_like(bb))).sqrt(), torch.zeros_like(bb))
     return x, rel
 
 
-def truncated_newton_direction(matvec: Callable[[Params], Params], g: Params, steps: int) -> Params:
+def truncated_newton_direction(matvec: Callable[[Params], Params], g: Params, steps: int,
+                               trace: list | None = None) -> Params:
     """Approximate Newton direction d ≈ −A⁻¹g by ``steps`` CG iterations, stopping at negative curvature.
 
     Truncated Newton / Newton-CG (Nocedal & Wright, Alg. 7.1): if the first search direction
@@ -157,6 +162,8 @@ def truncated_newton_direction(matvec: Callable[[Params], Params], g: Params, st
         beta = rr_new / torch.where(rr == 0, torch.ones_like(rr), rr)
         p = {k: torch.where(done, p[k], v) for k, v in tree_add(r, p, beta).items()}
         rr = torch.where(done, rr, rr_new)
+        if trace is not None:
+            trace.append({"stage": "cg", "iteration": i + 1, "pAp": float(pap), "residual_sq": float(rr)})
     return d
 
 

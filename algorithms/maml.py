@@ -12,7 +12,7 @@ from .linalg import gradient
 
 
 def maml(loss_fn, params, support, query, inner: InnerConfig, metric_fn=None, diagnostics_full: bool = True,
-         autograd: bool = False):
+         autograd: bool = False, trace: list | None = None):
     """MAML's meta-gradient of one task.
 
     Args:
@@ -24,6 +24,8 @@ def maml(loss_fn, params, support, query, inner: InnerConfig, metric_fn=None, di
         diagnostics_full: also report the query loss at θ and ||∇G(φ_K)||.
         autograd: differentiate with ``torch.autograd`` (only outside ``torch.func``
             transforms and ``torch.compile``); else ``torch.func``.
+        trace: a list (outside ``torch.func`` transforms only) each stage appends its values to
+            (inner steps, the query loss; ``trainer.anatomy``).
 
     Returns:
         ``(grads, info)``: the meta-gradient (keys of ``params``) and 0-dim diagnostics.
@@ -31,8 +33,10 @@ def maml(loss_fn, params, support, query, inner: InnerConfig, metric_fn=None, di
     lam = inner.prox_lam
 
     def meta_objective(theta):
-        phi = solve_inner(loss_fn, theta, support, inner, detach=False, autograd=autograd)
+        phi = solve_inner(loss_fn, theta, support, inner, detach=False, autograd=autograd, trace=trace)
         loss, metric = query_loss(loss_fn, metric_fn, phi, *query)
+        if trace is not None:
+            trace.append({"stage": "query", "loss": float(loss.detach())})
         return loss, ({k: v.detach() for k, v in phi.items()}, loss.detach(), metric)
 
     grads, (phi, qloss, qmetric) = gradient(meta_objective, params, has_aux=True, autograd=autograd)

@@ -20,13 +20,13 @@ from .inner import InnerConfig, InnerState, solve_inner, solve_inner_carried
 
 
 def reptile(loss_fn, params, support, query, inner: InnerConfig, metric_fn=None, diagnostics_full: bool = True,
-            autograd: bool = False, inner_state: InnerState | None = None):
+            autograd: bool = False, inner_state: InnerState | None = None, trace: list | None = None):
     """Reptile's pseudo-gradient θ − φ_K of one task; arguments and returns as :func:`algorithms.maml.maml`
     (and the inner optimizer's state after the task, third, when ``inner_state`` is given)."""
     if inner_state is None:
-        phi, state = solve_inner(loss_fn, params, support, inner, detach=True, autograd=autograd), None
+        phi, state = solve_inner(loss_fn, params, support, inner, detach=True, autograd=autograd, trace=trace), None
     else:
-        phi, state = solve_inner_carried(loss_fn, params, support, inner, inner_state, autograd=autograd)
+        phi, state = solve_inner_carried(loss_fn, params, support, inner, inner_state, autograd=autograd, trace=trace)
     grads = {k: params[k].detach() - phi[k] for k in params}
     with torch.no_grad():
         qloss, qmetric = query_loss(loss_fn, metric_fn, phi, *query)

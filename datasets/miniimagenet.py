@@ -224,7 +224,8 @@ class MiniImageNet:
         self._scale = (1.0 / std).to(self.dtype).view(3, 1, 1)
         self._shift = (-mean / std).to(self.dtype).view(3, 1, 1)
         self.tasks = TaskSampler(self.images, splits, ways=self.ways, shots=self.shots, query_shots=self.query_shots,
-                                 to_float=self._to_float, sampler=self.sampler_name, name="miniimagenet")
+                                 to_float=self._to_float, sampler=self.sampler_name, name="miniimagenet",
+                                 class_names=list(self.class_names))
 
     def _to_float(self, u: torch.Tensor) -> torch.Tensor:
         d = u.device
@@ -233,6 +234,10 @@ class MiniImageNet:
     def sample(self, split: str, n: int, generator: torch.Generator, **override):
         """See :meth:`datasets.tasks.TaskSampler.sample`; xs is (n, ways·shots, 3, 84, 84)."""
         return self.tasks.sample(split, n, generator, **override)
+
+    def describe(self, split: str, n: int, generator: torch.Generator, **override) -> list[dict]:
+        """See :meth:`datasets.tasks.TaskSampler.describe`."""
+        return self.tasks.describe(split, n, generator, **override)
 
     def split_classes(self) -> dict[str, list[str]]:
         return {s: list(c) for s, c in self.class_splits.items()}

@@ -229,7 +229,8 @@ class Omniglot:
             task_rot = tuple(quarter)
         self.tasks = TaskSampler(self.images, splits, ways=self.ways, shots=self.shots, query_shots=self.query_shots,
                                  to_float=self._to_float, sampler=self.sampler_name, name="omniglot",
-                                 task_rotations=task_rot, rotate_splits=tuple(self.rotate_splits))
+                                 task_rotations=task_rot, rotate_splits=tuple(self.rotate_splits),
+                                 class_names=list(self.class_keys))
 
     def _to_float(self, u: torch.Tensor) -> torch.Tensor:
         """``1 − u/255`` (or ``u/255`` without inversion) in one fused pass."""
@@ -240,6 +241,10 @@ class Omniglot:
     def sample(self, split: str, n: int, generator: torch.Generator, **override):
         """See :meth:`datasets.tasks.TaskSampler.sample`; xs is (n, ways·shots, 1, 28, 28)."""
         return self.tasks.sample(split, n, generator, **override)
+
+    def describe(self, split: str, n: int, generator: torch.Generator, **override) -> list[dict]:
+        """See :meth:`datasets.tasks.TaskSampler.describe`."""
+        return self.tasks.describe(split, n, generator, **override)
 
     def has_split(self, split: str) -> bool:
         """Whether ``split`` has classes to sample (``val`` may be configured empty)."""

@@ -35,6 +35,12 @@ class Sinusoid:
         x, y, k = x.to(self.dtype), y.to(self.dtype), self.shots
         return x[:, :k], y[:, :k], x[:, k:], y[:, k:]
 
+    def describe(self, split: str, n: int, generator: torch.Generator) -> list[dict]:
+        """Amplitude and phase of each of the ``n`` tasks :meth:`sample` draws from ``generator``."""
+        amp = torch.empty(n, dtype=torch.float64).uniform_(*self.amp, generator=generator)
+        ph = torch.empty(n, dtype=torch.float64).uniform_(*self.phase, generator=generator)
+        return [{"amplitude": float(a), "phase": float(p)} for a, p in zip(amp, ph)]
+
     def fingerprint_fields(self) -> dict:
         return {"dataset": self.name, "shots": self.shots, "query_shots": self.query_shots,
                 "amp": list(self.amp), "phase": list(self.phase), "x_range": list(self.x_range)}

@@ -82,13 +82,15 @@ class TaskSampler:
 
     def __init__(self, images: torch.Tensor, splits: dict[str, list[tuple[int, int]]], *, ways: int,
                  shots: int, query_shots: int, to_float, sampler: str = "learn2learn",
-                 task_rotations: tuple[int, ...] = (0,), rotate_splits: tuple[str, ...] = (), name: str = "images"):
+                 task_rotations: tuple[int, ...] = (0,), rotate_splits: tuple[str, ...] = (), name: str = "images",
+                 class_names: list[str] | None = None):
         if sampler not in SAMPLERS:
             raise ValueError(f"dataset.sampler={sampler!r} is unknown; allowed: {list(SAMPLERS)}")
         self.images, self.splits, self.to_float, self.sampler, self.name = images, splits, to_float, sampler, name
         self.ways, self.shots, self.query_shots = ways, shots, query_shots
         self.task_rotations, self.rotate_splits = tuple(task_rotations), tuple(rotate_splits)
         self._l2l: dict[tuple, object] = {}
+        self.class_names = class_names  # by index of ``images``' first axis (a failure record names them)
 
     # -- learn2learn plumbing (built lazily per split, ways and k)
     def _taskset(self, split: str, ways: int, k: int):
@@ -126,6 +128,7 @@ class TaskSampler:
                 rots.append(torch.tensor([random.choice(self.task_rotations) for _ in range(ways)]))
         cls, item, crot = torch.tensor(idx).unbind(-1)                                   # (n, ways·k) each
         x = _rot90_per_class(self.images[cls.flatten(), item.flatten()], crot.flatten())
+        self._last = (cls.view(n, ways, k)[:, :, 0], crot.view(n, ways, k)[:, :, 0])
         return x.view(n, ways, k, *x.shape[1:]), torch.stack(ys), torch.stack(rots)
 
     def _draw_torch(self, split: str, n: int, ways: int, k: int, g: torch.Generator):
@@ -139,6 +142,7 @@ class TaskSampler:
         x = _rot90_per_class(x.flatten(0, 1), crot[pick].flatten()).view(x.shape)
         opts = torch.tensor(self.task_rotations)
         rots = opts[torch.randint(len(opts), (n, ways), generator=g)]
+        self._last = (cls[pick], crot[pick])
         return x, torch.arange(ways).expand(n, ways), rots
 
     def sample(self, split: str, n: int, generator: torch.Generator, *, ways: int | None = None,
@@ -161,12 +165,26 @@ class TaskSampler:
             x, y, rots = self._draw_l2l(split, n, ways, k, seed)
         if split in self.rotate_splits and any(self.task_rotations):
             x = _rot90_per_class(x.flatten(0, 1), rots.flatten()).view(x.shape)
+        else:
+            rots = torch.zeros_like(rots)
+        self._last = (*self._last, rots)
         if device is not None:
             x, y = x.to(device), y.to(device)
         y = y[:, :, None].expand(n, ways, k)
         xs, xq = x[:, :, :shots].flatten(1, 2), x[:, :, shots:].flatten(1, 2)
         ys, yq = y[:, :, :shots].flatten(1, 2), y[:, :, shots:].flatten(1, 2)
         return self.to_float(xs), ys.contiguous(), self.to_float(xq), yq.contiguous()
+
+
+    def describe(self, split: str, n: int, generator: torch.Generator, **override) -> list[dict]:
+        """What defines each of the ``n`` tasks :meth:`sample` draws from ``generator`` (the same
+        draws): its classes in label order (names where known) and each class's quarter-turns."""
+        self.sample(split, n, generator, **override)
+        cls, class_rot, task_rot = self._last
+        names = self.class_names
+        return [{"classes": [names[c] if names else c for c in cls[i].tolist()],
+                 "rotations": [90 * ((int(a) + int(b)) % 4) for a, b in zip(class_rot[i], task_rot[i])]}
+                for i in range(n)]
 
 
 def _rot90_per_class(x: torch.Tensor, r: torch.Tensor) -> torch.Tensor:

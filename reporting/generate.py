@@ -11,7 +11,7 @@ from pathlib import Path
 
 from atomic import atomic_write_text
 
-from . import baselines, budget, fidelity_train, findings, limits, paired, studies, tables, tta
+from . import anatomy, baselines, budget, fidelity_train, findings, limits, paired, studies, tables, tta
 from . import common as c
 from .paper import PaperNumbers, load_paper_numbers
 from .records import STATUSES, STUDY_FILES, Records, Skipped, load
@@ -226,7 +226,8 @@ def generate(runs_root: Path, out: Path, paper: PaperNumbers | None = None, benc
     study_list = sorted(recs.studies + (extra.studies if extra else []), key=lambda s: s["run"])
     text, shown = _study_sections(study_list, w, skipped)
     body.append(text)
-    body.append(_heading("assumptions-fail", "8. When the assumptions fail") + fidelity_train.section(rows, w))
+    body.append(_heading("assumptions-fail", "8. When the assumptions fail") + fidelity_train.section(rows, w)
+                + "\n### Where each method fails (R3.1)\n" + anatomy.section(rows, judged, runs_root, w))
     body.append(_heading("limitations", "9. Limitations")
                 + limits.section(limits.Inputs(rows, bases, judged, study_list, tta.devices(tta_records), paper,
                                                recs.selections))

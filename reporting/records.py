@@ -159,6 +159,7 @@ def normalise_train(d: dict, run: str) -> dict:
             ("rss_peak_bytes", "memory.rss_peak_bytes", "int"),
             ("git_commit", "versions.git_commit", "str"),
             ("failure_iteration", "failure.iteration", "int"), ("failure_reason", "failure.reason", "str"),
+            ("failure_stage", "failure.stage", "str"),
             ("early_stop", "config.eval.early_stop", "str"), ("inner_state", "inner.state", "str"),
             ("test_inner_state", "inner.test_state", "str")):
         row[col] = _get(d, dotted, kind, required=False)

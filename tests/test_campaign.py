@@ -56,3 +56,32 @@ def test_a_diverged_run_is_an_outcome_recorded_and_not_rerun(campaign, tmp_path,
     before = {p: p.stat().st_mtime_ns for p in (tmp_path / "records").rglob("*")}
     assert campaign.run(jobs=1) == 0
     assert {p: p.stat().st_mtime_ns for p in (tmp_path / "records").rglob("*")} == before
+
+
+def test_the_plan_is_data_every_run_composes_and_says_why(campaign, tmp_path):
+    """configs/campaign.yaml: unique names, each with a reason, in issue order (the iMAML paper's runs
+    before the rest of Omniglot), and every run's overrides compose to a valid config."""
+    import yaml
+
+    from trainer import compose
+    from trainer.config import validate
+
+    plan = campaign.load_plan()
+    spec = yaml.safe_load((ROOT / "configs" / "campaign.yaml").read_text())
+    assert [n for n, _ in plan] == [r["name"] for r in spec["runs"]] and all(r["why"].strip() for r in spec["runs"])
+    names = [n for n, _ in plan]
+    order = ["imaml-s0", "imaml_release_algo-s0", "reptile_ref-s0", "maml-s1", "fomaml-s1", "imaml_hf-s0", "imaml-s1"]
+    positions = [names.index(f"omniglot_5w1s/{n}") for n in order]
+    assert positions == sorted(positions) and len(set(names)) == len(names)
+    for name, overrides in plan:
+        cfg = compose(overrides)
+        if not name.startswith("sinusoid/"):
+            assert cfg.profile_budget.meta_iterations >= 60000, name
+        if "reptile_ref" in name:
+            assert cfg.inner_state == "carried" and cfg.eval.early_stop is None and cfg.meta_iterations == 100000
+        if name.startswith("sinusoid/"):  # (the Omniglot ones need the data root, which CI may not have)
+            validate(cfg)
+    bad = tmp_path / "plan.yaml"
+    bad.write_text("validation: []\nruns:\n  - {name: a, experiment: smoke, seed: 0}\n")
+    with pytest.raises(SystemExit, match="lacks \\['why'\\]"):
+        campaign.load_plan(bad)

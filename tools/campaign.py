@@ -170,20 +170,45 @@ def run(jobs: int) -> int:
     return 1 if failed else 0
 
 
+def _per_iteration(name: str, rows: list[dict]) -> float | None:
+    """Median seconds per iteration (compute + sampling) over a run's last 200 logged iterations."""
+    recent = sorted(r["iter_s"] + r.get("sample_s", 0.0) for r in rows[-200:] if "iter_s" in r)
+    if recent:
+        return recent[len(recent) // 2]
+    s = _read(RECORDS / name / "summary.json") or {}
+    return (s.get("timing") or {}).get("median_iter_s")
+
+
 def status() -> None:
-    print(f"{'run':28} {'status':12} {'iterations':>17} {'val':>8} {'s/iter':>7} {'ETA':>8}")
+    """Each run: status, iterations, latest validation, s/iteration and ETA on one core — to its planned
+    iterations and, under the plateau rule, to the rule's earliest stop (its 9th validation). A run
+    not started yet borrows the s/iteration of a run of the same experiment (marked ~)."""
+    width = max(len(n) for n, _ in PLAN)
+    print(f"{'run':{width}} {'status':12} {'iterations':>17} {'val':>8} {'s/iter':>7} {'ETA':>8} {'ETA rule':>8}")
+    per_experiment: dict[str, float] = {}
+    table = []
     for name, overrides in PLAN:
         rows = _metrics(name)
+        per = _per_iteration(name, rows)
+        if per is not None:
+            per_experiment.setdefault(overrides[0], per)
+        table.append((name, overrides, rows, per))
+    for name, overrides, rows, per in table:
         s = _read(RECORDS / name / "summary.json") or _read(RUNS / name / "summary.json") or {}
         planned = s.get("meta_iterations") or _planned(overrides)
         it = rows[-1]["iter"] if rows else (s.get("iterations_done") or 0)
         state = s.get("status") if done(name) else (s.get("status") or ("saved" if it else "not started"))
         val = next((r["val_metric"] for r in reversed(rows) if "val_metric" in r), None)
-        recent = sorted(r["iter_s"] + r.get("sample_s", 0.0) for r in rows[-200:] if "iter_s" in r)
-        per = recent[len(recent) // 2] if recent else None
-        eta = "-" if done(name) or per is None or not planned else f"{(planned - it) * per / 3600:.1f} h"
-        print(f"{name:28} {state:12} {it:>8,}/{planned or 0:>8,} {'-' if val is None else f'{val:.4g}':>8} "
-              f"{'-' if per is None else f'{per:.3f}':>7} {eta:>8}")
+        borrowed = per is None and overrides[0] in per_experiment
+        per = per_experiment.get(overrides[0]) if per is None else per
+        rule = "eval.early_stop=plateau" in overrides
+        earliest = 9 * 1000  # the rule's 9th validation at eval.val_every=1000 (configs/campaign.yaml)
+
+        def eta(target):
+            return "-" if done(name) or per is None or not target else f"{max(0, target - it) * per / 3600:.1f} h"
+        shown = "-" if per is None else f"{'~' if borrowed else ''}{per:.3f}"
+        print(f"{name:{width}} {state:12} {it:>8,}/{planned or 0:>8,} {'-' if val is None else f'{val:.4g}':>8} "
+              f"{shown:>7} {eta(planned):>8} {eta(earliest) if rule else '-':>8}")
 
 
 def _metrics(name: str) -> list[dict]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -43,9 +44,11 @@ def jobs(setting: str, spec: dict) -> list[str]:
     lines = []
     for algo, a in spec["algorithms"].items():
         for point in candidates(a["grid"]):
+            budget = ([f"meta_iterations={spec['meta_iterations']}"] if "meta_iterations" in spec
+                      else [f"max_train_minutes={spec['budget_minutes']}"])
             overrides = [f"experiment={a['experiment']}", f"seed={spec['seed']}", "eval.final=val",
-                         f"eval.val_tasks={spec['val_tasks']}", f"max_train_minutes={spec['budget_minutes']}",
-                         "eval.val_every=0", *(f"{k}={v}" for k, v in point.items())]
+                         f"eval.val_tasks={spec['val_tasks']}", *budget, "eval.val_every=0",
+                         *(f"{k}={v}" for k, v in point.items())]
             lines.append(f"{setting}/{algo}/{candidate_name(point)} train.py {' '.join(overrides)}")
     return lines
 
@@ -62,6 +65,11 @@ def test_fingerprint(experiment: str) -> str:
     return fingerprint(source, "test", cfg.eval.test_seed, cfg.eval.num_tasks)
 
 
+def _budget(spec: dict) -> dict:
+    """What every candidate of a setting trained for, as its selection record states it."""
+    return {"meta_iterations": spec.get("meta_iterations"), "budget_minutes": spec.get("budget_minutes")}
+
+
 def summarise(setting: str, spec: dict) -> None:
     for algo, a in spec["algorithms"].items():
         rows = []
@@ -72,13 +80,20 @@ def summarise(setting: str, spec: dict) -> None:
             rows.append({"candidate": candidate_name(point), "values": point, "status": s["status"],
                          "val_metric": val["mean"] if val else None, "val_ci95": val["ci95"] if val else None,
                          "iterations_done": s["iterations_done"], "val_fingerprint": val["fingerprint"] if val else None})
-        scored = [r for r in rows if r["val_metric"] is not None]
+        scored = [r for r in rows if r["val_metric"] is not None and math.isfinite(r["val_metric"])]
+        if not scored:  # every candidate diverged: nothing to select, and the record says so
+            atomic_write_json(RECORDS / setting / algo / "selection.json", {
+                "kind": "selection", "setting": setting, "algorithm": algo, "experiment": a["experiment"],
+                "grid": a["grid"], **_budget(spec), "val_tasks": spec["val_tasks"], "seed": spec["seed"],
+                "metric": None, "candidates": rows, "winner": None, "winner_name": None, "test_fingerprint": None})
+            print(f"select: {setting} {algo}: every candidate diverged; none selected")
+            continue
         lower = json.loads((RECORDS / setting / algo / scored[0]["candidate"] / "summary.json").read_text())["val"][
             "metric"] == "mse"
         best = (min if lower else max)(scored, key=lambda r: r["val_metric"])
         atomic_write_json(RECORDS / setting / algo / "selection.json", {
             "kind": "selection", "setting": setting, "algorithm": algo, "experiment": a["experiment"],
-            "grid": a["grid"], "budget_minutes": spec["budget_minutes"], "val_tasks": spec["val_tasks"],
+            "grid": a["grid"], **_budget(spec), "val_tasks": spec["val_tasks"],
             "seed": spec["seed"], "metric": "mse" if lower else "accuracy", "candidates": rows,
             "winner": best["values"], "winner_name": best["candidate"],
             "test_fingerprint": test_fingerprint(a["experiment"])})

@@ -16,6 +16,7 @@ import signal
 import statistics
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -26,8 +27,19 @@ import datasets
 from algorithms import CODE_PATHS, InnerConfig, fresh_inner_state, meta_gradient_batch, meta_gradient_carried
 from atomic import atomic_torch_save, atomic_write_json, atomic_write_text
 
+from .anatomy import adaptation_anatomy, train_anatomy
 from .config import ConfigError, eval_prox_lam, inner_config, model_options, outer_options
-from .evaluate import PLATEAU_RULE, EvalSpec, evaluate, fingerprint, has_split, plateaued, zero_predictor
+from .evaluate import (
+    PLATEAU_RULE,
+    EvalSpec,
+    evaluate,
+    fingerprint,
+    has_split,
+    plateaued,
+    sample_fixed,
+    task_generator,
+    zero_predictor,
+)
 from .fidelity import fidelity
 from .loggers import make_logger
 from .meters import AllocationMeter, Timer, rss_peak_bytes
@@ -225,6 +237,12 @@ class _Run:
         self.last: dict = {}
         self.val_history: list[tuple[float, float]] = []  # (mean, ci95) of the val_every validations
         self.converged = False
+        self.anatomy: dict | None = None  # where a failed iteration first went non-finite (trainer.anatomy)
+        self.failed_batch = None  # its tasks (tools/diagnose.py checks them independently)
+        # Gradual failure, first occurrences: CG's relative residual above 1 on a task (the solve made the
+        # residual worse than none), validation worse than the no-learning baseline after having beaten it.
+        self.gradual: dict = {}
+        self.val_baseline: tuple[str, float] | None = None
         self.machines: list[dict] = []  # where the iterations before this process ran (from the checkpoint)
         self.wall_at_start = 0.0
         self.device_name = device_name(self.device)
@@ -272,6 +290,7 @@ class _Run:
         the loss or meta-gradient is not finite (nothing is applied then)."""
         cfg, a, device = self.cfg, self.cfg.algorithm, self.device
         t0 = time.perf_counter()
+        drawn_from = self.gen.get_state()  # to say, should this iteration fail, what defined its tasks
         tasks = tuple(t.to(device) for t in self.source.sample("train", cfg.meta_batch_size, self.gen))
         sample_s = time.perf_counter() - t0
         if device.type == "cuda":
@@ -317,7 +336,13 @@ class _Run:
         for k in ("query_loss_before", "inner_grad_norm", "cg_residual"):
             if k in info:
                 row[k] = info[k].mean().item()
+        if "cg_residual" in info and "cg_residual_above_1" not in self.gradual:
+            worst = info["cg_residual"].max().item()
+            if worst > 1:
+                self.gradual["cg_residual_above_1"] = {"iteration": it, "max": worst,
+                                                       "mean": info["cg_residual"].mean().item()}
         if not (math.isfinite(row["train_loss"]) and all(bool(torch.isfinite(g).all()) for g in grads.values())):
+            self.dissect(tasks, drawn_from)
             return None
         if self.carried:
             self.inner_state = state_after
@@ -331,6 +356,12 @@ class _Run:
             if a.outer.clip:
                 torch.nn.utils.clip_grad_value_(self.leaves, float(a.outer.clip))
             self.opt.step()
+        if not all(bool(torch.isfinite(p).all()) for p in self.params.values()):
+            norm = float(torch.cat([g.flatten().double() for g in grads.values()]).norm())
+            self.anatomy = {"stage": "outer step", "task": None, "task_definition": None, "failing": None,
+                            "last_finite": [], "mean_grad_norm": norm, "outer_lr": self.opt.param_groups[0]["lr"],
+                            "note": "finite meta-gradient; the parameters after the outer optimizer's step are not"}
+            return None
         iter_s = timer.seconds + step_timer.seconds
         self.iter_times.append(iter_s)
         self.train_wall += iter_s + sample_s
@@ -355,6 +386,7 @@ class _Run:
             v = evaluate(self.spec, self.params, "val", cfg.eval.val_seed, cfg.eval.val_tasks,
                          inner_state=test_inner_state(cfg, self.inner_state))
             row["val_metric"] = v["mean"]
+            self._watch_baseline(it, v["mean"])
             self.next_val_s = self._next_val(self.train_wall)
             if cfg.eval.val_every and it % cfg.eval.val_every == 0:
                 row["val_ci95"] = v["ci95"]
@@ -399,11 +431,64 @@ class _Run:
 
     # ------------------------------------------------------------------ finish
     def failure(self, it: int, reason: str) -> dict:
-        return {"iteration": it, "reason": reason, "last_metrics": self.last}
+        out = {"iteration": it, "reason": reason, "last_metrics": self.last}
+        if self.anatomy is not None:
+            out["anatomy"] = self.anatomy
+            out["stage"] = self.anatomy["stage"]
+        return out
+
+    def _describe(self, split: str, n: int, generator: torch.Generator):
+        """``i → what defines task i`` of the ``n`` tasks ``generator`` draws, where the source can say."""
+        describe = getattr(self.source, "describe", None)
+        return None if describe is None else (lambda i: describe(split, n, generator)[i])
+
+    def dissect(self, tasks, drawn_from: torch.Tensor) -> None:
+        """The failed meta-batch again, task by task with every stage traced, off the budget clock."""
+        t0 = time.perf_counter()
+        self.failed_batch = tasks
+        gen = torch.Generator().set_state(drawn_from)
+        try:
+            self.anatomy = train_anatomy(self.cfg.algorithm.estimator, self.loss_fn, self.params, tasks, self.inner,
+                                         self.hparams, inner_state=self.inner_state,
+                                         describe=self._describe("train", tasks[0].shape[0], gen))
+        except Exception as e:  # the evidence is a bonus; the failure is recorded either way
+            self.anatomy = {"stage": "unknown", "error": f"{type(e).__name__}: {e}"}
+        self.offclock_wall += time.perf_counter() - t0
+
+    def _watch_baseline(self, it: int, value: float) -> None:
+        """First validation better than the no-learning baseline (chance; the zero predictor on the same
+        validation tasks for regression), and the first worse than it after that."""
+        if self.val_baseline is None:
+            cfg, spec = self.cfg, self.spec
+            self.val_baseline = (("zero predictor", zero_predictor(spec, "val", cfg.eval.val_seed, cfg.eval.val_tasks)["mean"])
+                                 if spec.metric == "mse" else ("chance", 1.0 / cfg.ways))
+        name, base = self.val_baseline
+        better = value < base if self.spec.metric == "mse" else value > base
+        if better and "beat_baseline" not in self.gradual:
+            self.gradual["beat_baseline"] = {"iteration": it, "val": value, "baseline": name, "baseline_value": base}
+        elif (not better or not math.isfinite(value)) and "beat_baseline" in self.gradual \
+                and "worse_than_baseline" not in self.gradual:
+            self.gradual["worse_than_baseline"] = {"iteration": it, "val": value, "baseline": name,
+                                                   "baseline_value": base}
+
+    def dissect_test(self, split: str, seed: int, per_task: list[float]) -> None:
+        """Test-time adaptation of the first task whose metric is not finite, traced."""
+        index = next(i for i, v in enumerate(per_task) if not math.isfinite(v))
+        task = sample_fixed(self.spec.source, split, seed, index, index + 1, self.device)
+        try:
+            inner = replace(self.spec.inner, prox_lam=self.spec.prox_lam)
+            describe = getattr(self.spec.source, "describe", None)
+            self.anatomy = adaptation_anatomy(
+                self.spec.loss_fn, self.params, tuple(t[0] for t in task), inner,
+                inner_state=test_inner_state(self.cfg, self.inner_state), index=index,
+                describe=None if describe is None else (lambda _: describe(split, 1, task_generator(seed, index))[0]))
+        except Exception as e:
+            self.anatomy = {"stage": "test-time adaptation (unknown step)", "error": f"{type(e).__name__}: {e}"}
 
     def finish(self, status: str, it: int, failure=None, test=None, eval_s: float = 0.0) -> dict:
         s = self.summary
-        s.update(status=status, iterations_done=it, failure=failure, test=test, machines=self._machines(it))
+        s.update(status=status, iterations_done=it, failure=failure, test=test, machines=self._machines(it),
+                 gradual=self.gradual)
         s["device_name"] = machines_text(s["machines"])
         s["timing"] = {"median_iter_s": statistics.median(self.iter_times) if self.iter_times else None,
                        "train_wall_s": self.train_wall, "eval_wall_s": eval_s,
@@ -431,6 +516,8 @@ class _Run:
         eval_s = time.perf_counter() - t0
         if not math.isfinite(test["mean"]):  # the adapted models blew up on some test tasks
             bad = sum(not math.isfinite(v) for v in test["per_task"])
+            final = "val" if cfg.eval.final == "val" else "test"
+            self.dissect_test(final, cfg.eval.val_seed if final == "val" else cfg.eval.test_seed, test["per_task"])
             return self.finish("diverged", it, self.failure(it, f"test-time adaptation diverged: non-finite metric "
                                                                 f"on {bad} of {test['n']} test tasks"),
                                test=test, eval_s=eval_s)
@@ -452,7 +539,9 @@ def train(cfg, run_dir: str | Path) -> dict:
                     break
                 row = run.step(it)
                 if row is None:
-                    return run.finish("diverged", it - 1, run.failure(it, "non-finite loss or meta-gradient"))
+                    where = (run.anatomy or {}).get("stage", "unknown")
+                    return run.finish("diverged", it - 1, run.failure(it, f"non-finite loss, meta-gradient or "
+                                                                          f"parameters (first at: {where})"))
                 run.validate(it, row)
                 run.log(it, row, bar)
                 if cfg.ckpt_every and it % cfg.ckpt_every == 0:

@@ -1,0 +1,111 @@
+"""Where each method fails (reviewer R3.1): setting × algorithm, learned / did not learn / diverged,
+with the stage each divergence was diagnosed at and a link to its evidence.
+
+A divergence's stage comes from the record's own failure anatomy (``failure.stage``, written by
+the trainer since it dissects failures: ``trainer/anatomy.py``) or, for a record older than that,
+from ``tools/diagnose.py``'s rerun of it (``records/diagnoses/<record>/diagnosis.json``), which
+also holds the independent checks (MAML's inner loop and a float64 dense implicit gradient on the
+same θ and task). A run neither way is "not diagnosed". The figure shows one diagnosed run's
+training curves (training loss, CG residual, inner-gradient norm) with its failure marked.
+"""
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+from . import common as c
+from .render import make_table, new_figure, save_figure
+
+
+def diagnosis(r: dict, root: Path) -> tuple[dict | None, str | None]:
+    """(the diagnosis of run ``r``, its path relative to the report) where one exists."""
+    rel = Path(str(r["run"])).relative_to(Path(str(r["run"])).parts[0])
+    path = root / "diagnoses" / rel / "diagnosis.json"
+    try:
+        return json.loads(path.read_text()), f"{Path(str(r['run'])).parts[0]}/diagnoses/{rel.as_posix()}/diagnosis.json"
+    except (OSError, ValueError):
+        return None, None
+
+
+def stage(r: dict, root: Path) -> tuple[str, str | None]:
+    if r.get("failure_stage"):
+        return r["failure_stage"], None
+    d, link = diagnosis(r, root)
+    if d is None:
+        return "not diagnosed", None
+    if not d.get("failed_again"):
+        return "did not fail again in the rerun", link
+    return (d.get("anatomy") or {}).get("stage", "unknown"), link
+
+
+def rows_of(rows: list[dict], judged: dict, root: Path) -> list[dict]:
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        budget = (f"{r['max_train_minutes']:g} min of training" if r.get("max_train_minutes")
+                  else f"{r['meta_iterations']:,} iterations" + (" or the plateau rule" if r.get("early_stop") else ""))
+        groups.setdefault((r["setting"], r["label"], budget), []).append(r)
+    out = []
+    for (setting, label, budget), runs in sorted(groups.items(), key=lambda kv: (kv[0][0], c.label_rank(kv[0][1]), kv[0][2])):
+        counts: Counter = Counter()
+        stages, links = [], []
+        for r in runs:
+            if r["status"] == "diverged":
+                counts["diverged"] += 1
+                where, link = stage(r, root)
+                stages.append(f"s{r.get('seed')}: {where} (iteration {r.get('failure_iteration')})")
+                if link:
+                    links.append(link)
+            elif r["status"] == "completed":
+                counts[(judged.get(r["run"]) or {}).get("status", "no baseline record")] += 1
+            else:
+                counts[str(r["status"])] += 1
+        out.append({"setting": setting, "algorithm": label, "budget": budget, "seeds": len(runs),
+                    "outcome": ", ".join(f"{k} {v}" for k, v in sorted(counts.items())),
+                    "stages": "; ".join(stages) or "—", "evidence": ", ".join(f"[{i + 1}]({link})"
+                                                                              for i, link in enumerate(links)) or "—"})
+    return out
+
+
+def section(rows: list[dict], judged: dict, root: Path, w) -> str:
+    table_rows = [r for r in rows_of(rows, judged, root) if r["stages"] != "—" or "did not learn" in r["outcome"]]
+    text = ("\nEvery setting × algorithm × budget with a run that diverged or did not learn (the others learned in "
+            "every seed). A divergence's stage is where its first non-finite value arose: the record's own failure "
+            "anatomy, or a rerun of the record to its failure by `tools/diagnose.py`, whose evidence (the last "
+            "finite values, MAML's inner loop and a float64 dense implicit gradient on the same θ and task) is "
+            "linked.\n")
+    if not table_rows:
+        return text + "\nNo run diverged or failed to learn.\n"
+    cols = [("setting", lambda r: r["setting"], "setting"), ("algorithm", lambda r: r["algorithm"], "algorithm"),
+            ("budget", lambda r: r["budget"], "budget"), ("outcome (runs)", lambda r: r["outcome"], "outcome", "seeds"),
+            ("where it diverged", lambda r: r["stages"], "stages"), ("evidence", lambda r: r["evidence"], "evidence")]
+    text += w.table(make_table("failures_by_algorithm", table_rows, cols))
+    fig = figure(rows, root, w.fig_dir)
+    if fig is not None:
+        text += w.figure(fig, "Anatomy of one divergence")
+    return text
+
+
+def figure(rows: list[dict], root: Path, fig_dir: Path):
+    """Training loss, CG residual and inner-gradient norm of the first diagnosed diverged iMAML run."""
+    for r in rows:
+        d, _ = diagnosis(r, root) if r["status"] == "diverged" else (None, None)
+        if not d or not d.get("failed_again") or not r.get("folder"):
+            continue
+        metrics = c.metrics_rows(r["folder"])
+        series = {k: [(int(float(m["iter"])), float(m[k])) for m in metrics if m.get(k) not in (None, "")]
+                  for k in ("train_loss", "cg_residual", "inner_grad_norm")}
+        if not series["cg_residual"]:
+            continue
+        fig, axes = new_figure(3, width=3.4, height=2.8)
+        for ax, (k, pts) in zip(axes, series.items()):
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], lw=0.8)
+            ax.axvline(d["failure_iteration"], color="red", ls="--", lw=0.8)
+            ax.set_yscale("log")
+            ax.set_xlabel("iteration")
+            ax.set_title(k.replace("_", " "), fontsize=9)
+        a = d.get("anatomy") or {}
+        fig.suptitle(f"{r['label']}, {r['setting']}, seed {r.get('seed')}: non-finite at iteration "
+                     f"{d['failure_iteration']}, {a.get('stage')} (red)", fontsize=8)
+        return save_figure(fig, fig_dir / "failure_anatomy.png")
+    return None

@@ -1,0 +1,196 @@
+"""Diagnose a committed diverged run: rerun it to its failure, dissect it, check it two other ways.
+
+    python tools/diagnose.py reports/records/campaign-cpu/sinusoid/imaml-s0 [--out reports/records/diagnoses]
+
+The run's own recorded config is rebuilt and trained again (deterministic: the same seeds, the same
+code path) until its first non-finite iteration; the trainer then dissects that meta-batch
+(``trainer.anatomy``: the stage, the task and what defines it, the last finite values). On the
+failing θ and task, two independent computations say whether the failure belongs to the method
+or to the suite's code:
+
+- **MAML's inner loop**: the same inner optimizer, steps and step size from the same θ on the same
+  support set, without the proximal term (what MAML would run there).
+- **The implicit meta-gradient in float64, dense, and by a library**: φ from the same inner problem in float64, the
+  full Hessian of the support loss at φ (``torch.func.hessian``), and (I·(1 + damping) + H/(λ + λ_damping)) x
+  = ∇L_query(φ) solved by ``torch.linalg.solve`` — against the suite's CG result on the same φ.
+  The smallest eigenvalue of I + H/λ says whether the system CG was given is positive definite.
+  torchopt's implicit differentiation (``custom_root``; optional: ``pip install torchopt graphviz``)
+  computes the paper's system at the same φ through a library's code.
+
+The result is one JSON per run (``<out>/<setting>/<run>.json``), written atomically; the report's
+failure table reads them. A run that does not fail again within its recorded iterations says so.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+from omegaconf import OmegaConf  # noqa: E402
+
+import algorithms  # noqa: E402
+from atomic import atomic_write_json  # noqa: E402
+from trainer.loop import _Run  # noqa: E402
+from trainer.records import versions  # noqa: E402
+
+RECORDS = ROOT / "reports" / "records"
+OUT = RECORDS / "diagnoses"
+
+
+def _flat(p: dict) -> torch.Tensor:
+    return torch.cat([v.reshape(-1) for v in p.values()])
+
+
+def _finite(p: dict) -> bool:
+    return all(bool(torch.isfinite(v).all()) for v in p.values())
+
+
+def maml_inner(run: _Run, theta: dict, task) -> dict:
+    """The same inner optimizer from θ on the task's support set, without the proximal term."""
+    cfg = replace(run.inner, prox_lam=0.0, prox_mode="every_step")
+    if cfg.optimizer == "hf":  # MAML's own inner loop: gradient steps of the training step size
+        cfg = replace(cfg, optimizer="sgd", lr=float(run.cfg.inner_lr), steps=max(1, int(run.cfg.inner_steps)))
+    trace: list[dict] = []
+    phi = algorithms.solve_inner(getattr(run.loss_fn, "fused", run.loss_fn), theta, (task[0], task[1]), cfg,
+                                 detach=True, autograd=True, trace=trace)
+    return {"optimizer": cfg.optimizer, "steps": cfg.steps, "lr": cfg.lr, "finite": _finite(phi),
+            "inner_losses": [e["loss"] for e in trace], "inner_grad_norms": [e["grad_norm"] for e in trace],
+            "query_loss": float(run.loss_fn(phi, task[2], task[3])) if _finite(phi) else None}
+
+
+def dense_implicit(run: _Run, theta: dict, task) -> dict | None:
+    """iMAML's meta-gradient of one task, float64, with a dense solve; against the suite's (CG) estimate
+    computed in float64 on the same φ. None for an estimator without an implicit system."""
+    if run.cfg.algorithm.estimator != "imaml":
+        return None
+    hp = {**algorithms.defaults("imaml"), **run.hparams}
+    lam, damping, lam_damping = float(hp["lam"]), float(hp["cg_damping"]), float(hp["lam_damping"])
+    loss_fn = getattr(run.loss_fn, "fused", run.loss_fn)
+    th = {k: v.detach().double() for k, v in theta.items()}
+    xs, ys, xq, yq = (t.double() if t.is_floating_point() else t for t in task)
+    inner = replace(run.inner, prox_lam=lam)
+    phi = algorithms.solve_inner(loss_fn, th, (xs, ys), inner, detach=True, autograd=True)
+    out: dict = {"lam": lam, "cg_damping": damping, "lam_damping": lam_damping, "phi_finite": _finite(phi)}
+    if not out["phi_finite"]:
+        return out | {"note": "the float64 inner loop is not finite either"}
+    keys, shapes = list(phi), [phi[k].shape for k in phi]
+    sizes = [v.numel() for v in phi.values()]
+
+    def unflat(v):
+        return {k: t.view(s) for k, t, s in zip(keys, torch.split(v, sizes), shapes)}
+
+    flat_phi = _flat(phi)
+    h = torch.func.hessian(lambda v: loss_fn(unflat(v), xs, ys))(flat_phi)
+    gq = torch.func.grad(lambda v: loss_fn(unflat(v), xq, yq))(flat_phi)
+    a = (1.0 + damping) * torch.eye(h.shape[0], dtype=h.dtype) + h / (lam + lam_damping)
+    eig = torch.linalg.eigvalsh((h + h.T) / 2)
+    x = torch.linalg.solve(a, gq)
+    suite, info = algorithms.meta_gradient("imaml", loss_fn, th, (xs, ys), (xq, yq), inner=run.inner, **run.hparams)
+    s = _flat(suite)
+    out["torchopt"] = library_implicit(loss_fn, unflat, flat_phi, _flat(th), lam, (xs, ys), (xq, yq), x, damping,
+                                       lam_damping)
+    return out | {
+        "hessian_eig_min": float(eig[0]), "hessian_eig_max": float(eig[-1]),
+        "system_eig_min": float((1.0 + damping) + eig[0] / (lam + lam_damping)),
+        "positive_definite": bool((1.0 + damping) + eig[0] / (lam + lam_damping) > 0),
+        "dense_norm": float(x.norm()), "query_grad_norm": float(gq.norm()),
+        "suite_norm": float(s.norm()), "suite_cg_residual": info.get("cg_residual"),
+        "cosine_suite_dense": float(s @ x / (s.norm() * x.norm())) if float(s.norm() * x.norm()) > 0 else None,
+        "rel_error_suite_dense": float((s - x).norm() / x.norm()) if float(x.norm()) > 0 else None}
+
+
+def library_implicit(loss_fn, unflat, phi, theta, lam, support, query, dense, damping, lam_damping) -> dict:
+    """torchopt's implicit differentiation (``custom_root`` on the inner problem's stationarity
+    condition ∇L_support(φ) + λ(φ − θ) = 0, its linear system solved by normal-equation CG) at the same
+    φ: the paper's (I + H/λ)⁻¹∇L_query(φ), a library's code path rather than the suite's."""
+    try:
+        import torchopt
+        from torchopt.diff.implicit import custom_root
+    except ImportError as e:
+        return {"error": f"torchopt unavailable ({e}); pip install torchopt graphviz"}
+
+    def stationary(p, t):
+        return (torch.func.grad(lambda v: loss_fn(unflat(v), *support))(p[0]) + lam * (p[0] - t[0]),)
+
+    @custom_root(stationary, argnums=1, solve=torchopt.linear_solve.solve_normal_cg(maxiter=500, atol=0.0))
+    def at_phi(p, t):
+        return tuple(v.detach() for v in p)
+
+    t = (theta.clone().requires_grad_(True),)
+    loss_fn(unflat(at_phi((phi,), t)[0]), *query).backward()
+    g = t[0].grad
+    same = damping == 0 and lam_damping == 0  # the run's own system is the paper's: comparable with the dense solve
+    return {"version": torchopt.__version__, "norm": float(g.norm()), "system": "paper (I + H/λ)",
+            "cosine_dense": float(g @ dense / (g.norm() * dense.norm())) if same and float(g.norm() * dense.norm()) > 0
+            else None,
+            "rel_error_dense": float((g - dense).norm() / dense.norm()) if same and float(dense.norm()) > 0 else None}
+
+
+def diagnose(record_dir: Path, out_root: Path = OUT, max_iterations: int | None = None,
+             records_root: Path = RECORDS) -> dict:
+    """Rerun the record in ``record_dir`` (a folder under ``records_root``) to its failure and write
+    ``out_root/<its path under records_root>/diagnosis.json``."""
+    summary = json.loads((record_dir / "summary.json").read_text())
+    cfg = OmegaConf.create(summary["config"])
+    fail_at = (summary.get("failure") or {}).get("iteration") or summary["iterations_done"]
+    cfg.meta_iterations = int(max_iterations or fail_at)
+    cfg.max_train_minutes, cfg.resume, cfg.diagnostics, cfg.mem_every, cfg.fidelity_every = None, False, 0, 0, 0
+    cfg.eval.val_every, cfg.eval.early_stop = 0, None
+    name = record_dir.relative_to(records_root)
+    work = ROOT / "runs" / "diagnose" / name
+    run = _Run(cfg, work)
+    run.restore()
+    it, row = 0, {}
+    for it in range(1, cfg.meta_iterations + 1):
+        row = run.step(it)
+        if row is None:
+            break
+    result = {"record": name.as_posix(), "recorded_failure": summary.get("failure"),
+              "recorded_status": summary["status"], "rerun_iterations": it, "versions": versions(),
+              "device_name": run.device_name, "code_path": summary.get("code_path")}
+    if row is not None:
+        result |= {"failed_again": False, "note": f"no non-finite value in {it} iterations of the rerun"}
+    else:
+        a = run.anatomy or {}
+        result |= {"failed_again": True, "failure_iteration": it, "anatomy": a, "gradual": run.gradual}
+        if a.get("task") is not None and run.failed_batch is not None:
+            tasks = tuple(t[a["task"]] for t in run.failed_batch)
+            theta = {k: v.detach().clone() for k, v in run.params.items()}
+            result["maml_inner_loop"] = maml_inner(run, theta, tasks)
+            result["dense_implicit"] = dense_implicit(run, theta, tasks)
+    out = out_root / name / "diagnosis.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out, result)
+    return result
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("records", nargs="+", type=Path, help="record folders of diverged runs (with summary.json)")
+    ap.add_argument("--out", type=Path, default=OUT)
+    a = ap.parse_args(argv)
+    torch.set_num_threads(1)
+    for r in a.records:
+        r = r.resolve()
+        if not (r / "summary.json").is_file():
+            print(f"diagnose: {r} has no summary.json; give a run's record folder", file=sys.stderr)
+            return 2
+        res = diagnose(r, a.out)
+        where = res.get("anatomy", {}).get("stage", "-")
+        print(f"diagnose: {r.relative_to(ROOT)}: failed again: {res['failed_again']} at iteration "
+              f"{res.get('failure_iteration', '-')} ({where})", flush=True)
+        for key in ("maml_inner_loop", "dense_implicit"):
+            if res.get(key):
+                print(f"  {key}: " + json.dumps({k: v for k, v in res[key].items()
+                                                 if not isinstance(v, list)}, default=str)[:400], flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
