@@ -8,8 +8,9 @@ SEEDS ?= 0
 DATA ?= $(shell if [ -d ../shared/data ]; then realpath ../shared/data; else echo data; fi)
 export METAGRAD_DATA ?= $(DATA)
 export KINETO_LOG_LEVEL ?= 4
-ALGOS := maml fomaml reptile imaml imaml_hf
-REVERSE_ALGOS := imaml_hf imaml reptile fomaml maml   # job lists start with the slowest runs
+# The algorithms are the configs in configs/algorithm/ (catalog.py; read when a recipe runs, after setup).
+ALGOS = $(shell $(PY) catalog.py algorithms)
+REVERSE_ALGOS = $(shell $(PY) catalog.py algorithms --slowest)   # job lists start with the slowest runs
 STUDIES := fidelity precision assumptions cost failures
 comma := ,
 SEED_LIST := $(subst $(comma), ,$(SEEDS))

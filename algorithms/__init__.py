@@ -26,6 +26,7 @@ refused with ``batching='compile'``.
 from __future__ import annotations
 
 import functools
+import importlib
 import inspect
 from collections.abc import Callable
 from typing import Any
@@ -51,6 +52,30 @@ from .maml import maml
 from .reptile import reptile
 
 ESTIMATORS: dict[str, Callable] = {"maml": maml, "fomaml": fomaml, "reptile": reptile, "imaml": imaml}
+CONTRACT = ("loss_fn", "params", "support", "query", "inner")  # every estimator's first parameters, in this order
+
+
+def resolve(spec: str) -> str:
+    """The registry name of estimator ``spec``: a built-in name (a key of :data:`ESTIMATORS`), or an
+    import path ``package.module:function`` — a meta-gradient function outside this package (your own
+    method, with the contract of :func:`meta_gradient`), imported once and registered under ``spec``."""
+    if spec in ESTIMATORS:
+        return spec
+    module, _, attr = str(spec).partition(":")
+    if not attr:
+        raise ValueError(f"algorithm.estimator={spec!r} is unknown; use one of {sorted(n for n in ESTIMATORS if ':' not in n)} "
+                         "or an import path package.module:function")
+    try:
+        fn = getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError) as e:
+        raise ValueError(f"algorithm.estimator={spec!r}: cannot import {attr!r} from {module!r} ({e}); put its "
+                         "package on PYTHONPATH") from None
+    names = list(inspect.signature(fn).parameters)[:len(CONTRACT)]
+    if tuple(names) != CONTRACT:
+        raise ValueError(f"algorithm.estimator={spec!r}: its parameters start {names}, the contract is "
+                         f"{list(CONTRACT)} (see algorithms.meta_gradient)")
+    ESTIMATORS[spec] = fn
+    return spec
 BATCHING = ("loop", "vmap", "compile")
 # The code path of each batching mode, which a run records: how it differentiates
 # (``linalg.gradient``), and whether the loss and metric run their ``fused`` variant where
@@ -73,17 +98,24 @@ def _compiled(name: str) -> Callable:
 _OPTIONS = ("metric_fn", "diagnostics_full")  # every estimator's options, not hyperparameters
 
 
-@functools.cache
+def _named(estimator: Callable) -> dict[str, inspect.Parameter]:
+    """An estimator's named parameters (``**options`` passes the options on; it names none)."""
+    return {k: p for k, p in inspect.signature(estimator).parameters.items()
+            if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
+
+
 def _hparams_of(estimator: Callable) -> frozenset[str]:
-    """The keyword arguments an estimator takes beyond the task (its signature, read once)."""
-    return frozenset(inspect.signature(estimator).parameters) - set(_OWN)
+    """The keyword arguments an estimator takes beyond the task: its named ones, and the options
+    (``metric_fn``, ``diagnostics_full``, ``autograd``, ``trace``) where it passes ``**options`` on."""
+    params = inspect.signature(estimator).parameters
+    passes_on = any(p.kind == p.VAR_KEYWORD for p in params.values())
+    return frozenset(_named(estimator)) - set(_OWN) | (frozenset(_OPTIONS) if passes_on else frozenset())
 
 
 @functools.cache
 def defaults(name: str) -> dict[str, Any]:
     """An estimator's own hyperparameters and their defaults, as its signature declares them."""
-    params = inspect.signature(ESTIMATORS[name]).parameters
-    return {k: p.default for k, p in params.items() if k not in _OWN + _OPTIONS}
+    return {k: p.default for k, p in _named(ESTIMATORS[resolve(name)]).items() if k not in _OWN + _OPTIONS}
 
 
 def record(name: str, hparams: dict[str, Any], inner: InnerConfig | dict | None) -> dict[str, Any] | None:
@@ -118,7 +150,7 @@ def _on_path(batching: str, loss_fn, hparams: dict[str, Any]) -> tuple[Callable,
 
 
 __all__ = ["BATCHING", "CODE_PATHS", "ESTIMATORS", "OPTIMIZERS", "PROX_MODES", "InnerConfig", "InnerState",
-           "carries_state", "check_batching", "defaults", "fresh_inner_state", "inner_objective", "meta_gradient",
+           "carries_state", "check_batching", "defaults", "resolve", "fresh_inner_state", "inner_objective", "meta_gradient",
            "meta_gradient_batch", "meta_gradient_carried", "meta_gradient_per_task", "proximal_weight", "record",
            "resolve_cg_tol", "solve_inner", "solve_inner_carried", "validate"]
 
@@ -126,7 +158,7 @@ __all__ = ["BATCHING", "CODE_PATHS", "ESTIMATORS", "OPTIMIZERS", "PROX_MODES", "
 def carries_state(name: str) -> bool:
     """Whether estimator ``name`` can run from an inner optimizer state carried across tasks (it
     declares an ``inner_state`` argument; Reptile's reference protocol)."""
-    return "inner_state" in inspect.signature(ESTIMATORS[name]).parameters
+    return "inner_state" in inspect.signature(ESTIMATORS[resolve(name)]).parameters
 
 
 def check_batching(batching: str, hparams: dict[str, Any]) -> None:
@@ -140,8 +172,7 @@ def check_batching(batching: str, hparams: dict[str, Any]) -> None:
 
 def validate(name: str, inner: InnerConfig | dict | None, hparams: dict[str, Any]) -> InnerConfig:
     """Check the estimator name, the inner config and the hparams; raise ValueError naming the culprit."""
-    if name not in ESTIMATORS:
-        raise ValueError(f"algorithm name={name!r} is unknown; allowed: {sorted(ESTIMATORS)}")
+    name = resolve(name)
     cfg = InnerConfig.make(inner)
     allowed = _hparams_of(ESTIMATORS[name])
     unknown = sorted(set(hparams) - allowed)

@@ -8,13 +8,13 @@ from typing import Any
 
 import pandas as pd
 
+import catalog
 from datasets import DATASETS
 
 from .render import fmt, fmt_g, fmt_pm, is_missing
 from .stats import mean_std
 
-LABEL_ORDER = ("MAML", "FOMAML", "Reptile", "Reptile (fresh state)", "iMAML-GD", "iMAML-GD (release)", "iMAML-GD (hypertorch)", "iMAML-HF",
-               "Pretrained")
+LABEL_ORDER = catalog.label_order()  # the configs' labels; any other label (your own method) after, by name
 SETTING_ORDER = ("5w1s", "5w5s", "20w1s", "20w5s")
 DATASET_NAMES = {name: spec.title for name, spec in DATASETS.items()}
 # Everything that defines a training configuration except the seed: runs sharing these

@@ -89,8 +89,15 @@ def dense_implicit(run: _Run, theta: dict, task) -> dict | None:
     h = torch.func.hessian(lambda v: loss_fn(unflat(v), xs, ys))(flat_phi)
     gq = torch.func.grad(lambda v: loss_fn(unflat(v), xq, yq))(flat_phi)
     a = (1.0 + damping) * torch.eye(h.shape[0], dtype=h.dtype) + h / (lam + lam_damping)
-    eig = torch.linalg.eigvalsh((h + h.T) / 2)
-    x = torch.linalg.solve(a, gq)
+    if not (bool(torch.isfinite(h).all()) and bool(torch.isfinite(gq).all())):
+        return out | {"note": "the float64 Hessian or query gradient at φ is not finite",
+                      "query_grad_norm": float(gq.norm())}
+    try:
+        eig = torch.linalg.eigvalsh((h + h.T) / 2)
+        x = torch.linalg.solve(a, gq)
+    except RuntimeError as e:  # LAPACK gives up on a Hessian of huge entries: that is the evidence
+        return out | {"note": f"dense eigen/solve failed: {str(e).splitlines()[0]}",
+                      "hessian_abs_max": float(h.abs().max()), "query_grad_norm": float(gq.norm())}
     suite, info = algorithms.meta_gradient("imaml", loss_fn, th, (xs, ys), (xq, yq), inner=run.inner, **run.hparams)
     s = _flat(suite)
     out["torchopt"] = library_implicit(loss_fn, unflat, flat_phi, _flat(th), lam, (xs, ys), (xq, yq), x, damping,

@@ -11,6 +11,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 import algorithms
+import catalog
 from datasets import DATASETS
 
 from . import schema
@@ -20,8 +21,8 @@ CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 # The names a config may use, each from its one home: the algorithm configs (estimators and
 # variants such as imaml_hf, in the estimators' registry order), the inner optimizers and
 # batching modes of algorithms/, the datasets and dtypes of datasets/.
-ALGORITHMS = tuple(sorted((p.stem for p in (CONFIG_DIR / "algorithm").glob("*.yaml")),
-                          key=lambda n: (list(algorithms.ESTIMATORS).index(n.split("_")[0]), n)))
+FAMILIES = catalog.FAMILIES
+ALGORITHMS = catalog.algorithms()  # the checkout's algorithm configs (a searchpath may add others)
 OPTIMIZERS = algorithms.OPTIMIZERS
 MODELS = {name: spec.model for name, spec in DATASETS.items()}
 BASELINES = ("pretrained",)  # trained by an estimator with no inner loop (experiment=sinusoid_pretrained)
@@ -63,10 +64,10 @@ def validate(cfg: DictConfig) -> None:
     """Check the resolved config: every key's type and rule (:mod:`trainer.schema`), then the
     rules that span keys; raise ConfigError on the first problem."""
     algo, ds = cfg.algorithm.get("name"), cfg.dataset.get("name")
-    _checked(schema.choice, "algorithm", algo, ALGORITHMS + BASELINES)
     _checked(schema.choice, "dataset", ds, tuple(DATASETS))
     _checked(schema.choice, "inner_optim", cfg.inner_optim.get("name"), OPTIMIZERS)
     _checked(schema.check, cfg)
+    _checked(schema.choice, "algorithm.family", cfg.algorithm.get("family"), FAMILIES)
     if algo in BASELINES and (cfg.inner_steps != 0 or cfg.algorithm.estimator != "fomaml"):
         raise ConfigError(f"algorithm.name={algo!r} is the plain-regression baseline: it needs "
                           "algorithm.estimator=fomaml and inner_steps=0 (see experiment=sinusoid_pretrained)")
@@ -82,7 +83,8 @@ def validate(cfg: DictConfig) -> None:
     try:
         algorithms.validate(cfg.algorithm.estimator, inner_config(cfg), hparams)
     except ValueError as e:
-        raise ConfigError(f"{'inner_optim' if str(e).startswith('inner') else 'algorithm.hparams'}: {e}") from None
+        where = "" if str(e).startswith("algorithm.") else "inner_optim: " if str(e).startswith("inner") else "algorithm.hparams: "
+        raise ConfigError(f"{where}{e}") from None
     _validate_inner_state(cfg)
     resolve_device(cfg.device)
     if cfg.batching == "compile":

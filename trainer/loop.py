@@ -150,7 +150,10 @@ def _relative(path: Path) -> str:
         return str(path)
 
 
-def _summary_base(cfg, run_dir, problem: Problem, seeds, inner: dict, implicit: dict | None, spec: EvalSpec) -> dict:
+def _summary_base(cfg, run_dir, problem: Problem, seeds, inner: dict, hparams: dict | None, spec: EvalSpec) -> dict:
+    """The summary's fields known before training. ``hparams``: the estimator's own hyperparameters as
+    :func:`algorithms.record` states them; an implicit one's (it declares λ, ``lam``) also under ``imaml``."""
+    implicit = hparams if hparams and "lam" in hparams else None
     a, source, device = cfg.algorithm, problem.source, problem.device
     return {
         "schema_version": 1, "kind": "train", "status": "running", "run_dir": _relative(run_dir),
@@ -161,9 +164,10 @@ def _summary_base(cfg, run_dir, problem: Problem, seeds, inner: dict, implicit: 
         "meta_iterations": cfg.meta_iterations, "max_train_minutes": cfg.get("max_train_minutes"),
         "iterations_done": 0, "stopped_by": None, "meta_batch_size": cfg.meta_batch_size,
         "inner": {**inner, "steps": cfg.inner_steps, "test_steps": cfg.test_inner_steps,
-                  "prox_lam": implicit["lam"] if implicit else 0.0, "test_prox_lam": spec.prox_lam,
+                  "prox_lam": algorithms.proximal_weight(cfg.algorithm.estimator, hparams or {}),
+                  "test_prox_lam": spec.prox_lam,
                   "state": cfg.get("inner_state", "fresh"), "test_state": cfg.eval.get("inner_state", "fresh")},
-        "imaml": implicit,
+        "imaml": implicit, **({"hparams": hparams} if hparams and not implicit else {}),
         "outer": {"optimizer": a.outer.optimizer, **outer_options(cfg), "clip": a.outer.clip,
                   "anneal": bool(a.outer.anneal)},
         "model": model_options(cfg) if source.model != "mlp" else None,

@@ -57,8 +57,8 @@ class Outer:
 
 @dataclass
 class Algorithm:
-    name: str = MISSING                  # its choices are the algorithm configs: trainer.config.ALGORITHMS
-    estimator: str = rule(choices=tuple(algorithms.ESTIMATORS))
+    name: str = MISSING                  # the algorithm config's name (Hydra finds the config, or names the choices)
+    estimator: str = MISSING             # a built-in estimator or package.module:function (algorithms.resolve)
     label: str = MISSING
     hparams: dict[str, Any] = field(default_factory=dict)  # the estimator checks its own (algorithms.validate)
     outer: Outer = field(default_factory=Outer)
@@ -81,7 +81,7 @@ class Eval:
     prox_lam: float | None = rule(lo=0, what="a finite number >= 0, or null for the training λ")
     chunk: int = rule(lo=1)
     final: str = rule(choices={"test": "the fixed test tasks", "val": "validation tasks only, for selection"})
-    early_stop: str | None = rule(choices={None: "the full budget", "plateau": "the declared rule, README"})
+    early_stop: str | None = rule(choices={None: "the full budget", "plateau": "the declared rule, docs/campaign.md"})
 
 
 @dataclass

@@ -1,0 +1,97 @@
+"""What the checkout's configs offer, read from ``configs/`` alone (no torch): the one source of the
+lists of algorithms and datasets that Make targets, studies, the campaign and the report use.
+
+    python catalog.py algorithms            # maml fomaml reptile imaml imaml_hf (by family, then name)
+    python catalog.py algorithms --slowest  # the same, slowest first (job lists start with them)
+    python catalog.py datasets              # sinusoid omniglot miniimagenet
+
+An algorithm is a ``configs/algorithm/NAME.yaml`` (its estimator, ``family`` and ``label``); a variant
+that composes another (``imaml_hf``: ``imaml@algorithm``) inherits what it does not state. Labels
+that experiments give (``algorithm.label`` in ``configs/experiment/*.yaml``: "iMAML-GD (release)")
+follow their algorithm's label in :func:`label_order`.
+"""
+from __future__ import annotations
+
+import sys
+from functools import cache
+from pathlib import Path
+
+import yaml
+
+CONFIGS = Path(__file__).resolve().parent / "configs"
+FAMILIES = ("exact", "first-order", "implicit", "baseline")  # what an algorithm config's ``family`` may say
+DATASET_ORDER = ("sinusoid", "omniglot", "miniimagenet")     # the report's order; others after, by name
+
+
+def _load(path: Path) -> dict:
+    return yaml.safe_load(path.read_text()) or {}
+
+
+@cache
+def algorithm(name: str) -> dict:
+    """The resolved fields (name, estimator, family, label) of ``configs/algorithm/NAME.yaml``."""
+    d = _load(CONFIGS / "algorithm" / f"{name}.yaml")
+    base: dict = {}
+    for entry in d.get("defaults") or []:
+        if isinstance(entry, str) and entry.endswith("@algorithm"):
+            base = algorithm(entry.split("@")[0])
+    own = d.get("algorithm", d)  # a global-package variant states its fields under algorithm:
+    return {k: own.get(k, base.get(k)) for k in ("name", "estimator", "family", "label")}
+
+
+def algorithms() -> tuple[str, ...]:
+    """The algorithm configs, by family (:data:`FAMILIES`), then name."""
+    names = [p.stem for p in sorted((CONFIGS / "algorithm").glob("*.yaml"))]
+    return tuple(sorted(names, key=lambda n: (FAMILIES.index(algorithm(n)["family"]), n)))
+
+
+def slowest_first() -> tuple[str, ...]:
+    """The algorithms in reverse (implicit first): job lists start with the slowest runs."""
+    return algorithms()[::-1]
+
+
+def datasets() -> tuple[str, ...]:
+    names = [p.stem for p in (CONFIGS / "dataset").glob("*.yaml")]
+    return tuple(sorted(names, key=lambda n: (DATASET_ORDER.index(n) if n in DATASET_ORDER else len(DATASET_ORDER), n)))
+
+
+@cache
+def _experiment(name: str) -> tuple[str | None, str | None, str | None]:
+    """(the algorithm config an experiment composes, the label and family it gives it), following its defaults."""
+    d = _load(CONFIGS / "experiment" / f"{name}.yaml")
+    algo, label, family = None, None, None
+    for entry in d.get("defaults") or []:
+        if isinstance(entry, dict) and "override /algorithm" in entry:
+            algo = entry["override /algorithm"]
+        elif isinstance(entry, str) and (CONFIGS / "experiment" / f"{entry}.yaml").is_file():
+            algo, label, family = _experiment(entry)
+    own = d.get("algorithm") or {}
+    return algo, own.get("label") or label, own.get("family") or family
+
+
+def label_order() -> tuple[str, ...]:
+    """Every label the checkout's configs give, in report order: each algorithm's label, then the labels
+    its experiments give it (by name); the labels of baseline experiments last."""
+    experiments = [_experiment(p.stem) for p in sorted((CONFIGS / "experiment").glob("*.yaml"))]
+    out: list[str] = []
+    for name in algorithms():
+        own = algorithm(name)["label"]
+        out += [own, *sorted({lab for a, lab, fam in experiments if a == name and lab and fam != "baseline"} - {own})]
+    out += sorted({lab for _, lab, fam in experiments if lab and fam == "baseline"})
+    return tuple(dict.fromkeys(out))
+
+
+def main(argv: list[str]) -> int:
+    what = argv[0] if argv else ""
+    if what == "algorithms":
+        print(" ".join(slowest_first() if "--slowest" in argv else algorithms()))
+    elif what == "datasets":
+        print(" ".join(datasets()))
+    else:
+        print("usage: python catalog.py algorithms [--slowest] | datasets", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,91 @@
+"""Benchmark your own method without editing the checkout: an estimator in your own package and an
+algorithm config in your own folder (Hydra's search path) train, and the report shows them."""
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+from conftest import HAVE_OMNIGLOT, REAL_ROOT, REPO_CACHE
+
+ROOT = Path(__file__).resolve().parent.parent
+
+ESTIMATOR = '''
+"""A toy method: first-order MAML with its meta-gradient scaled."""
+from algorithms.fomaml import fomaml
+
+
+def scaled_fomaml(loss_fn, params, support, query, inner, scale: float = 0.5, **options):
+    grads, info = fomaml(loss_fn, params, support, query, inner, **options)
+    return {k: scale * g for k, g in grads.items()}, info
+'''
+
+CONFIG = '''
+name: scaled_fomaml
+estimator: mymethods.scaled:scaled_fomaml
+family: first-order
+label: Scaled FOMAML
+hparams: {scale: 0.5}
+outer: {optimizer: adam, lr: 0.001, eps: 1.0e-8, clip: null, anneal: false}
+'''
+
+
+@pytest.fixture
+def mine(tmp_path):
+    """A package and a config folder outside the checkout."""
+    (tmp_path / "pkg" / "mymethods").mkdir(parents=True)
+    (tmp_path / "pkg" / "mymethods" / "__init__.py").write_text("")
+    (tmp_path / "pkg" / "mymethods" / "scaled.py").write_text(textwrap.dedent(ESTIMATOR))
+    (tmp_path / "conf" / "algorithm").mkdir(parents=True)
+    (tmp_path / "conf" / "algorithm" / "scaled_fomaml.yaml").write_text(textwrap.dedent(CONFIG))
+    return tmp_path
+
+
+def train(mine, run_dir, *overrides):
+    env = dict(os.environ, WANDB_MODE="disabled", PYTHONPATH=str(mine / "pkg"))
+    p = subprocess.run([sys.executable, "train.py", "algorithm=scaled_fomaml", f"hydra.searchpath=[file://{mine / 'conf'}]",
+                        f"hydra.run.dir={run_dir}", *overrides], cwd=ROOT, capture_output=True, text=True, env=env,
+                       timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    return json.loads((Path(run_dir) / "summary.json").read_text())
+
+
+def test_an_algorithm_outside_the_checkout_trains_and_is_reported(mine):
+    before = subprocess.run(["git", "status", "--porcelain"], cwd=ROOT, capture_output=True, text=True).stdout
+    runs = mine / "runs"
+    s = train(mine, runs / "sinusoid" / "scaled-s0", "experiment=smoke")
+    assert s["status"] == "completed" and s["label"] == "Scaled FOMAML"
+    assert s["algorithm"] == "mymethods.scaled:scaled_fomaml" and s["config"]["algorithm"]["hparams"] == {"scale": 0.5}
+    train(mine, runs / "sinusoid" / "fomaml-s0", "experiment=smoke", "algorithm=fomaml")
+    if HAVE_OMNIGLOT:
+        s = train(mine, runs / "omniglot" / "scaled-s0", "dataset=omniglot", f"data.root={REAL_ROOT}",
+                  f"data.cache_dir={REPO_CACHE}", "meta_iterations=3", "meta_batch_size=2", "eval.num_tasks=5",
+                  "eval.val_every=0")
+        assert s["status"] == "completed" and s["dataset"] == "omniglot"
+    out = mine / "report"
+    p = subprocess.run([sys.executable, "report.py", "--runs", str(runs), "--out", str(out)], cwd=ROOT,
+                       capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    report = (out / "REPORT.md").read_text()
+    assert "Scaled FOMAML" in report and "FOMAML" in report
+    inventory = (out / "tables" / "runs.csv").read_text()
+    assert inventory.count("Scaled FOMAML") == (2 if HAVE_OMNIGLOT else 1)
+    for table in (out / "tables").glob("*.csv"):  # wherever FOMAML's runs are tabled, the toy's are too
+        text = table.read_text()
+        if table.stem != "claims" and "FOMAML" in text.replace("Scaled FOMAML", ""):
+            assert "Scaled FOMAML" in text, table.name
+    after = subprocess.run(["git", "status", "--porcelain"], cwd=ROOT, capture_output=True, text=True).stdout
+    assert after == before  # nothing of the checkout was written
+
+
+def test_a_bad_import_path_is_one_line(mine):
+    (mine / "conf" / "algorithm" / "broken.yaml").write_text(CONFIG.replace("scaled.py", "").replace(
+        "mymethods.scaled:scaled_fomaml", "mymethods.scaled:nothing").replace("name: scaled_fomaml", "name: broken"))
+    env = dict(os.environ, WANDB_MODE="disabled", PYTHONPATH=str(mine / "pkg"))
+    p = subprocess.run([sys.executable, "train.py", "algorithm=broken", f"hydra.searchpath=[file://{mine / 'conf'}]",
+                        f"hydra.run.dir={mine / 'r'}", "experiment=smoke"], cwd=ROOT, capture_output=True, text=True,
+                       env=env, timeout=600)
+    assert p.returncode != 0 and "cannot import 'nothing' from 'mymethods.scaled'" in p.stderr
+    assert "Traceback" not in p.stderr and not (mine / "r").exists()
