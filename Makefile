@@ -50,7 +50,7 @@ reproduce: setup  ## comparison a (published protocols, equal budgets) on Omnigl
 	    echo "omniglot_5w1s/$$a-s$$s train.py experiment=omniglot_5w_$$e seed=$$s fidelity_every=25 $(call CAP,$(BUDGET_OMNIGLOT))"; \
 	  done; for a in imaml_release $(REVERSE_ALGOS) pretrained; do \
 	    echo "sinusoid/$$a-s$$s train.py experiment=sinusoid_$$a seed=$$s fidelity_every=100 $(call CAP,$(BUDGET_SINUSOID))"; \
-	  done; done; for s in $(STUDIES); do echo "study/$$s study.py study=$$s"; done; } | PY=$(PY) tools/jobs.sh $(OUT)
+	  done; done; for s in $(STUDIES); do echo "study/$$s study.py study=$$s"; done; } | PY=$(PY) $(PY) tools/jobs.py $(OUT)
 	$(PY) -m reporting.collect $(OUT) $(RECORDS)/reproduce-$(PROFILE)
 	$(PY) report.py
 
@@ -59,7 +59,7 @@ large: setup  ## comparison a on Omniglot 20w1s and mini-ImageNet 5w1s (cpu: BUD
 	{ for s in $(SEED_LIST); do for a in $(REVERSE_ALGOS); do \
 	    echo "omniglot_20w1s/$$a-s$$s train.py experiment=omniglot_20w_$$a seed=$$s $(call CAP,$(BUDGET_LARGE))"; \
 	    echo "miniimagenet_5w1s/$$a-s$$s train.py experiment=miniimagenet_$$a seed=$$s $(call CAP,$(BUDGET_LARGE))"; \
-	  done; done; } | PY=$(PY) tools/jobs.sh runs/large/$(PROFILE)
+	  done; done; } | PY=$(PY) $(PY) tools/jobs.py runs/large/$(PROFILE)
 	$(PY) -m reporting.collect runs/large/$(PROFILE) $(RECORDS)/large-$(PROFILE)
 	$(PY) report.py
 
@@ -102,7 +102,7 @@ sweep-sinusoid: setup
 	{ for s in $(SEED_LIST); do for k in $(SWEEP_KS_SINUSOID); do for a in $(REVERSE_ALGOS); do \
 	    echo "sinusoid/$$a-K$$k-s$$s train.py algorithm=$$a dataset=sinusoid profile=paper inner_steps=$$k seed=$$s \
 	      eval.shots=5 eval.query_shots=100 experiment_name=sweep_sinusoid $(call CAP,$(BUDGET_SINUSOID))"; \
-	  done; done; done; } | PY=$(PY) tools/jobs.sh $(SWEEP_OUT)
+	  done; done; done; } | PY=$(PY) $(PY) tools/jobs.py $(SWEEP_OUT)
 
 sweep-omniglot: setup
 	rm -rf $(SWEEP_OUT)/omniglot_5w1s
@@ -110,7 +110,7 @@ sweep-omniglot: setup
 	    echo "omniglot_5w1s/$$a-K$$k-s$$s train.py algorithm=$$a dataset=omniglot profile=paper inner_steps=$$k \
 	      test_inner_steps=$$k seed=$$s experiment_name=sweep_omniglot $(SWEEP_TEST_TASKS) \
 	      $(call CAP,$(BUDGET_OMNIGLOT_SWEEP))"; \
-	  done; done; done; } | PY=$(PY) tools/jobs.sh $(SWEEP_OUT)
+	  done; done; done; } | PY=$(PY) $(PY) tools/jobs.py $(SWEEP_OUT)
 
 # The deviation ladder, iMAML as written → the official release (Omniglot 5w1s): one process, runs one after
 # another on every core, each for the same training wall-clock. Rerunning continues the study folder (a run

@@ -15,11 +15,16 @@ tensors in ``data.cache_dir`` (null → ``./.cache/metagrad``); see ``datasets/s
 from __future__ import annotations
 
 import importlib
+import sys
 from dataclasses import dataclass
 
 import torch
 
 import checks
+
+# learn2learn imports gym, whose import prints a four-line "Gym has been unmaintained" notice to
+# stderr; without its notices module it prints nothing (every command would otherwise open with it).
+sys.modules.setdefault("gym_notices", None)
 
 
 @dataclass(frozen=True)

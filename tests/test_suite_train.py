@@ -89,15 +89,17 @@ def test_time_budget_stops_then_a_larger_budget_continues_bit_identically(tmp_pa
 
 
 def test_job_runner_runs_lines_in_parallel_and_reports_a_failed_job(tmp_path):
-    """tools/jobs.sh: each line NAME ENTRY OVERRIDE... becomes one run in OUT/NAME; a job that fails
-    (here a bad override, exit 2) makes the runner fail after the others finish."""
+    """tools/jobs.py: each line NAME ENTRY OVERRIDE... becomes one run in OUT/NAME; a job that fails
+    (here a bad override, exit 2) makes the runner fail after the others finish; each start and end is
+    a line with jobs done / total."""
     repo = Path(__file__).resolve().parents[1]
     lines = ("ok/maml train.py experiment=smoke meta_iterations=2 eval.num_tasks=2\n"
              "ok/fomaml train.py experiment=smoke algorithm=fomaml meta_iterations=2 eval.num_tasks=2\n"
              "bad train.py experiment=smoke inner_lr=-1\n")
-    proc = subprocess.run(["bash", "tools/jobs.sh", str(tmp_path / "out")], input=lines, text=True, cwd=repo,
+    proc = subprocess.run([sys.executable, "tools/jobs.py", str(tmp_path / "out")], input=lines, text=True, cwd=repo,
                           capture_output=True, timeout=600, env=dict(os.environ, PY=sys.executable))
     assert proc.returncode != 0 and "job bad failed" in proc.stderr
+    assert "[0/3 done] started ok/maml" in proc.stdout and "[3/3 done]" in proc.stdout
     for name in ("maml", "fomaml"):
         assert json.loads((tmp_path / "out" / "ok" / name / "summary.json").read_text())["status"] == "completed"
     assert "inner_lr=-1" in (tmp_path / "out" / "bad.log").read_text()

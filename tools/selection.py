@@ -111,7 +111,7 @@ def main(argv: list[str]) -> int:
         return 2
     out = Path("runs") / "select"  # relative: records name no folder of this machine
     shutil.rmtree(ROOT / out / setting, ignore_errors=True)
-    proc = subprocess.run(["bash", "tools/jobs.sh", str(out)], input="\n".join(jobs(setting, spec[setting])) + "\n",
+    proc = subprocess.run([sys.executable, "tools/jobs.py", str(out)], input="\n".join(jobs(setting, spec[setting])) + "\n",
                           text=True, cwd=ROOT, env=dict(os.environ, PY=sys.executable))
     if proc.returncode:
         return proc.returncode
