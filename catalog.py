@@ -81,6 +81,21 @@ def label_order() -> tuple[str, ...]:
     return tuple(dict.fromkeys(out))
 
 
+def campaign_plan(path: Path = CONFIGS / "campaign.yaml") -> list[dict]:
+    """The paper-budget campaign's runs (``configs/campaign.yaml``), in the order they start: each
+    ``{name, experiment, seed, why, overrides}``, overrides the full ``train.py`` list."""
+    spec = _load(path)
+    plan, seen = [], set()
+    for r in spec["runs"]:
+        missing = sorted({"name", "experiment", "seed", "why"} - set(r))
+        if missing or r["name"] in seen:
+            raise SystemExit(f"{path}: run {r.get('name')!r} " + (f"lacks {missing}" if missing else "is listed twice"))
+        seen.add(r["name"])
+        plan.append({**r, "overrides": [f"experiment={r['experiment']}", f"seed={r['seed']}", *spec["validation"],
+                                        *r.get("overrides", [])]})
+    return plan
+
+
 def main(argv: list[str]) -> int:
     what = argv[0] if argv else ""
     if what == "algorithms":

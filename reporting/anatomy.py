@@ -34,6 +34,13 @@ def stage(r: dict, root: Path) -> tuple[str, str | None]:
     d, link = diagnosis(r, root)
     if d is None:
         return "not diagnosed", None
+    if d.get("degradation"):
+        g, dense = d["degradation"], d.get("dense_implicit") or {}
+        pd_text = ("" if "positive_definite" not in dense else
+                   "; its system " + ("positive definite" if dense["positive_definite"] else
+                                      f"indefinite (λ_min {dense['system_eig_min']:.3g})"))
+        return (f"degraded, dissected at iteration {g['iteration']}: worst task's CG residual "
+                f"{max(g['cg_residuals']):.3g}{pd_text}"), link
     if not d.get("failed_again"):
         return "did not fail again in the rerun", link
     return (d.get("anatomy") or {}).get("stage", "unknown"), link
@@ -57,7 +64,12 @@ def rows_of(rows: list[dict], judged: dict, root: Path) -> list[dict]:
                 if link:
                     links.append(link)
             elif r["status"] == "completed":
-                counts[(judged.get(r["run"]) or {}).get("status", "no baseline record")] += 1
+                verdict = (judged.get(r["run"]) or {}).get("status", "no baseline record")
+                counts[verdict] += 1
+                where, link = stage(r, root)
+                if verdict == "did not learn" and link:
+                    stages.append(f"s{r.get('seed')}: {where}")
+                    links.append(link)
             else:
                 counts[str(r["status"])] += 1
         out.append({"setting": setting, "algorithm": label, "budget": budget, "seeds": len(runs),
@@ -78,7 +90,8 @@ def section(rows: list[dict], judged: dict, root: Path, w) -> str:
         return text + "\nNo run diverged or failed to learn.\n"
     cols = [("setting", lambda r: r["setting"], "setting"), ("algorithm", lambda r: r["algorithm"], "algorithm"),
             ("budget", lambda r: r["budget"], "budget"), ("outcome (runs)", lambda r: r["outcome"], "outcome", "seeds"),
-            ("where it diverged", lambda r: r["stages"], "stages"), ("evidence", lambda r: r["evidence"], "evidence")]
+            ("where it diverged or degraded", lambda r: r["stages"], "stages"),
+            ("evidence", lambda r: r["evidence"], "evidence")]
     text += w.table(make_table("failures_by_algorithm", table_rows, cols))
     fig = figure(rows, root, w.fig_dir)
     if fig is not None:

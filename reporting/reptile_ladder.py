@@ -86,8 +86,8 @@ def section(seeds: list[dict], w) -> str:
     cols = [("rung", lambda r: "fresh state (the suite before)" if r["rung"] == "paper" else f"+ {r['rung']}", "rung"),
             ("seeds", lambda r: str(r["seeds"]), "seeds"),
             ("test accuracy % (mean ± std over seeds)",
-             lambda r: "—" if r["accuracy_mean"] is None else
-             f"{fmt(r['accuracy_mean'], 2, S)} ± {fmt(r['accuracy_std'] or 0.0, 2, S)}", "accuracy_mean", "accuracy_std"),
+             lambda r: "—" if r["accuracy_mean"] is None else fmt(r["accuracy_mean"], 2, S) + (
+                 "" if r["accuracy_std"] is None else f" ± {fmt(r['accuracy_std'], 2, S)}"), "accuracy_mean", "accuracy_std"),
             ("gain over the rung above, pooled over seeds [95% CI]",
              lambda r: "—" if r["gain_mean"] is None else
              f"{fmt(r['gain_mean'], 2, S)} [{fmt(r['gain_low'], 2, S)}, {fmt(r['gain_high'], 2, S)}]"

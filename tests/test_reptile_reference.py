@@ -169,3 +169,15 @@ def test_meta_gradient_carried_repeats_itself_and_refuses_estimators_without_sta
     with pytest.raises(ValueError, match="carries no inner optimizer state"):
         algorithms.meta_gradient_carried("fomaml", problem.loss_fn, problem.params, tasks, state, inner)
     assert math.isfinite(float(sum(v.abs().sum() for v in g1.values())))
+
+
+def test_the_ladder_pools_paired_gains_over_seeds_and_says_when_unpaired():
+    from reporting.reptile_ladder import gain
+
+    a = {"tasks": [[0.0, 1.0, 1.0, 0.0], [1.0, 1.0, 0.0, 0.0]], "fp": {"x"}, "seeds": [0, 1]}
+    b = {"tasks": [[1.0, 1.0, 1.0, 0.0], [1.0, 1.0, 1.0, 0.0]], "fp": {"x"}, "seeds": [0, 1]}
+    m, lo, hi, kind = gain(a, b)
+    # per task, b − a averaged over the seeds: [0.5, 0, 0.5, 0] → mean 0.25, sd 0.25, n 4
+    assert kind == "paired" and m == pytest.approx(0.25) and hi - m == pytest.approx(1.96 * 0.25 / 2)
+    other = dict(b, fp={"y"})
+    assert gain(a, other)[3] == "unpaired" and gain(a, dict(b, seeds=[0, 2])) is None

@@ -28,6 +28,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from catalog import campaign_plan  # noqa: E402
 from reporting.collect import thin_metrics  # noqa: E402
 
 RUNS = ROOT / "runs" / "campaign"
@@ -37,20 +38,9 @@ PLAN_FILE = ROOT / "configs" / "campaign.yaml"
 
 
 def load_plan(path: Path = PLAN_FILE) -> list[tuple[str, list[str]]]:
-    """(name, overrides) of each run of ``configs/campaign.yaml``, in the order they start; each
-    entry says why it runs (``why``), so the plan is read, not inferred."""
-    import yaml
-
-    spec = yaml.safe_load(path.read_text())
-    plan, seen = [], set()
-    for r in spec["runs"]:
-        missing = sorted({"name", "experiment", "seed", "why"} - set(r))
-        if missing or r["name"] in seen:
-            raise SystemExit(f"{path}: run {r.get('name')!r} " + (f"lacks {missing}" if missing else "is listed twice"))
-        seen.add(r["name"])
-        plan.append((r["name"], [f"experiment={r['experiment']}", f"seed={r['seed']}", *spec["validation"],
-                                 *r.get("overrides", [])]))
-    return plan
+    """(name, overrides) of each run of ``configs/campaign.yaml`` (:func:`catalog.campaign_plan`), in
+    the order they start; each entry says why it runs (``why``), so the plan is read, not inferred."""
+    return [(r["name"], r["overrides"]) for r in campaign_plan(path)]
 
 
 PLAN = load_plan()

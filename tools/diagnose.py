@@ -139,14 +139,38 @@ def library_implicit(loss_fn, unflat, phi, theta, lam, support, query, dense, da
             "rel_error_dense": float((g - dense).norm() / dense.norm()) if same and float(dense.norm()) > 0 else None}
 
 
+def degradation(run: _Run, it: int) -> dict:
+    """Iteration ``it``'s meta-batch, not applied: each task's CG relative residual, and the worst
+    task's traced stages (its inner steps, query gradient and CG iterations)."""
+    from trainer.anatomy import _norm
+
+    tasks = tuple(t.to(run.device) for t in run.source.sample("train", run.cfg.meta_batch_size, torch.Generator().set_state(
+        run.gen.get_state())))
+    fn = algorithms.ESTIMATORS[algorithms.resolve(run.cfg.algorithm.estimator)]
+    loss_fn = getattr(run.loss_fn, "fused", run.loss_fn)
+    traces, residuals = [], []
+    for i in range(tasks[0].shape[0]):
+        trace: list[dict] = []
+        _, info = fn(loss_fn, run.params, (tasks[0][i], tasks[1][i]), (tasks[2][i], tasks[3][i]), run.inner,
+                     autograd=True, diagnostics_full=False, trace=trace, **run.hparams)
+        traces.append(trace)
+        residuals.append(float(info.get("cg_residual", float("nan"))))
+    worst = max(range(len(residuals)), key=lambda i: residuals[i] if residuals[i] == residuals[i] else -1)
+    describe = getattr(run.source, "describe", None)
+    return {"iteration": it, "task": worst, "cg_residuals": residuals, "theta_norm": _norm(run.params),
+            "task_definition": describe("train", len(residuals), torch.Generator().set_state(run.gen.get_state()))[worst]
+            if describe else None, "trace": traces[worst], "tasks": tasks}
+
+
 def diagnose(record_dir: Path, out_root: Path = OUT, max_iterations: int | None = None,
-             records_root: Path = RECORDS) -> dict:
-    """Rerun the record in ``record_dir`` (a folder under ``records_root``) to its failure and write
-    ``out_root/<its path under records_root>/diagnosis.json``."""
+             records_root: Path = RECORDS, at: int | None = None) -> dict:
+    """Rerun the record in ``record_dir`` (a folder under ``records_root``) to its failure — or, with
+    ``at``, to iteration ``at`` of a run that degraded without failing, whose meta-batch is then
+    dissected (:func:`degradation`) — and write ``out_root/<its path under records_root>/diagnosis.json``."""
     summary = json.loads((record_dir / "summary.json").read_text())
     cfg = OmegaConf.create(summary["config"])
     fail_at = (summary.get("failure") or {}).get("iteration") or summary["iterations_done"]
-    cfg.meta_iterations = int(max_iterations or fail_at)
+    cfg.meta_iterations = int(at - 1 if at else max_iterations or fail_at)
     cfg.max_train_minutes, cfg.resume, cfg.diagnostics, cfg.mem_every, cfg.fidelity_every = None, False, 0, 0, 0
     cfg.eval.val_every, cfg.eval.early_stop = 0, None
     name = record_dir.relative_to(records_root)
@@ -161,7 +185,13 @@ def diagnose(record_dir: Path, out_root: Path = OUT, max_iterations: int | None 
     result = {"record": name.as_posix(), "recorded_failure": summary.get("failure"),
               "recorded_status": summary["status"], "rerun_iterations": it, "versions": versions(),
               "device_name": run.device_name, "code_path": summary.get("code_path")}
-    if row is not None:
+    if at and row is not None:
+        d = degradation(run, at)
+        tasks = tuple(t[d["task"]] for t in d.pop("tasks"))
+        theta = {k: v.detach().clone() for k, v in run.params.items()}
+        result |= {"failed_again": False, "degradation": d, "gradual": run.gradual,
+                   "maml_inner_loop": maml_inner(run, theta, tasks), "dense_implicit": dense_implicit(run, theta, tasks)}
+    elif row is not None:
         result |= {"failed_again": False, "note": f"no non-finite value in {it} iterations of the rerun"}
     else:
         a = run.anatomy or {}
@@ -181,6 +211,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("records", nargs="+", type=Path, help="record folders of diverged runs (with summary.json)")
     ap.add_argument("--out", type=Path, default=OUT)
+    ap.add_argument("--at", type=int, default=None, help="dissect this iteration's meta-batch (a run that degraded)")
     a = ap.parse_args(argv)
     torch.set_num_threads(1)
     for r in a.records:
@@ -188,7 +219,7 @@ def main(argv=None) -> int:
         if not (r / "summary.json").is_file():
             print(f"diagnose: {r} has no summary.json; give a run's record folder", file=sys.stderr)
             return 2
-        res = diagnose(r, a.out)
+        res = diagnose(r, a.out, at=a.at)
         where = res.get("anatomy", {}).get("stage", "-")
         print(f"diagnose: {r.relative_to(ROOT)}: failed again: {res['failed_again']} at iteration "
               f"{res.get('failure_iteration', '-')} ({where})", flush=True)

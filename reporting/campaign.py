@@ -1,0 +1,89 @@
+"""What the paper-budget campaign still needs (``configs/campaign.yaml``): per run, its state in the
+committed records and the CPU-hours left to its end — the declared rule's earliest stop (its 9th
+validation) where the rule applies, else its planned iterations — at the seconds per iteration it
+ran at (or that a run of the same experiment ran at). The claims table uses it to say, for a
+claim without a verdict, which runs would give one and what they cost.
+"""
+from __future__ import annotations
+
+import json
+import statistics
+from functools import cache
+from pathlib import Path
+
+import catalog
+
+EARLIEST_VALIDATIONS = 9  # trainer.evaluate.PLATEAU_MIN_VALIDATIONS
+
+
+@cache
+def _composed(overrides: tuple[str, ...]) -> dict:
+    from trainer import compose
+    from trainer.evaluate import PLATEAU_MIN_VALIDATIONS
+
+    assert PLATEAU_MIN_VALIDATIONS == EARLIEST_VALIDATIONS
+    cfg = compose(list(overrides))
+    return {"dataset": cfg.dataset.name, "ways": cfg.ways, "shots": cfg.eval.shots or cfg.shots,
+            "planned": int(cfg.meta_iterations), "val_every": int(cfg.eval.val_every),
+            "rule": cfg.eval.get("early_stop") == "plateau", "label": cfg.algorithm.label}
+
+
+def _rows(path: Path) -> list[dict]:
+    try:
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    except (OSError, ValueError):
+        return []
+
+
+def runs(records: Path, rates: dict[str, float] | None = None) -> list[dict]:
+    """Every campaign run with its setting, label, state, iterations and CPU-hours left (None: unknown).
+    ``rates``: seconds per iteration by experiment name, measured by other records (the report's rows),
+    for a run not started whose experiment the campaign has not run yet."""
+    out = []
+    for r in catalog.campaign_plan():
+        c = _composed(tuple(r["overrides"]))
+        folder = records / "campaign-cpu" / r["name"]
+        summary = None
+        try:
+            summary = json.loads((folder / "summary.json").read_text())
+        except (OSError, ValueError):
+            pass
+        rows = _rows(folder / "unfinished" / "metrics.jsonl")
+        times = [x["iter_s"] + x.get("sample_s", 0.0) for x in rows[-200:] if "iter_s" in x]
+        done = (summary or {}).get("iterations_done") or (rows[-1]["iter"] if rows else 0)
+        target = EARLIEST_VALIDATIONS * c["val_every"] if c["rule"] else c["planned"]
+        out.append({**r, **c, "status": (summary or {}).get("status") or ("saved" if rows else "not started"),
+                    "done": done, "target": target,
+                    "s_per_iter": statistics.median(times) if times else
+                    ((summary or {}).get("timing") or {}).get("median_iter_s")})
+    by_experiment = dict(rates or {})
+    by_experiment.update({r["experiment"]: r["s_per_iter"] for r in out if r["s_per_iter"] is not None})
+    for r in out:
+        per = r["s_per_iter"] or by_experiment.get(r["experiment"])
+        ended = r["status"] in ("completed", "diverged")
+        r["cpu_hours_left"] = 0.0 if ended else (max(0, r["target"] - r["done"]) * per / 3600 if per else None)
+    return out
+
+
+def needs(records: Path, dataset: str, ways: int, shots: int, labels: tuple[str, ...],
+          rates: dict[str, float] | None = None, elsewhere: dict | None = None) -> str:
+    """The campaign runs of ``labels`` in this setting that have not ended, with their CPU-hours left;
+    for a label the plan lacks, ``elsewhere[(dataset, ways, shots, label)] = (planned iterations,
+    s/iteration, run)`` measured by another record gives the cost of a run at the paper's budget."""
+    mine = [r for r in runs(records, rates) if (r["dataset"], r["ways"], r["shots"]) == (dataset, ways, shots)
+            and r["label"] in labels]
+    parts = []
+    for label in labels:
+        have = [r for r in mine if r["label"] == label]
+        if not have:
+            known = (elsewhere or {}).get((dataset, ways, shots, label))
+            parts.append(f"{label}: not in the campaign plan" + (
+                f" (its {known[0]:,} iterations ≈ {known[0] * known[1] / 3600:.0f} CPU-h at the "
+                f"{known[1]:.2f} s/iteration of {known[2]})" if known else ""))
+        for r in have:
+            if r["status"] in ("completed", "diverged"):
+                continue
+            hours = "CPU-hours unknown" if r["cpu_hours_left"] is None else f"≈ {r['cpu_hours_left']:.1f} CPU-h"
+            end = "the rule's earliest stop" if r["rule"] else "its planned iterations"
+            parts.append(f"{r['name']} ({r['status']}, {r['done']:,} of {r['target']:,} iterations to {end}; {hours})")
+    return "; ".join(parts) or "—"
