@@ -22,8 +22,10 @@ BUDGET_LARGE ?= 15
 BUDGET_OMNIGLOT_SWEEP ?= 2
 ifeq ($(PROFILE),cpu)
   CAP = max_train_minutes=$(1) eval.val_every_minutes=$(shell python3 -c 'print($(1)/5)') eval.val_tasks=30
+  MINUTES = $(foreach b,$(1),BUDGET_$(b)=$(BUDGET_$(b)))   # catalog.py jobs: each setting's minutes per run
 else
   CAP =
+  MINUTES =
 endif
 # The deviation ladder (study=deviations): minutes of training per run, test tasks per evaluation.
 BUDGET_DEVIATIONS ?= 3
@@ -46,20 +48,14 @@ $(VENV)/.setup-done: pyproject.toml tools/setup.sh
 
 reproduce: setup  ## comparison a (published protocols, equal budgets) on Omniglot 5w1s + sinusoid, the studies, the report
 	rm -rf $(OUT)
-	{ for s in $(SEED_LIST); do for a in imaml_release $(REVERSE_ALGOS); do e=$${a/#imaml_release/imaml_release_algo}; \
-	    echo "omniglot_5w1s/$$a-s$$s train.py experiment=omniglot_5w_$$e seed=$$s fidelity_every=25 $(call CAP,$(BUDGET_OMNIGLOT))"; \
-	  done; for a in imaml_release $(REVERSE_ALGOS) pretrained; do \
-	    echo "sinusoid/$$a-s$$s train.py experiment=sinusoid_$$a seed=$$s fidelity_every=100 $(call CAP,$(BUDGET_SINUSOID))"; \
-	  done; done; for s in $(STUDIES); do echo "study/$$s study.py study=$$s"; done; } | PY=$(PY) $(PY) tools/jobs.py $(OUT)
+	{ $(PY) catalog.py jobs reproduce $(SEEDS) $(call MINUTES,OMNIGLOT SINUSOID); \
+	  for s in $(STUDIES); do echo "study/$$s study.py study=$$s"; done; } | PY=$(PY) $(PY) tools/jobs.py $(OUT)
 	$(PY) -m reporting.collect $(OUT) $(RECORDS)/reproduce-$(PROFILE)
 	$(PY) report.py
 
 large: setup  ## comparison a on Omniglot 20w1s and mini-ImageNet 5w1s (cpu: BUDGET_LARGE=15 min per run)
 	rm -rf runs/large/$(PROFILE)
-	{ for s in $(SEED_LIST); do for a in $(REVERSE_ALGOS); do \
-	    echo "omniglot_20w1s/$$a-s$$s train.py experiment=omniglot_20w_$$a seed=$$s $(call CAP,$(BUDGET_LARGE))"; \
-	    echo "miniimagenet_5w1s/$$a-s$$s train.py experiment=miniimagenet_$$a seed=$$s $(call CAP,$(BUDGET_LARGE))"; \
-	  done; done; } | PY=$(PY) $(PY) tools/jobs.py runs/large/$(PROFILE)
+	$(PY) catalog.py jobs large $(SEEDS) $(call MINUTES,LARGE) | PY=$(PY) $(PY) tools/jobs.py runs/large/$(PROFILE)
 	$(PY) -m reporting.collect runs/large/$(PROFILE) $(RECORDS)/large-$(PROFILE)
 	$(PY) report.py
 
@@ -128,9 +124,9 @@ deviations-long: setup  ## its two end points (paper, release) for BUDGET_DEVIAT
 	$(PY) report.py
 
 # The Reptile ladder (configs/study/deviations_reptile.yaml): the suite's earlier Reptile → its reference code, one
-# difference at a time, 4 trained rungs + 1 retest per seed, BUDGET_OMNIGLOT min each, seeds 0, 1, 2.
-deviations-reptile: setup  ## Reptile ladder, fresh inner state → openai/supervised-reptile, 3 seeds × 4 runs × 4 min (≈ 1 h) → report
-	for s in 0 1 2; do $(PY) study.py study=deviations_reptile seed=$$s study.budget_minutes=$(BUDGET_OMNIGLOT) \
+# difference at a time, 4 trained rungs + 1 retest per seed, 1,500 iterations each, seeds 0, 1, 2.
+deviations-reptile: setup  ## Reptile ladder, fresh inner state → openai/supervised-reptile, 3 seeds × 4 runs × 1,500 iterations (≈ 70 min) → report
+	for s in 0 1 2; do $(PY) study.py study=deviations_reptile seed=$$s \
 	  study.eval_tasks=$(DEVIATIONS_TASKS) hydra.run.dir=runs/study/deviations_reptile/s$$s || exit 1; \
 	  $(PY) -m reporting.collect runs/study/deviations_reptile/s$$s $(RECORDS)/deviations-reptile-cpu/s$$s || exit 1; done
 	$(PY) report.py

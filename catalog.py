@@ -96,14 +96,40 @@ def campaign_plan(path: Path = CONFIGS / "campaign.yaml") -> list[dict]:
     return plan
 
 
+def jobs(target: str, seeds: list[int], minutes: dict[str, float] | None) -> list[str]:
+    """The job lines (``NAME train.py OVERRIDE…``, slowest first per seed and setting) of ``target``
+    (a key of ``configs/reproduce.yaml``); ``minutes``: each budget variable's minutes per run (the
+    cpu profile's cap, with validation every fifth of it on 30 tasks), None for no cap."""
+    out = []
+    for seed in seeds:
+        for st in _load(CONFIGS / "reproduce.yaml")[target]:
+            runs = {**{n: e for n, e in st["extra"].items() if n not in algorithms()},
+                    **{a: f"{st['prefix']}_{a}" for a in slowest_first()}}
+            cap = [] if minutes is None else [f"max_train_minutes={minutes[st['budget']]:g}",
+                                              f"eval.val_every_minutes={minutes[st['budget']] / 5:g}",
+                                              "eval.val_tasks=30"]
+            for name, exp in runs.items():
+                own = [f"experiment={exp}"] if (CONFIGS / "experiment" / f"{exp}.yaml").is_file() else [
+                    *st["shared"], f"algorithm={name}"]
+                out.append(" ".join([f"{st['name']}/{name}-s{seed}", "train.py", *own, f"seed={seed}",
+                                     *st["overrides"], *cap]))
+    return out
+
+
 def main(argv: list[str]) -> int:
     what = argv[0] if argv else ""
     if what == "algorithms":
         print(" ".join(slowest_first() if "--slowest" in argv else algorithms()))
     elif what == "datasets":
         print(" ".join(datasets()))
+    elif what == "jobs" and len(argv) >= 3:
+        # python catalog.py jobs TARGET SEEDS [BUDGET_X=minutes ...]: no budgets given → no time cap
+        budgets = dict(a.split("=", 1) for a in argv[3:])
+        print("\n".join(jobs(argv[1], [int(x) for x in argv[2].split(",") if x != ""],
+                             {k: float(v) for k, v in budgets.items()} if budgets else None)))
     else:
-        print("usage: python catalog.py algorithms [--slowest] | datasets", file=sys.stderr)
+        print("usage: python catalog.py algorithms [--slowest] | datasets | jobs TARGET SEEDS [BUDGET_X=MIN ...]",
+              file=sys.stderr)
         return 2
     return 0
 

@@ -10,9 +10,9 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from . import baselines
+from . import baselines, render
 from . import common as c
-from .render import MARKERS, Table, column_keys, fmt, fmt_g, fmt_pm, make_table, new_figure, save_figure
+from .render import Table, column_keys, fmt, fmt_g, fmt_pm, make_table, new_figure, save_figure
 
 
 def is_sweep(row: dict) -> bool:
@@ -176,24 +176,42 @@ def _curve(folder: str) -> list[tuple[float, float, int]]:
     return pts
 
 
+def _mean_band(curves: list[list[tuple[float, float]]]):
+    """The seeds' curves on one grid (the points of all, up to where the shortest ends): mean, min, max."""
+    import numpy as np
+
+    end = min(cv[-1][0] for cv in curves)
+    grid = np.array(sorted({x for cv in curves for x, _ in cv if x <= end}))
+    ys = np.array([np.interp(grid, [x for x, _ in cv], [y for _, y in cv]) for cv in curves])
+    return grid, ys.mean(0), ys.min(0), ys.max(0)
+
+
 def curves_figure(key: tuple, rows: list[dict], fig_dir: Path) -> Path | None:
-    """Validation metric vs training wall-clock, one line per run, the final test result as a star;
-    for runs without a time cap (the papers' budgets) also against iterations, in a second panel."""
+    """Validation metric vs training wall-clock per algorithm: the mean over its seeds, a band from their
+    minimum to their maximum, one colour per algorithm (``render.colour``), the final test results as
+    stars; for runs without a time cap (the papers' budgets) also against iterations, in a second panel."""
     dataset, setting, minutes = key
     fig, axes = new_figure(1 if minutes is not None else 2)
+    by_label: dict[str, list[dict]] = {}
+    for r in sorted(rows, key=lambda r: (c.label_rank(r["label"]), r.get("seed") or 0)):
+        by_label.setdefault(r["label"], []).append(r)
     drawn = False
-    for i, r in enumerate(sorted(rows, key=lambda r: (c.label_rank(r["label"]), r.get("seed") or 0))):
-        pts = _curve(r["folder"])
-        if not pts:
+    for label, runs in by_label.items():
+        s, _ = c.scale_of(runs[0].get("metric") or ("mse" if dataset == "sinusoid" else "accuracy"))
+        colour = render.colour(label)
+        curves = [(r, _curve(r["folder"])) for r in runs]
+        curves = [(r, pts) for r, pts in curves if pts]
+        if not curves:
             continue
-        s, _ = c.scale_of(r.get("metric") or ("mse" if dataset == "sinusoid" else "accuracy"))
-        done = r["status"] == "completed" and not math.isnan(r["mean"])
-        for ax, x, end in zip(axes, (0, 2), (r.get("train_wall_s"), r.get("iterations_done"))):
-            line, = ax.plot([p[x] for p in pts], [p[1] * s for p in pts], marker=MARKERS[i % len(MARKERS)],
-                            markersize=3, label=f"{r['label']} (seed {r.get('seed')})")
-            if done and end is not None:
-                ax.plot([end / 60 if x == 0 else end], [r["mean"] * s], marker="*", markersize=11,
-                        color=line.get_color())
+        for ax, x, end in zip(axes, (0, 2), ("train_wall_s", "iterations_done")):
+            grid, mean, lo, hi = _mean_band([[(p[x], p[1] * s) for p in pts] for _, pts in curves])
+            ax.plot(grid, mean, color=colour, lw=1.4, label=f"{label} ({len(curves)} seed{'s' * (len(curves) > 1)})")
+            if len(curves) > 1:
+                ax.fill_between(grid, lo, hi, color=colour, alpha=0.2, lw=0)
+            for r, _ in curves:
+                if r["status"] == "completed" and not math.isnan(r["mean"]) and r.get(end) is not None:
+                    ax.plot([r[end] / 60 if x == 0 else r[end]], [r["mean"] * s], marker="*", markersize=9,
+                            color=colour, linestyle="none")
         drawn = True
     if not drawn:
         return None

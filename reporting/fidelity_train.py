@@ -14,7 +14,7 @@ import statistics
 from pathlib import Path
 
 from . import common as c
-from .render import MARKERS, fmt, fmt_g, make_table, new_figure, save_figure
+from .render import MARKERS, colour, fmt, fmt_g, make_table, new_figure, save_figure
 
 FIELDS = ("fid_cos_exact", "fid_cos_solved", "fid_rel_exact")  # iMAML-HF has no exact one: no unrolled Newton solve
 
@@ -80,15 +80,16 @@ def figure(key: tuple, by_label: dict[str, list[dict]], fig_dir: Path) -> Path |
     """Cosine with the exact meta-gradient vs training iteration, one line per run."""
     dataset, setting, minutes = key
     fig, (ax,) = new_figure()
-    i = 0
-    for label, runs in by_label.items():
-        for r in runs:
+    for label, runs in by_label.items():  # one colour per algorithm, a thin line per seed, one legend entry
+        first = True
+        for i, r in enumerate(runs):
             pts = [p for p in r["_fid"] if "fid_cos_exact" in p]
             if not pts:
                 continue
             ax.plot([p["iter"] for p in pts], [p["fid_cos_exact"] for p in pts], marker=MARKERS[i % len(MARKERS)],
-                    markersize=3, label=f"{label} (seed {r.get('seed')})")
-            i += 1
+                    markersize=2, lw=0.8, color=colour(label),
+                    label=f"{label} ({len(runs)} seed{'s' * (len(runs) > 1)})" if first else None)
+            first = False
     ax.set_xscale("symlog", linthresh=10)
     ax.set_xlabel("meta-iteration")
     ax.set_ylabel("cosine with the exact meta-gradient")
@@ -96,7 +97,7 @@ def figure(key: tuple, by_label: dict[str, list[dict]], fig_dir: Path) -> Path |
     ax.grid(alpha=0.3)
     ax.set_title(f"{c.DATASET_NAMES.get(dataset, dataset)} {setting}: fidelity along training"
                  + (f" ({fmt_g(minutes)} min budget)" if minutes is not None else ""), fontsize=10)
-    ax.legend(fontsize=6, ncol=2)
+    ax.legend(fontsize=7)
     name = c.slug("fidelity_train", dataset, setting, f"{fmt_g(minutes)}min" if minutes is not None else "paper")
     return save_figure(fig, fig_dir / f"{name}.png")
 

@@ -187,6 +187,23 @@ def new_figure(ncols: int = 1, width: float = 6.4, height: float = 4.0):
 
 
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
+# One colour per algorithm label, everywhere in the report: the labels the configs give, in report
+# order (catalog.label_order), take the palette in turn; any other label (your own method) a colour
+# of its own from the rest of the palette, chosen by its name so that it never changes.
+PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#98df8a", "#d62728", "#9467bd", "#8c564b", "#7f7f7f", "#e377c2",
+           "#bcbd22", "#17becf", "#aec7e8", "#ffbb78", "#c5b0d5")
+
+
+def colour(label: str) -> str:
+    import zlib
+
+    import catalog
+
+    known = catalog.label_order()
+    if label in known:
+        return PALETTE[known.index(label) % len(PALETTE)]
+    rest = PALETTE[len(known):] or PALETTE
+    return rest[zlib.crc32(label.encode()) % len(rest)]
 
 
 def log_x(ax, values) -> None:

@@ -96,7 +96,10 @@ def section(seeds: list[dict], w) -> str:
             ("iterations per seed", lambda r: r["iterations"], "iterations")]
     carriers = sorted((r for r in table_rows if r["gain_low"] is not None and r["gain_low"] > 0),
                       key=lambda r: -r["gain_mean"])
-    at = f"{', '.join(minutes) or '?'} min of training per run on {', '.join(devices) or 'an unrecorded device'}"
+    iters = sorted({int(m) for st in seeds if (m := ((st.get("config") or {}).get("study") or {}).get("meta_iterations"))})
+    budget = (f"{', '.join(f'{m:,}' for m in iters)} iterations per run (the outer step annealed to 0 over them)" if iters
+              else f"{', '.join(minutes) or '?'} min of training per run")
+    at = f"{budget} on {', '.join(devices) or 'an unrecorded device'}"
     out = (f"\nOmniglot 5-way 1-shot, Reptile as the suite ran it before its reference audit (`{EXPERIMENTS[0]}`) → "
            f"everything openai/supervised-reptile does (`{EXPERIMENTS[1]}`), one difference at a time "
            f"(`configs/study/deviations_reptile.yaml`; the audit: [docs/fidelity_audit.md](../docs/fidelity_audit.md)), "

@@ -9,7 +9,7 @@ from . import baselines
 from . import common as c
 from .budget import learned_text
 from .paper import PaperNumbers
-from .render import MARKERS, Table, column_keys, fmt, fmt_g, fmt_pm, log_x, make_table, new_figure, save_figure
+from .render import MARKERS, Table, colour, column_keys, fmt, fmt_g, fmt_pm, log_x, make_table, new_figure, save_figure
 
 SINUSOID_STEPS = (1, 5, 10)
 
@@ -258,7 +258,7 @@ def inner_steps_figures(groups: list[dict], fig_dir: Path) -> list[Path]:
             s, _ = c.scale_of(pts[0]["metric"])
             err = [(g["std"] if g["n_runs"] > 1 else g["ci95"]) * s for g in pts]
             ks = [g["inner_steps"] for g in pts]
-            style = {"marker": MARKERS[i % len(MARKERS)], "label": label}
+            style = {"marker": MARKERS[i % len(MARKERS)], "label": label, "color": colour(label)}
             ax.errorbar(ks, [g["mean"] * s for g in pts], yerr=[0 if e != e else e for e in err], capsize=3, **style)
             ax_t.plot(ks, [g["median_iter_s"] for g in pts], **style)
             ax_m.plot(ks, [(g["alloc_peak_bytes"] or math.nan) / 2**20 for g in pts], **style)

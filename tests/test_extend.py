@@ -89,3 +89,25 @@ def test_a_bad_import_path_is_one_line(mine):
                        env=env, timeout=600)
     assert p.returncode != 0 and "cannot import 'nothing' from 'mymethods.scaled'" in p.stderr
     assert "Traceback" not in p.stderr and not (mine / "r").exists()
+
+
+def test_make_targets_derive_their_algorithms_from_the_configs():
+    """`make reproduce` / `make large` job lists come from configs/algorithm/ and configs/reproduce.yaml:
+    every algorithm config in every setting, the extras beside them, each line a composable config."""
+    import catalog
+    from trainer import compose
+
+    algos = catalog.algorithms()
+    assert set(algos) == {p.stem for p in (ROOT / "configs" / "algorithm").glob("*.yaml")}
+    lines = catalog.jobs("reproduce", [0, 1], {"BUDGET_OMNIGLOT": 4, "BUDGET_SINUSOID": 1})
+    names = [ln.split()[0] for ln in lines]
+    for setting in ("omniglot_5w1s", "sinusoid"):
+        for seed in (0, 1):
+            assert {f"{setting}/{a}-s{seed}" for a in algos} <= set(names)
+    assert "sinusoid/pretrained-s0" in names and "omniglot_5w1s/imaml_release-s1" in names and len(set(names)) == len(names)
+    assert all("max_train_minutes=4 " in ln for ln in lines if ln.startswith("omniglot"))
+    for ln in lines[:len(lines) // 2]:
+        compose(ln.split()[2:])
+    assert not any("max_train_minutes" in ln for ln in catalog.jobs("large", [0], None))
+    makefile = (ROOT / "Makefile").read_text()
+    assert "ALGOS = $(shell $(PY) catalog.py algorithms)" in makefile and "maml fomaml reptile" not in makefile

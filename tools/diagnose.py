@@ -191,6 +191,11 @@ def diagnose(record_dir: Path, out_root: Path = OUT, max_iterations: int | None 
         theta = {k: v.detach().clone() for k, v in run.params.items()}
         result |= {"failed_again": False, "degradation": d, "gradual": run.gradual,
                    "maml_inner_loop": maml_inner(run, theta, tasks), "dense_implicit": dense_implicit(run, theta, tasks)}
+    elif row is not None and str((summary.get("failure") or {}).get("reason", "")).startswith("test-time"):
+        s = run.test_and_finish(it)  # the run's own final test, on its fixed test tasks
+        a = run.anatomy or {}
+        result |= {"failed_again": s["status"] == "diverged", "failure_iteration": it, "anatomy": a,
+                   "failure": s.get("failure"), "gradual": run.gradual}
     elif row is not None:
         result |= {"failed_again": False, "note": f"no non-finite value in {it} iterations of the rerun"}
     else:
