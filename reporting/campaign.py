@@ -69,7 +69,7 @@ def needs(records: Path, dataset: str, ways: int, shots: int, labels: tuple[str,
           rates: dict[str, float] | None = None, elsewhere: dict | None = None) -> str:
     """The campaign runs of ``labels`` in this setting that have not ended, with their CPU-hours left;
     for a label the plan lacks, ``elsewhere[(dataset, ways, shots, label)] = (planned iterations,
-    s/iteration, run)`` measured by another record gives the cost of a run at the paper's budget."""
+    seconds per iteration, run)`` measured by another record gives the cost of a run at the paper's budget."""
     mine = [r for r in runs(records, rates) if (r["dataset"], r["ways"], r["shots"]) == (dataset, ways, shots)
             and r["label"] in labels]
     parts = []

@@ -170,9 +170,9 @@ def _per_iteration(name: str, rows: list[dict]) -> float | None:
 
 
 def status() -> None:
-    """Each run: status, iterations, latest validation, s/iteration and ETA on one core — to its planned
-    iterations and, under the plateau rule, to the rule's earliest stop (its 9th validation). A run
-    not started yet borrows the s/iteration of a run of the same experiment (marked ~)."""
+    """Each run: status, iterations, latest validation, seconds per iteration and ETA on one core — to
+    its planned iterations and, under the plateau rule, to the rule's earliest stop (its 9th validation).
+    A run not started yet borrows the seconds per iteration of a run of the same experiment (marked ~)."""
     width = max(len(n) for n, _ in PLAN)
     print(f"{'run':{width}} {'status':12} {'iterations':>17} {'val':>8} {'s/iter':>7} {'ETA':>8} {'ETA rule':>8}")
     per_experiment: dict[str, float] = {}

@@ -1,6 +1,9 @@
 """Diagnose a committed diverged run: rerun it to its failure, dissect it, check it two other ways.
 
-    python tools/diagnose.py reports/records/campaign-cpu/sinusoid/imaml-s0 [--out reports/records/diagnoses]
+    python tools/diagnose.py RECORD_FOLDER... [--out DIR] [--at ITERATION]
+
+(a record folder holds a run's summary.json; by default the diagnoses go beside the records, under
+``diagnoses/`` in the same tree.)
 
 The run's own recorded config is rebuilt and trained again (deterministic: the same seeds, the same
 code path) until its first non-finite iteration; the trainer then dissects that meta-batch

@@ -289,6 +289,19 @@ class _Run:
     def out_of_time(self) -> bool:
         return self.train_wall >= self.budget_s
 
+    def _meta_gradient(self, tasks, full: bool = False, meter=None):
+        """The meta-gradient (and the carried inner state after it, else None). Every call starts from
+        the same state, so the step's off-clock calls repeat its first and change nothing."""
+        a = self.cfg.algorithm
+        with meter or contextlib.nullcontext():
+            if self.carried:
+                return meta_gradient_carried(a.estimator, self.loss_fn, self.params, tasks, self.inner_state,
+                                             self.inner, metric_fn=self.metric_fn, diagnostics_full=full,
+                                             **self.hparams)
+            return (*meta_gradient_batch(a.estimator, self.loss_fn, self.params, tasks, self.inner,
+                                         batching=self.batching, metric_fn=self.metric_fn,
+                                         diagnostics_full=full, **self.hparams), None)
+
     def step(self, it: int) -> dict | None:
         """One meta-iteration: sample, meta-gradient, outer step. Returns the log row, or None when
         the loss or meta-gradient is not finite (nothing is applied then)."""
@@ -301,16 +314,7 @@ class _Run:
             torch.cuda.reset_peak_memory_stats(device)
 
         def grad(full: bool = False, meter=None):
-            """The meta-gradient (and the carried inner state after it, else None). Every call starts
-            from the same state, so the off-clock calls below repeat the first and change nothing."""
-            with meter or contextlib.nullcontext():
-                if self.carried:
-                    return meta_gradient_carried(a.estimator, self.loss_fn, self.params, tasks, self.inner_state,
-                                                 self.inner, metric_fn=self.metric_fn, diagnostics_full=full,
-                                                 **self.hparams)
-                return (*meta_gradient_batch(a.estimator, self.loss_fn, self.params, tasks, self.inner,
-                                             batching=self.batching, metric_fn=self.metric_fn,
-                                             diagnostics_full=full, **self.hparams), None)
+            return self._meta_gradient(tasks, full, meter)
 
         with Timer(device) as timer:
             grads, info, state_after = grad()
@@ -340,11 +344,7 @@ class _Run:
         for k in ("query_loss_before", "inner_grad_norm", "cg_residual"):
             if k in info:
                 row[k] = info[k].mean().item()
-        if "cg_residual" in info and "cg_residual_above_1" not in self.gradual:
-            worst = info["cg_residual"].max().item()
-            if worst > 1:
-                self.gradual["cg_residual_above_1"] = {"iteration": it, "max": worst,
-                                                       "mean": info["cg_residual"].mean().item()}
+        self._watch_cg(it, info)
         if not (math.isfinite(row["train_loss"]) and all(bool(torch.isfinite(g).all()) for g in grads.values())):
             self.dissect(tasks, drawn_from)
             return None
@@ -361,10 +361,7 @@ class _Run:
                 torch.nn.utils.clip_grad_value_(self.leaves, float(a.outer.clip))
             self.opt.step()
         if not all(bool(torch.isfinite(p).all()) for p in self.params.values()):
-            norm = float(torch.cat([g.flatten().double() for g in grads.values()]).norm())
-            self.anatomy = {"stage": "outer step", "task": None, "task_definition": None, "failing": None,
-                            "last_finite": [], "mean_grad_norm": norm, "outer_lr": self.opt.param_groups[0]["lr"],
-                            "note": "finite meta-gradient; the parameters after the outer optimizer's step are not"}
+            self._outer_step_failed(grads)
             return None
         iter_s = timer.seconds + step_timer.seconds
         self.iter_times.append(iter_s)
@@ -458,6 +455,20 @@ class _Run:
         except Exception as e:  # the evidence is a bonus; the failure is recorded either way
             self.anatomy = {"stage": "unknown", "error": f"{type(e).__name__}: {e}"}
         self.offclock_wall += time.perf_counter() - t0
+
+    def _watch_cg(self, it: int, info: dict) -> None:
+        """The first iteration where a task's CG relative residual exceeds 1 (the solve made it worse than none)."""
+        if "cg_residual" in info and "cg_residual_above_1" not in self.gradual:
+            worst = info["cg_residual"].max().item()
+            if worst > 1:
+                self.gradual["cg_residual_above_1"] = {"iteration": it, "max": worst,
+                                                       "mean": info["cg_residual"].mean().item()}
+
+    def _outer_step_failed(self, grads: dict) -> None:
+        norm = float(torch.cat([g.flatten().double() for g in grads.values()]).norm())
+        self.anatomy = {"stage": "outer step", "task": None, "task_definition": None, "failing": None,
+                        "last_finite": [], "mean_grad_norm": norm, "outer_lr": self.opt.param_groups[0]["lr"],
+                        "note": "finite meta-gradient; the parameters after the outer optimizer's step are not"}
 
     def _watch_baseline(self, it: int, value: float) -> None:
         """First validation better than the no-learning baseline (chance; the zero predictor on the same
