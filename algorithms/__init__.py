@@ -63,8 +63,8 @@ def resolve(spec: str) -> str:
         return spec
     module, _, attr = str(spec).partition(":")
     if not attr:
-        raise ValueError(f"algorithm.estimator={spec!r} is unknown; use one of {sorted(n for n in ESTIMATORS if ':' not in n)} "
-                         "or an import path package.module:function")
+        raise ValueError(f"algorithm name={spec!r} is unknown; allowed: {sorted(n for n in ESTIMATORS if ':' not in n)} "
+                         "or an import path package.module:function (algorithm.estimator)")
     try:
         fn = getattr(importlib.import_module(module), attr)
     except (ImportError, AttributeError) as e:

@@ -83,7 +83,8 @@ def validate(cfg: DictConfig) -> None:
     try:
         algorithms.validate(cfg.algorithm.estimator, inner_config(cfg), hparams)
     except ValueError as e:
-        where = "" if str(e).startswith("algorithm.") else "inner_optim: " if str(e).startswith("inner") else "algorithm.hparams: "
+        where = ("" if str(e).startswith("algorithm") else "inner_optim: " if str(e).startswith("inner")
+                 else "algorithm.hparams: ")
         raise ConfigError(f"{where}{e}") from None
     _validate_inner_state(cfg)
     resolve_device(cfg.device)
