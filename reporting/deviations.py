@@ -28,9 +28,10 @@ TARGETS = {"release": ("the official release", "experiment=omniglot_5w_imaml_rel
 
 
 def target(study: dict) -> str:
-    """``hypertorch`` for a ladder whose top rung is hypertorch's protocol, else ``release``."""
+    """``hypertorch`` for a ladder whose top rung is hypertorch's protocol, ``reptile`` for the Reptile
+    ladder (its own section: ``reporting/reptile_ladder.py``), else ``release``."""
     top = str((((study.get("config") or {}).get("study")) or {}).get("release") or "")
-    return "hypertorch" if "hypertorch" in top else "release"
+    return "hypertorch" if "hypertorch" in top else "reptile" if "reptile" in top else "release"
 
 
 def picks(studies: list[dict]) -> list[tuple[dict, list[str]]]:
