@@ -35,7 +35,7 @@ OUT := runs/reproduce/$(PROFILE)
 SWEEP_OUT := runs/sweep/$(PROFILE)
 RECORDS := reports/records
 
-.PHONY: help setup reproduce large select campaign campaign-status campaign-save test test-all lint sweep sweep-sinusoid sweep-omniglot deviations deviations-long deviations-reptile report bench bench-tta gpu-check clean
+.PHONY: help setup reproduce large select campaign campaign-status campaign-save test test-all lint sweep sweep-sinusoid sweep-omniglot deviations deviations-long deviations-reptile rescaling report bench bench-tta gpu-check clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -122,6 +122,10 @@ deviations-long: setup  ## its two end points (paper, release) for BUDGET_DEVIAT
 	  study.eval_tasks=$(DEVIATIONS_TASKS) hydra.run.dir=runs/study/deviations-long
 	$(PY) -m reporting.collect runs/study/deviations-long $(RECORDS)/deviations-long-cpu
 	$(PY) report.py
+
+rescaling: setup  ## R2.2: does rescaling sinusoid's targets remove the numerical problems? (configs/study/rescaling.yaml, ~20 min)
+	$(PY) study.py study=rescaling hydra.run.dir=runs/study/rescaling
+	$(PY) -m reporting.collect runs/study/rescaling $(RECORDS)/rescaling-cpu
 
 # The Reptile ladder (configs/study/deviations_reptile.yaml): the suite's earlier Reptile → its reference code, one
 # difference at a time, 4 trained rungs + 1 retest per seed, 1,500 iterations each, seeds 0, 1, 2.

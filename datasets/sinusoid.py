@@ -1,6 +1,7 @@
 """Sinusoid regression (Finn et al. 2017, §5.1): y = A·sin(x − φ), A ~ U[0.1, 5.0],
 φ ~ U[0, π], x ~ U[−5, 5]; K support and ``query_shots`` query points per task, MSE loss.
-No data files: every task is drawn from the generator it is given."""
+No data files: every task is drawn from the generator it is given. ``target_scale`` multiplies
+every y (1 is the protocol; the rescaling study varies it), so MSE is in units of scale²."""
 from __future__ import annotations
 
 import math
@@ -17,8 +18,8 @@ class Sinusoid:
     archive_sha256: dict[str, str] = {}
 
     def __init__(self, shots: int = 10, query_shots: int = 10, amp=(0.1, 5.0), phase=(0.0, math.pi),
-                 x_range=(-5.0, 5.0), dtype=torch.float32):
-        self.shots, self.query_shots = shots, query_shots
+                 x_range=(-5.0, 5.0), target_scale: float = 1.0, dtype=torch.float32):
+        self.shots, self.query_shots, self.target_scale = shots, query_shots, float(target_scale)
         self.amp, self.phase, self.x_range, self.dtype = amp, phase, x_range, dtype
 
     def sample(self, split: str, n: int, generator: torch.Generator):
@@ -31,7 +32,7 @@ class Sinusoid:
         amp = torch.empty(n, 1, 1, dtype=d).uniform_(*self.amp, generator=g)
         ph = torch.empty(n, 1, 1, dtype=d).uniform_(*self.phase, generator=g)
         x = torch.empty(n, self.shots + self.query_shots, 1, dtype=d).uniform_(*self.x_range, generator=g)
-        y = amp * torch.sin(x - ph)
+        y = self.target_scale * amp * torch.sin(x - ph)
         x, y, k = x.to(self.dtype), y.to(self.dtype), self.shots
         return x[:, :k], y[:, :k], x[:, k:], y[:, k:]
 
@@ -42,9 +43,19 @@ class Sinusoid:
         return [{"amplitude": float(a), "phase": float(p)} for a, p in zip(amp, ph)]
 
     def fingerprint_fields(self) -> dict:
-        return {"dataset": self.name, "shots": self.shots, "query_shots": self.query_shots,
-                "amp": list(self.amp), "phase": list(self.phase), "x_range": list(self.x_range)}
+        fields = {"dataset": self.name, "shots": self.shots, "query_shots": self.query_shots,
+                  "amp": list(self.amp), "phase": list(self.phase), "x_range": list(self.x_range)}
+        if self.target_scale != 1.0:  # other tasks; the protocol's fingerprint stays as it was
+            fields["target_scale"] = self.target_scale
+        return fields
+
+
+def validate(cfg) -> None:
+    scale = cfg.dataset.get("target_scale", 1.0)
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale) or scale <= 0:
+        raise ValueError(f"dataset.target_scale={scale!r}: must be a finite number > 0 (1 is the protocol)")
 
 
 def build(cfg) -> Sinusoid:
-    return Sinusoid(shots=cfg.shots, query_shots=cfg.query_shots, dtype=DTYPES[cfg.dtype])
+    return Sinusoid(shots=cfg.shots, query_shots=cfg.query_shots, target_scale=cfg.dataset.get("target_scale", 1.0),
+                    dtype=DTYPES[cfg.dtype])

@@ -21,7 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 
 import checks
 
-STUDIES = ("fidelity", "precision", "assumptions", "cost", "failures", "deviations")
+STUDIES = ("fidelity", "precision", "assumptions", "cost", "failures", "deviations", "rescaling")
 
 __all__ = ["STUDIES", "check", "run"]
 

@@ -35,6 +35,9 @@ DOCUMENTED = {
     "cost.csv": ["algorithm", "inner_optimizer", "inner_steps", "median_iter_s", "cpu_time_s", "alloc_peak_bytes",
                  "rss_peak_bytes", "gpu_peak_bytes", "device", "status"],
     "failures.csv": ["algorithm", "lam", "inner_steps", "cg_steps", "inner_lr", "final_metric", "metric", "status"],
+    "rescaling.csv": ["scale", "inner_steps", "task", "rel_diff", "norm32", "norm64", "nonfinite32", "nonfinite64"],
+    "rescaling_train.csv": ["scale", "seed", "experiment", "status", "iterations_done", "meta_iterations",
+                            "failure_stage", "test_mse_scaled", "test_mse", "test_ci95", "run_dir"],
 }
 
 
@@ -243,6 +246,34 @@ def test_failures_axes_grid_skips_imaml_knobs_for_maml():
     assert all(p["lam"] is None and p["cg_steps"] is None for p in pts)
     assert len(pts) == len({tuple(p.values()) for p in pts})  # the base point appears once
     assert len(failures.grid(cfg.study, "imaml")) > len(pts)
+
+
+# ---------------------------------------------------------------- rescaling (R2.2)
+def test_target_scale_multiplies_the_same_tasks_and_keeps_the_protocol_fingerprint():
+    a = Sinusoid(shots=5, query_shots=5).sample("test", 4, torch.Generator().manual_seed(3))
+    b = Sinusoid(shots=5, query_shots=5, target_scale=0.2).sample("test", 4, torch.Generator().manual_seed(3))
+    assert torch.equal(a[0], b[0]) and torch.equal(a[2], b[2])  # the same inputs
+    torch.testing.assert_close(b[1], 0.2 * a[1]) and torch.testing.assert_close(b[3], 0.2 * a[3])
+    assert "target_scale" not in Sinusoid().fingerprint_fields()
+    assert Sinusoid(target_scale=0.2).fingerprint_fields()["target_scale"] == 0.2
+
+
+def test_rescaling_study_reports_mse_in_the_original_units(tmp_path):
+    t = run_study(tmp_path, "rescaling", "study.scales=[0.5,1.0]", "study.tasks=2", "study.inner_steps=[1,3]",
+                  "study.train.meta_iterations=3", "study.train.seeds=[0]", "study.train.eval_tasks=8")
+    grads = t["rescaling.csv"]
+    assert {(r["scale"], r["inner_steps"]) for r in grads} == {(s, k) for s in ("0.5", "1.0") for k in ("1", "3")}
+    assert all(float(r["rel_diff"]) < 1e-4 for r in grads)  # float32 agrees with float64 at θ0
+    rows = {r["scale"]: r for r in t["rescaling_train.csv"]}
+    for scale, r in rows.items():
+        assert r["status"] == "completed" and r["iterations_done"] == "3"
+        assert float(r["test_mse"]) == pytest.approx(float(r["test_mse_scaled"]) / float(scale) ** 2)
+
+
+def test_bad_target_scale_is_one_clear_error():
+    import trainer
+    with pytest.raises(ValueError, match=r"dataset\.target_scale"):
+        trainer.validate(compose(["dataset.target_scale=0"]))
 
 
 # ---------------------------------------------------------------- configuration errors

@@ -99,6 +99,8 @@ def validate(cfg: DictConfig) -> None:
     _checked(schema.choice, "logger", cfg.logger.get("name"), ("csv", "wandb"))
     if ds != "sinusoid":
         _validate_data(cfg, ds)
+    import datasets
+    _checked(datasets.validate, cfg)  # the dataset's own options (after its root: some look at the data)
 
 
 def _validate_inner_state(cfg: DictConfig) -> None:
@@ -119,20 +121,13 @@ def _validate_inner_state(cfg: DictConfig) -> None:
 
 
 def _validate_data(cfg: DictConfig, ds: str) -> None:
-    """A real dataset's root exists and holds what its protocol needs (``datasets.validate``)."""
+    """A real dataset's data root exists."""
     from datasets.store import data_root
 
     root = data_root(cfg.data.root)
     if not root.exists():
         raise ConfigError(f"data.root={str(root)!r} does not exist; point data.root (or $METAGRAD_DATA) "
                           f"at the folder holding the {ds} data (see README: Data)")
-    import datasets
-    check = getattr(datasets, "validate", None)
-    if check is not None:
-        try:
-            check(cfg)
-        except ValueError as e:
-            raise ConfigError(str(e)) from None
 
 
 def resolve_device(name: str) -> torch.device:
