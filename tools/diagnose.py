@@ -38,6 +38,7 @@ import torch  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 
 import algorithms  # noqa: E402
+from algorithms.linalg import tree_norm  # noqa: E402
 from atomic import atomic_write_json  # noqa: E402
 from trainer.loop import _Run  # noqa: E402
 from trainer.records import versions  # noqa: E402
@@ -145,8 +146,6 @@ def library_implicit(loss_fn, unflat, phi, theta, lam, support, query, dense, da
 def degradation(run: _Run, it: int) -> dict:
     """Iteration ``it``'s meta-batch, not applied: each task's CG relative residual, and the worst
     task's traced stages (its inner steps, query gradient and CG iterations)."""
-    from trainer.anatomy import _norm
-
     tasks = tuple(t.to(run.device) for t in run.source.sample("train", run.cfg.meta_batch_size, torch.Generator().set_state(
         run.gen.get_state())))
     fn = algorithms.ESTIMATORS[algorithms.resolve(run.cfg.algorithm.estimator)]
@@ -160,7 +159,7 @@ def degradation(run: _Run, it: int) -> dict:
         residuals.append(float(info.get("cg_residual", float("nan"))))
     worst = max(range(len(residuals)), key=lambda i: residuals[i] if residuals[i] == residuals[i] else -1)
     describe = getattr(run.source, "describe", None)
-    return {"iteration": it, "task": worst, "cg_residuals": residuals, "theta_norm": _norm(run.params),
+    return {"iteration": it, "task": worst, "cg_residuals": residuals, "theta_norm": float(tree_norm({k: v.detach().double() for k, v in run.params.items()})),
             "task_definition": describe("train", len(residuals), torch.Generator().set_state(run.gen.get_state()))[worst]
             if describe else None, "trace": traces[worst], "tasks": tasks}
 
