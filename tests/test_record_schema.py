@@ -150,3 +150,17 @@ def test_schema_md_is_generated_from_the_model():
     assert doc.render(text) == text, "reports/SCHEMA.md is stale: run python tools/schema_doc.py"
     for name in Record.model_fields:
         assert f"| `{name}` |" in text
+
+
+def test_a_schema_1_source_is_its_experiment_configs_while_the_protocol_text_is_the_same():
+    """The words guessed wrong where the config says otherwise: the suite's own Reptile protocol is a stated
+    choice, and the release's (no protocol text) a published one; an older text is read by its words."""
+    from trainer.upgrade import source_of
+
+    fresh = yaml.safe_load((ROOT / "configs" / "experiment" / "omniglot_5w_reptile_fresh.yaml").read_text())
+    assert source_of("omniglot_5w_reptile_fresh", fresh["protocol"])["kind"] == "stated"
+    assert source_of("omniglot_5w_imaml_release", None)["kind"] == "published"
+    assert source_of("omniglot_5w_reptile", "Nichol et al. 2018") == {
+        "kind": "published", "reference": "Nichol et al. 2018", "record": None}
+    assert source_of("sinusoid_reptile", "no published protocol: K = 10, the best of make sweep at 1 min")["kind"] \
+        == "stated"

@@ -3,7 +3,8 @@
 Schema 2 states what the report used to guess from each record: ``role``, the protocol's
 ``source``, ``budget_kind``, and a divergence at test as ``status: diverged`` with
 ``failure.phase``. For a schema-1 record they are filled here, once, from what it holds, by the
-rules the report applied to it; nothing else changes. ``tools/migrate_records.py`` writes the
+rules the report applied to it (the source: from its experiment config where that still states
+the record's protocol); nothing else changes. ``tools/migrate_records.py`` writes the
 result over the committed records, and the report reads a schema-1 record found elsewhere (a
 run of an older checkout) through the same function.
 """
@@ -13,6 +14,10 @@ import copy
 import math
 import re
 
+import yaml
+
+from catalog import CONFIGS
+
 from .record import SCHEMA_VERSION, budget_kind, role
 
 # Words with which a schema-1 protocol said its choices were not a published protocol's.
@@ -20,6 +25,17 @@ NOT_PUBLISHED = ("our choice", "no published", "best of", "selected")
 SELECTION_RECORD = re.compile(r"\((records/selection-[^)\s]+)\)")
 # The failure of a schema-1 record that said "completed" with a non-finite test metric (the report's words for it).
 TEST_DIVERGED = "test-time adaptation diverged (non-finite test metric)"
+
+
+def source_of(experiment: str | None, protocol: str | None) -> dict:
+    """The ``source`` of a schema-1 record: its experiment config's, where the checkout has that
+    experiment with the same ``protocol`` text (the record ran the protocol the config states),
+    else what the text implies (:func:`source_from_protocol`)."""
+    path = CONFIGS / "experiment" / f"{experiment}.yaml"
+    own = yaml.safe_load(path.read_text()) or {} if experiment and path.is_file() else {}
+    if "source" in own and own.get("protocol") == protocol:
+        return {"kind": None, "reference": None, "record": None, **own["source"]}
+    return source_from_protocol(protocol)
 
 
 def source_from_protocol(protocol: str | None) -> dict:
@@ -68,6 +84,6 @@ def upgrade(d: dict) -> dict:
     planned = (config.get("profile_budget") or {}).get("meta_iterations")
     d.update(schema_version=SCHEMA_VERSION, family=family,
              role=role("baseline" if baseline else family, d.get("status"), d.get("iterations_done")),
-             source=source_from_protocol(d.get("protocol")),
+             source=source_of(d.get("experiment"), d.get("protocol")),
              budget_kind=budget_kind(d.get("meta_iterations"), d.get("max_train_minutes"), planned))
     return d
