@@ -9,9 +9,9 @@ Baselines:
   the test tasks only, so a record without it borrows it from a record with the same test-task
   fingerprint).
 
-A baseline record is an ordinary training record that is not an algorithm row: a pretrained
-network (variant ``pretrained``, or no inner steps in training) or an untrained θ₀
-(``meta_iterations == 0`` or ``iterations_done == 0``). A row learned when it beats every
+A baseline record is a training record whose ``role`` is ``baseline`` (the trainer decides it,
+:func:`trainer.record.role`): an algorithm of family ``baseline`` (the pretrained network) or an
+untrained θ₀ (completed with no meta-iteration). A row learned when it beats every
 baseline it is judged against — paired on identical test tasks where both have per-task values
 (the 95% CI of the improvement lies above 0), otherwise with non-overlapping 95% CIs. A row that
 did not learn gets no better/worse wording anywhere.
@@ -28,9 +28,7 @@ ZERO = "zero predictor"
 
 
 def is_baseline(r: dict) -> bool:
-    if r.get("variant") == "pretrained" or r.get("inner_steps") == 0:
-        return True
-    return r["status"] == "completed" and (r.get("meta_iterations") == 0 or r.get("iterations_done") == 0)
+    return r.get("role") == "baseline"
 
 
 def split(rows: list[dict]) -> tuple[list[dict], list[dict]]:
@@ -82,8 +80,8 @@ def _text(b: dict) -> str:
     name = {"chance": "chance", "zero": ZERO}.get(b["kind"])
     if name:
         return f"{name} {value}"
-    if b.get("variant") == "pretrained" or b.get("inner_steps") == 0:
-        return f"pretrained {value}" + (f" (seed {b['seed']})" if b.get("seed") is not None else "")
+    if b.get("iterations_done"):  # a trained baseline, by its algorithm config's name ("pretrained")
+        return f"{b['variant']} {value}" + (f" (seed {b['seed']})" if b.get("seed") is not None else "")
     return f"{b['label']} untrained {value}"
 
 

@@ -1,7 +1,8 @@
 """The Limitations section, generated from the records: seeds per setting and budget, the budget
 as a fraction of the papers' iterations, runs that stopped, rows that did not learn, protocol
-choices that were not published (the experiment's ``protocol`` field) and how they were tuned
-(the selection records), devices used, and what has never run."""
+choices that were not published (records whose ``source`` is ``selected`` or ``stated``, in the
+words of their experiment's ``protocol``) and how they were tuned (the selection records),
+devices used, and what has never run."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -110,9 +111,7 @@ def _selection_text(s: dict, labels: dict) -> str:
 
 
 def _protocols(x: Inputs) -> str:
-    chosen = sorted({(r["label"], r.get("protocol")) for r in x.rows
-                     if r.get("protocol") and any(w in r["protocol"] for w in ("our choice", "no published", "best of",
-                                                                                "selected"))},
+    chosen = sorted({(r["label"], r["protocol"]) for r in x.rows if r.get("protocol") and r["source"] != "published"},
                     key=lambda t: (c.label_rank(t[0]), t[1]))
     text = ("**Protocol choices not taken from a paper** (the experiment's `protocol` field): "
             + ("; ".join(f"{lab}: {p}" for lab, p in chosen) or "none") + ".")

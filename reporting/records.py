@@ -1,4 +1,6 @@
-"""Find and read run records (their schema: ``SCHEMA.md`` beside the report) into flat rows for pandas.
+"""Find and read run records into flat rows for pandas: each ``summary.json`` through its model
+(:class:`trainer.record.Record`, whose columns are the table of runs), each ``selection.json`` and
+study record by the fields ``SCHEMA.md`` beside the report gives.
 
 A record that cannot be read — empty, truncated, not JSON, wrong schema version, missing
 or ill-typed fields — becomes a :class:`Skipped` entry with the reason; it never stops
@@ -7,18 +9,20 @@ the report (readers treat a truncated or garbage file as "skip with a warning").
 from __future__ import annotations
 
 import json
-import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, get_args
 
 import pandas as pd
 
-SCHEMA_VERSION = 1
+from trainer import record
+from trainer.record import SCHEMA_VERSION, setting_name  # noqa: F401  (setting_name: reporting.paper's)
+from trainer.upgrade import upgrade
+
+STUDY_SCHEMA_VERSION = 1  # study.json's
 UNFINISHED = "unfinished"
-STATUSES = ("completed", "diverged", "oom", "interrupted", "running")
-METRICS = ("accuracy", "mse")
+STATUSES = get_args(record.Status)
 STUDY_FILES = {
     "fidelity": ("fidelity.csv",),
     "precision": ("precision.csv", "precision_train.csv"),
@@ -124,116 +128,18 @@ def _get(d: dict, dotted: str, kind: str, required: bool = True) -> Any:
     return float(cur) if kind == "num" else cur
 
 
-def setting_name(dataset: str, ways: int, shots: int) -> str:
-    return f"K={shots}" if dataset == "sinusoid" else f"{ways}w{shots}s"
-
-
 def normalise_train(d: dict, run: str) -> dict:
-    """Flatten a training ``summary.json`` into one row; raises :class:`RecordError`."""
+    """A training ``summary.json`` as one row of the table of runs (:meth:`trainer.record.Record.row`);
+    raises :class:`RecordError`. A schema-1 record (an older checkout's run) is read as
+    ``tools/migrate_records.py`` would rewrite it."""
     version = d.get("schema_version")
-    if version != SCHEMA_VERSION:
+    if version not in (1, SCHEMA_VERSION):
         raise RecordError(f"schema_version {version!r} is not supported (expected {SCHEMA_VERSION})")
-    status = _get(d, "status", "str")
-    if status not in STATUSES:
-        raise RecordError(f"status {status!r} is not one of {', '.join(STATUSES)}")
-    row: dict[str, Any] = {"run": run, "status": status}
-    for key, kind in (("algorithm", "str"), ("label", "str"), ("dataset", "str"), ("ways", "int"),
-                      ("shots", "int"), ("profile", "str"), ("meta_iterations", "int"),
-                      ("iterations_done", "int")):
-        row[key] = _get(d, key, kind)
-    for key, kind in (("variant", "str"), ("query_shots", "int"), ("experiment", "str"),
-                      ("meta_batch_size", "int"), ("bn_mode", "str"), ("seed", "int"),
-                      ("dtype", "str"), ("device", "str"), ("device_name", "str"), ("protocol", "str"),
-                      ("max_train_minutes", "num"), ("stopped_by", "str"), ("budget", "str")):
-        row[key] = _get(d, key, kind, required=False)
-    for col, dotted, kind in (
-            ("inner_optimizer", "inner.optimizer", "str"), ("inner_steps", "inner.steps", "int"),
-            ("test_steps", "inner.test_steps", "int"), ("inner_lr", "inner.lr", "num"),
-            ("prox_lam", "inner.prox_lam", "num"), ("lam", "imaml.lam", "num"),
-            ("cg_steps", "imaml.cg_steps", "int"), ("outer_optimizer", "outer.optimizer", "str"),
-            ("outer_lr", "outer.lr", "num"), ("outer_clip", "outer.clip", "num"),
-            ("outer_anneal", "outer.anneal", "bool"), ("median_iter_s", "timing.median_iter_s", "num"),
-            ("total_wall_s", "timing.total_wall_s", "num"), ("train_wall_s", "timing.train_wall_s", "num"),
-            ("gpu_peak_bytes", "memory.gpu_peak_bytes", "int"),
-            ("alloc_peak_bytes", "memory.alloc_peak_bytes", "int"),
-            ("rss_peak_bytes", "memory.rss_peak_bytes", "int"),
-            ("git_commit", "versions.git_commit", "str"),
-            ("failure_iteration", "failure.iteration", "int"), ("failure_reason", "failure.reason", "str"),
-            ("failure_stage", "failure.stage", "str"),
-            ("early_stop", "config.eval.early_stop", "str"), ("inner_state", "inner.state", "str"),
-            ("test_inner_state", "inner.test_state", "str")):
-        row[col] = _get(d, dotted, kind, required=False)
-    for col in ("inner_state", "test_inner_state"):  # records from before the carried state: every task fresh
-        row[col] = row[col] or "fresh"
-    # The evaluation may use other shots than training (the MAML sinusoid protocol trains at
-    # K=10 and tests at K=5; Reptile trains Omniglot with 10 shots): the paper's setting is
-    # the test one. Taken from test.shots, else the config's eval.shots, else the training shots.
-    for key, base in (("shots", "shots"), ("query_shots", "query_shots")):
-        test_value = _get(d, f"test.{key}", "int", required=False) if isinstance(d.get("test"), dict) else None
-        cfg_value = _get(d, f"config.eval.{key}", "int", required=False) if isinstance(d.get("config"), dict) else None
-        row[f"test_{key}"] = next((v for v in (test_value, cfg_value, row[base]) if v is not None), None)
-    row["setting"] = setting_name(row["dataset"], row["ways"], row["test_shots"])
-    test = d.get("test") if isinstance(d.get("test"), dict) else {}
-    mean = test.get("mean")
-    if status == "completed" and isinstance(mean, (int, float)) and not math.isfinite(mean):
-        # Training finished but adapting to the test tasks blew up: a divergence, not a number.
-        row.update(status="diverged", failure_iteration=row["iterations_done"],
-                   failure_reason="test-time adaptation diverged (non-finite test metric)")
-        status = "diverged"
-    row.update(_test_fields(d, required=(status == "completed")))
-    return row
-
-
-def _test_fields(d: dict, required: bool) -> dict:
-    """The test evaluation; required for completed runs, ignored (blank) for the others:
-    a run that stopped early has no result to compare, only its status."""
-    blank = {"metric": None, "mean": math.nan, "std": math.nan, "ci95": math.nan, "n": None,
-             "per_task": None, "fingerprint": None, "test_steps_used": None, "by_steps": {},
-             "zero_mean": None, "zero_ci95": None, "zero_per_task": None}
-    if not required:
-        return blank
-    if not isinstance(d.get("test"), dict):
-        raise RecordError("status is completed but the record has no test results")
-    metric = _get(d, "test.metric", "str")
-    if metric not in METRICS:
-        raise RecordError(f"test.metric {metric!r} is not one of {', '.join(METRICS)}")
-    out = dict(blank, metric=metric, mean=_get(d, "test.mean", "num"),
-               std=_get(d, "test.std", "num", required=False),
-               ci95=_get(d, "test.ci95", "num"), n=_get(d, "test.n", "int"),
-               fingerprint=_get(d, "test.fingerprint", "str", required=False),
-               test_steps_used=_get(d, "test.steps", "int", required=False))
-    if out["std"] is None:
-        out["std"] = math.nan
-    if not math.isfinite(out["mean"]):
-        raise RecordError("status is completed but test.mean is not finite")
-    per_task = _get(d, "test.per_task", "list", required=False)
-    if per_task is not None:
-        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in per_task):
-            raise RecordError("test.per_task holds non-numbers")
-        if len(per_task) != out["n"]:
-            raise RecordError(f"test.per_task has {len(per_task)} values but test.n is {out['n']}")
-        out["per_task"] = [float(v) for v in per_task]
-    by_steps = _get(d, "test.by_steps", "dict", required=False) or {}
     try:
-        out["by_steps"] = {int(k): float(v) for k, v in by_steps.items()}
-    except (TypeError, ValueError):
-        raise RecordError("test.by_steps should map step counts to numbers") from None
-    out.update(_zero_predictor(d, out["n"]))
-    return out
-
-
-def _zero_predictor(d: dict, n: int) -> dict:
-    """The regression baseline stored beside a test result: the MSE of predicting 0 on the same
-    test tasks (``test.zero_predictor``: mean, ci95, per_task); blank when absent."""
-    if _get(d, "test.zero_predictor", "dict", required=False) is None:
-        return {}
-    per_task = _get(d, "test.zero_predictor.per_task", "list", required=False)
-    if per_task is not None and (len(per_task) != n or not all(
-            isinstance(v, (int, float)) and not isinstance(v, bool) for v in per_task)):
-        raise RecordError(f"test.zero_predictor.per_task should hold {n} numbers")
-    return {"zero_mean": _get(d, "test.zero_predictor.mean", "num"),
-            "zero_ci95": _get(d, "test.zero_predictor.ci95", "num", required=False),
-            "zero_per_task": None if per_task is None else [float(v) for v in per_task]}
+        rec = record.validate(upgrade(d))
+    except ValueError as e:
+        raise RecordError(str(e)) from None
+    return {"run": run, **rec.row()}
 
 
 def _load_selection(d: dict, run: str) -> dict:
@@ -254,9 +160,9 @@ def _load_selection(d: dict, run: str) -> dict:
 
 
 def _load_study(d: dict, folder: Path, run: str) -> dict:
-    if d.get("schema_version") != SCHEMA_VERSION:
+    if d.get("schema_version") != STUDY_SCHEMA_VERSION:
         raise RecordError(f"schema_version {d.get('schema_version')!r} is not supported "
-                          f"(expected {SCHEMA_VERSION})")
+                          f"(expected {STUDY_SCHEMA_VERSION})")
     name = _get(d, "study", "str")
     if name not in STUDY_FILES:
         raise RecordError(f"unknown study {name!r} (known: {', '.join(STUDY_FILES)})")
@@ -327,7 +233,7 @@ def load(runs_root: Path) -> Records:
                     studies.append(dict(_load_study(read_json(folder / "study.json"), folder, run), folder=str(folder)))
                 except RecordError as e:
                     skipped.append(Skipped(f"{run}/study.json", str(e)))
-    frame = pd.DataFrame(rows)
+    frame = pd.DataFrame(rows, dtype=object)  # each value as the record's model typed it (an int stays an int)
     if not frame.empty:
         frame = frame.sort_values("run", kind="stable").reset_index(drop=True)
     return Records(frame, sorted(studies, key=lambda s: s["run"]), sorted(skipped, key=lambda s: s.path),

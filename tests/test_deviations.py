@@ -21,7 +21,7 @@ from trainer import ConfigError, compose, train
 from trainer.retest import retest, training_part
 
 ROOT = Path(__file__).resolve().parent.parent
-LABELS = ("experiment_name", "protocol")  # what names a configuration, not what it runs
+LABELS = ("experiment_name", "protocol", "source")  # what names a configuration, not what it runs
 DOCUMENTED = ["group", "rung", "deviations", "algorithm", "test_split", "accuracy", "ci95", "n", "iterations_done",
               "train_minutes", "median_iter_s", "status", "fingerprint", "run_dir", "vs", "diff_mean", "diff_low",
               "diff_high", "diff_kind"]

@@ -100,6 +100,7 @@ def test_every_tuned_experiment_runs_its_validation_winner(setting, algo, spec):
     for key, value in rec["winner"].items():
         assert OmegaConf.select(cfg, key) == value, (key, OmegaConf.select(cfg, key), value)
     assert f"records/selection-cpu/{setting}/{algo}" in cfg.protocol
+    assert (cfg.source.kind, cfg.source.record) == ("selected", f"records/selection-cpu/{setting}/{algo}")
     counts = {a: len(json.loads((path.parent.parent / a / "selection.json").read_text())["candidates"])
               for a in SELECTION[setting]["algorithms"]}
     assert len(set(counts.values())) == 1, counts

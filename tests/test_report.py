@@ -727,7 +727,7 @@ def test_stale_generated_files_are_removed(tmp_path: Path):
 
 
 @pytest.mark.parametrize("mutate, reason", [
-    (lambda d: d.update(schema_version=2), "schema_version 2 is not supported"),
+    (lambda d: d.update(schema_version=3), "schema_version 3 is not supported"),
     (lambda d: d.pop("label"), "missing field 'label'"),
     (lambda d: d.update(ways="five"), "field 'ways' should be int"),
     (lambda d: d.update(status="exploded"), "status 'exploded' is not one of"),

@@ -25,8 +25,9 @@ from omegaconf import OmegaConf
 import algorithms
 import datasets
 from algorithms import CODE_PATHS, InnerConfig, fresh_inner_state, meta_gradient_batch, meta_gradient_carried
-from atomic import atomic_torch_save, atomic_write_json, atomic_write_text
+from atomic import atomic_torch_save, atomic_write_text
 
+from . import record
 from .anatomy import adaptation_anatomy, train_anatomy
 from .config import ConfigError, eval_prox_lam, inner_config, model_options, outer_options
 from .evaluate import (
@@ -155,13 +156,16 @@ def _summary_base(cfg, run_dir, problem: Problem, seeds, inner: dict, hparams: d
     :func:`algorithms.record` states them; an implicit one's (it declares λ, ``lam``) also under ``imaml``."""
     implicit = hparams if hparams and "lam" in hparams else None
     a, source, device = cfg.algorithm, problem.source, problem.device
+    planned = OmegaConf.select(cfg, "profile_budget.meta_iterations", default=None)
     return {
-        "schema_version": 1, "kind": "train", "status": "running", "run_dir": _relative(run_dir),
-        "algorithm": a.estimator, "variant": a.name, "label": a.label, "dataset": source.name,
+        "schema_version": record.SCHEMA_VERSION, "kind": "train", "status": "running", "run_dir": _relative(run_dir),
+        "algorithm": a.estimator, "variant": a.name, "label": a.label, "family": a.get("family"),
+        "role": record.role(a.get("family"), "running", 0), "dataset": source.name,
         "ways": cfg.ways, "shots": cfg.shots, "query_shots": cfg.query_shots,
         "profile": cfg.get("profile", "custom"), "experiment": cfg.get("experiment_name"),
-        "protocol": cfg.get("protocol"),
+        "protocol": cfg.get("protocol"), "source": protocol_source(cfg),
         "meta_iterations": cfg.meta_iterations, "max_train_minutes": cfg.get("max_train_minutes"),
+        "budget_kind": record.budget_kind(cfg.meta_iterations, cfg.get("max_train_minutes"), planned),
         "iterations_done": 0, "stopped_by": None, "meta_batch_size": cfg.meta_batch_size,
         "inner": {**inner, "steps": cfg.inner_steps, "test_steps": cfg.test_inner_steps,
                   "prox_lam": algorithms.proximal_weight(cfg.algorithm.estimator, hparams or {}),
@@ -177,6 +181,13 @@ def _summary_base(cfg, run_dir, problem: Problem, seeds, inner: dict, hparams: d
         "versions": versions(), "data": datasets.record(source), "failure": None,
         "config": OmegaConf.to_container(cfg, resolve=True),
     }
+
+
+def protocol_source(cfg) -> dict:
+    """The config's ``source`` (where the experiment's protocol comes from); a run without one states
+    its own choices."""
+    src = OmegaConf.to_container(cfg.source, resolve=True) if cfg.get("source") is not None else {}
+    return {"kind": "stated", "reference": None, "record": None, **src}
 
 
 def budget_label(summary: dict, it: int) -> str:
@@ -281,7 +292,7 @@ class _Run:
         rows = read_jsonl(self.run_dir / "metrics.jsonl", max_iter=self.start) if self.start else []
         self.val_history = [(r["val_metric"], r["val_ci95"]) for r in rows if "val_ci95" in r]
         atomic_write_text(self.run_dir / "metrics.jsonl", "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
-        atomic_write_json(self.run_dir / "summary.json", self.summary)
+        record.write(self.run_dir / "summary.json", self.summary)
         self.logger = make_logger(cfg, self.run_dir)
         self.next_val_s = self._next_val(self.train_wall)
 
@@ -431,8 +442,9 @@ class _Run:
         return machines(self.machines, self.device_name, self.start, it, self.train_wall - self.wall_at_start)
 
     # ------------------------------------------------------------------ finish
-    def failure(self, it: int, reason: str) -> dict:
-        out = {"iteration": it, "reason": reason, "last_metrics": self.last}
+    def failure(self, it: int, reason: str, phase: str = "training") -> dict:
+        """Why the run ended early; ``phase``: ``training``, or the final ``test`` / ``validation``."""
+        out = {"iteration": it, "reason": reason, "phase": phase, "last_metrics": self.last}
         if self.anatomy is not None:
             out["anatomy"] = self.anatomy
             out["stage"] = self.anatomy["stage"]
@@ -503,7 +515,7 @@ class _Run:
     def finish(self, status: str, it: int, failure=None, test=None, eval_s: float = 0.0) -> dict:
         s = self.summary
         s.update(status=status, iterations_done=it, failure=failure, test=test, machines=self._machines(it),
-                 gradual=self.gradual)
+                 gradual=self.gradual, role=record.role(s["family"], status, it))
         s["device_name"] = machines_text(s["machines"])
         s["timing"] = {"median_iter_s": statistics.median(self.iter_times) if self.iter_times else None,
                        "train_wall_s": self.train_wall, "eval_wall_s": eval_s,
@@ -511,7 +523,7 @@ class _Run:
                        "total_wall_s": self.train_wall + eval_s}
         s["memory"] = {"gpu_peak_bytes": self.gpu_peak if self.device.type == "cuda" else None,
                        "alloc_peak_bytes": self.alloc_peak or None, "rss_peak_bytes": rss_peak_bytes()}
-        atomic_write_json(self.run_dir / "summary.json", s)
+        s = record.write(self.run_dir / "summary.json", s)
         self.logger.finish(s)
         return s
 
@@ -533,8 +545,9 @@ class _Run:
             bad = sum(not math.isfinite(v) for v in test["per_task"])
             final = "val" if cfg.eval.final == "val" else "test"
             self.dissect_test(final, cfg.eval.val_seed if final == "val" else cfg.eval.test_seed, test["per_task"])
+            phase = "validation" if final == "val" else "test"
             return self.finish("diverged", it, self.failure(it, f"test-time adaptation diverged: non-finite metric "
-                                                                f"on {bad} of {test['n']} test tasks"),
+                                                                f"on {bad} of {test['n']} {phase} tasks", phase),
                                test=test, eval_s=eval_s)
         return self.finish("completed", it, test=None if cfg.eval.final == "val" else test, eval_s=eval_s)
 

@@ -1,6 +1,7 @@
 """Run records: reading them back, environment facts, checkpoints.
 
-Schema of ``summary.json`` and the study records: SCHEMA.md beside the report. Records are written
+``summary.json`` is :mod:`trainer.record`'s model; the study records' schema is SCHEMA.md beside
+the report. Records are written
 by :mod:`atomic`, so a crash leaves the previous valid file; readers treat unreadable files
 as absent (with a warning).
 """
