@@ -458,6 +458,31 @@ def test_records_hold_no_absolute_path():
     assert not bad, bad
 
 
+MACHINE_PATHS = re.compile(r"(?<![\w.$])/(work|home|tmp|Users)/")
+
+
+def test_no_committed_report_file_names_a_machine_path():
+    """Every tracked file under reports/ (records, benchmarks, tables, the report) is free of absolute paths
+    of the machine that wrote it: data under $METAGRAD_DATA, runs relative to the checkout."""
+    tracked = subprocess.run(["git", "ls-files", "-z", "reports"], cwd=REPO, capture_output=True, check=True)
+    files = [REPO / f for f in tracked.stdout.decode().split("\0") if f and not f.endswith(".png")]
+    assert len(files) > 50
+    bad = [str(p.relative_to(REPO)) for p in files if p.is_file() and MACHINE_PATHS.search(p.read_text(errors="replace"))]
+    assert not bad, bad
+
+
+def test_bench_records_are_written_portable(tmp_path: Path, monkeypatch):
+    from bench import ROOT, portable
+
+    data = tmp_path / "data"
+    monkeypatch.setenv("METAGRAD_DATA", str(data))
+    record = {"overrides": [f"data.root={data}"], "config": {"data": {"root": str(data)}},
+              "run_dir": str(ROOT / "runs" / "bench" / "x"), "n": 3}
+    assert portable(record) == {"overrides": ["data.root=$METAGRAD_DATA"], "config": {"data": {"root": "$METAGRAD_DATA"}},
+                                "run_dir": "runs/bench/x", "n": 3}
+    assert not MACHINE_PATHS.search(json.dumps(portable(record, str(data))))
+
+
 def test_collect_makes_run_dirs_relative(tmp_path: Path):
     from reporting.collect import collect
 
