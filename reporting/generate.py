@@ -213,11 +213,10 @@ CONTENTS = (("reproduce", "Did the papers reproduce?"), ("questions", "The revie
             ("skipped", "Appendix B. Skipped records"))
 
 
-def _first_page(rows, bases, judged, paper, runs_root: Path, w: Writer, body: str) -> str:
+def _first_page(table, rows, bases, paper, runs_root: Path, w: Writer, body: str) -> str:
     """The answers before any detail (``reporting/front.py``); quotes cells of the tables ``body`` wrote."""
     anchors = ({a.split('"')[1] for a in body.split("<a id=")[1:]} | {f"table-{n}" for n in w.raw}
                | {"table-reproduction", "table-equal_compute"})
-    table = front.summary(rows, bases, judged)
     if table.empty:
         return "\nNo records yet: run `make reproduce`.\n"
     w.files_only(make_table("summary", table.to_dict("records"), [(k, str, k) for k in table.columns]))
@@ -263,15 +262,19 @@ def generate(runs_root: Path, out: Path, paper: PaperNumbers | None = None, benc
     claims_text, claim_rows = _claims(paper, rows, bases, judged, w, runs_root)
     body += [text, _paper_sections(rows, bases, judged, paper, w), _sweep(sweep, w), claims_text,
              _time_to_accuracy(tta_records, w)]
+    summary = front.summary(rows, bases, judged)
+    devices = sorted({r.get("device_name") or r.get("device") or "?" for r in rows + bases}
+                     | set(tta.devices(tta_records)))
     study_list = sorted(recs.studies + (extra.studies if extra else []), key=lambda s: s["run"])
     text, shown = _study_sections(study_list, w, skipped)
     body.append(text)
     body.append(_heading("assumptions-fail", "8. When the assumptions fail") + fidelity_train.section(rows, w)
                 + "\n### Where each method fails (R3.1)\n" + anatomy.section(rows, judged, runs_root, w))
     body.append(_heading("limitations", "9. Limitations")
-                + limits.section(limits.Inputs(rows, bases, judged, study_list, tta.devices(tta_records), paper,
-                                               recs.selections))
-                + (w.table(limits.selection_table(recs.selections, {r.get("experiment"): r["label"]
+                + (w.table(front.limitations(summary, paper, devices)) if not summary.empty
+                   else "\nNo records yet, so nothing has been measured.\n")
+                + ("\nProtocol choices not taken from a paper, tuned on validation tasks only:\n"
+                   + w.table(limits.selection_table(recs.selections, {r.get("experiment"): r["label"]
                                                                      for r in rows + bases}))
                    if recs.selections else ""))
     inventory = all_rows + base_rows
@@ -279,7 +282,7 @@ def generate(runs_root: Path, out: Path, paper: PaperNumbers | None = None, benc
         w.table(tables.inventory(inventory)) if inventory else _no_runs("make reproduce")))
     body.append(_skipped_section(skipped, w))
     body_text = "\n".join(body)
-    first = _first_page(rows, bases, judged, paper, runs_root, w, body_text)
+    first = _first_page(summary, rows, bases, paper, runs_root, w, body_text)
     toc = "\n## Contents\n\n" + "".join(f"- [{title}](#{a})\n" for a, title in CONTENTS)
     shown_name = runs_root.name if runs_root.is_absolute() else runs_root.as_posix()
     text = (_header(recs, shown_name or "runs", len(skipped), len(base_rows)) + "\n" + front.VOCABULARY + "\n\n"

@@ -527,6 +527,34 @@ def test_report_is_byte_identical_on_rerun(tmp_path: Path, report_dir: Path):
         assert (report_dir / rel).read_bytes() == (tmp_path / "out" / rel).read_bytes(), rel
 
 
+def test_figures_share_the_colour_map_and_keep_legends_short(tmp_path: Path, monkeypatch):
+    """Every legend has at most 7 entries; an entry naming an algorithm is drawn in that algorithm's colour."""
+    import matplotlib.colors as mcolors
+    from matplotlib.figure import Figure
+
+    import catalog
+    from reporting.render import colour
+
+    seen, save = [], Figure.savefig
+
+    def inspect(fig, *args, **kwargs):
+        for legend in [*fig.legends, *(ax.get_legend() for ax in fig.axes)]:
+            if legend is None:
+                continue
+            texts = [t.get_text() for t in legend.get_texts()]
+            assert len(texts) <= 7, texts
+            for text, handle in zip(texts, legend.legend_handles):
+                label = text.split(" (")[0]
+                if label in catalog.label_order() and hasattr(handle, "get_color"):
+                    assert mcolors.to_hex(handle.get_color()) == colour(label), (text, handle.get_color())
+                    seen.append(label)
+        return save(fig, *args, **kwargs)
+
+    monkeypatch.setattr(Figure, "savefig", inspect)
+    generate(build_runs(tmp_path), tmp_path / "out")
+    assert {"MAML", "iMAML-HF"} <= set(seen)
+
+
 def test_figures_are_valid_pngs(report_dir: Path):
     from PIL import Image
 
@@ -584,13 +612,14 @@ def test_report_content_facts(report_dir: Path):
         first = next(line for line in block.splitlines()[1:] if line.strip())
         assert first.startswith(("Ran on: ", "**The ladder to", "no runs yet")), first
     assert "Ran on: sinusoid regression; MLP 1-40-40-1, tanh activation; λ = 2" in studies_md
-    # limitations are generated, once
+    # limitations are generated, once, as a table of at most 8 rows
     limits = md[md.index("## 9. Limitations"):md.index("## Appendix A.")]
-    for item in ("**Seeds.**", "**Budget.**", "**Did not learn**", "**Protocol choices", "**Devices.**",
-                 "**Never run**"):
+    table = main_tables(limits)[0]
+    assert 2 <= len(table) <= 9 and [r[0] for r in table[1:]][:2] == ["seeds", "budget"]
+    for item in ("| did not learn |", "| devices | test CPU (2 threads) |", "| settings never run |"):
         assert item in limits
     # the mini-ImageNet and sinusoid runs reached the paper's iteration count; no Omniglot run did
-    assert "a run at the paper's iteration count on Omniglot;" in limits
+    assert "| paper budget | reached on mini-ImageNet, sinusoid only |" in limits
 
 
 def _section_table(md: str, anchor: str) -> list[list[str]]:
@@ -646,10 +675,8 @@ def test_selection_records_are_protocol_evidence_not_rows(report_dir: Path):
     assert "runs/selection/imaml_hf/steps5" not in md  # a candidate, even one recorded as kind 'train'
     assert "unfinished" not in md  # a running campaign's state is not a record
     limits = md[md.index("## 9. Limitations"):md.index("## Appendix A.")]
-    assert ("**How they were tuned**: selected on validation tasks only, never on test tasks — iMAML-HF on "
-            "sinusoid: 2 candidates (inner_steps {1, 5}; 1 stopped early), 1 min of training each, 200 validation "
-            "tasks, seed 0 → inner_steps 1") in limits
-    assert "iMAML-GD (release) sinusoid K=5 seed 2: diverged at iteration 871" in limits
+    assert "Protocol choices not taken from a paper, tuned on validation tasks only:" in limits
+    assert "| stopped runs |" in limits and "runs diverged" in limits
     table = md[md.index('<a id="table-selection">'):md.index("## Appendix A.")]
     assert "steps1" in table and "**chosen**" in table and "— (diverged)" in table
 
