@@ -63,7 +63,7 @@ def summary(rows: list[dict], bases: list[dict], judged: dict[str, dict]) -> pd.
             **{f"{stat}_{k}": c.mean_std([y for y in vals if y is not None])[i] if any(y is not None for y in vals)
                else math.nan for k, vals in steps.items() for i, stat in ((0, "mean"), (1, "std"))},
             "iterations_min": min(x["iterations_done"] for x in runs), "iterations_max":
-                max(x["iterations_done"] for x in runs), "meta_iterations": r["meta_iterations"],
+                max(x["iterations_done"] for x in runs), "meta_iterations": r["meta_iterations"], "bn_mode": r.get("bn_mode"),
             "s_per_iter": sum(rates) / len(rates) if rates else math.nan,
             "peak_mib": max(peaks) / 2**20 if peaks else math.nan, "experiment": r.get("experiment"),
             "run": c.runs_text(runs)})
@@ -113,14 +113,15 @@ def _hours_to_run(paper_row, table: pd.DataFrame, plan: list[dict]) -> tuple[str
     left = [p["cpu_hours_left"] for p in planned if p["status"] not in ("completed", "diverged")]
     if left and all(h is not None for h in left):
         return f"not run: in the campaign plan, ≈ {sum(left):.1f} CPU-h left (`make campaign-status`)", sum(left)
-    timed = table[(table["dataset"] == paper_row.dataset) & (table["label"] == paper_row.label)
+    timed = table[(table["dataset"] == paper_row.dataset) & (table["label"].str.lower() == paper_row.label.lower())
                   & (table["setting"] == setting_name(paper_row.dataset, paper_row.ways, paper_row.shots))
                   & table["s_per_iter"].notna()]
     if timed.empty:
         return "not run: no run of this setting to time", math.nan
     t = timed.iloc[0]
     hours = t["meta_iterations"] * t["s_per_iter"] / 3600
-    return (f"not run: ≈ {hours:,.0f} CPU-h ({t['meta_iterations']:,} iterations at the {t['s_per_iter']:.2f} "
+    amount = f"{hours:,.0f}" if hours >= 10 else f"{hours:.2g}"
+    return (f"not run: ≈ {amount} CPU-h ({t['meta_iterations']:,} iterations at the {t['s_per_iter']:.2f} "
             f"s/iteration of {t['run']})"), hours
 
 
@@ -128,13 +129,15 @@ def reproduction(table: pd.DataFrame, paper: PaperNumbers, plan: list[dict], anc
     """A row per published number: ours at the paper's budget (or ended by the declared rule) and a verdict.
     Below-budget runs never appear here."""
     out = []
-    for p in paper.results:
-        if p.source not in SOURCES or p.transductive is False:
-            continue
-        setting = setting_name(p.dataset, p.ways, p.shots)
-        mine = table[(table["dataset"] == p.dataset) & (table["setting"] == setting) & (table["budget"] == "paper")
-                     & (table["label"].str.lower() == p.label.lower())]
+    for key in dict.fromkeys((p.dataset, p.ways, p.shots, p.label, p.steps) for p in paper.results
+                             if p.source in SOURCES):
+        setting = setting_name(*key[:3])
+        mine = table[(table["dataset"] == key[0]) & (table["setting"] == setting) & (table["budget"] == "paper")
+                     & (table["label"].str.lower() == key[3].lower())]
         mine = mine[(mine["at_paper_budget"] > 0) | (mine["diverged"] > 0)]
+        # the transductive number for a transductive run, else the papers' other number where they give one
+        p = paper.lookup(*key[:4], None if mine.empty else c.clean(mine.iloc[0]["bn_mode"]),
+                         steps=key[4])
         where = f"{c.DATASET_NAMES.get(p.dataset, p.dataset)} {setting}" + (f", {p.steps} step{'s' * (p.steps > 1)}" if p.steps else "")
         row = {"source": p.source, "setting": where, "label": p.label, "paper": p.value, "ours": "—",
                "ours_mean": math.nan, "seeds": 0, "run": "—", "cpu_hours": math.nan}
@@ -146,8 +149,7 @@ def reproduction(table: pd.DataFrame, paper: PaperNumbers, plan: list[dict], anc
             mean, half = _value(s, p.steps)
             row.update(ours=ours_text(s, p.steps), ours_mean=mean * scale, seeds=int(s["completed"]), run=s["run"])
             anchor = EXPLAINED.get(p.label) if s["diverged"] or p.dataset != "sinusoid" else None
-            anchor = anchor if anchor in anchors else "table-sinusoid" if p.dataset == "sinusoid" else \
-                "table-" + c.slug("protocols", p.dataset, setting, "paper")
+            anchor = anchor if anchor in anchors else "table-" + c.slug("protocols", p.dataset, setting, "paper")
             anchor = anchor if anchor in anchors else None
             why = f" ([why](#{anchor}))" if anchor else ""
             if render.is_missing(mean):
@@ -165,7 +167,7 @@ def reproduction(table: pd.DataFrame, paper: PaperNumbers, plan: list[dict], anc
             ("verdict", lambda r: r["verdict"], "verdict")]
     notes = ["Ours: mean ± std over seeds (one seed: ± its 95% CI over test tasks); *reproduced* when the paper's "
              "number lies within our mean ± the larger of the two. Accuracy in %, sinusoid MSE after the stated "
-             "steps. Run folders: `tables/reproduction.csv`; papers: [section 3](#papers)."]
+             "steps. Run folders: `tables/reproduction.csv`; the papers' sources: `reporting/paper_numbers.yaml`."]
     return make_table("reproduction", out, cols, notes, extra=("run", "cpu_hours"))
 
 

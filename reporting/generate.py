@@ -100,25 +100,8 @@ def _paired(rows, judged, w):
     return text, pairs, refused
 
 
-def _paper_sections(rows, base_rows, judged, paper, w) -> str:
-    text = _heading("papers", "3. Against the papers' numbers") + (
-        "\nThe same runs as section 1, beside the published numbers (setup: section 1's setup tables).\n")
-    omni = [r for r in rows if r["dataset"] == "omniglot"]
-    text += "\n### 3.1 Omniglot — iMAML Table 2\n" + (
-        w.table(tables.paper_table("table2_omniglot", omni, paper, tables.omniglot_notes(paper))) if omni
-        else _no_runs("make reproduce"))
-    mini = [r for r in rows if r["dataset"] == "miniimagenet"]
-    text += "\n### 3.2 mini-ImageNet — iMAML Table 3\n" + (
-        w.table(tables.paper_table("table3_miniimagenet", mini, paper, tables.miniimagenet_notes(paper))) if mini
-        else _no_runs("python train.py dataset=miniimagenet") + "(needs the mini-ImageNet data)\n")
-    sin = [r for r in rows + base_rows if r["dataset"] == "sinusoid"]
-    text += "\n### 3.3 Sinusoid regression — MAML paper\n" + (
-        w.table(tables.sinusoid_table(sin, paper, judged)) if sin else _no_runs("make reproduce"))
-    return text
-
-
 def _sweep(sweep, w) -> str:
-    text = _heading("inner-steps", "4. Shared protocol: test metric vs inner steps") + (
+    text = _heading("inner-steps", "3. Shared protocol: test metric vs inner steps") + (
         "\nEvery algorithm uses the same inner loop (the MAML protocol's SGD step size and meta-batch; iMAML with "
         "λ = 2 and 5 CG steps) and sweeps the number of inner steps K, each run for the same minutes of training "
         "(`make sweep`).\n")
@@ -146,11 +129,11 @@ def _claims(paper, rows, bases, judged, w, runs_root: Path) -> tuple[str, list[d
 
     t, out = paired.claims_table(paper.claims, pairs, refused, rows, baselines.statuses(judged),
                                  needs=needs if (runs_root / "campaign-cpu").is_dir() else None)
-    return _heading("claims", "5. The papers' claims") + w.table(t), out
+    return _heading("claims", "4. The papers' claims") + w.table(t), out
 
 
 def _time_to_accuracy(records, w) -> str:
-    text = _heading("time-to-accuracy", "6. Time to accuracy (wall-clock)") + (
+    text = _heading("time-to-accuracy", "5. Time to accuracy (wall-clock)") + (
         "\nHow long each method needs on this machine to reach a test accuracy: Omniglot 5-way 1-shot, one CPU "
         "thread, runs grown in segments by `python -m bench.tta` (the harness: [BENCHMARKS.md](BENCHMARKS.md)).\n")
     if not records:
@@ -159,9 +142,9 @@ def _time_to_accuracy(records, w) -> str:
 
 
 def _study_sections(studies_list, w, skipped: list[Skipped]) -> tuple[str, dict]:
-    text, shown = _heading("studies", "7. Reviewer studies"), {}
+    text, shown = _heading("studies", "6. Reviewer studies"), {}
     for i, name in enumerate(studies.SECTIONS, 1):
-        text += f"\n### 7.{i} {studies.TITLES[name]}\n"
+        text += f"\n### 6.{i} {studies.TITLES[name]}\n"
         command = f"python study.py study={name}"
         for study, others in studies.picks(studies_list, name):
             if study is None:
@@ -205,10 +188,10 @@ def _header(recs: Records, runs_name: str, n_skipped: int, n_baselines: int) -> 
 CONTENTS = (("reproduce", "Did the papers reproduce?"), ("questions", "The reviewers' questions"),
             ("equal-compute", "At equal compute"), ("findings", "Findings"),
             ("protocols", "1. Published protocols at an equal budget"),
-            ("paired", "2. Paired comparisons"), ("papers", "3. Against the papers' numbers"),
-            ("inner-steps", "4. Test metric vs inner steps"), ("claims", "5. The papers' claims"),
-            ("time-to-accuracy", "6. Time to accuracy"), ("studies", "7. Reviewer studies"),
-            ("assumptions-fail", "8. When the assumptions fail"), ("limitations", "9. Limitations"),
+            ("paired", "2. Paired comparisons"),
+            ("inner-steps", "3. Test metric vs inner steps"), ("claims", "4. The papers' claims"),
+            ("time-to-accuracy", "5. Time to accuracy"), ("studies", "6. Reviewer studies"),
+            ("assumptions-fail", "7. When the assumptions fail"), ("limitations", "8. Limitations"),
             ("inventory", "Appendix A. Run inventory"),
             ("skipped", "Appendix B. Skipped records"))
 
@@ -260,7 +243,7 @@ def generate(runs_root: Path, out: Path, paper: PaperNumbers | None = None, benc
     body = [_protocols(c.records_sorted(rows + bases), judged, w, all_rows + base_rows)]
     text, pairs, refused = _paired(rows, judged, w)
     claims_text, claim_rows = _claims(paper, rows, bases, judged, w, runs_root)
-    body += [text, _paper_sections(rows, bases, judged, paper, w), _sweep(sweep, w), claims_text,
+    body += [text, _sweep(sweep, w), claims_text,
              _time_to_accuracy(tta_records, w)]
     summary = front.summary(rows, bases, judged)
     devices = sorted({r.get("device_name") or r.get("device") or "?" for r in rows + bases}
@@ -268,9 +251,9 @@ def generate(runs_root: Path, out: Path, paper: PaperNumbers | None = None, benc
     study_list = sorted(recs.studies + (extra.studies if extra else []), key=lambda s: s["run"])
     text, shown = _study_sections(study_list, w, skipped)
     body.append(text)
-    body.append(_heading("assumptions-fail", "8. When the assumptions fail") + fidelity_train.section(rows, w)
+    body.append(_heading("assumptions-fail", "7. When the assumptions fail") + fidelity_train.section(rows, w)
                 + "\n### Where each method fails (R3.1)\n" + anatomy.section(rows, judged, runs_root, w))
-    body.append(_heading("limitations", "9. Limitations")
+    body.append(_heading("limitations", "8. Limitations")
                 + (w.table(front.limitations(summary, paper, devices)) if not summary.empty
                    else "\nNo records yet, so nothing has been measured.\n")
                 + ("\nProtocol choices not taken from a paper, tuned on validation tasks only:\n"
