@@ -262,7 +262,8 @@ def generate(runs_root: Path, out: Path, paper: PaperNumbers | None = None, benc
                    if recs.selections else ""))
     inventory = all_rows + base_rows
     body.append(_heading("inventory", "Appendix A. Run inventory") + (
-        w.table(tables.inventory(inventory)) if inventory else _no_runs("make reproduce")))
+        f"\nEvery readable training record with its status, result, device and commit: "
+        f"{w.files_only(tables.inventory(inventory))}\n" if inventory else _no_runs("make reproduce")))
     body.append(_skipped_section(skipped, w))
     body_text = "\n".join(body)
     first = _first_page(summary, rows, bases, paper, runs_root, w, body_text)

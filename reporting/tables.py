@@ -5,7 +5,8 @@ import math
 from pathlib import Path
 
 from . import common as c
-from .render import MARKERS, Table, colour, column_keys, fmt, fmt_g, fmt_pm, log_x, make_table, new_figure, save_figure
+from .render import MARKERS, Table, colour, fmt, fmt_g, fmt_pm, log_x, make_table, new_figure, save_figure
+
 
 def inventory(rows: list[dict]) -> Table:
     """Every readable training record, whatever its status: a failure is a result."""

@@ -574,13 +574,22 @@ def test_figures_are_valid_pngs(report_dir: Path):
         assert f"(figures/{name})" in (report_dir / "REPORT.md").read_text()
 
 
+def _inventory(out: Path):
+    """The run inventory: the report links it, the CSV holds it."""
+    import pandas as pd
+
+    return pd.read_csv(out / "tables" / "runs.csv")
+
+
 def test_report_content_facts(report_dir: Path):
     """What each section must state, stated directly."""
     md = (report_dir / "REPORT.md").read_text()
-    # failures are results, unreadable records are listed with their reason
-    assert "diverged at iteration 37: non-finite meta-gradient" in md
-    assert "interrupted at iteration 40" in md
-    assert "running, or killed before writing its final record" in md
+    # failures are results (the run inventory, tables/runs.csv), unreadable records are listed with their reason
+    runs = _inventory(report_dir)
+    assert ((runs["status"] == "diverged") & (runs["failure_iteration"] == 37)
+            & (runs["failure_reason"] == "non-finite meta-gradient")).sum() == 1
+    assert ((runs["status"] == "interrupted") & (runs["iterations_done"] == 40)).sum() == 1
+    assert (runs["status"] == "running").sum() == 1
     assert "| runs/train/2026-01-01_01-10-00/summary.json | not valid JSON" in md
     assert "| runs/train/2026-01-01_01-20-00/summary.json | truncated JSON" in md
     assert "runs/train/2026-01-01_01-30-00 | no summary.json" in md
@@ -826,8 +835,9 @@ def test_a_non_finite_test_metric_is_a_divergence(tmp_path: Path):
     rec = summary(test=dict(accuracy_test(0.9, 1), mean=float("nan")))
     _write(tmp_path / "runs" / "r", "summary.json", json.dumps(rec))
     generate(tmp_path / "runs", tmp_path / "out")
-    md = (tmp_path / "out" / "REPORT.md").read_text()
-    assert "| runs/r | diverged at iteration 200: test-time adaptation diverged (non-finite test metric) |" in md
+    runs = _inventory(tmp_path / "out")
+    assert runs.loc[0, "run"] == "runs/r" and runs.loc[0, "status"] == "diverged" and runs.loc[0, "failure_iteration"] \
+        == 200 and runs.loc[0, "failure_reason"] == "test-time adaptation diverged (non-finite test metric)"
 
 
 def test_paper_numbers_file_matches_the_issue():
@@ -903,7 +913,7 @@ def test_collect_copies_records_only_and_replaces_the_destination(tmp_path: Path
                    "study/cost/study.json"]
     assert not any(p.name.startswith(".") for p in dst.parent.iterdir())  # no temporary folder left behind
     generate(dst, tmp_path / "out")  # the report reads the collected records, paths named from its root
-    assert "| reproduce/omniglot/maml-s0 |" in (tmp_path / "out" / "REPORT.md").read_text()
+    assert list(_inventory(tmp_path / "out")["run"]) == ["reproduce/omniglot/maml-s0"]
 
 
 def test_collect_refuses_an_empty_source(tmp_path: Path):
