@@ -11,7 +11,7 @@ from pathlib import Path
 
 from atomic import atomic_write_text
 
-from . import anatomy, baselines, budget, campaign, fidelity_train, front, limits, paired, studies, tables, tta
+from . import anatomy, baselines, budget, fidelity_train, front, limits, paired, studies, tables, tta
 from . import common as c
 from .paper import PaperNumbers, load_paper_numbers
 from .records import STATUSES, STUDY_FILES, Records, Skipped, load
@@ -113,23 +113,13 @@ def _sweep(sweep, w) -> str:
     return text + "".join(w.figure(p, "Test metric vs inner steps") for p in tables.inner_steps_figures(groups, w.fig_dir))
 
 
-def _claims(paper, rows, bases, judged, w, runs_root: Path) -> tuple[str, list[dict]]:
+def _claims(paper, rows, bases, judged, w) -> str:
     # a claim against the pretrained network (the MAML paper's sinusoid claim) is paired like any other:
     # the pretrained records join the pairing here, not the algorithm matrices of section 2
     rows = rows + [b for b in bases if b["label"] == "Pretrained"]
     pairs, refused, _ = paired.compare_all(rows)
-    rates = {r["experiment"]: r["median_iter_s"] for r in rows if r.get("experiment") and r.get("median_iter_s")}
-
-    elsewhere = {(r["dataset"], r["ways"], r["test_shots"], r["label"]): (r["meta_iterations"], r["median_iter_s"], r["run"])
-                 for r in sorted(rows, key=lambda r: r["run"])
-                 if r.get("median_iter_s") and r.get("meta_iterations") and r.get("profile") == "paper"}
-
-    def needs(cl):
-        return campaign.needs(runs_root, cl.dataset, cl.ways, cl.shots, (cl.better, cl.worse), rates, elsewhere)
-
-    t, out = paired.claims_table(paper.claims, pairs, refused, rows, baselines.statuses(judged),
-                                 needs=needs if (runs_root / "campaign-cpu").is_dir() else None)
-    return _heading("claims", "4. The papers' claims") + w.table(t), out
+    t, _ = paired.claims_table(paper.claims, pairs, refused, rows, baselines.statuses(judged))
+    return _heading("claims", "4. The papers' claims") + w.table(t)
 
 
 def _time_to_accuracy(records, w) -> str:
@@ -242,7 +232,7 @@ def generate(runs_root: Path, out: Path, paper: PaperNumbers | None = None, benc
     tta_records = tta.load(bench)
     body = [_protocols(c.records_sorted(rows + bases), judged, w, all_rows + base_rows)]
     text, pairs, refused = _paired(rows, judged, w)
-    claims_text, claim_rows = _claims(paper, rows, bases, judged, w, runs_root)
+    claims_text = _claims(paper, rows, bases, judged, w)
     body += [text, _sweep(sweep, w), claims_text,
              _time_to_accuracy(tta_records, w)]
     summary = front.summary(rows, bases, judged)
