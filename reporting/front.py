@@ -178,8 +178,9 @@ def equal_compute(table: pd.DataFrame):
         return make_table("equal_compute", [], [("algorithm", str, "algorithm")]), eq
     eq["column"] = eq.apply(lambda s: f"{c.DATASET_NAMES.get(s['dataset'], s['dataset'])} "
                                       f"{s['setting']} ({s['budget']})", axis=1)
-    eq["cell"] = eq.apply(lambda s: f"{ours_text(s).split(' (')[0]} ({s['seeds']} seed{'s' * (s['seeds'] > 1)}; "
-                                    f"{outcome(s)})", axis=1)
+    eq["cell"] = eq.apply(lambda s: f"{ours_text(s).split(' (')[0]} ({s['seeds']} seed{'s' * (s['seeds'] > 1)}"
+                                    + (f", {s['completed']} completed" if s["completed"] < s["seeds"] else "")
+                                    + f"; {outcome(s)})", axis=1)
     eq["algorithm"] = eq.apply(lambda s: s["label"] + (" (baseline)" if s["role"] == "baseline" else ""), axis=1)
     order = list(dict.fromkeys(eq["column"]))
     wide = eq.pivot_table(index="algorithm", columns="column", values="cell", aggfunc="first").reindex(columns=order)
@@ -187,7 +188,7 @@ def equal_compute(table: pd.DataFrame):
     rows = [{"algorithm": a, **{k: v for k, v in r.items()}} for a, r in wide.fillna("—").iterrows()]
     cols = [("algorithm", lambda r: r["algorithm"], "algorithm")] + [
         (k, (lambda key: lambda r: r[key])(k), k) for k in order]
-    notes = ["Each cell: test metric mean ± std over seeds (one seed: ± 95% CI over test tasks), accuracy in % or "
+    notes = ["Each cell: test metric mean ± std over the completed seeds (one: ± its 95% CI over test tasks), accuracy in % or "
              "MSE; (seeds run; outcome in the words above). Every run of a column had the same training minutes on one CPU "
              "thread, far below the papers' iterations (†)."]
     return make_table("equal_compute", rows, cols, notes), eq
