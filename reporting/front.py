@@ -112,7 +112,9 @@ def _hours_to_run(paper_row, table: pd.DataFrame, plan: list[dict]) -> tuple[str
                == (paper_row.dataset, paper_row.ways, paper_row.shots, paper_row.label)]
     left = [p["cpu_hours_left"] for p in planned if p["status"] not in ("completed", "diverged")]
     if left and all(h is not None for h in left):
-        return f"not run: in the campaign plan, ≈ {sum(left):.1f} CPU-h left (`make campaign-status`)", sum(left)
+        saved = "".join(f", {p['name']} saved at {p['done']:,} of {p['target']:,} iterations" for p in planned
+                        if p["status"] == "saved")
+        return f"not run: in the campaign plan{saved}; ≈ {sum(left):.1f} CPU-h left (`make campaign-status`)", sum(left)
     timed = table[(table["dataset"] == paper_row.dataset) & (table["label"].str.lower() == paper_row.label.lower())
                   & (table["setting"] == setting_name(paper_row.dataset, paper_row.ways, paper_row.shots))
                   & table["s_per_iter"].notna()]
@@ -143,6 +145,13 @@ def reproduction(table: pd.DataFrame, paper: PaperNumbers, plan: list[dict], anc
                "ours_mean": math.nan, "seeds": 0, "run": "—", "cpu_hours": math.nan}
         if mine.empty:
             row["verdict"], row["cpu_hours"] = _hours_to_run(p, table, plan)
+            variants = table[(table["dataset"] == p.dataset) & (table["setting"] == setting)
+                             & (table["at_paper_budget"] > 0) & table["label"].str.startswith(p.label + " (")]
+            row["verdict"] += "".join(
+                f"; {v['label']} reached {ours_text(v)}" + (f", ended by the plateau rule at {v['iterations_max']:,} of "
+                                                            f"{v['meta_iterations']:,}" if v["iterations_max"]
+                                                            < v["meta_iterations"] else " at the paper's budget")
+                for _, v in variants.iterrows())
         else:
             s = mine.iloc[0]
             scale, _ = c.scale_of(s["metric"])
