@@ -167,6 +167,8 @@ def reproduction(table: pd.DataFrame, paper: PaperNumbers, plan: list[dict], anc
                 row["verdict"] = "reproduced"
             else:
                 row["verdict"] = f"not reproduced ({mean * scale - p.value:+.2f}){why}"
+            if s["diverged"] and not render.is_missing(mean):
+                row["verdict"] += f"; diverged in {s['diverged']} of {s['seeds']} seeds"
             if s["iterations_max"] < s["meta_iterations"] and not render.is_missing(mean):
                 row["verdict"] += f"; ended by the plateau rule at {s['iterations_max']:,} of {s['meta_iterations']:,}"
         out.append(row)
