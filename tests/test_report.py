@@ -408,6 +408,20 @@ def test_first_page_answers_every_question_and_findings_are_short(report_dir: Pa
         assert f'<a id="{anchor}"></a>' in md, anchor
 
 
+def test_committed_first_page_links_every_finding_and_question():
+    """The committed report: within 150 lines, every finding links a table it has, every question has a row."""
+    from reporting.front import load_questions
+
+    md = (REPO / "reports" / "REPORT.md").read_text()
+    page = _first_page(md)
+    assert len(md[:md.index("## 1.")].splitlines()) <= 150
+    findings = [line for line in page[page.index("## Findings"):].splitlines() if line[:1].isdigit()]
+    assert findings and all(" ([table](#" in f and len(f.split(" ([table](#")[0].split()) <= 41 for f in findings)
+    for anchor in re.findall(r"\]\(#([^)]+)\)", page):
+        assert f'<a id="{anchor}"></a>' in md, anchor
+    assert all(f"| {q['id']} |" in page for q in load_questions()["questions"])
+
+
 def test_every_finding_template_is_short():
     """The templates themselves stay within 40 words, so no filled finding can grow past it by much."""
     from reporting.front import load_questions
