@@ -22,6 +22,28 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = ROOT / "reports" / "BENCHMARKS.md"
+DATA_VAR = "$METAGRAD_DATA"
+
+
+def portable(obj, data_root: str | None = None):
+    """``obj`` (a JSON-able record) with this machine's folders taken out of every string: the data root
+    becomes ``$METAGRAD_DATA``, the checkout's folder a path relative to it. Committed records are read
+    on other machines; ``os.path.expandvars`` turns ``$METAGRAD_DATA`` back into a folder."""
+    given = [r for r in (data_root, os.environ.get("METAGRAD_DATA")) if r]
+    roots = [(f, DATA_VAR) for r in given for f in dict.fromkeys((os.path.abspath(r), str(Path(r).resolve())))]
+    roots.append((str(ROOT), "."))
+
+    def fix(text: str) -> str:
+        for folder, name in roots:
+            text = text.replace(folder + "/", "" if name == "." else name + "/")
+            text = name if text == folder else text.replace("=" + folder, "=" + name)
+        return text
+
+    if isinstance(obj, dict):
+        return {k: portable(v, data_root) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [portable(v, data_root) for v in obj]
+    return fix(obj) if isinstance(obj, str) else obj
 
 
 def _ints(text: str) -> list[int]:
@@ -139,6 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     record["date"] = _dt.datetime.now().astimezone().isoformat(timespec="seconds")
     command = shlex.join(["python", "-m", "bench", *argv])
     record["command"] = command
+    record = portable(json.loads(json.dumps(record, default=str)), o.data_root)
     atomic_write_text(args.out.with_suffix(".json"), json.dumps(record, indent=1, sort_keys=True, default=str) + "\n")
     render.write_section(args.out, "bench", render.render(record, command))
     print(f"bench: wrote {args.out} and {args.out.with_suffix('.json')} ({record['wall_s'] / 60:.1f} min)")

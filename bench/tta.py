@@ -30,6 +30,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from atomic import atomic_write_json, atomic_write_text
+from bench import portable
 
 ROOT = Path(__file__).resolve().parent.parent
 RECORDS = ROOT / "reports" / "bench_tta"
@@ -98,7 +99,7 @@ def _grow(record: dict, minutes: list[float], log, first_resume: bool) -> dict:
     run_dir, algorithm = ROOT / record["run_dir"], record["algorithm"]
     for i, m in enumerate(minutes):
         resume = "true" if i or first_resume else "false"
-        cfg = compose([*record["overrides"], f"max_train_minutes={m}", f"resume={resume}"])
+        cfg = compose([*map(os.path.expandvars, record["overrides"]), f"max_train_minutes={m}", f"resume={resume}"])
         validate(cfg)
         t0 = time.perf_counter()
         s = train(cfg, run_dir)
@@ -112,7 +113,7 @@ def _grow(record: dict, minutes: list[float], log, first_resume: bool) -> dict:
         record["load_average_end"] = os.getloadavg()[0]
         log(f"[tta {algorithm}] {m:g} min: {seg['iterations']} iterations, test {100 * seg['test_mean']:.2f} "
             f"± {100 * seg['test_ci95']:.2f}% (eval {seg['eval_wall_s']:.0f} s)")
-        atomic_write_json(RECORDS / f"{record['name']}.json", record)
+        atomic_write_json(RECORDS / f"{record['name']}.json", portable(record))
     return record
 
 

@@ -166,7 +166,7 @@ def _baseline_note(rows: list[dict], pool: list[dict]) -> list[str]:
             f"it learned when the 95% CI of its improvement over each lies above 0.{zero_text}"]
 
 
-def _curve(folder: str) -> list[tuple[float, float, int]]:
+def curve(folder: str) -> list[tuple[float, float, int]]:
     """(training minutes, validation metric, iteration) of every validated iteration in metrics.csv."""
     pts = []
     for row in c.metrics_rows(folder):
@@ -176,7 +176,7 @@ def _curve(folder: str) -> list[tuple[float, float, int]]:
     return pts
 
 
-def _mean_band(curves: list[list[tuple[float, float]]]):
+def mean_band(curves: list[list[tuple[float, float]]]):
     """The seeds' curves on one grid (the points of all, up to where the shortest ends): mean, min, max."""
     import numpy as np
 
@@ -199,12 +199,12 @@ def curves_figure(key: tuple, rows: list[dict], fig_dir: Path) -> Path | None:
     for label, runs in by_label.items():
         s, _ = c.scale_of(runs[0].get("metric") or ("mse" if dataset == "sinusoid" else "accuracy"))
         colour = render.colour(label)
-        curves = [(r, _curve(r["folder"])) for r in runs]
+        curves = [(r, curve(r["folder"])) for r in runs]
         curves = [(r, pts) for r, pts in curves if pts]
         if not curves:
             continue
         for ax, x, end in zip(axes, (0, 2), ("train_wall_s", "iterations_done")):
-            grid, mean, lo, hi = _mean_band([[(p[x], p[1] * s) for p in pts] for _, pts in curves])
+            grid, mean, lo, hi = mean_band([[(p[x], p[1] * s) for p in pts] for _, pts in curves])
             ax.plot(grid, mean, color=colour, lw=1.4, label=f"{label} ({len(curves)} seed{'s' * (len(curves) > 1)})")
             if len(curves) > 1:
                 ax.fill_between(grid, lo, hi, color=colour, alpha=0.2, lw=0)

@@ -1,8 +1,8 @@
 """What the paper-budget campaign still needs (``configs/campaign.yaml``): per run, its state in the
 committed records and the CPU-hours left to its end — the declared rule's earliest stop (its 9th
 validation) where the rule applies, else its planned iterations — at the seconds per iteration it
-ran at (or that a run of the same experiment ran at). The claims table uses it to say, for a
-claim without a verdict, which runs would give one and what they cost.
+ran at (or that a run of the same experiment ran at). The first page's reproduction table uses it
+to say what a published number not yet reached would cost.
 """
 from __future__ import annotations
 
@@ -63,27 +63,3 @@ def runs(records: Path, rates: dict[str, float] | None = None) -> list[dict]:
         ended = r["status"] in ("completed", "diverged")
         r["cpu_hours_left"] = 0.0 if ended else (max(0, r["target"] - r["done"]) * per / 3600 if per else None)
     return out
-
-
-def needs(records: Path, dataset: str, ways: int, shots: int, labels: tuple[str, ...],
-          rates: dict[str, float] | None = None, elsewhere: dict | None = None) -> str:
-    """The campaign runs of ``labels`` in this setting that have not ended, with their CPU-hours left;
-    for a label the plan lacks, ``elsewhere[(dataset, ways, shots, label)] = (planned iterations,
-    seconds per iteration, run)`` measured by another record gives the cost of a run at the paper's budget."""
-    mine = [r for r in runs(records, rates) if (r["dataset"], r["ways"], r["shots"]) == (dataset, ways, shots)
-            and r["label"] in labels]
-    parts = []
-    for label in labels:
-        have = [r for r in mine if r["label"] == label]
-        if not have:
-            known = (elsewhere or {}).get((dataset, ways, shots, label))
-            parts.append(f"{label}: not in the campaign plan" + (
-                f" (its {known[0]:,} iterations ≈ {known[0] * known[1] / 3600:.0f} CPU-h at the "
-                f"{known[1]:.2f} s/iteration of {known[2]})" if known else ""))
-        for r in have:
-            if r["status"] in ("completed", "diverged"):
-                continue
-            hours = "CPU-hours unknown" if r["cpu_hours_left"] is None else f"≈ {r['cpu_hours_left']:.1f} CPU-h"
-            end = "the rule's earliest stop" if r["rule"] else "its planned iterations"
-            parts.append(f"{r['name']} ({r['status']}, {r['done']:,} of {r['target']:,} iterations to {end}; {hours})")
-    return "; ".join(parts) or "—"

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import csv
-import math
 from pathlib import Path
 from typing import Any
 
@@ -84,11 +83,6 @@ def is_paper_scale(row: dict) -> bool:
     return budget_kind(row) is not None
 
 
-def scale_text(row: dict) -> str:
-    kind = budget_kind(row)
-    if kind == "converged":
-        return f"converged at {row['iterations_done']:,} iterations (declared rule)"
-    return "paper" if kind else f"NOT paper-scale ({row['profile']})"
 
 
 def label_text(row: dict) -> str:
@@ -167,36 +161,10 @@ SETUP_COLUMNS = [
 ]
 
 
-def seed_groups(rows: list[dict]) -> dict[tuple, dict]:
-    """Across-seed statistics of the completed runs of each configuration."""
-    groups: dict[tuple, list[dict]] = {}
-    for r in rows:
-        groups.setdefault(config_key(r), []).append(r)
-    out = {}
-    for key, members in groups.items():
-        done = [r for r in members if r["status"] == "completed"]
-        mean, std, n = mean_std([r["mean"] for r in done])
-        out[key] = {"mean": mean, "std": std, "n": n, "total": len(members),
-                    "seeds": sorted({r["seed"] for r in done if r.get("seed") is not None})}
-    return out
 
 
-def seeds_text(row: dict, groups: dict[tuple, dict]) -> str:
-    g = groups[config_key(row)]
-    if row["status"] != "completed" or g["n"] < 2:
-        return "—"
-    s, d = scale_of(row["metric"])
-    text = f"{fmt(g['mean'], d, s)} ± {fmt(g['std'], d, s)} ({g['n']} runs"
-    if g["total"] > g["n"]:
-        text += f" of {g['total']}"
-    return text + ")"
 
 
-def seeds_raw(row: dict, groups: dict[tuple, dict]) -> dict:
-    g = groups[config_key(row)]
-    ok = row["status"] == "completed" and g["n"] >= 2
-    return {"seeds_mean": g["mean"] if ok else math.nan, "seeds_std": g["std"] if ok else math.nan,
-            "seeds_runs": g["n"] if ok else None}
 
 
 def config_groups(rows: list[dict]) -> list[list[dict]]:

@@ -124,30 +124,6 @@ def _figure(df: pd.DataFrame, prefix: str, at: str, fig_dir, goal: str = "releas
 rows_of = _rows
 
 
-def carriers(df: pd.DataFrame) -> tuple[list[dict], list[dict]]:
-    """The ladder's rungs whose gain's 95% CI excludes zero (raised, lowered), largest first."""
-    rows = [r for r in _rows(df, "ladder") if r.get("diff_mean") is not None]
-    up = sorted((r for r in rows if r["diff_low"] > 0), key=lambda r: -r["diff_mean"])
-    down = sorted((r for r in rows if r["diff_high"] < 0), key=lambda r: r["diff_mean"])
-    return up, down
-
-
-def _carriers(df: pd.DataFrame) -> str:
-    """What moved the accuracy, in words."""
-    up, down = carriers(df)
-    if not any(r.get("diff_mean") is not None for r in _rows(df, "ladder")):
-        return ""
-
-    def say(rs):
-        return ", ".join(f"{r['rung']} ({fmt(r['diff_mean'], 2, S)} [{fmt(r['diff_low'], 2, S)}, "
-                         f"{fmt(r['diff_high'], 2, S)}])" for r in rs) or "none"
-    ends = [r for r in _rows(df, "ladder") if r.get("accuracy") is not None]
-    span = (f" From the paper as written ({fmt(ends[0]['accuracy'], 2, S)}%) to the top rung "
-            f"({fmt(ends[-1]['accuracy'], 2, S)}%)." if len(ends) > 1 else "")
-    return (f"\nAt this budget the rungs that raised accuracy (95% CI above zero), largest first: {say(up)}; "
-            f"the rungs that lowered it: {say(down)}.{span}\n")
-
-
 def section(study: dict, w) -> str:
     if "seeds" in study:
         return reptile_ladder.section(study["seeds"], w)
@@ -186,7 +162,6 @@ def section(study: dict, w) -> str:
     if fig is not None:
         out += w.figure(fig, "Deviation ladder: test accuracy per rung")
     if "ladder" in groups:
-        out += _carriers(df)
         out += f"\n#### The ladder: deviations added one at a time, {at}\n"
         out += w.table(_table(f"{prefix}_ladder", _rows(df, "ladder"),
                               [("rung", lambda r: r["rung"] if r["rung"] == "paper" else f"+ {r['rung']}", "rung")],

@@ -103,7 +103,7 @@ def figure(key: tuple, by_label: dict[str, list[dict]], fig_dir: Path) -> Path |
 
 
 INTRO = ("\niMAML's meta-gradient is the exact one only when the inner problem is solved and strongly convex "
-         "(Rajeswaran et al. 2019, Theorem 1); the assumption audit ([7.3](#studies)) finds the regularised inner "
+         "(Rajeswaran et al. 2019, Theorem 1); the assumption audit ([6.3](#studies)) finds the regularised inner "
          "problem indefinite on most tasks and checkpoints. Here every comparison run measured, along training "
          "(`fidelity_every`, off the budget clock), how close its estimator is to the exact meta-gradient of the "
          "objective it optimises, and for iMAML how close its 5-step CG solution is to its own system solved. "

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from atomic import atomic_write_text
 
-from . import anatomy, baselines, budget, campaign, fidelity_train, findings, limits, paired, studies, tables, tta
+from . import anatomy, baselines, budget, fidelity_train, front, limits, paired, studies, tables, tta
 from . import common as c
 from .paper import PaperNumbers, load_paper_numbers
 from .records import STATUSES, STUDY_FILES, Records, Skipped, load
@@ -27,9 +27,11 @@ class Writer:
     def __init__(self, out: Path):
         self.out, self.fig_dir, self.tab_dir = out, out / "figures", out / "tables"
         self.files: set[Path] = set()
+        self.raw: dict = {}  # table name → its raw DataFrame, the cells the first page quotes
 
     def files_only(self, t: Table) -> str:
         self.files.update(write_table(t, self.tab_dir))
+        self.raw[t.name] = t.raw
         return f"[`tables/{t.name}.csv`](tables/{t.name}.csv), [`tables/{t.name}.tex`](tables/{t.name}.tex)"
 
     def table(self, t: Table) -> str:
@@ -98,25 +100,8 @@ def _paired(rows, judged, w):
     return text, pairs, refused
 
 
-def _paper_sections(rows, base_rows, judged, paper, w) -> str:
-    text = _heading("papers", "3. Against the papers' numbers") + (
-        "\nThe same runs as section 1, beside the published numbers (setup: section 1's setup tables).\n")
-    omni = [r for r in rows if r["dataset"] == "omniglot"]
-    text += "\n### 3.1 Omniglot — iMAML Table 2\n" + (
-        w.table(tables.paper_table("table2_omniglot", omni, paper, tables.omniglot_notes(paper))) if omni
-        else _no_runs("make reproduce"))
-    mini = [r for r in rows if r["dataset"] == "miniimagenet"]
-    text += "\n### 3.2 mini-ImageNet — iMAML Table 3\n" + (
-        w.table(tables.paper_table("table3_miniimagenet", mini, paper, tables.miniimagenet_notes(paper))) if mini
-        else _no_runs("python train.py dataset=miniimagenet") + "(needs the mini-ImageNet data)\n")
-    sin = [r for r in rows + base_rows if r["dataset"] == "sinusoid"]
-    text += "\n### 3.3 Sinusoid regression — MAML paper\n" + (
-        w.table(tables.sinusoid_table(sin, paper, judged)) if sin else _no_runs("make reproduce"))
-    return text
-
-
 def _sweep(sweep, w) -> str:
-    text = _heading("inner-steps", "4. Shared protocol: test metric vs inner steps") + (
+    text = _heading("inner-steps", "3. Shared protocol: test metric vs inner steps") + (
         "\nEvery algorithm uses the same inner loop (the MAML protocol's SGD step size and meta-batch; iMAML with "
         "λ = 2 and 5 CG steps) and sweeps the number of inner steps K, each run for the same minutes of training "
         "(`make sweep`).\n")
@@ -128,27 +113,17 @@ def _sweep(sweep, w) -> str:
     return text + "".join(w.figure(p, "Test metric vs inner steps") for p in tables.inner_steps_figures(groups, w.fig_dir))
 
 
-def _claims(paper, rows, bases, judged, w, runs_root: Path) -> tuple[str, list[dict]]:
+def _claims(paper, rows, bases, judged, w) -> str:
     # a claim against the pretrained network (the MAML paper's sinusoid claim) is paired like any other:
     # the pretrained records join the pairing here, not the algorithm matrices of section 2
     rows = rows + [b for b in bases if b["label"] == "Pretrained"]
     pairs, refused, _ = paired.compare_all(rows)
-    rates = {r["experiment"]: r["median_iter_s"] for r in rows if r.get("experiment") and r.get("median_iter_s")}
-
-    elsewhere = {(r["dataset"], r["ways"], r["test_shots"], r["label"]): (r["meta_iterations"], r["median_iter_s"], r["run"])
-                 for r in sorted(rows, key=lambda r: r["run"])
-                 if r.get("median_iter_s") and r.get("meta_iterations") and r.get("profile") == "paper"}
-
-    def needs(cl):
-        return campaign.needs(runs_root, cl.dataset, cl.ways, cl.shots, (cl.better, cl.worse), rates, elsewhere)
-
-    t, out = paired.claims_table(paper.claims, pairs, refused, rows, baselines.statuses(judged),
-                                 needs=needs if (runs_root / "campaign-cpu").is_dir() else None)
-    return _heading("claims", "5. The papers' claims") + w.table(t), out
+    t, _ = paired.claims_table(paper.claims, pairs, refused, rows, baselines.statuses(judged))
+    return _heading("claims", "4. The papers' claims") + w.table(t)
 
 
 def _time_to_accuracy(records, w) -> str:
-    text = _heading("time-to-accuracy", "6. Time to accuracy (wall-clock)") + (
+    text = _heading("time-to-accuracy", "5. Time to accuracy (wall-clock)") + (
         "\nHow long each method needs on this machine to reach a test accuracy: Omniglot 5-way 1-shot, one CPU "
         "thread, runs grown in segments by `python -m bench.tta` (the harness: [BENCHMARKS.md](BENCHMARKS.md)).\n")
     if not records:
@@ -157,9 +132,9 @@ def _time_to_accuracy(records, w) -> str:
 
 
 def _study_sections(studies_list, w, skipped: list[Skipped]) -> tuple[str, dict]:
-    text, shown = _heading("studies", "7. Reviewer studies"), {}
+    text, shown = _heading("studies", "6. Reviewer studies"), {}
     for i, name in enumerate(studies.SECTIONS, 1):
-        text += f"\n### 7.{i} {studies.TITLES[name]}\n"
+        text += f"\n### 6.{i} {studies.TITLES[name]}\n"
         command = f"python study.py study={name}"
         for study, others in studies.picks(studies_list, name):
             if study is None:
@@ -194,22 +169,49 @@ def _header(recs: Records, runs_name: str, n_skipped: int, n_baselines: int) -> 
     counts = recs.runs["status"].value_counts().to_dict() if not recs.runs.empty else {}
     status = ", ".join(f"{counts[s]} {s}" for s in STATUSES if counts.get(s))
     return ("# metagrad-bench — results report\n\n"
-            f"Generated by `python report.py` from the run records under `{runs_name}/` "
-            "(each run's `summary.json` and `metrics.csv`, each study's `study.json` and CSVs): "
-            f"{len(recs.runs)} training run(s){f' ({status})' if status else ''}, of them {n_baselines} baseline "
-            f"record(s), {len(recs.studies)} study run(s), {n_skipped} skipped record(s). Every number traces to the "
-            f"run folder named in its row (paths start at `{runs_name.rsplit('/', 1)[-1]}/`); every table is also in "
-            f"`tables/` as CSV and booktabs LaTeX. {c.NOT_PAPER} marks a row below the paper's budget "
-            "(see [Limitations](#limitations)).\n")
+            f"Generated by `python report.py` from the records under `{runs_name}/`: {len(recs.runs)} training "
+            f"run(s){f' ({status})' if status else ''}, of them {n_baselines} baseline record(s), {len(recs.studies)} "
+            f"study run(s), {n_skipped} skipped record(s). Every number traces to a run folder named in its table's "
+            "CSV under `tables/`.\n")
 
 
-CONTENTS = (("findings", "Findings"), ("protocols", "1. Published protocols at an equal budget"),
-            ("paired", "2. Paired comparisons"), ("papers", "3. Against the papers' numbers"),
-            ("inner-steps", "4. Test metric vs inner steps"), ("claims", "5. The papers' claims"),
-            ("time-to-accuracy", "6. Time to accuracy"), ("studies", "7. Reviewer studies"),
-            ("assumptions-fail", "8. When the assumptions fail"), ("limitations", "9. Limitations"),
+CONTENTS = (("reproduce", "Did the papers reproduce?"), ("questions", "The reviewers' questions"),
+            ("equal-compute", "At equal compute"), ("findings", "Findings"),
+            ("protocols", "1. Published protocols at an equal budget"),
+            ("paired", "2. Paired comparisons"),
+            ("inner-steps", "3. Test metric vs inner steps"), ("claims", "4. The papers' claims"),
+            ("time-to-accuracy", "5. Time to accuracy"), ("studies", "6. Reviewer studies"),
+            ("assumptions-fail", "7. When the assumptions fail"), ("limitations", "8. Limitations"),
             ("inventory", "Appendix A. Run inventory"),
             ("skipped", "Appendix B. Skipped records"))
+
+
+def _first_page(table, rows, bases, paper, runs_root: Path, w: Writer, body: str) -> str:
+    """The answers before any detail (``reporting/front.py``); quotes cells of the tables ``body`` wrote."""
+    anchors = ({a.split('"')[1] for a in body.split("<a id=")[1:]} | {f"table-{n}" for n in w.raw}
+               | {"table-reproduction", "table-equal_compute"})
+    if table.empty:
+        return "\nNo records yet: run `make reproduce`.\n"
+    w.files_only(make_table("summary", table.to_dict("records"), [(k, str, k) for k in table.columns]))
+    repro = front.reproduction(table, paper, front.campaign_plan(runs_root, table), anchors)
+    eq, eq_rows = front.equal_compute(table)
+    text = _heading("reproduce", "Did the papers reproduce?") + w.table(repro) + "\n"
+    doc = front.load_questions()
+    w.raw.update({"reproduction": repro.raw, "summary": table})
+    text += _heading("questions", "The reviewers' questions") + (
+        "\nThe three NeurIPS 2019 reviews of the iMAML paper (`reporting/questions.yaml`); each answer quotes "
+        "cells of the table it links.\n") + w.table(front.questions_table(doc, w.raw, anchors)) + "\n"
+    text += _heading("equal-compute", "At equal compute") + w.table(eq)
+    fig = front.grid_figure(eq_rows, rows + bases, w.fig_dir)
+    if fig is not None:
+        text += w.figure(fig, "Validation metric vs training wall-clock, mean over seeds with a min–max band") + (
+            "\nOne panel per column above: validation metric on the fixed validation tasks, mean over seeds, band "
+            "from their minimum to their maximum.\n")
+    text += "\n"
+    found = front.findings(doc, w.raw, anchors)
+    text += _heading("findings", "Findings") + "\n" + ("".join(f"{i}. {f}\n" for i, f in enumerate(found, 1))
+                                                       or "No findings yet: no records.\n")
+    return text
 
 
 def generate(runs_root: Path, out: Path, paper: PaperNumbers | None = None, bench: Path | None = None) -> Path:
@@ -230,32 +232,35 @@ def generate(runs_root: Path, out: Path, paper: PaperNumbers | None = None, benc
     tta_records = tta.load(bench)
     body = [_protocols(c.records_sorted(rows + bases), judged, w, all_rows + base_rows)]
     text, pairs, refused = _paired(rows, judged, w)
-    claims_text, claim_rows = _claims(paper, rows, bases, judged, w, runs_root)
-    body += [text, _paper_sections(rows, bases, judged, paper, w), _sweep(sweep, w), claims_text,
+    claims_text = _claims(paper, rows, bases, judged, w)
+    body += [text, _sweep(sweep, w), claims_text,
              _time_to_accuracy(tta_records, w)]
+    summary = front.summary(rows, bases, judged)
+    devices = sorted({r.get("device_name") or r.get("device") or "?" for r in rows + bases}
+                     | set(tta.devices(tta_records)))
     study_list = sorted(recs.studies + (extra.studies if extra else []), key=lambda s: s["run"])
     text, shown = _study_sections(study_list, w, skipped)
     body.append(text)
-    body.append(_heading("assumptions-fail", "8. When the assumptions fail") + fidelity_train.section(rows, w)
+    body.append(_heading("assumptions-fail", "7. When the assumptions fail") + fidelity_train.section(rows, w)
                 + "\n### Where each method fails (R3.1)\n" + anatomy.section(rows, judged, runs_root, w))
-    body.append(_heading("limitations", "9. Limitations")
-                + limits.section(limits.Inputs(rows, bases, judged, study_list, tta.devices(tta_records), paper,
-                                               recs.selections))
-                + (w.table(limits.selection_table(recs.selections, {r.get("experiment"): r["label"]
+    body.append(_heading("limitations", "8. Limitations")
+                + (w.table(front.limitations(summary, paper, devices)) if not summary.empty
+                   else "\nNo records yet, so nothing has been measured.\n")
+                + ("\nProtocol choices not taken from a paper, tuned on validation tasks only:\n"
+                   + w.table(limits.selection_table(recs.selections, {r.get("experiment"): r["label"]
                                                                      for r in rows + bases}))
                    if recs.selections else ""))
     inventory = all_rows + base_rows
     body.append(_heading("inventory", "Appendix A. Run inventory") + (
-        w.table(tables.inventory(inventory)) if inventory else _no_runs("make reproduce")))
+        f"\nEvery readable training record with its status, result, device and commit: "
+        f"{w.files_only(tables.inventory(inventory))}\n" if inventory else _no_runs("make reproduce")))
     body.append(_skipped_section(skipped, w))
-    found = findings.findings(findings.Context(rows, judged, pairs, shown, tta_records, bases, paper, claim_rows))
-    head = _heading("findings", "Findings") + "\nEach sentence is generated from the records by a declared rule " \
-        "(`reporting/findings.py`) and links to its table.\n\n" + ("".join(f"{i}. {f}\n" for i, f in enumerate(found, 1))
-                                                                     or "No findings yet: no records.\n")
+    body_text = "\n".join(body)
+    first = _first_page(summary, rows, bases, paper, runs_root, w, body_text)
     toc = "\n## Contents\n\n" + "".join(f"- [{title}](#{a})\n" for a, title in CONTENTS)
     shown_name = runs_root.name if runs_root.is_absolute() else runs_root.as_posix()
-    text = (_header(recs, shown_name or "runs", len(skipped), len(base_rows)) + "\n" + head + toc + "\n"
-            + "\n".join(body))
+    text = (_header(recs, shown_name or "runs", len(skipped), len(base_rows)) + "\n" + front.VOCABULARY + "\n\n"
+            + first + toc + "\n" + body_text)
     report = out / "REPORT.md"
     atomic_write_text(report, text)
     w.files.add(report)

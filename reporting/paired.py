@@ -271,10 +271,10 @@ def refused_table(refused: list[dict]) -> Table:
 
 
 def claims_table(claims: tuple[Claim, ...], pairs: list[dict], refused: list[dict], rows: list[dict],
-                 learned: dict[str, str], needs=None) -> tuple[Table, list[dict]]:
+                 learned: dict[str, str]) -> tuple[Table, list[dict]]:
     """One row per paper claim: the claimed-better algorithm's improvement over the claimed-worse one
-    as measured, and a verdict only at the paper's budget and only when both rows learned; ``needs(claim)``:
-    for a claim without a verdict at the paper's budget, the runs that would give one and their cost."""
+    as measured, and a verdict only at the paper's budget and only when both rows learned (what a run at
+    that budget would cost: the first page's reproduction table)."""
     out = []
     for cl in claims:
         setting = cl.setting
@@ -291,11 +291,7 @@ def claims_table(claims: tuple[Claim, ...], pairs: list[dict], refused: list[dic
         for budget in sorted({_setting(p) for p in found}, key=_order):
             out.append(_claim_row(base, cl, [p for p in found if _setting(p) == budget],
                                   learned))
-        if needs is not None and not any(r.get("kind") and r["claim"] == cl.text for r in out):
-            for r in out:
-                if r["claim"] == cl.text:
-                    r["needs"] = needs(cl)
-    return _claims(out, needs is not None)
+    return _claims(out)
 
 
 def _claim_row(base: dict, cl: Claim, sel: list[dict], learned: dict[str, str]) -> dict:
@@ -322,16 +318,13 @@ def _claim_row(base: dict, cl: Claim, sel: list[dict], learned: dict[str, str]) 
                 runs="; ".join(f"{p['a_run']} vs {p['b_run']}" for p in sel))
 
 
-def _claims(out: list[dict], with_needs: bool = False) -> tuple[Table, list[dict]]:
+def _claims(out: list[dict]) -> tuple[Table, list[dict]]:
     def text(header, key):
         return header, lambda r: r[key] or "—", key
 
     cols = [text("claim", "claim"), text("paper", "paper"), text("verdict", "verdict"),
             text("improvement of the claimed-better [95% CI]", "text"),
             ("seeds", lambda r: str(r["seeds"]), "seeds"), text("budget", "budget")]
-    if with_needs:
-        cols.append(("runs still needed for a verdict (campaign, `make campaign-status`)",
-                     lambda r: r.get("needs") or "—", "needs"))
     notes = ["Improvement of the claimed-better algorithm over the claimed-worse one (accuracy points, or MSE "
              "reduction), paired on identical test tasks, one [95% CI] per seed; the same numbers as the paired "
              "matrices. '>' is supported when every seed's CI lies above 0, '≥' when none lies below 0; "

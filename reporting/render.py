@@ -111,8 +111,6 @@ def fmt_p(p: Any) -> str:
     return "<0.0001" if p < 1e-4 else f"{p:.4f}"
 
 
-def fmt_mib(nbytes: Any) -> str:
-    return "—" if is_missing(nbytes) else f"{float(nbytes) / 2**20:.1f}"
 
 
 # ---------------------------------------------------------------- writers

@@ -94,8 +94,6 @@ def section(seeds: list[dict], w) -> str:
              + (" (unpaired)" if r["gain_kind"] == "unpaired" else ""),
              "gain_mean", "gain_low", "gain_high", "gain_kind"),
             ("iterations per seed", lambda r: r["iterations"], "iterations")]
-    carriers = sorted((r for r in table_rows if r["gain_low"] is not None and r["gain_low"] > 0),
-                      key=lambda r: -r["gain_mean"])
     iters = sorted({int(m) for st in seeds if (m := ((st.get("config") or {}).get("study") or {}).get("meta_iterations"))})
     budget = (f"{', '.join(f'{m:,}' for m in iters)} iterations per run (the outer step annealed to 0 over them)" if iters
               else f"{', '.join(minutes) or '?'} min of training per run")
@@ -106,9 +104,6 @@ def section(seeds: list[dict], w) -> str:
            f"{at}, {len(seeds)} seed(s). `+ eval_state` tests the rung above's trained parameters and state again; "
            "`+ network` is comparison a's Reptile row (`experiment=omniglot_5w_reptile`); `+ data` changes the test "
            "characters, so its gain is unpaired.\n")
-    if carriers:
-        out += ("\nThe rungs whose gain's 95% CI is above zero, largest first: "
-                + ", ".join(f"{r['rung']} ({fmt(r['gain_mean'], 2, S)} points)" for r in carriers) + ".\n")
     out += w.table(make_table("deviations_reptile_ladder", table_rows, cols,
                               ["Gains are accuracy points; paired rows average each test task's difference over the "
                                "seeds, then take a normal 95% interval over the tasks."]))

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .render import Table, fmt, fmt_g, make_table, new_figure, save_figure
+from .render import Table, fmt, make_table, new_figure, save_figure
 
 # The thresholds bench.tta reports against (its MINIMUM and TARGET).
 THRESHOLDS = (0.95, 0.97)
@@ -99,6 +99,3 @@ def devices(records: list[dict]) -> list[str]:
     return sorted({r["segments"][0]["summary"].get("device_name") or r["segments"][0]["summary"].get("device")
                    or "?" for r in records})
 
-
-def minutes_text(m: float) -> str:
-    return f"{fmt_g(round(m, 1))} min"
