@@ -3,7 +3,7 @@ lists of algorithms and datasets that Make targets, studies, the campaign and th
 
     python catalog.py algorithms            # maml fomaml reptile imaml imaml_hf (by family, then name)
     python catalog.py algorithms --slowest  # the same, slowest first (job lists start with them)
-    python catalog.py datasets              # sinusoid omniglot miniimagenet
+    python catalog.py datasets              # sinusoid omniglot miniimagenet (each one's fields: catalog.dataset)
 
 An algorithm is a ``configs/algorithm/NAME.yaml`` (its estimator, ``family`` and ``label``); a variant
 that composes another (``imaml_hf``: ``imaml@algorithm``) inherits what it does not state. Labels
@@ -29,14 +29,14 @@ def _load(path: Path) -> dict:
 
 @cache
 def algorithm(name: str) -> dict:
-    """The resolved fields (name, estimator, family, label) of ``configs/algorithm/NAME.yaml``."""
+    """The resolved fields (name, estimator, family, label, inner_optimizers) of ``configs/algorithm/NAME.yaml``."""
     d = _load(CONFIGS / "algorithm" / f"{name}.yaml")
     base: dict = {}
     for entry in d.get("defaults") or []:
         if isinstance(entry, str) and entry.endswith("@algorithm"):
             base = algorithm(entry.split("@")[0])
     own = d.get("algorithm", d)  # a global-package variant states its fields under algorithm:
-    return {k: own.get(k, base.get(k)) for k in ("name", "estimator", "family", "label")}
+    return {k: own.get(k, base.get(k)) for k in ("name", "estimator", "family", "label", "inner_optimizers")}
 
 
 def algorithms() -> tuple[str, ...]:
@@ -51,8 +51,20 @@ def slowest_first() -> tuple[str, ...]:
 
 
 def datasets() -> tuple[str, ...]:
+    """The dataset configs, in report order (:data:`DATASET_ORDER`, then name)."""
     names = [p.stem for p in (CONFIGS / "dataset").glob("*.yaml")]
     return tuple(sorted(names, key=lambda n: (DATASET_ORDER.index(n) if n in DATASET_ORDER else len(DATASET_ORDER), n)))
+
+
+DATASET_FIELDS = ("name", "module", "label", "model", "batching", "metric", "lower_is_better", "baseline",
+                  "data_files", "describe")  # what a dataset config declares for the rest of the suite
+
+
+@cache
+def dataset(name: str) -> dict:
+    """The declared fields (:data:`DATASET_FIELDS`, documented in the configs) of ``configs/dataset/NAME.yaml``."""
+    d = _load(CONFIGS / "dataset" / f"{name}.yaml")
+    return {k: d.get(k) for k in DATASET_FIELDS}
 
 
 @cache

@@ -39,6 +39,7 @@ import checks
 from .fomaml import fomaml
 from .imaml import imaml, resolve_cg_tol
 from .inner import (
+    GRADIENT_OPTIMIZERS,
     OPTIMIZERS,
     PROX_MODES,
     InnerConfig,
@@ -149,7 +150,7 @@ def _on_path(batching: str, loss_fn, hparams: dict[str, Any]) -> tuple[Callable,
     return loss_fn, {**hparams, "autograd": path["autodiff"] == "torch.autograd"}
 
 
-__all__ = ["BATCHING", "CODE_PATHS", "ESTIMATORS", "OPTIMIZERS", "PROX_MODES", "InnerConfig", "InnerState",
+__all__ = ["BATCHING", "CODE_PATHS", "ESTIMATORS", "GRADIENT_OPTIMIZERS", "OPTIMIZERS", "PROX_MODES", "InnerConfig", "InnerState",
            "carries_state", "check_batching", "defaults", "resolve", "fresh_inner_state", "inner_objective", "meta_gradient",
            "meta_gradient_batch", "meta_gradient_carried", "meta_gradient_per_task", "proximal_weight", "record",
            "resolve_cg_tol", "solve_inner", "solve_inner_carried", "validate"]

@@ -38,6 +38,7 @@ from .linalg import Params, gradient, tree_add, tree_dot, tree_norm, truncated_n
 
 LossFn = Callable[[Params, torch.Tensor, torch.Tensor], torch.Tensor]
 OPTIMIZERS = ("sgd", "momentum", "adam", "hf")
+GRADIENT_OPTIMIZERS = OPTIMIZERS[:3]  # every estimator can differentiate through these; hf is iMAML's solver only
 # Where the proximal term λ/2||φ − θ||² acts (InnerConfig.prox_mode), and whose inner problem that is.
 PROX_MODES = {"every_step": "the paper", "final_step": "the official iMAML release", "none": "hypertorch's example"}
 
