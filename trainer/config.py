@@ -38,9 +38,18 @@ def compose(overrides: list[str] | None = None, config_name: str = "train",
     used in place: re-initialising it would reset the app's global state."""
     from hydra import compose as hcompose
 
-    kw = {"config_name": config_name, "overrides": [str(o) for o in overrides or []],
+    kw = {"config_name": config_name, "overrides": [*_searchpath(), *(str(o) for o in overrides or [])],
           "return_hydra_config": return_hydra_config}
     return _in_hydra(lambda: hcompose(**kw))
+
+
+def _searchpath() -> list[str]:
+    """The running app's ``hydra.searchpath`` as an override: Hydra applies a search path per load,
+    so a config composed inside the app (a study's training runs, the algorithms it lists) needs it again."""
+    from hydra.core.hydra_config import HydraConfig
+
+    paths = list(HydraConfig.get().searchpath) if HydraConfig.initialized() else []
+    return [f"hydra.searchpath=[{','.join(paths)}]"] if paths else []
 
 
 def _in_hydra(fn):
@@ -59,7 +68,8 @@ def algorithm_names() -> list[str]:
     (``hydra.searchpath=[file://…]``), by family (:data:`FAMILIES`), then name."""
     from hydra.core.global_hydra import GlobalHydra
 
-    names = _in_hydra(lambda: GlobalHydra.instance().config_loader().get_group_options("algorithm"))
+    names = _in_hydra(lambda: GlobalHydra.instance().config_loader().get_group_options(
+        "algorithm", config_name="train", overrides=_searchpath()))
     fams = {n: algorithm_config(n).get("family") for n in names}
     return sorted(names, key=lambda n: (FAMILIES.index(fams[n]) if fams[n] in FAMILIES else len(FAMILIES), n))
 
