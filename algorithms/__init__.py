@@ -151,7 +151,7 @@ def _on_path(batching: str, loss_fn, hparams: dict[str, Any]) -> tuple[Callable,
 
 
 __all__ = ["BATCHING", "CODE_PATHS", "ESTIMATORS", "GRADIENT_OPTIMIZERS", "OPTIMIZERS", "PROX_MODES", "InnerConfig", "InnerState",
-           "carries_state", "check_batching", "defaults", "resolve", "fresh_inner_state", "inner_objective", "meta_gradient",
+           "carries_state", "check_batching", "defaults", "estimate_batch", "estimate_carried", "resolve", "fresh_inner_state", "inner_objective", "meta_gradient",
            "meta_gradient_batch", "meta_gradient_carried", "meta_gradient_per_task", "proximal_weight", "record",
            "resolve_cg_tol", "solve_inner", "solve_inner_carried", "validate"]
 
@@ -260,15 +260,22 @@ def meta_gradient_batch(name: str, loss_fn, params: dict[str, torch.Tensor], tas
     """
     cfg = validate(name, inner, hparams)
     check_batching(batching, hparams)
+    return estimate_batch(name, loss_fn, params, tasks, cfg, batching, **hparams)
+
+
+def estimate_batch(name: str, loss_fn, params: dict[str, torch.Tensor], tasks, inner: InnerConfig,
+                   batching: str = "loop", **hparams) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """:func:`meta_gradient_batch` without its argument check, for a caller that checked its config
+    once (the trainer: ``trainer.config.validate``), so that nothing is re-checked per iteration."""
     loss_fn, hp = _on_path(batching, loss_fn, hparams)
     fn = _compiled(name) if batching == "compile" else ESTIMATORS[name]
     if batching == "vmap":
-        grads, aux = _vmapped(fn, loss_fn, params, tasks, cfg, hp)
+        grads, aux = _vmapped(fn, loss_fn, params, tasks, inner, hp)
         return {k: v.mean(0) for k, v in grads.items()}, aux
     xs, ys, xq, yq = tasks
     total, auxes = None, []
     for i in range(xs.shape[0]):
-        g, a = fn(loss_fn, params, (xs[i], ys[i]), (xq[i], yq[i]), cfg, **hp)
+        g, a = fn(loss_fn, params, (xs[i], ys[i]), (xq[i], yq[i]), inner, **hp)
         g = {k: v.detach() for k, v in g.items()}
         total = g if total is None else {k: total[k] + g[k] for k in g}
         auxes.append(a)
@@ -290,11 +297,17 @@ def meta_gradient_carried(name: str, loss_fn, params: dict[str, torch.Tensor], t
     if not carries_state(name):
         raise ValueError(f"{name}: carries no inner optimizer state across tasks (only estimators with an "
                          "inner_state argument do: " + ", ".join(n for n in ESTIMATORS if carries_state(n)) + ")")
+    return estimate_carried(name, loss_fn, params, tasks, state, cfg, **hparams)
+
+
+def estimate_carried(name: str, loss_fn, params: dict[str, torch.Tensor], tasks, state: InnerState,
+                     inner: InnerConfig, **hparams) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], InnerState]:
+    """:func:`meta_gradient_carried` without its argument check (see :func:`estimate_batch`)."""
     loss_fn, hp = _on_path("loop", loss_fn, hparams)
     xs, ys, xq, yq = tasks
     total, auxes = None, []
     for i in range(xs.shape[0]):
-        g, a, state = ESTIMATORS[name](loss_fn, params, (xs[i], ys[i]), (xq[i], yq[i]), cfg, inner_state=state, **hp)
+        g, a, state = ESTIMATORS[name](loss_fn, params, (xs[i], ys[i]), (xq[i], yq[i]), inner, inner_state=state, **hp)
         g = {k: v.detach() for k, v in g.items()}
         total = g if total is None else {k: total[k] + g[k] for k in g}
         auxes.append(a)

@@ -66,10 +66,12 @@ class InnerConfig:
 
     @classmethod
     def make(cls, inner: InnerConfig | dict[str, Any] | None) -> InnerConfig:
+        """``inner`` as an InnerConfig, its fields checked (:meth:`validate`) when made from a dict or
+        None; an InnerConfig passes as it is (checked where it was made: the estimators take one per task)."""
+        if isinstance(inner, InnerConfig):
+            return inner
         if inner is None:
             cfg = cls()
-        elif isinstance(inner, InnerConfig):
-            cfg = inner
         else:
             names = {f.name for f in fields(cls)}
             unknown = sorted(set(inner) - names)
