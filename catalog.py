@@ -4,6 +4,7 @@ lists of algorithms and datasets that Make targets, studies, the campaign and th
     python catalog.py algorithms            # maml fomaml reptile imaml imaml_hf (by family, then name)
     python catalog.py algorithms --slowest  # the same, slowest first (job lists start with them)
     python catalog.py datasets              # sinusoid omniglot miniimagenet (each one's fields: catalog.dataset)
+    python catalog.py selection             # the settings of configs/selection.yaml
 
 An algorithm is a ``configs/algorithm/NAME.yaml`` (its estimator, ``family`` and ``label``); a variant
 that composes another (``imaml_hf``: ``imaml@algorithm``) inherits what it does not state. Labels
@@ -134,13 +135,15 @@ def main(argv: list[str]) -> int:
         print(" ".join(slowest_first() if "--slowest" in argv else algorithms()))
     elif what == "datasets":
         print(" ".join(datasets()))
+    elif what == "selection":  # the settings of configs/selection.yaml (make select)
+        print(" ".join(_load(CONFIGS / "selection.yaml")))
     elif what == "jobs" and len(argv) >= 3:
         # python catalog.py jobs TARGET SEEDS [BUDGET_X=minutes ...]: no budgets given → no time cap
         budgets = dict(a.split("=", 1) for a in argv[3:])
         print("\n".join(jobs(argv[1], [int(x) for x in argv[2].split(",") if x != ""],
                              {k: float(v) for k, v in budgets.items()} if budgets else None)))
     else:
-        print("usage: python catalog.py algorithms [--slowest] | datasets | jobs TARGET SEEDS [BUDGET_X=MIN ...]",
+        print("usage: python catalog.py algorithms [--slowest] | datasets | selection | jobs TARGET SEEDS [BUDGET_X=MIN ...]",
               file=sys.stderr)
         return 2
     return 0

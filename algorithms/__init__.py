@@ -28,6 +28,7 @@ from __future__ import annotations
 import functools
 import importlib
 import inspect
+import typing
 from collections.abc import Callable
 from typing import Any
 
@@ -171,8 +172,21 @@ def check_batching(batching: str, hparams: dict[str, Any]) -> None:
                          "reverse, torch 2.14); use hvp_mode='revrev' (the default) or batching loop/vmap")
 
 
+@functools.cache
+def rules(name: str) -> dict[str, checks.Rule]:
+    """The rules estimator ``name``'s signature states for its hyperparameters
+    (``Annotated[type, checks.Rule(...)]``; a hyperparameter without one is not checked)."""
+    try:
+        hints = typing.get_type_hints(ESTIMATORS[resolve(name)], include_extras=True)
+    except NameError:  # an annotation its module cannot resolve at run time states no rule either
+        return {}
+    return {k: next(m for m in hints[k].__metadata__ if isinstance(m, checks.Rule)) for k in defaults(name)
+            if k in hints and any(isinstance(m, checks.Rule) for m in getattr(hints[k], "__metadata__", ()))}
+
+
 def validate(name: str, inner: InnerConfig | dict | None, hparams: dict[str, Any]) -> InnerConfig:
-    """Check the estimator name, the inner config and the hparams; raise ValueError naming the culprit."""
+    """Check the estimator name, the inner config and the hparams (each by the rule its estimator's
+    signature states, :func:`rules`); raise ValueError naming the culprit."""
     name = resolve(name)
     cfg = InnerConfig.make(inner)
     allowed = _hparams_of(ESTIMATORS[name])
@@ -181,19 +195,14 @@ def validate(name: str, inner: InnerConfig | dict | None, hparams: dict[str, Any
         own = sorted(allowed - set(_OPTIONS))
         raise ValueError(f"{name}: unknown hyperparameter(s) {unknown}; allowed: {own or 'none'} "
                          "(and metric_fn, diagnostics_full)")
-    if name == "imaml":
-        hp = {**defaults(name), **hparams}
-        lam = checks.number("imaml: lam", hp["lam"])
-        checks.integer("imaml: cg_steps", hp["cg_steps"], 1)
-        for key in ("cg_damping", "lam_damping"):
-            checks.number(f"imaml: {key}", hp[key], strict=False)
-        if hp["cg_tol"] is not None:
-            checks.number("imaml: cg_tol", hp["cg_tol"], strict=False, note=" (or None: the inner mode's own)")
-        checks.choice("imaml: hvp_mode", hp["hvp_mode"], ("fwdrev", "revrev"))
-        if cfg.prox_lam and cfg.prox_lam != lam:
-            raise ValueError(f"imaml: inner.prox_lam={cfg.prox_lam!r} differs from lam={lam!r}; "
-                             "iMAML's proximal weight is lam (leave inner.prox_lam at 0)")
-    elif cfg.optimizer == "hf":
+    hp = {**defaults(name), **hparams}
+    for key, rule in rules(name).items():
+        rule(f"{name}: {key}", hp[key])
+    lam = proximal_weight(name, hparams)
+    if lam and cfg.prox_lam and cfg.prox_lam != lam:
+        raise ValueError(f"{name}: inner.prox_lam={cfg.prox_lam!r} differs from lam={lam!r}; "
+                         f"{name}'s proximal weight is lam (leave inner.prox_lam at 0)")
+    if name != "imaml" and cfg.optimizer == "hf":
         raise ValueError(f"inner.optimizer='hf' is only available for imaml, not {name!r}; "
                          f"allowed for {name}: {[o for o in OPTIMIZERS if o != 'hf']}")
     return cfg
