@@ -129,6 +129,18 @@ def jobs(target: str, seeds: list[int], minutes: dict[str, float] | None) -> lis
     return out
 
 
+def sweep_jobs(setting: str, seeds: list[int], minutes: dict[str, float] | None) -> list[str]:
+    """The job lines of comparison b's ``setting`` (``sweep`` in ``configs/reproduce.yaml``): every algorithm
+    (slowest first) at every K, per seed; ``minutes`` and the cap as :func:`jobs` (with a cap, the setting's
+    ``cpu`` overrides too)."""
+    st = {s["name"]: s for s in _load(CONFIGS / "reproduce.yaml")["sweep"]}[setting]
+    cap = [] if minutes is None else [*st.get("cpu", []), f"max_train_minutes={minutes[st['budget']]:g}",
+                                      f"eval.val_every_minutes={minutes[st['budget']] / 5:g}", "eval.val_tasks=30"]
+    return [" ".join([f"{setting}/{a}-K{k}-s{seed}", "train.py", f"algorithm={a}", *st["shared"], f"inner_steps={k}",
+                      *([f"test_inner_steps={k}"] if st["test_after_K"] else []), f"seed={seed}", *cap])
+            for seed in seeds for k in st["inner_steps"] for a in slowest_first()]
+
+
 def main(argv: list[str]) -> int:
     what = argv[0] if argv else ""
     if what == "algorithms":
@@ -137,13 +149,21 @@ def main(argv: list[str]) -> int:
         print(" ".join(datasets()))
     elif what == "selection":  # the settings of configs/selection.yaml (make select)
         print(" ".join(_load(CONFIGS / "selection.yaml")))
+    elif what == "sweep" and len(argv) >= 3:
+        # python catalog.py sweep SETTING SEEDS [BUDGET_X=minutes ...] [-- OVERRIDE ...]
+        budgets = dict(a.split("=", 1) for a in argv[3:])
+        print("\n".join(sweep_jobs(argv[1], [int(x) for x in argv[2].split(",") if x != ""],
+                                   {k: float(v) for k, v in budgets.items()} if budgets else None)))
+    elif what == "sweeps":  # the settings of comparison b
+        print(" ".join(s["name"] for s in _load(CONFIGS / "reproduce.yaml")["sweep"]))
     elif what == "jobs" and len(argv) >= 3:
         # python catalog.py jobs TARGET SEEDS [BUDGET_X=minutes ...]: no budgets given → no time cap
         budgets = dict(a.split("=", 1) for a in argv[3:])
         print("\n".join(jobs(argv[1], [int(x) for x in argv[2].split(",") if x != ""],
                              {k: float(v) for k, v in budgets.items()} if budgets else None)))
     else:
-        print("usage: python catalog.py algorithms [--slowest] | datasets | selection | jobs TARGET SEEDS [BUDGET_X=MIN ...]",
+        print("usage: python catalog.py algorithms [--slowest] | datasets | selection | jobs TARGET SEEDS [BUDGET_X=MIN ...] "
+              "| sweeps | sweep SETTING SEEDS [BUDGET_X=MIN ...]",
               file=sys.stderr)
         return 2
     return 0

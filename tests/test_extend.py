@@ -133,5 +133,11 @@ def test_make_targets_derive_their_algorithms_from_the_configs():
     for ln in lines[:len(lines) // 2]:
         compose(ln.split()[2:])
     assert not any("max_train_minutes" in ln for ln in catalog.jobs("large", [0], None))
+    sweep = catalog.sweep_jobs("omniglot_5w1s", [0], {"BUDGET_OMNIGLOT_SWEEP": 2})
+    assert {ln.split()[0].split("/")[1].split("-K")[0] for ln in sweep} == set(algos)
+    assert all("max_train_minutes=2 " in ln and "eval.num_tasks=200" in ln for ln in sweep)
+    assert not any("eval.num_tasks" in ln for ln in catalog.sweep_jobs("omniglot_5w1s", [0], None))
+    compose(sweep[0].split()[2:])
     makefile = (ROOT / "Makefile").read_text()
     assert "ALGOS = $(shell $(PY) catalog.py algorithms)" in makefile and "maml fomaml reptile" not in makefile
+    assert "dataset=" not in makefile and "sinusoid omniglot" not in makefile  # settings are YAML

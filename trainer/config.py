@@ -13,7 +13,6 @@ from omegaconf import DictConfig, OmegaConf
 import algorithms
 import catalog
 import checks
-from datasets import DATASETS
 
 from . import schema
 from .evaluate import PLATEAU_MIN_TASKS
@@ -98,8 +97,6 @@ def validate(cfg: DictConfig) -> None:
     """Check the resolved config: every key's type and rule (:mod:`trainer.schema`), then the
     rules that span keys; raise ConfigError on the first problem."""
     algo, ds = cfg.algorithm.get("name"), cfg.dataset.get("name")
-    if cfg.dataset.get("module") is None:  # a dataset config names its module; a bare name must be the checkout's
-        _checked(schema.choice, "dataset", ds, tuple(DATASETS))
     _checked(schema.choice, "inner_optim", cfg.inner_optim.get("name"), OPTIMIZERS)
     _checked(schema.check, cfg)
     _checked(schema.choice, "algorithm.family", cfg.algorithm.get("family"), FAMILIES)
