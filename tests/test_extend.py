@@ -115,6 +115,69 @@ def test_a_bad_import_path_is_one_line(mine):
     assert "Traceback" not in p.stderr and not (mine / "r").exists()
 
 
+SOURCE = '''
+"""A toy task source: lines y = a·x + b, a and b ~ U[-1, 1]."""
+import torch
+
+
+class Lines:
+    name, metric, model, archive_sha256 = "lines", "mse", "mlp", {}
+
+    def __init__(self, shots, query_shots):
+        self.shots, self.query_shots = shots, query_shots
+
+    def sample(self, split, n, generator):
+        a, b = (torch.rand(n, 1, 1, generator=generator, dtype=torch.float64) * 2 - 1 for _ in range(2))
+        x = torch.rand(n, self.shots + self.query_shots, 1, generator=generator, dtype=torch.float64) * 10 - 5
+        y = (a * x + b).float()
+        return x[:, :self.shots].float(), y[:, :self.shots], x[:, self.shots:].float(), y[:, self.shots:]
+
+    def fingerprint_fields(self):
+        return {"dataset": self.name, "shots": self.shots, "query_shots": self.query_shots}
+
+
+def build(cfg):
+    return Lines(cfg.shots, cfg.query_shots)
+'''
+
+DATASET = '''
+name: lines
+module: mydata.lines
+label: Lines
+model: mlp
+batching: vmap
+metric: mse
+lower_is_better: true
+baseline: zero_predictor
+data_files: false
+describe: []
+budgets:
+  cpu: {meta_iterations: 20, eval_tasks: 10, val_every: 10, ckpt_every: 10}
+  paper: {meta_iterations: 1000, eval_tasks: 600, val_every: 100, ckpt_every: 100}
+ways: 1
+shots: 5
+query_shots: 5
+inner_steps: 1
+test_inner_steps: 2
+inner_lr: 0.01
+meta_batch_size: 4
+eval_steps_list: []
+'''
+
+
+def test_a_dataset_outside_the_checkout_trains(mine):
+    """A dataset is its module and its config: both outside the checkout, the suite's algorithms train on it."""
+    (mine / "pkg" / "mydata").mkdir()
+    (mine / "pkg" / "mydata" / "__init__.py").write_text("")
+    (mine / "pkg" / "mydata" / "lines.py").write_text(textwrap.dedent(SOURCE))
+    (mine / "conf" / "dataset").mkdir()
+    (mine / "conf" / "dataset" / "lines.yaml").write_text(textwrap.dedent(DATASET))
+    run(mine, "train.py", mine / "r", "dataset=lines", "algorithm=maml", "eval.val_every=0")
+    s = json.loads((mine / "r" / "summary.json").read_text())
+    assert s["status"] == "completed" and s["dataset"] == "lines" and s["iterations_done"] == 20
+    assert s["test"]["metric"] == "mse" and s["test"]["n"] == 10
+
+
 def test_make_targets_derive_their_algorithms_from_the_configs():
     """`make reproduce` / `make large` job lists come from configs/algorithm/ and configs/reproduce.yaml:
     every algorithm config in every setting, the extras beside them, each line a composable config."""
