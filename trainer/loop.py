@@ -24,7 +24,9 @@ from omegaconf import OmegaConf
 
 import algorithms
 import datasets
-from algorithms import CODE_PATHS, InnerConfig, estimate_batch, estimate_carried, fresh_inner_state
+from algorithms import CODE_PATHS, InnerConfig, fresh_inner_state
+from algorithms import estimate_batch as meta_gradient_batch  # unchecked: trainer.config.validate checked the config
+from algorithms import estimate_carried as meta_gradient_carried
 from atomic import atomic_torch_save, atomic_write_json, atomic_write_text
 
 from .anatomy import adaptation_anatomy, train_anatomy
@@ -295,12 +297,12 @@ class _Run:
         a = self.cfg.algorithm
         with meter or contextlib.nullcontext():
             if self.carried:
-                return estimate_carried(a.estimator, self.loss_fn, self.params, tasks, self.inner_state,
-                                        self.inner, metric_fn=self.metric_fn, diagnostics_full=full,
-                                        **self.hparams)
-            return (*estimate_batch(a.estimator, self.loss_fn, self.params, tasks, self.inner,
-                                    batching=self.batching, metric_fn=self.metric_fn,
-                                    diagnostics_full=full, **self.hparams), None)
+                return meta_gradient_carried(a.estimator, self.loss_fn, self.params, tasks, self.inner_state,
+                                             self.inner, metric_fn=self.metric_fn, diagnostics_full=full,
+                                             **self.hparams)
+            return (*meta_gradient_batch(a.estimator, self.loss_fn, self.params, tasks, self.inner,
+                                         batching=self.batching, metric_fn=self.metric_fn,
+                                         diagnostics_full=full, **self.hparams), None)
 
     def step(self, it: int) -> dict | None:
         """One meta-iteration: sample, meta-gradient, outer step. Returns the log row, or None when
