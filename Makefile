@@ -10,10 +10,7 @@ export METAGRAD_DATA ?= $(DATA)
 export KINETO_LOG_LEVEL ?= 4
 # The algorithms are the configs in configs/algorithm/ (catalog.py; read when a recipe runs, after setup).
 ALGOS = $(shell $(PY) catalog.py algorithms)
-REVERSE_ALGOS = $(shell $(PY) catalog.py algorithms --slowest)   # job lists start with the slowest runs
 STUDIES := fidelity precision assumptions cost failures
-comma := ,
-SEED_LIST := $(subst $(comma), ,$(SEEDS))
 # Equal training-time budgets at the cpu profile (minutes of training wall-clock per run, one core
 # each, two runs at once); PROFILE=paper keeps the papers' iteration counts and no time limit.
 BUDGET_OMNIGLOT ?= 4
@@ -21,10 +18,8 @@ BUDGET_SINUSOID ?= 1
 BUDGET_LARGE ?= 15
 BUDGET_OMNIGLOT_SWEEP ?= 2
 ifeq ($(PROFILE),cpu)
-  CAP = max_train_minutes=$(1) eval.val_every_minutes=$(shell python3 -c 'print($(1)/5)') eval.val_tasks=30
-  MINUTES = $(foreach b,$(1),BUDGET_$(b)=$(BUDGET_$(b)))   # catalog.py jobs: each setting's minutes per run
+  MINUTES = $(foreach b,$(1),BUDGET_$(b)=$(BUDGET_$(b)))   # catalog.py jobs / sweep: each setting's minutes per run
 else
-  CAP =
   MINUTES =
 endif
 # The deviation ladder (study=deviations): minutes of training per run, test tasks per evaluation.
@@ -35,7 +30,7 @@ OUT := runs/reproduce/$(PROFILE)
 SWEEP_OUT := runs/sweep/$(PROFILE)
 RECORDS := reports/records
 
-.PHONY: help setup reproduce large select campaign campaign-status campaign-save test test-all lint sweep sweep-sinusoid sweep-omniglot deviations deviations-long deviations-reptile rescaling report bench bench-tta gpu-check clean
+.PHONY: help setup reproduce large select campaign campaign-status campaign-save test test-all lint sweep deviations deviations-long deviations-reptile rescaling report bench bench-tta gpu-check clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -61,7 +56,7 @@ large: setup  ## comparison a on Omniglot 20w1s and mini-ImageNet 5w1s (cpu: BUD
 
 # Protocol choices no paper fixes, selected on validation tasks only (configs/selection.yaml).
 select: setup  ## selection on validation tasks (sinusoid: 4 tuned algorithms × 4 candidates × 1 min; Omniglot 5w1s: iMAML-HF × 4 × 4 min)
-	for s in sinusoid omniglot_5w1s; do JOBS=$(or $(JOBS),2) $(PY) tools/selection.py $$s || exit 1; done
+	for s in $$($(PY) catalog.py selection); do JOBS=$(or $(JOBS),2) $(PY) tools/selection.py $$s || exit 1; done
 
 # The paper-budget campaign (tools/campaign.py): resumable across sessions, JOBS runs at a time.
 campaign: setup  ## runs to the papers' iteration counts (sinusoid, Omniglot 5w1s), resumable; SIGTERM saves state
@@ -83,30 +78,14 @@ test-all: setup  ## every test, the slow ones too
 lint: setup  ## ruff (configured in pyproject.toml)
 	$(PY) -m ruff check .
 
-# Comparison b: one shared inner loop (the MAML protocol's SGD step), K swept, equal budgets.
-# Sinusoid is tested after 10 steps (the MAML protocol; 1 and 5 are recorded too); Omniglot after K,
-# on SWEEP_TEST_TASKS fixed tasks at the cpu profile (iMAML-HF's per-task Newton solves dominate).
-SWEEP_KS_SINUSOID := 20 10 5 2 1
-SWEEP_KS_OMNIGLOT := 16 5 1
-SWEEP_TEST_TASKS := $(if $(filter cpu,$(PROFILE)),eval.num_tasks=200,)
-sweep: sweep-sinusoid sweep-omniglot  ## comparison b: algorithm × inner steps at equal budgets, sinusoid + Omniglot 5w1s
+# Comparison b: one shared inner loop (the MAML protocol's SGD step), K swept, equal budgets; its settings
+# (protocol, K values, budget variable) are `sweep` in configs/reproduce.yaml (catalog.py sweep).
+sweep: setup  ## comparison b: algorithm × inner steps at equal budgets, sinusoid + Omniglot 5w1s
+	for st in $$($(PY) catalog.py sweeps); do rm -rf $(SWEEP_OUT)/$$st; \
+	  $(PY) catalog.py sweep $$st $(SEEDS) $(call MINUTES,SINUSOID OMNIGLOT_SWEEP) \
+	    | PY=$(PY) $(PY) tools/jobs.py $(SWEEP_OUT) || exit 1; done
 	$(PY) -m reporting.collect $(SWEEP_OUT) $(RECORDS)/sweep-$(PROFILE)
 	$(PY) report.py
-
-sweep-sinusoid: setup
-	rm -rf $(SWEEP_OUT)/sinusoid
-	{ for s in $(SEED_LIST); do for k in $(SWEEP_KS_SINUSOID); do for a in $(REVERSE_ALGOS); do \
-	    echo "sinusoid/$$a-K$$k-s$$s train.py algorithm=$$a dataset=sinusoid profile=paper inner_steps=$$k seed=$$s \
-	      eval.shots=5 eval.query_shots=100 experiment_name=sweep_sinusoid $(call CAP,$(BUDGET_SINUSOID))"; \
-	  done; done; done; } | PY=$(PY) $(PY) tools/jobs.py $(SWEEP_OUT)
-
-sweep-omniglot: setup
-	rm -rf $(SWEEP_OUT)/omniglot_5w1s
-	{ for s in $(SEED_LIST); do for k in $(SWEEP_KS_OMNIGLOT); do for a in $(REVERSE_ALGOS); do \
-	    echo "omniglot_5w1s/$$a-K$$k-s$$s train.py algorithm=$$a dataset=omniglot profile=paper inner_steps=$$k \
-	      test_inner_steps=$$k seed=$$s experiment_name=sweep_omniglot $(SWEEP_TEST_TASKS) \
-	      $(call CAP,$(BUDGET_OMNIGLOT_SWEEP))"; \
-	  done; done; done; } | PY=$(PY) $(PY) tools/jobs.py $(SWEEP_OUT)
 
 # The deviation ladder, iMAML as written → the official release (Omniglot 5w1s): one process, runs one after
 # another on every core, each for the same training wall-clock. Rerunning continues the study folder (a run

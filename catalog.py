@@ -3,7 +3,8 @@ lists of algorithms and datasets that Make targets, studies, the campaign and th
 
     python catalog.py algorithms            # maml fomaml reptile imaml imaml_hf (by family, then name)
     python catalog.py algorithms --slowest  # the same, slowest first (job lists start with them)
-    python catalog.py datasets              # sinusoid omniglot miniimagenet
+    python catalog.py datasets              # sinusoid omniglot miniimagenet (each one's fields: catalog.dataset)
+    python catalog.py selection             # the settings of configs/selection.yaml
 
 An algorithm is a ``configs/algorithm/NAME.yaml`` (its estimator, ``family`` and ``label``); a variant
 that composes another (``imaml_hf``: ``imaml@algorithm``) inherits what it does not state. Labels
@@ -29,14 +30,14 @@ def _load(path: Path) -> dict:
 
 @cache
 def algorithm(name: str) -> dict:
-    """The resolved fields (name, estimator, family, label) of ``configs/algorithm/NAME.yaml``."""
+    """The resolved fields (name, estimator, family, label, inner_optimizers) of ``configs/algorithm/NAME.yaml``."""
     d = _load(CONFIGS / "algorithm" / f"{name}.yaml")
     base: dict = {}
     for entry in d.get("defaults") or []:
         if isinstance(entry, str) and entry.endswith("@algorithm"):
             base = algorithm(entry.split("@")[0])
     own = d.get("algorithm", d)  # a global-package variant states its fields under algorithm:
-    return {k: own.get(k, base.get(k)) for k in ("name", "estimator", "family", "label")}
+    return {k: own.get(k, base.get(k)) for k in ("name", "estimator", "family", "label", "inner_optimizers")}
 
 
 def algorithms() -> tuple[str, ...]:
@@ -51,8 +52,20 @@ def slowest_first() -> tuple[str, ...]:
 
 
 def datasets() -> tuple[str, ...]:
+    """The dataset configs, in report order (:data:`DATASET_ORDER`, then name)."""
     names = [p.stem for p in (CONFIGS / "dataset").glob("*.yaml")]
     return tuple(sorted(names, key=lambda n: (DATASET_ORDER.index(n) if n in DATASET_ORDER else len(DATASET_ORDER), n)))
+
+
+DATASET_FIELDS = ("name", "module", "label", "model", "batching", "metric", "lower_is_better", "baseline",
+                  "data_files", "describe")  # what a dataset config declares for the rest of the suite
+
+
+@cache
+def dataset(name: str) -> dict:
+    """The declared fields (:data:`DATASET_FIELDS`, documented in the configs) of ``configs/dataset/NAME.yaml``."""
+    d = _load(CONFIGS / "dataset" / f"{name}.yaml")
+    return {k: d.get(k) for k in DATASET_FIELDS}
 
 
 @cache
@@ -116,19 +129,41 @@ def jobs(target: str, seeds: list[int], minutes: dict[str, float] | None) -> lis
     return out
 
 
+def sweep_jobs(setting: str, seeds: list[int], minutes: dict[str, float] | None) -> list[str]:
+    """The job lines of comparison b's ``setting`` (``sweep`` in ``configs/reproduce.yaml``): every algorithm
+    (slowest first) at every K, per seed; ``minutes`` and the cap as :func:`jobs` (with a cap, the setting's
+    ``cpu`` overrides too)."""
+    st = {s["name"]: s for s in _load(CONFIGS / "reproduce.yaml")["sweep"]}[setting]
+    cap = [] if minutes is None else [*st.get("cpu", []), f"max_train_minutes={minutes[st['budget']]:g}",
+                                      f"eval.val_every_minutes={minutes[st['budget']] / 5:g}", "eval.val_tasks=30"]
+    return [" ".join([f"{setting}/{a}-K{k}-s{seed}", "train.py", f"algorithm={a}", *st["shared"], f"inner_steps={k}",
+                      *([f"test_inner_steps={k}"] if st["test_after_K"] else []), f"seed={seed}", *cap])
+            for seed in seeds for k in st["inner_steps"] for a in slowest_first()]
+
+
 def main(argv: list[str]) -> int:
     what = argv[0] if argv else ""
     if what == "algorithms":
         print(" ".join(slowest_first() if "--slowest" in argv else algorithms()))
     elif what == "datasets":
         print(" ".join(datasets()))
+    elif what == "selection":  # the settings of configs/selection.yaml (make select)
+        print(" ".join(_load(CONFIGS / "selection.yaml")))
+    elif what == "sweep" and len(argv) >= 3:
+        # python catalog.py sweep SETTING SEEDS [BUDGET_X=minutes ...] [-- OVERRIDE ...]
+        budgets = dict(a.split("=", 1) for a in argv[3:])
+        print("\n".join(sweep_jobs(argv[1], [int(x) for x in argv[2].split(",") if x != ""],
+                                   {k: float(v) for k, v in budgets.items()} if budgets else None)))
+    elif what == "sweeps":  # the settings of comparison b
+        print(" ".join(s["name"] for s in _load(CONFIGS / "reproduce.yaml")["sweep"]))
     elif what == "jobs" and len(argv) >= 3:
         # python catalog.py jobs TARGET SEEDS [BUDGET_X=minutes ...]: no budgets given → no time cap
         budgets = dict(a.split("=", 1) for a in argv[3:])
         print("\n".join(jobs(argv[1], [int(x) for x in argv[2].split(",") if x != ""],
                              {k: float(v) for k, v in budgets.items()} if budgets else None)))
     else:
-        print("usage: python catalog.py algorithms [--slowest] | datasets | jobs TARGET SEEDS [BUDGET_X=MIN ...]",
+        print("usage: python catalog.py algorithms [--slowest] | datasets | selection | jobs TARGET SEEDS [BUDGET_X=MIN ...] "
+              "| sweeps | sweep SETTING SEEDS [BUDGET_X=MIN ...]",
               file=sys.stderr)
         return 2
     return 0

@@ -46,6 +46,18 @@ def choice(key: str, v: Any, allowed: Iterable, note: str = "", unknown: bool = 
     return v
 
 
+class Rule:
+    """A value's rule, stated once where the value is declared (an estimator's hyperparameter:
+    ``lam: Annotated[float, Rule(number)] = 2.0``): ``Rule(check, *args, **kw)(key, v)`` is
+    ``check(key, v, *args, **kw)``; ``optional``: None passes."""
+
+    def __init__(self, check, *args, optional: bool = False, **kw):
+        self.check, self.args, self.kw, self.optional = check, args, kw, optional
+
+    def __call__(self, key: str, v: Any) -> Any:
+        return v if self.optional and v is None else self.check(key, v, *self.args, **self.kw)
+
+
 def integers(key: str, v: Any, lo: int = 0) -> list[int]:
     """One integer or a non-empty list of them, each >= ``lo``."""
     vals = [v] if _is_int(v) or isinstance(v, str) else list(v)

@@ -28,6 +28,7 @@ from __future__ import annotations
 import functools
 import importlib
 import inspect
+import typing
 from collections.abc import Callable
 from typing import Any
 
@@ -39,6 +40,7 @@ import checks
 from .fomaml import fomaml
 from .imaml import imaml, resolve_cg_tol
 from .inner import (
+    GRADIENT_OPTIMIZERS,
     OPTIMIZERS,
     PROX_MODES,
     InnerConfig,
@@ -149,8 +151,8 @@ def _on_path(batching: str, loss_fn, hparams: dict[str, Any]) -> tuple[Callable,
     return loss_fn, {**hparams, "autograd": path["autodiff"] == "torch.autograd"}
 
 
-__all__ = ["BATCHING", "CODE_PATHS", "ESTIMATORS", "OPTIMIZERS", "PROX_MODES", "InnerConfig", "InnerState",
-           "carries_state", "check_batching", "defaults", "resolve", "fresh_inner_state", "inner_objective", "meta_gradient",
+__all__ = ["BATCHING", "CODE_PATHS", "ESTIMATORS", "GRADIENT_OPTIMIZERS", "OPTIMIZERS", "PROX_MODES", "InnerConfig", "InnerState",
+           "carries_state", "check_batching", "defaults", "estimate_batch", "estimate_carried", "resolve", "fresh_inner_state", "inner_objective", "meta_gradient",
            "meta_gradient_batch", "meta_gradient_carried", "meta_gradient_per_task", "proximal_weight", "record",
            "resolve_cg_tol", "solve_inner", "solve_inner_carried", "validate"]
 
@@ -170,8 +172,21 @@ def check_batching(batching: str, hparams: dict[str, Any]) -> None:
                          "reverse, torch 2.14); use hvp_mode='revrev' (the default) or batching loop/vmap")
 
 
+@functools.cache
+def rules(name: str) -> dict[str, checks.Rule]:
+    """The rules estimator ``name``'s signature states for its hyperparameters
+    (``Annotated[type, checks.Rule(...)]``; a hyperparameter without one is not checked)."""
+    try:
+        hints = typing.get_type_hints(ESTIMATORS[resolve(name)], include_extras=True)
+    except NameError:  # an annotation its module cannot resolve at run time states no rule either
+        return {}
+    return {k: next(m for m in hints[k].__metadata__ if isinstance(m, checks.Rule)) for k in defaults(name)
+            if k in hints and any(isinstance(m, checks.Rule) for m in getattr(hints[k], "__metadata__", ()))}
+
+
 def validate(name: str, inner: InnerConfig | dict | None, hparams: dict[str, Any]) -> InnerConfig:
-    """Check the estimator name, the inner config and the hparams; raise ValueError naming the culprit."""
+    """Check the estimator name, the inner config and the hparams (each by the rule its estimator's
+    signature states, :func:`rules`); raise ValueError naming the culprit."""
     name = resolve(name)
     cfg = InnerConfig.make(inner)
     allowed = _hparams_of(ESTIMATORS[name])
@@ -180,19 +195,14 @@ def validate(name: str, inner: InnerConfig | dict | None, hparams: dict[str, Any
         own = sorted(allowed - set(_OPTIONS))
         raise ValueError(f"{name}: unknown hyperparameter(s) {unknown}; allowed: {own or 'none'} "
                          "(and metric_fn, diagnostics_full)")
-    if name == "imaml":
-        hp = {**defaults(name), **hparams}
-        lam = checks.number("imaml: lam", hp["lam"])
-        checks.integer("imaml: cg_steps", hp["cg_steps"], 1)
-        for key in ("cg_damping", "lam_damping"):
-            checks.number(f"imaml: {key}", hp[key], strict=False)
-        if hp["cg_tol"] is not None:
-            checks.number("imaml: cg_tol", hp["cg_tol"], strict=False, note=" (or None: the inner mode's own)")
-        checks.choice("imaml: hvp_mode", hp["hvp_mode"], ("fwdrev", "revrev"))
-        if cfg.prox_lam and cfg.prox_lam != lam:
-            raise ValueError(f"imaml: inner.prox_lam={cfg.prox_lam!r} differs from lam={lam!r}; "
-                             "iMAML's proximal weight is lam (leave inner.prox_lam at 0)")
-    elif cfg.optimizer == "hf":
+    hp = {**defaults(name), **hparams}
+    for key, rule in rules(name).items():
+        rule(f"{name}: {key}", hp[key])
+    lam = proximal_weight(name, hparams)
+    if lam and cfg.prox_lam and cfg.prox_lam != lam:
+        raise ValueError(f"{name}: inner.prox_lam={cfg.prox_lam!r} differs from lam={lam!r}; "
+                         f"{name}'s proximal weight is lam (leave inner.prox_lam at 0)")
+    if name != "imaml" and cfg.optimizer == "hf":
         raise ValueError(f"inner.optimizer='hf' is only available for imaml, not {name!r}; "
                          f"allowed for {name}: {[o for o in OPTIMIZERS if o != 'hf']}")
     return cfg
@@ -259,15 +269,22 @@ def meta_gradient_batch(name: str, loss_fn, params: dict[str, torch.Tensor], tas
     """
     cfg = validate(name, inner, hparams)
     check_batching(batching, hparams)
+    return estimate_batch(name, loss_fn, params, tasks, cfg, batching, **hparams)
+
+
+def estimate_batch(name: str, loss_fn, params: dict[str, torch.Tensor], tasks, inner: InnerConfig,
+                   batching: str = "loop", **hparams) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """:func:`meta_gradient_batch` without its argument check, for a caller that checked its config
+    once (the trainer: ``trainer.config.validate``), so that nothing is re-checked per iteration."""
     loss_fn, hp = _on_path(batching, loss_fn, hparams)
     fn = _compiled(name) if batching == "compile" else ESTIMATORS[name]
     if batching == "vmap":
-        grads, aux = _vmapped(fn, loss_fn, params, tasks, cfg, hp)
+        grads, aux = _vmapped(fn, loss_fn, params, tasks, inner, hp)
         return {k: v.mean(0) for k, v in grads.items()}, aux
     xs, ys, xq, yq = tasks
     total, auxes = None, []
     for i in range(xs.shape[0]):
-        g, a = fn(loss_fn, params, (xs[i], ys[i]), (xq[i], yq[i]), cfg, **hp)
+        g, a = fn(loss_fn, params, (xs[i], ys[i]), (xq[i], yq[i]), inner, **hp)
         g = {k: v.detach() for k, v in g.items()}
         total = g if total is None else {k: total[k] + g[k] for k in g}
         auxes.append(a)
@@ -289,11 +306,17 @@ def meta_gradient_carried(name: str, loss_fn, params: dict[str, torch.Tensor], t
     if not carries_state(name):
         raise ValueError(f"{name}: carries no inner optimizer state across tasks (only estimators with an "
                          "inner_state argument do: " + ", ".join(n for n in ESTIMATORS if carries_state(n)) + ")")
+    return estimate_carried(name, loss_fn, params, tasks, state, cfg, **hparams)
+
+
+def estimate_carried(name: str, loss_fn, params: dict[str, torch.Tensor], tasks, state: InnerState,
+                     inner: InnerConfig, **hparams) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], InnerState]:
+    """:func:`meta_gradient_carried` without its argument check (see :func:`estimate_batch`)."""
     loss_fn, hp = _on_path("loop", loss_fn, hparams)
     xs, ys, xq, yq = tasks
     total, auxes = None, []
     for i in range(xs.shape[0]):
-        g, a, state = ESTIMATORS[name](loss_fn, params, (xs[i], ys[i]), (xq[i], yq[i]), cfg, inner_state=state, **hp)
+        g, a, state = ESTIMATORS[name](loss_fn, params, (xs[i], ys[i]), (xq[i], yq[i]), inner, inner_state=state, **hp)
         g = {k: v.detach() for k, v in g.items()}
         total = g if total is None else {k: total[k] + g[k] for k in g}
         auxes.append(a)

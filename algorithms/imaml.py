@@ -26,8 +26,11 @@ uses ∇L_query(φ) itself; here ``cg_steps=1`` is one CG step.)
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import Annotated
 
 from torch.func import grad, grad_and_value, vjp
+
+from checks import Rule, choice, integer, number
 
 from ._common import diagnostics, query_loss
 from .inner import InnerConfig, solve_inner
@@ -45,8 +48,14 @@ def resolve_cg_tol(cg_tol: float | None, inner: InnerConfig) -> float:
     return RELEASE_CG_TOL if inner.prox_mode == "final_step" else 0.0
 
 
-def imaml(loss_fn, params, support, query, inner: InnerConfig, lam: float = 2.0, cg_steps: int = 5,
-          cg_damping: float = 0.0, lam_damping: float = 0.0, cg_tol: float | None = None, hvp_mode: str = "revrev",
+def imaml(loss_fn, params, support, query, inner: InnerConfig,
+          lam: Annotated[float, Rule(number)] = 2.0,
+          cg_steps: Annotated[int, Rule(integer, 1)] = 5,
+          cg_damping: Annotated[float, Rule(number, strict=False)] = 0.0,
+          lam_damping: Annotated[float, Rule(number, strict=False)] = 0.0,
+          cg_tol: Annotated[float | None, Rule(number, strict=False, optional=True,
+                                               note=" (or None: the inner mode's own)")] = None,
+          hvp_mode: Annotated[str, Rule(choice, ("fwdrev", "revrev"))] = "revrev",
           metric_fn=None, diagnostics_full: bool = True, autograd: bool = False, trace: list | None = None):
     """iMAML's implicit meta-gradient of one task.
 

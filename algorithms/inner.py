@@ -38,6 +38,7 @@ from .linalg import Params, gradient, tree_add, tree_dot, tree_norm, truncated_n
 
 LossFn = Callable[[Params, torch.Tensor, torch.Tensor], torch.Tensor]
 OPTIMIZERS = ("sgd", "momentum", "adam", "hf")
+GRADIENT_OPTIMIZERS = OPTIMIZERS[:3]  # every estimator can differentiate through these; hf is iMAML's solver only
 # Where the proximal term λ/2||φ − θ||² acts (InnerConfig.prox_mode), and whose inner problem that is.
 PROX_MODES = {"every_step": "the paper", "final_step": "the official iMAML release", "none": "hypertorch's example"}
 
@@ -65,10 +66,12 @@ class InnerConfig:
 
     @classmethod
     def make(cls, inner: InnerConfig | dict[str, Any] | None) -> InnerConfig:
+        """``inner`` as an InnerConfig, its fields checked (:meth:`validate`) when made from a dict or
+        None; an InnerConfig passes as it is (checked where it was made: the estimators take one per task)."""
+        if isinstance(inner, InnerConfig):
+            return inner
         if inner is None:
             cfg = cls()
-        elif isinstance(inner, InnerConfig):
-            cfg = inner
         else:
             names = {f.name for f in fields(cls)}
             unknown = sorted(set(inner) - names)

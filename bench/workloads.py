@@ -19,12 +19,12 @@ from dataclasses import dataclass
 import torch
 from omegaconf import OmegaConf
 
+import catalog
 import datasets
-from trainer import config
 from trainer.config import compose, inner_config
 from trainer.problem import Problem, build_problem
 
-ALGORITHMS = config.ALGORITHMS
+ALGORITHMS = catalog.algorithms()
 
 
 @dataclass(frozen=True)
@@ -59,7 +59,7 @@ class SyntheticTasks:
     metric = "accuracy"
 
     def __init__(self, w: Workload):
-        self.w, self.model = w, config.MODELS[w.dataset]
+        self.w, self.model = w, datasets.DATASETS[w.dataset].model
         self.image_size, self.channels = (84, 3) if w.dataset == "miniimagenet" else (28, 1)
 
     def sample(self, split: str, n: int, g: torch.Generator):

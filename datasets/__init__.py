@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
+import catalog
 import checks
 
 # learn2learn imports gym, whose import prints a four-line "Gym has been unmaintained" notice to
@@ -29,27 +30,29 @@ sys.modules.setdefault("gym_notices", None)
 
 @dataclass(frozen=True)
 class Spec:
-    """A dataset's entry: its module ``datasets.<name>`` (imported when first used, so that
-    PIL and learn2learn load only for image data) provides ``build(cfg)`` and, where it has
-    options, ``validate(cfg)``."""
-    title: str      # its name in the report
+    """A dataset's declared fields (``configs/dataset/NAME.yaml``, read by :func:`catalog.dataset`):
+    its ``module`` (imported when first used, so that PIL and learn2learn load only for image data)
+    provides ``build(cfg)`` and, where it has options, ``validate(cfg)``."""
+    title: str      # its name in the report (the config's ``label``)
     model: str      # the network it trains (a :func:`models.build` name)
     batching: str   # ``batching=auto``: the faster eager batching mode for that network on a CPU
+    module: str
 
 
-DATASETS: dict[str, Spec] = {"sinusoid": Spec("sinusoid", "mlp", "vmap"),
-                             "omniglot": Spec("Omniglot", "conv4_omniglot", "vmap"),
-                             "miniimagenet": Spec("mini-ImageNet", "conv4_miniimagenet", "loop")}
+DATASETS: dict[str, Spec] = {n: Spec(d["label"], d["model"], d["batching"], d["module"])
+                             for n, d in ((n, catalog.dataset(n)) for n in catalog.datasets())}
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
-def _module(name: str):
-    return importlib.import_module(f"{__name__}.{checks.choice('dataset', name, DATASETS, unknown=True)}")
+def _module(d):
+    """The module of dataset config ``d``: its ``module``, else the checkout's config of that name."""
+    module = d.get("module") if hasattr(d, "get") else getattr(d, "module", None)
+    return importlib.import_module(module or DATASETS[checks.choice("dataset", d.name, DATASETS, unknown=True)].module)
 
 
 def validate(cfg) -> None:
     """Config checks of the dataset branch that need no data (ValueError naming key and limit)."""
-    check = getattr(_module(cfg.dataset.name), "validate", None)
+    check = getattr(_module(cfg.dataset), "validate", None)
     if check is not None:
         check(cfg)
 
@@ -65,4 +68,4 @@ def record(source) -> dict:
 
 def build(cfg):
     """The task source of ``cfg.dataset.name``, in ``cfg.dtype``."""
-    return _module(cfg.dataset.name).build(cfg)
+    return _module(cfg.dataset).build(cfg)

@@ -106,12 +106,15 @@ THETA_SOURCES = ("init", "trained")  # where a study's θ comes from: the initia
 def need(block, rules: dict) -> None:
     """Check ``study.<key>`` for every ``key: rule`` (dotted keys reach into sub-blocks; a key
     ending in ``?`` may be null): an int ``lo`` asks for integers >= lo (one or a list),
-    :data:`POS` for a finite number > 0, a collection for names from it (one or a list)."""
+    :data:`POS` for a finite number > 0, a collection for names from it (one or a list), a function
+    for the names it returns (the configs present: ``trainer.config.algorithm_names``)."""
     for key, rule in rules.items():
         key, optional = key.rstrip("?"), key.endswith("?")
         v = OmegaConf.select(block, key)
         if optional and v is None:
             continue
+        if callable(rule):
+            rule = tuple(rule())
         name = f"study.{key}"
         if rule is POS:
             for x in (v if OmegaConf.is_list(v) else [v]):

@@ -18,24 +18,24 @@ import subprocess
 import sys
 from pathlib import Path
 
-from algorithms import ESTIMATORS, OPTIMIZERS
-from trainer.config import resolve_device
+from algorithms import OPTIMIZERS
+from trainer.config import algorithm_config, algorithm_names, inner_optimizers, resolve_device
 
 from .common import POS, base_overrides, progress
 
 ROOT = Path(__file__).resolve().parent.parent
-ALGORITHMS = tuple(ESTIMATORS)  # the estimators; iMAML-HF is imaml with inner optimizer hf
 COLUMNS = ["algorithm", "inner_optimizer", "inner_steps", "median_iter_s", "cpu_time_s", "alloc_peak_bytes",
            "rss_peak_bytes", "gpu_peak_bytes", "device", "status", "meta_batch_size", "batching", "note"]
 
 
-RULES = {"algorithms": ALGORITHMS, "optimizers": OPTIMIZERS, "inner_steps": 1, "meta_batch_size": 1, "warmup": 0,
+RULES = {"algorithms": algorithm_names, "optimizers": OPTIMIZERS, "inner_steps": 1, "meta_batch_size": 1, "warmup": 0,
          "iterations": 1, "mem_cap_bytes": POS, "point_timeout_s": POS}  # studies.common.need
 
 
 def series(cfg) -> list[tuple[str, str]]:
-    """(algorithm, inner optimizer) pairs; ``hf`` is iMAML's solver only."""
-    return [(a, o) for a in cfg.study.algorithms for o in cfg.study.optimizers if o != "hf" or a == "imaml"]
+    """(algorithm, inner optimizer) pairs the algorithm's config accepts (``hf``: iMAML's solver only)."""
+    able = {a: inner_optimizers(algorithm_config(a)) for a in cfg.study.algorithms}
+    return [(a, o) for a in cfg.study.algorithms for o in cfg.study.optimizers if o in able[a]]
 
 
 def run_point(cfg, algorithm: str, optimizer: str, steps: int) -> dict:

@@ -23,7 +23,7 @@ import statistics
 from pathlib import Path
 
 import checks
-from trainer.config import ALGORITHMS
+from trainer.config import algorithm_config, algorithm_names
 from trainer.evaluate import sample_fixed
 from trainer.problem import build_problem
 from trainer.records import read_jsonl
@@ -31,12 +31,12 @@ from trainer.records import read_jsonl
 from .common import POS, base_overrides, progress, train_config, train_run
 
 KNOBS = ("lam", "inner_steps", "cg_steps", "inner_lr")
-IMAML_ONLY = ("lam", "cg_steps")
+HPARAM_KNOBS = ("lam", "cg_steps")  # varied only for an algorithm whose config has these hyperparameters (iMAML)
 COLUMNS = ["algorithm", "lam", "inner_steps", "cg_steps", "inner_lr", "final_metric", "metric", "status",
            "cg_residual", "inner_grad_norm", "iterations_done", "reason", "run_dir"]
 
 
-RULES = {"algorithms": ALGORITHMS, "mode": ("axes", "product"), "meta_iterations": 0, "meta_batch_size": 1,
+RULES = {"algorithms": algorithm_names, "mode": ("axes", "product"), "meta_iterations": 0, "meta_batch_size": 1,
          "eval_tasks": 2, "cg_threshold": POS, "diverge_factor": POS}  # studies.common.need
 
 
@@ -55,7 +55,8 @@ def validate(cfg) -> None:
 
 def grid(s, algorithm: str) -> list[dict]:
     """The points of one algorithm: knob → value (None where the knob does not apply)."""
-    knobs = [k for k in KNOBS if algorithm.startswith("imaml") or k not in IMAML_ONLY]
+    own = algorithm_config(algorithm).hparams or {}
+    knobs = [k for k in KNOBS if k not in HPARAM_KNOBS or k in own]
     base = {k: s.base[k] for k in knobs}
     if s.mode == "product":
         values = [list(s.axes.get(k, [base[k]])) for k in knobs]
@@ -113,8 +114,7 @@ def run(cfg, out_dir: Path) -> dict:
     rows = []
     for n, (algo, p) in enumerate(progress(jobs, desc="failures")):
         extra = [f"algorithm={algo}", f"inner_steps={p['inner_steps']}", f"inner_lr={p['inner_lr']}", *common]
-        if p["lam"] is not None:
-            extra += [f"algorithm.hparams.lam={p['lam']}", f"algorithm.hparams.cg_steps={p['cg_steps']}"]
+        extra += [f"algorithm.hparams.{k}={p[k]}" for k in HPARAM_KNOBS if p[k] is not None]
         run_dir = out_dir / "train" / f"{n:03d}_{algo}"
         summary, _ = train_run(base_overrides(cfg, *extra), run_dir)
         metrics = read_jsonl(run_dir / "metrics.jsonl")

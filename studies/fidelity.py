@@ -10,10 +10,13 @@ float64: the configured inner optimizer runs max(K) steps from θ (so the refere
 stationary point the K-step methods approach), then damped Newton polishes it to
 ||∇G|| ≤ tol; the linear system is solved densely (MLP: torch.func Hessian +
 ``torch.linalg.solve``) or by CG to relative residual ≤ tol (conv4). Compared against it:
-iMAML (K steps, c CG steps), MAML unrolled through the same proximal inner loop
-(``maml_prox``), FOMAML (∇L_query(φ_K)) and Reptile's direction θ − φ_K (its scale is the
-outer step's business, so only its cosine is reported). Cost per task: Hessian-vector
-products and gradient evaluations (MAML's backward through K steps counts K HVPs).
+every algorithm config with a ``fidelity`` block (the checkout's and a search path's), each
+on that proximal problem: iMAML (K steps, c CG steps: an estimator with a ``cg_steps``
+hyperparameter is swept over ``study.cg_steps``; one with ``lam`` gets ``study.lam``, the others
+run the inner loop with it), MAML unrolled through it (``maml_prox``), FOMAML (∇L_query(φ_K)) and
+Reptile's direction θ − φ_K (``direction_only``: its scale is the outer step's business, so only
+its cosine is reported). Cost per task, as each config declares it: Hessian-vector products and
+gradient evaluations (MAML's backward through K steps counts K HVPs).
 """
 from __future__ import annotations
 
@@ -27,6 +30,7 @@ import models
 from algorithms import InnerConfig, inner_objective, meta_gradient_batch, meta_gradient_per_task, solve_inner
 from algorithms.linalg import conjugate_gradient, hvp, tree_flatten, tree_unflatten, truncated_newton_direction
 from datasets import DTYPES
+from trainer.config import algorithm_config, algorithm_names, inner_optimizers
 from trainer.problem import Problem, build_problem
 
 from .common import (
@@ -42,23 +46,42 @@ from .common import (
     train_run,
 )
 
-METHODS = ("imaml", "maml_prox", "fomaml", "reptile")
 COLUMNS = ["theta_source", "task", "method", "inner_steps", "cg_steps", "cosine", "rel_error", "hvps",
-           "grad_evals", "ref_grad_norm", "ref_converged", "inner_grad_norm", "cg_residual"]
+           "grad_evals", "ref_grad_norm", "ref_converged", "inner_grad_norm", "cg_residual", "label"]
 
 
-RULES = {"tasks": 1, "inner_steps": 1, "cg_steps": 1, "lam": POS, "reference.tol": POS, "methods": METHODS,
+def methods() -> dict:
+    """The algorithm configs that declare a ``fidelity`` block, by their rows' method name
+    (``fidelity.row``, else the config's name), in :func:`trainer.config.algorithm_names`' order."""
+    out = {}
+    for name in algorithm_names():
+        a = algorithm_config(name)
+        if a.get("fidelity") is not None:
+            out[a.fidelity.get("row") or name] = a
+    return out
+
+
+RULES = {"tasks": 1, "inner_steps": 1, "cg_steps": 1, "lam": POS, "reference.tol": POS, "methods?": methods,
          "theta_sources": THETA_SOURCES, "dtype": DTYPES, "activation": models.ACTIVATIONS,
          "reference.solver": ("auto", "dense", "cg")}  # studies.common.need
+
+
+def chosen(s) -> dict:
+    """``study.methods`` (null: every method of :func:`methods`), name → algorithm config."""
+    every = methods()
+    return every if s.methods is None else {m: every[m] for m in s.methods}
 
 
 def validate(cfg) -> None:
     s = cfg.study
     inner = InnerConfig.make(inner_cfg(s, 1))
-    if inner.optimizer == "hf" and set(s.methods) - {"imaml"}:
-        raise ValueError("study.inner.optimizer=hf is iMAML-only: set study.methods=[imaml]")
-    if cfg.dataset.name != "sinusoid" and s.activation != "relu":
-        raise ValueError(f"study.activation={s.activation} is for the sinusoid MLP; with dataset="
+    refuse = [m for m, a in chosen(s).items() if inner.optimizer not in inner_optimizers(a)]
+    if refuse:
+        able = [m for m, a in chosen(s).items() if inner.optimizer in inner_optimizers(a)]
+        raise ValueError(f"study.inner.optimizer={inner.optimizer} is not available for {refuse}: set "
+                         f"study.methods={able}".replace("'", ""))
+    if cfg.dataset.get("model") != "mlp" and s.activation != "relu":
+        raise ValueError(f"study.activation={s.activation} is for the MLP (dataset.model=mlp); with dataset="
                          f"{cfg.dataset.name} set study.activation=relu")
 
 
@@ -148,26 +171,30 @@ def method_rows(problem: Problem, theta, tasks, refs: torch.Tensor, s) -> list[d
     lam, rows = float(s.lam), []
     hf_hvps = int(s.inner.get("hf_cg_steps", 5)) if s.inner.optimizer == "hf" else 0
     for K in s.inner_steps:
-        for m in s.methods:
-            if m == "imaml":
-                for c in s.cg_steps:
-                    g, info = meta_gradient_per_task("imaml", problem.loss_fn, theta, tasks, inner_cfg(s, K), lam=lam, cg_steps=int(c))
-                    rows += _rows("imaml", K, c, flat_rows(g), refs, c + K * hf_hvps, K + 1, info)
-                continue
-            g, info = meta_gradient_per_task({"maml_prox": "maml"}.get(m, m), problem.loss_fn, theta, tasks,
-                                             inner_cfg(s, K, prox=lam))
-            hvps, evals = {"maml_prox": (K, K + 1), "fomaml": (0, K + 1), "reptile": (0, K)}[m]
-            rows += _rows(m, K, None, flat_rows(g), refs, hvps, evals, info)
+        for m, a in chosen(s).items():
+            f, hp = a.fidelity, dict(a.hparams or {})
+            own_lam = "lam" in hp  # its own proximal weight (iMAML); else the inner loop carries λ
+            if own_lam:
+                hp["lam"] = lam
+            for c in (s.cg_steps if "cg_steps" in hp else [None]):
+                if c is not None:
+                    hp["cg_steps"] = int(c)
+                g, info = meta_gradient_per_task(a.estimator, problem.loss_fn, theta, tasks,
+                                                 inner_cfg(s, K, prox=None if own_lam else lam), **hp)
+                hvps = f.hvps_per_step * K + f.hvps_per_cg_step * (c or 0) + K * hf_hvps
+                evals = f.grad_evals_per_step * K + f.grad_evals_extra
+                rows += _rows(m, a.label, f.direction_only, K, c, flat_rows(g), refs, hvps, evals, info)
     return rows
 
 
-def _rows(method, K, c, G, refs, hvps, evals, info) -> list[dict]:
+def _rows(method, label, direction_only, K, c, G, refs, hvps, evals, info) -> list[dict]:
     out = []
     for i in range(G.shape[0]):
         out.append({"task": i, "method": method, "inner_steps": K, "cg_steps": c, "cosine": cosine(G[i], refs[i]),
-                    "rel_error": float("nan") if method == "reptile" else rel_error(G[i], refs[i]),
+                    "rel_error": float("nan") if direction_only else rel_error(G[i], refs[i]),
                     "hvps": hvps, "grad_evals": evals, "inner_grad_norm": float(info["inner_grad_norm"][i]),
-                    "cg_residual": float(info["cg_residual"][i]) if "cg_residual" in info else None})
+                    "cg_residual": float(info["cg_residual"][i]) if "cg_residual" in info else None,
+                    "label": label})
     return out
 
 
@@ -193,21 +220,23 @@ def trained_theta(cfg, problem: Problem, out_dir: Path) -> dict[str, torch.Tenso
     t, s = cfg.study.trained, cfg.study
     if t.checkpoint:
         return problem.cast(load_params(t.checkpoint))
+    a = algorithm_config(t.algorithm)
+    own_lam = "lam" in (a.hparams or {})
     if s.activation == "relu":  # the trainer's own model: a real training run
         summary, params = train_run(base_overrides(
             cfg, f"algorithm={t.algorithm}", f"meta_iterations={t.meta_iterations}",
             f"meta_batch_size={t.meta_batch_size}", f"inner_steps={t.inner_steps}",
             f"algorithm.outer.lr={t.outer_lr}", "eval.num_tasks=50", "eval.val_every=0",
-            *([f"algorithm.hparams.lam={s.lam}"] if t.algorithm.startswith("imaml") else [])),
+            *([f"algorithm.hparams.lam={s.lam}"] if own_lam else [])),
             out_dir / "train" / "trained")
         if summary["status"] != "completed" or params is None:
             raise RuntimeError(f"training the θ for fidelity ended '{summary['status']}' ({summary.get('failure')})")
         return problem.cast(params)
     inner = inner_cfg(s, int(t.inner_steps))
-    if t.algorithm != "imaml" and inner["optimizer"] == "hf":  # hf is iMAML's solver only
+    if inner["optimizer"] not in inner_optimizers(a):  # hf is iMAML's solver only
         inner = {"steps": int(t.inner_steps), "lr": float(s.inner.lr), "optimizer": "sgd"}
-    hp = {"lam": float(s.lam)} if t.algorithm == "imaml" else {}
-    return meta_train(problem, t.algorithm, int(t.meta_iterations), int(t.meta_batch_size), inner,
+    hp = {"lam": float(s.lam)} if own_lam else {}
+    return meta_train(problem, a.estimator, int(t.meta_iterations), int(t.meta_batch_size), inner,
                       float(t.outer_lr), int(cfg.seed), **hp)
 
 

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from algorithms import meta_gradient_per_task
-from trainer.config import ALGORITHMS, inner_config
+from trainer.config import algorithm_names, inner_config
 from trainer.problem import build_problem
 
 from .common import (
@@ -42,7 +42,7 @@ TRAIN_COLUMNS = ["dtype", "metric", "mean", "ci95", "n", "verdict", "status", "p
 
 
 RULES = {"tasks": 1, "inner_steps": 1, "inner_lr?": POS, "theta_sources": THETA_SOURCES,
-         "train.algorithm": ALGORITHMS, "train.meta_iterations": 0, "train.eval_tasks": 2,
+         "train.algorithm": algorithm_names, "train.meta_iterations": 0, "train.eval_tasks": 2,
          "train.inner_steps?": 0}  # studies.common.need
 
 

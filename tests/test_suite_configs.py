@@ -82,3 +82,22 @@ def test_outer_optimizer_is_explicit_per_algorithm():
                                     "fomaml": ("adam", 1e-3, False), "reptile": ("sgd", 1.0, True)}.items():
         o = compose([f"algorithm={algo}"]).algorithm.outer
         assert (o.optimizer, o.lr, o.anneal) == (opt, lr, anneal)
+
+
+def test_a_config_is_checked_once_not_per_iteration(tmp_path, monkeypatch):
+    """The trainer checks its config before the run; the meta-iterations call the estimators unchecked."""
+    import algorithms
+    import trainer
+    from algorithms import inner
+
+    cfg = compose(["experiment=smoke", "algorithm=imaml", "meta_iterations=6", "eval.num_tasks=2", "eval.val_every=0",
+                   "device=cpu"])
+    validate(cfg)
+    calls = []
+    checked = algorithms.validate
+    monkeypatch.setattr(algorithms, "validate", lambda *a, **k: calls.append("algorithms.validate") or checked(*a, **k))
+    real = inner.InnerConfig.validate
+    monkeypatch.setattr(inner.InnerConfig, "validate", lambda self: calls.append("InnerConfig.validate") or real(self))
+    summary = trainer.train(cfg, tmp_path / "run")
+    assert summary["status"] == "completed" and summary["iterations_done"] == 6
+    assert len(calls) <= 2, calls  # the run's own InnerConfigs (training, test), made once each

@@ -12,19 +12,16 @@ from omegaconf import DictConfig, OmegaConf
 
 import algorithms
 import catalog
-from datasets import DATASETS
+import checks
 
 from . import schema
 from .evaluate import PLATEAU_MIN_TASKS
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
-# The names a config may use, each from its one home: the algorithm configs (estimators and
-# variants such as imaml_hf, in the estimators' registry order), the inner optimizers and
-# batching modes of algorithms/, the datasets and dtypes of datasets/.
+# The names a config may use, each from its one home: the algorithm families (catalog.py), the inner
+# optimizers of algorithms/; the algorithms and datasets are the configs Hydra finds.
 FAMILIES = catalog.FAMILIES
-ALGORITHMS = catalog.algorithms()  # the checkout's algorithm configs (a searchpath may add others)
 OPTIMIZERS = algorithms.OPTIMIZERS
-MODELS = {name: spec.model for name, spec in DATASETS.items()}
 BASELINES = ("pretrained",)  # trained by an estimator with no inner loop (experiment=sinusoid_pretrained)
 
 
@@ -39,15 +36,51 @@ def compose(overrides: list[str] | None = None, config_name: str = "train",
     its training runs) Hydra is already initialised on the same ``configs/`` folder and is
     used in place: re-initialising it would reset the app's global state."""
     from hydra import compose as hcompose
+
+    kw = {"config_name": config_name, "overrides": [*_searchpath(), *(str(o) for o in overrides or [])],
+          "return_hydra_config": return_hydra_config}
+    return _in_hydra(lambda: hcompose(**kw))
+
+
+def _searchpath() -> list[str]:
+    """The running app's ``hydra.searchpath`` as an override: Hydra applies a search path per load,
+    so a config composed inside the app (a study's training runs, the algorithms it lists) needs it again."""
+    from hydra.core.hydra_config import HydraConfig
+
+    paths = list(HydraConfig.get().searchpath) if HydraConfig.initialized() else []
+    return [f"hydra.searchpath=[{','.join(paths)}]"] if paths else []
+
+
+def _in_hydra(fn):
+    """``fn()`` with Hydra initialised: the running app's (its search path included), else on ``configs/``."""
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
-    kw = {"config_name": config_name, "overrides": [str(o) for o in overrides or []],
-          "return_hydra_config": return_hydra_config}
     if GlobalHydra.instance().is_initialized():
-        return hcompose(**kw)
+        return fn()
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        return hcompose(**kw)
+        return fn()
+
+
+def algorithm_names() -> list[str]:
+    """Every algorithm config Hydra finds: the checkout's and those a search path adds
+    (``hydra.searchpath=[file://…]``), by family (:data:`FAMILIES`), then name."""
+    from hydra.core.global_hydra import GlobalHydra
+
+    names = _in_hydra(lambda: GlobalHydra.instance().config_loader().get_group_options(
+        "algorithm", config_name="train", overrides=_searchpath()))
+    fams = {n: algorithm_config(n).get("family") for n in names}
+    return sorted(names, key=lambda n: (FAMILIES.index(fams[n]) if fams[n] in FAMILIES else len(FAMILIES), n))
+
+
+def algorithm_config(name: str) -> DictConfig:
+    """The composed ``algorithm`` node of ``algorithm=NAME`` (a variant's inherited fields included)."""
+    return compose([f"algorithm={name}"]).algorithm
+
+
+def inner_optimizers(algo: DictConfig) -> tuple[str, ...]:
+    """The inner optimizers an algorithm config accepts (``inner_optimizers``; default: the gradient ones)."""
+    return tuple(algo.get("inner_optimizers") or algorithms.GRADIENT_OPTIMIZERS)
 
 
 def _checked(fn, *args, prefix: str = "", **kwargs) -> None:
@@ -64,16 +97,19 @@ def validate(cfg: DictConfig) -> None:
     """Check the resolved config: every key's type and rule (:mod:`trainer.schema`), then the
     rules that span keys; raise ConfigError on the first problem."""
     algo, ds = cfg.algorithm.get("name"), cfg.dataset.get("name")
-    _checked(schema.choice, "dataset", ds, tuple(DATASETS))
     _checked(schema.choice, "inner_optim", cfg.inner_optim.get("name"), OPTIMIZERS)
     _checked(schema.check, cfg)
     _checked(schema.choice, "algorithm.family", cfg.algorithm.get("family"), FAMILIES)
     if algo in BASELINES and (cfg.inner_steps != 0 or cfg.algorithm.estimator != "fomaml"):
         raise ConfigError(f"algorithm.name={algo!r} is the plain-regression baseline: it needs "
                           "algorithm.estimator=fomaml and inner_steps=0 (see experiment=sinusoid_pretrained)")
-    if cfg.inner_optim.name == "hf" and cfg.algorithm.estimator != "imaml":
-        raise ConfigError(f"inner_optim=hf is only for iMAML (algorithm=imaml or imaml_hf), not algorithm={algo}")
-    if ds != "sinusoid" and (cfg.ways is None or cfg.ways < 2):
+    opt = cfg.inner_optim.name
+    if opt not in inner_optimizers(cfg.algorithm):
+        able = [n for n in catalog.algorithms() if opt in (catalog.algorithm(n)["inner_optimizers"] or ())]
+        raise ConfigError(f"inner_optim={opt} is only for {checks.words(catalog.algorithm(n)['label'] for n in able)} "
+                          f"(algorithm={' or '.join(able)}), not algorithm={algo}; its inner optimizers: "
+                          f"{list(inner_optimizers(cfg.algorithm))} (algorithm.inner_optimizers)")
+    if cfg.dataset.metric == "accuracy" and (cfg.ways is None or cfg.ways < 2):
         raise ConfigError(str(schema.invalid("ways", cfg.ways, "must be an integer >= 2 (N-way classification)")))
     d = cfg.diagnostics
     if not isinstance(d, bool) and not (isinstance(d, int) and d >= 0):
@@ -91,13 +127,13 @@ def validate(cfg: DictConfig) -> None:
     if cfg.batching == "compile":
         _checked(algorithms.check_batching, "compile", hparams)
     import models
-    _checked(models.check_options, MODELS[ds], prefix="dataset: ", **model_options(cfg))
+    _checked(models.check_options, cfg.dataset.model, prefix="dataset: ", **model_options(cfg))
     stop = cfg.eval.get("early_stop")
     if stop and not (cfg.eval.val_every and cfg.eval.val_tasks >= PLATEAU_MIN_TASKS):
         raise ConfigError(f"eval.early_stop=plateau needs eval.val_every > 0 and eval.val_tasks >= {PLATEAU_MIN_TASKS} "
                           f"(got {cfg.eval.val_every}, {cfg.eval.val_tasks}): the declared rule")
     _checked(schema.choice, "logger", cfg.logger.get("name"), ("csv", "wandb"))
-    if ds != "sinusoid":
+    if cfg.dataset.data_files:
         _validate_data(cfg, ds)
     import datasets
     _checked(datasets.validate, cfg)  # the dataset's own options (after its root: some look at the data)

@@ -24,7 +24,9 @@ from omegaconf import OmegaConf
 
 import algorithms
 import datasets
-from algorithms import CODE_PATHS, InnerConfig, fresh_inner_state, meta_gradient_batch, meta_gradient_carried
+from algorithms import CODE_PATHS, InnerConfig, fresh_inner_state
+from algorithms import estimate_batch as meta_gradient_batch  # unchecked: trainer.config.validate checked the config
+from algorithms import estimate_carried as meta_gradient_carried
 from atomic import atomic_torch_save, atomic_write_text
 
 from . import record

@@ -65,6 +65,25 @@ class Algorithm:
 
 
 @dataclass
+class Dataset:
+    """The fields every dataset config declares for the rest of the suite (documented in
+    ``configs/dataset/*.yaml``); a dataset's own options are its module's to check (``validate(cfg)``)."""
+    name: str = MISSING
+    module: str = MISSING                # the module with build(cfg) (datasets.build imports it)
+    label: str = MISSING
+    model: str = MISSING
+    batching: str = rule(choices=algorithms.BATCHING)
+    metric: str = rule(choices={"mse": "regression, lower is better", "accuracy": "N-way classification"})
+    lower_is_better: bool = MISSING
+    baseline: str = rule(choices={"zero_predictor": "the MSE of predicting 0", "chance": "1/ways"})
+    data_files: bool = MISSING
+    describe: list[str] = field(default_factory=list)
+
+
+REQUIRED = {"dataset": ("module", "label", "model", "batching", "metric", "data_files")}  # what the trainer reads
+
+
+@dataclass
 class Eval:
     num_tasks: int = rule(lo=1)
     test_seed: int = rule(lo=0)
@@ -87,7 +106,7 @@ class Eval:
 @dataclass
 class Train:
     algorithm: Algorithm = field(default_factory=Algorithm)
-    dataset: dict[str, Any] = field(default_factory=dict)      # each dataset checks its options (datasets.validate)
+    dataset: Dataset = field(default_factory=Dataset)          # its own options: its module's validate(cfg)
     inner_optim: dict[str, Any] = field(default_factory=dict)  # checked as the InnerConfig it becomes
     ways: int | None = MISSING                                # >= 2 for classification: validate()
     shots: int = rule(lo=1)
@@ -168,5 +187,11 @@ def check_fields(node: DictConfig, raw: dict, schema=Train, prefix: str = "") ->
 
 
 def check(cfg: DictConfig) -> None:
-    """Types and per-key rules of ``cfg``; ValueError on the first problem."""
+    """The keys the suite reads are present (:data:`REQUIRED`), then types and per-key rules of ``cfg``;
+    ValueError on the first problem."""
+    for part, keys in REQUIRED.items():
+        missing = [k for k in keys if cfg[part].get(k) is None]
+        if missing:
+            raise ValueError(f"{part} config {cfg[part].get('name')!r} lacks {missing}: every {part} config "
+                             f"declares them (see configs/{part}/sinusoid.yaml)")
     check_fields(typed(cfg), _picked(Train, cfg))
