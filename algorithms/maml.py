@@ -6,6 +6,8 @@ because every inner step's activations stay on the graph.
 """
 from __future__ import annotations
 
+from dataclasses import replace
+
 from ._common import diagnostics, query_loss
 from .inner import InnerConfig, solve_inner
 from .linalg import gradient
@@ -41,3 +43,11 @@ def maml(loss_fn, params, support, query, inner: InnerConfig, metric_fn=None, di
 
     grads, (phi, qloss, qmetric) = gradient(meta_objective, params, has_aux=True, autograd=autograd)
     return grads, diagnostics(loss_fn, params, phi, support, query, lam, qloss, qmetric, diagnostics_full, autograd)
+
+
+def maml_prox(loss_fn, params, support, query, inner: InnerConfig, lam: float = 2.0, **options):
+    """MAML through the proximal inner loop: the exact gradient of the procedure iMAML runs, K steps
+    on L_support(φ) + λ/2·||φ − θ||² (Rajeswaran et al. 2019, Eq. 3), of which iMAML's implicit
+    gradient is an estimate. Trained in its place (``algorithm.estimator=algorithms.maml:maml_prox``), it
+    is the control that tells a failure of that estimate from a failure of the procedure itself."""
+    return maml(loss_fn, params, support, query, replace(inner, prox_lam=lam), **options)

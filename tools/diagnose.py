@@ -164,6 +164,84 @@ def degradation(run: _Run, it: int) -> dict:
             if describe else None, "trace": traces[worst], "tasks": tasks}
 
 
+def control(cfg, work: Path) -> dict:
+    """The run again with the exact gradient of its own procedure in place of iMAML's estimate: MAML
+    through the same K proximal inner steps (``algorithms.maml:maml_prox``, the same λ, seed, tasks,
+    outer optimizer and iterations). If it learns where iMAML did not, the estimate is what failed."""
+    from trainer import train
+
+    c = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
+    c.algorithm.estimator, c.algorithm.name = "algorithms.maml:maml_prox", "maml_prox"
+    c.algorithm.label, c.algorithm.family = "MAML (proximal inner loop)", "exact"
+    c.algorithm.hparams = {"lam": float(cfg.algorithm.hparams.lam)}
+    c.resume, c.logger.name = False, "csv"
+    s = train(c, work)
+    pick = {k: s.get(k) for k in ("status", "iterations_done", "val", "test")}
+    return {k: ({m: v[m] for m in ("metric", "mean", "ci95", "n") if m in v} if isinstance(v, dict) else v)
+            for k, v in pick.items()}
+
+
+def unlearned(record_dir: Path, checkpoint: Path, tasks: int = 50, out_root: Path = OUT,
+              records_root: Path = RECORDS, with_control: bool = True) -> dict:
+    """Why a completed iMAML run did not learn: at its final θ (``checkpoint``: the run folder's
+    ``ckpt.pt``) on ``tasks`` validation tasks, is the meta-gradient it followed the gradient of the
+    adaptation it runs? Over the tasks: the cosine of their mean with the mean of the procedure's
+    gradients, and how much the largest task dominates the sum of norms. Per task: how far the K inner steps left the inner problem from solved
+    (||∇G(φ_K)|| / ||∇G(θ)||, G the proximal inner objective), and the cosine of the suite's implicit
+    meta-gradient with (a) the exact gradient of the query loss through those same K proximal steps
+    (MAML differentiated through the unroll: the procedure actually run) and (b) the float64 dense
+    solve of the same implicit system at the same φ_K (is CG the problem?). ``with_control``: also
+    :func:`control`, the same run trained on the exact gradient of that procedure."""
+    summary = json.loads((record_dir / "summary.json").read_text())
+    cfg = OmegaConf.create(summary["config"])
+    if cfg.algorithm.estimator != "imaml":
+        raise SystemExit(f"diagnose: --unlearned dissects an iMAML run; {record_dir} ran {cfg.algorithm.estimator}")
+    cfg.resume, cfg.diagnostics, cfg.mem_every, cfg.fidelity_every = False, 0, 0, 0
+    name = record_dir.relative_to(records_root)
+    run = _Run(cfg, ROOT / "runs" / "diagnose" / name)
+    ck = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    theta = {k: v.detach().clone() for k, v in ck["params"].items()}
+    batch = run.source.sample("val", tasks, torch.Generator().manual_seed(int(cfg.eval.val_seed)))
+    loss_fn = getattr(run.loss_fn, "fused", run.loss_fn)
+    lam = float(run.hparams["lam"])
+    prox = replace(run.inner, prox_lam=lam)
+    rows, sums = [], [0.0, 0.0]
+    for i in range(tasks):
+        task = tuple(t[i] for t in batch)
+        g, _ = algorithms.meta_gradient("imaml", loss_fn, theta, task[:2], task[2:], run.inner, **run.hparams)
+        proc, _ = algorithms.meta_gradient("maml", loss_fn, theta, task[:2], task[2:], prox)
+        phi = algorithms.solve_inner(loss_fn, theta, task[:2], prox, detach=True)
+
+        def G(p):
+            return loss_fn(p, *task[:2]) + 0.5 * lam * sum(((p[k] - theta[k]) ** 2).sum() for k in p)
+        g0, gK = torch.func.grad(G)(theta), torch.func.grad(G)(phi)
+        dense = dense_implicit(run, theta, task) or {}
+        f, fp = _flat(g).double(), _flat(proc).double()
+        sums = [sums[0] + f, sums[1] + fp]
+        rows.append({"task": i, "norm": float(f.norm()), "norm_procedure": float(fp.norm()),
+                     "inner_residual_rel": float(_flat(gK).norm() / _flat(g0).norm()),
+                     "cos_procedure": float(f @ fp / (f.norm() * fp.norm())),
+                     "cos_dense": dense.get("cosine_suite_dense"), "cg_residual": dense.get("suite_cg_residual"),
+                     "system_eig_min": dense.get("system_eig_min")})
+    med = {k: float(torch.tensor([r[k] for r in rows if r[k] is not None], dtype=torch.float64).median())
+           for k in ("inner_residual_rel", "cos_procedure", "cos_dense")}
+    norms = sorted(r["norm"] for r in rows)
+    batch_cos = float(sums[0] @ sums[1] / (sums[0].norm() * sums[1].norm()))
+    result = {"record": name.as_posix(), "recorded_status": summary["status"], "kind": "unlearned",
+              "cos_procedure_of_mean": batch_cos, "largest_task_share": norms[-1] / sum(norms),
+              "norm_max_over_median": norms[-1] / norms[len(norms) // 2],
+              "checkpoint_iteration": ck.get("iteration"), "val_tasks": tasks, "medians": med, "tasks": rows,
+              "versions": versions(), "device_name": run.device_name}
+    if with_control and cfg.inner_optim.name == "hf":  # a Newton-CG line search is no unroll to differentiate
+        result["control"] = None
+    elif with_control:
+        result["control"] = control(OmegaConf.create(summary["config"]), ROOT / "runs" / "diagnose" / name / "control")
+    out = out_root / name / "diagnosis.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out, result)
+    return result
+
+
 def diagnose(record_dir: Path, out_root: Path = OUT, max_iterations: int | None = None,
              records_root: Path = RECORDS, at: int | None = None) -> dict:
     """Rerun the record in ``record_dir`` (a folder under ``records_root``) to its failure — or, with
@@ -219,8 +297,17 @@ def main(argv=None) -> int:
     ap.add_argument("records", nargs="+", type=Path, help="record folders of diverged runs (with summary.json)")
     ap.add_argument("--out", type=Path, default=OUT)
     ap.add_argument("--at", type=int, default=None, help="dissect this iteration's meta-batch (a run that degraded)")
+    ap.add_argument("--unlearned", type=Path, default=None, metavar="CKPT",
+                    help="a completed iMAML run that did not learn: its final checkpoint (ckpt.pt) to dissect")
     a = ap.parse_args(argv)
     torch.set_num_threads(1)
+    if a.unlearned is not None:
+        if len(a.records) != 1 or not a.unlearned.is_file():
+            print("diagnose: --unlearned CKPT takes one record folder and an existing ckpt.pt", file=sys.stderr)
+            return 2
+        res = unlearned(a.records[0].resolve(), a.unlearned, out_root=a.out)
+        print(f"diagnose: {a.records[0]}: medians over {res['val_tasks']} validation tasks: {res['medians']}")
+        return 0
     for r in a.records:
         r = r.resolve()
         if not (r / "summary.json").is_file():
