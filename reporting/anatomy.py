@@ -5,7 +5,9 @@ A divergence's stage comes from the record's own failure anatomy (``failure.stag
 the trainer since it dissects failures: ``trainer/anatomy.py``) or, for a record older than that,
 from ``tools/diagnose.py``'s rerun of it (``records/diagnoses/<record>/diagnosis.json``), which
 also holds the independent checks (MAML's inner loop and a float64 dense implicit gradient on the
-same θ and task). A run neither way is "not diagnosed". The figure shows one diagnosed run's
+same θ and task). A run that completed without learning may carry a ``diagnose --unlearned``
+dissection: its meta-gradient against the exact gradient of the procedure it runs, and a control run
+trained on that exact gradient. A run neither way is "not diagnosed". The figure shows one diagnosed run's
 training curves (training loss, CG residual, inner-gradient norm) with its failure marked.
 """
 from __future__ import annotations
@@ -34,6 +36,15 @@ def stage(r: dict, root: Path) -> tuple[str, str | None]:
     d, link = diagnosis(r, root)
     if d is None:
         return "not diagnosed", None
+    if d.get("kind") == "unlearned":
+        ctrl = d.get("control") or {}
+        val = (ctrl.get("val") or {}).get("mean")
+        tail = (f"; trained on that exact gradient instead, the same run reached validation MSE {val:.3g}"
+                if ctrl.get("status") == "completed" and val is not None else "")
+        return (f"did not learn: at its final θ its meta-gradient's cosine with the exact gradient of the procedure "
+                f"it runs was {d['cos_procedure_of_mean']:.2f} (batch mean; with a float64 dense solve "
+                f"{d['medians']['cos_dense']:.2f}), the inner problem left at {d['medians']['inner_residual_rel']:.0%} "
+                f"of its initial gradient{tail}"), link
     if d.get("degradation"):
         g, dense = d["degradation"], d.get("dense_implicit") or {}
         pd_text = ("" if "positive_definite" not in dense else

@@ -30,10 +30,12 @@ STUDY_FILES = {
     "cost": ("cost.csv",),
     "failures": ("failures.csv",),
     "deviations": ("deviations.csv",),
+    "rescaling": ("rescaling.csv", "rescaling_train.csv"),
 }
 # A study whose own training runs' records travel with it (``reporting.collect``): the runs behind
 # each of its rows (``run_dir``, relative to the study folder), never tabulated as runs themselves.
-STUDY_RUN_FILES = {"deviations": ("train/*/summary.json", "train/*/metrics.csv", "train/*/retest/*.json")}
+STUDY_RUN_FILES = {"deviations": ("train/*/summary.json", "train/*/metrics.csv", "train/*/retest/*.json"),
+                   "rescaling": ("train/*/summary.json", "train/*/metrics.csv")}
 
 
 # Columns each study CSV must have (SCHEMA.md beside the report); a CSV without them is skipped.
@@ -50,11 +52,14 @@ STUDY_COLUMNS = {
     "deviations.csv": ("group", "rung", "deviations", "algorithm", "test_split", "accuracy", "ci95", "n",
                        "iterations_done", "train_minutes", "median_iter_s", "status", "fingerprint", "run_dir", "vs",
                        "diff_mean", "diff_low", "diff_high", "diff_kind", "budget_minutes"),
+    "rescaling.csv": ("scale", "inner_steps", "task", "rel_diff", "norm32", "norm64", "nonfinite32", "nonfinite64"),
+    "rescaling_train.csv": ("scale", "seed", "experiment", "status", "iterations_done", "meta_iterations",
+                            "test_mse", "run_dir"),
 }
 
 TEXT_COLUMNS = {"theta_source", "method", "dtype", "metric", "verdict", "algorithm", "inner_optimizer", "device",
                 "status", "strongly_convex", "group", "rung", "deviations", "test_split", "fingerprint", "run_dir",
-                "vs", "diff_kind"}
+                "vs", "diff_kind", "experiment", "failure_stage"}
 
 
 def study_relative(path: str) -> str:
