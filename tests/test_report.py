@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from reporting import studies as study_sections
 from reporting.generate import generate
 
 REPO = Path(__file__).resolve().parents[1]
@@ -707,7 +708,8 @@ def test_selection_records_are_protocol_evidence_not_rows(report_dir: Path):
 def test_deviation_ladder_section(report_dir: Path):
     """The short-budget study and the long one each get their tables, the budget and device in every title."""
     md = (report_dir / "REPORT.md").read_text()
-    section = md[md.index("### 6.6 Deviation ladder"):md.index("## 7. When the assumptions fail")]
+    section = md[md.index(f"### 6.{list(study_sections.SECTIONS).index('deviations') + 1} Deviation ladder"):
+                 md.index("## 7. When the assumptions fail")]
     assert "**An equal short budget measures how fast each rung learns, not where it ends up**" in section
     for title in ("The ladder: deviations added one at a time", "Each deviation removed alone from the full release",
                   "The release's leaky evaluation split", "MAML beside the ladder"):
