@@ -104,10 +104,39 @@ def section(rows: list[dict], judged: dict, root: Path, w) -> str:
             ("where it diverged or degraded", lambda r: r["stages"], "stages"),
             ("evidence", lambda r: r["evidence"], "evidence")]
     text += w.table(make_table("failures_by_algorithm", table_rows, cols))
+    controls = control_rows(root)
+    if controls:
+        text += ("\nRuns that completed without learning, dissected at their final θ by `tools/diagnose.py --unlearned`, "
+                 "each against a control: the same run trained on the exact gradient of the procedure it runs.\n")
+        ccols = [("record", lambda r: f"`{r['record']}`", "record"), ("iterations", lambda r: f"{r['iterations']:,}", "iterations"),
+                 ("cosine with the procedure's gradient (batch mean)", lambda r: f"{r['cos_procedure']:.2f}", "cos_procedure"),
+                 ("cosine with a float64 dense solve (median)", lambda r: f"{r['cos_dense']:.2f}", "cos_dense"),
+                 ("inner problem left (median ‖∇G(φ_K)‖ / ‖∇G(θ)‖)", lambda r: f"{r['inner_left']:.0%}", "inner_left"),
+                 ("validation, iMAML", lambda r: f"{r['val']:.3g}", "val"),
+                 ("validation, control", lambda r: f"{r['control_val']:.3g}" if r["control_val"] is not None else "—",
+                  "control_val")]
+        text += w.table(make_table("unlearned_controls", controls, ccols, ["Validation MSE on the run's own validation "
+                                                                            "tasks; lower is better."]))
     fig = figure(rows, root, w.fig_dir)
     if fig is not None:
         text += w.figure(fig, "Anatomy of one divergence")
     return text
+
+
+def control_rows(root: Path) -> list[dict]:
+    """Every ``diagnose --unlearned`` dissection under ``root/diagnoses`` with its run's validation score."""
+    out = []
+    for path in sorted((root / "diagnoses").glob("**/diagnosis.json")):
+        d = json.loads(path.read_text())
+        if d.get("kind") != "unlearned":
+            continue
+        rec = json.loads((root / d["record"] / "summary.json").read_text())
+        ctrl = d.get("control") or {}
+        out.append({"record": f"records/{d['record']}", "iterations": int(d.get("checkpoint_iteration") or 0),
+                    "cos_procedure": d["cos_procedure_of_mean"], "cos_dense": d["medians"]["cos_dense"],
+                    "inner_left": d["medians"]["inner_residual_rel"], "val": (rec.get("val") or {}).get("mean"),
+                    "control_val": (ctrl.get("val") or {}).get("mean") if ctrl.get("status") == "completed" else None})
+    return out
 
 
 def figure(rows: list[dict], root: Path, fig_dir: Path):
