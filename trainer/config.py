@@ -122,6 +122,10 @@ def validate(cfg: DictConfig) -> None:
         where = ("" if str(e).startswith("algorithm") else "inner_optim: " if str(e).startswith("inner")
                  else "algorithm.hparams: ")
         raise ConfigError(f"{where}{e}") from None
+    src = cfg.get("source") or {}
+    if src.get("kind") == "selected" and not src.get("record"):
+        raise ConfigError("source.kind=selected names no selection record: set source.record "
+                          "(records/selection-cpu/<setting>/<algorithm>) or another source.kind")
     _validate_inner_state(cfg)
     resolve_device(cfg.device)
     if cfg.batching == "compile":

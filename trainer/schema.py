@@ -104,8 +104,18 @@ class Eval:
 
 
 @dataclass
+class Source:
+    kind: str = rule(choices={"published": "a paper's or reference code's protocol",
+                              "selected": "chosen on validation tasks: name its selection record",
+                              "stated": "choices stated without either"})
+    reference: str | None = None
+    record: str | None = None
+
+
+@dataclass
 class Train:
     algorithm: Algorithm = field(default_factory=Algorithm)
+    source: Source = field(default_factory=Source)             # the protocol's origin (trainer/record.py Source)
     dataset: Dataset = field(default_factory=Dataset)          # its own options: its module's validate(cfg)
     inner_optim: dict[str, Any] = field(default_factory=dict)  # checked as the InnerConfig it becomes
     ways: int | None = MISSING                                # >= 2 for classification: validate()
