@@ -22,7 +22,6 @@ CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 # optimizers of algorithms/; the algorithms and datasets are the configs Hydra finds.
 FAMILIES = catalog.FAMILIES
 OPTIMIZERS = algorithms.OPTIMIZERS
-BASELINES = ("pretrained",)  # trained by an estimator with no inner loop (experiment=sinusoid_pretrained)
 
 
 class ConfigError(ValueError):
@@ -100,7 +99,7 @@ def validate(cfg: DictConfig) -> None:
     _checked(schema.choice, "inner_optim", cfg.inner_optim.get("name"), OPTIMIZERS)
     _checked(schema.check, cfg)
     _checked(schema.choice, "algorithm.family", cfg.algorithm.get("family"), FAMILIES)
-    if algo in BASELINES and (cfg.inner_steps != 0 or cfg.algorithm.estimator != "fomaml"):
+    if cfg.algorithm.get("family") == "baseline" and (cfg.inner_steps != 0 or cfg.algorithm.estimator != "fomaml"):
         raise ConfigError(f"algorithm.name={algo!r} is the plain-regression baseline: it needs "
                           "algorithm.estimator=fomaml and inner_steps=0 (see experiment=sinusoid_pretrained)")
     opt = cfg.inner_optim.name
