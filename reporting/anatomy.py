@@ -112,6 +112,7 @@ def section(rows: list[dict], judged: dict, root: Path, w) -> str:
                  ("cosine with the procedure's gradient (batch mean)", lambda r: f"{r['cos_procedure']:.2f}", "cos_procedure"),
                  ("cosine with a float64 dense solve (median)", lambda r: f"{r['cos_dense']:.2f}", "cos_dense"),
                  ("inner problem left (median ‖∇G(φ_K)‖ / ‖∇G(θ)‖)", lambda r: f"{r['inner_left']:.0%}", "inner_left"),
+                 ("tasks whose I + H/λ is indefinite", lambda r: f"{r['indefinite']} of {r['tasks']}", "indefinite", "tasks"),
                  ("validation, iMAML", lambda r: f"{r['val']:.3g}", "val"),
                  ("validation, control", lambda r: f"{r['control_val']:.3g}" if r["control_val"] is not None else "—",
                   "control_val")]
@@ -135,6 +136,8 @@ def control_rows(root: Path) -> list[dict]:
         out.append({"record": f"records/{d['record']}", "iterations": int(d.get("checkpoint_iteration") or 0),
                     "cos_procedure": d["cos_procedure_of_mean"], "cos_dense": d["medians"]["cos_dense"],
                     "inner_left": d["medians"]["inner_residual_rel"], "val": (rec.get("val") or {}).get("mean"),
+                    "indefinite": sum(1 for t in d["tasks"] if (t.get("system_eig_min") or 0) < 0),
+                    "tasks": len(d["tasks"]),
                     "control_val": (ctrl.get("val") or {}).get("mean") if ctrl.get("status") == "completed" else None})
     return out
 
