@@ -38,8 +38,9 @@ def stage(r: dict, root: Path) -> tuple[str, str | None]:
         return "not diagnosed", None
     if d.get("kind") == "unlearned":
         ctrl = d.get("control") or {}
-        val = (ctrl.get("val") or {}).get("mean")
-        tail = (f"; trained on that exact gradient instead, the same run reached validation MSE {val:.3g}"
+        on = "val" if ctrl.get("val") else "test"
+        val = (ctrl.get(on) or {}).get("mean")
+        tail = (f"; trained on that exact gradient instead, the same run reached {on} MSE {val:.3g}"
                 if ctrl.get("status") == "completed" and val is not None else "")
         return (f"did not learn: at its final θ its meta-gradient's cosine with the exact gradient of the procedure "
                 f"it runs was {d['cos_procedure_of_mean']:.2f} (batch mean; with a float64 dense solve "
@@ -113,11 +114,12 @@ def section(rows: list[dict], judged: dict, root: Path, w) -> str:
                  ("cosine with a float64 dense solve (median)", lambda r: f"{r['cos_dense']:.2f}", "cos_dense"),
                  ("inner problem left (median ‖∇G(φ_K)‖ / ‖∇G(θ)‖)", lambda r: f"{r['inner_left']:.0%}", "inner_left"),
                  ("tasks whose I + H/λ is indefinite", lambda r: f"{r['indefinite']} of {r['tasks']}", "indefinite", "tasks"),
-                 ("validation, iMAML", lambda r: f"{r['val']:.3g}", "val"),
-                 ("validation, control", lambda r: f"{r['control_val']:.3g}" if r["control_val"] is not None else "—",
+                 ("final MSE on", lambda r: r["on"], "on"), ("iMAML", lambda r: f"{r['val']:.3g}", "val"),
+                 ("control", lambda r: f"{r['control_val']:.3g}" if r["control_val"] is not None else "—",
                   "control_val")]
-        text += w.table(make_table("unlearned_controls", controls, ccols, ["Validation MSE on the run's own validation "
-                                                                            "tasks; lower is better."]))
+        text += w.table(make_table("unlearned_controls", controls, ccols, ["MSE on the run's own final tasks (a selection "
+                                                                            "candidate's validation tasks, a comparison run's "
+                                                                            "test tasks); lower is better."]))
     fig = figure(rows, root, w.fig_dir)
     if fig is not None:
         text += w.figure(fig, "Anatomy of one divergence")
@@ -133,12 +135,13 @@ def control_rows(root: Path) -> list[dict]:
             continue
         rec = json.loads((root / d["record"] / "summary.json").read_text())
         ctrl = d.get("control") or {}
+        on = "val" if rec.get("val") else "test"  # the run's own final score: validation (a candidate) or test
         out.append({"record": f"records/{d['record']}", "iterations": int(d.get("checkpoint_iteration") or 0),
                     "cos_procedure": d["cos_procedure_of_mean"], "cos_dense": d["medians"]["cos_dense"],
-                    "inner_left": d["medians"]["inner_residual_rel"], "val": (rec.get("val") or {}).get("mean"),
+                    "inner_left": d["medians"]["inner_residual_rel"], "on": {"val": "validation", "test": "test"}[on], "val": (rec.get(on) or {}).get("mean"),
                     "indefinite": sum(1 for t in d["tasks"] if (t.get("system_eig_min") or 0) < 0),
                     "tasks": len(d["tasks"]),
-                    "control_val": (ctrl.get("val") or {}).get("mean") if ctrl.get("status") == "completed" else None})
+                    "control_val": (ctrl.get(on) or {}).get("mean") if ctrl.get("status") == "completed" else None})
     return out
 
 

@@ -91,8 +91,9 @@ def _dash(fn: Callable[..., str]) -> Callable[..., str]:
 
 @_dash
 def fmt(v: Any, digits: int = 2, scale: float = 1.0) -> str:
-    """Fixed-point text of a number, '—' when missing."""
-    return f"{float(v) * scale:.{digits}f}"
+    """Fixed-point text of a number ('—' when missing); a blown-up one (≥ 1e6) in scientific notation."""
+    x = float(v) * scale
+    return f"{x:.{digits}e}" if abs(x) >= 1e6 else f"{x:.{digits}f}"
 
 
 @_dash
