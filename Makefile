@@ -55,7 +55,7 @@ large: setup  ## comparison a on Omniglot 20w1s and mini-ImageNet 5w1s (cpu: BUD
 	$(PY) report.py
 
 # Protocol choices no paper fixes, selected on validation tasks only (configs/selection.yaml).
-select: setup  ## selection on validation tasks (sinusoid: 4 tuned algorithms × 4 candidates × 1 min; Omniglot 5w1s: iMAML-HF × 4 × 4 min)
+select: setup  ## selection on validation tasks (sinusoid: 4 tuned algorithms × 4 candidates × 5,000 iterations; Omniglot 5w1s: iMAML-HF × 4 × 4 min)
 	for s in $$($(PY) catalog.py selection); do JOBS=$(or $(JOBS),2) $(PY) tools/selection.py $$s || exit 1; done
 
 # The paper-budget campaign (tools/campaign.py): resumable across sessions, JOBS runs at a time.

@@ -188,3 +188,19 @@ def test_an_estimator_declares_what_its_records_state():
     assert algorithms.record("imaml", {}, None)["cg_tol"] == 0.0
     assert all(algorithms.record(n, {}, None) is None for n in ("maml", "fomaml", "reptile"))
     assert algorithms.proximal_weight("imaml", {}) == 2.0 and algorithms.proximal_weight("maml", {}) == 0.0
+
+
+def test_stop_at_ends_training_early_on_the_planned_schedule(tmp_path):
+    """A selection candidate stops at ``stop_at`` iterations of the experiment's planned run: Reptile's
+    outer step follows the planned schedule (at iteration 4 of 12 it is 1 − 3/12 of its start), and an
+    algorithm without a schedule over the run trains exactly as with meta_iterations=stop_at."""
+    s = train(compose([*SMOKE, "algorithm=reptile", "algorithm.outer.anneal=true", "meta_iterations=12",
+                       "stop_at=4"]), tmp_path / "reptile")
+    lrs = [x["lr"] for x in rows(tmp_path / "reptile")]
+    lr0 = float(s["outer"]["lr"])
+    assert lrs == pytest.approx([lr0 * (1 - k / 12) for k in range(4)])
+    assert (s["iterations_done"], s["stopped_by"]) == (4, "stop_at")
+    assert s["budget"] == "stopped at 4 of 12 iterations (stop_at; the schedule runs over all 12)"
+    a = train(compose([*SMOKE, "algorithm=imaml", "meta_iterations=12", "stop_at=4"]), tmp_path / "a")
+    b = train(compose([*SMOKE, "algorithm=imaml", "meta_iterations=4"]), tmp_path / "b")
+    assert a["test"]["per_task"] == b["test"]["per_task"] and a["stopped_by"] == "stop_at"

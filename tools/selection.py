@@ -1,6 +1,8 @@
-"""Select the protocol choices no paper fixes, on validation tasks only: ``python tools/selection.py SETTING``.
+"""Select the protocol choices no paper fixes, on validation tasks only:
+``python tools/selection.py SETTING [ALGO ...]`` (all of the setting's algorithms by default).
 
-Reads ``configs/selection.yaml``: per setting, a budget, a validation-task count, a seed, and per
+Reads ``configs/selection.yaml``: per setting, a budget (``stop_at`` iterations of the experiment's own
+schedule, or ``budget_minutes``), a validation-task count, a seed, and per
 algorithm its experiment and a grid. Every candidate (experiment + one grid point) trains for the
 setting's budget with ``eval.final=val``, so it is scored on the validation tasks and never on the
 test tasks. Records go to ``RECORDS``/SETTING/ALGO: each candidate's
@@ -40,11 +42,14 @@ def candidate_name(point: dict) -> str:
                     for k, v in point.items())
 
 
-def jobs(setting: str, spec: dict) -> list[str]:
+def jobs(setting: str, spec: dict, algos: list[str]) -> list[str]:
+    """A candidate stopped at ``stop_at`` iterations keeps the experiment's planned ``meta_iterations``,
+    so a schedule over the run (Reptile's annealed outer step) is the one the winner will train with."""
     lines = []
-    for algo, a in spec["algorithms"].items():
+    for algo in algos:
+        a = spec["algorithms"][algo]
         for point in candidates(a["grid"]):
-            budget = ([f"meta_iterations={spec['meta_iterations']}"] if "meta_iterations" in spec
+            budget = ([f"stop_at={spec['stop_at']}"] if "stop_at" in spec
                       else [f"max_train_minutes={spec['budget_minutes']}"])
             overrides = [f"experiment={a['experiment']}", f"seed={spec['seed']}", "eval.final=val",
                          f"eval.val_tasks={spec['val_tasks']}", *budget, "eval.val_every=0",
@@ -67,11 +72,12 @@ def test_fingerprint(experiment: str) -> str:
 
 def _budget(spec: dict) -> dict:
     """What every candidate of a setting trained for, as its selection record states it."""
-    return {"meta_iterations": spec.get("meta_iterations"), "budget_minutes": spec.get("budget_minutes")}
+    return {"stop_at": spec.get("stop_at"), "budget_minutes": spec.get("budget_minutes")}
 
 
-def summarise(setting: str, spec: dict) -> None:
-    for algo, a in spec["algorithms"].items():
+def summarise(setting: str, spec: dict, algos: list[str]) -> None:
+    for algo in algos:
+        a = spec["algorithms"][algo]
         rows = []
         for point in candidates(a["grid"]):
             s = json.loads((RECORDS / setting / algo / candidate_name(point) / "summary.json").read_text())
@@ -101,28 +107,31 @@ def summarise(setting: str, spec: dict) -> None:
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) != 1:
-        print("usage: python tools/selection.py SETTING   (a key of configs/selection.yaml)", file=sys.stderr)
+    if not argv:
+        print("usage: python tools/selection.py SETTING [ALGO ...]   (keys of configs/selection.yaml)", file=sys.stderr)
         return 2
     setting, spec = argv[0], yaml.safe_load((ROOT / "configs" / "selection.yaml").read_text())
     if setting not in spec:
         print(f"select: setting {setting!r} is not in configs/selection.yaml; choose one of {list(spec)}",
               file=sys.stderr)
         return 2
+    algos = argv[1:] or list(spec[setting]["algorithms"])
+    unknown = [a for a in algos if a not in spec[setting]["algorithms"]]
+    if unknown:
+        print(f"select: {unknown[0]!r} is not an algorithm of {setting} in configs/selection.yaml; choose from "
+              f"{list(spec[setting]['algorithms'])}", file=sys.stderr)
+        return 2
     out = Path("runs") / "select"  # relative: records name no folder of this machine
-    shutil.rmtree(ROOT / out / setting, ignore_errors=True)
-    proc = subprocess.run([sys.executable, "tools/jobs.py", str(out)], input="\n".join(jobs(setting, spec[setting])) + "\n",
+    for algo in algos:
+        shutil.rmtree(ROOT / out / setting / algo, ignore_errors=True)
+    proc = subprocess.run([sys.executable, "tools/jobs.py", str(out)],
+                          input="\n".join(jobs(setting, spec[setting], algos)) + "\n",
                           text=True, cwd=ROOT, env=dict(os.environ, PY=sys.executable))
     if proc.returncode:
         return proc.returncode
-    collect(ROOT / out / setting, RECORDS / setting)
-    summarise(setting, spec[setting])
-    return 0
-
-
-def resummarise(setting: str) -> int:
-    """Rewrite the selection.json files from the collected candidate records alone."""
-    summarise(setting, yaml.safe_load((ROOT / "configs" / "selection.yaml").read_text())[setting])
+    for algo in algos:
+        collect(ROOT / out / setting / algo, RECORDS / setting / algo)
+    summarise(setting, spec[setting], algos)
     return 0
 
 

@@ -197,6 +197,8 @@ def budget_label(summary: dict, it: int) -> str:
     planned = f"{it:,} of {summary['meta_iterations']:,} iterations"
     if summary["stopped_by"] == "max_train_minutes":
         return f"capped at {summary['max_train_minutes']:g} min: {planned}"
+    if summary["stopped_by"] == "stop_at":
+        return f"stopped at {planned} (stop_at; the schedule runs over all {summary['meta_iterations']:,})"
     if summary["stopped_by"] == "converged":
         return f"converged at {planned} (declared rule {PLATEAU_RULE.split(':')[0]})"
     return f"{planned} ({summary['profile']} profile)"
@@ -532,8 +534,8 @@ class _Run:
     def test_and_finish(self, it: int) -> dict:
         """The final test on the fixed test tasks; a non-finite result is a divergence, said so."""
         cfg = self.cfg
-        self.summary["stopped_by"] = ("converged" if self.converged else
-                                      "max_train_minutes" if it < cfg.meta_iterations else "meta_iterations")
+        self.summary["stopped_by"] = ("converged" if self.converged else "meta_iterations" if it >= cfg.meta_iterations
+                                      else "stop_at" if it == cfg.get("stop_at") else "max_train_minutes")
         if self.converged:
             self.summary["early_stop"] = {"rule": PLATEAU_RULE, "validations": len(self.val_history)}
         self.summary["budget"] = budget_label(self.summary, it)
@@ -563,7 +565,7 @@ def train(cfg, run_dir: str | Path) -> dict:
     it = run.start
     with _Stop() as stop, run.logger.guard(run.summary), run.progress_bar() as bar:
         try:
-            for it in range(run.start + 1, cfg.meta_iterations + 1):
+            for it in range(run.start + 1, min(cfg.meta_iterations, cfg.get("stop_at") or cfg.meta_iterations) + 1):
                 if run.out_of_time():
                     it -= 1
                     break

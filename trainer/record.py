@@ -237,7 +237,7 @@ class Record(Closed):
                                     "iterations (the cap is the budget); `both`: a time cap on an iteration count "
                                     "chosen for the run (whichever comes first)", column="budget_kind")
     iterations_done: int = entry("meta-iterations trained", column="iterations_done")
-    stopped_by: Literal["meta_iterations", "max_train_minutes", "converged"] | None = entry(
+    stopped_by: Literal["meta_iterations", "stop_at", "max_train_minutes", "converged"] | None = entry(
         "what ended training of a run that reached its test (null otherwise)", None, column="stopped_by")
     budget: str | None = entry("what the run ran, in words", None, column="budget")
     early_stop: EarlyStop | None = entry("a run ended by the declared plateau rule", None)

@@ -130,6 +130,7 @@ class Train:
                                      "carried": "the state the previous task left, Reptile's reference code"})
     meta_batch_size: int = rule(lo=1)
     meta_iterations: int = rule(lo=0)
+    stop_at: int | None = rule(lo=1, note=" (or null: train to meta_iterations)")
     max_train_minutes: float | None = positive(" (or null: no time limit)")
     seed: int = rule(lo=0)
     dtype: str = rule(choices=tuple(DTYPES))
