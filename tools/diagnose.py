@@ -157,7 +157,9 @@ def degradation(run: _Run, it: int) -> dict:
                      autograd=True, diagnostics_full=False, trace=trace, **run.hparams)
         traces.append(trace)
         residuals.append(float(info.get("cg_residual", float("nan"))))
-    worst = max(range(len(residuals)), key=lambda i: residuals[i] if residuals[i] == residuals[i] else -1)
+    # the worst task: the largest CG residual, or for an estimator without CG the largest inner loss
+    score = [r if r == r else max((e.get("loss", -1.0) for e in t), default=-1.0) for r, t in zip(residuals, traces)]
+    worst = max(range(len(score)), key=lambda i: score[i] if score[i] == score[i] else float("inf"))
     describe = getattr(run.source, "describe", None)
     return {"iteration": it, "task": worst, "cg_residuals": residuals, "theta_norm": float(tree_norm({k: v.detach().double() for k, v in run.params.items()})),
             "task_definition": describe("train", len(residuals), torch.Generator().set_state(run.gen.get_state()))[worst]
@@ -250,7 +252,7 @@ def diagnose(record_dir: Path, out_root: Path = OUT, max_iterations: int | None 
     summary = json.loads((record_dir / "summary.json").read_text())
     cfg = OmegaConf.create(summary["config"])
     fail_at = (summary.get("failure") or {}).get("iteration") or summary["iterations_done"]
-    cfg.meta_iterations = int(at - 1 if at else max_iterations or fail_at)
+    last = int(at - 1 if at else max_iterations or fail_at)  # meta_iterations stays: it sets the schedules
     cfg.max_train_minutes, cfg.resume, cfg.diagnostics, cfg.mem_every, cfg.fidelity_every = None, False, 0, 0, 0
     cfg.eval.val_every, cfg.eval.early_stop = 0, None
     name = record_dir.relative_to(records_root)
@@ -258,7 +260,7 @@ def diagnose(record_dir: Path, out_root: Path = OUT, max_iterations: int | None 
     run = _Run(cfg, work)
     run.restore()
     it, row = 0, {}
-    for it in range(1, cfg.meta_iterations + 1):
+    for it in range(1, last + 1):
         row = run.step(it)
         if row is None:
             break
