@@ -5,6 +5,7 @@ import importlib
 import json
 import math
 
+import pytest
 import torch
 
 from trainer import compose, train
@@ -179,3 +180,24 @@ def test_unlearned_dissection_agrees_with_the_procedure_once_the_inner_problem_i
     ctrl = one["control"]
     assert ctrl["status"] == "completed" and ctrl["iterations_done"] == 2 and ctrl["val"]["n"] == 4
     assert (tmp_path / "out" / "k1" / "diagnosis.json").is_file()
+
+
+def test_diagnose_worst_test_traces_the_worst_task_from_the_final_checkpoint(tmp_path):
+    """diagnose --worst-test: from a completed run's checkpoint, the traced adaptation of its worst test
+    task reproduces that task's recorded test MSE (an independent recomputation), step by step."""
+    import importlib.util
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    spec = importlib.util.spec_from_file_location("diagnose", root / "tools" / "diagnose.py")
+    diagnose = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(diagnose)
+    run = tmp_path / "records" / "run"
+    s = train(compose([*QUIET, "algorithm=maml", "test_inner_steps=4", "eval.steps_list=[]"]), run)
+    per = s["test"]["per_task"]
+    res = diagnose.worst_test(run, run / "ckpt.pt", out_root=tmp_path / "out", records_root=tmp_path / "records")
+    assert res["task"] == max(range(len(per)), key=per.__getitem__) and res["task_value"] == per[res["task"]]
+    a = res["anatomy"]
+    assert a["query_loss"] == pytest.approx(per[res["task"]], rel=1e-5) and len(a["last_finite"]) == 4
+    assert res["mean_without_task"] == pytest.approx((sum(per) - per[res["task"]]) / (len(per) - 1))
+    assert (tmp_path / "out" / "run" / "diagnosis.json").is_file()

@@ -1,6 +1,7 @@
 """Diagnose a committed diverged run: rerun it to its failure, dissect it, check it two other ways.
 
     python tools/diagnose.py RECORD_FOLDER... [--out DIR] [--at ITERATION]
+    python tools/diagnose.py RECORD_FOLDER --unlearned CKPT | --worst-test CKPT
 
 (a record folder holds a run's summary.json; by default the diagnoses go beside the records, under
 ``diagnoses/`` in the same tree.)
@@ -27,6 +28,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
+import statistics
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -294,6 +297,37 @@ def diagnose(record_dir: Path, out_root: Path = OUT, max_iterations: int | None 
     return result
 
 
+def worst_test(record_dir: Path, checkpoint: Path, out_root: Path = OUT, records_root: Path = RECORDS) -> dict:
+    """A completed run whose test mean is dominated by a few tasks: the test-time adaptation of its worst
+    test task, traced from the run's final θ (``checkpoint``), with what the other tasks reached."""
+    summary = json.loads((record_dir / "summary.json").read_text())
+    test = summary.get("test") or {}
+    per = test.get("per_task")
+    if summary["status"] != "completed" or not per:
+        raise SystemExit(f"diagnose: --worst-test needs a completed run with per-task test metrics; {record_dir} has none")
+    cfg = OmegaConf.create(summary["config"])
+    cfg.resume = True  # the run's own config, so that its checkpoint loads; nothing is trained
+    name = record_dir.relative_to(records_root)
+    work = ROOT / "runs" / "diagnose" / name / "worst-test"
+    work.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(checkpoint, work / "ckpt.pt")
+    run = _Run(cfg, work)
+    run.restore()
+    lower = test.get("metric") == "mse"
+    index = (max if lower else min)(range(len(per)), key=lambda i: per[i])
+    run.dissect_test("test", int(cfg.eval.test_seed), per, index)
+    rest = [v for i, v in enumerate(per) if i != index]
+    result = {"record": name.as_posix(), "recorded_status": summary["status"], "kind": "worst_test",
+              "checkpoint_iteration": run.start, "task": index, "metric": test.get("metric"),
+              "task_value": per[index], "mean": test["mean"], "median": statistics.median(per),
+              "mean_without_task": statistics.fmean(rest), "anatomy": run.anatomy,
+              "versions": versions(), "device_name": run.device_name}
+    out = out_root / name / "diagnosis.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out, result)
+    return result
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("records", nargs="+", type=Path, help="record folders of diverged runs (with summary.json)")
@@ -301,8 +335,20 @@ def main(argv=None) -> int:
     ap.add_argument("--at", type=int, default=None, help="dissect this iteration's meta-batch (a run that degraded)")
     ap.add_argument("--unlearned", type=Path, default=None, metavar="CKPT",
                     help="a completed iMAML run that did not learn: its final checkpoint (ckpt.pt) to dissect")
+    ap.add_argument("--worst-test", type=Path, default=None, metavar="CKPT",
+                    help="a completed run whose test mean a few tasks dominate: trace its worst test task's "
+                         "adaptation from its final checkpoint (ckpt.pt)")
     a = ap.parse_args(argv)
     torch.set_num_threads(1)
+    if a.worst_test is not None:
+        if len(a.records) != 1 or not a.worst_test.is_file():
+            print("diagnose: --worst-test CKPT takes one record folder and an existing ckpt.pt", file=sys.stderr)
+            return 2
+        res = worst_test(a.records[0].resolve(), a.worst_test, out_root=a.out)
+        print(f"diagnose: {a.records[0]}: worst test task {res['task']}: {res['task_value']:.4g} "
+              f"(mean {res['mean']:.4g}, median {res['median']:.4g}, mean without it {res['mean_without_task']:.4g}); "
+              f"{res['anatomy'].get('stage')}")
+        return 0
     if a.unlearned is not None:
         if len(a.records) != 1 or not a.unlearned.is_file():
             print("diagnose: --unlearned CKPT takes one record folder and an existing ckpt.pt", file=sys.stderr)

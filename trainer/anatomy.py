@@ -136,5 +136,6 @@ def adaptation_anatomy(loss_fn, params: dict, task, inner, *, inner_state=None, 
     bad = _first_bad(trace)
     stage = f"test-time adaptation, {stage_name(trace[bad])}" if bad is not None else (
         "test-time adaptation, the adapted model's prediction" if _finite(phi) else "test-time adaptation")
-    return _block(stage, index, _describe(describe, index), theta, trace, bad, split="test")
+    query = float(loss_fn(phi, task[2], task[3])) if _finite(phi) and len(task) > 3 else None
+    return _block(stage, index, _describe(describe, index), theta, trace, bad, split="test", query_loss=query)
 

@@ -502,9 +502,9 @@ class _Run:
             self.gradual["worse_than_baseline"] = {"iteration": it, "val": value, "baseline": name,
                                                    "baseline_value": base}
 
-    def dissect_test(self, split: str, seed: int, per_task: list[float]) -> None:
-        """Test-time adaptation of the first task whose metric is not finite, traced."""
-        index = next(i for i, v in enumerate(per_task) if not math.isfinite(v))
+    def dissect_test(self, split: str, seed: int, per_task: list[float], index: int | None = None) -> None:
+        """Test-time adaptation of task ``index`` (default: the first whose metric is not finite), traced."""
+        index = next(i for i, v in enumerate(per_task) if not math.isfinite(v)) if index is None else index
         task = sample_fixed(self.spec.source, split, seed, index, index + 1, self.device)
         try:
             inner = replace(self.spec.inner, prox_lam=self.spec.prox_lam)
