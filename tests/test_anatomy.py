@@ -139,12 +139,18 @@ def test_diagnose_reruns_a_diverged_record_and_checks_it_independently(tmp_path)
     spec = importlib.util.spec_from_file_location("diagnose", root / "tools" / "diagnose.py")
     diagnose = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(diagnose)
-    s = train(compose([*QUIET, "algorithm=imaml", "inner_steps=4", "inner_lr=3.0", "meta_iterations=50"]),
-              tmp_path / "records" / "run")
-    assert s["status"] == "diverged"
+    s = train(compose([*QUIET, "algorithm=imaml", "inner_steps=4", "inner_lr=0.4", "meta_iterations=50",
+                       "ckpt_every=1"]), tmp_path / "records" / "run")
+    assert s["status"] == "diverged" and s["failure"]["iteration"] > 1
     res = diagnose.diagnose(tmp_path / "records" / "run", tmp_path / "out", records_root=tmp_path / "records")
     assert res["failed_again"] and res["failure_iteration"] == s["failure"]["iteration"]
     assert res["anatomy"]["stage"] == s["failure"]["stage"] and res["record"] == "run"
+    # from the run's last checkpoint before the failure: the same failure, one iteration of rerun
+    again = diagnose.diagnose(tmp_path / "records" / "run", tmp_path / "out2", records_root=tmp_path / "records",
+                              checkpoint=tmp_path / "records" / "run" / "ckpt.pt")
+    assert again["rerun_from"] == s["failure"]["iteration"] - 1 and again["failed_again"]
+    assert (again["failure_iteration"], again["anatomy"]["task"]) == (res["failure_iteration"], res["anatomy"]["task"])
+    assert again["anatomy"]["stage"] == res["anatomy"]["stage"]
     assert set(res["maml_inner_loop"]) >= {"finite", "inner_losses", "optimizer"}
     assert "phi_finite" in res["dense_implicit"]
     assert (tmp_path / "out" / "run" / "diagnosis.json").is_file()

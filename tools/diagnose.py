@@ -1,6 +1,6 @@
 """Diagnose a committed diverged run: rerun it to its failure, dissect it, check it two other ways.
 
-    python tools/diagnose.py RECORD_FOLDER... [--out DIR] [--at ITERATION]
+    python tools/diagnose.py RECORD_FOLDER... [--out DIR] [--at ITERATION] [--from CKPT]
     python tools/diagnose.py RECORD_FOLDER --unlearned CKPT | --worst-test CKPT
 
 (a record folder holds a run's summary.json; by default the diagnoses go beside the records, under
@@ -248,7 +248,7 @@ def unlearned(record_dir: Path, checkpoint: Path, tasks: int = 50, out_root: Pat
 
 
 def diagnose(record_dir: Path, out_root: Path = OUT, max_iterations: int | None = None,
-             records_root: Path = RECORDS, at: int | None = None) -> dict:
+             records_root: Path = RECORDS, at: int | None = None, checkpoint: Path | None = None) -> dict:
     """Rerun the record in ``record_dir`` (a folder under ``records_root``) to its failure — or, with
     ``at``, to iteration ``at`` of a run that degraded without failing, whose meta-batch is then
     dissected (:func:`degradation`) — and write ``out_root/<its path under records_root>/diagnosis.json``."""
@@ -256,19 +256,28 @@ def diagnose(record_dir: Path, out_root: Path = OUT, max_iterations: int | None 
     cfg = OmegaConf.create(summary["config"])
     fail_at = (summary.get("failure") or {}).get("iteration") or summary["iterations_done"]
     last = int(at - 1 if at else max_iterations or fail_at)  # meta_iterations stays: it sets the schedules
-    cfg.max_train_minutes, cfg.resume, cfg.diagnostics, cfg.mem_every, cfg.fidelity_every = None, False, 0, 0, 0
-    cfg.eval.val_every, cfg.eval.early_stop = 0, None
     name = record_dir.relative_to(records_root)
     work = ROOT / "runs" / "diagnose" / name
+    if checkpoint is None:  # from the start, without the run's instrumentation and validation
+        cfg.max_train_minutes, cfg.resume, cfg.diagnostics, cfg.mem_every, cfg.fidelity_every = None, False, 0, 0, 0
+        cfg.eval.val_every, cfg.eval.early_stop = 0, None
+    else:  # from the run's own checkpoint (its config unchanged, so that it loads): θ, optimizer and task stream
+        cfg.resume = True
+        work.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(checkpoint, work / "ckpt.pt")
     run = _Run(cfg, work)
     run.restore()
-    it, row = 0, {}
-    for it in range(1, last + 1):
+    start = run.start
+    if start >= last:
+        raise SystemExit(f"diagnose: the checkpoint is at iteration {start:,}, not before {last + 1:,}")
+    it, row = start, {}
+    for it in range(start + 1, last + 1):
         row = run.step(it)
         if row is None:
             break
     result = {"record": name.as_posix(), "recorded_failure": summary.get("failure"),
-              "recorded_status": summary["status"], "rerun_iterations": it, "versions": versions(),
+              "recorded_status": summary["status"], "rerun_iterations": it, "rerun_from": start,
+              "versions": versions(),
               "device_name": run.device_name, "code_path": summary.get("code_path")}
     if at and row is not None:
         d = degradation(run, at)
@@ -333,6 +342,8 @@ def main(argv=None) -> int:
     ap.add_argument("records", nargs="+", type=Path, help="record folders of diverged runs (with summary.json)")
     ap.add_argument("--out", type=Path, default=OUT)
     ap.add_argument("--at", type=int, default=None, help="dissect this iteration's meta-batch (a run that degraded)")
+    ap.add_argument("--from", dest="checkpoint", type=Path, default=None, metavar="CKPT",
+                    help="rerun from the run's own checkpoint (ckpt.pt) before the failure, not from the start")
     ap.add_argument("--unlearned", type=Path, default=None, metavar="CKPT",
                     help="a completed iMAML run that did not learn: its final checkpoint (ckpt.pt) to dissect")
     ap.add_argument("--worst-test", type=Path, default=None, metavar="CKPT",
@@ -361,7 +372,7 @@ def main(argv=None) -> int:
         if not (r / "summary.json").is_file():
             print(f"diagnose: {r} has no summary.json; give a run's record folder", file=sys.stderr)
             return 2
-        res = diagnose(r, a.out, at=a.at)
+        res = diagnose(r, a.out, at=a.at, checkpoint=a.checkpoint)
         where = res.get("anatomy", {}).get("stage", "-")
         print(f"diagnose: {r.relative_to(ROOT)}: failed again: {res['failed_again']} at iteration "
               f"{res.get('failure_iteration', '-')} ({where})", flush=True)
