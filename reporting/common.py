@@ -46,22 +46,9 @@ def setting_rank(setting: str) -> tuple:
     return (SETTING_ORDER.index(setting), "") if setting in SETTING_ORDER else (len(SETTING_ORDER), setting)
 
 
-# Integer fields: pandas stores an integer column holding a None as floats; turn them back.
-INT_KEYS = ("ways", "shots", "query_shots", "test_shots", "test_query_shots", "meta_iterations",
-            "iterations_done", "meta_batch_size", "inner_steps", "test_steps", "cg_steps", "seed", "n",
-            "failure_iteration", "test_steps_used", "gpu_peak_bytes", "alloc_peak_bytes", "rss_peak_bytes")
-
-
-def _cell(key: str, v: Any) -> Any:
-    if isinstance(v, (list, dict)):
-        return v
-    v = clean(v)
-    return int(v) if key in INT_KEYS and v is not None else v
-
-
 def records(frame: pd.DataFrame) -> list[dict]:
     """Rows as dicts with missing values as None, in the canonical report order."""
-    rows = [{k: _cell(k, v) for k, v in r.items()} for r in frame.to_dict("records")] if not frame.empty else []
+    rows = [{k: clean(v) for k, v in r.items()} for r in frame.to_dict("records")] if not frame.empty else []
     return records_sorted(rows)
 
 
@@ -81,8 +68,6 @@ def budget_kind(row: dict) -> str | None:
 
 def is_paper_scale(row: dict) -> bool:
     return budget_kind(row) is not None
-
-
 
 
 def label_text(row: dict) -> str:
@@ -159,12 +144,6 @@ SETUP_COLUMNS = [
     ("seed", lambda r: fmt_g(r.get("seed")), "seed"), ("device", lambda r: r.get("device") or "—", "device"),
     ("dtype", lambda r: r.get("dtype") or "—", "dtype"),
 ]
-
-
-
-
-
-
 
 
 def config_groups(rows: list[dict]) -> list[list[dict]]:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from atomic import atomic_write_text
 
-from . import anatomy, baselines, budget, fidelity_train, front, limits, paired, studies, tables, tta
+from . import anatomy, baselines, budget, fidelity_train, front, paired, studies, tables, tta
 from . import common as c
 from .paper import PaperNumbers, load_paper_numbers
 from .records import STATUSES, STUDY_FILES, Records, Skipped, load
@@ -247,7 +247,7 @@ def generate(runs_root: Path, out: Path, paper: PaperNumbers | None = None, benc
                 + (w.table(front.limitations(summary, paper, devices)) if not summary.empty
                    else "\nNo records yet, so nothing has been measured.\n")
                 + ("\nProtocol choices not taken from a paper, tuned on validation tasks only:\n"
-                   + w.table(limits.selection_table(recs.selections, {r.get("experiment"): r["label"]
+                   + w.table(tables.selection_table(recs.selections, {r.get("experiment"): r["label"]
                                                                      for r in rows + bases}))
                    if recs.selections else ""))
     inventory = all_rows + base_rows

@@ -1,4 +1,5 @@
-"""Training-run tables: the run inventory, and metric vs inner steps (with a figure per setting)."""
+"""Training-run tables: the run inventory, metric vs inner steps (with a figure per setting), and the
+protocol selections made on validation tasks."""
 from __future__ import annotations
 
 import math
@@ -137,3 +138,28 @@ def inner_steps_figures(groups: list[dict], fig_dir: Path) -> list[Path]:
         ax.legend(fontsize=8)
         paths.append(save_figure(fig, fig_dir / f"inner_steps_{c.slug(dataset, setting, profile)}.png"))
     return paths
+
+
+def selection_table(selections: list[dict], labels: dict) -> Table:
+    """Every candidate of every selection on validation tasks, its validation score and the choice."""
+    rows = [{"setting": s["setting"], "algorithm": labels.get(s["experiment"], s["algorithm"]), "run": s["run"],
+             "metric": s["metric"], "chosen": cand.get("candidate") == s.get("winner_name"), **cand}
+            for s in selections for cand in s["candidate_rows"]]
+
+    def score(r):
+        if r.get("val_metric") is None:
+            return f"— ({r.get('status', '?')})"
+        scale, digits = (1, 3) if r["metric"] == "mse" else (100, 2)
+        return f"{scale * r['val_metric']:.{digits}f} ± {scale * (r.get('val_ci95') or 0):.{digits}f}"
+
+    cols = [("setting", lambda r: r["setting"], "setting"), ("algorithm", lambda r: r["algorithm"], "algorithm"),
+            ("candidate", lambda r: ", ".join(f"{k.rsplit('.', 1)[-1]} {fmt_g(v)}" for k, v in r["values"].items())
+             if r.get("values") else r.get("candidate", "?"), "candidate"),
+            ("iterations", lambda r: fmt_g(r.get("iterations_done")), "iterations_done"),
+            ("validation (± 95% CI; MSE or accuracy %)", score, "val_metric", "val_ci95", "status"),
+            ("chosen", lambda r: "**chosen**" if r["chosen"] else "", "chosen"),
+            ("selection record", lambda r: f"`{r['run']}`", "run")]
+    return make_table("selection", rows, cols,
+                      ["Each candidate trained from the same seed for the same minutes and was scored on validation "
+                       "tasks only; only the chosen one is tested, by its experiment."],
+                      extra=("metric", "val_fingerprint"))
