@@ -12,7 +12,7 @@ from pathlib import Path
 
 from . import baselines, render
 from . import common as c
-from .render import Table, column_keys, fmt, fmt_g, fmt_pm, make_table, new_figure, save_figure
+from .render import Table, fmt, fmt_g, fmt_pm, make_table, new_figure, save_figure
 
 
 def is_sweep(row: dict) -> bool:
@@ -59,6 +59,12 @@ def _label(runs: list[dict]) -> str:
     return f"{r['label']} (baseline)" if baselines.is_baseline(r) else c.label_text(r)
 
 
+# What defines a run's setup, kept in the setup table's CSV whether or not a column shows it.
+SETUP_KEYS = ("iterations_done", "meta_iterations", "shots", "test_shots", "query_shots", "test_query_shots",
+              "outer_optimizer", "outer_lr", "outer_clip", "outer_anneal", "inner_optimizer", "inner_lr", "prox_lam",
+              "inner_steps", "test_steps", "lam", "cg_steps", "bn_mode", "meta_batch_size", "seed", "device", "dtype")
+
+
 def setup_table(key: tuple, rows: list[dict]) -> Table:
     """What each configuration of the setting was set up with (one row per configuration, its seeds
     together): one table per setting, so the results tables carry results only."""
@@ -79,7 +85,7 @@ def setup_table(key: tuple, rows: list[dict]) -> Table:
     out = [dict(runs[0], seed=c.seeds_list(runs), run=c.runs_text(runs), _runs=runs) for runs in configs]
     name = c.slug("setup", dataset, setting, f"{fmt_g(minutes)}min" if minutes is not None else "paper")
     return make_table(name, out, [(h, _on_runs(fn), *keys) for h, fn, *keys in cols],
-                      extra=("experiment", "profile", *column_keys(c.SETUP_COLUMNS), "device_name", "run"))
+                      extra=("experiment", "profile", *SETUP_KEYS, "device_name", "run"))
 
 
 def _on_runs(fn):

@@ -109,11 +109,6 @@ def steps_text(row: dict) -> str:
     return f"{fmt_g(row.get('inner_steps'))}/{fmt_g(row.get('test_steps'))}"
 
 
-def shots_text(row: dict) -> str:
-    text = f"{fmt_g(row.get('shots'))}/{fmt_g(row.get('test_shots'))}"
-    return f"{text}, query {fmt_g(row.get('query_shots'))}/{fmt_g(row.get('test_query_shots'))}"
-
-
 def lam_cg_text(row: dict) -> str:
     if row.get("lam") is None and row.get("cg_steps") is None:
         return "—"
@@ -130,20 +125,6 @@ def result_text(row: dict) -> str:
         return "—"
     s, d = scale_of(row["metric"])
     return fmt_pm(row["mean"], row["ci95"], d, s)
-
-
-# Columns every results row carries: what the reviewers asked to see for each number, each with its row keys.
-SETUP_COLUMNS = [
-    ("iterations", budget_text, "iterations_done", "meta_iterations"),
-    ("shots train/test", shots_text, "shots", "test_shots", "query_shots", "test_query_shots"),
-    ("outer (opt lr)", outer_text, "outer_optimizer", "outer_lr", "outer_clip", "outer_anneal"),
-    ("inner (opt lr)", inner_text, "inner_optimizer", "inner_lr", "prox_lam"),
-    ("steps train/test", steps_text, "inner_steps", "test_steps"), ("λ / CG", lam_cg_text, "lam", "cg_steps"),
-    ("BN", lambda r: r.get("bn_mode") or "—", "bn_mode"),
-    ("meta-batch", lambda r: fmt_g(r.get("meta_batch_size")), "meta_batch_size"),
-    ("seed", lambda r: fmt_g(r.get("seed")), "seed"), ("device", lambda r: r.get("device") or "—", "device"),
-    ("dtype", lambda r: r.get("dtype") or "—", "dtype"),
-]
 
 
 def config_groups(rows: list[dict]) -> list[list[dict]]:

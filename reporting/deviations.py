@@ -1,16 +1,24 @@
-"""The deviation-ladder study's section (``study=deviations``, ``deviations.csv``).
+"""The deviation-ladder studies' sections (``study=deviations``, ``deviations.csv``).
 
-iMAML as the paper writes it → the official release, one deviation at a time, every run at one
-training-time budget: the ladder with each rung's gain over the previous one, each deviation
-removed alone from the full release, the leaky test split's inflation, MAML beside. The study
-computed every difference (paired on identical test tasks where the test-task fingerprints
-match, else unpaired); this module only lays them out.
+A protocol as its paper writes it → a reference implementation (the official iMAML release,
+hypertorch's example, openai/supervised-reptile), one deviation at a time, every run at one
+training budget: the ladder with each rung's gain over the one before, each deviation removed
+alone from the full release, the leaky test split's inflation, MAML beside. The study computed
+every difference (paired on identical test tasks where the test-task fingerprints match, else
+unpaired); this module lays them out. The Reptile ladder keeps one study folder per seed and is
+pooled here: each rung's mean ± std over seeds, and its gain over the rung before as the per-task
+difference averaged over seeds with a normal 95% interval over the tasks (unpaired where the
+rungs were tested on other tasks).
 """
 from __future__ import annotations
 
+import json
+import math
+import statistics
+from pathlib import Path
+
 import pandas as pd
 
-from . import reptile_ladder
 from .render import fmt, fmt_g, fmt_p, is_missing, make_table, new_figure, save_figure
 
 S = 100.0  # accuracy in percent
@@ -29,14 +37,14 @@ TARGETS = {"release": ("the official release", "experiment=omniglot_5w_imaml_rel
 
 def target(study: dict) -> str:
     """``hypertorch`` for a ladder whose top rung is hypertorch's protocol, ``reptile`` for the Reptile
-    ladder (its own section: ``reporting/reptile_ladder.py``), else ``release``."""
+    ladder, else ``release``."""
     top = str((((study.get("config") or {}).get("study")) or {}).get("release") or "")
     return "hypertorch" if "hypertorch" in top else "reptile" if "reptile" in top else "release"
 
 
 def picks(studies: list[dict]) -> list[tuple[dict, list[str]]]:
     """Per ladder target, the latest completed run (else the latest) of the short-budget study and of the long one."""
-    mine = [s for s in studies if s["study"] == "deviations" and not reptile_ladder.is_reptile(s)]
+    mine = [s for s in studies if s["study"] == "deviations" and target(s) != "reptile"]
     out = []
     for goal in TARGETS:
         for long in (False, True):
@@ -46,7 +54,7 @@ def picks(studies: list[dict]) -> list[tuple[dict, list[str]]]:
                 out.append((done or kind)[-1])
     shown = [(s, [o["run"] for o in mine if all(o is not c for c in out)] if i == 0 else [])
              for i, s in enumerate(out)]
-    reptile = [s for s in studies if s["study"] == "deviations" and reptile_ladder.is_reptile(s)]
+    reptile = [s for s in studies if s["study"] == "deviations" and target(s) == "reptile"]
     if reptile:  # one section for all its seeds (one study folder each)
         shown.append((dict(reptile[0], seeds=reptile), []))
     return shown
@@ -121,12 +129,10 @@ def _figure(df: pd.DataFrame, prefix: str, at: str, fig_dir, goal: str = "releas
     return save_figure(fig, fig_dir / f"{prefix}.png")
 
 
-rows_of = _rows
-
 
 def section(study: dict, w) -> str:
     if "seeds" in study:
-        return reptile_ladder.section(study["seeds"], w)
+        return reptile_section(study["seeds"], w)
     df = study["tables"]["deviations.csv"]
     long, goal = is_long(study), target(study)
     prefix = ("deviations_long" if long else "deviations") + ("" if goal == "release" else f"_{goal}")
@@ -197,3 +203,110 @@ def section(study: dict, w) -> str:
                     "below differ: iMAML's carries the deviations before it in the ladder)."], more=(imaml,))
         out += f"\n#### MAML beside the ladder, {at}\n" + w.table(t)
     return out
+
+
+REPTILE_EXPERIMENTS = ("experiment=omniglot_5w_reptile_fresh", "experiment=omniglot_5w_reptile_openai")
+
+
+def _per_task(study: dict, row: dict) -> list[float] | None:
+    path = Path(study["folder"]) / str(row["run_dir"]) / str(row["evaluation"])
+    try:
+        return [float(v) for v in json.loads(path.read_text())["test"]["per_task"]]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def rungs(seeds: list[dict]) -> list[dict]:
+    """One dict per ladder rung: its per-seed accuracies and per-task values, fingerprints, iterations."""
+    out: dict[str, dict] = {}
+    for study in seeds:
+        df = study["tables"]["deviations.csv"]
+        for r in df[df["group"] == "ladder"].to_dict("records"):
+            d = out.setdefault(r["rung"], {"rung": r["rung"], "acc": [], "tasks": [], "fp": set(), "iters": [],
+                                           "seeds": []})
+            values = _per_task(study, r)
+            if values is None or r["status"] != "completed":
+                continue
+            d["acc"].append(float(r["accuracy"]))
+            d["tasks"].append(values)
+            d["fp"].add(r["fingerprint"])
+            d["iters"].append(int(r["iterations_done"]))
+            d["seeds"].append(int(((study.get("config") or {}).get("seed")) or 0))
+    return list(out.values())
+
+
+def gain(a: dict, b: dict) -> tuple[float, float, float, str] | None:
+    """b − a (accuracy points as fractions) with its 95% interval and kind, pooled over the seeds both have."""
+    if not a["tasks"] or not b["tasks"] or len(a["tasks"]) != len(b["tasks"]) or a["seeds"] != b["seeds"]:
+        return None
+    if a["fp"] == b["fp"] and len(a["fp"]) == 1:
+        diffs = [statistics.fmean(bs[i] - as_[i] for as_, bs in zip(a["tasks"], b["tasks"]))
+                 for i in range(len(a["tasks"][0]))]
+        m, sd, n = statistics.fmean(diffs), statistics.pstdev(diffs), len(diffs)
+        h = 1.96 * sd / math.sqrt(n)
+        return m, m - h, m + h, "paired"
+    pa = [v for t in a["tasks"] for v in t]
+    pb = [v for t in b["tasks"] for v in t]
+    m = statistics.fmean(pb) - statistics.fmean(pa)
+    h = 1.96 * math.sqrt(statistics.pvariance(pa) / len(pa) + statistics.pvariance(pb) / len(pb))
+    return m, m - h, m + h, "unpaired"
+
+
+def reptile_section(seeds: list[dict], w) -> str:
+    rows = rungs(seeds)
+    minutes = sorted({fmt_g(m) for s in seeds for m in s["tables"]["deviations.csv"]["budget_minutes"].dropna()})
+    devices = sorted({str(d) for s in seeds for d in s["tables"]["deviations.csv"]["device"].dropna()})
+    table_rows = []
+    for i, r in enumerate(rows):
+        g = gain(rows[i - 1], r) if i else None
+        table_rows.append({
+            "rung": r["rung"], "seeds": len(r["acc"]),
+            "accuracy_mean": statistics.fmean(r["acc"]) if r["acc"] else None,
+            "accuracy_std": statistics.pstdev(r["acc"]) if len(r["acc"]) > 1 else None,
+            "gain_mean": g[0] if g else None, "gain_low": g[1] if g else None, "gain_high": g[2] if g else None,
+            "gain_kind": g[3] if g else None,
+            "iterations": "/".join(f"{v:,}" for v in r["iters"]) or "—"})
+    cols = [("rung", lambda r: "fresh state (the suite before)" if r["rung"] == "paper" else f"+ {r['rung']}", "rung"),
+            ("seeds", lambda r: str(r["seeds"]), "seeds"),
+            ("test accuracy % (mean ± std over seeds)",
+             lambda r: "—" if r["accuracy_mean"] is None else fmt(r["accuracy_mean"], 2, S) + (
+                 "" if r["accuracy_std"] is None else f" ± {fmt(r['accuracy_std'], 2, S)}"), "accuracy_mean", "accuracy_std"),
+            ("gain over the rung above, pooled over seeds [95% CI]",
+             lambda r: "—" if r["gain_mean"] is None else
+             f"{fmt(r['gain_mean'], 2, S)} [{fmt(r['gain_low'], 2, S)}, {fmt(r['gain_high'], 2, S)}]"
+             + (" (unpaired)" if r["gain_kind"] == "unpaired" else ""),
+             "gain_mean", "gain_low", "gain_high", "gain_kind"),
+            ("iterations per seed", lambda r: r["iterations"], "iterations")]
+    iters = sorted({int(m) for st in seeds if (m := ((st.get("config") or {}).get("study") or {}).get("meta_iterations"))})
+    budget = (f"{', '.join(f'{m:,}' for m in iters)} iterations per run (the outer step annealed to 0 over them)" if iters
+              else f"{', '.join(minutes) or '?'} min of training per run")
+    at = f"{budget} on {', '.join(devices) or 'an unrecorded device'}"
+    out = (f"\nOmniglot 5-way 1-shot, Reptile as the suite ran it before its reference audit (`{REPTILE_EXPERIMENTS[0]}`) → "
+           f"everything openai/supervised-reptile does (`{REPTILE_EXPERIMENTS[1]}`), one difference at a time "
+           f"(`configs/study/deviations_reptile.yaml`; the audit: [docs/fidelity_audit.md](../docs/fidelity_audit.md)), "
+           f"{at}, {len(seeds)} seed(s). `+ eval_state` tests the rung above's trained parameters and state again; "
+           "`+ network` is comparison a's Reptile row (`experiment=omniglot_5w_reptile`); `+ data` changes the test "
+           "characters, so its gain is unpaired.\n")
+    out += w.table(make_table("deviations_reptile_ladder", table_rows, cols,
+                              ["Gains are accuracy points; paired rows average each test task's difference over the "
+                               "seeds, then take a normal 95% interval over the tasks."]))
+    fig = _reptile_figure(rows, w.fig_dir, at)
+    if fig is not None:
+        out += w.figure(fig, "Reptile ladder: test accuracy per rung")
+    return out
+
+
+def _reptile_figure(rows: list[dict], fig_dir, at: str):
+    rows = [r for r in rows if r["acc"]]
+    if not rows:
+        return None
+    fig, (ax,) = new_figure(1, width=5.6, height=3.2)
+    y = list(range(len(rows)))[::-1]
+    for yi, r in zip(y, rows):
+        ax.plot([a * S for a in r["acc"]], [yi] * len(r["acc"]), "o", color="tab:green", alpha=0.5, ms=4)
+        ax.plot([statistics.fmean(r["acc"]) * S], [yi], "|", color="black", ms=14)
+    ax.set_yticks(y, ["fresh state" if r["rung"] == "paper" else f"+ {r['rung']}" for r in rows], fontsize=8)
+    ax.set_xlabel("test accuracy % (dots: seeds; bar: mean)")
+    ax.grid(axis="x", alpha=0.3)
+    fig.suptitle(f"Reptile, Omniglot 5w1s: the suite's earlier protocol → the reference code, {at}", fontsize=8)
+    return save_figure(fig, fig_dir / "deviations_reptile.png")
