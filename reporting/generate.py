@@ -118,7 +118,7 @@ def _claims(paper, rows, bases, judged, w) -> str:
     # the pretrained records join the pairing here, not the algorithm matrices of section 2
     rows = rows + [b for b in bases if b["label"] == "Pretrained"]
     pairs, refused, _ = paired.compare_all(rows)
-    t, _ = paired.claims_table(paper.claims, pairs, refused, rows, baselines.statuses(judged))
+    t = paired.claims_table(paper.claims, pairs, refused, rows, baselines.statuses(judged))
     return _heading("claims", "4. The papers' claims") + w.table(t)
 
 

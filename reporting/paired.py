@@ -57,17 +57,14 @@ def _order(s: tuple) -> tuple:
     return (s[0], c.setting_rank(s[1]), s[2], s[3] is None, s[3] or 0, s[4] or "")
 
 
-def budget_words(minutes, profile: str, early_stop: str | None = None) -> str:
-    """A budget in words: minutes per run (and the profile unless it is the paper's), or the profile
-    when there is no time cap; and the early-stop rule, if any."""
+def _words(setting: tuple) -> str:
+    """A setting's budget in words: minutes per run (and the profile unless it is the paper's), or the
+    profile when there is no time cap; and the early-stop rule, if any."""
+    _, _, profile, minutes, early_stop = setting
     rule = f", {early_stop} rule" if early_stop else ""
     if minutes is None:
         return f"{profile} profile, no time cap{rule}"
     return f"{c.fmt_g(minutes)} min per run" + ("" if profile == "paper" else f", {profile} profile") + rule
-
-
-def _words(setting: tuple) -> str:
-    return budget_words(setting[3], setting[2], setting[4])
 
 
 def representatives(rows: list[dict]) -> tuple[dict[tuple, dict[str, list[dict]]], list[str]]:
@@ -147,24 +144,10 @@ def compare_all(rows: list[dict]) -> tuple[list[dict], list[dict], list[str]]:
     return pairs, refused, sorted(notes)
 
 
-ANY = object()
-
-
-def find(pairs: list[dict], dataset: str, setting: str, a: str, b: str, profile: str | None = None,
-         minutes=ANY) -> list[dict]:
-    """The comparisons of a against b in a setting (one per seed), read with a's sign; ``profile``
-    and ``minutes`` narrow them to one budget."""
-    out = []
-    for p in pairs:
-        if (p["dataset"], p["setting"]) != (dataset, setting) or profile not in (None, p["profile"]):
-            continue
-        if minutes is not ANY and p.get("max_train_minutes") != minutes:
-            continue
-        if (p["a"], p["b"]) == (a, b):
-            out.append(p)
-        elif (p["a"], p["b"]) == (b, a):
-            out.append(flipped(p))
-    return out
+def find(pairs: list[dict], dataset: str, setting: str, a: str, b: str) -> list[dict]:
+    """The comparisons of a against b in a setting (one per seed), read with a's sign."""
+    mine = [p for p in pairs if (p["dataset"], p["setting"]) == (dataset, setting)]
+    return [p if p["a"] == a else flipped(p) for p in mine if (p["a"], p["b"]) in ((a, b), (b, a))]
 
 
 def matrix_tables(pairs: list[dict], learned: dict[str, str]) -> list[tuple[str, Table]]:
@@ -271,7 +254,7 @@ def refused_table(refused: list[dict]) -> Table:
 
 
 def claims_table(claims: tuple[Claim, ...], pairs: list[dict], refused: list[dict], rows: list[dict],
-                 learned: dict[str, str]) -> tuple[Table, list[dict]]:
+                 learned: dict[str, str]) -> Table:
     """One row per paper claim: the claimed-better algorithm's improvement over the claimed-worse one
     as measured, and a verdict only at the paper's budget and only when both rows learned (what a run at
     that budget would cost: the first page's reproduction table)."""
@@ -318,7 +301,7 @@ def _claim_row(base: dict, cl: Claim, sel: list[dict], learned: dict[str, str]) 
                 runs="; ".join(f"{p['a_run']} vs {p['b_run']}" for p in sel))
 
 
-def _claims(out: list[dict]) -> tuple[Table, list[dict]]:
+def _claims(out: list[dict]) -> Table:
     def text(header, key):
         return header, lambda r: r[key] or "—", key
 
@@ -335,4 +318,4 @@ def _claims(out: list[dict]) -> tuple[Table, list[dict]]:
              "says which method got further in that budget on this machine, not whether the claim holds.",
              "no runs: train both algorithms in that setting with the same test tasks (`make reproduce`, or "
              "`python train.py` with the setting's dataset, ways and shots)."]
-    return make_table("claims", out, cols, notes, extra=("relation", "metric", "imp", "runs")), out
+    return make_table("claims", out, cols, notes, extra=("relation", "metric", "imp", "runs"))
