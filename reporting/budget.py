@@ -29,7 +29,7 @@ def budget_key(r: dict) -> tuple:
 
 
 def budget_title(dataset: str, setting: str, minutes, rows: list[dict]) -> str:
-    name = f"{c.DATASET_NAMES.get(dataset, dataset)} {setting if dataset != 'sinusoid' else ''}".strip()
+    name = c.DATASET_NAMES.get(dataset, dataset) + ("" if c.is_regression(dataset) else f" {setting}")
     devices = sorted({r.get("device_name") or r.get("device") or "?" for r in rows})
     if minutes is None:
         early = " or ended by the declared plateau rule" if any(c.budget_kind(r) == "converged" for r in rows) else ""
@@ -134,7 +134,7 @@ def protocol_table(key: tuple, rows: list[dict], judged: dict[str, dict], pool: 
                         seeds_runs=g["n"], peak_mib=max(peaks) if peaks else None, learned=learned_text(runs, judged),
                         run=c.runs_text(runs), train_wall_s=_mean_of(runs, "train_wall_s"),
                         median_iter_s=_mean_of(runs, "median_iter_s")))
-    s, _ = c.scale_of(rows[0].get("metric") or ("mse" if dataset == "sinusoid" else "accuracy"))
+    s, _ = c.scale_of(rows[0].get("metric") or c.metric_of(dataset))
     spread = ("seeds_mean", "seeds_std", "seeds_runs")
     cols = [("algorithm", lambda r: _label(r["_runs"]), "label"),
             ("status", lambda r: c.status_summary(r["_runs"]), "status")]
@@ -155,7 +155,7 @@ def protocol_table(key: tuple, rows: list[dict], judged: dict[str, dict], pool: 
              "test tasks. s / iteration: median wall-clock of one meta-iteration (mean over seeds); peak MiB: the "
              "largest allocation peak sampled during training (CUDA peak on a GPU). Paired differences: the matrix "
              "in [paired comparisons](#paired)."]
-    notes += _baseline_note(rows, [*rows, *pool]) if dataset == "sinusoid" else []
+    notes += _baseline_note(rows, [*rows, *pool]) if c.DATASETS.get(dataset, {}).get("baseline") == "zero_predictor" else []
     name = c.slug("protocols", dataset, setting, f"{fmt_g(minutes)}min" if minutes is not None else "paper")
     return make_table(name, out, cols, notes,
                       extra=("protocol", "experiment", "metric", "max_train_minutes", "device", "device_name"))
@@ -203,7 +203,7 @@ def curves_figure(key: tuple, rows: list[dict], fig_dir: Path) -> Path | None:
         by_label.setdefault(r["label"], []).append(r)
     drawn = False
     for label, runs in by_label.items():
-        s, _ = c.scale_of(runs[0].get("metric") or ("mse" if dataset == "sinusoid" else "accuracy"))
+        s, _ = c.scale_of(runs[0].get("metric") or c.metric_of(dataset))
         colour = render.colour(label)
         curves = [(r, curve(r["folder"])) for r in runs]
         curves = [(r, pts) for r, pts in curves if pts]
@@ -222,10 +222,10 @@ def curves_figure(key: tuple, rows: list[dict], fig_dir: Path) -> Path | None:
     if not drawn:
         return None
     for ax, xlabel in zip(axes, ("training wall-clock (minutes)", "meta-iteration")):
-        if dataset == "sinusoid":
+        if c.is_regression(dataset):
             ax.set_yscale("log")
         ax.set_xlabel(xlabel)
-        ax.set_ylabel("validation accuracy (%)" if dataset != "sinusoid" else "validation MSE")
+        ax.set_ylabel("validation MSE" if c.is_regression(dataset) else "validation accuracy (%)")
     axes[0].set_title(f"{c.DATASET_NAMES.get(dataset, dataset)} {setting}: learning curves"
                       + (f" ({fmt_g(minutes)} min budget)" if minutes is not None else ""), fontsize=10)
     axes[0].legend(fontsize=7)

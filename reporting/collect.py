@@ -5,7 +5,7 @@ The report is built from the committed records folder beside it, not from ``runs
 per study: ``study.json`` and its CSVs (and, for a study in ``STUDY_RUN_FILES``, the records of
 its own training runs behind its rows). Never checkpoints or data. ``metrics.csv`` keeps every
 validated iteration (the learning curves) and every n-th other one, at most ``MAX_ROWS`` in all,
-so a sinusoid run's thousands of iterations stay a small file. ``DST`` is replaced as a whole
+so a regression run's thousands of iterations stay a small file. ``DST`` is replaced as a whole
 and atomically: a reader sees the old records or the new ones, never a mix. A committed record
 names no path of the machine that wrote it (:func:`relative_paths`).
 """

@@ -8,14 +8,14 @@ from typing import Any
 import pandas as pd
 
 import catalog
-from datasets import DATASETS
 
 from .render import fmt, fmt_g, fmt_pm, is_missing
 from .stats import mean_std
 
 LABEL_ORDER = catalog.label_order()  # the configs' labels; any other label (your own method) after, by name
 SETTING_ORDER = ("5w1s", "5w5s", "20w1s", "20w5s")
-DATASET_NAMES = {name: spec.title for name, spec in DATASETS.items()}
+DATASETS = {name: catalog.dataset(name) for name in catalog.datasets()}  # the fields each dataset config declares
+DATASET_NAMES = {name: d["label"] for name, d in DATASETS.items()}
 # Everything that defines a training configuration except the seed: runs sharing these
 # are seeds of one setting and are aggregated across seeds.
 CONFIG_KEYS = ("label", "variant", "algorithm", "dataset", "ways", "shots", "query_shots", "test_shots",
@@ -24,8 +24,22 @@ CONFIG_KEYS = ("label", "variant", "algorithm", "dataset", "ways", "shots", "que
                "outer_optimizer", "outer_lr", "outer_clip", "outer_anneal", "bn_mode", "dtype", "device",
                "max_train_minutes", "early_stop", "inner_state", "test_inner_state")
 NOT_PAPER = "†"
-NOT_PAPER_NOTE = (f"{NOT_PAPER} not paper-scale: trained with the `cpu` (or a custom) profile or stopped before its "
-                  "planned iterations; such a row checks the pipeline and is not a reproduction of the paper's number.")
+
+
+def metric_of(dataset: str) -> str:
+    """The test metric the dataset's config declares (accuracy for a dataset no config declares)."""
+    return DATASETS.get(dataset, {}).get("metric") or "accuracy"
+
+
+def is_regression(dataset: str) -> bool:
+    """A dataset whose tasks are regressions (MSE): its setting is the shots alone, its plots log-scaled."""
+    return metric_of(dataset) == "mse"
+
+
+def task_words(dataset: str, ways: int | None, shots: int | None) -> str:
+    """'<dataset> regression, 5-shot' or '<dataset> 5-way 1-shot', the dataset by its config's label."""
+    name = DATASET_NAMES.get(dataset, dataset)
+    return f"{name} regression, {shots}-shot" if is_regression(dataset) else f"{name} {ways}-way {shots}-shot"
 
 
 def slug(*parts: str) -> str:
@@ -141,7 +155,7 @@ def seeds_list(runs: list[dict]) -> str:
 
 
 def runs_text(runs: list[dict]) -> str:
-    """The run folders of a configuration's seeds, compressed: 'a/maml-s{0,1,2}'."""
+    """The run folders of a configuration's seeds, compressed: 'a/x-s{0,1,2}' for a/x-s0, a/x-s1, a/x-s2."""
     names = [r["run"] for r in runs]
     stems = {n.rsplit("-s", 1)[0] for n in names}
     if len(names) > 1 and len(stems) == 1 and all("-s" in n for n in names):

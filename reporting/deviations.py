@@ -36,8 +36,8 @@ TARGETS = {"release": ("the official release", "experiment=omniglot_5w_imaml_rel
 
 
 def target(study: dict) -> str:
-    """``hypertorch`` for a ladder whose top rung is hypertorch's protocol, ``reptile`` for the Reptile
-    ladder, else ``release``."""
+    """The :data:`TARGETS` key, or the Reptile ladder's, that the study's top rung (its ``release``
+    experiment) names; ``release`` when it names neither."""
     top = str((((study.get("config") or {}).get("study")) or {}).get("release") or "")
     return "hypertorch" if "hypertorch" in top else "reptile" if "reptile" in top else "release"
 
@@ -54,9 +54,9 @@ def picks(studies: list[dict]) -> list[tuple[dict, list[str]]]:
                 out.append((done or kind)[-1])
     shown = [(s, [o["run"] for o in mine if all(o is not c for c in out)] if i == 0 else [])
              for i, s in enumerate(out)]
-    reptile = [s for s in studies if s["study"] == "deviations" and target(s) == "reptile"]
-    if reptile:  # one section for all its seeds (one study folder each)
-        shown.append((dict(reptile[0], seeds=reptile), []))
+    per_seed = [s for s in studies if s["study"] == "deviations" and target(s) == "reptile"]
+    if per_seed:  # the Reptile ladder: one section for all its seeds (one study folder each)
+        shown.append((dict(per_seed[0], seeds=per_seed), []))
     return shown
 
 
@@ -193,14 +193,14 @@ def section(study: dict, w) -> str:
                                "uses (mostly meta-training characters). Different characters, so unpaired."]))
     if "maml" in groups:
         ladder = {r["rung"]: r for r in _rows(df, "ladder")}
-        imaml = ("iMAML ladder's gain from the same deviation [95% CI]",
+        beside = ("iMAML ladder's gain from the same deviation [95% CI]",
                  lambda r: _diff(ladder[r["rung"]]) if r["rung"] in ladder else "—")
         t = _table(f"{prefix}_maml", _rows(df, "maml"), [("MAML rung", lambda r: r["rung"] if r["rung"] == "maml"
                                                           else f"+ {r['rung']}", "rung")],
                    "gain over the previous MAML rung [95% CI]",
                    ["MAML (`experiment=omniglot_5w_maml`) with the deviations that also exist for it, added in "
                     "the ladder's order, beside the same deviation's gain in the iMAML ladder (where the rungs "
-                    "below differ: iMAML's carries the deviations before it in the ladder)."], more=(imaml,))
+                    "below differ: iMAML's carries the deviations before it in the ladder)."], more=(beside,))
         out += f"\n#### MAML beside the ladder, {at}\n" + w.table(t)
     return out
 

@@ -21,7 +21,7 @@ from .records import setting_name
 from .render import fmt, fmt_g, make_table, new_figure, save_figure
 
 QUESTIONS = Path(__file__).with_name("questions.yaml")
-SOURCES = ("imaml_t2", "imaml_t3", "maml_sinusoid")  # iMAML Table 2, Table 3, the MAML paper's sinusoid
+SOURCES = ("imaml_t2", "imaml_t3", "maml_sinusoid")  # the papers' tables (paper_numbers.yaml) the first page checks
 VOCABULARY = (
     "**Words.** A run *learned* when it beat every baseline of its setting (95% CI of its improvement above 0): "
     "chance and baseline records for classification, the zero predictor and the pretrained network of the same "
@@ -54,7 +54,7 @@ def summary(rows: list[dict], bases: list[dict], judged: dict[str, dict]) -> pd.
         out.append({
             "dataset": r["dataset"], "setting": r["setting"], "label": r["label"],
             "role": "baseline" if base else "method", "budget": _budget(r), "minutes": r.get("max_train_minutes"),
-            "metric": r.get("metric") or ("mse" if r["dataset"] == "sinusoid" else "accuracy"),
+            "metric": r.get("metric") or c.metric_of(r["dataset"]),
             "seeds": len(runs), "completed": g["n"], "diverged": sum(x["status"] == "diverged" for x in runs),
             "at_paper_budget": sum(c.budget_kind(x) is not None for x in done),
             "learned": sum(judged.get(x["run"], {}).get("status") == baselines.LEARNED for x in done),
@@ -157,7 +157,7 @@ def reproduction(table: pd.DataFrame, paper: PaperNumbers, plan: list[dict], anc
             scale, _ = c.scale_of(s["metric"])
             mean, half = _value(s, p.steps)
             row.update(ours=ours_text(s, p.steps), ours_mean=mean * scale, seeds=int(s["completed"]), run=s["run"])
-            anchor = EXPLAINED.get(p.label) if s["diverged"] or p.dataset != "sinusoid" else None
+            anchor = EXPLAINED.get(p.label) if s["diverged"] or not c.is_regression(p.dataset) else None
             anchor = anchor if anchor in anchors else "table-" + c.slug("protocols", p.dataset, setting, "paper")
             anchor = anchor if anchor in anchors else None
             why = f" ([why](#{anchor}))" if anchor else ""

@@ -7,6 +7,7 @@ from typing import Any
 
 import yaml
 
+from .common import task_words
 from .records import setting_name
 
 PAPER_FILE = Path(__file__).with_name("paper_numbers.yaml")
@@ -44,10 +45,7 @@ class Claim:
     @property
     def text(self) -> str:
         rel = "≥" if self.relation == ">=" else ">"
-        if self.dataset == "sinusoid":
-            return f"{self.better} {rel} {self.worse} on sinusoid regression, {self.shots}-shot"
-        where = {"omniglot": "Omniglot", "miniimagenet": "mini-ImageNet"}.get(self.dataset, self.dataset)
-        return f"{self.better} {rel} {self.worse} on {where} {self.ways}-way {self.shots}-shot"
+        return f"{self.better} {rel} {self.worse} on {task_words(self.dataset, self.ways, self.shots)}"
 
 
 @dataclass(frozen=True)

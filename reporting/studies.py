@@ -11,7 +11,10 @@ from collections.abc import Callable
 import numpy as np
 import pandas as pd
 
+import catalog
+
 from . import deviations as _deviations
+from .common import DATASET_NAMES, DATASETS, is_regression, task_words
 from .render import MARKERS, fmt, fmt_g, log_x, make_table, new_figure, save_figure
 
 TITLES = {"fidelity": "Gradient fidelity vs inner and CG steps", "precision": "float32 vs float64",
@@ -37,7 +40,7 @@ def picks(studies: list[dict], name: str) -> list[tuple[dict | None, list[str]]]
         return _deviations.picks(studies) or [(None, [])]
     mine = [s for s in studies if s["study"] == name]
     chosen = []
-    for ds in sorted({_dataset(s) for s in mine}, key=lambda d: (d != "sinusoid", d)):
+    for ds in sorted({_dataset(s) for s in mine}, key=lambda d: (not is_regression(d), d)):
         kind = [s for s in mine if _dataset(s) == ds]
         chosen.append(([s for s in kind if s["status"] == "completed"] or kind)[-1])
     shown = {s["run"] for s in chosen}
@@ -69,10 +72,9 @@ def ran_on(study: dict) -> str:
     name = ds.get("name")
     if name is None:
         return "Ran on: not recorded in study.json."
-    where = {"sinusoid": "sinusoid regression", "omniglot": "Omniglot", "miniimagenet": "mini-ImageNet"}.get(name, name)
-    if name != "sinusoid":
-        where += f" {ds.get('ways', cfg.get('ways'))}-way {ds.get('shots', cfg.get('shots'))}-shot"
-    net = ("MLP 1-40-40-1" if name == "sinusoid" else
+    where = (f"{DATASET_NAMES.get(name, name)} regression" if is_regression(name) else
+             task_words(name, ds.get("ways", cfg.get("ways")), ds.get("shots", cfg.get("shots"))))
+    net = ("MLP 1-40-40-1" if DATASETS.get(name, {}).get("model") == "mlp" else
            f"conv4 ({ds.get('arch', 'maml')} layout, {ds.get('head', 'mean')} head)")
     train, trained, axes = s.get("train") or {}, s.get("trained") or {}, s.get("axes") or {}
     lam = next((v for v in (s.get("lam"), s.get("lams"), axes.get("lam"), train.get("lam")) if v is not None), None)
@@ -121,16 +123,19 @@ def _pivot(name: str, df: pd.DataFrame, index: list[str], column: str, cell: Cal
     return make_table(name, rows, cols, notes)
 
 
-def _estimator(df: pd.DataFrame) -> pd.DataFrame:
-    df = df.copy()
-    df["estimator"] = [f"{m}, CG {fmt_g(c)}" if m == "imaml" else str(m) for m, c in zip(df["method"], df["cg_steps"])]
-    return df
+def _fidelity_methods() -> dict[str, dict]:
+    """The fidelity study's method names (an algorithm config's ``fidelity.row``, else its name) → that config."""
+    configs = [(name, catalog.algorithm(name)) for name in catalog.algorithms()]
+    return {a["fidelity"].get("row") or name: a for name, a in configs if a["fidelity"]}
 
 
 def fidelity(study: dict, w) -> str:
-    df = _estimator(study["tables"]["fidelity.csv"])
+    methods = _fidelity_methods()
+    by_cg = {m for m, a in methods.items() if a["family"] == "implicit"}  # solved by CG: a row per CG-step count
+    df = study["tables"]["fidelity.csv"].copy()
+    df["estimator"] = [f"{m}, CG {fmt_g(c)}" if m in by_cg else str(m) for m, c in zip(df["method"], df["cg_steps"])]
     med = lambda col: (lambda g: float(g[col].median()))  # noqa: E731
-    scaled = df[df["method"] != "reptile"]
+    scaled = df[~df["method"].isin([m for m, a in methods.items() if a["fidelity"].get("direction_only")])]
     out = w.table(_pivot("fidelity_rel_error", scaled, ["theta_source", "estimator"], "inner_steps",
                          lambda g: f"{g['rel_error'].median():.2e}", med("rel_error"), lambda k: f"K={fmt_g(k)}",
                          ["Median over tasks of ||g − g*|| / ||g*||, g* the exact implicit meta-gradient of the "
@@ -144,19 +149,19 @@ def fidelity(study: dict, w) -> str:
     fig, (ax1, ax2) = new_figure(2)
     cg_max = df["cg_steps"].max()
     for i, ((theta, method), g) in enumerate(df.groupby(["theta_source", "method"], sort=True)):
-        if method == "imaml" and not np.isnan(cg_max):
+        if method in by_cg and not np.isnan(cg_max):
             g = g[g["cg_steps"] == cg_max]
         m = g.groupby("inner_steps")["rel_error"].median()
-        suffix = f" (CG {fmt_g(cg_max)})" if method == "imaml" else ""
+        suffix = f" (CG {fmt_g(cg_max)})" if method in by_cg else ""
         ax1.plot(m.index, m.values, marker=MARKERS[i % len(MARKERS)], label=f"{method}{suffix}, θ {theta}")
-    imaml = df[df["method"] == "imaml"]
-    if len(imaml):
-        theta0 = sorted(imaml["theta_source"].unique())[0]
-        for i, (k, g) in enumerate(imaml[imaml["theta_source"] == theta0].groupby("inner_steps", sort=True)):
+    implicit = df[df["method"].isin(by_cg)]
+    if len(implicit):
+        theta0 = sorted(implicit["theta_source"].unique())[0]
+        for i, (k, g) in enumerate(implicit[implicit["theta_source"] == theta0].groupby("inner_steps", sort=True)):
             m = g.groupby("cg_steps")["rel_error"].median()
             ax2.plot(m.index, m.values, marker=MARKERS[i % len(MARKERS)], label=f"K={fmt_g(k)}")
         ax2.set_title(f"iMAML, θ {theta0}")
-    for ax, xl, xs in ((ax1, "inner steps K", df["inner_steps"]), (ax2, "CG steps", imaml["cg_steps"])):
+    for ax, xl, xs in ((ax1, "inner steps K", df["inner_steps"]), (ax2, "CG steps", implicit["cg_steps"])):
         log_x(ax, xs)
         ax.set_yscale("log")
         ax.set_xlabel(xl)

@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import catalog
+
 from .render import Table, fmt, make_table, new_figure, save_figure
 
 # The thresholds bench.tta reports against (its MINIMUM and TARGET).
@@ -18,7 +20,7 @@ FIXED = ("experiment=", "data.root=", "meta_iterations=", "eval.val_every=", "ck
 
 
 def load(folder: Path) -> list[dict]:
-    """The records with at least one segment, MAML first, then by name."""
+    """The records with at least one segment: those of the exact meta-gradient (the reference) first, then by name."""
     out = []
     for f in sorted(Path(folder).glob("*.json")) if folder and Path(folder).is_dir() else []:
         try:
@@ -27,7 +29,8 @@ def load(folder: Path) -> list[dict]:
             continue
         if isinstance(r, dict) and r.get("segments"):
             out.append(dict(r, name=r.get("name") or f.stem, file=f.name))
-    return sorted(out, key=lambda r: (r["algorithm"] != "maml", r["name"]))
+    exact = {n for n in catalog.algorithms() if catalog.algorithm(n)["family"] == "exact"}
+    return sorted(out, key=lambda r: (r["algorithm"] not in exact, r["name"]))
 
 
 def label(r: dict) -> str:
