@@ -17,7 +17,7 @@ from collections import Counter
 from pathlib import Path
 
 from . import common as c
-from .render import make_table, new_figure, save_figure
+from .render import TEXT, make_table, new_figure, save_figure
 
 
 def diagnosis(r: dict, root: Path) -> tuple[dict | None, str | None]:
@@ -93,11 +93,7 @@ def rows_of(rows: list[dict], judged: dict, root: Path) -> list[dict]:
 
 def section(rows: list[dict], judged: dict, root: Path, w) -> str:
     table_rows = [r for r in rows_of(rows, judged, root) if r["stages"] != "—" or "did not learn" in r["outcome"]]
-    text = ("\nEvery setting × algorithm × budget with a run that diverged or did not learn (the others learned in "
-            "every seed). A divergence's stage is where its first non-finite value arose: the record's own failure "
-            "anatomy, or a rerun of the record to its failure by `tools/diagnose.py`, whose evidence (the last "
-            "finite values, MAML's inner loop and a float64 dense implicit gradient on the same θ and task) is "
-            "linked.\n")
+    text = TEXT["failures_intro"]
     if not table_rows:
         return text + "\nNo run diverged or failed to learn.\n"
     cols = [("setting", lambda r: r["setting"], "setting"), ("algorithm", lambda r: r["algorithm"], "algorithm"),
@@ -107,8 +103,7 @@ def section(rows: list[dict], judged: dict, root: Path, w) -> str:
     text += w.table(make_table("failures_by_algorithm", table_rows, cols))
     controls = control_rows(root)
     if controls:
-        text += ("\nRuns that completed without learning, dissected at their final θ by `tools/diagnose.py --unlearned`, "
-                 "each against a control: the same run trained on the exact gradient of the procedure it runs.\n")
+        text += TEXT["controls_intro"]
         ccols = [("record", lambda r: f"`{r['record']}`", "record"), ("iterations", lambda r: f"{r['iterations']:,}", "iterations"),
                  ("cosine with the procedure's gradient (batch mean)", lambda r: f"{r['cos_procedure']:.2f}", "cos_procedure"),
                  ("cosine with a float64 dense solve (median)", lambda r: f"{r['cos_dense']:.2f}", "cos_dense"),
@@ -117,9 +112,7 @@ def section(rows: list[dict], judged: dict, root: Path, w) -> str:
                  ("final MSE on", lambda r: r["on"], "on"), ("iMAML", lambda r: f"{r['val']:.3g}", "val"),
                  ("control", lambda r: f"{r['control_val']:.3g}" if r["control_val"] is not None else "—",
                   "control_val")]
-        text += w.table(make_table("unlearned_controls", controls, ccols, ["MSE on the run's own final tasks (a selection "
-                                                                            "candidate's validation tasks, a comparison run's "
-                                                                            "test tasks); lower is better."]))
+        text += w.table(make_table("unlearned_controls", controls, ccols, [TEXT["controls_note"]]))
     fig = figure(rows, root, w.fig_dir)
     if fig is not None:
         text += w.figure(fig, "Anatomy of one divergence")

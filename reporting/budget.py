@@ -12,7 +12,7 @@ from pathlib import Path
 
 from . import baselines, render
 from . import common as c
-from .render import Table, fmt, fmt_g, fmt_pm, make_table, new_figure, save_figure
+from .render import TEXT, Table, fmt, fmt_g, fmt_pm, make_table, new_figure, save_figure
 
 
 def is_sweep(row: dict) -> bool:
@@ -151,11 +151,9 @@ def protocol_table(key: tuple, rows: list[dict], judged: dict[str, dict], pool: 
              ("s / iteration", lambda r: fmt(r.get("median_iter_s"), 3), "median_iter_s"),
              ("peak MiB", lambda r: fmt(r["peak_mib"], 1), "peak_mib"), ("run", lambda r: r["run"], "run")]
     metric_word = "accuracy in %" if s == 100 else "MSE (lower is better)"
-    notes = [f"{metric_word}; every run is tested with its own protocol's test-time adaptation on the same fixed "
-             "test tasks. s / iteration: median wall-clock of one meta-iteration (mean over seeds); peak MiB: the "
-             "largest allocation peak sampled during training (CUDA peak on a GPU). Paired differences: the matrix "
-             "in [paired comparisons](#paired)."]
-    notes += _baseline_note(rows, [*rows, *pool]) if c.DATASETS.get(dataset, {}).get("baseline") == "zero_predictor" else []
+    notes = [TEXT["protocols_note"].format(metric=metric_word)]
+    if c.DATASETS.get(dataset, {}).get("baseline") == "zero_predictor":
+        notes += _baseline_note(rows, [*rows, *pool])
     name = c.slug("protocols", dataset, setting, f"{fmt_g(minutes)}min" if minutes is not None else "paper")
     return make_table(name, out, cols, notes,
                       extra=("protocol", "experiment", "metric", "max_train_minutes", "device", "device_name"))

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .render import fmt, fmt_g, fmt_p, is_missing, make_table, new_figure, save_figure
+from .render import TEXT, fmt, fmt_g, fmt_p, is_missing, make_table, new_figure, save_figure
 
 S = 100.0  # accuracy in percent
 
@@ -145,20 +145,8 @@ def section(study: dict, w) -> str:
            f"(`{goal_exp}`), "
            f"{'the two end points' if long else 'one deviation at a time'} (`{goal_cfg}`). "
            f"Every training run had the same {minutes} min of training wall-clock and was tested on {n} fixed tasks. ")
-    out += ("**An equal short budget measures how fast each rung learns, not where it ends up**: a rung that "
-            "trains faster per iteration or learns faster early can rank above one that would end higher "
-            "(iterations reached are shown per row).\n" if not long else
-            "A longer budget shows more of where each end point goes, still below the papers' iteration counts "
-            "(iterations reached are shown).\n")
-    out += ("\nDifferences are in accuracy points, [95% CI]; paired (bootstrap over identical test tasks, Wilcoxon "
-            "p) where both rows were tested on the same tasks (same test-task fingerprint), otherwise unpaired "
-            "(normal interval of the difference of two means). "
-            + ("The data deviation changes the split: rows with it "
-               "are tested on the release's held-out characters (split seed 123), rows without it on the paper "
-               "split's (split seed 1); comparisons across the two are unpaired. A test-time deviation (λ = 0 at "
-               "test) does not train again: the same trained parameters are tested twice.\n" if goal == "release" else
-               "No rung changes the class split; the batch rung also tests with 15 query images per class (the "
-               "example's test tasks), so differences across it are unpaired, the others paired.\n"))
+    out += TEXT["ladder_long_budget" if long else "ladder_short_budget"] + TEXT["ladder_differences"]
+    out += TEXT["ladder_release_split" if goal == "release" else "ladder_hypertorch_split"]
     groups = set(df["group"])
     if "endpoints" in groups:
         out += f"\n#### The paper as written and the full release, {at}\n"
@@ -188,9 +176,7 @@ def section(study: dict, w) -> str:
         out += w.table(_table(f"{prefix}_leaky", _rows(df, "leaky"),
                               [("test characters", lambda r: "clean" if r["rung"] == "clean" else "leaky", "rung")],
                               "inflation: leaky − clean [95% CI]",
-                              ["One trained run of the full release, its final parameters tested twice: on its "
-                               "held-out test characters and on the characters the release's evaluation script "
-                               "uses (mostly meta-training characters). Different characters, so unpaired."]))
+                              [TEXT["ladder_leaky_note"]]))
     if "maml" in groups:
         ladder = {r["rung"]: r for r in _rows(df, "ladder")}
         beside = ("iMAML ladder's gain from the same deviation [95% CI]",
@@ -198,9 +184,7 @@ def section(study: dict, w) -> str:
         t = _table(f"{prefix}_maml", _rows(df, "maml"), [("MAML rung", lambda r: r["rung"] if r["rung"] == "maml"
                                                           else f"+ {r['rung']}", "rung")],
                    "gain over the previous MAML rung [95% CI]",
-                   ["MAML (`experiment=omniglot_5w_maml`) with the deviations that also exist for it, added in "
-                    "the ladder's order, beside the same deviation's gain in the iMAML ladder (where the rungs "
-                    "below differ: iMAML's carries the deviations before it in the ladder)."], more=(beside,))
+                   [TEXT["ladder_maml_note"]], more=(beside,))
         out += f"\n#### MAML beside the ladder, {at}\n" + w.table(t)
     return out
 
@@ -288,8 +272,7 @@ def reptile_section(seeds: list[dict], w) -> str:
            "`+ network` is comparison a's Reptile row (`experiment=omniglot_5w_reptile`); `+ data` changes the test "
            "characters, so its gain is unpaired.\n")
     out += w.table(make_table("deviations_reptile_ladder", table_rows, cols,
-                              ["Gains are accuracy points; paired rows average each test task's difference over the "
-                               "seeds, then take a normal 95% interval over the tasks."]))
+                              [TEXT["reptile_ladder_note"]]))
     fig = _reptile_figure(rows, w.fig_dir, at)
     if fig is not None:
         out += w.figure(fig, "Reptile ladder: test accuracy per rung")

@@ -14,7 +14,7 @@ import statistics
 from pathlib import Path
 
 from . import common as c
-from .render import MARKERS, colour, fmt, fmt_g, make_table, new_figure, save_figure
+from .render import MARKERS, TEXT, colour, fmt, fmt_g, make_table, new_figure, save_figure
 
 FIELDS = ("fid_cos_exact", "fid_cos_solved", "fid_rel_exact")  # iMAML-HF has no exact one: no unrolled Newton solve
 
@@ -67,12 +67,7 @@ def table(key: tuple, by_label: dict[str, list[dict]]):
     name = c.slug("fidelity_train", dataset, setting, f"{fmt_g(minutes)}min" if minutes is not None else "paper")
     notes = [f"{c.DATASET_NAMES.get(dataset, dataset)} {setting}"
              + (f", {fmt_g(minutes)} min of training per run" if minutes is not None else "")
-             + ": medians over seeds of the first measurement (iteration 1, at the initialisation) and of each "
-             "run's last one, on the run's own meta-batch in float64. Exact: second-order MAML through the run's "
-             "own inner loop (its steps, inner objective and prox_mode); solved system: iMAML's linear system "
-             "solved with 100 CG steps. A cosine near 1 means the estimator points where the exact gradient does; "
-             "MAML's is 1 by construction; iMAML-HF has no exact comparison (its Newton solve is not unrolled), only its "
-             "solved-system cosine."]
+             + TEXT["fidelity_train_note"]]
     return make_table(name, rows, cols, notes)
 
 
@@ -102,20 +97,11 @@ def figure(key: tuple, by_label: dict[str, list[dict]], fig_dir: Path) -> Path |
     return save_figure(fig, fig_dir / f"{name}.png")
 
 
-INTRO = ("\niMAML's meta-gradient is the exact one only when the inner problem is solved and strongly convex "
-         "(Rajeswaran et al. 2019, Theorem 1); the assumption audit ([6.3](#studies)) finds the regularised inner "
-         "problem indefinite on most tasks and checkpoints. Here every comparison run measured, along training "
-         "(`fidelity_every`, off the budget clock), how close its estimator is to the exact meta-gradient of the "
-         "objective it optimises, and for iMAML how close its 5-step CG solution is to its own system solved. "
-         "Where iMAML's cosine with its solved system is high but its cosine with the exact gradient is low, the "
-         "gap is the assumption, not the solver.\n")
-
-
 def section(rows: list[dict], w) -> str:
     found = groups(rows)
     if not found:
-        return INTRO + "\nNo run recorded fidelity yet: `make reproduce` runs with `fidelity_every` on.\n"
-    out = INTRO
+        return TEXT["fidelity_train_intro"] + "\nNo run recorded fidelity yet: `make reproduce` runs with `fidelity_every` on.\n"
+    out = TEXT["fidelity_train_intro"]
     for key, by_label in found.items():
         out += w.table(table(key, by_label))
         fig = figure(key, by_label, w.fig_dir)

@@ -18,16 +18,10 @@ from . import baselines, budget, campaign, render
 from . import common as c
 from .paper import PaperNumbers
 from .records import setting_name
-from .render import fmt, fmt_g, make_table, new_figure, save_figure
+from .render import TEXT, fmt, fmt_g, make_table, new_figure, save_figure
 
 QUESTIONS = Path(__file__).with_name("questions.yaml")
 SOURCES = ("imaml_t2", "imaml_t3", "maml_sinusoid")  # the papers' tables (paper_numbers.yaml) the first page checks
-VOCABULARY = (
-    "**Words.** A run *learned* when it beat every baseline of its setting (95% CI of its improvement above 0): "
-    "chance and baseline records for classification, the zero predictor and the pretrained network of the same "
-    "seed and budget for sinusoid. A run that beat chance (or the zero predictor) but not its other baselines "
-    "*beat chance only*; one that beat neither *did not learn*. On Omniglot and mini-ImageNet chance is the only "
-    "baseline, so there *learned* means no more than *beat chance*. † marks a row below the paper's budget.")
 # Where a paper's number that we did not reach is explained by a measurement; any other row links its results.
 EXPLAINED = {"iMAML-GD": "table-deviations_ladder", "iMAML-HF": "table-failures_by_algorithm",
              "Reptile": "table-deviations_reptile_ladder"}
@@ -176,9 +170,7 @@ def reproduction(table: pd.DataFrame, paper: PaperNumbers, plan: list[dict], anc
             ("paper", lambda r: fmt_g(r["paper"]), "paper", "source"), ("ours at the paper's budget", lambda r: r["ours"],
                                                                         "ours", "ours_mean", "seeds"),
             ("verdict", lambda r: r["verdict"], "verdict")]
-    notes = ["Ours: mean ± std over seeds (one seed: ± its 95% CI over test tasks); *reproduced* when the paper's "
-             "number lies within our mean ± the larger of the two. Accuracy in %, sinusoid MSE after the stated "
-             "steps. Run folders: `tables/reproduction.csv`; the papers' sources: `reporting/paper_numbers.yaml`."]
+    notes = [TEXT["reproduction_note"]]
     return make_table("reproduction", out, cols, notes, extra=("run", "cpu_hours"))
 
 
@@ -199,9 +191,7 @@ def equal_compute(table: pd.DataFrame):
     rows = [{"algorithm": a, **{k: v for k, v in r.items()}} for a, r in wide.fillna("—").iterrows()]
     cols = [("algorithm", lambda r: r["algorithm"], "algorithm")] + [
         (k, (lambda key: lambda r: r[key])(k), k) for k in order]
-    notes = ["Each cell: test metric mean ± std over the completed seeds (one: ± its 95% CI over test tasks), accuracy in % or "
-             "MSE; (seeds run; outcome in the words above). Every run of a column had the same training minutes on one CPU "
-             "thread, far below the papers' iterations (†)."]
+    notes = [TEXT["equal_compute_note"]]
     return make_table("equal_compute", rows, cols, notes), eq
 
 

@@ -16,7 +16,7 @@ from . import anatomy, baselines, budget, fidelity_train, front, paired, studies
 from . import common as c
 from .paper import PaperNumbers, load_paper_numbers
 from .records import STATUSES, STUDY_FILES, Records, Skipped, load
-from .render import Table, compact, make_table, to_markdown, write_table
+from .render import TEXT, Table, compact, make_table, to_markdown, write_table
 
 GENERATED_EXT = (".csv", ".tex", ".png")
 
@@ -64,11 +64,7 @@ def _heading(anchor: str, title: str) -> str:
 
 
 def _protocols(rows, judged, w, pool) -> str:
-    text = _heading("protocols", "1. Published protocols at an equal training-time budget") + (
-        "\nEach algorithm runs with the settings its authors published for the dataset (`configs/experiment/`), for "
-        "the same minutes of training on the same machine, and is tested on the same fixed test tasks with its own "
-        "protocol's test-time adaptation: what each method reaches in that budget, not the paper's number. Per "
-        "setting: how each run was set up, then its results.\n")
+    text = _heading("protocols", "1. Published protocols at an equal training-time budget") + TEXT["protocols_intro"]
     by_budget = budget.groups(rows)
     for key, members in by_budget.items():
         text += f"\n### {budget.budget_title(*key, members)}\n"
@@ -76,18 +72,13 @@ def _protocols(rows, judged, w, pool) -> str:
         fig = budget.curves_figure(key, members, w.fig_dir)
         if fig is not None:
             caption = "Validation metric vs training wall-clock" + (" and meta-iterations" if key[2] is None else "")
-            text += w.figure(fig, caption) + (
-                "\nLines: the validation metric on the fixed validation tasks during training; stars: the final "
-                "test on the fixed test tasks.\n")
+            text += w.figure(fig, caption) + TEXT["curves_caption"]
     return text if by_budget else text + _no_runs("make reproduce")
 
 
 def _paired(rows, judged, w):
     pairs, refused, notes = paired.compare_all(rows)
-    text = _heading("paired", "2. Paired comparisons on identical test tasks") + (
-        "\nEvery algorithm is evaluated on the same seeded test tasks; two runs are compared task by task only "
-        "when their test-task fingerprints match. One sign throughout this report: the improvement of a over b, "
-        "honouring the metric's direction (positive = a better; accuracy a − b, MSE b − a).\n")
+    text = _heading("paired", "2. Paired comparisons on identical test tasks") + TEXT["paired_intro"]
     if pairs:
         learned = baselines.statuses(judged)
         text += "".join(f"\n### {title}\n" + w.table(t) for title, t in paired.matrix_tables(pairs, learned))
@@ -102,10 +93,7 @@ def _paired(rows, judged, w):
 
 
 def _sweep(sweep, w) -> str:
-    text = _heading("inner-steps", "3. Shared protocol: test metric vs inner steps") + (
-        "\nEvery algorithm uses the same inner loop (the MAML protocol's SGD step size and meta-batch; iMAML with "
-        "λ = 2 and 5 CG steps) and sweeps the number of inner steps K, each run for the same minutes of training "
-        "(`make sweep`).\n")
+    text = _heading("inner-steps", "3. Shared protocol: test metric vs inner steps") + TEXT["inner_steps_intro"]
     groups = tables.inner_steps_groups(sweep)
     if not groups:
         return text + _no_runs("make sweep") + "(needs one algorithm trained at two or more inner-step counts)\n"
@@ -124,9 +112,7 @@ def _claims(paper, rows, bases, judged, w) -> str:
 
 
 def _time_to_accuracy(records, w) -> str:
-    text = _heading("time-to-accuracy", "5. Time to accuracy (wall-clock)") + (
-        "\nHow long each method needs on this machine to reach a test accuracy: Omniglot 5-way 1-shot, one CPU "
-        "thread, runs grown in segments by `python -m bench.tta` (the harness: [BENCHMARKS.md](BENCHMARKS.md)).\n")
+    text = _heading("time-to-accuracy", "5. Time to accuracy (wall-clock)") + TEXT["tta_intro"]
     if not records:
         return text + _no_runs(f"python -m bench.tta algorithm={catalog.algorithms()[0]}")
     return text + w.table(tta.table(records)) + w.figure(tta.figure(records, w.fig_dir), "Time to accuracy")
@@ -199,15 +185,13 @@ def _first_page(table, rows, bases, paper, runs_root: Path, w: Writer, body: str
     text = _heading("reproduce", "Did the papers reproduce?") + w.table(repro) + "\n"
     doc = front.load_questions()
     w.raw.update({"reproduction": repro.raw, "summary": table})
-    text += _heading("questions", "The reviewers' questions") + (
-        "\nThe three NeurIPS 2019 reviews of the iMAML paper (`reporting/questions.yaml`); each answer quotes "
-        "cells of the table it links.\n") + w.table(front.questions_table(doc, w.raw, anchors)) + "\n"
+    text += (_heading("questions", "The reviewers' questions") + TEXT["questions_intro"]
+             + w.table(front.questions_table(doc, w.raw, anchors)) + "\n")
     text += _heading("equal-compute", "At equal compute") + w.table(eq)
     fig = front.grid_figure(eq_rows, rows + bases, w.fig_dir)
     if fig is not None:
-        text += w.figure(fig, "Validation metric vs training wall-clock, mean over seeds with a min–max band") + (
-            "\nOne panel per column above: validation metric on the fixed validation tasks, mean over seeds, band "
-            "from their minimum to their maximum.\n")
+        caption = "Validation metric vs training wall-clock, mean over seeds with a min–max band"
+        text += w.figure(fig, caption) + TEXT["grid_caption"]
     text += "\n"
     found = front.findings(doc, w.raw, anchors)
     text += _heading("findings", "Findings") + "\n" + ("".join(f"{i}. {f}\n" for i, f in enumerate(found, 1))
@@ -260,7 +244,7 @@ def generate(runs_root: Path, out: Path, paper: PaperNumbers | None = None, benc
     first = _first_page(summary, rows, bases, paper, runs_root, w, body_text)
     toc = "\n## Contents\n\n" + "".join(f"- [{title}](#{a})\n" for a, title in CONTENTS)
     shown_name = runs_root.name if runs_root.is_absolute() else runs_root.as_posix()
-    text = (_header(recs, shown_name or "runs", len(skipped), len(base_rows)) + "\n" + front.VOCABULARY + "\n\n"
+    text = (_header(recs, shown_name or "runs", len(skipped), len(base_rows)) + "\n" + TEXT["vocabulary"] + "\n\n"
             + first + toc + "\n" + body_text)
     report = out / "REPORT.md"
     atomic_write_text(report, text)

@@ -16,7 +16,7 @@ from pairing import PairingError, paired_comparison
 
 from . import common as c
 from .paper import Claim
-from .render import Table, fmt, fmt_p, make_table
+from .render import TEXT, Table, fmt, fmt_p, make_table
 from .stats import claim_verdict, direction, holm, improvement_interval, mean_std
 
 ALPHA = 0.05
@@ -200,8 +200,7 @@ def _matrix_note(sel: list[dict], metric: str) -> str:
     unit = "accuracy points" if metric == "accuracy" else "MSE reduction"
     seeds = sorted({p["seed"] for p in sel}, key=lambda s: (s is None, s or 0))
     several = len(seeds) > 1
-    cell = ("the mean over seeds of the per-seed improvement ± its std over seeds; * = significant in every seed, "
-            "(k/n*) = in k of the n seeds" if several else "[95% bootstrap CI over test tasks]; * = significant")
+    cell = (TEXT["matrix_cell_seeds"] if several else "[95% bootstrap CI over test tasks]; * = significant")
     return (f"Cell: improvement of the row's algorithm over the column's ({unit}; positive = the row is better), "
             f"each seed's runs paired on identical test tasks (equal test-task fingerprints); {cell} after a Holm "
             f"correction over this table's {len(sel)} per-seed comparison(s) (Wilcoxon signed-rank, α = {ALPHA:g}) "
@@ -308,14 +307,7 @@ def _claims(out: list[dict]) -> Table:
     cols = [text("claim", "claim"), text("paper", "paper"), text("verdict", "verdict"),
             text("improvement of the claimed-better [95% CI]", "text"),
             ("seeds", lambda r: str(r["seeds"]), "seeds"), text("budget", "budget")]
-    notes = ["Improvement of the claimed-better algorithm over the claimed-worse one (accuracy points, or MSE "
-             "reduction), paired on identical test tasks, one [95% CI] per seed; the same numbers as the paired "
-             "matrices. '>' is supported when every seed's CI lies above 0, '≥' when none lies below 0; "
-             "contradicted when some seed is significantly worse and none better.",
-             "A verdict needs both runs completed at the paper's iteration count (or both ended by the declared "
-             "plateau rule, `eval.early_stop=plateau`; the budget column says which) and both rows to have learned; "
-             "below the paper's budget a claim reads 'not tested at paper budget', and the measured improvement "
-             "says which method got further in that budget on this machine, not whether the claim holds.",
-             "no runs: train both algorithms in that setting with the same test tasks (`make reproduce`, or "
-             "`python train.py` with the setting's dataset, ways and shots)."]
+    notes = [TEXT["claims_note_verdicts"],
+             TEXT["claims_note_budget"],
+             TEXT["claims_note_no_runs"]]
     return make_table("claims", out, cols, notes, extra=("relation", "metric", "imp", "runs"))

@@ -14,10 +14,12 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import yaml
 
 from atomic import atomic_write_bytes, atomic_write_text
 
 DPI = 100
+TEXT: dict[str, str] = yaml.safe_load(Path(__file__).with_name("text.yaml").read_text(encoding="utf-8"))
 
 
 @dataclass

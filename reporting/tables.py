@@ -6,7 +6,7 @@ import math
 from pathlib import Path
 
 from . import common as c
-from .render import MARKERS, Table, colour, fmt, fmt_g, fmt_pm, log_x, make_table, new_figure, save_figure
+from .render import MARKERS, TEXT, Table, colour, fmt, fmt_g, fmt_pm, log_x, make_table, new_figure, save_figure
 
 
 def inventory(rows: list[dict]) -> Table:
@@ -160,6 +160,5 @@ def selection_table(selections: list[dict], labels: dict) -> Table:
             ("chosen", lambda r: "**chosen**" if r["chosen"] else "", "chosen"),
             ("selection record", lambda r: f"`{r['run']}`", "run")]
     return make_table("selection", rows, cols,
-                      ["Each candidate trained from the same seed for the same minutes and was scored on validation "
-                       "tasks only; only the chosen one is tested, by its experiment."],
+                      [TEXT["selection_note"]],
                       extra=("metric", "val_fingerprint"))

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import catalog
 
-from .render import Table, fmt, make_table, new_figure, save_figure
+from .render import TEXT, Table, fmt, make_table, new_figure, save_figure
 
 # The thresholds bench.tta reports against (its MINIMUM and TARGET).
 THRESHOLDS = (0.95, 0.97)
@@ -76,10 +76,7 @@ def table(records: list[dict]) -> Table:
             ("best (± 95% CI)", lambda d: f"{_acc(best(d['record']))} after {fmt(d['best_minutes'], 1)} min",
              "best_mean", "best_ci95", "best_minutes")]
     return make_table("time_to_accuracy", rows, cols,
-                      ["Omniglot 5-way 1-shot test accuracy on the fixed 600 test tasks (± 95% CI over tasks) after "
-                       "the given minutes of training wall-clock on one CPU thread (meta-gradients, outer steps, "
-                       "task sampling; evaluation and checkpoints excluded), measured at the end of each segment; "
-                       "one run per row. Segments and machine load: `bench_tta/<run>.json`."], extra=("seed",))
+                      [TEXT["tta_note"]], extra=("seed",))
 
 
 def figure(records: list[dict], fig_dir: Path) -> Path:
