@@ -12,7 +12,7 @@ from pathlib import Path
 import catalog
 from atomic import atomic_write_text
 
-from . import anatomy, baselines, budget, fidelity_train, front, paired, studies, tables, tta
+from . import anatomy, baselines, budget, front, paired, studies, tables, tta
 from . import common as c
 from .paper import PaperNumbers, load_paper_numbers
 from .records import STATUSES, STUDY_FILES, Records, Skipped, load
@@ -226,7 +226,7 @@ def generate(runs_root: Path, out: Path, paper: PaperNumbers | None = None, benc
     study_list = sorted(recs.studies + (extra.studies if extra else []), key=lambda s: s["run"])
     text, shown = _study_sections(study_list, w, skipped)
     body.append(text)
-    body.append(_heading("assumptions-fail", "7. When the assumptions fail") + fidelity_train.section(rows, w)
+    body.append(_heading("assumptions-fail", "7. When the assumptions fail") + anatomy.fidelity_section(rows, w)
                 + "\n### Where each method fails (R3.1)\n" + anatomy.section(rows, judged, runs_root, w))
     body.append(_heading("limitations", "8. Limitations")
                 + (w.table(front.limitations(summary, paper, devices)) if not summary.empty
