@@ -141,10 +141,8 @@ def section(study: dict, w) -> str:
     devices = ", ".join(sorted({str(d) for d in df["device"].dropna()})) if "device" in df else ""
     at = f"at {minutes} min of training per run on {devices or 'an unrecorded device'}"
     n = ", ".join(sorted({fmt_g(v) for v in df["n"].dropna()})) or "—"
-    out = (f"\nOmniglot 5-way 1-shot, iMAML as the paper writes it (`experiment=omniglot_5w_imaml`) → {goal_words} "
-           f"(`{goal_exp}`), "
-           f"{'the two end points' if long else 'one deviation at a time'} (`{goal_cfg}`). "
-           f"Every training run had the same {minutes} min of training wall-clock and was tested on {n} fixed tasks. ")
+    out = TEXT["ladder_intro"].format(goal=goal_words, experiment=goal_exp, config=goal_cfg, minutes=minutes, n=n,
+                                      steps="the two end points" if long else "one deviation at a time")
     out += TEXT["ladder_long_budget" if long else "ladder_short_budget"] + TEXT["ladder_differences"]
     out += TEXT["ladder_release_split" if goal == "release" else "ladder_hypertorch_split"]
     groups = set(df["group"])
@@ -187,9 +185,6 @@ def section(study: dict, w) -> str:
                    [TEXT["ladder_maml_note"]], more=(beside,))
         out += f"\n#### MAML beside the ladder, {at}\n" + w.table(t)
     return out
-
-
-REPTILE_EXPERIMENTS = ("experiment=omniglot_5w_reptile_fresh", "experiment=omniglot_5w_reptile_openai")
 
 
 def _per_task(study: dict, row: dict) -> list[float] | None:
@@ -265,12 +260,7 @@ def reptile_section(seeds: list[dict], w) -> str:
     budget = (f"{', '.join(f'{m:,}' for m in iters)} iterations per run (the outer step annealed to 0 over them)" if iters
               else f"{', '.join(minutes) or '?'} min of training per run")
     at = f"{budget} on {', '.join(devices) or 'an unrecorded device'}"
-    out = (f"\nOmniglot 5-way 1-shot, Reptile as the suite ran it before its reference audit (`{REPTILE_EXPERIMENTS[0]}`) → "
-           f"everything openai/supervised-reptile does (`{REPTILE_EXPERIMENTS[1]}`), one difference at a time "
-           f"(`configs/study/deviations_reptile.yaml`; the audit: [docs/fidelity_audit.md](../docs/fidelity_audit.md)), "
-           f"{at}, {len(seeds)} seed(s). `+ eval_state` tests the rung above's trained parameters and state again; "
-           "`+ network` is comparison a's Reptile row (`experiment=omniglot_5w_reptile`); `+ data` changes the test "
-           "characters, so its gain is unpaired.\n")
+    out = TEXT["reptile_ladder_intro"].format(at=at, seeds=len(seeds))
     out += w.table(make_table("deviations_reptile_ladder", table_rows, cols,
                               [TEXT["reptile_ladder_note"]]))
     fig = _reptile_figure(rows, w.fig_dir, at)

@@ -200,13 +200,8 @@ def _matrix_note(sel: list[dict], metric: str) -> str:
     unit = "accuracy points" if metric == "accuracy" else "MSE reduction"
     seeds = sorted({p["seed"] for p in sel}, key=lambda s: (s is None, s or 0))
     several = len(seeds) > 1
-    cell = (TEXT["matrix_cell_seeds"] if several else "[95% bootstrap CI over test tasks]; * = significant")
-    return (f"Cell: improvement of the row's algorithm over the column's ({unit}; positive = the row is better), "
-            f"each seed's runs paired on identical test tasks (equal test-task fingerprints); {cell} after a Holm "
-            f"correction over this table's {len(sel)} per-seed comparison(s) (Wilcoxon signed-rank, α = {ALPHA:g}) "
-            f"with the CI excluding 0. Seeds: {', '.join(str(s) for s in seeds)}. A seed whose run did not beat its "
-            "baselines is left out of every cell (— (did not learn) when no seed is left). Each comparison with its "
-            "CI and p-values: `tables/paired.csv`.")
+    cell = TEXT["matrix_cell_seeds"] if several else "[95% bootstrap CI over test tasks]; * = significant"
+    return TEXT["matrix_note"].format(unit=unit, cell=cell, n=len(sel), alpha=ALPHA, seeds=", ".join(map(str, seeds)))
 
 
 def significant(d: dict) -> bool:
