@@ -89,7 +89,7 @@ def _paired(rows, judged, w):
         text += "\n### Refused pairs (different test tasks)\n" + w.table(paired.refused_table(refused))
     if notes:
         text += "\n### Not paired\n\n" + "".join(f"- {n}\n" for n in notes)
-    return text, pairs, refused
+    return text
 
 
 def _sweep(sweep, w) -> str:
@@ -118,8 +118,8 @@ def _time_to_accuracy(records, w) -> str:
     return text + w.table(tta.table(records)) + w.figure(tta.figure(records, w.fig_dir), "Time to accuracy")
 
 
-def _study_sections(studies_list, w, skipped: list[Skipped]) -> tuple[str, dict]:
-    text, shown = _heading("studies", "6. Reviewer studies"), {}
+def _study_sections(studies_list, w, skipped: list[Skipped]) -> str:
+    text = _heading("studies", "6. Reviewer studies")
     for i, name in enumerate(studies.SECTIONS, 1):
         text += f"\n### 6.{i} {studies.TITLES[name]}\n"
         command = f"python study.py study={name}"
@@ -127,7 +127,6 @@ def _study_sections(studies_list, w, skipped: list[Skipped]) -> tuple[str, dict]
             if study is None:
                 text += _no_runs(command)
                 continue
-            shown.setdefault(name, []).append(study)
             text += (f"\n{studies.ran_on(study)} From `{study['run']}` (status {study['status']}, device "
                      f"{study.get('device_name') or study.get('device') or 'unknown'})")
             text += f"; other runs of this study, not shown: {', '.join(others)}.\n" if others else ".\n"
@@ -139,7 +138,7 @@ def _study_sections(studies_list, w, skipped: list[Skipped]) -> tuple[str, dict]
             except Exception as e:  # a malformed study CSV must not take the whole report down
                 skipped.append(Skipped(study["run"], f"{name} study could not be summarised: {type(e).__name__}: {e}"))
                 text += "\nThis study's records could not be summarised; see Skipped records.\n"
-    return text, shown
+    return text
 
 
 def _skipped_section(skipped: list[Skipped], w: Writer) -> str:
@@ -157,17 +156,6 @@ def _header(recs: Records, runs_name: str, n_skipped: int, n_baselines: int) -> 
     status = ", ".join(f"{counts[s]} {s}" for s in STATUSES if counts.get(s))
     return TEXT["header"].format(runs=runs_name, n_runs=len(recs.runs), status=f" ({status})" if status else "",
                                  n_baselines=n_baselines, n_studies=len(recs.studies), n_skipped=n_skipped)
-
-
-CONTENTS = (("reproduce", "Did the papers reproduce?"), ("questions", "The reviewers' questions"),
-            ("equal-compute", "At equal compute"), ("findings", "Findings"),
-            ("protocols", "1. Published protocols at an equal budget"),
-            ("paired", "2. Paired comparisons"),
-            ("inner-steps", "3. Test metric vs inner steps"), ("claims", "4. The papers' claims"),
-            ("time-to-accuracy", "5. Time to accuracy"), ("studies", "6. Reviewer studies"),
-            ("assumptions-fail", "7. When the assumptions fail"), ("limitations", "8. Limitations"),
-            ("inventory", "Appendix A. Run inventory"),
-            ("skipped", "Appendix B. Skipped records"))
 
 
 def _first_page(table, rows, bases, paper, runs_root: Path, w: Writer, body: str) -> str:
@@ -213,16 +201,13 @@ def generate(runs_root: Path, out: Path, paper: PaperNumbers | None = None, benc
     bases = [r for r in base_rows if not budget.is_sweep(r)]
     tta_records = tta.load(bench)
     body = [_protocols(c.records_sorted(rows + bases), judged, w, all_rows + base_rows)]
-    text, pairs, refused = _paired(rows, judged, w)
-    claims_text = _claims(paper, rows, bases, judged, w)
-    body += [text, _sweep(sweep, w), claims_text,
+    body += [_paired(rows, judged, w), _sweep(sweep, w), _claims(paper, rows, bases, judged, w),
              _time_to_accuracy(tta_records, w)]
     summary = front.summary(rows, bases, judged)
     devices = sorted({r.get("device_name") or r.get("device") or "?" for r in rows + bases}
                      | set(tta.devices(tta_records)))
     study_list = sorted(recs.studies + (extra.studies if extra else []), key=lambda s: s["run"])
-    text, shown = _study_sections(study_list, w, skipped)
-    body.append(text)
+    body.append(_study_sections(study_list, w, skipped))
     body.append(_heading("assumptions-fail", "7. When the assumptions fail") + anatomy.fidelity_section(rows, w)
                 + "\n### Where each method fails (R3.1)\n" + anatomy.section(rows, judged, runs_root, w))
     body.append(_heading("limitations", "8. Limitations")
@@ -239,10 +224,9 @@ def generate(runs_root: Path, out: Path, paper: PaperNumbers | None = None, benc
     body.append(_skipped_section(skipped, w))
     body_text = "\n".join(body)
     first = _first_page(summary, rows, bases, paper, runs_root, w, body_text)
-    toc = "\n## Contents\n\n" + "".join(f"- [{title}](#{a})\n" for a, title in CONTENTS)
     shown_name = runs_root.name if runs_root.is_absolute() else runs_root.as_posix()
     text = (_header(recs, shown_name or "runs", len(skipped), len(base_rows)) + "\n" + TEXT["vocabulary"] + "\n\n"
-            + first + toc + "\n" + body_text)
+            + first + TEXT["contents"] + "\n" + body_text)
     report = out / "REPORT.md"
     atomic_write_text(report, text)
     w.files.add(report)
