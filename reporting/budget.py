@@ -142,14 +142,13 @@ def protocol_table(key: tuple, rows: list[dict], judged: dict[str, dict], pool: 
         cols += [("test metric (mean ± std over seeds)", lambda r: c.spread_text(r["_runs"]), *spread),
                  ("per seed (± 95% CI over test tasks)", lambda r: c.per_seed_text(r["_runs"]), "seeds")]
     else:
-        cols += [("seed", lambda r: r["seeds"], "seeds"),
-                 ("test metric (± 95% CI)", lambda r: c.spread_text(r["_runs"]), *spread)]
-    cols += [("vs baseline", lambda r: r["learned"], "learned"),
+        cols += [("seed", "seeds"), ("test metric (± 95% CI)", lambda r: c.spread_text(r["_runs"]), *spread)]
+    cols += [("vs baseline", "learned"),
              ("iterations (of the paper's)", lambda r: _reached(r["_runs"]), "iterations_done", "meta_iterations"),
              ("training min", lambda r: fmt(None if r.get("train_wall_s") is None else r["train_wall_s"] / 60, 1),
               "train_wall_s"),
              ("s / iteration", lambda r: fmt(r.get("median_iter_s"), 3), "median_iter_s"),
-             ("peak MiB", lambda r: fmt(r["peak_mib"], 1), "peak_mib"), ("run", lambda r: r["run"], "run")]
+             ("peak MiB", lambda r: fmt(r["peak_mib"], 1), "peak_mib"), ("run", "run")]
     metric_word = "accuracy in %" if s == 100 else "MSE (lower is better)"
     notes = [TEXT["protocols_note"].format(metric=metric_word)]
     if c.DATASETS.get(dataset, {}).get("baseline") == "zero_predictor":

@@ -148,7 +148,7 @@ def section(study: dict, w) -> str:
     groups = set(df["group"])
     if "endpoints" in groups:
         out += f"\n#### The paper as written and the full release, {at}\n"
-        out += w.table(_table(f"{prefix}_endpoints", _rows(df, "endpoints"), [("end point", lambda r: r["rung"], "rung"),
+        out += w.table(_table(f"{prefix}_endpoints", _rows(df, "endpoints"), [("end point", "rung"),
                               ("deviations on", _on, "deviations")], "release − paper [95% CI]", []))
     fig = _figure(df, prefix, at, w.fig_dir, "release" if goal == "release" else "hypertorch protocol")
     if fig is not None:
@@ -246,7 +246,7 @@ def reptile_section(seeds: list[dict], w) -> str:
             "gain_kind": g[3] if g else None,
             "iterations": "/".join(f"{v:,}" for v in r["iters"]) or "—"})
     cols = [("rung", lambda r: "fresh state (the suite before)" if r["rung"] == "paper" else f"+ {r['rung']}", "rung"),
-            ("seeds", lambda r: str(r["seeds"]), "seeds"),
+            ("seeds", "seeds"),
             ("test accuracy % (mean ± std over seeds)",
              lambda r: "—" if r["accuracy_mean"] is None else fmt(r["accuracy_mean"], 2, S) + (
                  "" if r["accuracy_std"] is None else f" ± {fmt(r['accuracy_std'], 2, S)}"), "accuracy_mean", "accuracy_std"),
@@ -255,7 +255,7 @@ def reptile_section(seeds: list[dict], w) -> str:
              f"{fmt(r['gain_mean'], 2, S)} [{fmt(r['gain_low'], 2, S)}, {fmt(r['gain_high'], 2, S)}]"
              + (" (unpaired)" if r["gain_kind"] == "unpaired" else ""),
              "gain_mean", "gain_low", "gain_high", "gain_kind"),
-            ("iterations per seed", lambda r: r["iterations"], "iterations")]
+            ("iterations per seed", "iterations")]
     iters = sorted({int(m) for st in seeds if (m := ((st.get("config") or {}).get("study") or {}).get("meta_iterations"))})
     budget = (f"{', '.join(f'{m:,}' for m in iters)} iterations per run (the outer step annealed to 0 over them)" if iters
               else f"{', '.join(minutes) or '?'} min of training per run")

@@ -166,10 +166,10 @@ def reproduction(table: pd.DataFrame, paper: PaperNumbers, plan: list[dict], anc
             if s["iterations_max"] < s["meta_iterations"] and not render.is_missing(mean):
                 row["verdict"] += f"; ended by the plateau rule at {s['iterations_max']:,} of {s['meta_iterations']:,}"
         out.append(row)
-    cols = [("setting", lambda r: r["setting"], "setting"), ("algorithm", lambda r: r["label"], "label"),
+    cols = [("setting", "setting"), ("algorithm", "label"),
             ("paper", lambda r: fmt_g(r["paper"]), "paper", "source"), ("ours at the paper's budget", lambda r: r["ours"],
                                                                         "ours", "ours_mean", "seeds"),
-            ("verdict", lambda r: r["verdict"], "verdict")]
+            ("verdict", "verdict")]
     notes = [TEXT["reproduction_note"]]
     return make_table("reproduction", out, cols, notes, extra=("run", "cpu_hours"))
 
@@ -189,7 +189,7 @@ def equal_compute(table: pd.DataFrame):
     wide = eq.pivot_table(index="algorithm", columns="column", values="cell", aggfunc="first").reindex(columns=order)
     wide = wide.reindex(sorted(wide.index, key=lambda a: c.label_rank(a.replace(" (baseline)", ""))))
     rows = [{"algorithm": a, **{k: v for k, v in r.items()}} for a, r in wide.fillna("—").iterrows()]
-    cols = [("algorithm", lambda r: r["algorithm"], "algorithm")] + [
+    cols = [("algorithm", "algorithm")] + [
         (k, (lambda key: lambda r: r[key])(k), k) for k in order]
     notes = [TEXT["equal_compute_note"]]
     return make_table("equal_compute", rows, cols, notes), eq
@@ -270,8 +270,7 @@ def questions_table(doc: dict, tables: dict[str, pd.DataFrame], anchors: set[str
         link = q["evidence"] if q["evidence"] in anchors else None
         out.append({"id": q["id"], "question": q["question"], "answer": answer,
                     "evidence": f"[{q['evidence_name']}](#{link})" if link else "—"})
-    cols = [("", lambda r: r["id"], "id"), ("question", lambda r: r["question"], "question"),
-            ("answer (budget, seeds)", lambda r: r["answer"], "answer"), ("evidence", lambda r: r["evidence"], "evidence")]
+    cols = [("", "id"), ("question", "question"), ("answer (budget, seeds)", "answer"), ("evidence", "evidence")]
     return make_table("questions", out, cols)
 
 
@@ -320,6 +319,6 @@ def limitations(table: pd.DataFrame, paper: PaperNumbers, devices: list[str]):
          "*learned* there means no more than *beat chance*", "table-equal_compute"),
         ("devices", ", ".join(devices) or "none", "timings hold for this machine only", "table-runs")]
     out = [{"limit": a, "measured": b, "so": f"{so}", "anchor": anchor} for a, b, so, anchor in rows]
-    cols = [("limit", lambda r: r["limit"], "limit"), ("measured", lambda r: r["measured"], "measured"),
+    cols = [("limit", "limit"), ("measured", "measured"),
             ("what it means", lambda r: f"{r['so']} ([table](#{r['anchor']}))", "so", "anchor")]
     return make_table("limitations", out, cols)

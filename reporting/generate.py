@@ -146,8 +146,8 @@ def _skipped_section(skipped: list[Skipped], w: Writer) -> str:
     if not skipped:
         return text + "\nnone\n"
     rows = [{"path": s.path, "reason": s.reason} for s in sorted(skipped, key=lambda s: (s.path, s.reason))]
-    t = make_table("skipped", rows, [("record", lambda r: r["path"], "path"),
-                                     ("reason", lambda r: r["reason"], "reason")])
+    t = make_table("skipped", rows, [("record", "path"),
+                                     ("reason", "reason")])
     return text + "\nThese records could not be read and are left out of every table above.\n" + w.table(t)
 
 

@@ -229,7 +229,7 @@ def long_table(pairs: list[dict]) -> Table:
     cols = [("setting", lambda r: f"{r['dataset']} {r['setting']} ({_words(_setting(r))})",
              "dataset", "setting", "profile", "max_train_minutes"),
             ("a vs b", lambda r: f"{r['a']} vs {r['b']}", "a", "b"),
-            ("seed", lambda r: str(r["seed"]), "seed"), ("improvement of a over b", d("imp"), "imp"),
+            ("seed", "seed"), ("improvement of a over b", d("imp"), "imp"),
             ("95% CI", lambda r: f"[{d('low')(r)}, {d('high')(r)}]", "low", "high"),
             ("Holm p", lambda r: fmt_p(r["p_holm"]), "p_holm"),
             ("tasks a / b better / tie", lambda r: f"{r['a_better']} / {r['b_better']} / {r['ties']}",
@@ -241,8 +241,8 @@ def long_table(pairs: list[dict]) -> Table:
 def refused_table(refused: list[dict]) -> Table:
     cols = [("setting", lambda r: f"{r['dataset']} {r['setting']} ({_words(_setting(r))})",
              "dataset", "setting", "profile"),
-            ("comparison", lambda r: f"{r['a']} vs {r['b']}", "a", "b"), ("seed", lambda r: str(r["seed"]), "seed"),
-            ("reason", lambda r: r["reason"], "reason"),
+            ("comparison", lambda r: f"{r['a']} vs {r['b']}", "a", "b"), ("seed", "seed"),
+            ("reason", "reason"),
             ("runs (a; b)", lambda r: f"{r['a_run']}; {r['b_run']}", "a_run", "b_run")]
     return make_table("paired_refused", refused, cols)
 
@@ -300,9 +300,6 @@ def _claims(out: list[dict]) -> Table:
         return header, lambda r: r[key] or "—", key
 
     cols = [text("claim", "claim"), text("paper", "paper"), text("verdict", "verdict"),
-            text("improvement of the claimed-better [95% CI]", "text"),
-            ("seeds", lambda r: str(r["seeds"]), "seeds"), text("budget", "budget")]
-    notes = [TEXT["claims_note_verdicts"],
-             TEXT["claims_note_budget"],
-             TEXT["claims_note_no_runs"]]
+            text("improvement of the claimed-better [95% CI]", "text"), ("seeds", "seeds"), text("budget", "budget")]
+    notes = [TEXT["claims_note_verdicts"], TEXT["claims_note_budget"], TEXT["claims_note_no_runs"]]
     return make_table("claims", out, cols, notes, extra=("relation", "metric", "imp", "runs"))

@@ -31,7 +31,7 @@ class Table:
     notes: list[str] = field(default_factory=list)
 
 
-# A table column: (header, row → cell text, *row keys the cell shows).
+# A table column: (header, row → cell text, *row keys the cell shows), or (header, key): the key's value as text.
 Column = tuple[Any, ...]
 
 
@@ -39,12 +39,14 @@ def make_table(name: str, rows: Sequence[dict], columns: Sequence[Column], notes
                extra: Sequence[str] = ()) -> Table:
     """A table of row dicts.
 
-    columns: ``(header, row → cell text, *keys)``, ``keys`` the row values the cell shows.
+    columns: ``(header, row → cell text, *keys)``, ``keys`` the row values the cell shows; or
+    ``(header, key)``: the key's value as text.
     notes: lines under the table.
     extra: row keys the CSV keeps that no cell shows.
 
     The CSV holds every column's keys in column order, then ``extra``, each key once.
     """
+    columns = [(c[0], (lambda k: lambda r: str(r[k]))(c[1]), c[1]) if isinstance(c[1], str) else c for c in columns]
     keys = column_keys(columns, extra)
     cells = [[col[1](r) for col in columns] for r in rows]
     raw = pd.DataFrame([{k: _csv_value(r.get(k)) for k in keys} for r in rows], columns=keys)
@@ -122,8 +124,7 @@ def _md_cell(text: str) -> str:
 
 
 def to_markdown(t: Table) -> str:
-    lines = ["| " + " | ".join(_md_cell(h) for h in t.headers) + " |",
-             "|" + "|".join("---" for _ in t.headers) + "|"]
+    lines = ["| " + " | ".join(_md_cell(h) for h in t.headers) + " |", "|" + "|".join("---" for _ in t.headers) + "|"]
     lines += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in t.cells]
     return "\n".join(lines) + "\n"
 

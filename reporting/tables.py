@@ -11,12 +11,10 @@ from .render import MARKERS, TEXT, Table, colour, fmt, fmt_g, fmt_pm, log_x, mak
 
 def inventory(rows: list[dict]) -> Table:
     """Every readable training record, whatever its status: a failure is a result."""
-    cols = [("run", lambda r: r["run"], "run"),
-            ("status", c.status_text, "status", "failure_iteration", "failure_reason"),
-            ("algorithm", lambda r: r["label"], "label"),
+    cols = [("run", "run"), ("status", c.status_text, "status", "failure_iteration", "failure_reason"),
+            ("algorithm", "label"),
             ("setting", lambda r: f"{c.DATASET_NAMES.get(r['dataset'], r['dataset'])} {r['setting']}", "dataset"),
-            ("profile", lambda r: r["profile"], "profile"),
-            ("iterations", c.budget_text, "iterations_done", "meta_iterations"),
+            ("profile", "profile"), ("iterations", c.budget_text, "iterations_done", "meta_iterations"),
             ("seed", lambda r: fmt_g(r.get("seed")), "seed"),
             ("result (± 95% CI; accuracy % or MSE)", c.result_text, "mean", "ci95"),
             ("device", lambda r: r.get("device") or "—", "device"),
@@ -67,8 +65,7 @@ def _spread(g: dict) -> str:
 def inner_steps_table(groups: list[dict]) -> Table:
     """Every (setting, algorithm, K) point with its cost: the long form behind the pivots (files only)."""
     cols = [("setting", lambda g: f"{g['dataset']} {g['setting']} ({g['profile']})", "dataset", "setting", "profile"),
-            ("algorithm", lambda g: g["label"], "label"),
-            ("inner steps (train)", lambda g: str(g["inner_steps"]), "inner_steps"),
+            ("algorithm", "label"), ("inner steps (train)", "inner_steps"),
             ("result", _spread, "mean", "std", "ci95", "n_runs"),
             ("iterations reached", lambda g: fmt(g["iterations"], 0), "iterations"),
             ("s / iteration", lambda g: fmt(g["median_iter_s"], 4), "median_iter_s"),
@@ -91,7 +88,7 @@ def inner_steps_pivots(groups: list[dict]) -> list[Table]:
                 row[f"K={g['inner_steps']}"] = g["mean"]
                 row[f"text_{g['inner_steps']}"] = fmt_pm(g["mean"], g["std"] if g["n_runs"] > 1 else g["ci95"], d, s)
             rows.append(row)
-        cols = [("algorithm", lambda r: r["label"], "label"),
+        cols = [("algorithm", "label"),
                 *((f"K={k}", (lambda k: lambda r: r.get(f"text_{k}", "—"))(k), f"K={k}") for k in ks)]
         metric, minutes = sel[0]["metric"], sorted({fmt_g(g["minutes"]) for g in sel if g["minutes"] is not None})
         tests = sorted({t for g in sel for t in g["test_steps"]})
@@ -152,7 +149,7 @@ def selection_table(selections: list[dict], labels: dict) -> Table:
         scale, digits = (1, 3) if r["metric"] == "mse" else (100, 2)
         return f"{scale * r['val_metric']:.{digits}f} ± {scale * (r.get('val_ci95') or 0):.{digits}f}"
 
-    cols = [("setting", lambda r: r["setting"], "setting"), ("algorithm", lambda r: r["algorithm"], "algorithm"),
+    cols = [("setting", "setting"), ("algorithm", "algorithm"),
             ("candidate", lambda r: ", ".join(f"{k.rsplit('.', 1)[-1]} {fmt_g(v)}" for k, v in r["values"].items())
              if r.get("values") else r.get("candidate", "?"), "candidate"),
             ("iterations", lambda r: fmt_g(r.get("iterations_done")), "iterations_done"),

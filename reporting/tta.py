@@ -69,8 +69,8 @@ def table(records: list[dict]) -> Table:
                  **{f"min_{t}": (first_reaching(r, t) or {}).get("train_wall_s") for t in THRESHOLDS},
                  best_mean=best(r)["test_mean"], best_ci95=best(r)["test_ci95"],
                  best_minutes=best(r)["train_wall_s"] / 60, record=r) for r in records]
-    cols = [("run", lambda d: f"`{d['name']}`", "name"), ("algorithm", lambda d: d["label"], "label"),
-            ("changed from the protocol", lambda d: d["changed"], "changed"),
+    cols = [("run", lambda d: f"`{d['name']}`", "name"), ("algorithm", "label"),
+            ("changed from the protocol", "changed"),
             *((f"first ≥ {100 * t:g}%", (lambda t: lambda d: _at(first_reaching(d["record"], t)))(t), f"min_{t}")
               for t in THRESHOLDS),
             ("best (± 95% CI)", lambda d: f"{_acc(best(d['record']))} after {fmt(d['best_minutes'], 1)} min",
