@@ -43,19 +43,7 @@ def _peak_mib(r: dict):
     return None if b is None else b / 2**20
 
 
-def _shots(train: bool):
-    def f(r: dict) -> str:
-        s, q = (r.get("shots"), r.get("query_shots")) if train else (r.get("test_shots"), r.get("test_query_shots"))
-        return f"{fmt_g(s)} + {fmt_g(q)}"
-    return f
-
-
-def _inner(r: dict) -> str:
-    return f"{c.inner_text(r)}; {c.steps_text(r)} steps"
-
-
-def _label(runs: list[dict]) -> str:
-    r = runs[0]
+def _label(r: dict) -> str:
     return f"{r['label']} (baseline)" if baselines.is_baseline(r) else c.label_text(r)
 
 
@@ -69,27 +57,23 @@ def setup_table(key: tuple, rows: list[dict]) -> Table:
     """What each configuration of the setting was set up with (one row per configuration, its seeds
     together): one table per setting, so the results tables carry results only."""
     dataset, setting, minutes = key
-    first = lambda fn: (lambda runs: fn(runs[0]))  # noqa: E731
-    cols = [("algorithm", _label, "label"), ("protocol", first(lambda r: r.get("protocol") or "—"), "protocol"),
-            ("inner (opt lr; steps train/test)", first(_inner), "inner_optimizer", "inner_lr", "prox_lam",
-             "inner_steps", "test_steps"),
-            ("λ / CG", first(c.lam_cg_text), "lam", "cg_steps"),
-            ("outer (opt lr)", first(c.outer_text), "outer_optimizer", "outer_lr", "outer_clip", "outer_anneal"),
-            ("meta-batch", first(lambda r: fmt_g(r.get("meta_batch_size"))), "meta_batch_size"),
-            ("train shots (support + query)", first(_shots(True)), "shots", "query_shots"),
-            ("test shots (support + query)", first(_shots(False)), "test_shots", "test_query_shots"),
-            ("BN", first(lambda r: r.get("bn_mode") or "—"), "bn_mode"),
-            ("run on", lambda runs: f"seeds {c.seeds_list(runs)}, {runs[0].get('device') or '—'}, "
-                                    f"{runs[0].get('dtype') or '—'}", "seed", "device", "dtype")]
-    configs = c.config_groups(rows)
-    out = [dict(runs[0], seed=c.seeds_list(runs), run=c.runs_text(runs), _runs=runs) for runs in configs]
+    cols = [("algorithm", _label, "label"), ("protocol", lambda r: r.get("protocol") or "—", "protocol"),
+            ("inner (opt lr; steps train/test)", lambda r: f"{c.inner_text(r)}; {c.steps_text(r)} steps",
+             "inner_optimizer", "inner_lr", "prox_lam", "inner_steps", "test_steps"),
+            ("λ / CG", c.lam_cg_text, "lam", "cg_steps"),
+            ("outer (opt lr)", c.outer_text, "outer_optimizer", "outer_lr", "outer_clip", "outer_anneal"),
+            ("meta-batch", lambda r: fmt_g(r.get("meta_batch_size")), "meta_batch_size"),
+            ("train shots (support + query)", lambda r: f"{fmt_g(r.get('shots'))} + {fmt_g(r.get('query_shots'))}",
+             "shots", "query_shots"),
+            ("test shots (support + query)",
+             lambda r: f"{fmt_g(r.get('test_shots'))} + {fmt_g(r.get('test_query_shots'))}", "test_shots",
+             "test_query_shots"),
+            ("BN", lambda r: r.get("bn_mode") or "—", "bn_mode"),
+            ("run on", lambda r: f"seeds {r['seed']}, {r.get('device') or '—'}, {r.get('dtype') or '—'}",
+             "seed", "device", "dtype")]
+    out = [dict(runs[0], seed=c.seeds_list(runs), run=c.runs_text(runs)) for runs in c.config_groups(rows)]
     name = c.slug("setup", dataset, setting, f"{fmt_g(minutes)}min" if minutes is not None else "paper")
-    return make_table(name, out, [(h, _on_runs(fn), *keys) for h, fn, *keys in cols],
-                      extra=("experiment", "profile", *SETUP_KEYS, "device_name", "run"))
-
-
-def _on_runs(fn):
-    return lambda row: fn(row["_runs"])
+    return make_table(name, out, cols, extra=("experiment", "profile", *SETUP_KEYS, "device_name", "run"))
 
 
 def learned_text(runs: list[dict], judged: dict[str, dict]) -> str:
@@ -136,7 +120,7 @@ def protocol_table(key: tuple, rows: list[dict], judged: dict[str, dict], pool: 
                         median_iter_s=_mean_of(runs, "median_iter_s")))
     s, _ = c.scale_of(rows[0].get("metric") or c.metric_of(dataset))
     spread = ("seeds_mean", "seeds_std", "seeds_runs")
-    cols = [("algorithm", lambda r: _label(r["_runs"]), "label"),
+    cols = [("algorithm", _label, "label"),
             ("status", lambda r: c.status_summary(r["_runs"]), "status")]
     if several:
         cols += [("test metric (mean ± std over seeds)", lambda r: c.spread_text(r["_runs"]), *spread),
