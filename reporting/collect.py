@@ -73,9 +73,7 @@ def relative_paths(rel: Path, text: str) -> str:
 
 def record_files(src: Path) -> list[Path]:
     """The record files under ``src``, sorted; a study's own training runs are its inputs, not records."""
-    out = []
-    for study in sorted(src.rglob("study.json")):
-        out.append(study)
+    out = sorted(src.rglob("study.json"))
     studies = [p.parent for p in out]
     for name in RUN_FILES:
         out += [p for p in src.rglob(name) if not any(s in p.parents for s in studies)]

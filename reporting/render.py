@@ -47,15 +47,10 @@ def make_table(name: str, rows: Sequence[dict], columns: Sequence[Column], notes
     The CSV holds every column's keys in column order, then ``extra``, each key once.
     """
     columns = [(c[0], (lambda k: lambda r: str(r[k]))(c[1]), c[1]) if isinstance(c[1], str) else c for c in columns]
-    keys = column_keys(columns, extra)
+    keys = list(dict.fromkeys([*(k for col in columns for k in col[2:]), *extra]))  # each key once, in column order
     cells = [[col[1](r) for col in columns] for r in rows]
     raw = pd.DataFrame([{k: _csv_value(r.get(k)) for k in keys} for r in rows], columns=keys)
     return Table(name, [col[0] for col in columns], cells, raw, list(notes))
-
-
-def column_keys(columns: Sequence[Column], extra: Sequence[str] = ()) -> list[str]:
-    """The row keys behind ``columns`` in column order, then ``extra``, each once."""
-    return list(dict.fromkeys([*(k for col in columns for k in col[2:]), *extra]))
 
 
 def compact(t: Table) -> Table:
@@ -150,17 +145,12 @@ def to_latex(t: Table) -> str:
     return "\n".join(lines) + "\n"
 
 
-def to_csv(t: Table) -> str:
-    return t.raw.to_csv(index=False, lineterminator="\n", float_format="%.10g")
-
-
 def write_table(t: Table, tables_dir: Path) -> list[Path]:
-    out = []
-    for ext, text in (("csv", to_csv(t)), ("tex", to_latex(t))):
-        path = tables_dir / f"{t.name}.{ext}"
-        atomic_write_text(path, text)
-        out.append(path)
-    return out
+    """The table's raw values as CSV and its display cells as LaTeX, under ``tables_dir``."""
+    csv = t.raw.to_csv(index=False, lineterminator="\n", float_format="%.10g")
+    for ext, text in (("csv", csv), ("tex", to_latex(t))):
+        atomic_write_text(tables_dir / f"{t.name}.{ext}", text)
+    return [tables_dir / f"{t.name}.csv", tables_dir / f"{t.name}.tex"]
 
 
 def save_figure(fig, path: Path) -> Path:
