@@ -98,9 +98,9 @@ def _reached(runs: list[dict]) -> str:
     return f"{span} of {runs[0]['meta_iterations']:,}{tail}"
 
 
-def _mean_of(runs: list[dict], key: str, scale: float = 1.0):
+def _mean_of(runs: list[dict], key: str) -> float | None:
     vals = [r[key] for r in runs if r.get(key) is not None]
-    return sum(vals) / len(vals) * scale if vals else None
+    return sum(vals) / len(vals) if vals else None
 
 
 def protocol_table(key: tuple, rows: list[dict], judged: dict[str, dict], pool: list[dict] = ()) -> Table:

@@ -170,8 +170,7 @@ def reproduction(table: pd.DataFrame, paper: PaperNumbers, plan: list[dict], anc
             ("paper", lambda r: fmt_g(r["paper"]), "paper", "source"), ("ours at the paper's budget", lambda r: r["ours"],
                                                                         "ours", "ours_mean", "seeds"),
             ("verdict", "verdict")]
-    notes = [TEXT["reproduction_note"]]
-    return make_table("reproduction", out, cols, notes, extra=("run", "cpu_hours"))
+    return make_table("reproduction", out, cols, [TEXT["reproduction_note"]], extra=("run", "cpu_hours"))
 
 
 def equal_compute(table: pd.DataFrame):
@@ -188,11 +187,9 @@ def equal_compute(table: pd.DataFrame):
     order = list(dict.fromkeys(eq["column"]))
     wide = eq.pivot_table(index="algorithm", columns="column", values="cell", aggfunc="first").reindex(columns=order)
     wide = wide.reindex(sorted(wide.index, key=lambda a: c.label_rank(a.replace(" (baseline)", ""))))
-    rows = [{"algorithm": a, **{k: v for k, v in r.items()}} for a, r in wide.fillna("—").iterrows()]
-    cols = [("algorithm", "algorithm")] + [
-        (k, (lambda key: lambda r: r[key])(k), k) for k in order]
-    notes = [TEXT["equal_compute_note"]]
-    return make_table("equal_compute", rows, cols, notes), eq
+    rows = [{"algorithm": a, **r} for a, r in wide.fillna("—").iterrows()]
+    cols = [("algorithm", "algorithm"), *((k, k) for k in order)]
+    return make_table("equal_compute", rows, cols, [TEXT["equal_compute_note"]]), eq
 
 
 def grid_figure(eq: pd.DataFrame, rows: list[dict], fig_dir: Path) -> Path | None:
