@@ -216,7 +216,7 @@ def fidelity_table(key: tuple, by_label: dict[str, list[dict]]):
             ("iMAML: cos with its solved system: first → last", "cos_solved"),
             ("runs", "run")]
     name = c.slug("fidelity_train", dataset, setting, f"{fmt_g(minutes)}min" if minutes is not None else "paper")
-    notes = [f"{c.DATASET_NAMES.get(dataset, dataset)} {setting}"
+    notes = [f"{c.title(dataset, setting)}"
              + (f", {fmt_g(minutes)} min of training per run" if minutes is not None else "")
              + TEXT["fidelity_train_note"]]
     return make_table(name, rows, cols, notes)
@@ -241,7 +241,7 @@ def fidelity_figure(key: tuple, by_label: dict[str, list[dict]], fig_dir: Path) 
     ax.set_ylabel("cosine with the exact meta-gradient")
     ax.set_ylim(-1.05, 1.05)
     ax.grid(alpha=0.3)
-    ax.set_title(f"{c.DATASET_NAMES.get(dataset, dataset)} {setting}: fidelity along training"
+    ax.set_title(f"{c.title(dataset, setting)}: fidelity along training"
                  + (f" ({fmt_g(minutes)} min budget)" if minutes is not None else ""), fontsize=10)
     ax.legend(fontsize=7)
     name = c.slug("fidelity_train", dataset, setting, f"{fmt_g(minutes)}min" if minutes is not None else "paper")

@@ -207,7 +207,7 @@ def curves_figure(key: tuple, rows: list[dict], fig_dir: Path) -> Path | None:
             ax.set_yscale("log")
         ax.set_xlabel(xlabel)
         ax.set_ylabel("validation MSE" if c.is_regression(dataset) else "validation accuracy (%)")
-    axes[0].set_title(f"{c.DATASET_NAMES.get(dataset, dataset)} {setting}: learning curves"
+    axes[0].set_title(f"{c.title(dataset, setting)}: learning curves"
                       + (f" ({fmt_g(minutes)} min budget)" if minutes is not None else ""), fontsize=10)
     axes[0].legend(fontsize=7)
     name = c.slug("curves", dataset, setting, f"{fmt_g(minutes)}min" if minutes is not None else "paper")

@@ -42,6 +42,11 @@ def task_words(dataset: str, ways: int | None, shots: int | None) -> str:
     return f"{name} regression, {shots}-shot" if is_regression(dataset) else f"{name} {ways}-way {shots}-shot"
 
 
+def title(dataset: str, setting: str) -> str:
+    """'Omniglot 5w1s': the dataset by its config's label, then the test setting."""
+    return f"{DATASET_NAMES.get(dataset, dataset)} {setting}"
+
+
 def slug(*parts: str) -> str:
     """A file-name-safe join of parts ('K=10' -> 'K10')."""
     return "_".join("".join(ch for ch in str(p) if ch.isalnum() or ch in "-.") for p in parts)

@@ -134,7 +134,7 @@ def reproduction(table: pd.DataFrame, paper: PaperNumbers, plan: list[dict], anc
         # the transductive number for a transductive run, else the papers' other number where they give one
         p = paper.lookup(*key[:4], None if mine.empty else c.clean(mine.iloc[0]["bn_mode"]),
                          steps=key[4])
-        where = f"{c.DATASET_NAMES.get(p.dataset, p.dataset)} {setting}" + (f", {p.steps} step{'s' * (p.steps > 1)}" if p.steps else "")
+        where = f"{c.title(p.dataset, setting)}" + (f", {p.steps} step{'s' * (p.steps > 1)}" if p.steps else "")
         row = {"source": p.source, "setting": where, "label": p.label, "paper": p.value, "ours": "—",
                "ours_mean": math.nan, "seeds": 0, "run": "—", "cpu_hours": math.nan}
         if mine.empty:
@@ -178,8 +178,7 @@ def equal_compute(table: pd.DataFrame):
     eq = table[table["minutes"].notna()].copy()
     if eq.empty:
         return make_table("equal_compute", [], [("algorithm", str, "algorithm")]), eq
-    eq["column"] = eq.apply(lambda s: f"{c.DATASET_NAMES.get(s['dataset'], s['dataset'])} "
-                                      f"{s['setting']} ({s['budget']})", axis=1)
+    eq["column"] = eq.apply(lambda s: f"{c.title(s['dataset'], s['setting'])} ({s['budget']})", axis=1)
     eq["cell"] = eq.apply(lambda s: f"{ours_text(s).split(' (')[0]} ({s['seeds']} seed{'s' * (s['seeds'] > 1)}"
                                     + (f", {s['completed']} completed" if s["completed"] < s["seeds"] else "")
                                     + f"; {outcome(s)})", axis=1)
@@ -306,7 +305,7 @@ def limitations(table: pd.DataFrame, paper: PaperNumbers, devices: list[str]):
          "† rows measure what a method reaches in that budget, not the paper's number", "table-reproduction"),
         ("paper budget", f"reached on {', '.join(c.DATASET_NAMES.get(d, d) for d in at_paper) or 'no dataset'} only",
          "every other published number reads *not run*", "table-reproduction"),
-        ("settings never run", ", ".join(f"{c.DATASET_NAMES.get(d, d)} {s}" for d, s in missing) or "none",
+        ("settings never run", ", ".join(f"{c.title(d, s)}" for d, s in missing) or "none",
          "no number of ours for them", "table-reproduction"),
         ("stopped runs", f"{int(table['diverged'].sum())} runs diverged",
          "shown with their status, never dropped", "table-failures_by_algorithm"),

@@ -193,7 +193,7 @@ def _matrix_name(setting: tuple) -> str:
 
 
 def _matrix_title(setting: tuple) -> str:
-    return f"{c.DATASET_NAMES.get(setting[0], setting[0])} {setting[1]} ({_words(setting)})"
+    return f"{c.title(setting[0], setting[1])} ({_words(setting)})"
 
 
 def _matrix_note(sel: list[dict], metric: str) -> str:

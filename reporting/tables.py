@@ -13,7 +13,7 @@ def inventory(rows: list[dict]) -> Table:
     """Every readable training record, whatever its status: a failure is a result."""
     cols = [("run", "run"), ("status", c.status_text, "status", "failure_iteration", "failure_reason"),
             ("algorithm", "label"),
-            ("setting", lambda r: f"{c.DATASET_NAMES.get(r['dataset'], r['dataset'])} {r['setting']}", "dataset"),
+            ("setting", lambda r: f"{c.title(r['dataset'], r['setting'])}", "dataset"),
             ("profile", "profile"), ("iterations", c.budget_text, "iterations_done", "meta_iterations"),
             ("seed", lambda r: fmt_g(r.get("seed")), "seed"),
             ("result (± 95% CI; accuracy % or MSE)", c.result_text, "mean", "ci95"),
@@ -131,7 +131,7 @@ def inner_steps_figures(groups: list[dict], fig_dir: Path) -> list[Path]:
             ax.set_yscale("log")
         ax_t.set_yscale("log")
         budget = f", {'/'.join(fmt_g(m) for m in minutes)} min per run" if minutes else ""
-        ax.set_title(f"{c.DATASET_NAMES.get(dataset, dataset)} {setting}{budget}", fontsize=10)
+        ax.set_title(f"{c.title(dataset, setting)}{budget}", fontsize=10)
         ax.legend(fontsize=8)
         paths.append(save_figure(fig, fig_dir / f"inner_steps_{c.slug(dataset, setting, profile)}.png"))
     return paths
