@@ -145,12 +145,9 @@ def protocol_table(key: tuple, rows: list[dict], judged: dict[str, dict], pool: 
 def _baseline_note(rows: list[dict], pool: list[dict]) -> list[str]:
     """What a regression row is judged against, with the zero predictor's value on these test tasks."""
     zero = next((z for z in (baselines.zero_predictor(r, pool) for r in rows) if z), None)
-    zero_text = (f" The zero predictor (predicting 0) has MSE {fmt_pm(zero['mean'], zero['ci95'], 3)} on these test "
-                 "tasks." if zero else "")
-    pre = "the pretrained network of the same seed and budget" + (
-        "" if any(baselines.is_baseline(r) for r in rows) else " (none at this budget)")
-    return [f"vs baseline: each seed is judged against {pre} and the zero predictor, paired on identical test tasks; "
-            f"it learned when the 95% CI of its improvement over each lies above 0.{zero_text}"]
+    note = TEXT["regression_baseline_note"].format(
+        none="" if any(baselines.is_baseline(r) for r in rows) else " (none at this budget)")
+    return [note + (TEXT["zero_predictor_note"].format(mse=fmt_pm(zero["mean"], zero["ci95"], 3)) if zero else "")]
 
 
 def curve(folder: str) -> list[tuple[float, float, int]]:

@@ -1,7 +1,7 @@
 """The deviation-ladder studies' sections (``study=deviations``, ``deviations.csv``).
 
 A protocol as its paper writes it → a reference implementation (the official iMAML release,
-hypertorch's example, openai/supervised-reptile), one deviation at a time, every run at one
+hypertorch's example, the Reptile reference code), one deviation at a time, every run at one
 training budget: the ladder with each rung's gain over the one before, each deviation removed
 alone from the full release, the leaky test split's inflation, MAML beside. The study computed
 every difference (paired on identical test tasks where the test-task fingerprints match, else
