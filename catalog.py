@@ -38,7 +38,8 @@ def algorithm(name: str) -> dict:
         if isinstance(entry, str) and entry.endswith("@algorithm"):
             base = algorithm(entry.split("@")[0])
     own = d.get("algorithm", d)  # a global-package variant states its fields under algorithm:
-    return {k: own.get(k, base.get(k)) for k in ("name", "estimator", "family", "label", "inner_optimizers", "fidelity")}
+    fields = ("name", "estimator", "family", "label", "inner_optimizers", "fidelity")
+    return {k: own.get(k, base.get(k)) for k in fields}
 
 
 def algorithms() -> tuple[str, ...]:

@@ -251,7 +251,7 @@ def fidelity_figure(key: tuple, by_label: dict[str, list[dict]], fig_dir: Path) 
 def fidelity_section(rows: list[dict], w) -> str:
     found = fidelity_groups(rows)
     if not found:
-        return TEXT["fidelity_train_intro"] + "\nNo run recorded fidelity yet: `make reproduce` runs with `fidelity_every` on.\n"
+        return TEXT["fidelity_train_intro"] + TEXT["fidelity_train_none"]
     out = TEXT["fidelity_train_intro"]
     for key, by_label in found.items():
         out += w.table(fidelity_table(key, by_label))
