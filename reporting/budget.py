@@ -160,14 +160,17 @@ def curve(folder: str) -> list[tuple[float, float, int]]:
     return pts
 
 
-def mean_band(curves: list[list[tuple[float, float]]]):
-    """The seeds' curves on one grid (the points of all, up to where the shortest ends): mean, min, max."""
+def plot_band(ax, curves: list[list[tuple[float, float]]], colour: str, label: str, band: bool) -> None:
+    """The seeds' curves on one grid (the points of all, up to where the shortest ends): their mean as a
+    line and, with ``band``, their minimum-to-maximum as a shaded band."""
     import numpy as np
 
     end = min(cv[-1][0] for cv in curves)
     grid = np.array(sorted({x for cv in curves for x, _ in cv if x <= end}))
     ys = np.array([np.interp(grid, [x for x, _ in cv], [y for _, y in cv]) for cv in curves])
-    return grid, ys.mean(0), ys.min(0), ys.max(0)
+    ax.plot(grid, ys.mean(0), color=colour, lw=1.4, label=label)
+    if band:
+        ax.fill_between(grid, ys.min(0), ys.max(0), color=colour, alpha=0.2, lw=0)
 
 
 def curves_figure(key: tuple, rows: list[dict], fig_dir: Path) -> Path | None:
@@ -188,10 +191,8 @@ def curves_figure(key: tuple, rows: list[dict], fig_dir: Path) -> Path | None:
         if not curves:
             continue
         for ax, x, end in zip(axes, (0, 2), ("train_wall_s", "iterations_done")):
-            grid, mean, lo, hi = mean_band([[(p[x], p[1] * s) for p in pts] for _, pts in curves])
-            ax.plot(grid, mean, color=colour, lw=1.4, label=f"{label} ({len(curves)} seed{'s' * (len(curves) > 1)})")
-            if len(curves) > 1:
-                ax.fill_between(grid, lo, hi, color=colour, alpha=0.2, lw=0)
+            plot_band(ax, [[(p[x], p[1] * s) for p in pts] for _, pts in curves], colour,
+                      f"{label} ({len(curves)} seed{'s' * (len(curves) > 1)})", band=len(curves) > 1)
             for r, _ in curves:
                 if r["status"] == "completed" and not math.isnan(r["mean"]) and r.get(end) is not None:
                     ax.plot([r[end] / 60 if x == 0 else r[end]], [r["mean"] * s], marker="*", markersize=9,

@@ -212,10 +212,8 @@ def grid_figure(eq: pd.DataFrame, rows: list[dict], fig_dir: Path) -> Path | Non
             if not curves:
                 continue
             scale, _ = c.scale_of(s["metric"])
-            grid, mean, lo, hi = budget.mean_band([[(p[0], p[1] * scale) for p in pts] for pts in curves])
-            colour = render.colour(s["label"])
-            ax.plot(grid, mean, color=colour, lw=1.4, label=s["algorithm"])
-            ax.fill_between(grid, lo, hi, color=colour, alpha=0.2, lw=0)
+            budget.plot_band(ax, [[(p[0], p[1] * scale) for p in pts] for pts in curves], render.colour(s["label"]),
+                             s["algorithm"], band=True)
         if sub["metric"].iloc[0] == "mse":
             ax.set_yscale("log")
         ax.set_title(key, fontsize=9)
