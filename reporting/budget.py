@@ -19,15 +19,6 @@ def is_sweep(row: dict) -> bool:
     return (row.get("experiment") or "").startswith("sweep_")
 
 
-def protocol_rows(rows: list[dict]) -> list[dict]:
-    """Runs of named published-protocol experiments (comparison a), not of the inner-step sweep."""
-    return [r for r in rows if r.get("experiment") and not is_sweep(r) and r.get("protocol")]
-
-
-def budget_key(r: dict) -> tuple:
-    return (r["dataset"], r["setting"], r.get("max_train_minutes"))
-
-
 def budget_title(dataset: str, setting: str, minutes, rows: list[dict]) -> str:
     name = c.DATASET_NAMES.get(dataset, dataset) + ("" if c.is_regression(dataset) else f" {setting}")
     devices = sorted({r.get("device_name") or r.get("device") or "?" for r in rows})
@@ -213,9 +204,12 @@ def curves_figure(key: tuple, rows: list[dict], fig_dir: Path) -> Path | None:
 
 
 def groups(rows: list[dict]) -> dict[tuple, list[dict]]:
+    """Runs of named published-protocol experiments (comparison a, not the inner-step sweep) by
+    (dataset, test setting, training-minutes cap)."""
     out: dict[tuple, list[dict]] = {}
-    for r in protocol_rows(rows):
-        out.setdefault(budget_key(r), []).append(r)
+    for r in rows:
+        if r.get("experiment") and not is_sweep(r) and r.get("protocol"):
+            out.setdefault((r["dataset"], r["setting"], r.get("max_train_minutes")), []).append(r)
     return {k: sorted(v, key=lambda r: (c.label_rank(r["label"]), r.get("seed") or 0, r["run"]))
             for k, v in sorted(out.items(), key=lambda kv: (kv[0][0], c.setting_rank(kv[0][1]),
                                                                kv[0][2] is None, kv[0][2] or 0))}

@@ -85,12 +85,9 @@ def budget_kind(row: dict) -> str | None:
     return "converged" if row.get("stopped_by") == "converged" else None
 
 
-def is_paper_scale(row: dict) -> bool:
-    return budget_kind(row) is not None
-
-
 def label_text(row: dict) -> str:
-    return row["label"] if is_paper_scale(row) else f"{row['label']} {NOT_PAPER}"
+    """The run's label, marked when it is below the paper's scale."""
+    return row["label"] if budget_kind(row) is not None else f"{row['label']} {NOT_PAPER}"
 
 
 def status_text(row: dict) -> str:

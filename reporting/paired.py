@@ -130,7 +130,7 @@ def compare_all(rows: list[dict]) -> tuple[list[dict], list[dict], list[str]]:
                                       b_iters=c.budget_text(b), minutes=a.get("max_train_minutes")
                                       if a.get("max_train_minutes") == b.get("max_train_minutes") else None,
                                       device_name=a.get("device_name") or a.get("device"),
-                                      paper_scale=c.is_paper_scale(a) and c.budget_kind(a) == c.budget_kind(b),
+                                      paper_scale=c.budget_kind(a) is not None and c.budget_kind(a) == c.budget_kind(b),
                                       budget_kind=c.budget_kind(a)))
                 unpaired = sorted(set(a_by_seed) ^ set(b_by_seed), key=lambda s: (s is None, s or 0))
                 if unpaired:
