@@ -30,14 +30,16 @@ def _load(path: Path) -> dict:
 
 @cache
 def algorithm(name: str) -> dict:
-    """The resolved fields (name, estimator, family, label, inner_optimizers) of ``configs/algorithm/NAME.yaml``."""
+    """The resolved fields (name, estimator, family, label, inner_optimizers, fidelity) of
+    ``configs/algorithm/NAME.yaml``."""
     d = _load(CONFIGS / "algorithm" / f"{name}.yaml")
     base: dict = {}
     for entry in d.get("defaults") or []:
         if isinstance(entry, str) and entry.endswith("@algorithm"):
             base = algorithm(entry.split("@")[0])
     own = d.get("algorithm", d)  # a global-package variant states its fields under algorithm:
-    return {k: own.get(k, base.get(k)) for k in ("name", "estimator", "family", "label", "inner_optimizers")}
+    fields = ("name", "estimator", "family", "label", "inner_optimizers", "fidelity")
+    return {k: own.get(k, base.get(k)) for k in fields}
 
 
 def algorithms() -> tuple[str, ...]:

@@ -1,23 +1,28 @@
-"""Where each method fails (reviewer R3.1): setting × algorithm, learned / did not learn / diverged,
-with the stage each divergence was diagnosed at and a link to its evidence.
+"""Section 7, when the assumptions fail: each comparison run's meta-gradient against the exact one
+along training, and where each method fails (reviewer R3.1).
 
-A divergence's stage comes from the record's own failure anatomy (``failure.stage``, written by
-the trainer since it dissects failures: ``trainer/anatomy.py``) or, for a record older than that,
-from ``tools/diagnose.py``'s rerun of it (``records/diagnoses/<record>/diagnosis.json``), which
-also holds the independent checks (MAML's inner loop and a float64 dense implicit gradient on the
-same θ and task). A run that completed without learning may carry a ``diagnose --unlearned``
-dissection: its meta-gradient against the exact gradient of the procedure it runs, and a control run
-trained on that exact gradient. A run neither way is "not diagnosed". The figure shows one diagnosed run's
-training curves (training loss, CG residual, inner-gradient norm) with its failure marked.
+Fidelity: the trainer's ``fidelity_every`` (``trainer/fidelity.py``) measures, in float64 on the run's
+own meta-batch and off the budget clock, the cosine between the run's estimator and the exact
+meta-gradient of the objective it optimises (``fid_cos_exact``) and, for iMAML, between its CG
+solution and its own linear system solved with 100 CG steps (``fid_cos_solved``).
+
+Failures: setting × algorithm, learned / did not learn / diverged, with the stage each divergence
+was diagnosed at — the record's own failure anatomy (``failure.stage``, ``trainer/anatomy.py``) or,
+for an older record, ``tools/diagnose.py``'s rerun of it (``records/diagnoses/<record>/diagnosis.json``,
+which also holds the independent checks) — and a link to its evidence. A run that completed without
+learning may carry a ``diagnose --unlearned`` dissection: its meta-gradient against the exact gradient
+of the procedure it runs, and a control run trained on that exact gradient. The figure shows one
+diagnosed run's training curves with its failure marked.
 """
 from __future__ import annotations
 
 import json
+import statistics
 from collections import Counter
 from pathlib import Path
 
 from . import common as c
-from .render import make_table, new_figure, save_figure
+from .render import MARKERS, TEXT, colour, fmt, fmt_g, make_table, new_figure, save_figure
 
 
 def diagnosis(r: dict, root: Path) -> tuple[dict | None, str | None]:
@@ -93,33 +98,25 @@ def rows_of(rows: list[dict], judged: dict, root: Path) -> list[dict]:
 
 def section(rows: list[dict], judged: dict, root: Path, w) -> str:
     table_rows = [r for r in rows_of(rows, judged, root) if r["stages"] != "—" or "did not learn" in r["outcome"]]
-    text = ("\nEvery setting × algorithm × budget with a run that diverged or did not learn (the others learned in "
-            "every seed). A divergence's stage is where its first non-finite value arose: the record's own failure "
-            "anatomy, or a rerun of the record to its failure by `tools/diagnose.py`, whose evidence (the last "
-            "finite values, MAML's inner loop and a float64 dense implicit gradient on the same θ and task) is "
-            "linked.\n")
+    text = TEXT["failures_intro"]
     if not table_rows:
         return text + "\nNo run diverged or failed to learn.\n"
-    cols = [("setting", lambda r: r["setting"], "setting"), ("algorithm", lambda r: r["algorithm"], "algorithm"),
-            ("budget", lambda r: r["budget"], "budget"), ("outcome (runs)", lambda r: r["outcome"], "outcome", "seeds"),
-            ("where it diverged or degraded", lambda r: r["stages"], "stages"),
-            ("evidence", lambda r: r["evidence"], "evidence")]
+    cols = [("setting", "setting"), ("algorithm", "algorithm"), ("budget", "budget"),
+            ("outcome (runs)", lambda r: r["outcome"], "outcome", "seeds"),
+            ("where it diverged or degraded", "stages"), ("evidence", "evidence")]
     text += w.table(make_table("failures_by_algorithm", table_rows, cols))
     controls = control_rows(root)
     if controls:
-        text += ("\nRuns that completed without learning, dissected at their final θ by `tools/diagnose.py --unlearned`, "
-                 "each against a control: the same run trained on the exact gradient of the procedure it runs.\n")
+        text += TEXT["controls_intro"]
         ccols = [("record", lambda r: f"`{r['record']}`", "record"), ("iterations", lambda r: f"{r['iterations']:,}", "iterations"),
                  ("cosine with the procedure's gradient (batch mean)", lambda r: f"{r['cos_procedure']:.2f}", "cos_procedure"),
                  ("cosine with a float64 dense solve (median)", lambda r: f"{r['cos_dense']:.2f}", "cos_dense"),
                  ("inner problem left (median ‖∇G(φ_K)‖ / ‖∇G(θ)‖)", lambda r: f"{r['inner_left']:.0%}", "inner_left"),
                  ("tasks whose I + H/λ is indefinite", lambda r: f"{r['indefinite']} of {r['tasks']}", "indefinite", "tasks"),
-                 ("final MSE on", lambda r: r["on"], "on"), ("iMAML", lambda r: f"{r['val']:.3g}", "val"),
+                 ("final MSE on", "on"), ("iMAML", lambda r: f"{r['val']:.3g}", "val"),
                  ("control", lambda r: f"{r['control_val']:.3g}" if r["control_val"] is not None else "—",
                   "control_val")]
-        text += w.table(make_table("unlearned_controls", controls, ccols, ["MSE on the run's own final tasks (a selection "
-                                                                            "candidate's validation tasks, a comparison run's "
-                                                                            "test tasks); lower is better."]))
+        text += w.table(make_table("unlearned_controls", controls, ccols, [TEXT["controls_note"]]))
     fig = figure(rows, root, w.fig_dir)
     if fig is not None:
         text += w.figure(fig, "Anatomy of one divergence")
@@ -168,3 +165,97 @@ def figure(rows: list[dict], root: Path, fig_dir: Path):
                      f"{d['failure_iteration']}, {a.get('stage')} (red)", fontsize=8)
         return save_figure(fig, fig_dir / "failure_anatomy.png")
     return None
+
+
+FIELDS = ("fid_cos_exact", "fid_cos_solved", "fid_rel_exact")  # iMAML-HF has no exact one: no unrolled Newton solve
+
+
+def fidelity_points(folder: str) -> list[dict]:
+    """The fidelity rows of a run's metrics.csv: iteration and the ``fid_*`` values present."""
+    return [{"iter": int(float(row["iter"])), **{k: float(row[k]) for k in FIELDS if row.get(k) not in (None, "")}}
+            for row in c.metrics_rows(folder) if any(row.get(k) not in (None, "") for k in FIELDS)]
+
+
+def fidelity_groups(rows: list[dict]) -> dict[tuple, list[dict]]:
+    """Runs with fidelity rows, by (dataset, setting, time cap) and then label."""
+    out: dict[tuple, dict[str, list[dict]]] = {}
+    for r in rows:
+        pts = fidelity_points(r["folder"])
+        if pts:
+            key = (r["dataset"], r["setting"], r.get("max_train_minutes"))
+            out.setdefault(key, {}).setdefault(r["label"], []).append({**r, "_fid": pts})
+    return {k: dict(sorted(v.items(), key=lambda kv: c.label_rank(kv[0])))
+            for k, v in sorted(out.items(), key=lambda kv: (kv[0][0], c.setting_rank(kv[0][1])))}
+
+
+def _median(values: list[float]) -> float | None:
+    return statistics.median(values) if values else None
+
+
+def _first_last(runs: list[dict], field: str) -> str:
+    first = _median([r["_fid"][0][field] for r in runs if field in r["_fid"][0]])
+    last = _median([r["_fid"][-1][field] for r in runs if field in r["_fid"][-1]])  # each run's last measurement
+    if first is None:
+        return "—"
+    return f"{fmt(first, 2)} → {fmt(last, 2)}"
+
+
+def fidelity_table(key: tuple, by_label: dict[str, list[dict]]):
+    dataset, setting, minutes = key
+    rows = []
+    for label, runs in by_label.items():
+        rows.append({"label": label, "seeds": c.seeds_list(runs), "n_points": sum(len(r["_fid"]) for r in runs),
+                     "last_iter": max(r["_fid"][-1]["iter"] for r in runs),
+                     "cos_exact": _first_last(runs, "fid_cos_exact"), "cos_solved": _first_last(runs, "fid_cos_solved"),
+                     "rel_exact": _first_last(runs, "fid_rel_exact"), "run": c.runs_text(runs)})
+    cols = [("algorithm", "label"), ("seeds", "seeds"),
+            ("measurements (last iteration)", lambda r: f"{r['n_points']} ({fmt_g(r['last_iter'])})", "n_points",
+             "last_iter"),
+            ("cos with the exact meta-gradient: first → last", "cos_exact"),
+            ("relative error vs exact: first → last", "rel_exact"),
+            ("iMAML: cos with its solved system: first → last", "cos_solved"),
+            ("runs", "run")]
+    name = c.slug("fidelity_train", dataset, setting, f"{fmt_g(minutes)}min" if minutes is not None else "paper")
+    notes = [f"{c.title(dataset, setting)}"
+             + (f", {fmt_g(minutes)} min of training per run" if minutes is not None else "")
+             + TEXT["fidelity_train_note"]]
+    return make_table(name, rows, cols, notes)
+
+
+def fidelity_figure(key: tuple, by_label: dict[str, list[dict]], fig_dir: Path) -> Path | None:
+    """Cosine with the exact meta-gradient vs training iteration, one line per run."""
+    dataset, setting, minutes = key
+    fig, (ax,) = new_figure()
+    for label, runs in by_label.items():  # one colour per algorithm, a thin line per seed, one legend entry
+        first = True
+        for i, r in enumerate(runs):
+            pts = [p for p in r["_fid"] if "fid_cos_exact" in p]
+            if not pts:
+                continue
+            ax.plot([p["iter"] for p in pts], [p["fid_cos_exact"] for p in pts], marker=MARKERS[i % len(MARKERS)],
+                    markersize=2, lw=0.8, color=colour(label),
+                    label=f"{label} ({len(runs)} seed{'s' * (len(runs) > 1)})" if first else None)
+            first = False
+    ax.set_xscale("symlog", linthresh=10)
+    ax.set_xlabel("meta-iteration")
+    ax.set_ylabel("cosine with the exact meta-gradient")
+    ax.set_ylim(-1.05, 1.05)
+    ax.grid(alpha=0.3)
+    ax.set_title(f"{c.title(dataset, setting)}: fidelity along training"
+                 + (f" ({fmt_g(minutes)} min budget)" if minutes is not None else ""), fontsize=10)
+    ax.legend(fontsize=7)
+    name = c.slug("fidelity_train", dataset, setting, f"{fmt_g(minutes)}min" if minutes is not None else "paper")
+    return save_figure(fig, fig_dir / f"{name}.png")
+
+
+def fidelity_section(rows: list[dict], w) -> str:
+    found = fidelity_groups(rows)
+    if not found:
+        return TEXT["fidelity_train_intro"] + TEXT["fidelity_train_none"]
+    out = TEXT["fidelity_train_intro"]
+    for key, by_label in found.items():
+        out += w.table(fidelity_table(key, by_label))
+        fig = fidelity_figure(key, by_label, w.fig_dir)
+        if fig is not None:
+            out += w.figure(fig, "Cosine with the exact meta-gradient along training")
+    return out

@@ -3,14 +3,14 @@
 Baselines:
 - classification: chance accuracy (1 / ways), and baseline records in the same dataset and test
   setting;
-- regression: the pretrained network (a network trained on the pooled tasks, no inner steps in
+- regression: a trained baseline network (trained on the pooled tasks, no inner steps in
   training, the same test-time adaptation) of the same seed and the same training budget, and the
-  zero predictor (the MSE of predicting 0, stored beside every sinusoid test result; it depends on
+  zero predictor (the MSE of predicting 0, stored beside every regression test result; it depends on
   the test tasks only, so a record without it borrows it from a record with the same test-task
   fingerprint).
 
 A baseline record is a training record whose ``role`` is ``baseline`` (the trainer decides it,
-:func:`trainer.record.role`): an algorithm of family ``baseline`` (the pretrained network) or an
+:func:`trainer.record.role`): an algorithm of family ``baseline`` (a network trained without inner steps) or an
 untrained θ₀ (completed with no meta-iteration). A row learned when it beats every
 baseline it is judged against — paired on identical test tasks where both have per-task values
 (the 95% CI of the improvement lies above 0), otherwise with non-overlapping 95% CIs. A row that
@@ -42,7 +42,7 @@ def _same_budget(a: dict, b: dict) -> bool:
 
 def _record_candidates(r: dict, baselines: list[dict]) -> list[dict]:
     """The baseline records a row is judged against: same dataset, test setting and metric;
-    a regression row only the pretrained network of its own seed and budget."""
+    a regression row only the baseline network of its own seed and budget."""
     mine = [b for b in baselines if b["status"] == "completed"
             and (b["dataset"], b["setting"], b["metric"]) == (r["dataset"], r["setting"], r["metric"])]
     if r["metric"] == "mse":
@@ -80,7 +80,7 @@ def _text(b: dict) -> str:
     name = {"chance": "chance", "zero": ZERO}.get(b["kind"])
     if name:
         return f"{name} {value}"
-    if b.get("iterations_done"):  # a trained baseline, by its algorithm config's name ("pretrained")
+    if b.get("iterations_done"):  # a trained baseline, by its algorithm config's name
         return f"{b['variant']} {value}" + (f" (seed {b['seed']})" if b.get("seed") is not None else "")
     return f"{b['label']} untrained {value}"
 

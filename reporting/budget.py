@@ -12,24 +12,15 @@ from pathlib import Path
 
 from . import baselines, render
 from . import common as c
-from .render import Table, column_keys, fmt, fmt_g, fmt_pm, make_table, new_figure, save_figure
+from .render import TEXT, Table, fmt, fmt_g, fmt_pm, make_table, new_figure, save_figure
 
 
 def is_sweep(row: dict) -> bool:
     return (row.get("experiment") or "").startswith("sweep_")
 
 
-def protocol_rows(rows: list[dict]) -> list[dict]:
-    """Runs of named published-protocol experiments (comparison a), not of the inner-step sweep."""
-    return [r for r in rows if r.get("experiment") and not is_sweep(r) and r.get("protocol")]
-
-
-def budget_key(r: dict) -> tuple:
-    return (r["dataset"], r["setting"], r.get("max_train_minutes"))
-
-
 def budget_title(dataset: str, setting: str, minutes, rows: list[dict]) -> str:
-    name = f"{c.DATASET_NAMES.get(dataset, dataset)} {setting if dataset != 'sinusoid' else ''}".strip()
+    name = c.DATASET_NAMES.get(dataset, dataset) + ("" if c.is_regression(dataset) else f" {setting}")
     devices = sorted({r.get("device_name") or r.get("device") or "?" for r in rows})
     if minutes is None:
         early = " or ended by the declared plateau rule" if any(c.budget_kind(r) == "converged" for r in rows) else ""
@@ -43,47 +34,37 @@ def _peak_mib(r: dict):
     return None if b is None else b / 2**20
 
 
-def _shots(train: bool):
-    def f(r: dict) -> str:
-        s, q = (r.get("shots"), r.get("query_shots")) if train else (r.get("test_shots"), r.get("test_query_shots"))
-        return f"{fmt_g(s)} + {fmt_g(q)}"
-    return f
-
-
-def _inner(r: dict) -> str:
-    return f"{c.inner_text(r)}; {c.steps_text(r)} steps"
-
-
-def _label(runs: list[dict]) -> str:
-    r = runs[0]
+def _label(r: dict) -> str:
     return f"{r['label']} (baseline)" if baselines.is_baseline(r) else c.label_text(r)
+
+
+# What defines a run's setup, kept in the setup table's CSV whether or not a column shows it.
+SETUP_KEYS = ("iterations_done", "meta_iterations", "shots", "test_shots", "query_shots", "test_query_shots",
+              "outer_optimizer", "outer_lr", "outer_clip", "outer_anneal", "inner_optimizer", "inner_lr", "prox_lam",
+              "inner_steps", "test_steps", "lam", "cg_steps", "bn_mode", "meta_batch_size", "seed", "device", "dtype")
 
 
 def setup_table(key: tuple, rows: list[dict]) -> Table:
     """What each configuration of the setting was set up with (one row per configuration, its seeds
     together): one table per setting, so the results tables carry results only."""
     dataset, setting, minutes = key
-    first = lambda fn: (lambda runs: fn(runs[0]))  # noqa: E731
-    cols = [("algorithm", _label, "label"), ("protocol", first(lambda r: r.get("protocol") or "—"), "protocol"),
-            ("inner (opt lr; steps train/test)", first(_inner), "inner_optimizer", "inner_lr", "prox_lam",
-             "inner_steps", "test_steps"),
-            ("λ / CG", first(c.lam_cg_text), "lam", "cg_steps"),
-            ("outer (opt lr)", first(c.outer_text), "outer_optimizer", "outer_lr", "outer_clip", "outer_anneal"),
-            ("meta-batch", first(lambda r: fmt_g(r.get("meta_batch_size"))), "meta_batch_size"),
-            ("train shots (support + query)", first(_shots(True)), "shots", "query_shots"),
-            ("test shots (support + query)", first(_shots(False)), "test_shots", "test_query_shots"),
-            ("BN", first(lambda r: r.get("bn_mode") or "—"), "bn_mode"),
-            ("run on", lambda runs: f"seeds {c.seeds_list(runs)}, {runs[0].get('device') or '—'}, "
-                                    f"{runs[0].get('dtype') or '—'}", "seed", "device", "dtype")]
-    configs = c.config_groups(rows)
-    out = [dict(runs[0], seed=c.seeds_list(runs), run=c.runs_text(runs), _runs=runs) for runs in configs]
+    cols = [("algorithm", _label, "label"), ("protocol", lambda r: r.get("protocol") or "—", "protocol"),
+            ("inner (opt lr; steps train/test)", lambda r: f"{c.inner_text(r)}; {c.steps_text(r)} steps",
+             "inner_optimizer", "inner_lr", "prox_lam", "inner_steps", "test_steps"),
+            ("λ / CG", c.lam_cg_text, "lam", "cg_steps"),
+            ("outer (opt lr)", c.outer_text, "outer_optimizer", "outer_lr", "outer_clip", "outer_anneal"),
+            ("meta-batch", lambda r: fmt_g(r.get("meta_batch_size")), "meta_batch_size"),
+            ("train shots (support + query)", lambda r: f"{fmt_g(r.get('shots'))} + {fmt_g(r.get('query_shots'))}",
+             "shots", "query_shots"),
+            ("test shots (support + query)",
+             lambda r: f"{fmt_g(r.get('test_shots'))} + {fmt_g(r.get('test_query_shots'))}", "test_shots",
+             "test_query_shots"),
+            ("BN", lambda r: r.get("bn_mode") or "—", "bn_mode"),
+            ("run on", lambda r: f"seeds {r['seed']}, {r.get('device') or '—'}, {r.get('dtype') or '—'}",
+             "seed", "device", "dtype")]
+    out = [dict(runs[0], seed=c.seeds_list(runs), run=c.runs_text(runs)) for runs in c.config_groups(rows)]
     name = c.slug("setup", dataset, setting, f"{fmt_g(minutes)}min" if minutes is not None else "paper")
-    return make_table(name, out, [(h, _on_runs(fn), *keys) for h, fn, *keys in cols],
-                      extra=("experiment", "profile", *column_keys(c.SETUP_COLUMNS), "device_name", "run"))
-
-
-def _on_runs(fn):
-    return lambda row: fn(row["_runs"])
+    return make_table(name, out, cols, extra=("experiment", "profile", *SETUP_KEYS, "device_name", "run"))
 
 
 def learned_text(runs: list[dict], judged: dict[str, dict]) -> str:
@@ -108,9 +89,9 @@ def _reached(runs: list[dict]) -> str:
     return f"{span} of {runs[0]['meta_iterations']:,}{tail}"
 
 
-def _mean_of(runs: list[dict], key: str, scale: float = 1.0):
+def _mean_of(runs: list[dict], key: str) -> float | None:
     vals = [r[key] for r in runs if r.get(key) is not None]
-    return sum(vals) / len(vals) * scale if vals else None
+    return sum(vals) / len(vals) if vals else None
 
 
 def protocol_table(key: tuple, rows: list[dict], judged: dict[str, dict], pool: list[dict] = ()) -> Table:
@@ -128,28 +109,25 @@ def protocol_table(key: tuple, rows: list[dict], judged: dict[str, dict], pool: 
                         seeds_runs=g["n"], peak_mib=max(peaks) if peaks else None, learned=learned_text(runs, judged),
                         run=c.runs_text(runs), train_wall_s=_mean_of(runs, "train_wall_s"),
                         median_iter_s=_mean_of(runs, "median_iter_s")))
-    s, _ = c.scale_of(rows[0].get("metric") or ("mse" if dataset == "sinusoid" else "accuracy"))
+    s, _ = c.scale_of(rows[0].get("metric") or c.metric_of(dataset))
     spread = ("seeds_mean", "seeds_std", "seeds_runs")
-    cols = [("algorithm", lambda r: _label(r["_runs"]), "label"),
+    cols = [("algorithm", _label, "label"),
             ("status", lambda r: c.status_summary(r["_runs"]), "status")]
     if several:
         cols += [("test metric (mean ± std over seeds)", lambda r: c.spread_text(r["_runs"]), *spread),
                  ("per seed (± 95% CI over test tasks)", lambda r: c.per_seed_text(r["_runs"]), "seeds")]
     else:
-        cols += [("seed", lambda r: r["seeds"], "seeds"),
-                 ("test metric (± 95% CI)", lambda r: c.spread_text(r["_runs"]), *spread)]
-    cols += [("vs baseline", lambda r: r["learned"], "learned"),
+        cols += [("seed", "seeds"), ("test metric (± 95% CI)", lambda r: c.spread_text(r["_runs"]), *spread)]
+    cols += [("vs baseline", "learned"),
              ("iterations (of the paper's)", lambda r: _reached(r["_runs"]), "iterations_done", "meta_iterations"),
              ("training min", lambda r: fmt(None if r.get("train_wall_s") is None else r["train_wall_s"] / 60, 1),
               "train_wall_s"),
              ("s / iteration", lambda r: fmt(r.get("median_iter_s"), 3), "median_iter_s"),
-             ("peak MiB", lambda r: fmt(r["peak_mib"], 1), "peak_mib"), ("run", lambda r: r["run"], "run")]
+             ("peak MiB", lambda r: fmt(r["peak_mib"], 1), "peak_mib"), ("run", "run")]
     metric_word = "accuracy in %" if s == 100 else "MSE (lower is better)"
-    notes = [f"{metric_word}; every run is tested with its own protocol's test-time adaptation on the same fixed "
-             "test tasks. s / iteration: median wall-clock of one meta-iteration (mean over seeds); peak MiB: the "
-             "largest allocation peak sampled during training (CUDA peak on a GPU). Paired differences: the matrix "
-             "in [paired comparisons](#paired)."]
-    notes += _baseline_note(rows, [*rows, *pool]) if dataset == "sinusoid" else []
+    notes = [TEXT["protocols_note"].format(metric=metric_word)]
+    if c.DATASETS.get(dataset, {}).get("baseline") == "zero_predictor":
+        notes += _baseline_note(rows, [*rows, *pool])
     name = c.slug("protocols", dataset, setting, f"{fmt_g(minutes)}min" if minutes is not None else "paper")
     return make_table(name, out, cols, notes,
                       extra=("protocol", "experiment", "metric", "max_train_minutes", "device", "device_name"))
@@ -158,12 +136,9 @@ def protocol_table(key: tuple, rows: list[dict], judged: dict[str, dict], pool: 
 def _baseline_note(rows: list[dict], pool: list[dict]) -> list[str]:
     """What a regression row is judged against, with the zero predictor's value on these test tasks."""
     zero = next((z for z in (baselines.zero_predictor(r, pool) for r in rows) if z), None)
-    zero_text = (f" The zero predictor (predicting 0) has MSE {fmt_pm(zero['mean'], zero['ci95'], 3)} on these test "
-                 "tasks." if zero else "")
-    pre = "the pretrained network of the same seed and budget" + (
-        "" if any(baselines.is_baseline(r) for r in rows) else " (none at this budget)")
-    return [f"vs baseline: each seed is judged against {pre} and the zero predictor, paired on identical test tasks; "
-            f"it learned when the 95% CI of its improvement over each lies above 0.{zero_text}"]
+    note = TEXT["regression_baseline_note"].format(
+        none="" if any(baselines.is_baseline(r) for r in rows) else " (none at this budget)")
+    return [note + (TEXT["zero_predictor_note"].format(mse=fmt_pm(zero["mean"], zero["ci95"], 3)) if zero else "")]
 
 
 def curve(folder: str) -> list[tuple[float, float, int]]:
@@ -176,14 +151,17 @@ def curve(folder: str) -> list[tuple[float, float, int]]:
     return pts
 
 
-def mean_band(curves: list[list[tuple[float, float]]]):
-    """The seeds' curves on one grid (the points of all, up to where the shortest ends): mean, min, max."""
+def plot_band(ax, curves: list[list[tuple[float, float]]], colour: str, label: str, band: bool) -> None:
+    """The seeds' curves on one grid (the points of all, up to where the shortest ends): their mean as a
+    line and, with ``band``, their minimum-to-maximum as a shaded band."""
     import numpy as np
 
     end = min(cv[-1][0] for cv in curves)
     grid = np.array(sorted({x for cv in curves for x, _ in cv if x <= end}))
     ys = np.array([np.interp(grid, [x for x, _ in cv], [y for _, y in cv]) for cv in curves])
-    return grid, ys.mean(0), ys.min(0), ys.max(0)
+    ax.plot(grid, ys.mean(0), color=colour, lw=1.4, label=label)
+    if band:
+        ax.fill_between(grid, ys.min(0), ys.max(0), color=colour, alpha=0.2, lw=0)
 
 
 def curves_figure(key: tuple, rows: list[dict], fig_dir: Path) -> Path | None:
@@ -197,17 +175,15 @@ def curves_figure(key: tuple, rows: list[dict], fig_dir: Path) -> Path | None:
         by_label.setdefault(r["label"], []).append(r)
     drawn = False
     for label, runs in by_label.items():
-        s, _ = c.scale_of(runs[0].get("metric") or ("mse" if dataset == "sinusoid" else "accuracy"))
+        s, _ = c.scale_of(runs[0].get("metric") or c.metric_of(dataset))
         colour = render.colour(label)
         curves = [(r, curve(r["folder"])) for r in runs]
         curves = [(r, pts) for r, pts in curves if pts]
         if not curves:
             continue
         for ax, x, end in zip(axes, (0, 2), ("train_wall_s", "iterations_done")):
-            grid, mean, lo, hi = mean_band([[(p[x], p[1] * s) for p in pts] for _, pts in curves])
-            ax.plot(grid, mean, color=colour, lw=1.4, label=f"{label} ({len(curves)} seed{'s' * (len(curves) > 1)})")
-            if len(curves) > 1:
-                ax.fill_between(grid, lo, hi, color=colour, alpha=0.2, lw=0)
+            plot_band(ax, [[(p[x], p[1] * s) for p in pts] for _, pts in curves], colour,
+                      f"{label} ({len(curves)} seed{'s' * (len(curves) > 1)})", band=len(curves) > 1)
             for r, _ in curves:
                 if r["status"] == "completed" and not math.isnan(r["mean"]) and r.get(end) is not None:
                     ax.plot([r[end] / 60 if x == 0 else r[end]], [r["mean"] * s], marker="*", markersize=9,
@@ -216,11 +192,11 @@ def curves_figure(key: tuple, rows: list[dict], fig_dir: Path) -> Path | None:
     if not drawn:
         return None
     for ax, xlabel in zip(axes, ("training wall-clock (minutes)", "meta-iteration")):
-        if dataset == "sinusoid":
+        if c.is_regression(dataset):
             ax.set_yscale("log")
         ax.set_xlabel(xlabel)
-        ax.set_ylabel("validation accuracy (%)" if dataset != "sinusoid" else "validation MSE")
-    axes[0].set_title(f"{c.DATASET_NAMES.get(dataset, dataset)} {setting}: learning curves"
+        ax.set_ylabel("validation MSE" if c.is_regression(dataset) else "validation accuracy (%)")
+    axes[0].set_title(f"{c.title(dataset, setting)}: learning curves"
                       + (f" ({fmt_g(minutes)} min budget)" if minutes is not None else ""), fontsize=10)
     axes[0].legend(fontsize=7)
     name = c.slug("curves", dataset, setting, f"{fmt_g(minutes)}min" if minutes is not None else "paper")
@@ -228,9 +204,12 @@ def curves_figure(key: tuple, rows: list[dict], fig_dir: Path) -> Path | None:
 
 
 def groups(rows: list[dict]) -> dict[tuple, list[dict]]:
+    """Runs of named published-protocol experiments (comparison a, not the inner-step sweep) by
+    (dataset, test setting, training-minutes cap)."""
     out: dict[tuple, list[dict]] = {}
-    for r in protocol_rows(rows):
-        out.setdefault(budget_key(r), []).append(r)
+    for r in rows:
+        if r.get("experiment") and not is_sweep(r) and r.get("protocol"):
+            out.setdefault((r["dataset"], r["setting"], r.get("max_train_minutes")), []).append(r)
     return {k: sorted(v, key=lambda r: (c.label_rank(r["label"]), r.get("seed") or 0, r["run"]))
             for k, v in sorted(out.items(), key=lambda kv: (kv[0][0], c.setting_rank(kv[0][1]),
                                                                kv[0][2] is None, kv[0][2] or 0))}

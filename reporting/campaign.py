@@ -28,6 +28,13 @@ def _composed(overrides: tuple[str, ...]) -> dict:
             "rule": cfg.eval.get("early_stop") == "plateau", "label": cfg.algorithm.label}
 
 
+def seconds_per_iteration(rows: list[dict], summary: dict | None) -> float | None:
+    """Median seconds per iteration (compute + sampling) over a run's last 200 logged iterations
+    (``metrics.jsonl`` rows), else the median its record gives; None when neither has one."""
+    times = [x["iter_s"] + x.get("sample_s", 0.0) for x in rows[-200:] if "iter_s" in x]
+    return statistics.median(times) if times else ((summary or {}).get("timing") or {}).get("median_iter_s")
+
+
 def _rows(path: Path) -> list[dict]:
     try:
         return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
@@ -49,13 +56,11 @@ def runs(records: Path, rates: dict[str, float] | None = None) -> list[dict]:
         except (OSError, ValueError):
             pass
         rows = _rows(folder / "unfinished" / "metrics.jsonl")
-        times = [x["iter_s"] + x.get("sample_s", 0.0) for x in rows[-200:] if "iter_s" in x]
         done = (summary or {}).get("iterations_done") or (rows[-1]["iter"] if rows else 0)
         target = EARLIEST_VALIDATIONS * c["val_every"] if c["rule"] else c["planned"]
         out.append({**r, **c, "status": (summary or {}).get("status") or ("saved" if rows else "not started"),
                     "done": done, "target": target,
-                    "s_per_iter": statistics.median(times) if times else
-                    ((summary or {}).get("timing") or {}).get("median_iter_s")})
+                    "s_per_iter": seconds_per_iteration(rows, summary)})
     by_experiment = dict(rates or {})
     by_experiment.update({r["experiment"]: r["s_per_iter"] for r in out if r["s_per_iter"] is not None})
     for r in out:

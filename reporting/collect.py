@@ -5,7 +5,7 @@ The report is built from the committed records folder beside it, not from ``runs
 per study: ``study.json`` and its CSVs (and, for a study in ``STUDY_RUN_FILES``, the records of
 its own training runs behind its rows). Never checkpoints or data. ``metrics.csv`` keeps every
 validated iteration (the learning curves) and every n-th other one, at most ``MAX_ROWS`` in all,
-so a sinusoid run's thousands of iterations stay a small file. ``DST`` is replaced as a whole
+so a regression run's thousands of iterations stay a small file. ``DST`` is replaced as a whole
 and atomically: a reader sees the old records or the new ones, never a mix. A committed record
 names no path of the machine that wrote it (:func:`relative_paths`).
 """
@@ -73,9 +73,7 @@ def relative_paths(rel: Path, text: str) -> str:
 
 def record_files(src: Path) -> list[Path]:
     """The record files under ``src``, sorted; a study's own training runs are its inputs, not records."""
-    out = []
-    for study in sorted(src.rglob("study.json")):
-        out.append(study)
+    out = sorted(src.rglob("study.json"))
     studies = [p.parent for p in out]
     for name in RUN_FILES:
         out += [p for p in src.rglob(name) if not any(s in p.parents for s in studies)]

@@ -8,14 +8,14 @@ from typing import Any
 import pandas as pd
 
 import catalog
-from datasets import DATASETS
 
 from .render import fmt, fmt_g, fmt_pm, is_missing
 from .stats import mean_std
 
 LABEL_ORDER = catalog.label_order()  # the configs' labels; any other label (your own method) after, by name
 SETTING_ORDER = ("5w1s", "5w5s", "20w1s", "20w5s")
-DATASET_NAMES = {name: spec.title for name, spec in DATASETS.items()}
+DATASETS = {name: catalog.dataset(name) for name in catalog.datasets()}  # the fields each dataset config declares
+DATASET_NAMES = {name: d["label"] for name, d in DATASETS.items()}
 # Everything that defines a training configuration except the seed: runs sharing these
 # are seeds of one setting and are aggregated across seeds.
 CONFIG_KEYS = ("label", "variant", "algorithm", "dataset", "ways", "shots", "query_shots", "test_shots",
@@ -24,8 +24,27 @@ CONFIG_KEYS = ("label", "variant", "algorithm", "dataset", "ways", "shots", "que
                "outer_optimizer", "outer_lr", "outer_clip", "outer_anneal", "bn_mode", "dtype", "device",
                "max_train_minutes", "early_stop", "inner_state", "test_inner_state")
 NOT_PAPER = "†"
-NOT_PAPER_NOTE = (f"{NOT_PAPER} not paper-scale: trained with the `cpu` (or a custom) profile or stopped before its "
-                  "planned iterations; such a row checks the pipeline and is not a reproduction of the paper's number.")
+
+
+def metric_of(dataset: str) -> str:
+    """The test metric the dataset's config declares (accuracy for a dataset no config declares)."""
+    return DATASETS.get(dataset, {}).get("metric") or "accuracy"
+
+
+def is_regression(dataset: str) -> bool:
+    """A dataset whose tasks are regressions (MSE): its setting is the shots alone, its plots log-scaled."""
+    return metric_of(dataset) == "mse"
+
+
+def task_words(dataset: str, ways: int | None, shots: int | None) -> str:
+    """'<dataset> regression, 5-shot' or '<dataset> 5-way 1-shot', the dataset by its config's label."""
+    name = DATASET_NAMES.get(dataset, dataset)
+    return f"{name} regression, {shots}-shot" if is_regression(dataset) else f"{name} {ways}-way {shots}-shot"
+
+
+def title(dataset: str, setting: str) -> str:
+    """'Omniglot 5w1s': the dataset by its config's label, then the test setting."""
+    return f"{DATASET_NAMES.get(dataset, dataset)} {setting}"
 
 
 def slug(*parts: str) -> str:
@@ -46,22 +65,9 @@ def setting_rank(setting: str) -> tuple:
     return (SETTING_ORDER.index(setting), "") if setting in SETTING_ORDER else (len(SETTING_ORDER), setting)
 
 
-# Integer fields: pandas stores an integer column holding a None as floats; turn them back.
-INT_KEYS = ("ways", "shots", "query_shots", "test_shots", "test_query_shots", "meta_iterations",
-            "iterations_done", "meta_batch_size", "inner_steps", "test_steps", "cg_steps", "seed", "n",
-            "failure_iteration", "test_steps_used", "gpu_peak_bytes", "alloc_peak_bytes", "rss_peak_bytes")
-
-
-def _cell(key: str, v: Any) -> Any:
-    if isinstance(v, (list, dict)):
-        return v
-    v = clean(v)
-    return int(v) if key in INT_KEYS and v is not None else v
-
-
 def records(frame: pd.DataFrame) -> list[dict]:
     """Rows as dicts with missing values as None, in the canonical report order."""
-    rows = [{k: _cell(k, v) for k, v in r.items()} for r in frame.to_dict("records")] if not frame.empty else []
+    rows = [{k: clean(v) for k, v in r.items()} for r in frame.to_dict("records")] if not frame.empty else []
     return records_sorted(rows)
 
 
@@ -79,14 +85,9 @@ def budget_kind(row: dict) -> str | None:
     return "converged" if row.get("stopped_by") == "converged" else None
 
 
-def is_paper_scale(row: dict) -> bool:
-    return budget_kind(row) is not None
-
-
-
-
 def label_text(row: dict) -> str:
-    return row["label"] if is_paper_scale(row) else f"{row['label']} {NOT_PAPER}"
+    """The run's label, marked when it is below the paper's scale."""
+    return row["label"] if budget_kind(row) is not None else f"{row['label']} {NOT_PAPER}"
 
 
 def status_text(row: dict) -> str:
@@ -124,11 +125,6 @@ def steps_text(row: dict) -> str:
     return f"{fmt_g(row.get('inner_steps'))}/{fmt_g(row.get('test_steps'))}"
 
 
-def shots_text(row: dict) -> str:
-    text = f"{fmt_g(row.get('shots'))}/{fmt_g(row.get('test_shots'))}"
-    return f"{text}, query {fmt_g(row.get('query_shots'))}/{fmt_g(row.get('test_query_shots'))}"
-
-
 def lam_cg_text(row: dict) -> str:
     if row.get("lam") is None and row.get("cg_steps") is None:
         return "—"
@@ -147,26 +143,6 @@ def result_text(row: dict) -> str:
     return fmt_pm(row["mean"], row["ci95"], d, s)
 
 
-# Columns every results row carries: what the reviewers asked to see for each number, each with its row keys.
-SETUP_COLUMNS = [
-    ("iterations", budget_text, "iterations_done", "meta_iterations"),
-    ("shots train/test", shots_text, "shots", "test_shots", "query_shots", "test_query_shots"),
-    ("outer (opt lr)", outer_text, "outer_optimizer", "outer_lr", "outer_clip", "outer_anneal"),
-    ("inner (opt lr)", inner_text, "inner_optimizer", "inner_lr", "prox_lam"),
-    ("steps train/test", steps_text, "inner_steps", "test_steps"), ("λ / CG", lam_cg_text, "lam", "cg_steps"),
-    ("BN", lambda r: r.get("bn_mode") or "—", "bn_mode"),
-    ("meta-batch", lambda r: fmt_g(r.get("meta_batch_size")), "meta_batch_size"),
-    ("seed", lambda r: fmt_g(r.get("seed")), "seed"), ("device", lambda r: r.get("device") or "—", "device"),
-    ("dtype", lambda r: r.get("dtype") or "—", "dtype"),
-]
-
-
-
-
-
-
-
-
 def config_groups(rows: list[dict]) -> list[list[dict]]:
     """The runs of each configuration (its seeds), in the order of their first run; each by seed."""
     out: dict[tuple, list[dict]] = {}
@@ -181,7 +157,7 @@ def seeds_list(runs: list[dict]) -> str:
 
 
 def runs_text(runs: list[dict]) -> str:
-    """The run folders of a configuration's seeds, compressed: 'a/maml-s{0,1,2}'."""
+    """The run folders of a configuration's seeds, compressed: 'a/x-s{0,1,2}' for a/x-s0, a/x-s1, a/x-s2."""
     names = [r["run"] for r in runs]
     stems = {n.rsplit("-s", 1)[0] for n in names}
     if len(names) > 1 and len(stems) == 1 and all("-s" in n for n in names):

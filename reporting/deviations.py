@@ -1,17 +1,25 @@
-"""The deviation-ladder study's section (``study=deviations``, ``deviations.csv``).
+"""The deviation-ladder studies' sections (``study=deviations``, ``deviations.csv``).
 
-iMAML as the paper writes it → the official release, one deviation at a time, every run at one
-training-time budget: the ladder with each rung's gain over the previous one, each deviation
-removed alone from the full release, the leaky test split's inflation, MAML beside. The study
-computed every difference (paired on identical test tasks where the test-task fingerprints
-match, else unpaired); this module only lays them out.
+A protocol as its paper writes it → a reference implementation (the official iMAML release,
+hypertorch's example, the Reptile reference code), one deviation at a time, every run at one
+training budget: the ladder with each rung's gain over the one before, each deviation removed
+alone from the full release, the leaky test split's inflation, MAML beside. The study computed
+every difference (paired on identical test tasks where the test-task fingerprints match, else
+unpaired); this module lays them out. The Reptile ladder keeps one study folder per seed and is
+pooled here: each rung's mean ± std over seeds, and its gain over the rung before as the per-task
+difference averaged over seeds with a normal 95% interval over the tasks (unpaired where the
+rungs were tested on other tasks).
 """
 from __future__ import annotations
 
+import json
+import math
+import statistics
+from pathlib import Path
+
 import pandas as pd
 
-from . import reptile_ladder
-from .render import fmt, fmt_g, fmt_p, is_missing, make_table, new_figure, save_figure
+from .render import TEXT, fmt, fmt_g, fmt_p, is_missing, make_table, new_figure, save_figure
 
 S = 100.0  # accuracy in percent
 
@@ -28,15 +36,15 @@ TARGETS = {"release": ("the official release", "experiment=omniglot_5w_imaml_rel
 
 
 def target(study: dict) -> str:
-    """``hypertorch`` for a ladder whose top rung is hypertorch's protocol, ``reptile`` for the Reptile
-    ladder (its own section: ``reporting/reptile_ladder.py``), else ``release``."""
+    """The :data:`TARGETS` key, or the Reptile ladder's, that the study's top rung (its ``release``
+    experiment) names; ``release`` when it names neither."""
     top = str((((study.get("config") or {}).get("study")) or {}).get("release") or "")
     return "hypertorch" if "hypertorch" in top else "reptile" if "reptile" in top else "release"
 
 
 def picks(studies: list[dict]) -> list[tuple[dict, list[str]]]:
     """Per ladder target, the latest completed run (else the latest) of the short-budget study and of the long one."""
-    mine = [s for s in studies if s["study"] == "deviations" and not reptile_ladder.is_reptile(s)]
+    mine = [s for s in studies if s["study"] == "deviations" and target(s) != "reptile"]
     out = []
     for goal in TARGETS:
         for long in (False, True):
@@ -46,9 +54,9 @@ def picks(studies: list[dict]) -> list[tuple[dict, list[str]]]:
                 out.append((done or kind)[-1])
     shown = [(s, [o["run"] for o in mine if all(o is not c for c in out)] if i == 0 else [])
              for i, s in enumerate(out)]
-    reptile = [s for s in studies if s["study"] == "deviations" and reptile_ladder.is_reptile(s)]
-    if reptile:  # one section for all its seeds (one study folder each)
-        shown.append((dict(reptile[0], seeds=reptile), []))
+    per_seed = [s for s in studies if s["study"] == "deviations" and target(s) == "reptile"]
+    if per_seed:  # the Reptile ladder: one section for all its seeds (one study folder each)
+        shown.append((dict(per_seed[0], seeds=per_seed), []))
     return shown
 
 
@@ -121,12 +129,10 @@ def _figure(df: pd.DataFrame, prefix: str, at: str, fig_dir, goal: str = "releas
     return save_figure(fig, fig_dir / f"{prefix}.png")
 
 
-rows_of = _rows
-
 
 def section(study: dict, w) -> str:
     if "seeds" in study:
-        return reptile_ladder.section(study["seeds"], w)
+        return reptile_section(study["seeds"], w)
     df = study["tables"]["deviations.csv"]
     long, goal = is_long(study), target(study)
     prefix = ("deviations_long" if long else "deviations") + ("" if goal == "release" else f"_{goal}")
@@ -135,28 +141,14 @@ def section(study: dict, w) -> str:
     devices = ", ".join(sorted({str(d) for d in df["device"].dropna()})) if "device" in df else ""
     at = f"at {minutes} min of training per run on {devices or 'an unrecorded device'}"
     n = ", ".join(sorted({fmt_g(v) for v in df["n"].dropna()})) or "—"
-    out = (f"\nOmniglot 5-way 1-shot, iMAML as the paper writes it (`experiment=omniglot_5w_imaml`) → {goal_words} "
-           f"(`{goal_exp}`), "
-           f"{'the two end points' if long else 'one deviation at a time'} (`{goal_cfg}`). "
-           f"Every training run had the same {minutes} min of training wall-clock and was tested on {n} fixed tasks. ")
-    out += ("**An equal short budget measures how fast each rung learns, not where it ends up**: a rung that "
-            "trains faster per iteration or learns faster early can rank above one that would end higher "
-            "(iterations reached are shown per row).\n" if not long else
-            "A longer budget shows more of where each end point goes, still below the papers' iteration counts "
-            "(iterations reached are shown).\n")
-    out += ("\nDifferences are in accuracy points, [95% CI]; paired (bootstrap over identical test tasks, Wilcoxon "
-            "p) where both rows were tested on the same tasks (same test-task fingerprint), otherwise unpaired "
-            "(normal interval of the difference of two means). "
-            + ("The data deviation changes the split: rows with it "
-               "are tested on the release's held-out characters (split seed 123), rows without it on the paper "
-               "split's (split seed 1); comparisons across the two are unpaired. A test-time deviation (λ = 0 at "
-               "test) does not train again: the same trained parameters are tested twice.\n" if goal == "release" else
-               "No rung changes the class split; the batch rung also tests with 15 query images per class (the "
-               "example's test tasks), so differences across it are unpaired, the others paired.\n"))
+    out = TEXT["ladder_intro"].format(goal=goal_words, experiment=goal_exp, config=goal_cfg, minutes=minutes, n=n,
+                                      steps="the two end points" if long else "one deviation at a time")
+    out += TEXT["ladder_long_budget" if long else "ladder_short_budget"] + TEXT["ladder_differences"]
+    out += TEXT["ladder_release_split" if goal == "release" else "ladder_hypertorch_split"]
     groups = set(df["group"])
     if "endpoints" in groups:
         out += f"\n#### The paper as written and the full release, {at}\n"
-        out += w.table(_table(f"{prefix}_endpoints", _rows(df, "endpoints"), [("end point", lambda r: r["rung"], "rung"),
+        out += w.table(_table(f"{prefix}_endpoints", _rows(df, "endpoints"), [("end point", "rung"),
                               ("deviations on", _on, "deviations")], "release − paper [95% CI]", []))
     fig = _figure(df, prefix, at, w.fig_dir, "release" if goal == "release" else "hypertorch protocol")
     if fig is not None:
@@ -182,18 +174,112 @@ def section(study: dict, w) -> str:
         out += w.table(_table(f"{prefix}_leaky", _rows(df, "leaky"),
                               [("test characters", lambda r: "clean" if r["rung"] == "clean" else "leaky", "rung")],
                               "inflation: leaky − clean [95% CI]",
-                              ["One trained run of the full release, its final parameters tested twice: on its "
-                               "held-out test characters and on the characters the release's evaluation script "
-                               "uses (mostly meta-training characters). Different characters, so unpaired."]))
+                              [TEXT["ladder_leaky_note"]]))
     if "maml" in groups:
         ladder = {r["rung"]: r for r in _rows(df, "ladder")}
-        imaml = ("iMAML ladder's gain from the same deviation [95% CI]",
+        beside = ("iMAML ladder's gain from the same deviation [95% CI]",
                  lambda r: _diff(ladder[r["rung"]]) if r["rung"] in ladder else "—")
         t = _table(f"{prefix}_maml", _rows(df, "maml"), [("MAML rung", lambda r: r["rung"] if r["rung"] == "maml"
                                                           else f"+ {r['rung']}", "rung")],
                    "gain over the previous MAML rung [95% CI]",
-                   ["MAML (`experiment=omniglot_5w_maml`) with the deviations that also exist for it, added in "
-                    "the ladder's order, beside the same deviation's gain in the iMAML ladder (where the rungs "
-                    "below differ: iMAML's carries the deviations before it in the ladder)."], more=(imaml,))
+                   [TEXT["ladder_maml_note"]], more=(beside,))
         out += f"\n#### MAML beside the ladder, {at}\n" + w.table(t)
     return out
+
+
+def _per_task(study: dict, row: dict) -> list[float] | None:
+    path = Path(study["folder"]) / str(row["run_dir"]) / str(row["evaluation"])
+    try:
+        return [float(v) for v in json.loads(path.read_text())["test"]["per_task"]]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def rungs(seeds: list[dict]) -> list[dict]:
+    """One dict per ladder rung: its per-seed accuracies and per-task values, fingerprints, iterations."""
+    out: dict[str, dict] = {}
+    for study in seeds:
+        df = study["tables"]["deviations.csv"]
+        for r in df[df["group"] == "ladder"].to_dict("records"):
+            d = out.setdefault(r["rung"], {"rung": r["rung"], "acc": [], "tasks": [], "fp": set(), "iters": [],
+                                           "seeds": []})
+            values = _per_task(study, r)
+            if values is None or r["status"] != "completed":
+                continue
+            d["acc"].append(float(r["accuracy"]))
+            d["tasks"].append(values)
+            d["fp"].add(r["fingerprint"])
+            d["iters"].append(int(r["iterations_done"]))
+            d["seeds"].append(int(((study.get("config") or {}).get("seed")) or 0))
+    return list(out.values())
+
+
+def gain(a: dict, b: dict) -> tuple[float, float, float, str] | None:
+    """b − a (accuracy points as fractions) with its 95% interval and kind, pooled over the seeds both have."""
+    if not a["tasks"] or not b["tasks"] or len(a["tasks"]) != len(b["tasks"]) or a["seeds"] != b["seeds"]:
+        return None
+    if a["fp"] == b["fp"] and len(a["fp"]) == 1:
+        diffs = [statistics.fmean(bs[i] - as_[i] for as_, bs in zip(a["tasks"], b["tasks"]))
+                 for i in range(len(a["tasks"][0]))]
+        m, sd, n = statistics.fmean(diffs), statistics.pstdev(diffs), len(diffs)
+        h = 1.96 * sd / math.sqrt(n)
+        return m, m - h, m + h, "paired"
+    pa = [v for t in a["tasks"] for v in t]
+    pb = [v for t in b["tasks"] for v in t]
+    m = statistics.fmean(pb) - statistics.fmean(pa)
+    h = 1.96 * math.sqrt(statistics.pvariance(pa) / len(pa) + statistics.pvariance(pb) / len(pb))
+    return m, m - h, m + h, "unpaired"
+
+
+def reptile_section(seeds: list[dict], w) -> str:
+    rows = rungs(seeds)
+    minutes = sorted({fmt_g(m) for s in seeds for m in s["tables"]["deviations.csv"]["budget_minutes"].dropna()})
+    devices = sorted({str(d) for s in seeds for d in s["tables"]["deviations.csv"]["device"].dropna()})
+    table_rows = []
+    for i, r in enumerate(rows):
+        g = gain(rows[i - 1], r) if i else None
+        table_rows.append({
+            "rung": r["rung"], "seeds": len(r["acc"]),
+            "accuracy_mean": statistics.fmean(r["acc"]) if r["acc"] else None,
+            "accuracy_std": statistics.pstdev(r["acc"]) if len(r["acc"]) > 1 else None,
+            "gain_mean": g[0] if g else None, "gain_low": g[1] if g else None, "gain_high": g[2] if g else None,
+            "gain_kind": g[3] if g else None,
+            "iterations": "/".join(f"{v:,}" for v in r["iters"]) or "—"})
+    cols = [("rung", lambda r: "fresh state (the suite before)" if r["rung"] == "paper" else f"+ {r['rung']}", "rung"),
+            ("seeds", "seeds"),
+            ("test accuracy % (mean ± std over seeds)",
+             lambda r: "—" if r["accuracy_mean"] is None else fmt(r["accuracy_mean"], 2, S) + (
+                 "" if r["accuracy_std"] is None else f" ± {fmt(r['accuracy_std'], 2, S)}"), "accuracy_mean", "accuracy_std"),
+            ("gain over the rung above, pooled over seeds [95% CI]",
+             lambda r: "—" if r["gain_mean"] is None else
+             f"{fmt(r['gain_mean'], 2, S)} [{fmt(r['gain_low'], 2, S)}, {fmt(r['gain_high'], 2, S)}]"
+             + (" (unpaired)" if r["gain_kind"] == "unpaired" else ""),
+             "gain_mean", "gain_low", "gain_high", "gain_kind"),
+            ("iterations per seed", "iterations")]
+    iters = sorted({int(m) for st in seeds if (m := ((st.get("config") or {}).get("study") or {}).get("meta_iterations"))})
+    budget = (f"{', '.join(f'{m:,}' for m in iters)} iterations per run (the outer step annealed to 0 over them)" if iters
+              else f"{', '.join(minutes) or '?'} min of training per run")
+    at = f"{budget} on {', '.join(devices) or 'an unrecorded device'}"
+    out = TEXT["reptile_ladder_intro"].format(at=at, seeds=len(seeds))
+    out += w.table(make_table("deviations_reptile_ladder", table_rows, cols,
+                              [TEXT["reptile_ladder_note"]]))
+    fig = _reptile_figure(rows, w.fig_dir, at)
+    if fig is not None:
+        out += w.figure(fig, "Reptile ladder: test accuracy per rung")
+    return out
+
+
+def _reptile_figure(rows: list[dict], fig_dir, at: str):
+    rows = [r for r in rows if r["acc"]]
+    if not rows:
+        return None
+    fig, (ax,) = new_figure(1, width=5.6, height=3.2)
+    y = list(range(len(rows)))[::-1]
+    for yi, r in zip(y, rows):
+        ax.plot([a * S for a in r["acc"]], [yi] * len(r["acc"]), "o", color="tab:green", alpha=0.5, ms=4)
+        ax.plot([statistics.fmean(r["acc"]) * S], [yi], "|", color="black", ms=14)
+    ax.set_yticks(y, ["fresh state" if r["rung"] == "paper" else f"+ {r['rung']}" for r in rows], fontsize=8)
+    ax.set_xlabel("test accuracy % (dots: seeds; bar: mean)")
+    ax.grid(axis="x", alpha=0.3)
+    fig.suptitle(f"Reptile, Omniglot 5w1s: the suite's earlier protocol → the reference code, {at}", fontsize=8)
+    return save_figure(fig, fig_dir / "deviations_reptile.png")

@@ -18,16 +18,10 @@ from . import baselines, budget, campaign, render
 from . import common as c
 from .paper import PaperNumbers
 from .records import setting_name
-from .render import fmt, fmt_g, make_table, new_figure, save_figure
+from .render import TEXT, fmt, fmt_g, make_table, new_figure, save_figure
 
 QUESTIONS = Path(__file__).with_name("questions.yaml")
-SOURCES = ("imaml_t2", "imaml_t3", "maml_sinusoid")  # iMAML Table 2, Table 3, the MAML paper's sinusoid
-VOCABULARY = (
-    "**Words.** A run *learned* when it beat every baseline of its setting (95% CI of its improvement above 0): "
-    "chance and baseline records for classification, the zero predictor and the pretrained network of the same "
-    "seed and budget for sinusoid. A run that beat chance (or the zero predictor) but not its other baselines "
-    "*beat chance only*; one that beat neither *did not learn*. On Omniglot and mini-ImageNet chance is the only "
-    "baseline, so there *learned* means no more than *beat chance*. † marks a row below the paper's budget.")
+SOURCES = ("imaml_t2", "imaml_t3", "maml_sinusoid")  # the papers' tables (paper_numbers.yaml) the first page checks
 # Where a paper's number that we did not reach is explained by a measurement; any other row links its results.
 EXPLAINED = {"iMAML-GD": "table-deviations_ladder", "iMAML-HF": "table-failures_by_algorithm",
              "Reptile": "table-deviations_reptile_ladder"}
@@ -54,7 +48,7 @@ def summary(rows: list[dict], bases: list[dict], judged: dict[str, dict]) -> pd.
         out.append({
             "dataset": r["dataset"], "setting": r["setting"], "label": r["label"],
             "role": "baseline" if base else "method", "budget": _budget(r), "minutes": r.get("max_train_minutes"),
-            "metric": r.get("metric") or ("mse" if r["dataset"] == "sinusoid" else "accuracy"),
+            "metric": r.get("metric") or c.metric_of(r["dataset"]),
             "seeds": len(runs), "completed": g["n"], "diverged": sum(x["status"] == "diverged" for x in runs),
             "at_paper_budget": sum(c.budget_kind(x) is not None for x in done),
             "learned": sum(judged.get(x["run"], {}).get("status") == baselines.LEARNED for x in done),
@@ -140,7 +134,7 @@ def reproduction(table: pd.DataFrame, paper: PaperNumbers, plan: list[dict], anc
         # the transductive number for a transductive run, else the papers' other number where they give one
         p = paper.lookup(*key[:4], None if mine.empty else c.clean(mine.iloc[0]["bn_mode"]),
                          steps=key[4])
-        where = f"{c.DATASET_NAMES.get(p.dataset, p.dataset)} {setting}" + (f", {p.steps} step{'s' * (p.steps > 1)}" if p.steps else "")
+        where = f"{c.title(p.dataset, setting)}" + (f", {p.steps} step{'s' * (p.steps > 1)}" if p.steps else "")
         row = {"source": p.source, "setting": where, "label": p.label, "paper": p.value, "ours": "—",
                "ours_mean": math.nan, "seeds": 0, "run": "—", "cpu_hours": math.nan}
         if mine.empty:
@@ -157,7 +151,7 @@ def reproduction(table: pd.DataFrame, paper: PaperNumbers, plan: list[dict], anc
             scale, _ = c.scale_of(s["metric"])
             mean, half = _value(s, p.steps)
             row.update(ours=ours_text(s, p.steps), ours_mean=mean * scale, seeds=int(s["completed"]), run=s["run"])
-            anchor = EXPLAINED.get(p.label) if s["diverged"] or p.dataset != "sinusoid" else None
+            anchor = EXPLAINED.get(p.label) if s["diverged"] or not c.is_regression(p.dataset) else None
             anchor = anchor if anchor in anchors else "table-" + c.slug("protocols", p.dataset, setting, "paper")
             anchor = anchor if anchor in anchors else None
             why = f" ([why](#{anchor}))" if anchor else ""
@@ -172,14 +166,11 @@ def reproduction(table: pd.DataFrame, paper: PaperNumbers, plan: list[dict], anc
             if s["iterations_max"] < s["meta_iterations"] and not render.is_missing(mean):
                 row["verdict"] += f"; ended by the plateau rule at {s['iterations_max']:,} of {s['meta_iterations']:,}"
         out.append(row)
-    cols = [("setting", lambda r: r["setting"], "setting"), ("algorithm", lambda r: r["label"], "label"),
+    cols = [("setting", "setting"), ("algorithm", "label"),
             ("paper", lambda r: fmt_g(r["paper"]), "paper", "source"), ("ours at the paper's budget", lambda r: r["ours"],
                                                                         "ours", "ours_mean", "seeds"),
-            ("verdict", lambda r: r["verdict"], "verdict")]
-    notes = ["Ours: mean ± std over seeds (one seed: ± its 95% CI over test tasks); *reproduced* when the paper's "
-             "number lies within our mean ± the larger of the two. Accuracy in %, sinusoid MSE after the stated "
-             "steps. Run folders: `tables/reproduction.csv`; the papers' sources: `reporting/paper_numbers.yaml`."]
-    return make_table("reproduction", out, cols, notes, extra=("run", "cpu_hours"))
+            ("verdict", "verdict")]
+    return make_table("reproduction", out, cols, [TEXT["reproduction_note"]], extra=("run", "cpu_hours"))
 
 
 def equal_compute(table: pd.DataFrame):
@@ -187,8 +178,7 @@ def equal_compute(table: pd.DataFrame):
     eq = table[table["minutes"].notna()].copy()
     if eq.empty:
         return make_table("equal_compute", [], [("algorithm", str, "algorithm")]), eq
-    eq["column"] = eq.apply(lambda s: f"{c.DATASET_NAMES.get(s['dataset'], s['dataset'])} "
-                                      f"{s['setting']} ({s['budget']})", axis=1)
+    eq["column"] = eq.apply(lambda s: f"{c.title(s['dataset'], s['setting'])} ({s['budget']})", axis=1)
     eq["cell"] = eq.apply(lambda s: f"{ours_text(s).split(' (')[0]} ({s['seeds']} seed{'s' * (s['seeds'] > 1)}"
                                     + (f", {s['completed']} completed" if s["completed"] < s["seeds"] else "")
                                     + f"; {outcome(s)})", axis=1)
@@ -196,13 +186,9 @@ def equal_compute(table: pd.DataFrame):
     order = list(dict.fromkeys(eq["column"]))
     wide = eq.pivot_table(index="algorithm", columns="column", values="cell", aggfunc="first").reindex(columns=order)
     wide = wide.reindex(sorted(wide.index, key=lambda a: c.label_rank(a.replace(" (baseline)", ""))))
-    rows = [{"algorithm": a, **{k: v for k, v in r.items()}} for a, r in wide.fillna("—").iterrows()]
-    cols = [("algorithm", lambda r: r["algorithm"], "algorithm")] + [
-        (k, (lambda key: lambda r: r[key])(k), k) for k in order]
-    notes = ["Each cell: test metric mean ± std over the completed seeds (one: ± its 95% CI over test tasks), accuracy in % or "
-             "MSE; (seeds run; outcome in the words above). Every run of a column had the same training minutes on one CPU "
-             "thread, far below the papers' iterations (†)."]
-    return make_table("equal_compute", rows, cols, notes), eq
+    rows = [{"algorithm": a, **r} for a, r in wide.fillna("—").iterrows()]
+    cols = [("algorithm", "algorithm"), *((k, k) for k in order)]
+    return make_table("equal_compute", rows, cols, [TEXT["equal_compute_note"]]), eq
 
 
 def grid_figure(eq: pd.DataFrame, rows: list[dict], fig_dir: Path) -> Path | None:
@@ -226,10 +212,8 @@ def grid_figure(eq: pd.DataFrame, rows: list[dict], fig_dir: Path) -> Path | Non
             if not curves:
                 continue
             scale, _ = c.scale_of(s["metric"])
-            grid, mean, lo, hi = budget.mean_band([[(p[0], p[1] * scale) for p in pts] for pts in curves])
-            colour = render.colour(s["label"])
-            ax.plot(grid, mean, color=colour, lw=1.4, label=s["algorithm"])
-            ax.fill_between(grid, lo, hi, color=colour, alpha=0.2, lw=0)
+            budget.plot_band(ax, [[(p[0], p[1] * scale) for p in pts] for pts in curves], render.colour(s["label"]),
+                             s["algorithm"], band=True)
         if sub["metric"].iloc[0] == "mse":
             ax.set_yscale("log")
         ax.set_title(key, fontsize=9)
@@ -280,8 +264,7 @@ def questions_table(doc: dict, tables: dict[str, pd.DataFrame], anchors: set[str
         link = q["evidence"] if q["evidence"] in anchors else None
         out.append({"id": q["id"], "question": q["question"], "answer": answer,
                     "evidence": f"[{q['evidence_name']}](#{link})" if link else "—"})
-    cols = [("", lambda r: r["id"], "id"), ("question", lambda r: r["question"], "question"),
-            ("answer (budget, seeds)", lambda r: r["answer"], "answer"), ("evidence", lambda r: r["evidence"], "evidence")]
+    cols = [("", "id"), ("question", "question"), ("answer (budget, seeds)", "answer"), ("evidence", "evidence")]
     return make_table("questions", out, cols)
 
 
@@ -320,7 +303,7 @@ def limitations(table: pd.DataFrame, paper: PaperNumbers, devices: list[str]):
          "† rows measure what a method reaches in that budget, not the paper's number", "table-reproduction"),
         ("paper budget", f"reached on {', '.join(c.DATASET_NAMES.get(d, d) for d in at_paper) or 'no dataset'} only",
          "every other published number reads *not run*", "table-reproduction"),
-        ("settings never run", ", ".join(f"{c.DATASET_NAMES.get(d, d)} {s}" for d, s in missing) or "none",
+        ("settings never run", ", ".join(f"{c.title(d, s)}" for d, s in missing) or "none",
          "no number of ours for them", "table-reproduction"),
         ("stopped runs", f"{int(table['diverged'].sum())} runs diverged",
          "shown with their status, never dropped", "table-failures_by_algorithm"),
@@ -330,6 +313,6 @@ def limitations(table: pd.DataFrame, paper: PaperNumbers, devices: list[str]):
          "*learned* there means no more than *beat chance*", "table-equal_compute"),
         ("devices", ", ".join(devices) or "none", "timings hold for this machine only", "table-runs")]
     out = [{"limit": a, "measured": b, "so": f"{so}", "anchor": anchor} for a, b, so, anchor in rows]
-    cols = [("limit", lambda r: r["limit"], "limit"), ("measured", lambda r: r["measured"], "measured"),
+    cols = [("limit", "limit"), ("measured", "measured"),
             ("what it means", lambda r: f"{r['so']} ([table](#{r['anchor']}))", "so", "anchor")]
     return make_table("limitations", out, cols)

@@ -9,13 +9,14 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import catalog
 from atomic import atomic_write_text
 
-from . import anatomy, baselines, budget, fidelity_train, front, limits, paired, studies, tables, tta
+from . import anatomy, baselines, budget, front, paired, studies, tables, tta
 from . import common as c
 from .paper import PaperNumbers, load_paper_numbers
 from .records import STATUSES, STUDY_FILES, Records, Skipped, load
-from .render import Table, compact, make_table, to_markdown, write_table
+from .render import TEXT, Table, compact, make_table, to_markdown, write_table
 
 GENERATED_EXT = (".csv", ".tex", ".png")
 
@@ -63,11 +64,7 @@ def _heading(anchor: str, title: str) -> str:
 
 
 def _protocols(rows, judged, w, pool) -> str:
-    text = _heading("protocols", "1. Published protocols at an equal training-time budget") + (
-        "\nEach algorithm runs with the settings its authors published for the dataset (`configs/experiment/`), for "
-        "the same minutes of training on the same machine, and is tested on the same fixed test tasks with its own "
-        "protocol's test-time adaptation: what each method reaches in that budget, not the paper's number. Per "
-        "setting: how each run was set up, then its results.\n")
+    text = _heading("protocols", "1. Published protocols at an equal training-time budget") + TEXT["protocols_intro"]
     by_budget = budget.groups(rows)
     for key, members in by_budget.items():
         text += f"\n### {budget.budget_title(*key, members)}\n"
@@ -75,18 +72,13 @@ def _protocols(rows, judged, w, pool) -> str:
         fig = budget.curves_figure(key, members, w.fig_dir)
         if fig is not None:
             caption = "Validation metric vs training wall-clock" + (" and meta-iterations" if key[2] is None else "")
-            text += w.figure(fig, caption) + (
-                "\nLines: the validation metric on the fixed validation tasks during training; stars: the final "
-                "test on the fixed test tasks.\n")
+            text += w.figure(fig, caption) + TEXT["curves_caption"]
     return text if by_budget else text + _no_runs("make reproduce")
 
 
 def _paired(rows, judged, w):
     pairs, refused, notes = paired.compare_all(rows)
-    text = _heading("paired", "2. Paired comparisons on identical test tasks") + (
-        "\nEvery algorithm is evaluated on the same seeded test tasks; two runs are compared task by task only "
-        "when their test-task fingerprints match. One sign throughout this report: the improvement of a over b, "
-        "honouring the metric's direction (positive = a better; accuracy a − b, MSE b − a).\n")
+    text = _heading("paired", "2. Paired comparisons on identical test tasks") + TEXT["paired_intro"]
     if pairs:
         learned = baselines.statuses(judged)
         text += "".join(f"\n### {title}\n" + w.table(t) for title, t in paired.matrix_tables(pairs, learned))
@@ -97,14 +89,11 @@ def _paired(rows, judged, w):
         text += "\n### Refused pairs (different test tasks)\n" + w.table(paired.refused_table(refused))
     if notes:
         text += "\n### Not paired\n\n" + "".join(f"- {n}\n" for n in notes)
-    return text, pairs, refused
+    return text
 
 
 def _sweep(sweep, w) -> str:
-    text = _heading("inner-steps", "3. Shared protocol: test metric vs inner steps") + (
-        "\nEvery algorithm uses the same inner loop (the MAML protocol's SGD step size and meta-batch; iMAML with "
-        "λ = 2 and 5 CG steps) and sweeps the number of inner steps K, each run for the same minutes of training "
-        "(`make sweep`).\n")
+    text = _heading("inner-steps", "3. Shared protocol: test metric vs inner steps") + TEXT["inner_steps_intro"]
     groups = tables.inner_steps_groups(sweep)
     if not groups:
         return text + _no_runs("make sweep") + "(needs one algorithm trained at two or more inner-step counts)\n"
@@ -114,25 +103,23 @@ def _sweep(sweep, w) -> str:
 
 
 def _claims(paper, rows, bases, judged, w) -> str:
-    # a claim against the pretrained network (the MAML paper's sinusoid claim) is paired like any other:
-    # the pretrained records join the pairing here, not the algorithm matrices of section 2
+    # a claim against a trained baseline network is paired like any other: its records join the pairing
+    # here, not the algorithm matrices of section 2
     rows = rows + [b for b in bases if b["label"] == "Pretrained"]
     pairs, refused, _ = paired.compare_all(rows)
-    t, _ = paired.claims_table(paper.claims, pairs, refused, rows, baselines.statuses(judged))
+    t = paired.claims_table(paper.claims, pairs, refused, rows, baselines.statuses(judged))
     return _heading("claims", "4. The papers' claims") + w.table(t)
 
 
 def _time_to_accuracy(records, w) -> str:
-    text = _heading("time-to-accuracy", "5. Time to accuracy (wall-clock)") + (
-        "\nHow long each method needs on this machine to reach a test accuracy: Omniglot 5-way 1-shot, one CPU "
-        "thread, runs grown in segments by `python -m bench.tta` (the harness: [BENCHMARKS.md](BENCHMARKS.md)).\n")
+    text = _heading("time-to-accuracy", "5. Time to accuracy (wall-clock)") + TEXT["tta_intro"]
     if not records:
-        return text + _no_runs("python -m bench.tta algorithm=maml")
+        return text + _no_runs(f"python -m bench.tta algorithm={catalog.algorithms()[0]}")
     return text + w.table(tta.table(records)) + w.figure(tta.figure(records, w.fig_dir), "Time to accuracy")
 
 
-def _study_sections(studies_list, w, skipped: list[Skipped]) -> tuple[str, dict]:
-    text, shown = _heading("studies", "6. Reviewer studies"), {}
+def _study_sections(studies_list, w, skipped: list[Skipped]) -> str:
+    text = _heading("studies", "6. Reviewer studies")
     for i, name in enumerate(studies.SECTIONS, 1):
         text += f"\n### 6.{i} {studies.TITLES[name]}\n"
         command = f"python study.py study={name}"
@@ -140,7 +127,6 @@ def _study_sections(studies_list, w, skipped: list[Skipped]) -> tuple[str, dict]
             if study is None:
                 text += _no_runs(command)
                 continue
-            shown.setdefault(name, []).append(study)
             text += (f"\n{studies.ran_on(study)} From `{study['run']}` (status {study['status']}, device "
                      f"{study.get('device_name') or study.get('device') or 'unknown'})")
             text += f"; other runs of this study, not shown: {', '.join(others)}.\n" if others else ".\n"
@@ -152,7 +138,7 @@ def _study_sections(studies_list, w, skipped: list[Skipped]) -> tuple[str, dict]
             except Exception as e:  # a malformed study CSV must not take the whole report down
                 skipped.append(Skipped(study["run"], f"{name} study could not be summarised: {type(e).__name__}: {e}"))
                 text += "\nThis study's records could not be summarised; see Skipped records.\n"
-    return text, shown
+    return text
 
 
 def _skipped_section(skipped: list[Skipped], w: Writer) -> str:
@@ -160,30 +146,16 @@ def _skipped_section(skipped: list[Skipped], w: Writer) -> str:
     if not skipped:
         return text + "\nnone\n"
     rows = [{"path": s.path, "reason": s.reason} for s in sorted(skipped, key=lambda s: (s.path, s.reason))]
-    t = make_table("skipped", rows, [("record", lambda r: r["path"], "path"),
-                                     ("reason", lambda r: r["reason"], "reason")])
+    t = make_table("skipped", rows, [("record", "path"),
+                                     ("reason", "reason")])
     return text + "\nThese records could not be read and are left out of every table above.\n" + w.table(t)
 
 
 def _header(recs: Records, runs_name: str, n_skipped: int, n_baselines: int) -> str:
     counts = recs.runs["status"].value_counts().to_dict() if not recs.runs.empty else {}
     status = ", ".join(f"{counts[s]} {s}" for s in STATUSES if counts.get(s))
-    return ("# metagrad-bench — results report\n\n"
-            f"Generated by `python report.py` from the records under `{runs_name}/`: {len(recs.runs)} training "
-            f"run(s){f' ({status})' if status else ''}, of them {n_baselines} baseline record(s), {len(recs.studies)} "
-            f"study run(s), {n_skipped} skipped record(s). Every number traces to a run folder named in its table's "
-            "CSV under `tables/`.\n")
-
-
-CONTENTS = (("reproduce", "Did the papers reproduce?"), ("questions", "The reviewers' questions"),
-            ("equal-compute", "At equal compute"), ("findings", "Findings"),
-            ("protocols", "1. Published protocols at an equal budget"),
-            ("paired", "2. Paired comparisons"),
-            ("inner-steps", "3. Test metric vs inner steps"), ("claims", "4. The papers' claims"),
-            ("time-to-accuracy", "5. Time to accuracy"), ("studies", "6. Reviewer studies"),
-            ("assumptions-fail", "7. When the assumptions fail"), ("limitations", "8. Limitations"),
-            ("inventory", "Appendix A. Run inventory"),
-            ("skipped", "Appendix B. Skipped records"))
+    return TEXT["header"].format(runs=runs_name, n_runs=len(recs.runs), status=f" ({status})" if status else "",
+                                 n_baselines=n_baselines, n_studies=len(recs.studies), n_skipped=n_skipped)
 
 
 def _first_page(table, rows, bases, paper, runs_root: Path, w: Writer, body: str) -> str:
@@ -198,15 +170,13 @@ def _first_page(table, rows, bases, paper, runs_root: Path, w: Writer, body: str
     text = _heading("reproduce", "Did the papers reproduce?") + w.table(repro) + "\n"
     doc = front.load_questions()
     w.raw.update({"reproduction": repro.raw, "summary": table})
-    text += _heading("questions", "The reviewers' questions") + (
-        "\nThe three NeurIPS 2019 reviews of the iMAML paper (`reporting/questions.yaml`); each answer quotes "
-        "cells of the table it links.\n") + w.table(front.questions_table(doc, w.raw, anchors)) + "\n"
+    text += (_heading("questions", "The reviewers' questions") + TEXT["questions_intro"]
+             + w.table(front.questions_table(doc, w.raw, anchors)) + "\n")
     text += _heading("equal-compute", "At equal compute") + w.table(eq)
     fig = front.grid_figure(eq_rows, rows + bases, w.fig_dir)
     if fig is not None:
-        text += w.figure(fig, "Validation metric vs training wall-clock, mean over seeds with a min–max band") + (
-            "\nOne panel per column above: validation metric on the fixed validation tasks, mean over seeds, band "
-            "from their minimum to their maximum.\n")
+        caption = "Validation metric vs training wall-clock, mean over seeds with a min–max band"
+        text += w.figure(fig, caption) + TEXT["grid_caption"]
     text += "\n"
     found = front.findings(doc, w.raw, anchors)
     text += _heading("findings", "Findings") + "\n" + ("".join(f"{i}. {f}\n" for i, f in enumerate(found, 1))
@@ -231,23 +201,20 @@ def generate(runs_root: Path, out: Path, paper: PaperNumbers | None = None, benc
     bases = [r for r in base_rows if not budget.is_sweep(r)]
     tta_records = tta.load(bench)
     body = [_protocols(c.records_sorted(rows + bases), judged, w, all_rows + base_rows)]
-    text, pairs, refused = _paired(rows, judged, w)
-    claims_text = _claims(paper, rows, bases, judged, w)
-    body += [text, _sweep(sweep, w), claims_text,
+    body += [_paired(rows, judged, w), _sweep(sweep, w), _claims(paper, rows, bases, judged, w),
              _time_to_accuracy(tta_records, w)]
     summary = front.summary(rows, bases, judged)
     devices = sorted({r.get("device_name") or r.get("device") or "?" for r in rows + bases}
                      | set(tta.devices(tta_records)))
     study_list = sorted(recs.studies + (extra.studies if extra else []), key=lambda s: s["run"])
-    text, shown = _study_sections(study_list, w, skipped)
-    body.append(text)
-    body.append(_heading("assumptions-fail", "7. When the assumptions fail") + fidelity_train.section(rows, w)
+    body.append(_study_sections(study_list, w, skipped))
+    body.append(_heading("assumptions-fail", "7. When the assumptions fail") + anatomy.fidelity_section(rows, w)
                 + "\n### Where each method fails (R3.1)\n" + anatomy.section(rows, judged, runs_root, w))
     body.append(_heading("limitations", "8. Limitations")
                 + (w.table(front.limitations(summary, paper, devices)) if not summary.empty
                    else "\nNo records yet, so nothing has been measured.\n")
                 + ("\nProtocol choices not taken from a paper, tuned on validation tasks only:\n"
-                   + w.table(limits.selection_table(recs.selections, {r.get("experiment"): r["label"]
+                   + w.table(tables.selection_table(recs.selections, {r.get("experiment"): r["label"]
                                                                      for r in rows + bases}))
                    if recs.selections else ""))
     inventory = all_rows + base_rows
@@ -257,10 +224,9 @@ def generate(runs_root: Path, out: Path, paper: PaperNumbers | None = None, benc
     body.append(_skipped_section(skipped, w))
     body_text = "\n".join(body)
     first = _first_page(summary, rows, bases, paper, runs_root, w, body_text)
-    toc = "\n## Contents\n\n" + "".join(f"- [{title}](#{a})\n" for a, title in CONTENTS)
     shown_name = runs_root.name if runs_root.is_absolute() else runs_root.as_posix()
-    text = (_header(recs, shown_name or "runs", len(skipped), len(base_rows)) + "\n" + front.VOCABULARY + "\n\n"
-            + first + toc + "\n" + body_text)
+    text = (_header(recs, shown_name or "runs", len(skipped), len(base_rows)) + "\n" + TEXT["vocabulary"] + "\n\n"
+            + first + TEXT["contents"] + "\n" + body_text)
     report = out / "REPORT.md"
     atomic_write_text(report, text)
     w.files.add(report)

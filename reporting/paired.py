@@ -16,7 +16,7 @@ from pairing import PairingError, paired_comparison
 
 from . import common as c
 from .paper import Claim
-from .render import Table, fmt, fmt_p, make_table
+from .render import TEXT, Table, fmt, fmt_p, make_table
 from .stats import claim_verdict, direction, holm, improvement_interval, mean_std
 
 ALPHA = 0.05
@@ -57,17 +57,14 @@ def _order(s: tuple) -> tuple:
     return (s[0], c.setting_rank(s[1]), s[2], s[3] is None, s[3] or 0, s[4] or "")
 
 
-def budget_words(minutes, profile: str, early_stop: str | None = None) -> str:
-    """A budget in words: minutes per run (and the profile unless it is the paper's), or the profile
-    when there is no time cap; and the early-stop rule, if any."""
+def _words(setting: tuple) -> str:
+    """A setting's budget in words: minutes per run (and the profile unless it is the paper's), or the
+    profile when there is no time cap; and the early-stop rule, if any."""
+    _, _, profile, minutes, early_stop = setting
     rule = f", {early_stop} rule" if early_stop else ""
     if minutes is None:
         return f"{profile} profile, no time cap{rule}"
     return f"{c.fmt_g(minutes)} min per run" + ("" if profile == "paper" else f", {profile} profile") + rule
-
-
-def _words(setting: tuple) -> str:
-    return budget_words(setting[3], setting[2], setting[4])
 
 
 def representatives(rows: list[dict]) -> tuple[dict[tuple, dict[str, list[dict]]], list[str]]:
@@ -133,7 +130,7 @@ def compare_all(rows: list[dict]) -> tuple[list[dict], list[dict], list[str]]:
                                       b_iters=c.budget_text(b), minutes=a.get("max_train_minutes")
                                       if a.get("max_train_minutes") == b.get("max_train_minutes") else None,
                                       device_name=a.get("device_name") or a.get("device"),
-                                      paper_scale=c.is_paper_scale(a) and c.budget_kind(a) == c.budget_kind(b),
+                                      paper_scale=c.budget_kind(a) is not None and c.budget_kind(a) == c.budget_kind(b),
                                       budget_kind=c.budget_kind(a)))
                 unpaired = sorted(set(a_by_seed) ^ set(b_by_seed), key=lambda s: (s is None, s or 0))
                 if unpaired:
@@ -147,24 +144,10 @@ def compare_all(rows: list[dict]) -> tuple[list[dict], list[dict], list[str]]:
     return pairs, refused, sorted(notes)
 
 
-ANY = object()
-
-
-def find(pairs: list[dict], dataset: str, setting: str, a: str, b: str, profile: str | None = None,
-         minutes=ANY) -> list[dict]:
-    """The comparisons of a against b in a setting (one per seed), read with a's sign; ``profile``
-    and ``minutes`` narrow them to one budget."""
-    out = []
-    for p in pairs:
-        if (p["dataset"], p["setting"]) != (dataset, setting) or profile not in (None, p["profile"]):
-            continue
-        if minutes is not ANY and p.get("max_train_minutes") != minutes:
-            continue
-        if (p["a"], p["b"]) == (a, b):
-            out.append(p)
-        elif (p["a"], p["b"]) == (b, a):
-            out.append(flipped(p))
-    return out
+def find(pairs: list[dict], dataset: str, setting: str, a: str, b: str) -> list[dict]:
+    """The comparisons of a against b in a setting (one per seed), read with a's sign."""
+    mine = [p for p in pairs if (p["dataset"], p["setting"]) == (dataset, setting)]
+    return [p if p["a"] == a else flipped(p) for p in mine if (p["a"], p["b"]) in ((a, b), (b, a))]
 
 
 def matrix_tables(pairs: list[dict], learned: dict[str, str]) -> list[tuple[str, Table]]:
@@ -210,21 +193,15 @@ def _matrix_name(setting: tuple) -> str:
 
 
 def _matrix_title(setting: tuple) -> str:
-    return f"{c.DATASET_NAMES.get(setting[0], setting[0])} {setting[1]} ({_words(setting)})"
+    return f"{c.title(setting[0], setting[1])} ({_words(setting)})"
 
 
 def _matrix_note(sel: list[dict], metric: str) -> str:
     unit = "accuracy points" if metric == "accuracy" else "MSE reduction"
     seeds = sorted({p["seed"] for p in sel}, key=lambda s: (s is None, s or 0))
     several = len(seeds) > 1
-    cell = ("the mean over seeds of the per-seed improvement ± its std over seeds; * = significant in every seed, "
-            "(k/n*) = in k of the n seeds" if several else "[95% bootstrap CI over test tasks]; * = significant")
-    return (f"Cell: improvement of the row's algorithm over the column's ({unit}; positive = the row is better), "
-            f"each seed's runs paired on identical test tasks (equal test-task fingerprints); {cell} after a Holm "
-            f"correction over this table's {len(sel)} per-seed comparison(s) (Wilcoxon signed-rank, α = {ALPHA:g}) "
-            f"with the CI excluding 0. Seeds: {', '.join(str(s) for s in seeds)}. A seed whose run did not beat its "
-            "baselines is left out of every cell (— (did not learn) when no seed is left). Each comparison with its "
-            "CI and p-values: `tables/paired.csv`.")
+    cell = TEXT["matrix_cell_seeds"] if several else "[95% bootstrap CI over test tasks]; * = significant"
+    return TEXT["matrix_note"].format(unit=unit, cell=cell, n=len(sel), alpha=ALPHA, seeds=", ".join(map(str, seeds)))
 
 
 def significant(d: dict) -> bool:
@@ -252,7 +229,7 @@ def long_table(pairs: list[dict]) -> Table:
     cols = [("setting", lambda r: f"{r['dataset']} {r['setting']} ({_words(_setting(r))})",
              "dataset", "setting", "profile", "max_train_minutes"),
             ("a vs b", lambda r: f"{r['a']} vs {r['b']}", "a", "b"),
-            ("seed", lambda r: str(r["seed"]), "seed"), ("improvement of a over b", d("imp"), "imp"),
+            ("seed", "seed"), ("improvement of a over b", d("imp"), "imp"),
             ("95% CI", lambda r: f"[{d('low')(r)}, {d('high')(r)}]", "low", "high"),
             ("Holm p", lambda r: fmt_p(r["p_holm"]), "p_holm"),
             ("tasks a / b better / tie", lambda r: f"{r['a_better']} / {r['b_better']} / {r['ties']}",
@@ -264,14 +241,14 @@ def long_table(pairs: list[dict]) -> Table:
 def refused_table(refused: list[dict]) -> Table:
     cols = [("setting", lambda r: f"{r['dataset']} {r['setting']} ({_words(_setting(r))})",
              "dataset", "setting", "profile"),
-            ("comparison", lambda r: f"{r['a']} vs {r['b']}", "a", "b"), ("seed", lambda r: str(r["seed"]), "seed"),
-            ("reason", lambda r: r["reason"], "reason"),
+            ("comparison", lambda r: f"{r['a']} vs {r['b']}", "a", "b"), ("seed", "seed"),
+            ("reason", "reason"),
             ("runs (a; b)", lambda r: f"{r['a_run']}; {r['b_run']}", "a_run", "b_run")]
     return make_table("paired_refused", refused, cols)
 
 
 def claims_table(claims: tuple[Claim, ...], pairs: list[dict], refused: list[dict], rows: list[dict],
-                 learned: dict[str, str]) -> tuple[Table, list[dict]]:
+                 learned: dict[str, str]) -> Table:
     """One row per paper claim: the claimed-better algorithm's improvement over the claimed-worse one
     as measured, and a verdict only at the paper's budget and only when both rows learned (what a run at
     that budget would cost: the first page's reproduction table)."""
@@ -318,21 +295,11 @@ def _claim_row(base: dict, cl: Claim, sel: list[dict], learned: dict[str, str]) 
                 runs="; ".join(f"{p['a_run']} vs {p['b_run']}" for p in sel))
 
 
-def _claims(out: list[dict]) -> tuple[Table, list[dict]]:
+def _claims(out: list[dict]) -> Table:
     def text(header, key):
         return header, lambda r: r[key] or "—", key
 
     cols = [text("claim", "claim"), text("paper", "paper"), text("verdict", "verdict"),
-            text("improvement of the claimed-better [95% CI]", "text"),
-            ("seeds", lambda r: str(r["seeds"]), "seeds"), text("budget", "budget")]
-    notes = ["Improvement of the claimed-better algorithm over the claimed-worse one (accuracy points, or MSE "
-             "reduction), paired on identical test tasks, one [95% CI] per seed; the same numbers as the paired "
-             "matrices. '>' is supported when every seed's CI lies above 0, '≥' when none lies below 0; "
-             "contradicted when some seed is significantly worse and none better.",
-             "A verdict needs both runs completed at the paper's iteration count (or both ended by the declared "
-             "plateau rule, `eval.early_stop=plateau`; the budget column says which) and both rows to have learned; "
-             "below the paper's budget a claim reads 'not tested at paper budget', and the measured improvement "
-             "says which method got further in that budget on this machine, not whether the claim holds.",
-             "no runs: train both algorithms in that setting with the same test tasks (`make reproduce`, or "
-             "`python train.py` with the setting's dataset, ways and shots)."]
-    return make_table("claims", out, cols, notes, extra=("relation", "metric", "imp", "runs")), out
+            text("improvement of the claimed-better [95% CI]", "text"), ("seeds", "seeds"), text("budget", "budget")]
+    notes = [TEXT["claims_note_verdicts"], TEXT["claims_note_budget"], TEXT["claims_note_no_runs"]]
+    return make_table("claims", out, cols, notes, extra=("relation", "metric", "imp", "runs"))

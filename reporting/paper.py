@@ -1,12 +1,12 @@
 """The papers' numbers and ordering claims (``reporting/paper_numbers.yaml``), validated on load."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
 
 import yaml
 
+from .common import task_words
 from .records import setting_name
 
 PAPER_FILE = Path(__file__).with_name("paper_numbers.yaml")
@@ -44,10 +44,7 @@ class Claim:
     @property
     def text(self) -> str:
         rel = "≥" if self.relation == ">=" else ">"
-        if self.dataset == "sinusoid":
-            return f"{self.better} {rel} {self.worse} on sinusoid regression, {self.shots}-shot"
-        where = {"omniglot": "Omniglot", "miniimagenet": "mini-ImageNet"}.get(self.dataset, self.dataset)
-        return f"{self.better} {rel} {self.worse} on {where} {self.ways}-way {self.shots}-shot"
+        return f"{self.better} {rel} {self.worse} on {task_words(self.dataset, self.ways, self.shots)}"
 
 
 @dataclass(frozen=True)
@@ -70,42 +67,35 @@ class PaperNumbers:
         return (matching or [r for r in found if r.transductive])[0]
 
 
-def _need(entry: dict, key: str, types: tuple, where: str) -> Any:
-    v = entry.get(key)
-    if not isinstance(v, types) or isinstance(v, bool) and bool not in types:
-        raise ValueError(f"{PAPER_FILE.name}: {where}: field {key!r} should be "
-                         f"{'/'.join(t.__name__ for t in types)}, got {v!r}")
-    return v
+# What each declared field type of an entry accepts (an int is a valid float; a bool is no number).
+_ACCEPTS = {"str": (str,), "int": (int,), "float": (int, float), "float | None": (int, float, type(None)),
+            "bool | None": (bool, type(None)), "int | None": (int, type(None))}
+
+
+def _entry(cls: type, e: dict, where: str):
+    """``cls`` from a YAML entry, each field checked against the type ``cls`` declares."""
+    values = {}
+    for f in fields(cls):
+        v = e.get(f.name)
+        if not isinstance(v, _ACCEPTS[f.type]) or isinstance(v, bool) and f.type != "bool | None":
+            raise ValueError(f"{PAPER_FILE.name}: {where}: field {f.name!r} should be {f.type}, got {v!r}")
+        values[f.name] = float(v) if "float" in f.type and v is not None else v
+    return cls(**values)
 
 
 def load_paper_numbers(path: Path = PAPER_FILE) -> PaperNumbers:
     with open(path, encoding="utf-8") as f:
         doc = yaml.safe_load(f)
     sources = doc.get("sources") or {}
-    results, seen = [], set()
-    for i, e in enumerate(doc.get("results") or []):
-        where = f"results[{i}]"
-        r = PaperResult(dataset=_need(e, "dataset", (str,), where), ways=_need(e, "ways", (int,), where),
-                        shots=_need(e, "shots", (int,), where), label=_need(e, "label", (str,), where),
-                        value=float(_need(e, "value", (int, float), where)),
-                        pm=None if e.get("pm") is None else float(_need(e, "pm", (int, float), where)),
-                        transductive=e.get("transductive"), source=_need(e, "source", (str,), where),
-                        steps=e.get("steps"))
+    results = [_entry(PaperResult, e, f"results[{i}]") for i, e in enumerate(doc.get("results") or [])]
+    claims = [_entry(Claim, e, f"claims[{i}]") for i, e in enumerate(doc.get("claims") or [])]
+    keys = [(r.dataset, r.ways, r.shots, r.label, r.steps, r.transductive) for r in results]
+    for i, r in enumerate(results):
         if r.source not in sources:
-            raise ValueError(f"{PAPER_FILE.name}: {where}: unknown source {r.source!r}")
-        key = (r.dataset, r.ways, r.shots, r.label, r.steps, r.transductive)
-        if key in seen:
-            raise ValueError(f"{PAPER_FILE.name}: {where}: duplicate entry {key}")
-        seen.add(key)
-        results.append(r)
-    claims = []
-    for i, e in enumerate(doc.get("claims") or []):
-        where = f"claims[{i}]"
-        c = Claim(better=_need(e, "better", (str,), where), relation=_need(e, "relation", (str,), where),
-                  worse=_need(e, "worse", (str,), where), dataset=_need(e, "dataset", (str,), where),
-                  ways=_need(e, "ways", (int,), where), shots=_need(e, "shots", (int,), where),
-                  evidence=_need(e, "evidence", (str,), where), source=_need(e, "source", (str,), where))
-        if c.relation not in (">", ">="):
-            raise ValueError(f"{PAPER_FILE.name}: {where}: relation must be '>' or '>='")
-        claims.append(c)
+            raise ValueError(f"{PAPER_FILE.name}: results[{i}]: unknown source {r.source!r}")
+        if keys[i] in keys[:i]:
+            raise ValueError(f"{PAPER_FILE.name}: results[{i}]: duplicate entry {keys[i]}")
+    for i, cl in enumerate(claims):
+        if cl.relation not in (">", ">="):
+            raise ValueError(f"{PAPER_FILE.name}: claims[{i}]: relation must be '>' or '>='")
     return PaperNumbers(dict(sources), tuple(results), tuple(claims))

@@ -113,24 +113,14 @@ def read_json(path: Path) -> dict:
     return obj
 
 
-def _get(d: dict, dotted: str, kind: str, required: bool = True) -> Any:
-    """Field at ``a.b.c``, checked against ``kind`` (str, int, num, bool, dict, list)."""
-    cur: Any = d
-    for part in dotted.split("."):
-        if not isinstance(cur, dict) or cur.get(part) is None:
-            if required:
-                raise RecordError(f"missing field {dotted!r}")
-            return None
-        cur = cur[part]
-    ok = {"str": isinstance(cur, str),
-          "int": isinstance(cur, int) and not isinstance(cur, bool),
-          "num": isinstance(cur, (int, float)) and not isinstance(cur, bool),
-          "bool": isinstance(cur, bool),
-          "dict": isinstance(cur, dict),
-          "list": isinstance(cur, list)}[kind]
-    if not ok:
-        raise RecordError(f"field {dotted!r} should be {kind}, got {type(cur).__name__}")
-    return float(cur) if kind == "num" else cur
+def _get(d: dict, key: str, kind: type, required: bool = True) -> Any:
+    """Field ``key``, checked to be a ``kind``; None when it is missing and not required."""
+    value = d.get(key)
+    if value is None and required:
+        raise RecordError(f"missing field {key!r}")
+    if value is not None and not isinstance(value, kind):
+        raise RecordError(f"field {key!r} should be {kind.__name__}, got {type(value).__name__}")
+    return value
 
 
 def normalise_train(d: dict, run: str) -> dict:
@@ -149,29 +139,21 @@ def normalise_train(d: dict, run: str) -> dict:
 
 def _load_selection(d: dict, run: str) -> dict:
     """A ``selection.json``: a protocol chosen on validation tasks only (never a test result)."""
-    grid = _get(d, "grid", "dict")
-    return {"run": run, "algorithm": _get(d, "algorithm", "str"), "experiment": _get(d, "experiment", "str"),
-            "setting": _get(d, "setting", "str"), "metric": _get(d, "metric", "str"),
-            "budget_minutes": _get(d, "budget_minutes", "num", required=False),
-            "val_tasks": _get(d, "val_tasks", "int", required=False), "seed": _get(d, "seed", "int", required=False),
-            "grid": {k: list(v) if isinstance(v, list) else [v] for k, v in sorted(grid.items())},
-            "winner": _get(d, "winner", "dict", required=False) or {},
-            "candidates": len(_get(d, "candidates", "list", required=False) or []),
-            "candidate_rows": [cand for cand in _get(d, "candidates", "list", required=False) or []
-                               if isinstance(cand, dict)],
-            "winner_name": _get(d, "winner_name", "str", required=False),
-            "stopped": sum(1 for cand in _get(d, "candidates", "list", required=False) or []
-                           if isinstance(cand, dict) and cand.get("status") != "completed")}
+    return {"run": run, "algorithm": _get(d, "algorithm", str), "experiment": _get(d, "experiment", str),
+            "setting": _get(d, "setting", str), "metric": _get(d, "metric", str),
+            "winner_name": _get(d, "winner_name", str, required=False),
+            "candidate_rows": [cand for cand in _get(d, "candidates", list, required=False) or []
+                               if isinstance(cand, dict)]}
 
 
 def _load_study(d: dict, folder: Path, run: str) -> dict:
     if d.get("schema_version") != STUDY_SCHEMA_VERSION:
         raise RecordError(f"schema_version {d.get('schema_version')!r} is not supported "
                           f"(expected {STUDY_SCHEMA_VERSION})")
-    name = _get(d, "study", "str")
+    name = _get(d, "study", str)
     if name not in STUDY_FILES:
         raise RecordError(f"unknown study {name!r} (known: {', '.join(STUDY_FILES)})")
-    status = _get(d, "status", "str")
+    status = _get(d, "status", str)
     tables = {}
     for fname in STUDY_FILES[name]:
         path = folder / fname
@@ -198,8 +180,8 @@ def _load_study(d: dict, folder: Path, run: str) -> dict:
         raise RecordError(f"status is completed but {STUDY_FILES[name][0]} is missing")
     config = d.get("config") if isinstance(d.get("config"), dict) else {}
     return {"run": run, "study": name, "status": status, "config": config,
-            "device": _get(d, "device", "str", required=False),
-            "device_name": _get(d, "device_name", "str", required=False), "tables": tables}
+            "device": _get(d, "device", str, required=False),
+            "device_name": _get(d, "device_name", str, required=False), "tables": tables}
 
 
 def load(runs_root: Path) -> Records:

@@ -14,10 +14,12 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import yaml
 
 from atomic import atomic_write_bytes, atomic_write_text
 
 DPI = 100
+TEXT: dict[str, str] = yaml.safe_load(Path(__file__).with_name("text.yaml").read_text(encoding="utf-8"))
 
 
 @dataclass
@@ -29,7 +31,7 @@ class Table:
     notes: list[str] = field(default_factory=list)
 
 
-# A table column: (header, row → cell text, *row keys the cell shows).
+# A table column: (header, row → cell text, *row keys the cell shows), or (header, key): the key's value as text.
 Column = tuple[Any, ...]
 
 
@@ -37,21 +39,18 @@ def make_table(name: str, rows: Sequence[dict], columns: Sequence[Column], notes
                extra: Sequence[str] = ()) -> Table:
     """A table of row dicts.
 
-    columns: ``(header, row → cell text, *keys)``, ``keys`` the row values the cell shows.
+    columns: ``(header, row → cell text, *keys)``, ``keys`` the row values the cell shows; or
+    ``(header, key)``: the key's value as text.
     notes: lines under the table.
     extra: row keys the CSV keeps that no cell shows.
 
     The CSV holds every column's keys in column order, then ``extra``, each key once.
     """
-    keys = column_keys(columns, extra)
+    columns = [(c[0], (lambda k: lambda r: str(r[k]))(c[1]), c[1]) if isinstance(c[1], str) else c for c in columns]
+    keys = list(dict.fromkeys([*(k for col in columns for k in col[2:]), *extra]))  # each key once, in column order
     cells = [[col[1](r) for col in columns] for r in rows]
     raw = pd.DataFrame([{k: _csv_value(r.get(k)) for k in keys} for r in rows], columns=keys)
     return Table(name, [col[0] for col in columns], cells, raw, list(notes))
-
-
-def column_keys(columns: Sequence[Column], extra: Sequence[str] = ()) -> list[str]:
-    """The row keys behind ``columns`` in column order, then ``extra``, each once."""
-    return list(dict.fromkeys([*(k for col in columns for k in col[2:]), *extra]))
 
 
 def compact(t: Table) -> Table:
@@ -120,8 +119,7 @@ def _md_cell(text: str) -> str:
 
 
 def to_markdown(t: Table) -> str:
-    lines = ["| " + " | ".join(_md_cell(h) for h in t.headers) + " |",
-             "|" + "|".join("---" for _ in t.headers) + "|"]
+    lines = ["| " + " | ".join(_md_cell(h) for h in t.headers) + " |", "|" + "|".join("---" for _ in t.headers) + "|"]
     lines += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in t.cells]
     return "\n".join(lines) + "\n"
 
@@ -147,17 +145,12 @@ def to_latex(t: Table) -> str:
     return "\n".join(lines) + "\n"
 
 
-def to_csv(t: Table) -> str:
-    return t.raw.to_csv(index=False, lineterminator="\n", float_format="%.10g")
-
-
 def write_table(t: Table, tables_dir: Path) -> list[Path]:
-    out = []
-    for ext, text in (("csv", to_csv(t)), ("tex", to_latex(t))):
-        path = tables_dir / f"{t.name}.{ext}"
-        atomic_write_text(path, text)
-        out.append(path)
-    return out
+    """The table's raw values as CSV and its display cells as LaTeX, under ``tables_dir``."""
+    csv = t.raw.to_csv(index=False, lineterminator="\n", float_format="%.10g")
+    for ext, text in (("csv", csv), ("tex", to_latex(t))):
+        atomic_write_text(tables_dir / f"{t.name}.{ext}", text)
+    return [tables_dir / f"{t.name}.csv", tables_dir / f"{t.name}.tex"]
 
 
 def save_figure(fig, path: Path) -> Path:

@@ -11,14 +11,16 @@ from collections.abc import Callable
 import numpy as np
 import pandas as pd
 
+import catalog
+
 from . import deviations as _deviations
-from .render import MARKERS, fmt, fmt_g, log_x, make_table, new_figure, save_figure
+from .common import DATASET_NAMES, DATASETS, is_regression, task_words
+from .render import MARKERS, TEXT, fmt, fmt_g, log_x, make_table, new_figure, save_figure
 
 TITLES = {"fidelity": "Gradient fidelity vs inner and CG steps", "precision": "float32 vs float64",
           "assumptions": "Assumption audit", "cost": "Cost: time and memory vs inner steps",
           "failures": "Failure regimes", "rescaling": "Rescaled data (R2.2)",
-          "deviations": ("Deviation ladders: iMAML as written → the official release, → hypertorch's example; Reptile → "
-                         "its reference code (Omniglot 5w1s)")}
+          "deviations": TEXT["deviations_title"]}
 
 
 def _every_key_table(name: str, rows: list[dict], cols: list, notes: list[str]):
@@ -37,7 +39,7 @@ def picks(studies: list[dict], name: str) -> list[tuple[dict | None, list[str]]]
         return _deviations.picks(studies) or [(None, [])]
     mine = [s for s in studies if s["study"] == name]
     chosen = []
-    for ds in sorted({_dataset(s) for s in mine}, key=lambda d: (d != "sinusoid", d)):
+    for ds in sorted({_dataset(s) for s in mine}, key=lambda d: (not is_regression(d), d)):
         kind = [s for s in mine if _dataset(s) == ds]
         chosen.append(([s for s in kind if s["status"] == "completed"] or kind)[-1])
     shown = {s["run"] for s in chosen}
@@ -52,27 +54,21 @@ def _grid(values) -> str:
 def ran_on(study: dict) -> str:
     """What a study ran on, from its recorded config: dataset, network, activation, λ, K grid, checkpoint."""
     if study["study"] == "deviations" and "seeds" in study:
-        return ("**The Reptile ladder.** Ran on: Omniglot 5-way 1-shot; Reptile's reference inner loop (Adam β1 = 0, "
-                "lr 0.001, 5 steps on batches of 10 from 10-shot training tasks, 50 at test); seeds "
+        return (TEXT["reptile_ladder_ran_on"]
                 + ", ".join(str(((s.get("config") or {}).get("seed")) or 0) for s in study["seeds"])
                 + "; records: " + ", ".join(f"`{s['run']}`" for s in study["seeds"]) + ".")
     if study["study"] == "deviations":  # its config's dataset is the study default; it trains Omniglot experiments
         if _deviations.target(study) == "hypertorch":
-            return ("**The ladder to hypertorch's example.** Ran on: Omniglot 5-way 1-shot; conv4, relu activation "
-                    "(the MAML layout; hypertorch's under `network`); λ, K and CG steps of "
-                    "`experiment=omniglot_5w_imaml`; checkpoint: the final one of each rung's training run.")
-        return ("**The ladder to the official release.** Ran on: Omniglot 5-way 1-shot; conv4, relu activation "
-                "(the MAML layout; the release's under `network`); λ, K and CG steps of `experiment=omniglot_5w_imaml` "
-                "(the release's under its deviations); checkpoint: the final one of each rung's training run.")
+            return TEXT["hypertorch_ladder_ran_on"]
+        return TEXT["release_ladder_ran_on"]
     cfg = study.get("config") or {}
     s, ds = cfg.get("study") or {}, cfg.get("dataset") or {}
     name = ds.get("name")
     if name is None:
         return "Ran on: not recorded in study.json."
-    where = {"sinusoid": "sinusoid regression", "omniglot": "Omniglot", "miniimagenet": "mini-ImageNet"}.get(name, name)
-    if name != "sinusoid":
-        where += f" {ds.get('ways', cfg.get('ways'))}-way {ds.get('shots', cfg.get('shots'))}-shot"
-    net = ("MLP 1-40-40-1" if name == "sinusoid" else
+    where = (f"{DATASET_NAMES.get(name, name)} regression" if is_regression(name) else
+             task_words(name, ds.get("ways", cfg.get("ways")), ds.get("shots", cfg.get("shots"))))
+    net = ("MLP 1-40-40-1" if DATASETS.get(name, {}).get("model") == "mlp" else
            f"conv4 ({ds.get('arch', 'maml')} layout, {ds.get('head', 'mean')} head)")
     train, trained, axes = s.get("train") or {}, s.get("trained") or {}, s.get("axes") or {}
     lam = next((v for v in (s.get("lam"), s.get("lams"), axes.get("lam"), train.get("lam")) if v is not None), None)
@@ -121,42 +117,41 @@ def _pivot(name: str, df: pd.DataFrame, index: list[str], column: str, cell: Cal
     return make_table(name, rows, cols, notes)
 
 
-def _estimator(df: pd.DataFrame) -> pd.DataFrame:
-    df = df.copy()
-    df["estimator"] = [f"{m}, CG {fmt_g(c)}" if m == "imaml" else str(m) for m, c in zip(df["method"], df["cg_steps"])]
-    return df
+def _fidelity_methods() -> dict[str, dict]:
+    """The fidelity study's method names (an algorithm config's ``fidelity.row``, else its name) → that config."""
+    configs = [(name, catalog.algorithm(name)) for name in catalog.algorithms()]
+    return {a["fidelity"].get("row") or name: a for name, a in configs if a["fidelity"]}
 
 
 def fidelity(study: dict, w) -> str:
-    df = _estimator(study["tables"]["fidelity.csv"])
+    methods = _fidelity_methods()
+    by_cg = {m for m, a in methods.items() if a["family"] == "implicit"}  # solved by CG: a row per CG-step count
+    df = study["tables"]["fidelity.csv"].copy()
+    df["estimator"] = [f"{m}, CG {fmt_g(c)}" if m in by_cg else str(m) for m, c in zip(df["method"], df["cg_steps"])]
     med = lambda col: (lambda g: float(g[col].median()))  # noqa: E731
-    scaled = df[df["method"] != "reptile"]
+    scaled = df[~df["method"].isin([m for m, a in methods.items() if a["fidelity"].get("direction_only")])]
     out = w.table(_pivot("fidelity_rel_error", scaled, ["theta_source", "estimator"], "inner_steps",
                          lambda g: f"{g['rel_error'].median():.2e}", med("rel_error"), lambda k: f"K={fmt_g(k)}",
-                         ["Median over tasks of ||g − g*|| / ||g*||, g* the exact implicit meta-gradient of the "
-                          "proximal inner problem; columns: inner steps K. Reptile is not in this table: its "
-                          "direction θ − φ_K has no scale of its own (the outer step sets it), so it is compared "
-                          "with the same g* by cosine only, in the next table."]))
+                         [TEXT["fidelity_rel_error_note"]]))
     out += w.table(_pivot("fidelity_cosine", df, ["theta_source", "estimator"], "inner_steps",
                           lambda g: f"{g['cosine'].median():.4f}", med("cosine"), lambda k: f"K={fmt_g(k)}",
-                          ["Median over tasks of the cosine similarity to the exact meta-gradient g*; Reptile's row "
-                           "is the cosine of its direction θ − φ_K with g*."]))
+                          [TEXT["fidelity_cosine_note"]]))
     fig, (ax1, ax2) = new_figure(2)
     cg_max = df["cg_steps"].max()
     for i, ((theta, method), g) in enumerate(df.groupby(["theta_source", "method"], sort=True)):
-        if method == "imaml" and not np.isnan(cg_max):
+        if method in by_cg and not np.isnan(cg_max):
             g = g[g["cg_steps"] == cg_max]
         m = g.groupby("inner_steps")["rel_error"].median()
-        suffix = f" (CG {fmt_g(cg_max)})" if method == "imaml" else ""
+        suffix = f" (CG {fmt_g(cg_max)})" if method in by_cg else ""
         ax1.plot(m.index, m.values, marker=MARKERS[i % len(MARKERS)], label=f"{method}{suffix}, θ {theta}")
-    imaml = df[df["method"] == "imaml"]
-    if len(imaml):
-        theta0 = sorted(imaml["theta_source"].unique())[0]
-        for i, (k, g) in enumerate(imaml[imaml["theta_source"] == theta0].groupby("inner_steps", sort=True)):
+    implicit = df[df["method"].isin(by_cg)]
+    if len(implicit):
+        theta0 = sorted(implicit["theta_source"].unique())[0]
+        for i, (k, g) in enumerate(implicit[implicit["theta_source"] == theta0].groupby("inner_steps", sort=True)):
             m = g.groupby("cg_steps")["rel_error"].median()
             ax2.plot(m.index, m.values, marker=MARKERS[i % len(MARKERS)], label=f"K={fmt_g(k)}")
         ax2.set_title(f"iMAML, θ {theta0}")
-    for ax, xl, xs in ((ax1, "inner steps K", df["inner_steps"]), (ax2, "CG steps", imaml["cg_steps"])):
+    for ax, xl, xs in ((ax1, "inner steps K", df["inner_steps"]), (ax2, "CG steps", implicit["cg_steps"])):
         log_x(ax, xs)
         ax.set_yscale("log")
         ax.set_xlabel(xl)
@@ -170,8 +165,7 @@ def fidelity(study: dict, w) -> str:
                           lambda g: f"{g['hvps'].mean():.0f} / {g['grad_evals'].mean():.0f}",
                           lambda g: float(g["hvps"].mean()),
                           lambda k: f"K={fmt_g(k)}",
-                          ["Cost of one meta-gradient: Hessian-vector products / gradient evaluations "
-                           "(mean over tasks, the same at every θ; the CSV holds the HVPs)."]))
+                          [TEXT["fidelity_cost_note"]]))
     return out
 
 
@@ -189,8 +183,7 @@ def precision(study: dict, w) -> str:
             ("‖g‖ float32", lambda r: fmt(r["norm32_mean"], 4)), ("‖g‖ float64", lambda r: fmt(r["norm64_mean"], 4)),
             ("non-finite tasks f32 / f64", lambda r: f"{r['nonfinite32']} / {r['nonfinite64']}")]
     out = w.table(_every_key_table("precision", rows, cols,
-                             ["MAML meta-gradient in float32 vs float64 on the same tasks: relative difference "
-                              "||g32 − g64|| / ||g64||, mean norms, tasks with any non-finite value."]))
+                             [TEXT["precision_note"]]))
     fig, (ax,) = new_figure()
     if rows:
         ax.plot([r["inner_steps"] for r in rows], [r["rel_diff_median"] for r in rows], marker="o", label="median")
@@ -215,9 +208,7 @@ def precision(study: dict, w) -> str:
                  ("tasks", lambda r: fmt_g(r["n"])), ("verdict", lambda r: str(r["verdict"])),
                  ("run", lambda r: str(r.get("run_dir") or "—"))]
         out += w.table(make_table("precision_train", trows, tcols,
-                                  ["Short training runs tested on the same tasks: the paired float32 and float64 runs "
-                                   "share a seed; the control float32 run changes only the seed, so its difference "
-                                   "measures seed noise; run folders are relative to the study folder."],
+                                  [TEXT["precision_train_note"]],
                                   extra=list(train.columns)))
     return out
 
@@ -253,9 +244,7 @@ def assumptions(study: dict, w) -> str:
             ("‖∇G(φ_K)‖ median / q90", lambda r: f"{r['inner_grad_norm_median']:.2e} / {r['inner_grad_norm_q90']:.2e}"),
             ("CG residual median / q90", lambda r: f"{r['cg_residual_median']:.2e} / {r['cg_residual_q90']:.2e}")]
     return w.table(_every_key_table(f"assumptions_{_dataset(study)}", rows, cols,
-                              ["Tasks whose regularised inner objective is not strongly convex (λ_min(H) + λ ≤ 0 "
-                               "at φ_K; iMAML's Theorem 1 assumes it is), and quantiles of the other audited "
-                               "quantities, per checkpoint and λ; the query-gradient norms are in the CSV."]))
+                              [TEXT["assumptions_note"]]))
 
 
 def cost(study: dict, w) -> str:
@@ -278,8 +267,7 @@ def cost(study: dict, w) -> str:
                          ["Median time per meta-iteration (ms) after warm-up; 'oom' = over the memory cap."]))
     out += w.table(_pivot("cost_memory", df, ["algorithm", "inner_optimizer"], "inner_steps",
                           cell("memory", 2.0**-20, 1), value("memory"), k_title,
-                          ["Peak memory (MiB): CUDA peak when on GPU, else peak bytes allocated on the CPU; "
-                           "process peak RSS is in the study CSV."]))
+                          [TEXT["cost_memory_note"]]))
     devices = ", ".join(sorted(df["device"].dropna().astype(str).unique()))
     fig, (ax1, ax2) = new_figure(2)
     for i, ((algo, opt), g) in enumerate(df.groupby(["algorithm", "inner_optimizer"], sort=True)):
@@ -319,8 +307,7 @@ def failures(study: dict, w) -> str:
             ("inner steps", lambda r: r["inner_steps"]), ("CG steps", lambda r: r["cg_steps"]),
             ("inner lr", lambda r: r["inner_lr"])]
     out = w.table(_every_key_table("failures", rows, cols,
-                             ["For each algorithm and outcome: how many grid points ended that way and the range "
-                              "of each grid variable among them; the full grid is in the study's failures.csv."]))
+                             [TEXT["failures_note"]]))
     return out
 
 
@@ -349,9 +336,7 @@ def rescaling(study: dict, w) -> str:
             ("test MSE, original units (completed runs)", lambda r: fmt(r["test_mse_mean"], 3)),
             ("protocol, iterations", lambda r: f"`{r['experiment']}`, {fmt_g(r['iterations'])}")]
     return w.table(_every_key_table("rescaling", rows, cols,
-                                    ["Sinusoid targets multiplied by the scale. Gradients: MAML's meta-gradient at "
-                                     "the initial θ on the same tasks in both precisions. Training: the protocol "
-                                     "with the study's overrides (study.json), per seed; MSE divided by scale²."]))
+                                    [TEXT["rescaling_note"]]))
 
 
 SECTIONS = {"fidelity": fidelity, "precision": precision, "assumptions": assumptions, "cost": cost,

@@ -1,21 +1,20 @@
-"""Training-run tables: the run inventory, and metric vs inner steps (with a figure per setting)."""
+"""Training-run tables: the run inventory, metric vs inner steps (with a figure per setting), and the
+protocol selections made on validation tasks."""
 from __future__ import annotations
 
 import math
 from pathlib import Path
 
 from . import common as c
-from .render import MARKERS, Table, colour, fmt, fmt_g, fmt_pm, log_x, make_table, new_figure, save_figure
+from .render import MARKERS, TEXT, Table, colour, fmt, fmt_g, fmt_pm, log_x, make_table, new_figure, save_figure
 
 
 def inventory(rows: list[dict]) -> Table:
     """Every readable training record, whatever its status: a failure is a result."""
-    cols = [("run", lambda r: r["run"], "run"),
-            ("status", c.status_text, "status", "failure_iteration", "failure_reason"),
-            ("algorithm", lambda r: r["label"], "label"),
-            ("setting", lambda r: f"{c.DATASET_NAMES.get(r['dataset'], r['dataset'])} {r['setting']}", "dataset"),
-            ("profile", lambda r: r["profile"], "profile"),
-            ("iterations", c.budget_text, "iterations_done", "meta_iterations"),
+    cols = [("run", "run"), ("status", c.status_text, "status", "failure_iteration", "failure_reason"),
+            ("algorithm", "label"),
+            ("setting", lambda r: f"{c.title(r['dataset'], r['setting'])}", "dataset"),
+            ("profile", "profile"), ("iterations", c.budget_text, "iterations_done", "meta_iterations"),
             ("seed", lambda r: fmt_g(r.get("seed")), "seed"),
             ("result (± 95% CI; accuracy % or MSE)", c.result_text, "mean", "ci95"),
             ("device", lambda r: r.get("device") or "—", "device"),
@@ -66,8 +65,7 @@ def _spread(g: dict) -> str:
 def inner_steps_table(groups: list[dict]) -> Table:
     """Every (setting, algorithm, K) point with its cost: the long form behind the pivots (files only)."""
     cols = [("setting", lambda g: f"{g['dataset']} {g['setting']} ({g['profile']})", "dataset", "setting", "profile"),
-            ("algorithm", lambda g: g["label"], "label"),
-            ("inner steps (train)", lambda g: str(g["inner_steps"]), "inner_steps"),
+            ("algorithm", "label"), ("inner steps (train)", "inner_steps"),
             ("result", _spread, "mean", "std", "ci95", "n_runs"),
             ("iterations reached", lambda g: fmt(g["iterations"], 0), "iterations"),
             ("s / iteration", lambda g: fmt(g["median_iter_s"], 4), "median_iter_s"),
@@ -90,7 +88,7 @@ def inner_steps_pivots(groups: list[dict]) -> list[Table]:
                 row[f"K={g['inner_steps']}"] = g["mean"]
                 row[f"text_{g['inner_steps']}"] = fmt_pm(g["mean"], g["std"] if g["n_runs"] > 1 else g["ci95"], d, s)
             rows.append(row)
-        cols = [("algorithm", lambda r: r["label"], "label"),
+        cols = [("algorithm", "label"),
                 *((f"K={k}", (lambda k: lambda r: r.get(f"text_{k}", "—"))(k), f"K={k}") for k in ks)]
         metric, minutes = sel[0]["metric"], sorted({fmt_g(g["minutes"]) for g in sel if g["minutes"] is not None})
         tests = sorted({t for g in sel for t in g["test_steps"]})
@@ -133,7 +131,31 @@ def inner_steps_figures(groups: list[dict], fig_dir: Path) -> list[Path]:
             ax.set_yscale("log")
         ax_t.set_yscale("log")
         budget = f", {'/'.join(fmt_g(m) for m in minutes)} min per run" if minutes else ""
-        ax.set_title(f"{c.DATASET_NAMES.get(dataset, dataset)} {setting}{budget}", fontsize=10)
+        ax.set_title(f"{c.title(dataset, setting)}{budget}", fontsize=10)
         ax.legend(fontsize=8)
         paths.append(save_figure(fig, fig_dir / f"inner_steps_{c.slug(dataset, setting, profile)}.png"))
     return paths
+
+
+def selection_table(selections: list[dict], labels: dict) -> Table:
+    """Every candidate of every selection on validation tasks, its validation score and the choice."""
+    rows = [{"setting": s["setting"], "algorithm": labels.get(s["experiment"], s["algorithm"]), "run": s["run"],
+             "metric": s["metric"], "chosen": cand.get("candidate") == s.get("winner_name"), **cand}
+            for s in selections for cand in s["candidate_rows"]]
+
+    def score(r):
+        if r.get("val_metric") is None:
+            return f"— ({r.get('status', '?')})"
+        scale, digits = (1, 3) if r["metric"] == "mse" else (100, 2)
+        return f"{scale * r['val_metric']:.{digits}f} ± {scale * (r.get('val_ci95') or 0):.{digits}f}"
+
+    cols = [("setting", "setting"), ("algorithm", "algorithm"),
+            ("candidate", lambda r: ", ".join(f"{k.rsplit('.', 1)[-1]} {fmt_g(v)}" for k, v in r["values"].items())
+             if r.get("values") else r.get("candidate", "?"), "candidate"),
+            ("iterations", lambda r: fmt_g(r.get("iterations_done")), "iterations_done"),
+            ("validation (± 95% CI; MSE or accuracy %)", score, "val_metric", "val_ci95", "status"),
+            ("chosen", lambda r: "**chosen**" if r["chosen"] else "", "chosen"),
+            ("selection record", lambda r: f"`{r['run']}`", "run")]
+    return make_table("selection", rows, cols,
+                      [TEXT["selection_note"]],
+                      extra=("metric", "val_fingerprint"))

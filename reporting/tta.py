@@ -9,7 +9,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .render import Table, fmt, make_table, new_figure, save_figure
+import catalog
+
+from .render import TEXT, Table, fmt, make_table, new_figure, save_figure
 
 # The thresholds bench.tta reports against (its MINIMUM and TARGET).
 THRESHOLDS = (0.95, 0.97)
@@ -18,7 +20,7 @@ FIXED = ("experiment=", "data.root=", "meta_iterations=", "eval.val_every=", "ck
 
 
 def load(folder: Path) -> list[dict]:
-    """The records with at least one segment, MAML first, then by name."""
+    """The records with at least one segment: those of the exact meta-gradient (the reference) first, then by name."""
     out = []
     for f in sorted(Path(folder).glob("*.json")) if folder and Path(folder).is_dir() else []:
         try:
@@ -27,7 +29,8 @@ def load(folder: Path) -> list[dict]:
             continue
         if isinstance(r, dict) and r.get("segments"):
             out.append(dict(r, name=r.get("name") or f.stem, file=f.name))
-    return sorted(out, key=lambda r: (r["algorithm"] != "maml", r["name"]))
+    exact = {n for n in catalog.algorithms() if catalog.algorithm(n)["family"] == "exact"}
+    return sorted(out, key=lambda r: (r["algorithm"] not in exact, r["name"]))
 
 
 def label(r: dict) -> str:
@@ -66,17 +69,14 @@ def table(records: list[dict]) -> Table:
                  **{f"min_{t}": (first_reaching(r, t) or {}).get("train_wall_s") for t in THRESHOLDS},
                  best_mean=best(r)["test_mean"], best_ci95=best(r)["test_ci95"],
                  best_minutes=best(r)["train_wall_s"] / 60, record=r) for r in records]
-    cols = [("run", lambda d: f"`{d['name']}`", "name"), ("algorithm", lambda d: d["label"], "label"),
-            ("changed from the protocol", lambda d: d["changed"], "changed"),
+    cols = [("run", lambda d: f"`{d['name']}`", "name"), ("algorithm", "label"),
+            ("changed from the protocol", "changed"),
             *((f"first ≥ {100 * t:g}%", (lambda t: lambda d: _at(first_reaching(d["record"], t)))(t), f"min_{t}")
               for t in THRESHOLDS),
             ("best (± 95% CI)", lambda d: f"{_acc(best(d['record']))} after {fmt(d['best_minutes'], 1)} min",
              "best_mean", "best_ci95", "best_minutes")]
     return make_table("time_to_accuracy", rows, cols,
-                      ["Omniglot 5-way 1-shot test accuracy on the fixed 600 test tasks (± 95% CI over tasks) after "
-                       "the given minutes of training wall-clock on one CPU thread (meta-gradients, outer steps, "
-                       "task sampling; evaluation and checkpoints excluded), measured at the end of each segment; "
-                       "one run per row. Segments and machine load: `bench_tta/<run>.json`."], extra=("seed",))
+                      [TEXT["tta_note"]], extra=("seed",))
 
 
 def figure(records: list[dict], fig_dir: Path) -> Path:

@@ -956,7 +956,7 @@ def test_collect_thins_long_metrics_but_keeps_every_validation_row():
 def test_fidelity_along_training_reads_the_runs_fidelity_rows(tmp_path):
     """Section 8: each run's fid_* rows of metrics.csv, medians over seeds of the first and the last
     measurement per algorithm; a run without fidelity rows is not in the table."""
-    from reporting import fidelity_train as ft
+    from reporting import anatomy as ft
 
     rows = []
     for seed, (first, last) in enumerate(((0.8, 0.4), (0.6, 0.2))):
@@ -971,9 +971,9 @@ def test_fidelity_along_training_reads_the_runs_fidelity_rows(tmp_path):
     (plain / "metrics.csv").write_text("iter,train_loss\n1,1.0\n")
     rows.append({"folder": str(plain), "dataset": "sinusoid", "setting": "K5", "max_train_minutes": 1,
                  "label": "MAML", "seed": 0, "run": "records/x/maml-s0"})
-    assert [p["iter"] for p in ft.points(rows[0]["folder"])] == [1, 100]
-    found = ft.groups(rows)
+    assert [p["iter"] for p in ft.fidelity_points(rows[0]["folder"])] == [1, 100]
+    found = ft.fidelity_groups(rows)
     assert list(found) == [("sinusoid", "K5", 1)] and list(found[("sinusoid", "K5", 1)]) == ["iMAML-GD"]
-    t = ft.table(("sinusoid", "K5", 1), found[("sinusoid", "K5", 1)])
+    t = ft.fidelity_table(("sinusoid", "K5", 1), found[("sinusoid", "K5", 1)])
     (row,) = t.raw.to_dict("records")
     assert row["cos_exact"] == "0.70 → 0.30" and row["cos_solved"] == "0.99 → 0.98" and row["n_points"] == 4

@@ -172,7 +172,7 @@ def test_meta_gradient_carried_repeats_itself_and_refuses_estimators_without_sta
 
 
 def test_the_ladder_pools_paired_gains_over_seeds_and_says_when_unpaired():
-    from reporting.reptile_ladder import gain
+    from reporting.deviations import gain
 
     a = {"tasks": [[0.0, 1.0, 1.0, 0.0], [1.0, 1.0, 0.0, 0.0]], "fp": {"x"}, "seeds": [0, 1]}
     b = {"tasks": [[1.0, 1.0, 1.0, 0.0], [1.0, 1.0, 1.0, 0.0]], "fp": {"x"}, "seeds": [0, 1]}

@@ -29,6 +29,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from catalog import campaign_plan  # noqa: E402
+from reporting.campaign import seconds_per_iteration  # noqa: E402
 from reporting.collect import thin_metrics  # noqa: E402
 
 RUNS = ROOT / "runs" / "campaign"
@@ -160,15 +161,6 @@ def run(jobs: int) -> int:
     return 1 if failed else 0
 
 
-def _per_iteration(name: str, rows: list[dict]) -> float | None:
-    """Median seconds per iteration (compute + sampling) over a run's last 200 logged iterations."""
-    recent = sorted(r["iter_s"] + r.get("sample_s", 0.0) for r in rows[-200:] if "iter_s" in r)
-    if recent:
-        return recent[len(recent) // 2]
-    s = _read(RECORDS / name / "summary.json") or {}
-    return (s.get("timing") or {}).get("median_iter_s")
-
-
 def status() -> None:
     """Each run: status, iterations, latest validation, seconds per iteration and ETA on one core — to
     its planned iterations and, under the plateau rule, to the rule's earliest stop (its 9th validation).
@@ -179,7 +171,7 @@ def status() -> None:
     table = []
     for name, overrides in PLAN:
         rows = _metrics(name)
-        per = _per_iteration(name, rows)
+        per = seconds_per_iteration(rows, _read(RECORDS / name / "summary.json"))
         if per is not None:
             per_experiment.setdefault(overrides[0], per)
         table.append((name, overrides, rows, per))
