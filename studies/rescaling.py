@@ -32,10 +32,13 @@ RULES = {"scales": POS, "tasks": 1, "inner_steps": 1, "train.meta_iterations": 0
 
 
 def validate(cfg) -> None:
-    if cfg.dataset.name != "sinusoid":
-        raise ValueError(f"study=rescaling rescales sinusoid targets; got dataset={cfg.dataset.name} "
-                         "(use dataset=sinusoid)")
-    checks.choice("study.train.experiment", str(cfg.study.train.experiment).split("_")[0], ("sinusoid",))
+    """The dataset must declare ``target_scale`` (its targets can be rescaled), and the trained
+    experiment must run on that dataset."""
+    if "target_scale" not in cfg.dataset:
+        raise ValueError(f"study=rescaling rescales a dataset's targets; dataset={cfg.dataset.name} declares no "
+                         "target_scale (use a dataset whose config does, such as dataset=sinusoid)")
+    trained = train_config([f"experiment={cfg.study.train.experiment}"]).dataset.name
+    checks.choice("study.train.experiment's dataset", trained, (cfg.dataset.name,))
 
 
 def _train_overrides(cfg, scale: float, seed: int) -> list[str]:
@@ -50,7 +53,7 @@ def run(cfg, out_dir: Path) -> dict:
     s = cfg.study
     rows, train_rows = [], []
     for scale in progress([float(x) for x in s.scales], desc="rescaling"):
-        tcfg = train_config(["dataset=sinusoid", f"seed={cfg.seed}", f"device={cfg.device}",
+        tcfg = train_config([f"dataset={cfg.dataset.name}", f"seed={cfg.seed}", f"device={cfg.device}",
                              f"dataset.target_scale={scale}"])
         problem = build_problem(tcfg, dtype="float32", device=cfg.device)
         tasks = problem.tasks(int(s.tasks), int(cfg.task_seed))

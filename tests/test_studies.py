@@ -270,6 +270,14 @@ def test_rescaling_study_reports_mse_in_the_original_units(tmp_path):
         assert float(r["test_mse"]) == pytest.approx(float(r["test_mse_scaled"]) / float(scale) ** 2)
 
 
+def test_rescaling_needs_a_dataset_that_declares_target_scale():
+    from studies.rescaling import validate
+    with pytest.raises(ValueError, match="declares no target_scale"):
+        validate(compose(["study=rescaling", "dataset=omniglot"], config_name="study"))
+    with pytest.raises(ValueError, match="study.train.experiment's dataset='omniglot'"):
+        validate(compose(["study=rescaling", "study.train.experiment=omniglot_5w_maml"], config_name="study"))
+
+
 def test_bad_target_scale_is_one_clear_error():
     import trainer
     with pytest.raises(ValueError, match=r"dataset\.target_scale"):
