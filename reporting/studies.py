@@ -171,12 +171,11 @@ def fidelity(study: dict, w) -> str:
 
 def precision(study: dict, w) -> str:
     df = study["tables"]["precision.csv"]
-    rows = []
-    for k, g in df.groupby("inner_steps", sort=True):
-        rows.append({"inner_steps": k, "tasks": int(g["task"].nunique()), "rel_diff_median": g["rel_diff"].median(),
-                     "rel_diff_max": g["rel_diff"].max(), "norm32_mean": g["norm32"].mean(),
-                     "norm64_mean": g["norm64"].mean(), "nonfinite32": int(g["nonfinite32"].astype(bool).sum()),
-                     "nonfinite64": int(g["nonfinite64"].astype(bool).sum())})
+    rows = df.groupby("inner_steps", sort=True).agg(
+        tasks=("task", "nunique"), rel_diff_median=("rel_diff", "median"), rel_diff_max=("rel_diff", "max"),
+        norm32_mean=("norm32", lambda s: s.mean()), norm64_mean=("norm64", lambda s: s.mean()),
+        nonfinite32=("nonfinite32", lambda s: s.astype(bool).sum()),
+        nonfinite64=("nonfinite64", lambda s: s.astype(bool).sum())).reset_index().to_dict("records")
     cols = [("inner steps K", lambda r: fmt_g(r["inner_steps"])), ("tasks", lambda r: str(r["tasks"])),
             ("rel. diff median", lambda r: f"{r['rel_diff_median']:.2e}"),
             ("rel. diff max", lambda r: f"{r['rel_diff_max']:.2e}"),
@@ -217,20 +216,16 @@ def assumption_rows(study: dict) -> list[dict]:
     """Per (checkpoint, λ): how many tasks' regularised inner objective is not strongly convex, and
     quantiles of the other audited quantities."""
     df = study["tables"]["assumptions.csv"].copy()
-    sc = df["strongly_convex"]
-    df["violated"] = ~(sc.astype(str).str.strip().str.lower().isin(["true", "1", "1.0", "yes"]))
-    rows = []
-    for (ckpt, lam), g in df.groupby(["checkpoint", "lam"], sort=True):
-        rows.append({"checkpoint": ckpt, "lam": lam, "tasks": int(g["task"].nunique()), "pairs": len(g),
-                     "not_strongly_convex": int(g["violated"].sum()),
-                     "frac_not_strongly_convex": float(g["violated"].mean()),
-                     "eig_min_min": g["eig_min"].min(), "eig_min_median": g["eig_min"].median(),
-                     "eig_max_median": g["eig_max"].median(), "hess_lipschitz_median": g["hess_lipschitz"].median(),
-                     "inner_grad_norm_median": g["inner_grad_norm"].median(),
-                     "inner_grad_norm_q90": g["inner_grad_norm"].quantile(0.9),
-                     "cg_residual_median": g["cg_residual"].median(), "cg_residual_q90": g["cg_residual"].quantile(0.9),
-                     "query_grad_norm_median": g["query_grad_norm"].median()})
-    return rows
+    df["violated"] = ~df["strongly_convex"].astype(str).str.strip().str.lower().isin(["true", "1", "1.0", "yes"])
+    q90 = lambda s: s.quantile(0.9)  # noqa: E731
+    return df.groupby(["checkpoint", "lam"], sort=True).agg(
+        tasks=("task", "nunique"), pairs=("task", "size"), not_strongly_convex=("violated", "sum"),
+        frac_not_strongly_convex=("violated", "mean"), eig_min_min=("eig_min", "min"),
+        eig_min_median=("eig_min", "median"), eig_max_median=("eig_max", "median"),
+        hess_lipschitz_median=("hess_lipschitz", "median"), inner_grad_norm_median=("inner_grad_norm", "median"),
+        inner_grad_norm_q90=("inner_grad_norm", q90), cg_residual_median=("cg_residual", "median"),
+        cg_residual_q90=("cg_residual", q90), query_grad_norm_median=("query_grad_norm", "median"),
+    ).reset_index().to_dict("records")
 
 
 def assumptions(study: dict, w) -> str:
@@ -298,17 +293,15 @@ def _range(values: pd.Series) -> str:
 
 def failures(study: dict, w) -> str:
     df = study["tables"]["failures.csv"]
-    rows = []
-    for (algo, status), g in df.groupby(["algorithm", "status"], sort=True):
-        rows.append({"algorithm": algo, "status": status, "configs": len(g), "of": int((df["algorithm"] == algo).sum()),
-                     **{col: _range(g[col]) for col in ("lam", "inner_steps", "cg_steps", "inner_lr")}})
+    t = df.groupby(["algorithm", "status"], sort=True).agg(
+        configs=("status", "size"), **{col: (col, _range) for col in ("lam", "inner_steps", "cg_steps", "inner_lr")})
+    t.insert(1, "of", t.index.get_level_values("algorithm").map(df["algorithm"].value_counts()))
+    rows = t.reset_index().to_dict("records")
     cols = [("algorithm", lambda r: str(r["algorithm"])), ("status", lambda r: str(r["status"])),
             ("grid points", lambda r: f"{r['configs']} of {r['of']}"), ("λ", lambda r: r["lam"]),
             ("inner steps", lambda r: r["inner_steps"]), ("CG steps", lambda r: r["cg_steps"]),
             ("inner lr", lambda r: r["inner_lr"])]
-    out = w.table(_every_key_table("failures", rows, cols,
-                             [TEXT["failures_note"]]))
-    return out
+    return w.table(_every_key_table("failures", rows, cols, [TEXT["failures_note"]]))
 
 
 def rescaling(study: dict, w) -> str:
