@@ -145,45 +145,34 @@ def section(study: dict, w) -> str:
                                       steps="the two end points" if long else "one deviation at a time")
     out += TEXT["ladder_long_budget" if long else "ladder_short_budget"] + TEXT["ladder_differences"]
     out += TEXT["ladder_release_split" if goal == "release" else "ladder_hypertorch_split"]
-    groups = set(df["group"])
-    if "endpoints" in groups:
-        out += f"\n#### The paper as written and the full release, {at}\n"
-        out += w.table(_table(f"{prefix}_endpoints", _rows(df, "endpoints"), [("end point", "rung"),
-                              ("deviations on", _on, "deviations")], "release − paper [95% CI]", []))
-    fig = _figure(df, prefix, at, w.fig_dir, "release" if goal == "release" else "hypertorch protocol")
-    if fig is not None:
-        out += w.figure(fig, "Deviation ladder: test accuracy per rung")
-    if "ladder" in groups:
-        out += f"\n#### The ladder: deviations added one at a time, {at}\n"
-        out += w.table(_table(f"{prefix}_ladder", _rows(df, "ladder"),
-                              [("rung", lambda r: r["rung"] if r["rung"] == "paper" else f"+ {r['rung']}", "rung")],
-                              "gain over the previous rung [95% CI]",
-                              [f"Each rung adds one deviation to the rung above it; the last is {goal_words}' "
-                               "protocol." if goal == "hypertorch" else
-                               "Each rung adds one deviation to the rung above it; the last is the full release."]))
-    if "removed" in groups:
-        top = "the full release" if goal == "release" else "hypertorch's protocol"
-        out += f"\n#### Each deviation removed alone from {top}, {at}\n"
-        out += w.table(_table(f"{prefix}_removed", _rows(df, "removed"),
-                              [("removed", lambda r: f"none ({top})" if r["rung"] == "release"
-                                else f"− {r['rung']}", "rung")],
-                              f"difference from {top} [95% CI]",
-                              [f"Negative: {top} is better with the deviation than without it."]))
-    if "leaky" in groups:
-        out += f"\n#### The release's leaky evaluation split, {at}\n"
-        out += w.table(_table(f"{prefix}_leaky", _rows(df, "leaky"),
-                              [("test characters", lambda r: "clean" if r["rung"] == "clean" else "leaky", "rung")],
-                              "inflation: leaky − clean [95% CI]",
-                              [TEXT["ladder_leaky_note"]]))
-    if "maml" in groups:
-        ladder = {r["rung"]: r for r in _rows(df, "ladder")}
-        beside = ("iMAML ladder's gain from the same deviation [95% CI]",
-                 lambda r: _diff(ladder[r["rung"]]) if r["rung"] in ladder else "—")
-        t = _table(f"{prefix}_maml", _rows(df, "maml"), [("MAML rung", lambda r: r["rung"] if r["rung"] == "maml"
-                                                          else f"+ {r['rung']}", "rung")],
-                   "gain over the previous MAML rung [95% CI]",
-                   [TEXT["ladder_maml_note"]], more=(beside,))
-        out += f"\n#### MAML beside the ladder, {at}\n" + w.table(t)
+    top = "the full release" if goal == "release" else "hypertorch's protocol"
+    ladder = {r["rung"]: r for r in _rows(df, "ladder")}
+    plus = lambda bottom: (lambda r: r["rung"] if r["rung"] == bottom else f"+ {r['rung']}")  # noqa: E731
+    last = f"{goal_words}' protocol" if goal == "hypertorch" else "the full release"
+    tables = {  # group → heading, the rung's columns, the difference's title, notes, more columns
+        "endpoints": ("The paper as written and the full release", [("end point", "rung"),
+                      ("deviations on", _on, "deviations")], "release − paper [95% CI]", [], ()),
+        "ladder": ("The ladder: deviations added one at a time", [("rung", plus("paper"), "rung")],
+                   "gain over the previous rung [95% CI]",
+                   [f"Each rung adds one deviation to the rung above it; the last is {last}."], ()),
+        "removed": (f"Each deviation removed alone from {top}",
+                    [("removed", lambda r: f"none ({top})" if r["rung"] == "release" else f"− {r['rung']}", "rung")],
+                    f"difference from {top} [95% CI]", [f"Negative: {top} is better with the deviation than without it."],
+                    ()),
+        "leaky": ("The release's leaky evaluation split",
+                  [("test characters", lambda r: "clean" if r["rung"] == "clean" else "leaky", "rung")],
+                  "inflation: leaky − clean [95% CI]", [TEXT["ladder_leaky_note"]], ()),
+        "maml": ("MAML beside the ladder", [("MAML rung", plus("maml"), "rung")],
+                 "gain over the previous MAML rung [95% CI]", [TEXT["ladder_maml_note"]],
+                 (("iMAML ladder's gain from the same deviation [95% CI]",
+                   lambda r: _diff(ladder[r["rung"]]) if r["rung"] in ladder else "—"),))}
+    for group, (heading, first, diff_title, notes, more) in tables.items():
+        if (df["group"] == group).any():
+            out += f"\n#### {heading}, {at}\n" + w.table(_table(f"{prefix}_{group}", _rows(df, group), first,
+                                                                 diff_title, notes, more))
+        if group == "endpoints" and (fig := _figure(df, prefix, at, w.fig_dir, "release" if goal == "release"
+                                                    else "hypertorch protocol")) is not None:
+            out += w.figure(fig, "Deviation ladder: test accuracy per rung")
     return out
 
 
