@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import pandas as pd
+
 from . import common as c
 from .render import MARKERS, TEXT, Table, colour, fmt, fmt_g, fmt_pm, log_x, make_table, new_figure, save_figure
 
@@ -29,29 +31,23 @@ def inventory(rows: list[dict]) -> Table:
 def inner_steps_groups(rows: list[dict]) -> list[dict]:
     """Completed runs grouped by (dataset, setting, profile, algorithm, train inner steps),
     kept where an algorithm was run at two or more inner-step counts (a sweep)."""
-    done = [r for r in rows if r["status"] == "completed" and r.get("inner_steps") is not None]
-    by_algo: dict[tuple, dict[int, list[dict]]] = {}
-    for r in done:
-        by_algo.setdefault((r["dataset"], r["setting"], r["profile"], r["label"]), {}).setdefault(
-            int(r["inner_steps"]), []).append(r)
-    out = []
-    for (dataset, setting, profile, label), steps in by_algo.items():
-        if len(steps) < 2:
-            continue
-        for k, members in steps.items():
-            mean, std, n = c.mean_std([m["mean"] for m in members])
-            metric = members[0]["metric"]
-            out.append({"dataset": dataset, "setting": setting, "profile": profile, "label": label,
-                        "inner_steps": k, "metric": metric, "n_runs": n, "mean": mean, "std": std,
-                        "ci95": members[0]["ci95"] if n == 1 else math.nan,
-                        "test_steps": sorted({m["test_steps"] for m in members if m.get("test_steps") is not None}),
-                        "median_iter_s": c.mean_std([m["median_iter_s"] for m in members
-                                                     if m.get("median_iter_s") is not None])[0],
-                        "alloc_peak_bytes": c.mean_std([m["alloc_peak_bytes"] for m in members
-                                                        if m.get("alloc_peak_bytes") is not None])[0],
-                        "iterations": c.mean_std([m["iterations_done"] for m in members])[0],
-                        "minutes": members[0].get("max_train_minutes"),
-                        "runs": [m["run"] for m in members]})
+    key = ["dataset", "setting", "profile", "label", "inner_steps"]
+    cols = [*key, "metric", "mean", "ci95", "test_steps", "median_iter_s", "alloc_peak_bytes", "iterations_done",
+            "max_train_minutes", "run"]
+    df = pd.DataFrame([[int(r[k]) if k == "inner_steps" else r.get(k) for k in cols] for r in rows
+                       if r["status"] == "completed" and r.get("inner_steps") is not None], columns=cols, dtype=object)
+    df = df[df.groupby(key[:-1], dropna=False)["inner_steps"].transform("nunique") >= 2]
+
+    def point(m: pd.DataFrame) -> dict:
+        known = lambda col: c.mean_std([v for v in m[col] if v is not None])[0]  # noqa: E731
+        mean, std, n = c.mean_std(list(m["mean"]))
+        return {"metric": m["metric"].iloc[0], "n_runs": n, "mean": mean, "std": std,
+                "ci95": m["ci95"].iloc[0] if n == 1 else math.nan,
+                "test_steps": sorted({t for t in m["test_steps"] if t is not None}),
+                "median_iter_s": known("median_iter_s"), "alloc_peak_bytes": known("alloc_peak_bytes"),
+                "iterations": c.mean_std(list(m["iterations_done"]))[0], "minutes": m["max_train_minutes"].iloc[0],
+                "runs": list(m["run"])}
+    out = [dict(zip(key, map(c.clean, k)), **point(m)) for k, m in df.groupby(key, sort=False, dropna=False)]
     return sorted(out, key=lambda g: (g["dataset"], c.setting_rank(g["setting"]), g["profile"],
                                       c.label_rank(g["label"]), g["inner_steps"]))
 
