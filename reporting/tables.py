@@ -52,10 +52,21 @@ def inner_steps_groups(rows: list[dict]) -> list[dict]:
                                       c.label_rank(g["label"]), g["inner_steps"]))
 
 
-def _spread(g: dict) -> str:
+def _cell(g: dict) -> str:
+    """A point's mean ± its std over runs, or ± one run's 95% CI."""
     s, d = c.scale_of(g["metric"])
-    text = fmt_pm(g["mean"], g["std"] if g["n_runs"] > 1 else g["ci95"], d, s)
-    return f"{text} ({'std over ' + str(g['n_runs']) + ' runs' if g['n_runs'] > 1 else '95% CI'})"
+    return fmt_pm(g["mean"], g["std"] if g["n_runs"] > 1 else g["ci95"], d, s)
+
+
+def _spread(g: dict) -> str:
+    return f"{_cell(g)} ({'std over ' + str(g['n_runs']) + ' runs' if g['n_runs'] > 1 else '95% CI'})"
+
+
+def _by_setting(groups: list[dict]) -> list[tuple[tuple, list[dict]]]:
+    """The points of each (dataset, setting, profile), in report order."""
+    keys = sorted({(g["dataset"], g["setting"], g["profile"]) for g in groups},
+                  key=lambda k: (k[0], c.setting_rank(k[1]), k[2]))
+    return [(k, [g for g in groups if (g["dataset"], g["setting"], g["profile"]) == k]) for k in keys]
 
 
 def inner_steps_table(groups: list[dict]) -> Table:
@@ -72,18 +83,13 @@ def inner_steps_table(groups: list[dict]) -> Table:
 def inner_steps_pivots(groups: list[dict]) -> list[Table]:
     """One table per setting: rows algorithms, columns the inner steps K, cells the test metric."""
     out = []
-    for key in sorted({(g["dataset"], g["setting"], g["profile"]) for g in groups},
-                      key=lambda k: (k[0], c.setting_rank(k[1]), k[2])):
-        sel = [g for g in groups if (g["dataset"], g["setting"], g["profile"]) == key]
+    for key, sel in _by_setting(groups):
         ks = sorted({g["inner_steps"] for g in sel})
         rows = []
         for label in sorted({g["label"] for g in sel}, key=c.label_rank):
-            row = {"label": label}
-            for g in (g for g in sel if g["label"] == label):
-                s, d = c.scale_of(g["metric"])
-                row[f"K={g['inner_steps']}"] = g["mean"]
-                row[f"text_{g['inner_steps']}"] = fmt_pm(g["mean"], g["std"] if g["n_runs"] > 1 else g["ci95"], d, s)
-            rows.append(row)
+            mine = [g for g in sel if g["label"] == label]
+            rows.append({"label": label, **{f"K={g['inner_steps']}": g["mean"] for g in mine},
+                         **{f"text_{g['inner_steps']}": _cell(g) for g in mine}})
         cols = [("algorithm", "label"),
                 *((f"K={k}", (lambda k: lambda r: r.get(f"text_{k}", "—"))(k), f"K={k}") for k in ks)]
         metric, minutes = sel[0]["metric"], sorted({fmt_g(g["minutes"]) for g in sel if g["minutes"] is not None})
@@ -101,11 +107,8 @@ def inner_steps_pivots(groups: list[dict]) -> list[Table]:
 
 def inner_steps_figures(groups: list[dict], fig_dir: Path) -> list[Path]:
     """Metric vs inner steps, one line per algorithm, one figure per dataset setting."""
-    keys = sorted({(g["dataset"], g["setting"], g["profile"]) for g in groups},
-                  key=lambda k: (k[0], c.setting_rank(k[1]), k[2]))
     paths = []
-    for dataset, setting, profile in keys:
-        sel = [g for g in groups if (g["dataset"], g["setting"], g["profile"]) == (dataset, setting, profile)]
+    for (dataset, setting, profile), sel in _by_setting(groups):
         fig, (ax, ax_t, ax_m) = new_figure(ncols=3, width=5.0)
         for i, label in enumerate(sorted({g["label"] for g in sel}, key=c.label_rank)):
             pts = [g for g in sel if g["label"] == label]
