@@ -171,16 +171,10 @@ def fidelity_groups(rows: list[dict]) -> dict[tuple, list[dict]]:
             for k, v in sorted(out.items(), key=lambda kv: (kv[0][0], c.setting_rank(kv[0][1])))}
 
 
-def _median(values: list[float]) -> float | None:
-    return statistics.median(values) if values else None
-
-
 def _first_last(runs: list[dict], field: str) -> str:
-    first = _median([r["_fid"][0][field] for r in runs if field in r["_fid"][0]])
-    last = _median([r["_fid"][-1][field] for r in runs if field in r["_fid"][-1]])  # each run's last measurement
-    if first is None:
-        return "—"
-    return f"{fmt(first, 2)} → {fmt(last, 2)}"
+    """Medians over the runs of their first and of their last measurement of ``field``."""
+    first, last = ([r["_fid"][i][field] for r in runs if field in r["_fid"][i]] for i in (0, -1))
+    return f"{fmt(statistics.median(first), 2)} → {fmt(statistics.median(last) if last else None, 2)}" if first else "—"
 
 
 def _name(key: tuple) -> str:

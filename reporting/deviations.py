@@ -1,14 +1,8 @@
-"""The deviation-ladder studies' sections (``study=deviations``, ``deviations.csv``).
-
-A protocol as its paper writes it → a reference implementation (the official iMAML release,
-hypertorch's example, the Reptile reference code), one deviation at a time, every run at one
-training budget: the ladder with each rung's gain over the one before, each deviation removed
-alone from the full release, the leaky test split's inflation, MAML beside. The study computed
-every difference (paired on identical test tasks where the test-task fingerprints match, else
-unpaired); this module lays them out. The Reptile ladder keeps one study folder per seed and is
-pooled here: each rung's mean ± std over seeds, and its gain over the rung before as the per-task
-difference averaged over seeds with a normal 95% interval over the tasks (unpaired where the
-rungs were tested on other tasks).
+"""The deviation-ladder studies' sections (``study=deviations``, ``deviations.csv``): a protocol as its paper
+writes it → a reference implementation (the official iMAML release, hypertorch's example, the Reptile reference
+code), one deviation at a time at one training budget. The study computed every difference (paired on identical
+test tasks, else unpaired); this module lays them out. The Reptile ladder keeps one study folder per seed and is
+pooled here: each rung's mean ± std over seeds, its gain as the per-task difference averaged over seeds.
 """
 from __future__ import annotations
 
@@ -19,7 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .render import TEXT, fmt, fmt_g, fmt_p, is_missing, make_table, new_figure, save_figure
+from .render import TEXT, fmt, fmt_g, fmt_p, fmt_pm, is_missing, make_table, new_figure, save_figure
 
 S = 100.0  # accuracy in percent
 
@@ -42,24 +36,6 @@ def target(study: dict) -> str:
     return "hypertorch" if "hypertorch" in top else "reptile" if "reptile" in top else "release"
 
 
-def picks(studies: list[dict]) -> list[tuple[dict, list[str]]]:
-    """Per ladder target, the latest completed run (else the latest) of the short-budget study and of the long one."""
-    mine = [s for s in studies if s["study"] == "deviations" and target(s) != "reptile"]
-    out = []
-    for goal in TARGETS:
-        for long in (False, True):
-            kind = [s for s in mine if is_long(s) == long and target(s) == goal]
-            done = [s for s in kind if s["status"] == "completed"]
-            if kind:
-                out.append((done or kind)[-1])
-    shown = [(s, [o["run"] for o in mine if all(o is not c for c in out)] if i == 0 else [])
-             for i, s in enumerate(out)]
-    per_seed = [s for s in studies if s["study"] == "deviations" and target(s) == "reptile"]
-    if per_seed:  # the Reptile ladder: one section for all its seeds (one study folder each)
-        shown.append((dict(per_seed[0], seeds=per_seed), []))
-    return shown
-
-
 def _rows(df: pd.DataFrame, group: str) -> list[dict]:
     rows = df[df["group"] == group].to_dict("records")
     return [{k: (None if is_missing(v) else v) for k, v in r.items()} for r in rows]
@@ -71,11 +47,12 @@ def _acc(r: dict) -> str:
     return f"{fmt(r['accuracy'], 2, S)} ± {fmt(r['ci95'], 2, S)}"
 
 
-def _diff(r: dict) -> str:
-    if r.get("diff_mean") is None:
+def _diff(r: dict, key: str = "diff") -> str:
+    """``key``'s mean [95% interval], marked where unpaired."""
+    if r.get(f"{key}_mean") is None:
         return "—"
-    text = f"{fmt(r['diff_mean'], 2, S)} [{fmt(r['diff_low'], 2, S)}, {fmt(r['diff_high'], 2, S)}]"
-    return text + (" (unpaired)" if r.get("diff_kind") == "unpaired" else "")
+    text = f"{fmt(r[f'{key}_mean'], 2, S)} [{fmt(r[f'{key}_low'], 2, S)}, {fmt(r[f'{key}_high'], 2, S)}]"
+    return text + (" (unpaired)" if r.get(f"{key}_kind") == "unpaired" else "")
 
 
 def _split(r: dict) -> str:
@@ -88,21 +65,15 @@ def _split(r: dict) -> str:
     return f"held-out, split seed {fmt_g(r.get('split_seed'))} ({sizes})"
 
 
-def _on(r: dict) -> str:
-    return "none" if r.get("deviations") in (None, "none") else str(r["deviations"]).replace("+", " + ")
-
-
-RUN_COLUMNS = [("iterations", lambda r: fmt_g(r.get("iterations_done")), "iterations_done"),
-               ("s / iteration", lambda r: fmt(r.get("median_iter_s"), 2), "median_iter_s"),
-               ("run", lambda r: f"{r.get('run_dir') or '—'}", "run_dir")]
-
-
 def _table(name: str, rows: list[dict], first: list, diff_title: str, notes: list[str], more: tuple = ()):
     """A ladder table: ``first`` (the rung's columns), the test and its difference, ``more``, the run."""
     cols = [*first, ("tested on", _split, "test_split", "split_seed", "split_sizes"),
             ("test accuracy % (± 95% CI)", _acc, "accuracy", "ci95", "status"),
             (diff_title, _diff, "diff_mean", "diff_low", "diff_high", "diff_kind"),
-            ("p (Wilcoxon)", lambda r: fmt_p(r.get("diff_p")), "diff_p"), *more, *RUN_COLUMNS]
+            ("p (Wilcoxon)", lambda r: fmt_p(r.get("diff_p")), "diff_p"), *more,
+            ("iterations", lambda r: fmt_g(r.get("iterations_done")), "iterations_done"),
+            ("s / iteration", lambda r: fmt(r.get("median_iter_s"), 2), "median_iter_s"),
+            ("run", lambda r: f"{r.get('run_dir') or '—'}", "run_dir")]
     return make_table(name, rows, cols, notes,
                       extra=("group", "rung", "deviations", "algorithm", "n", "vs", "train_minutes"))
 
@@ -151,7 +122,8 @@ def section(study: dict, w) -> str:
     last = f"{goal_words}' protocol" if goal == "hypertorch" else "the full release"
     tables = {  # group → heading, the rung's columns, the difference's title, notes, more columns
         "endpoints": ("The paper as written and the full release", [("end point", "rung"),
-                      ("deviations on", _on, "deviations")], "release − paper [95% CI]", [], ()),
+                      ("deviations on", lambda r: "none" if r.get("deviations") in (None, "none")
+                       else str(r["deviations"]).replace("+", " + "), "deviations")], "release − paper [95% CI]", [], ()),
         "ladder": ("The ladder: deviations added one at a time", [("rung", plus("paper"), "rung")],
                    "gain over the previous rung [95% CI]",
                    [f"Each rung adds one deviation to the rung above it; the last is {last}."], ()),
@@ -224,25 +196,17 @@ def reptile_section(seeds: list[dict], w) -> str:
     rows = rungs(seeds)
     minutes = sorted({fmt_g(m) for s in seeds for m in s["tables"]["deviations.csv"]["budget_minutes"].dropna()})
     devices = sorted({str(d) for s in seeds for d in s["tables"]["deviations.csv"]["device"].dropna()})
-    table_rows = []
-    for i, r in enumerate(rows):
-        g = gain(rows[i - 1], r) if i else None
-        table_rows.append({
-            "rung": r["rung"], "seeds": len(r["acc"]),
-            "accuracy_mean": statistics.fmean(r["acc"]) if r["acc"] else None,
-            "accuracy_std": statistics.pstdev(r["acc"]) if len(r["acc"]) > 1 else None,
-            "gain_mean": g[0] if g else None, "gain_low": g[1] if g else None, "gain_high": g[2] if g else None,
-            "gain_kind": g[3] if g else None,
-            "iterations": "/".join(f"{v:,}" for v in r["iters"]) or "—"})
+    table_rows = [{"rung": r["rung"], "seeds": len(r["acc"]),
+                   "accuracy_mean": statistics.fmean(r["acc"]) if r["acc"] else None,
+                   "accuracy_std": statistics.pstdev(r["acc"]) if len(r["acc"]) > 1 else None,
+                   **dict(zip(("gain_mean", "gain_low", "gain_high", "gain_kind"),
+                              (gain(rows[i - 1], r) if i else None) or (None,) * 4)),
+                   "iterations": "/".join(f"{v:,}" for v in r["iters"]) or "—"} for i, r in enumerate(rows)]
     cols = [("rung", lambda r: "fresh state (the suite before)" if r["rung"] == "paper" else f"+ {r['rung']}", "rung"),
             ("seeds", "seeds"),
-            ("test accuracy % (mean ± std over seeds)",
-             lambda r: "—" if r["accuracy_mean"] is None else fmt(r["accuracy_mean"], 2, S) + (
-                 "" if r["accuracy_std"] is None else f" ± {fmt(r['accuracy_std'], 2, S)}"), "accuracy_mean", "accuracy_std"),
-            ("gain over the rung above, pooled over seeds [95% CI]",
-             lambda r: "—" if r["gain_mean"] is None else
-             f"{fmt(r['gain_mean'], 2, S)} [{fmt(r['gain_low'], 2, S)}, {fmt(r['gain_high'], 2, S)}]"
-             + (" (unpaired)" if r["gain_kind"] == "unpaired" else ""),
+            ("test accuracy % (mean ± std over seeds)", lambda r: fmt_pm(r["accuracy_mean"], r["accuracy_std"], 2, S),
+             "accuracy_mean", "accuracy_std"),
+            ("gain over the rung above, pooled over seeds [95% CI]", lambda r: _diff(r, "gain"),
              "gain_mean", "gain_low", "gain_high", "gain_kind"),
             ("iterations per seed", "iterations")]
     iters = sorted({int(m) for st in seeds if (m := ((st.get("config") or {}).get("study") or {}).get("meta_iterations"))})
