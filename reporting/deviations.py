@@ -100,7 +100,6 @@ def _figure(df: pd.DataFrame, prefix: str, at: str, fig_dir, goal: str = "releas
     return save_figure(fig, fig_dir / f"{prefix}.png")
 
 
-
 def section(study: dict, w) -> str:
     if "seeds" in study:
         return reptile_section(study["seeds"], w)
@@ -214,25 +213,17 @@ def reptile_section(seeds: list[dict], w) -> str:
               else f"{', '.join(minutes) or '?'} min of training per run")
     at = f"{budget} on {', '.join(devices) or 'an unrecorded device'}"
     out = TEXT["reptile_ladder_intro"].format(at=at, seeds=len(seeds))
-    out += w.table(make_table("deviations_reptile_ladder", table_rows, cols,
-                              [TEXT["reptile_ladder_note"]]))
-    fig = _reptile_figure(rows, w.fig_dir, at)
-    if fig is not None:
-        out += w.figure(fig, "Reptile ladder: test accuracy per rung")
+    out += w.table(make_table("deviations_reptile_ladder", table_rows, cols, [TEXT["reptile_ladder_note"]]))
+    done = [r for r in rows if r["acc"]]
+    if done:  # each seed's accuracy per rung (dots) and their mean (bar)
+        fig, (ax,) = new_figure(1, width=5.6, height=3.2)
+        y = list(range(len(done)))[::-1]
+        for yi, r in zip(y, done):
+            ax.plot([a * S for a in r["acc"]], [yi] * len(r["acc"]), "o", color="tab:green", alpha=0.5, ms=4)
+            ax.plot([statistics.fmean(r["acc"]) * S], [yi], "|", color="black", ms=14)
+        ax.set_yticks(y, ["fresh state" if r["rung"] == "paper" else f"+ {r['rung']}" for r in done], fontsize=8)
+        ax.set_xlabel("test accuracy % (dots: seeds; bar: mean)")
+        ax.grid(axis="x", alpha=0.3)
+        fig.suptitle(f"Reptile, Omniglot 5w1s: the suite's earlier protocol → the reference code, {at}", fontsize=8)
+        out += w.figure(save_figure(fig, w.fig_dir / "deviations_reptile.png"), "Reptile ladder: test accuracy per rung")
     return out
-
-
-def _reptile_figure(rows: list[dict], fig_dir, at: str):
-    rows = [r for r in rows if r["acc"]]
-    if not rows:
-        return None
-    fig, (ax,) = new_figure(1, width=5.6, height=3.2)
-    y = list(range(len(rows)))[::-1]
-    for yi, r in zip(y, rows):
-        ax.plot([a * S for a in r["acc"]], [yi] * len(r["acc"]), "o", color="tab:green", alpha=0.5, ms=4)
-        ax.plot([statistics.fmean(r["acc"]) * S], [yi], "|", color="black", ms=14)
-    ax.set_yticks(y, ["fresh state" if r["rung"] == "paper" else f"+ {r['rung']}" for r in rows], fontsize=8)
-    ax.set_xlabel("test accuracy % (dots: seeds; bar: mean)")
-    ax.grid(axis="x", alpha=0.3)
-    fig.suptitle(f"Reptile, Omniglot 5w1s: the suite's earlier protocol → the reference code, {at}", fontsize=8)
-    return save_figure(fig, fig_dir / "deviations_reptile.png")

@@ -166,13 +166,13 @@ def precision(study: dict, w) -> str:
             ("rel. diff max", lambda r: f"{r['rel_diff_max']:.2e}"),
             ("‖g‖ float32", lambda r: fmt(r["norm32_mean"], 4)), ("‖g‖ float64", lambda r: fmt(r["norm64_mean"], 4)),
             ("non-finite tasks f32 / f64", lambda r: f"{r['nonfinite32']} / {r['nonfinite64']}")]
-    out = w.table(_every_key_table("precision", rows, cols,
-                             [TEXT["precision_note"]]))
+    out = w.table(_every_key_table("precision", rows, cols, [TEXT["precision_note"]]))
     fig, (ax,) = new_figure()
     if rows:
-        ax.plot([r["inner_steps"] for r in rows], [r["rel_diff_median"] for r in rows], marker="o", label="median")
-        ax.plot([r["inner_steps"] for r in rows], [r["rel_diff_max"] for r in rows], marker="s", label="max")
-        log_x(ax, [r["inner_steps"] for r in rows])
+        ks = [r["inner_steps"] for r in rows]
+        ax.plot(ks, [r["rel_diff_median"] for r in rows], marker="o", label="median")
+        ax.plot(ks, [r["rel_diff_max"] for r in rows], marker="s", label="max")
+        log_x(ax, ks)
         ax.set_yscale("log")
         ax.legend()
     ax.set_xlabel("inner steps K")
@@ -191,8 +191,7 @@ def precision(study: dict, w) -> str:
                  ("mean (± 95% CI)", lambda r: f"{fmt(r['mean'], 4)} ± {fmt(r['ci95'], 4)}"),
                  ("tasks", lambda r: fmt_g(r["n"])), ("verdict", lambda r: str(r["verdict"])),
                  ("run", lambda r: str(r.get("run_dir") or "—"))]
-        out += w.table(make_table("precision_train", trows, tcols,
-                                  [TEXT["precision_train_note"]],
+        out += w.table(make_table("precision_train", trows, tcols, [TEXT["precision_train_note"]],
                                   extra=list(train.columns)))
     return out
 
@@ -290,8 +289,7 @@ def rescaling(study: dict, w) -> str:
              + (f" (at {r['diverged_at']})" if r["diverged_at"] else "")),
             ("test MSE, original units (completed runs)", lambda r: fmt(r["test_mse_mean"], 3)),
             ("protocol, iterations", lambda r: f"`{r['experiment']}`, {fmt_g(r['iterations'])}")]
-    return w.table(_every_key_table("rescaling", rows, cols,
-                                    [TEXT["rescaling_note"]]))
+    return w.table(_every_key_table("rescaling", rows, cols, [TEXT["rescaling_note"]]))
 
 
 SECTIONS = {"fidelity": fidelity, "precision": precision, "assumptions": assumptions, "cost": cost,

@@ -155,6 +155,4 @@ def selection_table(selections: list[dict], labels: dict) -> Table:
             ("validation (± 95% CI; MSE or accuracy %)", score, "val_metric", "val_ci95", "status"),
             ("chosen", lambda r: "**chosen**" if r["chosen"] else "", "chosen"),
             ("selection record", lambda r: f"`{r['run']}`", "run")]
-    return make_table("selection", rows, cols,
-                      [TEXT["selection_note"]],
-                      extra=("metric", "val_fingerprint"))
+    return make_table("selection", rows, cols, [TEXT["selection_note"]], extra=("metric", "val_fingerprint"))
