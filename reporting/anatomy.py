@@ -27,6 +27,7 @@ def diagnosis(r: dict, root: Path) -> tuple[dict | None, str | None]:
 
 
 def stage(r: dict, root: Path) -> tuple[str, str | None]:
+    """Where run ``r`` failed, in words, and the link to its diagnosis where one exists."""
     if r.get("failure_stage"):
         return r["failure_stage"], None
     d, link = diagnosis(r, root)

@@ -80,9 +80,8 @@ def _table(name: str, rows: list[dict], first: list, diff_title: str, notes: lis
 
 def _figure(df: pd.DataFrame, prefix: str, at: str, fig_dir, goal: str = "release"):
     """Test accuracy ± 95% CI per rung: the ladder (left) and each deviation removed alone (right)."""
-    panels = [(g, _rows(df, g)) for g in ("ladder", "removed") if (df["group"] == g).any()]
-    panels = [(g, [r for r in rows if r.get("accuracy") is not None]) for g, rows in panels]
-    panels = [(g, rows) for g, rows in panels if rows]
+    panels = [(g, rows) for g in ("ladder", "removed")
+              if (rows := [r for r in _rows(df, g) if r.get("accuracy") is not None])]
     if not panels:
         return None
     fig, axes = new_figure(len(panels), width=5.2, height=3.6)
