@@ -98,18 +98,16 @@ def _pivot(name: str, df: pd.DataFrame, index: list[str], cell: Callable[[pd.Dat
            value: Callable[[pd.DataFrame], float | None], notes: list[str]):
     """A compact table: one row per ``index`` group, one column per inner-step count K.
     CSV cells hold ``value`` (a number), Markdown/LaTeX cells ``cell`` (text)."""
-    keys = sorted(df["inner_steps"].dropna().unique().tolist())
-    rows = []
-    for idx, grp in df.groupby(index, dropna=False, sort=True):
-        row = {k: (None if isinstance(v, float) and np.isnan(v) else v) for k, v in zip(index, idx)}
-        for k in keys:
-            sub = grp[grp["inner_steps"] == k]
-            row[f"text_{k}"] = cell(sub) if len(sub) else "—"
-            row[f"inner_steps={fmt_g(k)}"] = value(sub) if len(sub) else None
-        rows.append(row)
-    cols = [(i, (lambda i: lambda r: "—" if r[i] is None else fmt_g(r[i]) if not isinstance(r[i], str) else r[i])(i),
-             i) for i in index]
-    cols += [(f"K={fmt_g(k)}", (lambda k: lambda r: r[f"text_{k}"])(k), f"inner_steps={fmt_g(k)}") for k in keys]
+    by = df[df["inner_steps"].notna()].groupby([*index, "inner_steps"], dropna=False, sort=True)
+    text, number = by.apply(cell).unstack(fill_value="—"), by.apply(value).unstack()
+    ks = [fmt_g(k) for k in text.columns]
+    rows = [{**{i: None if isinstance(v, float) and np.isnan(v) else v
+                for i, v in zip(index, idx if len(index) > 1 else (idx,))},
+             **{f"K={k}": t for k, t in zip(ks, texts)}, **{f"inner_steps={k}": v for k, v in zip(ks, values)}}
+            for idx, texts, values in zip(text.index, text.to_numpy(), number.to_numpy())]
+    cols = [(i, lambda r, i=i: "—" if r[i] is None else r[i] if isinstance(r[i], str) else fmt_g(r[i]), i)
+            for i in index]
+    cols += [(f"K={k}", lambda r, k=k: r[f"K={k}"], f"inner_steps={k}") for k in ks]
     return make_table(name, rows, cols, notes)
 
 
