@@ -116,7 +116,7 @@ def section(study: dict, w) -> str:
     out += TEXT["ladder_release_split" if goal == "release" else "ladder_hypertorch_split"]
     top = "the full release" if goal == "release" else "hypertorch's protocol"
     ladder = {r["rung"]: r for r in _rows(df, "ladder")}
-    plus = lambda bottom: (lambda r: r["rung"] if r["rung"] == bottom else f"+ {r['rung']}")  # noqa: E731
+    plus = lambda bottom: (lambda r: r["rung"] if r["rung"] == bottom else f"+ {r['rung']}")
     last = f"{goal_words}' protocol" if goal == "hypertorch" else "the full release"
     tables = {  # group → heading, the rung's columns, the difference's title, notes, more columns
         "endpoints": ("The paper as written and the full release", [("end point", "rung"),

@@ -70,7 +70,7 @@ def ran_on(study: dict) -> str:
     net = ("MLP 1-40-40-1" if DATASETS.get(name, {}).get("model") == "mlp" else
            f"conv4 ({ds.get('arch', 'maml')} layout, {ds.get('head', 'mean')} head)")
     train, trained, axes = s.get("train") or {}, s.get("trained") or {}, s.get("axes") or {}
-    first = lambda *values: next((v for v in values if v is not None), None)  # noqa: E731
+    first = lambda *values: next((v for v in values if v is not None), None)
     grids = {"λ": first(s.get("lam"), s.get("lams"), axes.get("lam"), train.get("lam")),
              "K": first(s.get("inner_steps"), axes.get("inner_steps"), train.get("inner_steps")),
              "CG steps": s.get("cg_steps")}
