@@ -58,10 +58,6 @@ def _cell(g: dict) -> str:
     return fmt_pm(g["mean"], g["std"] if g["n_runs"] > 1 else g["ci95"], d, s)
 
 
-def _spread(g: dict) -> str:
-    return f"{_cell(g)} ({'std over ' + str(g['n_runs']) + ' runs' if g['n_runs'] > 1 else '95% CI'})"
-
-
 def _by_setting(groups: list[dict]) -> list[tuple[tuple, list[dict]]]:
     """The points of each (dataset, setting, profile), in report order."""
     keys = sorted({(g["dataset"], g["setting"], g["profile"]) for g in groups},
@@ -73,7 +69,8 @@ def inner_steps_table(groups: list[dict]) -> Table:
     """Every (setting, algorithm, K) point with its cost: the long form behind the pivots (files only)."""
     cols = [("setting", lambda g: f"{g['dataset']} {g['setting']} ({g['profile']})", "dataset", "setting", "profile"),
             ("algorithm", "label"), ("inner steps (train)", "inner_steps"),
-            ("result", _spread, "mean", "std", "ci95", "n_runs"),
+            ("result", lambda g: f"{_cell(g)} (" + (f"std over {g['n_runs']} runs" if g["n_runs"] > 1 else "95% CI") + ")",
+             "mean", "std", "ci95", "n_runs"),
             ("iterations reached", lambda g: fmt(g["iterations"], 0), "iterations"),
             ("s / iteration", lambda g: fmt(g["median_iter_s"], 4), "median_iter_s"),
             ("peak alloc MiB", lambda g: fmt(g["alloc_peak_bytes"], 1, 2.0**-20), "alloc_peak_bytes")]
