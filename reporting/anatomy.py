@@ -1,17 +1,8 @@
-"""Section 7, when the assumptions fail: each comparison run's meta-gradient against the exact one
-along training, and where each method fails (reviewer R3.1).
-
-Fidelity: the trainer's ``fidelity_every`` (``trainer/fidelity.py``) measures, in float64 on the run's
-own meta-batch and off the budget clock, the cosine between the run's estimator and the exact
-meta-gradient of the objective it optimises (``fid_cos_exact``) and, for iMAML, between its CG
-solution and its own linear system solved with 100 CG steps (``fid_cos_solved``).
-
-Failures: setting × algorithm, learned / did not learn / diverged, with the stage each divergence
-was diagnosed at — the record's own failure anatomy (``failure.stage``, ``trainer/anatomy.py``) or,
-for an older record, ``tools/diagnose.py``'s rerun of it (``records/diagnoses/<record>/diagnosis.json``,
-which also holds the independent checks) — and a link to its evidence. A run that completed without
-learning may carry a ``diagnose --unlearned`` dissection: its meta-gradient against the exact gradient
-of the procedure it runs, and a control run trained on that exact gradient. The figure shows one
+"""Section 7, when the assumptions fail (R3.1). Fidelity: each comparison run's meta-gradient against the
+exact one along training (the trainer's ``fid_*`` metrics, ``trainer/fidelity.py``). Failures: per setting
+× algorithm, who learned, did not learn or diverged, each divergence's stage from the record's own failure
+anatomy or ``tools/diagnose.py``'s rerun (``records/diagnoses/<record>/diagnosis.json``, linked as
+evidence), each unlearned run's ``diagnose --unlearned`` dissection against its control, and one
 diagnosed run's training curves with its failure marked.
 """
 from __future__ import annotations
@@ -36,6 +27,7 @@ def diagnosis(r: dict, root: Path) -> tuple[dict | None, str | None]:
 
 
 def stage(r: dict, root: Path) -> tuple[str, str | None]:
+    """Where run ``r`` failed, in words, and the link to its diagnosis where one exists."""
     if r.get("failure_stage"):
         return r["failure_stage"], None
     d, link = diagnosis(r, root)
@@ -45,12 +37,10 @@ def stage(r: dict, root: Path) -> tuple[str, str | None]:
         ctrl = d.get("control") or {}
         on = "val" if ctrl.get("val") else "test"
         val = (ctrl.get(on) or {}).get("mean")
-        tail = (f"; trained on that exact gradient instead, the same run reached {on} MSE {val:.3g}"
+        tail = (TEXT["unlearned_control"].format(on=on, val=val)
                 if ctrl.get("status") == "completed" and val is not None else "")
-        return (f"did not learn: at its final θ its meta-gradient's cosine with the exact gradient of the procedure "
-                f"it runs was {d['cos_procedure_of_mean']:.2f} (batch mean; with a float64 dense solve "
-                f"{d['medians']['cos_dense']:.2f}), the inner problem left at {d['medians']['inner_residual_rel']:.0%} "
-                f"of its initial gradient{tail}"), link
+        return TEXT["unlearned_stage"].format(cos=d["cos_procedure_of_mean"], dense=d["medians"]["cos_dense"],
+                                              left=d["medians"]["inner_residual_rel"], tail=tail), link
     if d.get("degradation"):
         g, dense = d["degradation"], d.get("dense_implicit") or {}
         pd_text = ("" if "positive_definite" not in dense else
@@ -74,21 +64,15 @@ def rows_of(rows: list[dict], judged: dict, root: Path) -> list[dict]:
         counts: Counter = Counter()
         stages, links = [], []
         for r in runs:
-            if r["status"] == "diverged":
-                counts["diverged"] += 1
-                where, link = stage(r, root)
+            done = r["status"] == "completed"
+            verdict = (judged.get(r["run"]) or {}).get("status", "no baseline record") if done else str(r["status"])
+            counts[verdict] += 1
+            where, link = stage(r, root) if verdict in ("diverged", "did not learn") else (None, None)
+            if verdict == "diverged":
                 stages.append(f"s{r.get('seed')}: {where} (iteration {r.get('failure_iteration')})")
-                if link:
-                    links.append(link)
-            elif r["status"] == "completed":
-                verdict = (judged.get(r["run"]) or {}).get("status", "no baseline record")
-                counts[verdict] += 1
-                where, link = stage(r, root)
-                if verdict == "did not learn" and link:
-                    stages.append(f"s{r.get('seed')}: {where}")
-                    links.append(link)
-            else:
-                counts[str(r["status"])] += 1
+            elif link:
+                stages.append(f"s{r.get('seed')}: {where}")
+            links += [link] if link else []
         out.append({"setting": setting, "algorithm": label, "budget": budget, "seeds": len(runs),
                     "outcome": ", ".join(f"{k} {v}" for k, v in sorted(counts.items())),
                     "stages": "; ".join(stages) or "—", "evidence": ", ".join(f"[{i + 1}]({link})"
@@ -188,16 +172,15 @@ def fidelity_groups(rows: list[dict]) -> dict[tuple, list[dict]]:
             for k, v in sorted(out.items(), key=lambda kv: (kv[0][0], c.setting_rank(kv[0][1])))}
 
 
-def _median(values: list[float]) -> float | None:
-    return statistics.median(values) if values else None
-
-
 def _first_last(runs: list[dict], field: str) -> str:
-    first = _median([r["_fid"][0][field] for r in runs if field in r["_fid"][0]])
-    last = _median([r["_fid"][-1][field] for r in runs if field in r["_fid"][-1]])  # each run's last measurement
-    if first is None:
-        return "—"
-    return f"{fmt(first, 2)} → {fmt(last, 2)}"
+    """Medians over the runs of their first and of their last measurement of ``field``."""
+    first, last = ([r["_fid"][i][field] for r in runs if field in r["_fid"][i]] for i in (0, -1))
+    return f"{fmt(statistics.median(first), 2)} → {fmt(statistics.median(last) if last else None, 2)}" if first else "—"
+
+
+def _name(key: tuple) -> str:
+    dataset, setting, minutes = key
+    return c.slug("fidelity_train", dataset, setting, f"{fmt_g(minutes)}min" if minutes is not None else "paper")
 
 
 def fidelity_table(key: tuple, by_label: dict[str, list[dict]]):
@@ -215,11 +198,10 @@ def fidelity_table(key: tuple, by_label: dict[str, list[dict]]):
             ("relative error vs exact: first → last", "rel_exact"),
             ("iMAML: cos with its solved system: first → last", "cos_solved"),
             ("runs", "run")]
-    name = c.slug("fidelity_train", dataset, setting, f"{fmt_g(minutes)}min" if minutes is not None else "paper")
     notes = [f"{c.title(dataset, setting)}"
              + (f", {fmt_g(minutes)} min of training per run" if minutes is not None else "")
              + TEXT["fidelity_train_note"]]
-    return make_table(name, rows, cols, notes)
+    return make_table(_name(key), rows, cols, notes)
 
 
 def fidelity_figure(key: tuple, by_label: dict[str, list[dict]], fig_dir: Path) -> Path | None:
@@ -244,8 +226,7 @@ def fidelity_figure(key: tuple, by_label: dict[str, list[dict]], fig_dir: Path) 
     ax.set_title(f"{c.title(dataset, setting)}: fidelity along training"
                  + (f" ({fmt_g(minutes)} min budget)" if minutes is not None else ""), fontsize=10)
     ax.legend(fontsize=7)
-    name = c.slug("fidelity_train", dataset, setting, f"{fmt_g(minutes)}min" if minutes is not None else "paper")
-    return save_figure(fig, fig_dir / f"{name}.png")
+    return save_figure(fig, fig_dir / f"{_name(key)}.png")
 
 
 def fidelity_section(rows: list[dict], w) -> str:

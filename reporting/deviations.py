@@ -1,14 +1,8 @@
-"""The deviation-ladder studies' sections (``study=deviations``, ``deviations.csv``).
-
-A protocol as its paper writes it → a reference implementation (the official iMAML release,
-hypertorch's example, the Reptile reference code), one deviation at a time, every run at one
-training budget: the ladder with each rung's gain over the one before, each deviation removed
-alone from the full release, the leaky test split's inflation, MAML beside. The study computed
-every difference (paired on identical test tasks where the test-task fingerprints match, else
-unpaired); this module lays them out. The Reptile ladder keeps one study folder per seed and is
-pooled here: each rung's mean ± std over seeds, and its gain over the rung before as the per-task
-difference averaged over seeds with a normal 95% interval over the tasks (unpaired where the
-rungs were tested on other tasks).
+"""The deviation-ladder studies' sections (``study=deviations``, ``deviations.csv``): a protocol as its paper
+writes it → a reference implementation (the official iMAML release, hypertorch's example, the Reptile reference
+code), one deviation at a time at one training budget. The study computed every difference (paired on identical
+test tasks, else unpaired); this module lays them out. The Reptile ladder keeps one study folder per seed and is
+pooled here: each rung's mean ± std over seeds, its gain as the per-task difference averaged over seeds.
 """
 from __future__ import annotations
 
@@ -19,7 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .render import TEXT, fmt, fmt_g, fmt_p, is_missing, make_table, new_figure, save_figure
+from .render import TEXT, fmt, fmt_g, fmt_p, fmt_pm, is_missing, make_table, new_figure, save_figure
 
 S = 100.0  # accuracy in percent
 
@@ -42,24 +36,6 @@ def target(study: dict) -> str:
     return "hypertorch" if "hypertorch" in top else "reptile" if "reptile" in top else "release"
 
 
-def picks(studies: list[dict]) -> list[tuple[dict, list[str]]]:
-    """Per ladder target, the latest completed run (else the latest) of the short-budget study and of the long one."""
-    mine = [s for s in studies if s["study"] == "deviations" and target(s) != "reptile"]
-    out = []
-    for goal in TARGETS:
-        for long in (False, True):
-            kind = [s for s in mine if is_long(s) == long and target(s) == goal]
-            done = [s for s in kind if s["status"] == "completed"]
-            if kind:
-                out.append((done or kind)[-1])
-    shown = [(s, [o["run"] for o in mine if all(o is not c for c in out)] if i == 0 else [])
-             for i, s in enumerate(out)]
-    per_seed = [s for s in studies if s["study"] == "deviations" and target(s) == "reptile"]
-    if per_seed:  # the Reptile ladder: one section for all its seeds (one study folder each)
-        shown.append((dict(per_seed[0], seeds=per_seed), []))
-    return shown
-
-
 def _rows(df: pd.DataFrame, group: str) -> list[dict]:
     rows = df[df["group"] == group].to_dict("records")
     return [{k: (None if is_missing(v) else v) for k, v in r.items()} for r in rows]
@@ -71,11 +47,12 @@ def _acc(r: dict) -> str:
     return f"{fmt(r['accuracy'], 2, S)} ± {fmt(r['ci95'], 2, S)}"
 
 
-def _diff(r: dict) -> str:
-    if r.get("diff_mean") is None:
+def _diff(r: dict, key: str = "diff") -> str:
+    """``key``'s mean [95% interval], marked where unpaired."""
+    if r.get(f"{key}_mean") is None:
         return "—"
-    text = f"{fmt(r['diff_mean'], 2, S)} [{fmt(r['diff_low'], 2, S)}, {fmt(r['diff_high'], 2, S)}]"
-    return text + (" (unpaired)" if r.get("diff_kind") == "unpaired" else "")
+    text = f"{fmt(r[f'{key}_mean'], 2, S)} [{fmt(r[f'{key}_low'], 2, S)}, {fmt(r[f'{key}_high'], 2, S)}]"
+    return text + (" (unpaired)" if r.get(f"{key}_kind") == "unpaired" else "")
 
 
 def _split(r: dict) -> str:
@@ -88,30 +65,23 @@ def _split(r: dict) -> str:
     return f"held-out, split seed {fmt_g(r.get('split_seed'))} ({sizes})"
 
 
-def _on(r: dict) -> str:
-    return "none" if r.get("deviations") in (None, "none") else str(r["deviations"]).replace("+", " + ")
-
-
-RUN_COLUMNS = [("iterations", lambda r: fmt_g(r.get("iterations_done")), "iterations_done"),
-               ("s / iteration", lambda r: fmt(r.get("median_iter_s"), 2), "median_iter_s"),
-               ("run", lambda r: f"{r.get('run_dir') or '—'}", "run_dir")]
-
-
 def _table(name: str, rows: list[dict], first: list, diff_title: str, notes: list[str], more: tuple = ()):
     """A ladder table: ``first`` (the rung's columns), the test and its difference, ``more``, the run."""
     cols = [*first, ("tested on", _split, "test_split", "split_seed", "split_sizes"),
             ("test accuracy % (± 95% CI)", _acc, "accuracy", "ci95", "status"),
             (diff_title, _diff, "diff_mean", "diff_low", "diff_high", "diff_kind"),
-            ("p (Wilcoxon)", lambda r: fmt_p(r.get("diff_p")), "diff_p"), *more, *RUN_COLUMNS]
+            ("p (Wilcoxon)", lambda r: fmt_p(r.get("diff_p")), "diff_p"), *more,
+            ("iterations", lambda r: fmt_g(r.get("iterations_done")), "iterations_done"),
+            ("s / iteration", lambda r: fmt(r.get("median_iter_s"), 2), "median_iter_s"),
+            ("run", lambda r: f"{r.get('run_dir') or '—'}", "run_dir")]
     return make_table(name, rows, cols, notes,
                       extra=("group", "rung", "deviations", "algorithm", "n", "vs", "train_minutes"))
 
 
 def _figure(df: pd.DataFrame, prefix: str, at: str, fig_dir, goal: str = "release"):
     """Test accuracy ± 95% CI per rung: the ladder (left) and each deviation removed alone (right)."""
-    panels = [(g, _rows(df, g)) for g in ("ladder", "removed") if (df["group"] == g).any()]
-    panels = [(g, [r for r in rows if r.get("accuracy") is not None]) for g, rows in panels]
-    panels = [(g, rows) for g, rows in panels if rows]
+    panels = [(g, rows) for g in ("ladder", "removed")
+              if (rows := [r for r in _rows(df, g) if r.get("accuracy") is not None])]
     if not panels:
         return None
     fig, axes = new_figure(len(panels), width=5.2, height=3.6)
@@ -129,7 +99,6 @@ def _figure(df: pd.DataFrame, prefix: str, at: str, fig_dir, goal: str = "releas
     return save_figure(fig, fig_dir / f"{prefix}.png")
 
 
-
 def section(study: dict, w) -> str:
     if "seeds" in study:
         return reptile_section(study["seeds"], w)
@@ -145,45 +114,35 @@ def section(study: dict, w) -> str:
                                       steps="the two end points" if long else "one deviation at a time")
     out += TEXT["ladder_long_budget" if long else "ladder_short_budget"] + TEXT["ladder_differences"]
     out += TEXT["ladder_release_split" if goal == "release" else "ladder_hypertorch_split"]
-    groups = set(df["group"])
-    if "endpoints" in groups:
-        out += f"\n#### The paper as written and the full release, {at}\n"
-        out += w.table(_table(f"{prefix}_endpoints", _rows(df, "endpoints"), [("end point", "rung"),
-                              ("deviations on", _on, "deviations")], "release − paper [95% CI]", []))
-    fig = _figure(df, prefix, at, w.fig_dir, "release" if goal == "release" else "hypertorch protocol")
-    if fig is not None:
-        out += w.figure(fig, "Deviation ladder: test accuracy per rung")
-    if "ladder" in groups:
-        out += f"\n#### The ladder: deviations added one at a time, {at}\n"
-        out += w.table(_table(f"{prefix}_ladder", _rows(df, "ladder"),
-                              [("rung", lambda r: r["rung"] if r["rung"] == "paper" else f"+ {r['rung']}", "rung")],
-                              "gain over the previous rung [95% CI]",
-                              [f"Each rung adds one deviation to the rung above it; the last is {goal_words}' "
-                               "protocol." if goal == "hypertorch" else
-                               "Each rung adds one deviation to the rung above it; the last is the full release."]))
-    if "removed" in groups:
-        top = "the full release" if goal == "release" else "hypertorch's protocol"
-        out += f"\n#### Each deviation removed alone from {top}, {at}\n"
-        out += w.table(_table(f"{prefix}_removed", _rows(df, "removed"),
-                              [("removed", lambda r: f"none ({top})" if r["rung"] == "release"
-                                else f"− {r['rung']}", "rung")],
-                              f"difference from {top} [95% CI]",
-                              [f"Negative: {top} is better with the deviation than without it."]))
-    if "leaky" in groups:
-        out += f"\n#### The release's leaky evaluation split, {at}\n"
-        out += w.table(_table(f"{prefix}_leaky", _rows(df, "leaky"),
-                              [("test characters", lambda r: "clean" if r["rung"] == "clean" else "leaky", "rung")],
-                              "inflation: leaky − clean [95% CI]",
-                              [TEXT["ladder_leaky_note"]]))
-    if "maml" in groups:
-        ladder = {r["rung"]: r for r in _rows(df, "ladder")}
-        beside = ("iMAML ladder's gain from the same deviation [95% CI]",
-                 lambda r: _diff(ladder[r["rung"]]) if r["rung"] in ladder else "—")
-        t = _table(f"{prefix}_maml", _rows(df, "maml"), [("MAML rung", lambda r: r["rung"] if r["rung"] == "maml"
-                                                          else f"+ {r['rung']}", "rung")],
-                   "gain over the previous MAML rung [95% CI]",
-                   [TEXT["ladder_maml_note"]], more=(beside,))
-        out += f"\n#### MAML beside the ladder, {at}\n" + w.table(t)
+    top = "the full release" if goal == "release" else "hypertorch's protocol"
+    ladder = {r["rung"]: r for r in _rows(df, "ladder")}
+    plus = lambda bottom: (lambda r: r["rung"] if r["rung"] == bottom else f"+ {r['rung']}")
+    last = f"{goal_words}' protocol" if goal == "hypertorch" else "the full release"
+    tables = {  # group → heading, the rung's columns, the difference's title, notes, more columns
+        "endpoints": ("The paper as written and the full release", [("end point", "rung"),
+                      ("deviations on", lambda r: "none" if r.get("deviations") in (None, "none")
+                       else str(r["deviations"]).replace("+", " + "), "deviations")], "release − paper [95% CI]", [], ()),
+        "ladder": ("The ladder: deviations added one at a time", [("rung", plus("paper"), "rung")],
+                   "gain over the previous rung [95% CI]",
+                   [f"Each rung adds one deviation to the rung above it; the last is {last}."], ()),
+        "removed": (f"Each deviation removed alone from {top}",
+                    [("removed", lambda r: f"none ({top})" if r["rung"] == "release" else f"− {r['rung']}", "rung")],
+                    f"difference from {top} [95% CI]", [f"Negative: {top} is better with the deviation than without it."],
+                    ()),
+        "leaky": ("The release's leaky evaluation split",
+                  [("test characters", lambda r: "clean" if r["rung"] == "clean" else "leaky", "rung")],
+                  "inflation: leaky − clean [95% CI]", [TEXT["ladder_leaky_note"]], ()),
+        "maml": ("MAML beside the ladder", [("MAML rung", plus("maml"), "rung")],
+                 "gain over the previous MAML rung [95% CI]", [TEXT["ladder_maml_note"]],
+                 (("iMAML ladder's gain from the same deviation [95% CI]",
+                   lambda r: _diff(ladder[r["rung"]]) if r["rung"] in ladder else "—"),))}
+    for group, (heading, first, diff_title, notes, more) in tables.items():
+        if (df["group"] == group).any():
+            out += f"\n#### {heading}, {at}\n" + w.table(_table(f"{prefix}_{group}", _rows(df, group), first,
+                                                                 diff_title, notes, more))
+        if group == "endpoints" and (fig := _figure(df, prefix, at, w.fig_dir, "release" if goal == "release"
+                                                    else "hypertorch protocol")) is not None:
+            out += w.figure(fig, "Deviation ladder: test accuracy per rung")
     return out
 
 
@@ -235,25 +194,17 @@ def reptile_section(seeds: list[dict], w) -> str:
     rows = rungs(seeds)
     minutes = sorted({fmt_g(m) for s in seeds for m in s["tables"]["deviations.csv"]["budget_minutes"].dropna()})
     devices = sorted({str(d) for s in seeds for d in s["tables"]["deviations.csv"]["device"].dropna()})
-    table_rows = []
-    for i, r in enumerate(rows):
-        g = gain(rows[i - 1], r) if i else None
-        table_rows.append({
-            "rung": r["rung"], "seeds": len(r["acc"]),
-            "accuracy_mean": statistics.fmean(r["acc"]) if r["acc"] else None,
-            "accuracy_std": statistics.pstdev(r["acc"]) if len(r["acc"]) > 1 else None,
-            "gain_mean": g[0] if g else None, "gain_low": g[1] if g else None, "gain_high": g[2] if g else None,
-            "gain_kind": g[3] if g else None,
-            "iterations": "/".join(f"{v:,}" for v in r["iters"]) or "—"})
+    table_rows = [{"rung": r["rung"], "seeds": len(r["acc"]),
+                   "accuracy_mean": statistics.fmean(r["acc"]) if r["acc"] else None,
+                   "accuracy_std": statistics.pstdev(r["acc"]) if len(r["acc"]) > 1 else None,
+                   **dict(zip(("gain_mean", "gain_low", "gain_high", "gain_kind"),
+                              (gain(rows[i - 1], r) if i else None) or (None,) * 4)),
+                   "iterations": "/".join(f"{v:,}" for v in r["iters"]) or "—"} for i, r in enumerate(rows)]
     cols = [("rung", lambda r: "fresh state (the suite before)" if r["rung"] == "paper" else f"+ {r['rung']}", "rung"),
             ("seeds", "seeds"),
-            ("test accuracy % (mean ± std over seeds)",
-             lambda r: "—" if r["accuracy_mean"] is None else fmt(r["accuracy_mean"], 2, S) + (
-                 "" if r["accuracy_std"] is None else f" ± {fmt(r['accuracy_std'], 2, S)}"), "accuracy_mean", "accuracy_std"),
-            ("gain over the rung above, pooled over seeds [95% CI]",
-             lambda r: "—" if r["gain_mean"] is None else
-             f"{fmt(r['gain_mean'], 2, S)} [{fmt(r['gain_low'], 2, S)}, {fmt(r['gain_high'], 2, S)}]"
-             + (" (unpaired)" if r["gain_kind"] == "unpaired" else ""),
+            ("test accuracy % (mean ± std over seeds)", lambda r: fmt_pm(r["accuracy_mean"], r["accuracy_std"], 2, S),
+             "accuracy_mean", "accuracy_std"),
+            ("gain over the rung above, pooled over seeds [95% CI]", lambda r: _diff(r, "gain"),
              "gain_mean", "gain_low", "gain_high", "gain_kind"),
             ("iterations per seed", "iterations")]
     iters = sorted({int(m) for st in seeds if (m := ((st.get("config") or {}).get("study") or {}).get("meta_iterations"))})
@@ -261,25 +212,17 @@ def reptile_section(seeds: list[dict], w) -> str:
               else f"{', '.join(minutes) or '?'} min of training per run")
     at = f"{budget} on {', '.join(devices) or 'an unrecorded device'}"
     out = TEXT["reptile_ladder_intro"].format(at=at, seeds=len(seeds))
-    out += w.table(make_table("deviations_reptile_ladder", table_rows, cols,
-                              [TEXT["reptile_ladder_note"]]))
-    fig = _reptile_figure(rows, w.fig_dir, at)
-    if fig is not None:
-        out += w.figure(fig, "Reptile ladder: test accuracy per rung")
+    out += w.table(make_table("deviations_reptile_ladder", table_rows, cols, [TEXT["reptile_ladder_note"]]))
+    done = [r for r in rows if r["acc"]]
+    if done:  # each seed's accuracy per rung (dots) and their mean (bar)
+        fig, (ax,) = new_figure(1, width=5.6, height=3.2)
+        y = list(range(len(done)))[::-1]
+        for yi, r in zip(y, done):
+            ax.plot([a * S for a in r["acc"]], [yi] * len(r["acc"]), "o", color="tab:green", alpha=0.5, ms=4)
+            ax.plot([statistics.fmean(r["acc"]) * S], [yi], "|", color="black", ms=14)
+        ax.set_yticks(y, ["fresh state" if r["rung"] == "paper" else f"+ {r['rung']}" for r in done], fontsize=8)
+        ax.set_xlabel("test accuracy % (dots: seeds; bar: mean)")
+        ax.grid(axis="x", alpha=0.3)
+        fig.suptitle(f"Reptile, Omniglot 5w1s: the suite's earlier protocol → the reference code, {at}", fontsize=8)
+        out += w.figure(save_figure(fig, w.fig_dir / "deviations_reptile.png"), "Reptile ladder: test accuracy per rung")
     return out
-
-
-def _reptile_figure(rows: list[dict], fig_dir, at: str):
-    rows = [r for r in rows if r["acc"]]
-    if not rows:
-        return None
-    fig, (ax,) = new_figure(1, width=5.6, height=3.2)
-    y = list(range(len(rows)))[::-1]
-    for yi, r in zip(y, rows):
-        ax.plot([a * S for a in r["acc"]], [yi] * len(r["acc"]), "o", color="tab:green", alpha=0.5, ms=4)
-        ax.plot([statistics.fmean(r["acc"]) * S], [yi], "|", color="black", ms=14)
-    ax.set_yticks(y, ["fresh state" if r["rung"] == "paper" else f"+ {r['rung']}" for r in rows], fontsize=8)
-    ax.set_xlabel("test accuracy % (dots: seeds; bar: mean)")
-    ax.grid(axis="x", alpha=0.3)
-    fig.suptitle(f"Reptile, Omniglot 5w1s: the suite's earlier protocol → the reference code, {at}", fontsize=8)
-    return save_figure(fig, fig_dir / "deviations_reptile.png")

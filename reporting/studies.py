@@ -1,8 +1,5 @@
-"""Sections for the reviewer studies: fidelity, precision, assumptions, cost, failures, deviations.
-
-Each reads the tidy CSV(s) of the latest completed run of its study (the folder is named
-in the section, so every number traces to it) and writes tables and a figure. The deviation
-ladder (``reporting/deviations.py``) shows its latest short-budget and its latest long run.
+"""Sections for the reviewer studies: fidelity, precision, assumptions, cost, failures, rescaling and the
+deviation ladders (``reporting/deviations.py``), each from the tidy CSV(s) of the study run it names.
 """
 from __future__ import annotations
 
@@ -33,18 +30,22 @@ def _dataset(study: dict) -> str:
 
 
 def picks(studies: list[dict], name: str) -> list[tuple[dict | None, list[str]]]:
-    """The runs of a study the report shows — the latest completed one (else the latest) per
-    dataset — each with the folders of the runs it does not show."""
-    if name == "deviations":
-        return _deviations.picks(studies) or [(None, [])]
-    mine = [s for s in studies if s["study"] == name]
+    """The runs of a study the report shows — per kind (its dataset; a ladder's target and budget) the latest
+    completed one, else the latest — the first with the folders of the runs it does not show. The Reptile
+    ladder, one study folder per seed, is shown as one run holding all of them (``seeds``)."""
+    reptile = lambda s: name == "deviations" and _deviations.target(s) == "reptile"
+    seeds = [s for s in studies if s["study"] == name and reptile(s)]
+    mine = [s for s in studies if s["study"] == name and not reptile(s)]
+    kind = ((lambda s: (list(_deviations.TARGETS).index(_deviations.target(s)), _deviations.is_long(s)))
+            if name == "deviations" else lambda s: (not is_regression(_dataset(s)), _dataset(s)))
     chosen = []
-    for ds in sorted({_dataset(s) for s in mine}, key=lambda d: (not is_regression(d), d)):
-        kind = [s for s in mine if _dataset(s) == ds]
-        chosen.append(([s for s in kind if s["status"] == "completed"] or kind)[-1])
-    shown = {s["run"] for s in chosen}
-    others = [s["run"] for s in mine if s["run"] not in shown]
-    return [(s, others if i == 0 else []) for i, s in enumerate(chosen)] or [(None, [])]
+    for k in sorted({kind(s) for s in mine}):
+        same = [s for s in mine if kind(s) == k]
+        chosen.append(([s for s in same if s["status"] == "completed"] or same)[-1])
+    others = [s["run"] for s in mine if all(s is not c for c in chosen)]
+    shown = [(s, others if i == 0 else []) for i, s in enumerate(chosen)]
+    shown += [(dict(seeds[0], seeds=seeds), [])] if seeds else []
+    return shown or [(None, [])]
 
 
 def _grid(values) -> str:
@@ -58,9 +59,7 @@ def ran_on(study: dict) -> str:
                 + ", ".join(str(((s.get("config") or {}).get("seed")) or 0) for s in study["seeds"])
                 + "; records: " + ", ".join(f"`{s['run']}`" for s in study["seeds"]) + ".")
     if study["study"] == "deviations":  # its config's dataset is the study default; it trains Omniglot experiments
-        if _deviations.target(study) == "hypertorch":
-            return TEXT["hypertorch_ladder_ran_on"]
-        return TEXT["release_ladder_ran_on"]
+        return TEXT["hypertorch_ladder_ran_on" if _deviations.target(study) == "hypertorch" else "release_ladder_ran_on"]
     cfg = study.get("config") or {}
     s, ds = cfg.get("study") or {}, cfg.get("dataset") or {}
     name = ds.get("name")
@@ -71,14 +70,12 @@ def ran_on(study: dict) -> str:
     net = ("MLP 1-40-40-1" if DATASETS.get(name, {}).get("model") == "mlp" else
            f"conv4 ({ds.get('arch', 'maml')} layout, {ds.get('head', 'mean')} head)")
     train, trained, axes = s.get("train") or {}, s.get("trained") or {}, s.get("axes") or {}
-    lam = next((v for v in (s.get("lam"), s.get("lams"), axes.get("lam"), train.get("lam")) if v is not None), None)
-    ks = next((v for v in (s.get("inner_steps"), axes.get("inner_steps"), train.get("inner_steps")) if v is not None),
-              None)
-    parts = [where, f"{net}, {s.get('activation', 'relu')} activation"]
-    parts += [f"λ = {_grid(lam)}"] if lam is not None else []
-    parts += [f"K = {_grid(ks)}"] if ks is not None else []
-    parts += [f"CG steps = {_grid(s['cg_steps'])}"] if s.get("cg_steps") is not None else []
-    parts.append(_checkpoint(s, train, trained))
+    first = lambda *values: next((v for v in values if v is not None), None)
+    grids = {"λ": first(s.get("lam"), s.get("lams"), axes.get("lam"), train.get("lam")),
+             "K": first(s.get("inner_steps"), axes.get("inner_steps"), train.get("inner_steps")),
+             "CG steps": s.get("cg_steps")}
+    parts = [where, f"{net}, {s.get('activation', 'relu')} activation",
+             *(f"{k} = {_grid(v)}" for k, v in grids.items() if v is not None), _checkpoint(s, train, trained)]
     return "Ran on: " + "; ".join(parts) + "."
 
 
@@ -97,45 +94,34 @@ def _checkpoint(s: dict, train: dict, trained: dict) -> str:
     return "checkpoint not recorded"
 
 
-def _pivot(name: str, df: pd.DataFrame, index: list[str], column: str, cell: Callable[[pd.DataFrame], str],
-           value: Callable[[pd.DataFrame], float], col_title: Callable[[object], str], notes: list[str]):
-    """A compact table: one row per ``index`` group, one column per value of ``column``.
+def _pivot(name: str, df: pd.DataFrame, index: list[str], cell: Callable[[pd.DataFrame], str],
+           value: Callable[[pd.DataFrame], float | None], notes: list[str]):
+    """A compact table: one row per ``index`` group, one column per inner-step count K.
     CSV cells hold ``value`` (a number), Markdown/LaTeX cells ``cell`` (text)."""
-    keys = sorted(df[column].dropna().unique().tolist())
-    rows = []
-    for idx, grp in df.groupby(index, dropna=False, sort=True):
-        idx = idx if isinstance(idx, tuple) else (idx,)
-        row = {k: (None if isinstance(v, float) and np.isnan(v) else v) for k, v in zip(index, idx)}
-        for k in keys:
-            sub = grp[grp[column] == k]
-            row[f"text_{k}"] = cell(sub) if len(sub) else "—"
-            row[f"{column}={fmt_g(k)}"] = value(sub) if len(sub) else None
-        rows.append(row)
-    cols = [(i, (lambda i: lambda r: "—" if r[i] is None else fmt_g(r[i]) if not isinstance(r[i], str) else r[i])(i),
-             i) for i in index]
-    cols += [(col_title(k), (lambda k: lambda r: r[f"text_{k}"])(k), f"{column}={fmt_g(k)}") for k in keys]
+    by = df[df["inner_steps"].notna()].groupby([*index, "inner_steps"], dropna=False, sort=True)
+    text, number = by.apply(cell).unstack(fill_value="—"), by.apply(value).unstack()
+    ks = [fmt_g(k) for k in text.columns]
+    rows = [{**{i: None if isinstance(v, float) and np.isnan(v) else v
+                for i, v in zip(index, idx if len(index) > 1 else (idx,))},
+             **{f"K={k}": t for k, t in zip(ks, texts)}, **{f"inner_steps={k}": v for k, v in zip(ks, values)}}
+            for idx, texts, values in zip(text.index, text.to_numpy(), number.to_numpy())]
+    cols = [(i, lambda r, i=i: "—" if r[i] is None else r[i] if isinstance(r[i], str) else fmt_g(r[i]), i)
+            for i in index]
+    cols += [(f"K={k}", lambda r, k=k: r[f"K={k}"], f"inner_steps={k}") for k in ks]
     return make_table(name, rows, cols, notes)
 
 
-def _fidelity_methods() -> dict[str, dict]:
-    """The fidelity study's method names (an algorithm config's ``fidelity.row``, else its name) → that config."""
-    configs = [(name, catalog.algorithm(name)) for name in catalog.algorithms()]
-    return {a["fidelity"].get("row") or name: a for name, a in configs if a["fidelity"]}
-
-
 def fidelity(study: dict, w) -> str:
-    methods = _fidelity_methods()
+    configs = {n: catalog.algorithm(n) for n in catalog.algorithms()}  # a method's name: its ``fidelity.row`` or its own
+    methods = {a["fidelity"].get("row") or n: a for n, a in configs.items() if a["fidelity"]}
     by_cg = {m for m, a in methods.items() if a["family"] == "implicit"}  # solved by CG: a row per CG-step count
     df = study["tables"]["fidelity.csv"].copy()
     df["estimator"] = [f"{m}, CG {fmt_g(c)}" if m in by_cg else str(m) for m, c in zip(df["method"], df["cg_steps"])]
-    med = lambda col: (lambda g: float(g[col].median()))  # noqa: E731
     scaled = df[~df["method"].isin([m for m, a in methods.items() if a["fidelity"].get("direction_only")])]
-    out = w.table(_pivot("fidelity_rel_error", scaled, ["theta_source", "estimator"], "inner_steps",
-                         lambda g: f"{g['rel_error'].median():.2e}", med("rel_error"), lambda k: f"K={fmt_g(k)}",
-                         [TEXT["fidelity_rel_error_note"]]))
-    out += w.table(_pivot("fidelity_cosine", df, ["theta_source", "estimator"], "inner_steps",
-                          lambda g: f"{g['cosine'].median():.4f}", med("cosine"), lambda k: f"K={fmt_g(k)}",
-                          [TEXT["fidelity_cosine_note"]]))
+    out = ""
+    for name, data, col, spec in (("fidelity_rel_error", scaled, "rel_error", ".2e"), ("fidelity_cosine", df, "cosine", ".4f")):
+        out += w.table(_pivot(name, data, ["theta_source", "estimator"], lambda g: f"{g[col].median():{spec}}",
+                              lambda g: float(g[col].median()), [TEXT[f"{name}_note"]]))
     fig, (ax1, ax2) = new_figure(2)
     cg_max = df["cg_steps"].max()
     for i, ((theta, method), g) in enumerate(df.groupby(["theta_source", "method"], sort=True)):
@@ -161,34 +147,30 @@ def fidelity(study: dict, w) -> str:
     ax1.set_title("meta-gradient error vs inner steps")
     out += w.figure(save_figure(fig, w.fig_dir / "fidelity.png"), "Relative error to the exact meta-gradient")
     out += w.table(_pivot("fidelity_cost", df[df["theta_source"] == df["theta_source"].min()], ["estimator"],
-                          "inner_steps",
                           lambda g: f"{g['hvps'].mean():.0f} / {g['grad_evals'].mean():.0f}",
-                          lambda g: float(g["hvps"].mean()),
-                          lambda k: f"K={fmt_g(k)}",
-                          [TEXT["fidelity_cost_note"]]))
+                          lambda g: float(g["hvps"].mean()), [TEXT["fidelity_cost_note"]]))
     return out
 
 
 def precision(study: dict, w) -> str:
     df = study["tables"]["precision.csv"]
-    rows = []
-    for k, g in df.groupby("inner_steps", sort=True):
-        rows.append({"inner_steps": k, "tasks": int(g["task"].nunique()), "rel_diff_median": g["rel_diff"].median(),
-                     "rel_diff_max": g["rel_diff"].max(), "norm32_mean": g["norm32"].mean(),
-                     "norm64_mean": g["norm64"].mean(), "nonfinite32": int(g["nonfinite32"].astype(bool).sum()),
-                     "nonfinite64": int(g["nonfinite64"].astype(bool).sum())})
+    rows = df.groupby("inner_steps", sort=True).agg(
+        tasks=("task", "nunique"), rel_diff_median=("rel_diff", "median"), rel_diff_max=("rel_diff", "max"),
+        norm32_mean=("norm32", lambda s: s.mean()), norm64_mean=("norm64", lambda s: s.mean()),
+        nonfinite32=("nonfinite32", lambda s: s.astype(bool).sum()),
+        nonfinite64=("nonfinite64", lambda s: s.astype(bool).sum())).reset_index().to_dict("records")
     cols = [("inner steps K", lambda r: fmt_g(r["inner_steps"])), ("tasks", lambda r: str(r["tasks"])),
             ("rel. diff median", lambda r: f"{r['rel_diff_median']:.2e}"),
             ("rel. diff max", lambda r: f"{r['rel_diff_max']:.2e}"),
             ("‖g‖ float32", lambda r: fmt(r["norm32_mean"], 4)), ("‖g‖ float64", lambda r: fmt(r["norm64_mean"], 4)),
             ("non-finite tasks f32 / f64", lambda r: f"{r['nonfinite32']} / {r['nonfinite64']}")]
-    out = w.table(_every_key_table("precision", rows, cols,
-                             [TEXT["precision_note"]]))
+    out = w.table(_every_key_table("precision", rows, cols, [TEXT["precision_note"]]))
     fig, (ax,) = new_figure()
     if rows:
-        ax.plot([r["inner_steps"] for r in rows], [r["rel_diff_median"] for r in rows], marker="o", label="median")
-        ax.plot([r["inner_steps"] for r in rows], [r["rel_diff_max"] for r in rows], marker="s", label="max")
-        log_x(ax, [r["inner_steps"] for r in rows])
+        ks = [r["inner_steps"] for r in rows]
+        ax.plot(ks, [r["rel_diff_median"] for r in rows], marker="o", label="median")
+        ax.plot(ks, [r["rel_diff_max"] for r in rows], marker="s", label="max")
+        log_x(ax, ks)
         ax.set_yscale("log")
         ax.legend()
     ax.set_xlabel("inner steps K")
@@ -207,67 +189,45 @@ def precision(study: dict, w) -> str:
                  ("mean (± 95% CI)", lambda r: f"{fmt(r['mean'], 4)} ± {fmt(r['ci95'], 4)}"),
                  ("tasks", lambda r: fmt_g(r["n"])), ("verdict", lambda r: str(r["verdict"])),
                  ("run", lambda r: str(r.get("run_dir") or "—"))]
-        out += w.table(make_table("precision_train", trows, tcols,
-                                  [TEXT["precision_train_note"]],
+        out += w.table(make_table("precision_train", trows, tcols, [TEXT["precision_train_note"]],
                                   extra=list(train.columns)))
     return out
 
 
-def assumption_rows(study: dict) -> list[dict]:
+def assumptions(study: dict, w) -> str:
     """Per (checkpoint, λ): how many tasks' regularised inner objective is not strongly convex, and
     quantiles of the other audited quantities."""
     df = study["tables"]["assumptions.csv"].copy()
-    sc = df["strongly_convex"]
-    df["violated"] = ~(sc.astype(str).str.strip().str.lower().isin(["true", "1", "1.0", "yes"]))
-    rows = []
-    for (ckpt, lam), g in df.groupby(["checkpoint", "lam"], sort=True):
-        rows.append({"checkpoint": ckpt, "lam": lam, "tasks": int(g["task"].nunique()), "pairs": len(g),
-                     "not_strongly_convex": int(g["violated"].sum()),
-                     "frac_not_strongly_convex": float(g["violated"].mean()),
-                     "eig_min_min": g["eig_min"].min(), "eig_min_median": g["eig_min"].median(),
-                     "eig_max_median": g["eig_max"].median(), "hess_lipschitz_median": g["hess_lipschitz"].median(),
-                     "inner_grad_norm_median": g["inner_grad_norm"].median(),
-                     "inner_grad_norm_q90": g["inner_grad_norm"].quantile(0.9),
-                     "cg_residual_median": g["cg_residual"].median(), "cg_residual_q90": g["cg_residual"].quantile(0.9),
-                     "query_grad_norm_median": g["query_grad_norm"].median()})
-    return rows
-
-
-def assumptions(study: dict, w) -> str:
-    rows = assumption_rows(study)
-    e = lambda key: (lambda r: f"{r[key]:.2e}")  # noqa: E731
+    df["violated"] = ~df["strongly_convex"].astype(str).str.strip().str.lower().isin(["true", "1", "1.0", "yes"])
+    q90 = lambda s: s.quantile(0.9)
+    rows = df.groupby(["checkpoint", "lam"], sort=True).agg(
+        tasks=("task", "nunique"), pairs=("task", "size"), not_strongly_convex=("violated", "sum"),
+        frac_not_strongly_convex=("violated", "mean"), eig_min_min=("eig_min", "min"),
+        eig_min_median=("eig_min", "median"), eig_max_median=("eig_max", "median"),
+        hess_lipschitz_median=("hess_lipschitz", "median"), inner_grad_norm_median=("inner_grad_norm", "median"),
+        inner_grad_norm_q90=("inner_grad_norm", q90), cg_residual_median=("cg_residual", "median"),
+        cg_residual_q90=("cg_residual", q90), query_grad_norm_median=("query_grad_norm", "median"),
+    ).reset_index().to_dict("records")
     cols = [("checkpoint (iteration)", lambda r: fmt_g(r["checkpoint"])), ("λ", lambda r: fmt_g(r["lam"])),
             ("not strongly convex (tasks)", lambda r: f"{r['not_strongly_convex']} of {r['pairs']}"),
             ("λ_min min / median", lambda r: f"{r['eig_min_min']:.3g} / {r['eig_min_median']:.3g}"),
             ("λ_max median", lambda r: f"{r['eig_max_median']:.3g}"),
-            ("Hessian-Lipschitz median", e("hess_lipschitz_median")),
+            ("Hessian-Lipschitz median", lambda r: f"{r['hess_lipschitz_median']:.2e}"),
             ("‖∇G(φ_K)‖ median / q90", lambda r: f"{r['inner_grad_norm_median']:.2e} / {r['inner_grad_norm_q90']:.2e}"),
             ("CG residual median / q90", lambda r: f"{r['cg_residual_median']:.2e} / {r['cg_residual_q90']:.2e}")]
-    return w.table(_every_key_table(f"assumptions_{_dataset(study)}", rows, cols,
-                              [TEXT["assumptions_note"]]))
+    return w.table(_every_key_table(f"assumptions_{_dataset(study)}", rows, cols, [TEXT["assumptions_note"]]))
 
 
 def cost(study: dict, w) -> str:
     df = study["tables"]["cost.csv"].copy()
     df["memory"] = df["gpu_peak_bytes"].where(df["gpu_peak_bytes"].notna(), df["alloc_peak_bytes"])
     ok = lambda g: g[g["status"] == "completed"]  # noqa: E731
-
-    def cell(col, scale, digits):
-        def f(g):
-            done = ok(g)
-            return "oom" if done.empty else fmt(done[col].median(), digits, scale)
-        return f
-
-    def value(col):
-        return lambda g: float(ok(g)[col].median()) if len(ok(g)) else None
-
-    k_title = lambda k: f"K={fmt_g(k)}"  # noqa: E731
-    out = w.table(_pivot("cost_time", df, ["algorithm", "inner_optimizer"], "inner_steps",
-                         cell("median_iter_s", 1000.0, 1), value("median_iter_s"), k_title,
-                         ["Median time per meta-iteration (ms) after warm-up; 'oom' = over the memory cap."]))
-    out += w.table(_pivot("cost_memory", df, ["algorithm", "inner_optimizer"], "inner_steps",
-                          cell("memory", 2.0**-20, 1), value("memory"), k_title,
-                          [TEXT["cost_memory_note"]]))
+    out = ""
+    for name, col, scale, note in (("cost_time", "median_iter_s", 1000.0, TEXT["cost_time_note"]),
+                                   ("cost_memory", "memory", 2.0**-20, TEXT["cost_memory_note"])):
+        out += w.table(_pivot(name, df, ["algorithm", "inner_optimizer"],
+                              lambda g: fmt(ok(g)[col].median(), 1, scale) if len(ok(g)) else "oom",
+                              lambda g: float(ok(g)[col].median()) if len(ok(g)) else None, [note]))
     devices = ", ".join(sorted(df["device"].dropna().astype(str).unique()))
     fig, (ax1, ax2) = new_figure(2)
     for i, ((algo, opt), g) in enumerate(df.groupby(["algorithm", "inner_optimizer"], sort=True)):
@@ -288,46 +248,38 @@ def cost(study: dict, w) -> str:
     return out
 
 
-def _range(values: pd.Series) -> str:
-    v = values.dropna()
-    if v.empty:
-        return "—"
-    lo, hi = v.min(), v.max()
-    return fmt_g(lo) if lo == hi else f"{fmt_g(lo)}–{fmt_g(hi)}"
-
-
 def failures(study: dict, w) -> str:
     df = study["tables"]["failures.csv"]
-    rows = []
-    for (algo, status), g in df.groupby(["algorithm", "status"], sort=True):
-        rows.append({"algorithm": algo, "status": status, "configs": len(g), "of": int((df["algorithm"] == algo).sum()),
-                     **{col: _range(g[col]) for col in ("lam", "inner_steps", "cg_steps", "inner_lr")}})
+    span = lambda v: "—" if v.dropna().empty else fmt_g(v.min()) if v.min() == v.max() else \
+        f"{fmt_g(v.min())}–{fmt_g(v.max())}"
+    t = df.groupby(["algorithm", "status"], sort=True).agg(
+        configs=("status", "size"), **{col: (col, span) for col in ("lam", "inner_steps", "cg_steps", "inner_lr")})
+    t.insert(1, "of", t.index.get_level_values("algorithm").map(df["algorithm"].value_counts()))
+    rows = t.reset_index().to_dict("records")
     cols = [("algorithm", lambda r: str(r["algorithm"])), ("status", lambda r: str(r["status"])),
             ("grid points", lambda r: f"{r['configs']} of {r['of']}"), ("λ", lambda r: r["lam"]),
             ("inner steps", lambda r: r["inner_steps"]), ("CG steps", lambda r: r["cg_steps"]),
             ("inner lr", lambda r: r["inner_lr"])]
-    out = w.table(_every_key_table("failures", rows, cols,
-                             [TEXT["failures_note"]]))
-    return out
+    return w.table(_every_key_table("failures", rows, cols, [TEXT["failures_note"]]))
 
 
 def rescaling(study: dict, w) -> str:
     """Per target scale: float32's error in MAML's meta-gradient at the largest K, and how the
     protocol that diverged fared trained on the rescaled targets (MSE in the original units)."""
-    grads, train = study["tables"]["rescaling.csv"], study["tables"].get("rescaling_train.csv")
+    grads = study["tables"]["rescaling.csv"]
+    train = study["tables"].get("rescaling_train.csv", pd.DataFrame(
+        columns=["scale", "status", "meta_iterations", "experiment", "test_mse", "iterations_done"]))
     rows = []
     for scale, g in grads.groupby("scale", sort=True):
-        k = g["inner_steps"].max()
-        t = train[train["scale"] == scale] if train is not None else train
-        done = t[t["status"] == "completed"] if t is not None else None
+        k, t = g["inner_steps"].max(), train[train["scale"] == scale]
+        done = t[t["status"] == "completed"]
         rows.append({"scale": scale, "inner_steps": int(k), "rel_diff_median": g[g["inner_steps"] == k]["rel_diff"].median(),
                      "nonfinite32": int(g["nonfinite32"].astype(str).str.lower().eq("true").sum()),
-                     "seeds": len(t) if t is not None else 0, "diverged": int((t["status"] == "diverged").sum()) if t is not None else 0,
-                     "iterations": int(t["meta_iterations"].max()) if t is not None and len(t) else None,
-                     "experiment": str(t["experiment"].iloc[0]) if t is not None and len(t) else "—",
-                     "test_mse_mean": float(done["test_mse"].mean()) if done is not None and len(done) else None,
-                     "diverged_at": ", ".join(str(int(i)) for i in t.loc[t["status"] == "diverged", "iterations_done"])
-                     if t is not None else ""})
+                     "seeds": len(t), "diverged": int((t["status"] == "diverged").sum()),
+                     "iterations": int(t["meta_iterations"].max()) if len(t) else None,
+                     "experiment": str(t["experiment"].iloc[0]) if len(t) else "—",
+                     "test_mse_mean": float(done["test_mse"].mean()) if len(done) else None,
+                     "diverged_at": ", ".join(str(int(i)) for i in t.loc[t["status"] == "diverged", "iterations_done"])})
     cols = [("target scale", lambda r: fmt_g(r["scale"])),
             ("f32 vs f64 rel. diff (median, K)", lambda r: f"{r['rel_diff_median']:.2e} (K={r['inner_steps']})"),
             ("non-finite f32 gradients", lambda r: str(r["nonfinite32"])),
@@ -335,8 +287,7 @@ def rescaling(study: dict, w) -> str:
              + (f" (at {r['diverged_at']})" if r["diverged_at"] else "")),
             ("test MSE, original units (completed runs)", lambda r: fmt(r["test_mse_mean"], 3)),
             ("protocol, iterations", lambda r: f"`{r['experiment']}`, {fmt_g(r['iterations'])}")]
-    return w.table(_every_key_table("rescaling", rows, cols,
-                                    [TEXT["rescaling_note"]]))
+    return w.table(_every_key_table("rescaling", rows, cols, [TEXT["rescaling_note"]]))
 
 
 SECTIONS = {"fidelity": fidelity, "precision": precision, "assumptions": assumptions, "cost": cost,

@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import pandas as pd
+
 from . import common as c
 from .render import MARKERS, TEXT, Table, colour, fmt, fmt_g, fmt_pm, log_x, make_table, new_figure, save_figure
 
@@ -29,44 +31,46 @@ def inventory(rows: list[dict]) -> Table:
 def inner_steps_groups(rows: list[dict]) -> list[dict]:
     """Completed runs grouped by (dataset, setting, profile, algorithm, train inner steps),
     kept where an algorithm was run at two or more inner-step counts (a sweep)."""
-    done = [r for r in rows if r["status"] == "completed" and r.get("inner_steps") is not None]
-    by_algo: dict[tuple, dict[int, list[dict]]] = {}
-    for r in done:
-        by_algo.setdefault((r["dataset"], r["setting"], r["profile"], r["label"]), {}).setdefault(
-            int(r["inner_steps"]), []).append(r)
-    out = []
-    for (dataset, setting, profile, label), steps in by_algo.items():
-        if len(steps) < 2:
-            continue
-        for k, members in steps.items():
-            mean, std, n = c.mean_std([m["mean"] for m in members])
-            metric = members[0]["metric"]
-            out.append({"dataset": dataset, "setting": setting, "profile": profile, "label": label,
-                        "inner_steps": k, "metric": metric, "n_runs": n, "mean": mean, "std": std,
-                        "ci95": members[0]["ci95"] if n == 1 else math.nan,
-                        "test_steps": sorted({m["test_steps"] for m in members if m.get("test_steps") is not None}),
-                        "median_iter_s": c.mean_std([m["median_iter_s"] for m in members
-                                                     if m.get("median_iter_s") is not None])[0],
-                        "alloc_peak_bytes": c.mean_std([m["alloc_peak_bytes"] for m in members
-                                                        if m.get("alloc_peak_bytes") is not None])[0],
-                        "iterations": c.mean_std([m["iterations_done"] for m in members])[0],
-                        "minutes": members[0].get("max_train_minutes"),
-                        "runs": [m["run"] for m in members]})
+    key = ["dataset", "setting", "profile", "label", "inner_steps"]
+    cols = [*key, "metric", "mean", "ci95", "test_steps", "median_iter_s", "alloc_peak_bytes", "iterations_done",
+            "max_train_minutes", "run"]
+    df = pd.DataFrame([[int(r[k]) if k == "inner_steps" else r.get(k) for k in cols] for r in rows
+                       if r["status"] == "completed" and r.get("inner_steps") is not None], columns=cols, dtype=object)
+    df = df[df.groupby(key[:-1], dropna=False)["inner_steps"].transform("nunique") >= 2]
+
+    def point(m: pd.DataFrame) -> dict:
+        known = lambda col: c.mean_std([v for v in m[col] if v is not None])[0]  # noqa: E731
+        mean, std, n = c.mean_std(list(m["mean"]))
+        return {"metric": m["metric"].iloc[0], "n_runs": n, "mean": mean, "std": std,
+                "ci95": m["ci95"].iloc[0] if n == 1 else math.nan,
+                "test_steps": sorted({t for t in m["test_steps"] if t is not None}),
+                "median_iter_s": known("median_iter_s"), "alloc_peak_bytes": known("alloc_peak_bytes"),
+                "iterations": c.mean_std(list(m["iterations_done"]))[0], "minutes": m["max_train_minutes"].iloc[0],
+                "runs": list(m["run"])}
+    out = [dict(zip(key, map(c.clean, k)), **point(m)) for k, m in df.groupby(key, sort=False, dropna=False)]
     return sorted(out, key=lambda g: (g["dataset"], c.setting_rank(g["setting"]), g["profile"],
                                       c.label_rank(g["label"]), g["inner_steps"]))
 
 
-def _spread(g: dict) -> str:
+def _cell(g: dict) -> str:
+    """A point's mean ± its std over runs, or ± one run's 95% CI."""
     s, d = c.scale_of(g["metric"])
-    text = fmt_pm(g["mean"], g["std"] if g["n_runs"] > 1 else g["ci95"], d, s)
-    return f"{text} ({'std over ' + str(g['n_runs']) + ' runs' if g['n_runs'] > 1 else '95% CI'})"
+    return fmt_pm(g["mean"], g["std"] if g["n_runs"] > 1 else g["ci95"], d, s)
+
+
+def _by_setting(groups: list[dict]) -> list[tuple[tuple, list[dict]]]:
+    """The points of each (dataset, setting, profile), in report order."""
+    keys = sorted({(g["dataset"], g["setting"], g["profile"]) for g in groups},
+                  key=lambda k: (k[0], c.setting_rank(k[1]), k[2]))
+    return [(k, [g for g in groups if (g["dataset"], g["setting"], g["profile"]) == k]) for k in keys]
 
 
 def inner_steps_table(groups: list[dict]) -> Table:
     """Every (setting, algorithm, K) point with its cost: the long form behind the pivots (files only)."""
     cols = [("setting", lambda g: f"{g['dataset']} {g['setting']} ({g['profile']})", "dataset", "setting", "profile"),
             ("algorithm", "label"), ("inner steps (train)", "inner_steps"),
-            ("result", _spread, "mean", "std", "ci95", "n_runs"),
+            ("result", lambda g: f"{_cell(g)} (" + (f"std over {g['n_runs']} runs" if g["n_runs"] > 1 else "95% CI") + ")",
+             "mean", "std", "ci95", "n_runs"),
             ("iterations reached", lambda g: fmt(g["iterations"], 0), "iterations"),
             ("s / iteration", lambda g: fmt(g["median_iter_s"], 4), "median_iter_s"),
             ("peak alloc MiB", lambda g: fmt(g["alloc_peak_bytes"], 1, 2.0**-20), "alloc_peak_bytes")]
@@ -76,18 +80,13 @@ def inner_steps_table(groups: list[dict]) -> Table:
 def inner_steps_pivots(groups: list[dict]) -> list[Table]:
     """One table per setting: rows algorithms, columns the inner steps K, cells the test metric."""
     out = []
-    for key in sorted({(g["dataset"], g["setting"], g["profile"]) for g in groups},
-                      key=lambda k: (k[0], c.setting_rank(k[1]), k[2])):
-        sel = [g for g in groups if (g["dataset"], g["setting"], g["profile"]) == key]
+    for key, sel in _by_setting(groups):
         ks = sorted({g["inner_steps"] for g in sel})
         rows = []
         for label in sorted({g["label"] for g in sel}, key=c.label_rank):
-            row = {"label": label}
-            for g in (g for g in sel if g["label"] == label):
-                s, d = c.scale_of(g["metric"])
-                row[f"K={g['inner_steps']}"] = g["mean"]
-                row[f"text_{g['inner_steps']}"] = fmt_pm(g["mean"], g["std"] if g["n_runs"] > 1 else g["ci95"], d, s)
-            rows.append(row)
+            mine = [g for g in sel if g["label"] == label]
+            rows.append({"label": label, **{f"K={g['inner_steps']}": g["mean"] for g in mine},
+                         **{f"text_{g['inner_steps']}": _cell(g) for g in mine}})
         cols = [("algorithm", "label"),
                 *((f"K={k}", (lambda k: lambda r: r.get(f"text_{k}", "—"))(k), f"K={k}") for k in ks)]
         metric, minutes = sel[0]["metric"], sorted({fmt_g(g["minutes"]) for g in sel if g["minutes"] is not None})
@@ -105,11 +104,8 @@ def inner_steps_pivots(groups: list[dict]) -> list[Table]:
 
 def inner_steps_figures(groups: list[dict], fig_dir: Path) -> list[Path]:
     """Metric vs inner steps, one line per algorithm, one figure per dataset setting."""
-    keys = sorted({(g["dataset"], g["setting"], g["profile"]) for g in groups},
-                  key=lambda k: (k[0], c.setting_rank(k[1]), k[2]))
     paths = []
-    for dataset, setting, profile in keys:
-        sel = [g for g in groups if (g["dataset"], g["setting"], g["profile"]) == (dataset, setting, profile)]
+    for (dataset, setting, profile), sel in _by_setting(groups):
         fig, (ax, ax_t, ax_m) = new_figure(ncols=3, width=5.0)
         for i, label in enumerate(sorted({g["label"] for g in sel}, key=c.label_rank)):
             pts = [g for g in sel if g["label"] == label]
@@ -156,6 +152,4 @@ def selection_table(selections: list[dict], labels: dict) -> Table:
             ("validation (± 95% CI; MSE or accuracy %)", score, "val_metric", "val_ci95", "status"),
             ("chosen", lambda r: "**chosen**" if r["chosen"] else "", "chosen"),
             ("selection record", lambda r: f"`{r['run']}`", "run")]
-    return make_table("selection", rows, cols,
-                      [TEXT["selection_note"]],
-                      extra=("metric", "val_fingerprint"))
+    return make_table("selection", rows, cols, [TEXT["selection_note"]], extra=("metric", "val_fingerprint"))

@@ -1,9 +1,6 @@
-"""Time to accuracy (the wall-clock question): the committed ``bench.tta`` records, ``bench_tta/*.json``
-beside the records folder (written by ``python -m bench.tta``; its harness is documented in
-``BENCHMARKS.md`` beside the report). Each record is one Omniglot 5-way 1-shot run grown segment by
-segment; a segment holds the minutes trained, the iterations done and the test result on the
-fixed test tasks. This module only reads them.
-"""
+"""Time to accuracy (the wall-clock question), read from the committed ``bench.tta`` records
+(``bench_tta/*.json`` beside the records folder; harness in ``BENCHMARKS.md``): one Omniglot 5-way
+1-shot run each, grown segment by segment, each segment its minutes, iterations and test result."""
 from __future__ import annotations
 
 import json
@@ -37,46 +34,31 @@ def label(r: dict) -> str:
     return r["segments"][0]["summary"].get("label") or r["algorithm"]
 
 
-def changed(r: dict) -> str:
-    extra = [o.replace("algorithm.hparams.", "") for o in r.get("overrides", []) if not o.startswith(FIXED)]
-    return ", ".join(extra) or "the published protocol"
-
-
-def first_reaching(r: dict, threshold: float) -> dict | None:
-    return next((s for s in r["segments"] if s["test_mean"] >= threshold), None)
-
-
-def best(r: dict) -> dict:
-    return max(r["segments"], key=lambda s: (s["test_mean"], -s["train_wall_s"]))
-
-
-def seed(r: dict):
-    return r["segments"][0]["summary"].get("seed")
-
-
 def _acc(s: dict) -> str:
     return f"{fmt(s['test_mean'], 2, 100)} ± {fmt(s['test_ci95'], 2, 100)}"
 
 
 def _at(s: dict | None) -> str:
-    if s is None:
-        return "not reached"
-    return f"{fmt(s['train_wall_s'] / 60, 1)} min ({s['iterations']:,} it., {_acc(s)})"
+    return "not reached" if s is None else f"{fmt(s['train_wall_s'] / 60, 1)} min ({s['iterations']:,} it., {_acc(s)})"
 
 
 def table(records: list[dict]) -> Table:
-    rows = [dict(name=r["name"], label=label(r), changed=changed(r), seed=seed(r),
-                 **{f"min_{t}": (first_reaching(r, t) or {}).get("train_wall_s") for t in THRESHOLDS},
-                 best_mean=best(r)["test_mean"], best_ci95=best(r)["test_ci95"],
-                 best_minutes=best(r)["train_wall_s"] / 60, record=r) for r in records]
+    rows = []
+    for r in records:
+        first = {t: next((s for s in r["segments"] if s["test_mean"] >= t), None) for t in THRESHOLDS}
+        best = max(r["segments"], key=lambda s: (s["test_mean"], -s["train_wall_s"]))
+        changed = [o.replace("algorithm.hparams.", "") for o in r.get("overrides", []) if not o.startswith(FIXED)]
+        rows.append({"name": r["name"], "label": label(r), "changed": ", ".join(changed) or "the published protocol",
+                     "seed": r["segments"][0]["summary"].get("seed"), "first": first, "best": best,
+                     **{f"min_{t}": (s or {}).get("train_wall_s") for t, s in first.items()},
+                     "best_mean": best["test_mean"], "best_ci95": best["test_ci95"],
+                     "best_minutes": best["train_wall_s"] / 60})
     cols = [("run", lambda d: f"`{d['name']}`", "name"), ("algorithm", "label"),
             ("changed from the protocol", "changed"),
-            *((f"first ≥ {100 * t:g}%", (lambda t: lambda d: _at(first_reaching(d["record"], t)))(t), f"min_{t}")
-              for t in THRESHOLDS),
-            ("best (± 95% CI)", lambda d: f"{_acc(best(d['record']))} after {fmt(d['best_minutes'], 1)} min",
+            *((f"first ≥ {100 * t:g}%", (lambda t: lambda d: _at(d["first"][t]))(t), f"min_{t}") for t in THRESHOLDS),
+            ("best (± 95% CI)", lambda d: f"{_acc(d['best'])} after {fmt(d['best_minutes'], 1)} min",
              "best_mean", "best_ci95", "best_minutes")]
-    return make_table("time_to_accuracy", rows, cols,
-                      [TEXT["tta_note"]], extra=("seed",))
+    return make_table("time_to_accuracy", rows, cols, [TEXT["tta_note"]], extra=("seed",))
 
 
 def figure(records: list[dict], fig_dir: Path) -> Path:
