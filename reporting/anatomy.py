@@ -26,13 +26,36 @@ def diagnosis(r: dict, root: Path) -> tuple[dict | None, str | None]:
         return None, None
 
 
-def stage(r: dict, root: Path) -> tuple[str, str | None]:
-    """Where run ``r`` failed, in words, and the link to its diagnosis where one exists."""
-    if r.get("failure_stage"):
-        return r["failure_stage"], None
+def _precursor(r: dict, root: Path) -> tuple[str, str | None]:
+    """A dissection of the iteration before a divergence (``diagnose --at N``, saved as ``at-N/``): the
+    failing task's inner losses, when an exploded but finite adaptation moved θ first."""
+    _, link = diagnosis(r, root)
+    rel = Path(str(r["run"])).relative_to(Path(str(r["run"])).parts[0])
+    for path in sorted((root / "diagnoses" / rel).glob("at-*/diagnosis.json")):
+        g = json.loads(path.read_text())["degradation"]
+        losses = [e["loss"] for e in g["trace"] if e.get("stage") == "inner"]
+        where = f"{Path(str(r['run'])).parts[0]}/diagnoses/{path.relative_to(root / 'diagnoses').as_posix()}"
+        return TEXT["precursor"].format(iteration=g["iteration"], task=g["task"], first=losses[0],
+                                        last=losses[-1], steps=len(losses)), where
+    return "", None
+
+
+def stage(r: dict, root: Path, judged: dict | None = None) -> tuple[str, list[str]]:
+    """Where run ``r`` failed, in words (a divergence with its iteration), and the links to its diagnoses."""
+    text, links = _stage(r, root, judged)
+    it = f" (iteration {r.get('failure_iteration')})" if r["status"] == "diverged" else ""
+    before, at = _precursor(r, root) if r.get("failure_stage") else ("", None)
+    return text + it + before, [x for x in (*links, at) if x]
+
+
+def _stage(r: dict, root: Path, judged: dict | None) -> tuple[str, list[str | None]]:
     d, link = diagnosis(r, root)
+    if r.get("failure_stage"):
+        return r["failure_stage"], [link]
     if d is None:
-        return "not diagnosed", None
+        if r["status"] == "completed" and judged:
+            return TEXT["not_better"].format(baseline=judged.get("missed")), []
+        return "not diagnosed", []
     if d.get("kind") == "unlearned":
         ctrl = d.get("control") or {}
         on = "val" if ctrl.get("val") else "test"
@@ -40,17 +63,26 @@ def stage(r: dict, root: Path) -> tuple[str, str | None]:
         tail = (TEXT["unlearned_control"].format(on=on, val=val)
                 if ctrl.get("status") == "completed" and val is not None else "")
         return TEXT["unlearned_stage"].format(cos=d["cos_procedure_of_mean"], dense=d["medians"]["cos_dense"],
-                                              left=d["medians"]["inner_residual_rel"], tail=tail), link
+                                              left=d["medians"]["inner_residual_rel"], tail=tail), [link]
+    if d.get("kind") == "worst_test":
+        return TEXT["worst_test"].format(task=d["task"], value=d["task_value"], without=d["mean_without_task"],
+                                         median=d["median"]), [link]
     if d.get("degradation"):
         g, dense = d["degradation"], d.get("dense_implicit") or {}
         pd_text = ("" if "positive_definite" not in dense else
                    "; its system " + ("positive definite" if dense["positive_definite"] else
                                       f"indefinite (λ_min {dense['system_eig_min']:.3g})"))
         return (f"degraded, dissected at iteration {g['iteration']}: worst task's CG residual "
-                f"{max(g['cg_residuals']):.3g}{pd_text}"), link
+                f"{max(g['cg_residuals']):.3g}{pd_text}"), [link]
     if not d.get("failed_again"):
-        return "did not fail again in the rerun", link
-    return (d.get("anatomy") or {}).get("stage", "unknown"), link
+        return "did not fail again in the rerun", [link]
+    return (d.get("anatomy") or {}).get("stage", "unknown"), [link]
+
+
+def protocol(r: dict) -> str:
+    """The inner loop a row ran, short: what tells apart protocols of one algorithm."""
+    lam = r.get("prox_lam")
+    return f"K={r['inner_steps']}, α={r['inner_lr']:g}" + (f", λ={lam:g}" if lam and lam == lam else "")
 
 
 def rows_of(rows: list[dict], judged: dict, root: Path) -> list[dict]:
@@ -58,22 +90,22 @@ def rows_of(rows: list[dict], judged: dict, root: Path) -> list[dict]:
     for r in rows:
         budget = (f"{r['max_train_minutes']:g} min of training" if r.get("max_train_minutes")
                   else f"{r['meta_iterations']:,} iterations" + (" or the plateau rule" if r.get("early_stop") else ""))
-        groups.setdefault((r["setting"], r["label"], budget), []).append(r)
+        groups.setdefault((r["setting"], r["label"], protocol(r), budget), []).append(r)
     out = []
-    for (setting, label, budget), runs in sorted(groups.items(), key=lambda kv: (kv[0][0], c.label_rank(kv[0][1]), kv[0][2])):
+    for (setting, label, proto, budget), runs in sorted(groups.items(),
+                                                        key=lambda kv: (kv[0][0], c.label_rank(kv[0][1]), kv[0][3], kv[0][2])):
         counts: Counter = Counter()
         stages, links = [], []
         for r in runs:
             done = r["status"] == "completed"
             verdict = (judged.get(r["run"]) or {}).get("status", "no baseline record") if done else str(r["status"])
             counts[verdict] += 1
-            where, link = stage(r, root) if verdict in ("diverged", "did not learn") else (None, None)
-            if verdict == "diverged":
-                stages.append(f"s{r.get('seed')}: {where} (iteration {r.get('failure_iteration')})")
-            elif link:
-                stages.append(f"s{r.get('seed')}: {where}")
-            links += [link] if link else []
-        out.append({"setting": setting, "algorithm": label, "budget": budget, "seeds": len(runs),
+            if verdict not in ("diverged", "did not learn"):
+                continue
+            where, found = stage(r, root, judged.get(r["run"]))
+            stages.append(f"s{r.get('seed')}: {where}")
+            links += found
+        out.append({"setting": setting, "algorithm": label, "protocol": proto, "budget": budget, "seeds": len(runs),
                     "outcome": ", ".join(f"{k} {v}" for k, v in sorted(counts.items())),
                     "stages": "; ".join(stages) or "—", "evidence": ", ".join(f"[{i + 1}]({link})"
                                                                               for i, link in enumerate(links)) or "—"})
@@ -85,7 +117,7 @@ def section(rows: list[dict], judged: dict, root: Path, w) -> str:
     text = TEXT["failures_intro"]
     if not table_rows:
         return text + "\nNo run diverged or failed to learn.\n"
-    cols = [("setting", "setting"), ("algorithm", "algorithm"), ("budget", "budget"),
+    cols = [("setting", "setting"), ("algorithm", "algorithm"), ("inner loop", "protocol"), ("budget", "budget"),
             ("outcome (runs)", lambda r: r["outcome"], "outcome", "seeds"),
             ("where it diverged or degraded", "stages"), ("evidence", "evidence")]
     text += w.table(make_table("failures_by_algorithm", table_rows, cols))

@@ -102,9 +102,9 @@ def judge(r: dict, baselines: list[dict], rows: list[dict] = ()) -> dict:
     cands = candidates(r, baselines, list(rows) + list(baselines))
     if not cands:
         return {"status": NO_BASELINE, "baseline": NO_BASELINE, "run": None}
-    beats = all(_beats(r, b) for b in cands)
-    return {"status": LEARNED if beats else DID_NOT_LEARN, "baseline": ", ".join(_text(b) for b in cands),
-            "run": cands[0].get("run")}
+    missed = [b for b in cands if not _beats(r, b)]
+    return {"status": DID_NOT_LEARN if missed else LEARNED, "baseline": ", ".join(_text(b) for b in cands),
+            "missed": ", ".join(_text(b) for b in missed), "run": cands[0].get("run")}
 
 
 def judge_all(rows: list[dict], baselines: list[dict]) -> dict[str, dict]:
