@@ -295,24 +295,18 @@ def limitations(table: pd.DataFrame, paper: PaperNumbers, devices: list[str]):
     missing = sorted({(p.dataset, setting_name(p.dataset, p.ways, p.shots)) for p in paper.results} - ran)
     at_paper = sorted(set(m[m["at_paper_budget"] > 0]["dataset"]))
     unlearned = m[(m["learned"] < m["completed"])]
-    rows = [
-        ("seeds", f"{(m['seeds'] == 1).sum()} of {len(m)} configurations have one seed",
-         "there ± is a 95% CI over test tasks, silent on the spread across training runs", "table-runs"),
-        ("budget", f"{len(below)} of {len(m)} configurations ran below the paper's budget "
-                   f"({100 * frac.min():.2g}%–{100 * frac.max():.3g}% of its iterations)",
-         "† rows measure what a method reaches in that budget, not the paper's number", "table-reproduction"),
-        ("paper budget", f"reached on {', '.join(c.DATASET_NAMES.get(d, d) for d in at_paper) or 'no dataset'} only",
-         "every other published number reads *not run*", "table-reproduction"),
-        ("settings never run", ", ".join(f"{c.title(d, s)}" for d, s in missing) or "none",
-         "no number of ours for them", "table-reproduction"),
-        ("stopped runs", f"{int(table['diverged'].sum())} runs diverged",
-         "shown with their status, never dropped", "table-failures_by_algorithm"),
-        ("did not learn", f"{len(unlearned)} configurations have seeds that did not beat every baseline",
-         "no better/worse wording is given for them", "table-equal_compute"),
-        ("baselines", "classification is judged against chance (and baseline records, where there are any)",
-         "*learned* there means no more than *beat chance*", "table-equal_compute"),
-        ("devices", ", ".join(devices) or "none", "timings hold for this machine only", "table-runs")]
-    out = [{"limit": a, "measured": b, "so": f"{so}", "anchor": anchor} for a, b, so, anchor in rows]
+    measured = {
+        "seeds": f"{(m['seeds'] == 1).sum()} of {len(m)} configurations have one seed",
+        "budget": f"{len(below)} of {len(m)} configurations ran below the paper's budget "
+                  f"({100 * frac.min():.2g}%–{100 * frac.max():.3g}% of its iterations)",
+        "paper budget": f"reached on {', '.join(c.DATASET_NAMES.get(d, d) for d in at_paper) or 'no dataset'} only",
+        "settings never run": ", ".join(f"{c.title(d, s)}" for d, s in missing) or "none",
+        "stopped runs": f"{int(table['diverged'].sum())} runs diverged",
+        "did not learn": f"{len(unlearned)} configurations have seeds that did not beat every baseline",
+        "baselines": "classification is judged against chance (and baseline records, where there are any)",
+        "devices": ", ".join(devices) or "none"}
+    out = [dict(limit=row["limit"], measured=measured[row["limit"]], so=row["so"], anchor=row["anchor"])
+           for row in load_questions()["limitations"]]
     cols = [("limit", "limit"), ("measured", "measured"),
             ("what it means", lambda r: f"{r['so']} ([table](#{r['anchor']}))", "so", "anchor")]
     return make_table("limitations", out, cols)
