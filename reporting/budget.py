@@ -164,6 +164,14 @@ def plot_band(ax, curves: list[list[tuple[float, float]]], colour: str, label: s
         ax.fill_between(grid, ys.min(0), ys.max(0), color=colour, alpha=0.2, lw=0)
 
 
+def label_axes(ax, regression: bool, xlabel: str) -> None:
+    """A learning-curve panel's axes: the validation metric (MSE log-scaled) against ``xlabel``."""
+    if regression:
+        ax.set_yscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("validation MSE" if regression else "validation accuracy (%)")
+
+
 def curves_figure(key: tuple, rows: list[dict], fig_dir: Path) -> Path | None:
     """Validation metric vs training wall-clock per algorithm: the mean over its seeds, a band from their
     minimum to their maximum, one colour per algorithm (``render.colour``), the final test results as
@@ -177,8 +185,7 @@ def curves_figure(key: tuple, rows: list[dict], fig_dir: Path) -> Path | None:
     for label, runs in by_label.items():
         s, _ = c.scale_of(runs[0].get("metric") or c.metric_of(dataset))
         colour = render.colour(label)
-        curves = [(r, curve(r["folder"])) for r in runs]
-        curves = [(r, pts) for r, pts in curves if pts]
+        curves = [(r, pts) for r in runs if (pts := curve(r["folder"]))]
         if not curves:
             continue
         for ax, x, end in zip(axes, (0, 2), ("train_wall_s", "iterations_done")):
@@ -192,10 +199,7 @@ def curves_figure(key: tuple, rows: list[dict], fig_dir: Path) -> Path | None:
     if not drawn:
         return None
     for ax, xlabel in zip(axes, ("training wall-clock (minutes)", "meta-iteration")):
-        if c.is_regression(dataset):
-            ax.set_yscale("log")
-        ax.set_xlabel(xlabel)
-        ax.set_ylabel("validation MSE" if c.is_regression(dataset) else "validation accuracy (%)")
+        label_axes(ax, c.is_regression(dataset), xlabel)
     axes[0].set_title(f"{c.title(dataset, setting)}: learning curves"
                       + (f" ({fmt_g(minutes)} min budget)" if minutes is not None else ""), fontsize=10)
     axes[0].legend(fontsize=7)

@@ -151,20 +151,19 @@ def reproduction(table: pd.DataFrame, paper: PaperNumbers, plan: list[dict], anc
             scale, _ = c.scale_of(s["metric"])
             mean, half = _value(s, p.steps)
             row.update(ours=ours_text(s, p.steps), ours_mean=mean * scale, seeds=int(s["completed"]), run=s["run"])
-            anchor = EXPLAINED.get(p.label) if s["diverged"] or not c.is_regression(p.dataset) else None
-            anchor = anchor if anchor in anchors else "table-" + c.slug("protocols", p.dataset, setting, "paper")
-            anchor = anchor if anchor in anchors else None
+            explained = EXPLAINED.get(p.label) if s["diverged"] or not c.is_regression(p.dataset) else None
+            anchor = next((a for a in (explained, "table-" + c.slug("protocols", p.dataset, setting, "paper"))
+                           if a in anchors), None)
             why = f" ([why](#{anchor}))" if anchor else ""
+            diverged = f"diverged in {s['diverged']} of {s['seeds']} seeds"
             if render.is_missing(mean):
-                row["verdict"] = f"not reproduced: diverged in {s['diverged']} of {s['seeds']} seeds{why}"
-            elif abs(mean * scale - p.value) <= half * scale:
-                row["verdict"] = "reproduced"
+                row["verdict"] = f"not reproduced: {diverged}{why}"
             else:
-                row["verdict"] = f"not reproduced ({mean * scale - p.value:+.2f}){why}"
-            if s["diverged"] and not render.is_missing(mean):
-                row["verdict"] += f"; diverged in {s['diverged']} of {s['seeds']} seeds"
-            if s["iterations_max"] < s["meta_iterations"] and not render.is_missing(mean):
-                row["verdict"] += f"; ended by the plateau rule at {s['iterations_max']:,} of {s['meta_iterations']:,}"
+                row["verdict"] = ("reproduced" if abs(mean * scale - p.value) <= half * scale
+                                  else f"not reproduced ({mean * scale - p.value:+.2f}){why}")
+                row["verdict"] += (f"; {diverged}" if s["diverged"] else "") + (
+                    f"; ended by the plateau rule at {s['iterations_max']:,} of {s['meta_iterations']:,}"
+                    if s["iterations_max"] < s["meta_iterations"] else "")
         out.append(row)
     cols = [("setting", "setting"), ("algorithm", "label"),
             ("paper", lambda r: fmt_g(r["paper"]), "paper", "source"), ("ours at the paper's budget", lambda r: r["ours"],
@@ -214,11 +213,8 @@ def grid_figure(eq: pd.DataFrame, rows: list[dict], fig_dir: Path) -> Path | Non
             scale, _ = c.scale_of(s["metric"])
             budget.plot_band(ax, [[(p[0], p[1] * scale) for p in pts] for pts in curves], render.colour(s["label"]),
                              s["algorithm"], band=True)
-        if sub["metric"].iloc[0] == "mse":
-            ax.set_yscale("log")
         ax.set_title(key, fontsize=9)
-        ax.set_xlabel("training wall-clock (minutes)")
-        ax.set_ylabel("validation MSE" if sub["metric"].iloc[0] == "mse" else "validation accuracy (%)")
+        budget.label_axes(ax, sub["metric"].iloc[0] == "mse", "training wall-clock (minutes)")
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=6)
     for ax in list(axes.flat)[len(keys):]:
