@@ -54,11 +54,8 @@ def setup_table(key: tuple, rows: list[dict]) -> Table:
             ("λ / CG", c.lam_cg_text, "lam", "cg_steps"),
             ("outer (opt lr)", c.outer_text, "outer_optimizer", "outer_lr", "outer_clip", "outer_anneal"),
             ("meta-batch", lambda r: fmt_g(r.get("meta_batch_size")), "meta_batch_size"),
-            ("train shots (support + query)", lambda r: f"{fmt_g(r.get('shots'))} + {fmt_g(r.get('query_shots'))}",
-             "shots", "query_shots"),
-            ("test shots (support + query)",
-             lambda r: f"{fmt_g(r.get('test_shots'))} + {fmt_g(r.get('test_query_shots'))}", "test_shots",
-             "test_query_shots"),
+            *((f"{side} shots (support + query)", lambda r, s=s, q=q: f"{fmt_g(r.get(s))} + {fmt_g(r.get(q))}", s, q)
+              for side, s, q in (("train", "shots", "query_shots"), ("test", "test_shots", "test_query_shots"))),
             ("BN", lambda r: r.get("bn_mode") or "—", "bn_mode"),
             ("run on", lambda r: f"seeds {r['seed']}, {r.get('device') or '—'}, {r.get('dtype') or '—'}",
              "seed", "device", "dtype")]
@@ -109,7 +106,6 @@ def protocol_table(key: tuple, rows: list[dict], judged: dict[str, dict], pool: 
                         seeds_runs=g["n"], peak_mib=max(peaks) if peaks else None, learned=learned_text(runs, judged),
                         run=c.runs_text(runs), train_wall_s=_mean_of(runs, "train_wall_s"),
                         median_iter_s=_mean_of(runs, "median_iter_s")))
-    s, _ = c.scale_of(rows[0].get("metric") or c.metric_of(dataset))
     spread = ("seeds_mean", "seeds_std", "seeds_runs")
     cols = [("algorithm", _label, "label"),
             ("status", lambda r: c.status_summary(r["_runs"]), "status")]
@@ -124,8 +120,8 @@ def protocol_table(key: tuple, rows: list[dict], judged: dict[str, dict], pool: 
               "train_wall_s"),
              ("s / iteration", lambda r: fmt(r.get("median_iter_s"), 3), "median_iter_s"),
              ("peak MiB", lambda r: fmt(r["peak_mib"], 1), "peak_mib"), ("run", "run")]
-    metric_word = "accuracy in %" if s == 100 else "MSE (lower is better)"
-    notes = [TEXT["protocols_note"].format(metric=metric_word)]
+    accuracy = (rows[0].get("metric") or c.metric_of(dataset)) == "accuracy"
+    notes = [TEXT["protocols_note"].format(metric="accuracy in %" if accuracy else "MSE (lower is better)")]
     if c.DATASETS.get(dataset, {}).get("baseline") == "zero_predictor":
         notes += _baseline_note(rows, [*rows, *pool])
     name = c.slug("protocols", dataset, setting, f"{fmt_g(minutes)}min" if minutes is not None else "paper")
