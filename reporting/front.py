@@ -228,13 +228,11 @@ def cell(tables: dict[str, pd.DataFrame], spec: dict):
     df = tables.get(spec["table"])
     if df is None or spec["column"] not in df.columns:
         return None
-    if spec.get("where"):
-        df = df.query(spec["where"], engine="python")
-    col = pd.to_numeric(df[spec["column"]], errors="coerce") if spec.get("agg", "first") != "first" else df[spec["column"]]
+    col = (df.query(spec["where"], engine="python") if spec.get("where") else df)[spec["column"]]
+    agg = spec.get("agg", "first")
     if col.empty:
         return None
-    agg = spec.get("agg", "first")
-    value = col.iloc[0] if agg == "first" else len(col) if agg == "count" else getattr(col, agg)()
+    value = col.iloc[0] if agg == "first" else len(col) if agg == "count" else getattr(pd.to_numeric(col, errors="coerce"), agg)()
     if render.is_missing(value):
         return None
     return value * spec["scale"] if "scale" in spec else value
