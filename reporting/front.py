@@ -99,6 +99,12 @@ def ours_text(s: pd.Series, step: int | None = None) -> str:
     return f"{fmt(mean, d, scale)} ± {fmt(std, d, scale)} ({s['completed']} seeds)"
 
 
+def _plateau(s: pd.Series) -> str:
+    """Where the declared plateau rule ended the configuration's runs before the paper's iterations, if it did."""
+    return (f"ended by the plateau rule at {s['iterations_max']:,} of {s['meta_iterations']:,}"
+            if s["iterations_max"] < s["meta_iterations"] else "")
+
+
 def _hours_to_run(paper_row, table: pd.DataFrame, plan: list[dict]) -> tuple[str, float]:
     """'not run' with the CPU-hours it would take: the campaign's hours left where the plan holds it, else
     the planned iterations at the seconds per iteration a run of the same setting and algorithm measured."""
@@ -132,8 +138,7 @@ def reproduction(table: pd.DataFrame, paper: PaperNumbers, plan: list[dict], anc
                      & (table["label"].str.lower() == key[3].lower())]
         mine = mine[(mine["at_paper_budget"] > 0) | (mine["diverged"] > 0)]
         # the transductive number for a transductive run, else the papers' other number where they give one
-        p = paper.lookup(*key[:4], None if mine.empty else c.clean(mine.iloc[0]["bn_mode"]),
-                         steps=key[4])
+        p = paper.lookup(*key[:4], None if mine.empty else c.clean(mine.iloc[0]["bn_mode"]), steps=key[4])
         where = f"{c.title(p.dataset, setting)}" + (f", {p.steps} step{'s' * (p.steps > 1)}" if p.steps else "")
         row = {"source": p.source, "setting": where, "label": p.label, "paper": p.value, "ours": "—",
                "ours_mean": math.nan, "seeds": 0, "run": "—", "cpu_hours": math.nan}
@@ -141,11 +146,9 @@ def reproduction(table: pd.DataFrame, paper: PaperNumbers, plan: list[dict], anc
             row["verdict"], row["cpu_hours"] = _hours_to_run(p, table, plan)
             variants = table[(table["dataset"] == p.dataset) & (table["setting"] == setting)
                              & (table["at_paper_budget"] > 0) & table["label"].str.startswith(p.label + " (")]
-            row["verdict"] += "".join(
-                f"; {v['label']} reached {ours_text(v)}" + (f", ended by the plateau rule at {v['iterations_max']:,} of "
-                                                            f"{v['meta_iterations']:,}" if v["iterations_max"]
-                                                            < v["meta_iterations"] else " at the paper's budget")
-                for _, v in variants.iterrows())
+            row["verdict"] += "".join(f"; {v['label']} reached {ours_text(v)}"
+                                      + (f", {_plateau(v)}" if _plateau(v) else " at the paper's budget")
+                                      for _, v in variants.iterrows())
         else:
             s = mine.iloc[0]
             scale, _ = c.scale_of(s["metric"])
@@ -161,14 +164,10 @@ def reproduction(table: pd.DataFrame, paper: PaperNumbers, plan: list[dict], anc
             else:
                 row["verdict"] = ("reproduced" if abs(mean * scale - p.value) <= half * scale
                                   else f"not reproduced ({mean * scale - p.value:+.2f}){why}")
-                row["verdict"] += (f"; {diverged}" if s["diverged"] else "") + (
-                    f"; ended by the plateau rule at {s['iterations_max']:,} of {s['meta_iterations']:,}"
-                    if s["iterations_max"] < s["meta_iterations"] else "")
+                row["verdict"] += (f"; {diverged}" if s["diverged"] else "") + (f"; {_plateau(s)}" if _plateau(s) else "")
         out.append(row)
-    cols = [("setting", "setting"), ("algorithm", "label"),
-            ("paper", lambda r: fmt_g(r["paper"]), "paper", "source"), ("ours at the paper's budget", lambda r: r["ours"],
-                                                                        "ours", "ours_mean", "seeds"),
-            ("verdict", "verdict")]
+    cols = [("setting", "setting"), ("algorithm", "label"), ("paper", lambda r: fmt_g(r["paper"]), "paper", "source"),
+            ("ours at the paper's budget", lambda r: r["ours"], "ours", "ours_mean", "seeds"), ("verdict", "verdict")]
     return make_table("reproduction", out, cols, [TEXT["reproduction_note"]], extra=("run", "cpu_hours"))
 
 
