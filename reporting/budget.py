@@ -21,12 +21,11 @@ def is_sweep(row: dict) -> bool:
 
 def budget_title(dataset: str, setting: str, minutes, rows: list[dict]) -> str:
     name = c.DATASET_NAMES.get(dataset, dataset) + ("" if c.is_regression(dataset) else f" {setting}")
-    devices = sorted({r.get("device_name") or r.get("device") or "?" for r in rows})
+    devices = ", ".join(sorted({r.get("device_name") or r.get("device") or "?" for r in rows}))
     if minutes is None:
         early = " or ended by the declared plateau rule" if any(c.budget_kind(r) == "converged" for r in rows) else ""
-        return f"{name}: published protocols at the papers' iteration counts{early} ({', '.join(devices)})"
-    return (f"{name}: published protocols at an equal budget of {fmt_g(minutes)} min of training per run "
-            f"({', '.join(devices)})")
+        return f"{name}: published protocols at the papers' iteration counts{early} ({devices})"
+    return f"{name}: published protocols at an equal budget of {fmt_g(minutes)} min of training per run ({devices})"
 
 
 def _peak_mib(r: dict):
