@@ -164,7 +164,8 @@ def reproduction(table: pd.DataFrame, paper: PaperNumbers, plan: list[dict], anc
             else:
                 row["verdict"] = ("reproduced" if abs(mean * scale - p.value) <= half * scale
                                   else f"not reproduced ({mean * scale - p.value:+.2f}){why}")
-                row["verdict"] += (f"; {diverged}" if s["diverged"] else "") + (f"; {_plateau(s)}" if _plateau(s) else "")
+                row["verdict"] += ((f"; {diverged}" if s["diverged"] else "")
+                                   + (f"; {_plateau(s)}" if _plateau(s) else ""))
         out.append(row)
     cols = [("setting", "setting"), ("algorithm", "label"), ("paper", lambda r: fmt_g(r["paper"]), "paper", "source"),
             ("ours at the paper's budget", lambda r: r["ours"], "ours", "ours_mean", "seeds"), ("verdict", "verdict")]
@@ -231,7 +232,8 @@ def cell(tables: dict[str, pd.DataFrame], spec: dict):
     agg = spec.get("agg", "first")
     if col.empty:
         return None
-    value = col.iloc[0] if agg == "first" else len(col) if agg == "count" else getattr(pd.to_numeric(col, errors="coerce"), agg)()
+    value = (col.iloc[0] if agg == "first" else len(col) if agg == "count"
+             else getattr(pd.to_numeric(col, errors="coerce"), agg)())
     if render.is_missing(value):
         return None
     return value * spec["scale"] if "scale" in spec else value

@@ -157,7 +157,8 @@ def matrix_tables(pairs: list[dict], learned: dict[str, str]) -> list[tuple[str,
         for a in labels:
             runs = sorted({p[k + "_run"] for p in sel for k in ("a", "b") if p[k] == a})
             bad = sum(learned.get(r) == "did not learn" for r in runs)
-            tag = "" if not bad else " (did not learn)" if bad == len(runs) else f" (did not learn in {bad} of {len(runs)} seeds)"
+            tag = ("" if not bad else " (did not learn)" if bad == len(runs)
+                   else f" (did not learn in {bad} of {len(runs)} seeds)")
             row = {"algorithm": a, "run": "; ".join(runs), "_tag": tag}
             for b in labels:
                 every = find(sel, setting[0], setting[1], a, b)
@@ -238,7 +239,8 @@ def claims_table(claims: tuple[Claim, ...], pairs: list[dict], refused: list[dic
                    and {f["a"], f["b"]} == {cl.better, cl.worse}]
             have = {r["label"] for r in rows if (r["dataset"], r["setting"]) == (cl.dataset, cl.setting)
                     and r["status"] == "completed"}
-            verdict = f"not paired: {why[0]}" if why else "no paired runs" if {cl.better, cl.worse} <= have else "no runs"
+            verdict = (f"not paired: {why[0]}" if why
+                       else "no paired runs" if {cl.better, cl.worse} <= have else "no runs")
             out.append(dict(base, verdict=verdict, seeds=0, metric=None, imp=None, text=None, budget=None, runs=None))
         for budget in sorted({_setting(p) for p in found}, key=_order):
             out.append(_claim_row(base, cl, [p for p in found if _setting(p) == budget], learned))
