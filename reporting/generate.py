@@ -75,20 +75,17 @@ def _protocols(rows, judged, w, pool) -> str:
     return text if by_budget else text + _no_runs("make reproduce")
 
 
-def _paired(rows, judged, w):
+def _paired(rows, judged, w) -> str:
     pairs, refused, notes = paired.compare_all(rows)
     text = _heading("paired", "2. Paired comparisons on identical test tasks") + TEXT["paired_intro"]
     if pairs:
-        learned = baselines.statuses(judged)
-        text += "".join(f"\n### {title}\n" + w.table(t) for title, t in paired.matrix_tables(pairs, learned))
+        text += "".join(f"\n### {title}\n" + w.table(t)
+                        for title, t in paired.matrix_tables(pairs, baselines.statuses(judged)))
         text += f"\nEvery comparison with its p-values and task counts: {w.files_only(paired.long_table(pairs))}\n"
     else:
         text += "\nno pairs yet: needs two algorithms evaluated on the same test tasks; run `make reproduce`\n"
-    if refused:
-        text += "\n### Refused pairs (different test tasks)\n" + w.table(paired.refused_table(refused))
-    if notes:
-        text += "\n### Not paired\n\n" + "".join(f"- {n}\n" for n in notes)
-    return text
+    return (text + ("\n### Refused pairs (different test tasks)\n" + w.table(paired.refused_table(refused)) if refused
+                    else "") + ("\n### Not paired\n\n" + "".join(f"- {n}\n" for n in notes) if notes else ""))
 
 
 def _sweep(sweep, w) -> str:
