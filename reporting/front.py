@@ -193,17 +193,16 @@ def equal_compute(table: pd.DataFrame):
 def grid_figure(eq: pd.DataFrame, rows: list[dict], fig_dir: Path) -> Path | None:
     """One panel per equal-compute setting: validation metric vs training minutes, mean over seeds with a band
     from their minimum to their maximum, one colour per algorithm (``render.colour``)."""
-    keys = list(dict.fromkeys(eq["column"])) if not eq.empty else []
-    if not keys:
+    if eq.empty:
         return None
     import matplotlib.pyplot as plt
 
-    ncols = 2 if len(keys) > 1 else 1
-    nrows = math.ceil(len(keys) / ncols)
+    n = eq["column"].nunique()
+    ncols = 2 if n > 1 else 1
+    nrows = math.ceil(n / ncols)
     new_figure()  # selects the Agg backend
     fig, axes = plt.subplots(nrows, ncols, figsize=(6.0 * ncols, 3.6 * nrows), squeeze=False, layout="constrained")
-    for ax, key in zip(axes.flat, keys):
-        sub = eq[eq["column"] == key]
+    for ax, (key, sub) in zip(axes.flat, eq.groupby("column", sort=False)):
         for _, s in sub.iterrows():
             runs = [r for r in rows if (r["dataset"], r["setting"], r["label"], r.get("max_train_minutes"))
                     == (s["dataset"], s["setting"], s["label"], s["minutes"])]
@@ -217,7 +216,7 @@ def grid_figure(eq: pd.DataFrame, rows: list[dict], fig_dir: Path) -> Path | Non
         budget.label_axes(ax, sub["metric"].iloc[0] == "mse", "training wall-clock (minutes)")
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=6)
-    for ax in list(axes.flat)[len(keys):]:
+    for ax in list(axes.flat)[n:]:
         ax.set_visible(False)
     return save_figure(fig, fig_dir / "equal_compute.png")
 
