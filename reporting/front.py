@@ -252,24 +252,17 @@ def load_questions(path: Path = QUESTIONS) -> dict:
 
 
 def questions_table(doc: dict, tables: dict[str, pd.DataFrame], anchors: set[str]):
-    out = []
-    for q in doc["questions"]:
-        answer = fill(q, tables) or q.get("missing", "no records yet")
-        link = q["evidence"] if q["evidence"] in anchors else None
-        out.append({"id": q["id"], "question": q["question"], "answer": answer,
-                    "evidence": f"[{q['evidence_name']}](#{link})" if link else "—"})
+    out = [{"id": q["id"], "question": q["question"], "answer": fill(q, tables) or q.get("missing", "no records yet"),
+            "evidence": f"[{q['evidence_name']}](#{q['evidence']})" if q["evidence"] in anchors else "—"}
+           for q in doc["questions"]]
     cols = [("", "id"), ("question", "question"), ("answer (budget, seeds)", "answer"), ("evidence", "evidence")]
     return make_table("questions", out, cols)
 
 
 def findings(doc: dict, tables: dict[str, pd.DataFrame], anchors: set[str]) -> list[str]:
-    out = []
-    for f in doc["findings"]:
-        text = fill(f, tables)
-        if text is not None:
-            link = f" ([table](#{f['evidence']}))" if f["evidence"] in anchors else ""
-            out.append(text + link)
-    return out
+    """The findings whose cells the tables hold, each with a link to its table where the report has it."""
+    return [text + (f" ([table](#{f['evidence']}))" if f["evidence"] in anchors else "")
+            for f in doc["findings"] if (text := fill(f, tables)) is not None]
 
 
 def campaign_plan(runs_root: Path, table: pd.DataFrame) -> list[dict]:
