@@ -21,12 +21,11 @@ def is_sweep(row: dict) -> bool:
 
 def budget_title(dataset: str, setting: str, minutes, rows: list[dict]) -> str:
     name = c.DATASET_NAMES.get(dataset, dataset) + ("" if c.is_regression(dataset) else f" {setting}")
-    devices = sorted({r.get("device_name") or r.get("device") or "?" for r in rows})
+    devices = ", ".join(sorted({r.get("device_name") or r.get("device") or "?" for r in rows}))
     if minutes is None:
         early = " or ended by the declared plateau rule" if any(c.budget_kind(r) == "converged" for r in rows) else ""
-        return f"{name}: published protocols at the papers' iteration counts{early} ({', '.join(devices)})"
-    return (f"{name}: published protocols at an equal budget of {fmt_g(minutes)} min of training per run "
-            f"({', '.join(devices)})")
+        return f"{name}: published protocols at the papers' iteration counts{early} ({devices})"
+    return f"{name}: published protocols at an equal budget of {fmt_g(minutes)} min of training per run ({devices})"
 
 
 def _peak_mib(r: dict):
@@ -54,11 +53,8 @@ def setup_table(key: tuple, rows: list[dict]) -> Table:
             ("λ / CG", c.lam_cg_text, "lam", "cg_steps"),
             ("outer (opt lr)", c.outer_text, "outer_optimizer", "outer_lr", "outer_clip", "outer_anneal"),
             ("meta-batch", lambda r: fmt_g(r.get("meta_batch_size")), "meta_batch_size"),
-            ("train shots (support + query)", lambda r: f"{fmt_g(r.get('shots'))} + {fmt_g(r.get('query_shots'))}",
-             "shots", "query_shots"),
-            ("test shots (support + query)",
-             lambda r: f"{fmt_g(r.get('test_shots'))} + {fmt_g(r.get('test_query_shots'))}", "test_shots",
-             "test_query_shots"),
+            *((f"{side} shots (support + query)", lambda r, s=s, q=q: f"{fmt_g(r.get(s))} + {fmt_g(r.get(q))}", s, q)
+              for side, s, q in (("train", "shots", "query_shots"), ("test", "test_shots", "test_query_shots"))),
             ("BN", lambda r: r.get("bn_mode") or "—", "bn_mode"),
             ("run on", lambda r: f"seeds {r['seed']}, {r.get('device') or '—'}, {r.get('dtype') or '—'}",
              "seed", "device", "dtype")]
@@ -109,7 +105,6 @@ def protocol_table(key: tuple, rows: list[dict], judged: dict[str, dict], pool: 
                         seeds_runs=g["n"], peak_mib=max(peaks) if peaks else None, learned=learned_text(runs, judged),
                         run=c.runs_text(runs), train_wall_s=_mean_of(runs, "train_wall_s"),
                         median_iter_s=_mean_of(runs, "median_iter_s")))
-    s, _ = c.scale_of(rows[0].get("metric") or c.metric_of(dataset))
     spread = ("seeds_mean", "seeds_std", "seeds_runs")
     cols = [("algorithm", _label, "label"),
             ("status", lambda r: c.status_summary(r["_runs"]), "status")]
@@ -124,8 +119,8 @@ def protocol_table(key: tuple, rows: list[dict], judged: dict[str, dict], pool: 
               "train_wall_s"),
              ("s / iteration", lambda r: fmt(r.get("median_iter_s"), 3), "median_iter_s"),
              ("peak MiB", lambda r: fmt(r["peak_mib"], 1), "peak_mib"), ("run", "run")]
-    metric_word = "accuracy in %" if s == 100 else "MSE (lower is better)"
-    notes = [TEXT["protocols_note"].format(metric=metric_word)]
+    accuracy = (rows[0].get("metric") or c.metric_of(dataset)) == "accuracy"
+    notes = [TEXT["protocols_note"].format(metric="accuracy in %" if accuracy else "MSE (lower is better)")]
     if c.DATASETS.get(dataset, {}).get("baseline") == "zero_predictor":
         notes += _baseline_note(rows, [*rows, *pool])
     name = c.slug("protocols", dataset, setting, f"{fmt_g(minutes)}min" if minutes is not None else "paper")
@@ -164,6 +159,14 @@ def plot_band(ax, curves: list[list[tuple[float, float]]], colour: str, label: s
         ax.fill_between(grid, ys.min(0), ys.max(0), color=colour, alpha=0.2, lw=0)
 
 
+def label_axes(ax, regression: bool, xlabel: str) -> None:
+    """A learning-curve panel's axes: the validation metric (MSE log-scaled) against ``xlabel``."""
+    if regression:
+        ax.set_yscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("validation MSE" if regression else "validation accuracy (%)")
+
+
 def curves_figure(key: tuple, rows: list[dict], fig_dir: Path) -> Path | None:
     """Validation metric vs training wall-clock per algorithm: the mean over its seeds, a band from their
     minimum to their maximum, one colour per algorithm (``render.colour``), the final test results as
@@ -177,8 +180,7 @@ def curves_figure(key: tuple, rows: list[dict], fig_dir: Path) -> Path | None:
     for label, runs in by_label.items():
         s, _ = c.scale_of(runs[0].get("metric") or c.metric_of(dataset))
         colour = render.colour(label)
-        curves = [(r, curve(r["folder"])) for r in runs]
-        curves = [(r, pts) for r, pts in curves if pts]
+        curves = [(r, pts) for r in runs if (pts := curve(r["folder"]))]
         if not curves:
             continue
         for ax, x, end in zip(axes, (0, 2), ("train_wall_s", "iterations_done")):
@@ -192,10 +194,7 @@ def curves_figure(key: tuple, rows: list[dict], fig_dir: Path) -> Path | None:
     if not drawn:
         return None
     for ax, xlabel in zip(axes, ("training wall-clock (minutes)", "meta-iteration")):
-        if c.is_regression(dataset):
-            ax.set_yscale("log")
-        ax.set_xlabel(xlabel)
-        ax.set_ylabel("validation MSE" if c.is_regression(dataset) else "validation accuracy (%)")
+        label_axes(ax, c.is_regression(dataset), xlabel)
     axes[0].set_title(f"{c.title(dataset, setting)}: learning curves"
                       + (f" ({fmt_g(minutes)} min budget)" if minutes is not None else ""), fontsize=10)
     axes[0].legend(fontsize=7)

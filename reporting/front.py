@@ -99,6 +99,12 @@ def ours_text(s: pd.Series, step: int | None = None) -> str:
     return f"{fmt(mean, d, scale)} ± {fmt(std, d, scale)} ({s['completed']} seeds)"
 
 
+def _plateau(s: pd.Series) -> str:
+    """Where the declared plateau rule ended the configuration's runs before the paper's iterations, if it did."""
+    return (f"ended by the plateau rule at {s['iterations_max']:,} of {s['meta_iterations']:,}"
+            if s["iterations_max"] < s["meta_iterations"] else "")
+
+
 def _hours_to_run(paper_row, table: pd.DataFrame, plan: list[dict]) -> tuple[str, float]:
     """'not run' with the CPU-hours it would take: the campaign's hours left where the plan holds it, else
     the planned iterations at the seconds per iteration a run of the same setting and algorithm measured."""
@@ -132,8 +138,7 @@ def reproduction(table: pd.DataFrame, paper: PaperNumbers, plan: list[dict], anc
                      & (table["label"].str.lower() == key[3].lower())]
         mine = mine[(mine["at_paper_budget"] > 0) | (mine["diverged"] > 0)]
         # the transductive number for a transductive run, else the papers' other number where they give one
-        p = paper.lookup(*key[:4], None if mine.empty else c.clean(mine.iloc[0]["bn_mode"]),
-                         steps=key[4])
+        p = paper.lookup(*key[:4], None if mine.empty else c.clean(mine.iloc[0]["bn_mode"]), steps=key[4])
         where = f"{c.title(p.dataset, setting)}" + (f", {p.steps} step{'s' * (p.steps > 1)}" if p.steps else "")
         row = {"source": p.source, "setting": where, "label": p.label, "paper": p.value, "ours": "—",
                "ours_mean": math.nan, "seeds": 0, "run": "—", "cpu_hours": math.nan}
@@ -141,35 +146,29 @@ def reproduction(table: pd.DataFrame, paper: PaperNumbers, plan: list[dict], anc
             row["verdict"], row["cpu_hours"] = _hours_to_run(p, table, plan)
             variants = table[(table["dataset"] == p.dataset) & (table["setting"] == setting)
                              & (table["at_paper_budget"] > 0) & table["label"].str.startswith(p.label + " (")]
-            row["verdict"] += "".join(
-                f"; {v['label']} reached {ours_text(v)}" + (f", ended by the plateau rule at {v['iterations_max']:,} of "
-                                                            f"{v['meta_iterations']:,}" if v["iterations_max"]
-                                                            < v["meta_iterations"] else " at the paper's budget")
-                for _, v in variants.iterrows())
+            row["verdict"] += "".join(f"; {v['label']} reached {ours_text(v)}"
+                                      + (f", {_plateau(v)}" if _plateau(v) else " at the paper's budget")
+                                      for _, v in variants.iterrows())
         else:
             s = mine.iloc[0]
             scale, _ = c.scale_of(s["metric"])
             mean, half = _value(s, p.steps)
             row.update(ours=ours_text(s, p.steps), ours_mean=mean * scale, seeds=int(s["completed"]), run=s["run"])
-            anchor = EXPLAINED.get(p.label) if s["diverged"] or not c.is_regression(p.dataset) else None
-            anchor = anchor if anchor in anchors else "table-" + c.slug("protocols", p.dataset, setting, "paper")
-            anchor = anchor if anchor in anchors else None
+            explained = EXPLAINED.get(p.label) if s["diverged"] or not c.is_regression(p.dataset) else None
+            anchor = next((a for a in (explained, "table-" + c.slug("protocols", p.dataset, setting, "paper"))
+                           if a in anchors), None)
             why = f" ([why](#{anchor}))" if anchor else ""
+            diverged = f"diverged in {s['diverged']} of {s['seeds']} seeds"
             if render.is_missing(mean):
-                row["verdict"] = f"not reproduced: diverged in {s['diverged']} of {s['seeds']} seeds{why}"
-            elif abs(mean * scale - p.value) <= half * scale:
-                row["verdict"] = "reproduced"
+                row["verdict"] = f"not reproduced: {diverged}{why}"
             else:
-                row["verdict"] = f"not reproduced ({mean * scale - p.value:+.2f}){why}"
-            if s["diverged"] and not render.is_missing(mean):
-                row["verdict"] += f"; diverged in {s['diverged']} of {s['seeds']} seeds"
-            if s["iterations_max"] < s["meta_iterations"] and not render.is_missing(mean):
-                row["verdict"] += f"; ended by the plateau rule at {s['iterations_max']:,} of {s['meta_iterations']:,}"
+                row["verdict"] = ("reproduced" if abs(mean * scale - p.value) <= half * scale
+                                  else f"not reproduced ({mean * scale - p.value:+.2f}){why}")
+                row["verdict"] += ((f"; {diverged}" if s["diverged"] else "")
+                                   + (f"; {_plateau(s)}" if _plateau(s) else ""))
         out.append(row)
-    cols = [("setting", "setting"), ("algorithm", "label"),
-            ("paper", lambda r: fmt_g(r["paper"]), "paper", "source"), ("ours at the paper's budget", lambda r: r["ours"],
-                                                                        "ours", "ours_mean", "seeds"),
-            ("verdict", "verdict")]
+    cols = [("setting", "setting"), ("algorithm", "label"), ("paper", lambda r: fmt_g(r["paper"]), "paper", "source"),
+            ("ours at the paper's budget", lambda r: r["ours"], "ours", "ours_mean", "seeds"), ("verdict", "verdict")]
     return make_table("reproduction", out, cols, [TEXT["reproduction_note"]], extra=("run", "cpu_hours"))
 
 
@@ -194,17 +193,16 @@ def equal_compute(table: pd.DataFrame):
 def grid_figure(eq: pd.DataFrame, rows: list[dict], fig_dir: Path) -> Path | None:
     """One panel per equal-compute setting: validation metric vs training minutes, mean over seeds with a band
     from their minimum to their maximum, one colour per algorithm (``render.colour``)."""
-    keys = list(dict.fromkeys(eq["column"])) if not eq.empty else []
-    if not keys:
+    if eq.empty:
         return None
     import matplotlib.pyplot as plt
 
-    ncols = 2 if len(keys) > 1 else 1
-    nrows = math.ceil(len(keys) / ncols)
+    n = eq["column"].nunique()
+    ncols = 2 if n > 1 else 1
+    nrows = math.ceil(n / ncols)
     new_figure()  # selects the Agg backend
     fig, axes = plt.subplots(nrows, ncols, figsize=(6.0 * ncols, 3.6 * nrows), squeeze=False, layout="constrained")
-    for ax, key in zip(axes.flat, keys):
-        sub = eq[eq["column"] == key]
+    for ax, (key, sub) in zip(axes.flat, eq.groupby("column", sort=False)):
         for _, s in sub.iterrows():
             runs = [r for r in rows if (r["dataset"], r["setting"], r["label"], r.get("max_train_minutes"))
                     == (s["dataset"], s["setting"], s["label"], s["minutes"])]
@@ -214,14 +212,11 @@ def grid_figure(eq: pd.DataFrame, rows: list[dict], fig_dir: Path) -> Path | Non
             scale, _ = c.scale_of(s["metric"])
             budget.plot_band(ax, [[(p[0], p[1] * scale) for p in pts] for pts in curves], render.colour(s["label"]),
                              s["algorithm"], band=True)
-        if sub["metric"].iloc[0] == "mse":
-            ax.set_yscale("log")
         ax.set_title(key, fontsize=9)
-        ax.set_xlabel("training wall-clock (minutes)")
-        ax.set_ylabel("validation MSE" if sub["metric"].iloc[0] == "mse" else "validation accuracy (%)")
+        budget.label_axes(ax, sub["metric"].iloc[0] == "mse", "training wall-clock (minutes)")
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=6)
-    for ax in list(axes.flat)[len(keys):]:
+    for ax in list(axes.flat)[n:]:
         ax.set_visible(False)
     return save_figure(fig, fig_dir / "equal_compute.png")
 
@@ -232,13 +227,12 @@ def cell(tables: dict[str, pd.DataFrame], spec: dict):
     df = tables.get(spec["table"])
     if df is None or spec["column"] not in df.columns:
         return None
-    if spec.get("where"):
-        df = df.query(spec["where"], engine="python")
-    col = pd.to_numeric(df[spec["column"]], errors="coerce") if spec.get("agg", "first") != "first" else df[spec["column"]]
+    col = (df.query(spec["where"], engine="python") if spec.get("where") else df)[spec["column"]]
+    agg = spec.get("agg", "first")
     if col.empty:
         return None
-    agg = spec.get("agg", "first")
-    value = col.iloc[0] if agg == "first" else len(col) if agg == "count" else getattr(col, agg)()
+    value = (col.iloc[0] if agg == "first" else len(col) if agg == "count"
+             else getattr(pd.to_numeric(col, errors="coerce"), agg)())
     if render.is_missing(value):
         return None
     return value * spec["scale"] if "scale" in spec else value
@@ -258,24 +252,17 @@ def load_questions(path: Path = QUESTIONS) -> dict:
 
 
 def questions_table(doc: dict, tables: dict[str, pd.DataFrame], anchors: set[str]):
-    out = []
-    for q in doc["questions"]:
-        answer = fill(q, tables) or q.get("missing", "no records yet")
-        link = q["evidence"] if q["evidence"] in anchors else None
-        out.append({"id": q["id"], "question": q["question"], "answer": answer,
-                    "evidence": f"[{q['evidence_name']}](#{link})" if link else "—"})
+    out = [{"id": q["id"], "question": q["question"], "answer": fill(q, tables) or q.get("missing", "no records yet"),
+            "evidence": f"[{q['evidence_name']}](#{q['evidence']})" if q["evidence"] in anchors else "—"}
+           for q in doc["questions"]]
     cols = [("", "id"), ("question", "question"), ("answer (budget, seeds)", "answer"), ("evidence", "evidence")]
     return make_table("questions", out, cols)
 
 
 def findings(doc: dict, tables: dict[str, pd.DataFrame], anchors: set[str]) -> list[str]:
-    out = []
-    for f in doc["findings"]:
-        text = fill(f, tables)
-        if text is not None:
-            link = f" ([table](#{f['evidence']}))" if f["evidence"] in anchors else ""
-            out.append(text + link)
-    return out
+    """The findings whose cells the tables hold, each with a link to its table where the report has it."""
+    return [text + (f" ([table](#{f['evidence']}))" if f["evidence"] in anchors else "")
+            for f in doc["findings"] if (text := fill(f, tables)) is not None]
 
 
 def campaign_plan(runs_root: Path, table: pd.DataFrame) -> list[dict]:
@@ -295,24 +282,18 @@ def limitations(table: pd.DataFrame, paper: PaperNumbers, devices: list[str]):
     missing = sorted({(p.dataset, setting_name(p.dataset, p.ways, p.shots)) for p in paper.results} - ran)
     at_paper = sorted(set(m[m["at_paper_budget"] > 0]["dataset"]))
     unlearned = m[(m["learned"] < m["completed"])]
-    rows = [
-        ("seeds", f"{(m['seeds'] == 1).sum()} of {len(m)} configurations have one seed",
-         "there ± is a 95% CI over test tasks, silent on the spread across training runs", "table-runs"),
-        ("budget", f"{len(below)} of {len(m)} configurations ran below the paper's budget "
-                   f"({100 * frac.min():.2g}%–{100 * frac.max():.3g}% of its iterations)",
-         "† rows measure what a method reaches in that budget, not the paper's number", "table-reproduction"),
-        ("paper budget", f"reached on {', '.join(c.DATASET_NAMES.get(d, d) for d in at_paper) or 'no dataset'} only",
-         "every other published number reads *not run*", "table-reproduction"),
-        ("settings never run", ", ".join(f"{c.title(d, s)}" for d, s in missing) or "none",
-         "no number of ours for them", "table-reproduction"),
-        ("stopped runs", f"{int(table['diverged'].sum())} runs diverged",
-         "shown with their status, never dropped", "table-failures_by_algorithm"),
-        ("did not learn", f"{len(unlearned)} configurations have seeds that did not beat every baseline",
-         "no better/worse wording is given for them", "table-equal_compute"),
-        ("baselines", "classification is judged against chance (and baseline records, where there are any)",
-         "*learned* there means no more than *beat chance*", "table-equal_compute"),
-        ("devices", ", ".join(devices) or "none", "timings hold for this machine only", "table-runs")]
-    out = [{"limit": a, "measured": b, "so": f"{so}", "anchor": anchor} for a, b, so, anchor in rows]
+    measured = {
+        "seeds": f"{(m['seeds'] == 1).sum()} of {len(m)} configurations have one seed",
+        "budget": f"{len(below)} of {len(m)} configurations ran below the paper's budget "
+                  f"({100 * frac.min():.2g}%–{100 * frac.max():.3g}% of its iterations)",
+        "paper budget": f"reached on {', '.join(c.DATASET_NAMES.get(d, d) for d in at_paper) or 'no dataset'} only",
+        "settings never run": ", ".join(f"{c.title(d, s)}" for d, s in missing) or "none",
+        "stopped runs": f"{int(table['diverged'].sum())} runs diverged",
+        "did not learn": f"{len(unlearned)} configurations have seeds that did not beat every baseline",
+        "baselines": "classification is judged against chance (and baseline records, where there are any)",
+        "devices": ", ".join(devices) or "none"}
+    out = [dict(limit=row["limit"], measured=measured[row["limit"]], so=row["so"], anchor=row["anchor"])
+           for row in load_questions()["limitations"]]
     cols = [("limit", "limit"), ("measured", "measured"),
             ("what it means", lambda r: f"{r['so']} ([table](#{r['anchor']}))", "so", "anchor")]
     return make_table("limitations", out, cols)

@@ -69,27 +69,23 @@ def _protocols(rows, judged, w, pool) -> str:
     for key, members in by_budget.items():
         text += f"\n### {budget.budget_title(*key, members)}\n"
         text += w.table(budget.setup_table(key, members)) + w.table(budget.protocol_table(key, members, judged, pool))
-        fig = budget.curves_figure(key, members, w.fig_dir)
-        if fig is not None:
+        if (fig := budget.curves_figure(key, members, w.fig_dir)) is not None:
             caption = "Validation metric vs training wall-clock" + (" and meta-iterations" if key[2] is None else "")
             text += w.figure(fig, caption) + TEXT["curves_caption"]
     return text if by_budget else text + _no_runs("make reproduce")
 
 
-def _paired(rows, judged, w):
+def _paired(rows, judged, w) -> str:
     pairs, refused, notes = paired.compare_all(rows)
     text = _heading("paired", "2. Paired comparisons on identical test tasks") + TEXT["paired_intro"]
     if pairs:
-        learned = baselines.statuses(judged)
-        text += "".join(f"\n### {title}\n" + w.table(t) for title, t in paired.matrix_tables(pairs, learned))
+        text += "".join(f"\n### {title}\n" + w.table(t)
+                        for title, t in paired.matrix_tables(pairs, baselines.statuses(judged)))
         text += f"\nEvery comparison with its p-values and task counts: {w.files_only(paired.long_table(pairs))}\n"
     else:
         text += "\nno pairs yet: needs two algorithms evaluated on the same test tasks; run `make reproduce`\n"
-    if refused:
-        text += "\n### Refused pairs (different test tasks)\n" + w.table(paired.refused_table(refused))
-    if notes:
-        text += "\n### Not paired\n\n" + "".join(f"- {n}\n" for n in notes)
-    return text
+    return (text + ("\n### Refused pairs (different test tasks)\n" + w.table(paired.refused_table(refused)) if refused
+                    else "") + ("\n### Not paired\n\n" + "".join(f"- {n}\n" for n in notes) if notes else ""))
 
 
 def _sweep(sweep, w) -> str:
@@ -145,9 +141,8 @@ def _skipped_section(skipped: list[Skipped], w: Writer) -> str:
     text = _heading("skipped", "Appendix B. Skipped records")
     if not skipped:
         return text + "\nnone\n"
-    rows = [{"path": s.path, "reason": s.reason} for s in sorted(skipped, key=lambda s: (s.path, s.reason))]
-    t = make_table("skipped", rows, [("record", "path"),
-                                     ("reason", "reason")])
+    t = make_table("skipped", [vars(s) for s in sorted(skipped, key=lambda s: (s.path, s.reason))],
+                   [("record", "path"), ("reason", "reason")])
     return text + "\nThese records could not be read and are left out of every table above.\n" + w.table(t)
 
 
@@ -173,15 +168,11 @@ def _first_page(table, rows, bases, paper, runs_root: Path, w: Writer, body: str
     text += (_heading("questions", "The reviewers' questions") + TEXT["questions_intro"]
              + w.table(front.questions_table(doc, w.raw, anchors)) + "\n")
     text += _heading("equal-compute", "At equal compute") + w.table(eq)
-    fig = front.grid_figure(eq_rows, rows + bases, w.fig_dir)
-    if fig is not None:
+    if (fig := front.grid_figure(eq_rows, rows + bases, w.fig_dir)) is not None:
         caption = "Validation metric vs training wall-clock, mean over seeds with a min–max band"
         text += w.figure(fig, caption) + TEXT["grid_caption"]
-    text += "\n"
-    found = front.findings(doc, w.raw, anchors)
-    text += _heading("findings", "Findings") + "\n" + ("".join(f"{i}. {f}\n" for i, f in enumerate(found, 1))
-                                                       or "No findings yet: no records.\n")
-    return text
+    found = "".join(f"{i}. {f}\n" for i, f in enumerate(front.findings(doc, w.raw, anchors), 1))
+    return text + "\n" + _heading("findings", "Findings") + "\n" + (found or "No findings yet: no records.\n")
 
 
 def generate(runs_root: Path, out: Path, paper: PaperNumbers | None = None, bench: Path | None = None) -> Path:
@@ -190,9 +181,8 @@ def generate(runs_root: Path, out: Path, paper: PaperNumbers | None = None, benc
     runs_root, out = Path(runs_root), Path(out)
     bench = Path(bench) if bench is not None else runs_root.parent / "bench_tta"
     paper = paper or load_paper_numbers()
-    recs = load(runs_root)
-    extra = load(bench) if bench.is_dir() else None
-    skipped = list(recs.skipped) + (list(extra.skipped) if extra else [])
+    recs, extra = load(runs_root), load(bench)  # no bench folder: no records
+    skipped = recs.skipped + extra.skipped
     w = Writer(out)
     all_rows, base_rows = baselines.split(c.records(recs.runs))
     judged = baselines.judge_all(all_rows, base_rows)
@@ -206,8 +196,7 @@ def generate(runs_root: Path, out: Path, paper: PaperNumbers | None = None, benc
     summary = front.summary(rows, bases, judged)
     devices = sorted({r.get("device_name") or r.get("device") or "?" for r in rows + bases}
                      | set(tta.devices(tta_records)))
-    study_list = sorted(recs.studies + (extra.studies if extra else []), key=lambda s: s["run"])
-    body.append(_study_sections(study_list, w, skipped))
+    body.append(_study_sections(sorted(recs.studies + extra.studies, key=lambda s: s["run"]), w, skipped))
     body.append(_heading("assumptions-fail", "7. When the assumptions fail") + anatomy.fidelity_section(rows, w)
                 + "\n### Where each method fails (R3.1)\n" + anatomy.section(rows, judged, runs_root, w))
     body.append(_heading("limitations", "8. Limitations")

@@ -69,32 +69,25 @@ def _words(setting: tuple) -> str:
 
 def representatives(rows: list[dict]) -> tuple[dict[tuple, dict[str, list[dict]]], list[str]]:
     """(setting → algorithm → runs of its representative configuration, notes)."""
-    notes = []
+    notes = [f"{r['run']}: no per-task test metrics in the record, not paired" for r in rows
+             if r["status"] == "completed" and r.get("per_task") is None]
     cands: dict[tuple, dict[str, dict[tuple, list[dict]]]] = {}
     for r in rows:
-        if r["status"] != "completed":
-            continue
-        if r.get("per_task") is None:
-            notes.append(f"{r['run']}: no per-task test metrics in the record, not paired")
-            continue
-        cands.setdefault(_setting(r), {}).setdefault(r["label"], {}).setdefault(c.config_key(r), []).append(r)
+        if r["status"] == "completed" and r.get("per_task") is not None:
+            cands.setdefault(_setting(r), {}).setdefault(r["label"], {}).setdefault(c.config_key(r), []).append(r)
     chosen: dict[tuple, dict[str, list[dict]]] = {}
     for setting, by_label in cands.items():
         where = f"{setting[0]} {setting[1]} ({_words(setting)})"
         for label, configs in by_label.items():
-            def rank(item):
-                runs = item[1]
-                return (runs[0].get("experiment") is not None, len(runs),
-                        max(r["iterations_done"] for r in runs), max(r["run"] for r in runs))
-            best_key, best = max(configs.items(), key=rank)
-            chosen.setdefault(setting, {})[label] = sorted(best, key=lambda r: r["run"])
-            kept = {r["run"] for r in _by_seed(chosen[setting][label]).values()}
-            repeats = [r["run"] for r in chosen[setting][label] if r["run"] not in kept]
-            if repeats:
+            best_key, best = max(configs.items(), key=lambda kv: (kv[1][0].get("experiment") is not None, len(kv[1]),
+                                                                  max(r["iterations_done"] for r in kv[1]),
+                                                                  max(r["run"] for r in kv[1])))
+            runs = chosen.setdefault(setting, {})[label] = sorted(best, key=lambda r: r["run"])
+            kept = {r["run"] for r in _by_seed(runs).values()}
+            if repeats := [r["run"] for r in runs if r["run"] not in kept]:
                 notes.append(f"{label} {where}: a seed run more than once; the latest folder is paired, not: "
                              f"{', '.join(repeats)}")
-            others = sorted(r["run"] for k, runs in configs.items() if k != best_key for r in runs)
-            if others:
+            if others := sorted(r["run"] for k, runs in configs.items() if k != best_key for r in runs):
                 notes.append(f"{label} {where}: paired runs of one configuration; other configurations not "
                              f"paired: {', '.join(others)}")
     return chosen, sorted(notes)
@@ -103,6 +96,10 @@ def representatives(rows: list[dict]) -> tuple[dict[tuple, dict[str, list[dict]]
 def _by_seed(runs: list[dict]) -> dict:
     """seed → run; a seed run twice with one configuration keeps its latest folder (runs are sorted)."""
     return {r.get("seed"): r for r in runs}
+
+
+def _seed_order(s) -> tuple:
+    return (s is None, s or 0)
 
 
 def compare_all(rows: list[dict]) -> tuple[list[dict], list[dict], list[str]]:
@@ -115,29 +112,25 @@ def compare_all(rows: list[dict]) -> tuple[list[dict], list[dict], list[str]]:
         for j, a_label in enumerate(labels):
             for b_label in labels[:j]:
                 a_by_seed, b_by_seed = _by_seed(chosen[setting][a_label]), _by_seed(chosen[setting][b_label])
-                for seed in sorted(set(a_by_seed) & set(b_by_seed), key=lambda s: (s is None, s or 0)):
+                for seed in sorted(set(a_by_seed) & set(b_by_seed), key=_seed_order):
                     a, b = a_by_seed[seed], b_by_seed[seed]
-                    base = {"dataset": setting[0], "setting": setting[1], "profile": setting[2],
-                            "max_train_minutes": setting[3], "early_stop": setting[4], "a": a_label, "b": b_label,
-                            "seed": seed,
-                            "a_run": a["run"], "b_run": b["run"]}
+                    base = dict(zip(("dataset", "setting", "profile", "max_train_minutes", "early_stop"), setting),
+                                a=a_label, b=b_label, seed=seed, a_run=a["run"], b_run=b["run"])
                     try:
                         d = improvement(a, b)
                     except PairingError as e:
                         refused.append(dict(base, reason=str(e)))
                         continue
+                    kind = c.budget_kind(a)
                     pairs.append(dict(base, **d, metric=a["metric"], a_iters=c.budget_text(a),
                                       b_iters=c.budget_text(b), minutes=a.get("max_train_minutes")
                                       if a.get("max_train_minutes") == b.get("max_train_minutes") else None,
                                       device_name=a.get("device_name") or a.get("device"),
-                                      paper_scale=c.budget_kind(a) is not None and c.budget_kind(a) == c.budget_kind(b),
-                                      budget_kind=c.budget_kind(a)))
-                unpaired = sorted(set(a_by_seed) ^ set(b_by_seed), key=lambda s: (s is None, s or 0))
-                if unpaired:
-                    notes.append(f"{a_label} vs {b_label}, {setting[0]} {setting[1]} "
-                                 f"({_words(setting)}): seed(s) "
+                                      paper_scale=kind is not None and kind == c.budget_kind(b), budget_kind=kind))
+                if unpaired := sorted(set(a_by_seed) ^ set(b_by_seed), key=_seed_order):
+                    notes.append(f"{a_label} vs {b_label}, {setting[0]} {setting[1]} ({_words(setting)}): seed(s) "
                                  f"{', '.join(str(s) for s in unpaired)} run by only one of the two")
-    for setting in sorted({_setting(p) for p in pairs}, key=_order):
+    for setting in {_setting(p) for p in pairs}:  # the pairs of one setting are one family
         family = [p for p in pairs if _setting(p) == setting]
         for p, adj in zip(family, holm([p["p_value"] for p in family])):
             p["p_holm"] = adj
@@ -146,8 +139,8 @@ def compare_all(rows: list[dict]) -> tuple[list[dict], list[dict], list[str]]:
 
 def find(pairs: list[dict], dataset: str, setting: str, a: str, b: str) -> list[dict]:
     """The comparisons of a against b in a setting (one per seed), read with a's sign."""
-    mine = [p for p in pairs if (p["dataset"], p["setting"]) == (dataset, setting)]
-    return [p if p["a"] == a else flipped(p) for p in mine if (p["a"], p["b"]) in ((a, b), (b, a))]
+    return [p if p["a"] == a else flipped(p) for p in pairs
+            if (p["dataset"], p["setting"]) == (dataset, setting) and (p["a"], p["b"]) in ((a, b), (b, a))]
 
 
 def matrix_tables(pairs: list[dict], learned: dict[str, str]) -> list[tuple[str, Table]]:
@@ -159,49 +152,33 @@ def matrix_tables(pairs: list[dict], learned: dict[str, str]) -> list[tuple[str,
     for setting in sorted({_setting(p) for p in pairs}, key=_order):
         sel = [p for p in pairs if _setting(p) == setting]
         labels = sorted({p["a"] for p in sel} | {p["b"] for p in sel}, key=c.label_rank)
-        runs = {lab: sorted({p[k + "_run"] for p in sel for k in ("a", "b") if p[k] == lab}) for lab in labels}
-        metric = sel[0]["metric"]
-        n_seeds = len({p["seed"] for p in sel})
+        metric, seeds = sel[0]["metric"], sorted({p["seed"] for p in sel}, key=_seed_order)
         rows = []
         for a in labels:
-            row = {"algorithm": a, "run": "; ".join(runs[a]), "_tag": _learned_tag(runs[a], learned)}
+            runs = sorted({p[k + "_run"] for p in sel for k in ("a", "b") if p[k] == a})
+            bad = sum(learned.get(r) == "did not learn" for r in runs)
+            tag = ("" if not bad else " (did not learn)" if bad == len(runs)
+                   else f" (did not learn in {bad} of {len(runs)} seeds)")
+            row = {"algorithm": a, "run": "; ".join(runs), "_tag": tag}
             for b in labels:
                 every = find(sel, setting[0], setting[1], a, b)
                 # a seed whose run did not learn is never called better or worse than another
                 found = [f for f in every if "did not learn" not in (learned.get(f["a_run"]), learned.get(f["b_run"]))]
-                row[b] = _cell(found, metric, n_seeds) if found else "— (did not learn)" if every else "—"
+                row[b] = _cell(found, metric, len(seeds)) if found else "— (did not learn)" if every else "—"
                 row[f"{b}_imp"] = mean_std([f["imp"] for f in found])[0] if found else None
             rows.append(row)
         cols = [("a \\ b", lambda r: r["algorithm"] + r["_tag"], "algorithm"),
                 *((b, (lambda b: lambda r: r[b])(b), f"{b}_imp") for b in labels)]
-        out.append((_matrix_title(setting), make_table(_matrix_name(setting), rows, cols, [_matrix_note(sel, metric)],
-                                                        extra=("run",))))
+        minutes = [] if setting[3] is None else [f"{c.fmt_g(setting[3])}min"]
+        name = c.slug("paired", setting[0], setting[1], *([] if minutes and setting[2] == "paper" else [setting[2]]),
+                      *minutes, *([setting[4]] if setting[4] else []))
+        note = TEXT["matrix_note"].format(
+            unit="accuracy points" if metric == "accuracy" else "MSE reduction", n=len(sel), alpha=ALPHA,
+            cell=TEXT["matrix_cell_seeds"] if len(seeds) > 1 else "[95% bootstrap CI over test tasks]; * = significant",
+            seeds=", ".join(map(str, seeds)))
+        out.append((f"{c.title(setting[0], setting[1])} ({_words(setting)})",
+                    make_table(name, rows, cols, [note], extra=("run",))))
     return out
-
-
-def _learned_tag(runs: list[str], learned: dict[str, str]) -> str:
-    bad = [r for r in runs if learned.get(r) == "did not learn"]
-    if not bad:
-        return ""
-    return " (did not learn)" if len(bad) == len(runs) else f" (did not learn in {len(bad)} of {len(runs)} seeds)"
-
-
-def _matrix_name(setting: tuple) -> str:
-    minutes = [] if setting[3] is None else [f"{c.fmt_g(setting[3])}min"]
-    return c.slug("paired", setting[0], setting[1], *([] if minutes and setting[2] == "paper" else [setting[2]]),
-                  *minutes, *([setting[4]] if setting[4] else []))
-
-
-def _matrix_title(setting: tuple) -> str:
-    return f"{c.title(setting[0], setting[1])} ({_words(setting)})"
-
-
-def _matrix_note(sel: list[dict], metric: str) -> str:
-    unit = "accuracy points" if metric == "accuracy" else "MSE reduction"
-    seeds = sorted({p["seed"] for p in sel}, key=lambda s: (s is None, s or 0))
-    several = len(seeds) > 1
-    cell = TEXT["matrix_cell_seeds"] if several else "[95% bootstrap CI over test tasks]; * = significant"
-    return TEXT["matrix_note"].format(unit=unit, cell=cell, n=len(sel), alpha=ALPHA, seeds=", ".join(map(str, seeds)))
 
 
 def significant(d: dict) -> bool:
@@ -221,13 +198,16 @@ def _cell(found: list[dict], metric: str, n_seeds: int) -> str:
     return f"{fmt(m, digits, s)} ± {fmt(sd, digits, s)}{mark}{fewer}"
 
 
+def _setting_column(*keys: str) -> tuple:
+    return ("setting", lambda r: f"{r['dataset']} {r['setting']} ({_words(_setting(r))})", *keys)
+
+
 def long_table(pairs: list[dict]) -> Table:
     """Every comparison in one long table (files only): the matrices' cells with their statistics."""
     def d(key):
         return lambda r: fmt(r[key], *reversed(c.scale_of(r["metric"])))
 
-    cols = [("setting", lambda r: f"{r['dataset']} {r['setting']} ({_words(_setting(r))})",
-             "dataset", "setting", "profile", "max_train_minutes"),
+    cols = [_setting_column("dataset", "setting", "profile", "max_train_minutes"),
             ("a vs b", lambda r: f"{r['a']} vs {r['b']}", "a", "b"),
             ("seed", "seed"), ("improvement of a over b", d("imp"), "imp"),
             ("95% CI", lambda r: f"[{d('low')(r)}, {d('high')(r)}]", "low", "high"),
@@ -239,10 +219,8 @@ def long_table(pairs: list[dict]) -> Table:
 
 
 def refused_table(refused: list[dict]) -> Table:
-    cols = [("setting", lambda r: f"{r['dataset']} {r['setting']} ({_words(_setting(r))})",
-             "dataset", "setting", "profile"),
-            ("comparison", lambda r: f"{r['a']} vs {r['b']}", "a", "b"), ("seed", "seed"),
-            ("reason", "reason"),
+    cols = [_setting_column("dataset", "setting", "profile"),
+            ("comparison", lambda r: f"{r['a']} vs {r['b']}", "a", "b"), ("seed", "seed"), ("reason", "reason"),
             ("runs (a; b)", lambda r: f"{r['a_run']}; {r['b_run']}", "a_run", "b_run")]
     return make_table("paired_refused", refused, cols)
 
@@ -254,21 +232,24 @@ def claims_table(claims: tuple[Claim, ...], pairs: list[dict], refused: list[dic
     that budget would cost: the first page's reproduction table)."""
     out = []
     for cl in claims:
-        setting = cl.setting
         base = {"claim": cl.text, "paper": f"{cl.evidence} ({cl.source})", "relation": cl.relation}
-        found = find(pairs, cl.dataset, setting, cl.better, cl.worse)
+        found = find(pairs, cl.dataset, cl.setting, cl.better, cl.worse)
         if not found:
-            why = [f["reason"] for f in refused if (f["dataset"], f["setting"]) == (cl.dataset, setting)
+            why = [f["reason"] for f in refused if (f["dataset"], f["setting"]) == (cl.dataset, cl.setting)
                    and {f["a"], f["b"]} == {cl.better, cl.worse}]
-            have = {r["label"] for r in rows if (r["dataset"], r["setting"]) == (cl.dataset, setting)
+            have = {r["label"] for r in rows if (r["dataset"], r["setting"]) == (cl.dataset, cl.setting)
                     and r["status"] == "completed"}
-            verdict = (f"not paired: {why[0]}" if why else
-                       "no paired runs" if {cl.better, cl.worse} <= have else "no runs")
+            verdict = (f"not paired: {why[0]}" if why
+                       else "no paired runs" if {cl.better, cl.worse} <= have else "no runs")
             out.append(dict(base, verdict=verdict, seeds=0, metric=None, imp=None, text=None, budget=None, runs=None))
         for budget in sorted({_setting(p) for p in found}, key=_order):
-            out.append(_claim_row(base, cl, [p for p in found if _setting(p) == budget],
-                                  learned))
-    return _claims(out)
+            out.append(_claim_row(base, cl, [p for p in found if _setting(p) == budget], learned))
+    cols = [(header, (lambda k: lambda r: r[k] or "—")(key), key) for header, key in (
+        ("claim", "claim"), ("paper", "paper"), ("verdict", "verdict"),
+        ("improvement of the claimed-better [95% CI]", "text"))]
+    cols += [("seeds", "seeds"), ("budget", lambda r: r["budget"] or "—", "budget")]
+    notes = [TEXT["claims_note_verdicts"], TEXT["claims_note_budget"], TEXT["claims_note_no_runs"]]
+    return make_table("claims", out, cols, notes, extra=("relation", "metric", "imp", "runs"))
 
 
 def _claim_row(base: dict, cl: Claim, sel: list[dict], learned: dict[str, str]) -> dict:
@@ -278,28 +259,15 @@ def _claim_row(base: dict, cl: Claim, sel: list[dict], learned: dict[str, str]) 
     at_paper = all(p["paper_scale"] for p in sel) and len(kinds) == 1
     if dnl:
         verdict = f"no verdict: {', '.join(dnl)} did not learn"
-    elif at_paper:
-        verdict = claim_verdict([direction(p["low"], p["high"]) for p in sel], cl.relation)
     else:
-        verdict = "not tested at paper budget"
-    metric = sel[0]["metric"]
-    minutes = sel[0]["minutes"]
+        verdict = (claim_verdict([direction(p["low"], p["high"]) for p in sel], cl.relation) if at_paper
+                   else "not tested at paper budget")
+    metric, minutes = sel[0]["metric"], sel[0]["minutes"]
     budget = (f"{c.fmt_g(minutes)} min per run" if minutes is not None else sel[0]["profile"] + " profile")
     budget += "; iterations " + "; ".join(f"{p['a']} {p['a_iters']}, {p['b']} {p['b_iters']}" for p in sel)
-    if at_paper and kinds == {"paper"}:
-        budget += " (both runs of every pair at the paper's budget)"
-    elif at_paper and kinds == {"converged"}:
-        budget += " (both runs of every pair converged by the declared rule)"
-    return dict(base, verdict=verdict, kind=next(iter(kinds)) if at_paper else None, seeds=len(sel), metric=metric, imp=mean_std([p["imp"] for p in sel])[0],
-                text="; ".join(delta_text(p, metric) for p in sel), budget=budget,
-                runs="; ".join(f"{p['a_run']} vs {p['b_run']}" for p in sel))
-
-
-def _claims(out: list[dict]) -> Table:
-    def text(header, key):
-        return header, lambda r: r[key] or "—", key
-
-    cols = [text("claim", "claim"), text("paper", "paper"), text("verdict", "verdict"),
-            text("improvement of the claimed-better [95% CI]", "text"), ("seeds", "seeds"), text("budget", "budget")]
-    notes = [TEXT["claims_note_verdicts"], TEXT["claims_note_budget"], TEXT["claims_note_no_runs"]]
-    return make_table("claims", out, cols, notes, extra=("relation", "metric", "imp", "runs"))
+    if at_paper:
+        budget += {"paper": " (both runs of every pair at the paper's budget)",
+                   "converged": " (both runs of every pair converged by the declared rule)"}.get(next(iter(kinds)), "")
+    return dict(base, verdict=verdict, kind=next(iter(kinds)) if at_paper else None, seeds=len(sel), metric=metric,
+                imp=mean_std([p["imp"] for p in sel])[0], text="; ".join(delta_text(p, metric) for p in sel),
+                budget=budget, runs="; ".join(f"{p['a_run']} vs {p['b_run']}" for p in sel))

@@ -23,40 +23,34 @@ from trainer.upgrade import upgrade
 STUDY_SCHEMA_VERSION = 1  # study.json's
 UNFINISHED = "unfinished"
 STATUSES = get_args(record.Status)
-STUDY_FILES = {
-    "fidelity": ("fidelity.csv",),
-    "precision": ("precision.csv", "precision_train.csv"),
-    "assumptions": ("assumptions.csv",),
-    "cost": ("cost.csv",),
-    "failures": ("failures.csv",),
-    "deviations": ("deviations.csv",),
-    "rescaling": ("rescaling.csv", "rescaling_train.csv"),
+# Each study's CSVs (the first is its result) with the columns each must have (SCHEMA.md beside the report);
+# a CSV without them is skipped.
+STUDY_TABLES = {
+    "fidelity": {"fidelity.csv": ("theta_source", "task", "method", "inner_steps", "cg_steps", "cosine", "rel_error",
+                                  "hvps", "grad_evals")},
+    "precision": {"precision.csv": ("inner_steps", "task", "rel_diff", "norm32", "norm64", "nonfinite32",
+                                    "nonfinite64"),
+                  "precision_train.csv": ("dtype", "metric", "mean", "ci95", "n", "verdict")},
+    "assumptions": {"assumptions.csv": ("checkpoint", "task", "lam", "eig_min", "eig_max", "strongly_convex",
+                                        "hess_lipschitz", "inner_grad_norm", "cg_residual", "query_grad_norm")},
+    "cost": {"cost.csv": ("algorithm", "inner_optimizer", "inner_steps", "median_iter_s", "cpu_time_s",
+                          "alloc_peak_bytes", "rss_peak_bytes", "gpu_peak_bytes", "device", "status")},
+    "failures": {"failures.csv": ("algorithm", "lam", "inner_steps", "cg_steps", "inner_lr", "final_metric", "metric",
+                                  "status")},
+    "deviations": {"deviations.csv": ("group", "rung", "deviations", "algorithm", "test_split", "accuracy", "ci95",
+                                      "n", "iterations_done", "train_minutes", "median_iter_s", "status",
+                                      "fingerprint", "run_dir", "vs", "diff_mean", "diff_low", "diff_high",
+                                      "diff_kind", "budget_minutes")},
+    "rescaling": {"rescaling.csv": ("scale", "inner_steps", "task", "rel_diff", "norm32", "norm64", "nonfinite32",
+                                    "nonfinite64"),
+                  "rescaling_train.csv": ("scale", "seed", "experiment", "status", "iterations_done",
+                                          "meta_iterations", "test_mse", "run_dir")},
 }
+STUDY_FILES = {name: tuple(files) for name, files in STUDY_TABLES.items()}
 # A study whose own training runs' records travel with it (``reporting.collect``): the runs behind
 # each of its rows (``run_dir``, relative to the study folder), never tabulated as runs themselves.
 STUDY_RUN_FILES = {"deviations": ("train/*/summary.json", "train/*/metrics.csv", "train/*/retest/*.json"),
                    "rescaling": ("train/*/summary.json", "train/*/metrics.csv")}
-
-
-# Columns each study CSV must have (SCHEMA.md beside the report); a CSV without them is skipped.
-STUDY_COLUMNS = {
-    "fidelity.csv": ("theta_source", "task", "method", "inner_steps", "cg_steps", "cosine", "rel_error",
-                     "hvps", "grad_evals"),
-    "precision.csv": ("inner_steps", "task", "rel_diff", "norm32", "norm64", "nonfinite32", "nonfinite64"),
-    "precision_train.csv": ("dtype", "metric", "mean", "ci95", "n", "verdict"),
-    "assumptions.csv": ("checkpoint", "task", "lam", "eig_min", "eig_max", "strongly_convex", "hess_lipschitz",
-                        "inner_grad_norm", "cg_residual", "query_grad_norm"),
-    "cost.csv": ("algorithm", "inner_optimizer", "inner_steps", "median_iter_s", "cpu_time_s", "alloc_peak_bytes",
-                 "rss_peak_bytes", "gpu_peak_bytes", "device", "status"),
-    "failures.csv": ("algorithm", "lam", "inner_steps", "cg_steps", "inner_lr", "final_metric", "metric", "status"),
-    "deviations.csv": ("group", "rung", "deviations", "algorithm", "test_split", "accuracy", "ci95", "n",
-                       "iterations_done", "train_minutes", "median_iter_s", "status", "fingerprint", "run_dir", "vs",
-                       "diff_mean", "diff_low", "diff_high", "diff_kind", "budget_minutes"),
-    "rescaling.csv": ("scale", "inner_steps", "task", "rel_diff", "norm32", "norm64", "nonfinite32", "nonfinite64"),
-    "rescaling_train.csv": ("scale", "seed", "experiment", "status", "iterations_done", "meta_iterations",
-                            "test_mse", "run_dir"),
-}
-
 TEXT_COLUMNS = {"theta_source", "method", "dtype", "metric", "verdict", "algorithm", "inner_optimizer", "device",
                 "status", "strongly_convex", "group", "rung", "deviations", "test_split", "fingerprint", "run_dir",
                 "vs", "diff_kind", "experiment", "failure_stage"}
@@ -137,6 +131,13 @@ def normalise_train(d: dict, run: str) -> dict:
     return {"run": run, **rec.row()}
 
 
+def _train_row(d: dict, run: str, folder: Path) -> dict | None:
+    """A ``summary.json``'s row; None for a selection candidate's (read through its ``selection.json``)."""
+    if d.get("kind", "train") not in ("train", "selection"):
+        raise RecordError(f"summary.json has kind {d.get('kind')!r}, expected 'train'")
+    return dict(normalise_train(d, run), folder=str(folder)) if d.get("kind", "train") == "train" else None
+
+
 def _load_selection(d: dict, run: str) -> dict:
     """A ``selection.json``: a protocol chosen on validation tasks only (never a test result)."""
     return {"run": run, "algorithm": _get(d, "algorithm", str), "experiment": _get(d, "experiment", str),
@@ -155,27 +156,22 @@ def _load_study(d: dict, folder: Path, run: str) -> dict:
         raise RecordError(f"unknown study {name!r} (known: {', '.join(STUDY_FILES)})")
     status = _get(d, "status", str)
     tables = {}
-    for fname in STUDY_FILES[name]:
-        path = folder / fname
-        if not path.exists():
+    for fname, columns in STUDY_TABLES[name].items():
+        if not (folder / fname).exists():
             continue
         try:
-            tables[fname] = pd.read_csv(path)
+            df = tables[fname] = pd.read_csv(folder / fname)
         except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
             raise RecordError(f"{fname}: unreadable CSV ({type(e).__name__})") from None
-        if "run_dir" in tables[fname].columns:
-            tables[fname]["run_dir"] = [v if not isinstance(v, str) else study_relative(v)
-                                        for v in tables[fname]["run_dir"]]
-        missing = [col for col in STUDY_COLUMNS[fname] if col not in tables[fname].columns]
-        if missing:
+        if "run_dir" in df.columns:
+            df["run_dir"] = [v if not isinstance(v, str) else study_relative(v) for v in df["run_dir"]]
+        if missing := [col for col in columns if col not in df.columns]:
             raise RecordError(f"{fname}: missing columns {', '.join(missing)}")
-        for col in STUDY_COLUMNS[fname]:
-            if col in TEXT_COLUMNS:
-                continue
-            values = pd.to_numeric(tables[fname][col], errors="coerce")
-            if (values.isna() & tables[fname][col].notna()).any():
+        for col in (col for col in columns if col not in TEXT_COLUMNS):
+            values = pd.to_numeric(df[col], errors="coerce")
+            if (values.isna() & df[col].notna()).any():
                 raise RecordError(f"{fname}: column {col} holds non-numbers")
-            tables[fname][col] = values
+            df[col] = values
     if status == "completed" and STUDY_FILES[name][0] not in tables:
         raise RecordError(f"status is completed but {STUDY_FILES[name][0]} is missing")
     config = d.get("config") if isinstance(d.get("config"), dict) else {}
@@ -197,29 +193,21 @@ def load(runs_root: Path) -> Records:
             rel = folder.relative_to(runs_root).as_posix()
             run = prefix if rel == "." else f"{prefix}/{rel}"
             names = set(filenames)
-            if "summary.json" in names:
-                try:
-                    d = read_json(folder / "summary.json")
-                    if d.get("kind", "train") not in ("train", "selection"):
-                        raise RecordError(f"summary.json has kind {d.get('kind')!r}, expected 'train'")
-                    if d.get("kind", "train") == "train":  # a selection candidate is read via selection.json
-                        rows.append(dict(normalise_train(d, run), folder=str(folder)))
-                except RecordError as e:
-                    skipped.append(Skipped(f"{run}/summary.json", str(e)))
-            elif "metrics.jsonl" in names:
+            if "metrics.jsonl" in names and "summary.json" not in names:
                 skipped.append(Skipped(run, "no summary.json (the run was killed or is still running)"))
-            if "selection.json" in names:
-                dirnames[:] = []  # its candidates were tuned on validation tasks: never comparison rows
+            if names & {"selection.json", "study.json"}:
+                # a selection's candidates were tuned on validation tasks, a study's own training runs are
+                # its inputs: neither are results to tabulate
+                dirnames[:] = []
+            for fname, into, read in (("summary.json", rows, lambda d: _train_row(d, run, folder)),
+                                      ("selection.json", selections, lambda d: _load_selection(d, run)),
+                                      ("study.json", studies, lambda d: dict(_load_study(d, folder, run),
+                                                                             folder=str(folder)))):
                 try:
-                    selections.append(_load_selection(read_json(folder / "selection.json"), run))
+                    if fname in names and (item := read(read_json(folder / fname))) is not None:
+                        into.append(item)
                 except RecordError as e:
-                    skipped.append(Skipped(f"{run}/selection.json", str(e)))
-            if "study.json" in names:
-                dirnames[:] = []  # a study's own training runs (its inputs) are not results to tabulate
-                try:
-                    studies.append(dict(_load_study(read_json(folder / "study.json"), folder, run), folder=str(folder)))
-                except RecordError as e:
-                    skipped.append(Skipped(f"{run}/study.json", str(e)))
+                    skipped.append(Skipped(f"{run}/{fname}", str(e)))
     frame = pd.DataFrame(rows, dtype=object)  # each value as the record's model typed it (an int stays an int)
     if not frame.empty:
         frame = frame.sort_values("run", kind="stable").reset_index(drop=True)
