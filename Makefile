@@ -120,15 +120,9 @@ report: setup  ## regenerate reports/REPORT.md, tables and figures from the reco
 bench: setup  ## benchmark harness → reports/BENCHMARKS.md
 	$(PY) -m bench
 
-# Time to accuracy: both runs at once, one core each (a 2-core machine), then the section of BENCHMARKS.md.
-# iMAML: the fastest settings found (reports/BENCHMARKS.md): 3 inner steps of 0.4 (MAML's step, 3 at test as
-# MAML), λ = 0.1, 2 CG steps on the official release's damped system, meta-batch 8.
+# Time to accuracy: the runs of configs/bench_tta.yaml at once, one core each, then the section of BENCHMARKS.md.
 bench-tta: setup  ## time to accuracy, Omniglot 5w1s, MAML + iMAML (≈ 65 min) → reports/BENCHMARKS.md
-	rm -rf runs/bench/tta/maml runs/bench/tta/imaml-release
-	OMP_NUM_THREADS=1 $(PY) -m bench.tta algorithm=maml threads=1 batching=compile diagnostics=false & a=$$!; \
-	OMP_NUM_THREADS=1 $(PY) -m bench.tta algorithm=imaml_release_algo name=imaml-release threads=1 diagnostics=false & b=$$!; \
-	wait $$a; ra=$$?; wait $$b; rb=$$?; [ $$ra -eq 0 ] && [ $$rb -eq 0 ]
-	$(PY) -m bench.tta render=true
+	$(PY) -m bench.tta plan=true
 
 gpu-check: setup  ## CUDA check: every algorithm briefly, MAML/iMAML time + memory vs K
 	$(PY) -m bench.gpu_check

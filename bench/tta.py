@@ -3,6 +3,7 @@
     python -m bench.tta algorithm=maml [minutes=[5,10,15,20,30,40,50,60]] [threads=N] [name=NAME]
                         [run_dir=DIR] [continue=true] [train.py overrides ...]
     python -m bench.tta render=true      # the time-to-accuracy section of BENCHMARKS.md and its figure
+    python -m bench.tta plan=true        # every run of configs/bench_tta.yaml at once, then render (make bench-tta)
 
 Every argument is a Hydra-style ``key=value`` override: the keys above are this tool's, any
 other one goes to ``train.py``. One training run per algorithm (``train.py
@@ -23,12 +24,16 @@ import json
 import os
 import platform
 import shlex
+import shutil
+import subprocess
 import sys
 import time
 from pathlib import Path
 
+import yaml
 from omegaconf import OmegaConf
 
+import catalog
 from atomic import atomic_write_json, atomic_write_text
 from bench import portable
 
@@ -37,12 +42,19 @@ RECORDS = ROOT / "reports" / "bench_tta"
 FIGURE = ROOT / "reports" / "bench_tta" / "tta_omniglot_5w1s.png"
 BENCHMARKS = ROOT / "reports" / "BENCHMARKS.md"
 BEGIN, END = "<!-- tta:begin -->", "<!-- tta:end -->"
-ALGORITHMS = ("maml", "imaml", "imaml_release_algo")  # experiment=omniglot_5w_<algorithm>
+PLAN = ROOT / "configs" / "bench_tta.yaml"
+
+
+def algorithms() -> list[str]:
+    """The algorithms with an Omniglot 5w1s experiment (``experiment=omniglot_5w_<algorithm>``)."""
+    return sorted(p.stem.removeprefix("omniglot_5w_") for p in (ROOT / "configs" / "experiment").glob("omniglot_5w_*.yaml"))
+
+
 TARGET, MINIMUM = 0.97, 0.95
 
 
 OPTIONS = {"algorithm": None, "minutes": [5, 10, 15, 20, 30, 40, 50, 60], "threads": None, "name": None,
-           "run_dir": None, "render": False, "continue": False}  # this tool's keys; the rest go to train.py
+           "run_dir": None, "render": False, "continue": False, "plan": False}  # this tool's keys; the rest go to train.py
 
 
 def _fail(message: str):
@@ -63,8 +75,9 @@ def parse(argv: list[str]) -> tuple[dict, list[str]]:
     ok = isinstance(minutes, list) and minutes and all(isinstance(m, (int, float)) and m > 0 for m in minutes)
     if not ok or minutes != sorted(set(minutes)):
         _fail(f"minutes={opts['minutes']!r}: expected increasing minutes > 0, e.g. minutes=[5,10,30,60]")
-    if opts["algorithm"] is not None and opts["algorithm"] not in ALGORITHMS:
-        _fail(f"algorithm={opts['algorithm']!r}; allowed: {list(ALGORITHMS)}")
+    if opts["algorithm"] is not None and opts["algorithm"] not in algorithms():
+        _fail(f"algorithm={opts['algorithm']!r} has no configs/experiment/omniglot_5w_<algorithm>.yaml; "
+              f"allowed: {algorithms()}")
     return {**opts, "minutes": [float(m) for m in minutes]}, [a for a in argv if a not in own]
 
 
@@ -150,8 +163,9 @@ def _title(r: dict) -> str:
 
 
 def _load_records() -> dict[str, dict]:
-    files = sorted(RECORDS.glob("*.json"), key=lambda f: (f.stem not in ALGORITHMS, ALGORITHMS.index(f.stem)
-                                                          if f.stem in ALGORITHMS else 0, f.stem))
+    order = list(catalog.algorithms())  # records named by an algorithm first, in the configs' order
+    files = sorted(RECORDS.glob("*.json"), key=lambda f: (f.stem not in order, order.index(f.stem)
+                                                          if f.stem in order else 0, f.stem))
     records = {f.stem: json.loads(f.read_text()) for f in files}
     return {k: r for k, r in records.items() if r.get("segments")}
 
@@ -239,6 +253,23 @@ def splice(text: str, section: str) -> str:
     return text.rstrip("\n") + "\n\n" + block + "\n"
 
 
+def plan() -> list[dict]:
+    """The runs of :data:`PLAN`: each ``{name, args}``, ``args`` this tool's arguments besides ``name``."""
+    return yaml.safe_load(PLAN.read_text())["runs"]
+
+
+def run_plan() -> int:
+    """Every planned run at once, one process (and one core) each, from empty run folders; then render."""
+    procs = []
+    for r in plan():
+        shutil.rmtree(ROOT / "runs" / "bench" / "tta" / r["name"], ignore_errors=True)
+        procs.append(subprocess.Popen([sys.executable, "-m", "bench.tta", f"name={r['name']}", *r["args"]], cwd=ROOT,
+                                      env=dict(os.environ, OMP_NUM_THREADS="1")))
+    if any([p.wait() for p in procs]):
+        return 1
+    return main(["render=true"])
+
+
 def main(argv=None) -> int:
     from datasets.store import data_root
 
@@ -252,8 +283,10 @@ def main(argv=None) -> int:
         atomic_write_text(BENCHMARKS, splice(BENCHMARKS.read_text() if BENCHMARKS.exists() else "# Benchmarks\n", section))
         print(f"wrote the time-to-accuracy section of {BENCHMARKS.relative_to(ROOT)}")
         return 0
+    if a["plan"]:
+        return run_plan()
     if not a["algorithm"]:
-        _fail(f"give algorithm={'|'.join(ALGORITHMS)} (or render=true)")
+        _fail(f"give algorithm={'|'.join(algorithms())} (or render=true, or plan=true)")
     if a["threads"]:
         import torch
         torch.set_num_threads(int(a["threads"]))

@@ -302,3 +302,17 @@ def test_compile_section_shows_the_compiled_and_the_vmap_float32_differences(tin
     text = "\n".join(compile_table({"omniglot-5w1s": rec}))
     assert "K=1: compiled 2.5e-06, eager vmap 3.3e-02" in text
     assert "| maml | 1 | 12.5 |" in text
+
+
+def test_the_tta_plan_names_valid_runs():
+    """make bench-tta's runs (configs/bench_tta.yaml) parse as bench.tta arguments, each with an Omniglot
+    5w1s experiment of its algorithm and a distinct name; an algorithm without one is one clear error."""
+    from bench import tta
+
+    names = [r["name"] for r in tta.plan()]
+    assert len(set(names)) == len(names) >= 2
+    for r in tta.plan():
+        opts, _ = tta.parse([f"name={r['name']}", *r["args"]])
+        assert (tta.ROOT / "configs" / "experiment" / f"omniglot_5w_{opts['algorithm']}.yaml").is_file()
+    with pytest.raises(SystemExit):
+        tta.parse(["algorithm=nosuch"])
