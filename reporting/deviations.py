@@ -12,6 +12,7 @@ import statistics
 from pathlib import Path
 
 import pandas as pd
+import yaml
 
 from .render import TEXT, fmt, fmt_g, fmt_p, fmt_pm, is_missing, make_table, new_figure, save_figure
 
@@ -23,17 +24,24 @@ def is_long(study: dict) -> bool:
     return df is not None and bool((df["group"] == "endpoints").any())
 
 
-# What a ladder climbs to (its study's ``release``): the official release, or hypertorch's example.
-TARGETS = {"release": ("the official release", "experiment=omniglot_5w_imaml_release", "configs/study/deviations.yaml"),
-           "hypertorch": ("hypertorch's example", "experiment=omniglot_5w_imaml_hypertorch",
-                          "configs/study/deviations_hypertorch.yaml")}
+def _ladders() -> dict[str, dict]:
+    """Every deviation ladder's report block (``configs/study/*.yaml`` of study ``deviations``), by the
+    experiment its top rung composes to (``release``), in file order (the release's ladder first)."""
+    out = {}
+    for path in sorted((Path(__file__).resolve().parents[1] / "configs" / "study").glob("*.yaml")):
+        cfg = yaml.safe_load(path.read_text())
+        if cfg.get("name") == "deviations":
+            out[cfg["release"]] = {**cfg["report"], "experiment": cfg["release"], "config": f"configs/study/{path.name}"}
+    return out
 
 
-def target(study: dict) -> str:
-    """The :data:`TARGETS` key, or the Reptile ladder's, that the study's top rung (its ``release``
-    experiment) names; ``release`` when it names neither."""
+LADDERS = _ladders()
+
+
+def target(study: dict) -> dict:
+    """The report block of the ladder a study climbed (matched by its ``release``; the first ladder's otherwise)."""
     top = str((((study.get("config") or {}).get("study")) or {}).get("release") or "")
-    return "hypertorch" if "hypertorch" in top else "reptile" if "reptile" in top else "release"
+    return LADDERS.get(top) or next(iter(LADDERS.values()))
 
 
 def _rows(df: pd.DataFrame, group: str) -> list[dict]:
@@ -104,8 +112,8 @@ def section(study: dict, w) -> str:
         return reptile_section(study["seeds"], w)
     df = study["tables"]["deviations.csv"]
     long, goal = is_long(study), target(study)
-    prefix = ("deviations_long" if long else "deviations") + ("" if goal == "release" else f"_{goal}")
-    goal_words, goal_exp, goal_cfg = TARGETS[goal]
+    prefix = ("deviations_long" if long else "deviations") + goal["suffix"]
+    goal_words, goal_exp, goal_cfg = goal["words"], goal["experiment"], goal["config"]
     minutes = ", ".join(sorted({fmt_g(m) for m in df["budget_minutes"].dropna()})) or "?"
     devices = ", ".join(sorted({str(d) for d in df["device"].dropna()})) if "device" in df else ""
     at = f"at {minutes} min of training per run on {devices or 'an unrecorded device'}"
@@ -113,11 +121,11 @@ def section(study: dict, w) -> str:
     out = TEXT["ladder_intro"].format(goal=goal_words, experiment=goal_exp, config=goal_cfg, minutes=minutes, n=n,
                                       steps="the two end points" if long else "one deviation at a time")
     out += TEXT["ladder_long_budget" if long else "ladder_short_budget"] + TEXT["ladder_differences"]
-    out += TEXT["ladder_release_split" if goal == "release" else "ladder_hypertorch_split"]
-    top = "the full release" if goal == "release" else "hypertorch's protocol"
+    out += TEXT[f"ladder_{goal['text']}_split"]
+    top = goal["top"]
     ladder = {r["rung"]: r for r in _rows(df, "ladder")}
     plus = lambda bottom: (lambda r: r["rung"] if r["rung"] == bottom else f"+ {r['rung']}")
-    last = f"{goal_words}' protocol" if goal == "hypertorch" else "the full release"
+    last = goal["last"]
     tables = {  # group → heading, the rung's columns, the difference's title, notes, more columns
         "endpoints": ("The paper as written and the full release", [("end point", "rung"),
                       ("deviations on", lambda r: "none" if r.get("deviations") in (None, "none")
@@ -140,8 +148,7 @@ def section(study: dict, w) -> str:
         if (df["group"] == group).any():
             out += f"\n#### {heading}, {at}\n" + w.table(_table(f"{prefix}_{group}", _rows(df, group), first,
                                                                  diff_title, notes, more))
-        if group == "endpoints" and (fig := _figure(df, prefix, at, w.fig_dir, "release" if goal == "release"
-                                                    else "hypertorch protocol")) is not None:
+        if group == "endpoints" and (fig := _figure(df, prefix, at, w.fig_dir, goal["figure"])) is not None:
             out += w.figure(fig, "Deviation ladder: test accuracy per rung")
     return out
 

@@ -33,10 +33,10 @@ def picks(studies: list[dict], name: str) -> list[tuple[dict | None, list[str]]]
     """The runs of a study the report shows — per kind (its dataset; a ladder's target and budget) the latest
     completed one, else the latest — the first with the folders of the runs it does not show. The Reptile
     ladder, one study folder per seed, is shown as one run holding all of them (``seeds``)."""
-    reptile = lambda s: name == "deviations" and _deviations.target(s) == "reptile"
-    seeds = [s for s in studies if s["study"] == name and reptile(s)]
-    mine = [s for s in studies if s["study"] == name and not reptile(s)]
-    kind = ((lambda s: (list(_deviations.TARGETS).index(_deviations.target(s)), _deviations.is_long(s)))
+    apart = lambda s: name == "deviations" and bool(_deviations.target(s).get("seeds_apart"))
+    seeds = [s for s in studies if s["study"] == name and apart(s)]
+    mine = [s for s in studies if s["study"] == name and not apart(s)]
+    kind = ((lambda s: (list(_deviations.LADDERS).index(_deviations.target(s)["experiment"]), _deviations.is_long(s)))
             if name == "deviations" else lambda s: (not is_regression(_dataset(s)), _dataset(s)))
     chosen = []
     for k in sorted({kind(s) for s in mine}):
@@ -59,7 +59,7 @@ def ran_on(study: dict) -> str:
                 + ", ".join(str(((s.get("config") or {}).get("seed")) or 0) for s in study["seeds"])
                 + "; records: " + ", ".join(f"`{s['run']}`" for s in study["seeds"]) + ".")
     if study["study"] == "deviations":  # its config's dataset is the study default; it trains Omniglot experiments
-        return TEXT["hypertorch_ladder_ran_on" if _deviations.target(study) == "hypertorch" else "release_ladder_ran_on"]
+        return TEXT[f"{_deviations.target(study)['text']}_ladder_ran_on"]
     cfg = study.get("config") or {}
     s, ds = cfg.get("study") or {}, cfg.get("dataset") or {}
     name = ds.get("name")
