@@ -247,6 +247,17 @@ def unlearned(record_dir: Path, checkpoint: Path, tasks: int = 50, out_root: Pat
     return result
 
 
+def _resumed(cfg, checkpoint: Path, work: Path) -> _Run:
+    """The run at its checkpoint (θ, optimizer and task stream), under its own unchanged config so that
+    the checkpoint loads; the checkpoint is copied into ``work``, which the run then owns."""
+    cfg.resume = True
+    work.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(checkpoint, work / "ckpt.pt")
+    run = _Run(cfg, work)
+    run.restore()
+    return run
+
+
 def diagnose(record_dir: Path, out_root: Path = OUT, max_iterations: int | None = None,
              records_root: Path = RECORDS, at: int | None = None, checkpoint: Path | None = None) -> dict:
     """Rerun the record in ``record_dir`` (a folder under ``records_root``) to its failure — or, with
@@ -261,12 +272,10 @@ def diagnose(record_dir: Path, out_root: Path = OUT, max_iterations: int | None 
     if checkpoint is None:  # from the start, without the run's instrumentation and validation
         cfg.max_train_minutes, cfg.resume, cfg.diagnostics, cfg.mem_every, cfg.fidelity_every = None, False, 0, 0, 0
         cfg.eval.val_every, cfg.eval.early_stop = 0, None
-    else:  # from the run's own checkpoint (its config unchanged, so that it loads): θ, optimizer and task stream
-        cfg.resume = True
-        work.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(checkpoint, work / "ckpt.pt")
-    run = _Run(cfg, work)
-    run.restore()
+        run = _Run(cfg, work)
+        run.restore()
+    else:
+        run = _resumed(cfg, checkpoint, work)
     start = run.start
     if start >= last:
         raise SystemExit(f"diagnose: the checkpoint is at iteration {start:,}, not before {last + 1:,}")
@@ -314,17 +323,11 @@ def worst_test(record_dir: Path, checkpoint: Path, out_root: Path = OUT, records
     per = test.get("per_task")
     if summary["status"] != "completed" or not per:
         raise SystemExit(f"diagnose: --worst-test needs a completed run with per-task test metrics; {record_dir} has none")
-    cfg = OmegaConf.create(summary["config"])
-    cfg.resume = True  # the run's own config, so that its checkpoint loads; nothing is trained
     name = record_dir.relative_to(records_root)
-    work = ROOT / "runs" / "diagnose" / name / "worst-test"
-    work.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(checkpoint, work / "ckpt.pt")
-    run = _Run(cfg, work)
-    run.restore()
+    run = _resumed(OmegaConf.create(summary["config"]), checkpoint, ROOT / "runs" / "diagnose" / name / "worst-test")
     lower = test.get("metric") == "mse"
     index = (max if lower else min)(range(len(per)), key=lambda i: per[i])
-    run.dissect_test("test", int(cfg.eval.test_seed), per, index)
+    run.dissect_test("test", int(run.cfg.eval.test_seed), per, index)
     rest = [v for i, v in enumerate(per) if i != index]
     result = {"record": name.as_posix(), "recorded_status": summary["status"], "kind": "worst_test",
               "checkpoint_iteration": run.start, "task": index, "metric": test.get("metric"),
