@@ -270,7 +270,7 @@ def test_time_to_accuracy_refuses_bad_input(tmp_path, monkeypatch):
 
     monkeypatch.setattr(tta, "RECORDS", tmp_path / "records")
     for argv in (["algorithm=maml", "name=absent", "continue=true"], ["algorithm=maml", "minutes=[10,5]"],
-                 ["algorithm=reptile"], ["--algorithm", "maml"], ["maml"]):
+                 ["algorithm=nosuch"], ["--algorithm", "maml"], ["maml"]):
         with pytest.raises(SystemExit) as e:
             tta.main(argv)
         assert e.value.code == 2, argv
