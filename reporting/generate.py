@@ -15,10 +15,8 @@ from atomic import atomic_write_text
 from . import anatomy, baselines, budget, front, paired, studies, tables, tta
 from . import common as c
 from .paper import PaperNumbers, load_paper_numbers
-from .records import STATUSES, STUDY_FILES, Records, Skipped, load
+from .records import STATUSES, STUDY_FILES, Skipped, load
 from .render import TEXT, Table, compact, make_table, to_markdown, write_table
-
-GENERATED_EXT = (".csv", ".tex", ".png")
 
 
 class Writer:
@@ -38,8 +36,7 @@ class Writer:
     def table(self, t: Table) -> str:
         if not t.cells:
             return "\nNo rows.\n"
-        links = self.files_only(t)
-        view = compact(t)
+        links, view = self.files_only(t), compact(t)
         notes = "".join(f"\n{n}\n" for n in view.notes)
         return f'\n<a id="table-{t.name}"></a>\n\n{to_markdown(view)}{notes}\nFiles: {links}\n'
 
@@ -49,10 +46,9 @@ class Writer:
 
     def remove_stale(self) -> None:
         for folder in (self.tab_dir, self.fig_dir):
-            if folder.is_dir():
-                for f in sorted(folder.iterdir()):
-                    if f.suffix in GENERATED_EXT and f not in self.files:
-                        f.unlink()
+            for f in sorted(folder.iterdir()) if folder.is_dir() else ():
+                if f.suffix in (".csv", ".tex", ".png") and f not in self.files:
+                    f.unlink()
 
 
 def _no_runs(command: str) -> str:
@@ -84,34 +80,9 @@ def _paired(rows, judged, w) -> str:
         text += f"\nEvery comparison with its p-values and task counts: {w.files_only(paired.long_table(pairs))}\n"
     else:
         text += "\nno pairs yet: needs two algorithms evaluated on the same test tasks; run `make reproduce`\n"
-    return (text + ("\n### Refused pairs (different test tasks)\n" + w.table(paired.refused_table(refused)) if refused
-                    else "") + ("\n### Not paired\n\n" + "".join(f"- {n}\n" for n in notes) if notes else ""))
-
-
-def _sweep(sweep, w) -> str:
-    text = _heading("inner-steps", "3. Shared protocol: test metric vs inner steps") + TEXT["inner_steps_intro"]
-    groups = tables.inner_steps_groups(sweep)
-    if not groups:
-        return text + _no_runs("make sweep") + "(needs one algorithm trained at two or more inner-step counts)\n"
-    w.files_only(tables.inner_steps_table(groups))
-    text += "".join(w.table(t) for t in tables.inner_steps_pivots(groups))
-    return text + "".join(w.figure(p, "Test metric vs inner steps") for p in tables.inner_steps_figures(groups, w.fig_dir))
-
-
-def _claims(paper, rows, bases, judged, w) -> str:
-    # a claim against a trained baseline network is paired like any other: its records join the pairing
-    # here, not the algorithm matrices of section 2
-    rows = rows + [b for b in bases if b["label"] == "Pretrained"]
-    pairs, refused, _ = paired.compare_all(rows)
-    t = paired.claims_table(paper.claims, pairs, refused, rows, baselines.statuses(judged))
-    return _heading("claims", "4. The papers' claims") + w.table(t)
-
-
-def _time_to_accuracy(records, w) -> str:
-    text = _heading("time-to-accuracy", "5. Time to accuracy (wall-clock)") + TEXT["tta_intro"]
-    if not records:
-        return text + _no_runs(f"python -m bench.tta algorithm={catalog.algorithms()[0]}")
-    return text + w.table(tta.table(records)) + w.figure(tta.figure(records, w.fig_dir), "Time to accuracy")
+    if refused:
+        text += "\n### Refused pairs (different test tasks)\n" + w.table(paired.refused_table(refused))
+    return text + ("\n### Not paired\n\n" + "".join(f"- {n}\n" for n in notes) if notes else "")
 
 
 def _study_sections(studies_list, w, skipped: list[Skipped]) -> str:
@@ -135,22 +106,6 @@ def _study_sections(studies_list, w, skipped: list[Skipped]) -> str:
                 skipped.append(Skipped(study["run"], f"{name} study could not be summarised: {type(e).__name__}: {e}"))
                 text += "\nThis study's records could not be summarised; see Skipped records.\n"
     return text
-
-
-def _skipped_section(skipped: list[Skipped], w: Writer) -> str:
-    text = _heading("skipped", "Appendix B. Skipped records")
-    if not skipped:
-        return text + "\nnone\n"
-    t = make_table("skipped", [vars(s) for s in sorted(skipped, key=lambda s: (s.path, s.reason))],
-                   [("record", "path"), ("reason", "reason")])
-    return text + "\nThese records could not be read and are left out of every table above.\n" + w.table(t)
-
-
-def _header(recs: Records, runs_name: str, n_skipped: int, n_baselines: int) -> str:
-    counts = recs.runs["status"].value_counts().to_dict() if not recs.runs.empty else {}
-    status = ", ".join(f"{counts[s]} {s}" for s in STATUSES if counts.get(s))
-    return TEXT["header"].format(runs=runs_name, n_runs=len(recs.runs), status=f" ({status})" if status else "",
-                                 n_baselines=n_baselines, n_studies=len(recs.studies), n_skipped=n_skipped)
 
 
 def _first_page(table, rows, bases, paper, runs_root: Path, w: Writer, body: str) -> str:
@@ -190,34 +145,50 @@ def generate(runs_root: Path, out: Path, paper: PaperNumbers | None = None, benc
     rows = [r for r in all_rows if not budget.is_sweep(r)]
     bases = [r for r in base_rows if not budget.is_sweep(r)]
     tta_records = tta.load(bench)
-    body = [_protocols(c.records_sorted(rows + bases), judged, w, all_rows + base_rows)]
-    body += [_paired(rows, judged, w), _sweep(sweep, w), _claims(paper, rows, bases, judged, w),
-             _time_to_accuracy(tta_records, w)]
+    # a claim against a trained baseline network is paired like any other: its records join the pairing
+    # here, not the algorithm matrices of section 2
+    claim_rows = rows + [b for b in bases if b["label"] == "Pretrained"]
+    claim_pairs, claim_refused, _ = paired.compare_all(claim_rows)
+    body = [_protocols(c.records_sorted(rows + bases), judged, w, all_rows + base_rows), _paired(rows, judged, w),
+            _heading("inner-steps", "3. Shared protocol: test metric vs inner steps") + TEXT["inner_steps_intro"]
+            + (tables.sweep_section(sweep, w) or _no_runs("make sweep")
+               + "(needs one algorithm trained at two or more inner-step counts)\n"),
+            _heading("claims", "4. The papers' claims") + w.table(paired.claims_table(
+                paper.claims, claim_pairs, claim_refused, claim_rows, baselines.statuses(judged))),
+            _heading("time-to-accuracy", "5. Time to accuracy (wall-clock)") + TEXT["tta_intro"]
+            + (w.table(tta.table(tta_records)) + w.figure(tta.figure(tta_records, w.fig_dir), "Time to accuracy")
+               if tta_records else _no_runs(f"python -m bench.tta algorithm={catalog.algorithms()[0]}")),
+            _study_sections(sorted(recs.studies + extra.studies, key=lambda s: s["run"]), w, skipped),
+            _heading("assumptions-fail", "7. When the assumptions fail") + anatomy.fidelity_section(rows, w)
+            + "\n### Where each method fails (R3.1)\n" + anatomy.section(rows, judged, runs_root, w)]
     summary = front.summary(rows, bases, judged)
     devices = sorted({r.get("device_name") or r.get("device") or "?" for r in rows + bases}
                      | set(tta.devices(tta_records)))
-    body.append(_study_sections(sorted(recs.studies + extra.studies, key=lambda s: s["run"]), w, skipped))
-    body.append(_heading("assumptions-fail", "7. When the assumptions fail") + anatomy.fidelity_section(rows, w)
-                + "\n### Where each method fails (R3.1)\n" + anatomy.section(rows, judged, runs_root, w))
+    labels = {r.get("experiment"): r["label"] for r in rows + bases}
     body.append(_heading("limitations", "8. Limitations")
                 + (w.table(front.limitations(summary, paper, devices)) if not summary.empty
                    else "\nNo records yet, so nothing has been measured.\n")
                 + ("\nProtocol choices not taken from a paper, tuned on validation tasks only:\n"
-                   + w.table(tables.selection_table(recs.selections, {r.get("experiment"): r["label"]
-                                                                     for r in rows + bases}))
-                   if recs.selections else ""))
-    inventory = all_rows + base_rows
+                   + w.table(tables.selection_table(recs.selections, labels)) if recs.selections else ""))
     body.append(_heading("inventory", "Appendix A. Run inventory") + (
-        f"\nEvery readable training record with its status, result, device and commit: "
-        f"{w.files_only(tables.inventory(inventory))}\n" if inventory else _no_runs("make reproduce")))
-    body.append(_skipped_section(skipped, w))
+        "\nEvery readable training record with its status, result, device and commit: "
+        f"{w.files_only(tables.inventory(all_rows + base_rows))}\n" if all_rows + base_rows
+        else _no_runs("make reproduce")))
+    skipped_rows = [vars(s) for s in sorted(skipped, key=lambda s: (s.path, s.reason))]
+    body.append(_heading("skipped", "Appendix B. Skipped records") + (
+        "\nThese records could not be read and are left out of every table above.\n"
+        + w.table(make_table("skipped", skipped_rows, [("record", "path"), ("reason", "reason")]))
+        if skipped else "\nnone\n"))
     body_text = "\n".join(body)
     first = _first_page(summary, rows, bases, paper, runs_root, w, body_text)
-    shown_name = runs_root.name if runs_root.is_absolute() else runs_root.as_posix()
-    text = (_header(recs, shown_name or "runs", len(skipped), len(base_rows)) + "\n" + TEXT["vocabulary"] + "\n\n"
-            + first + TEXT["contents"] + "\n" + body_text)
+    counts = recs.runs["status"].value_counts().to_dict() if not recs.runs.empty else {}
+    status = ", ".join(f"{counts[s]} {s}" for s in STATUSES if counts.get(s))
+    header = TEXT["header"].format(
+        runs=(runs_root.name if runs_root.is_absolute() else runs_root.as_posix()) or "runs", n_runs=len(recs.runs),
+        status=f" ({status})" if status else "", n_baselines=len(base_rows), n_studies=len(recs.studies),
+        n_skipped=len(skipped))
     report = out / "REPORT.md"
-    atomic_write_text(report, text)
+    atomic_write_text(report, header + "\n" + TEXT["vocabulary"] + "\n\n" + first + TEXT["contents"] + "\n" + body_text)
     w.files.add(report)
     w.remove_stale()
     return report
@@ -228,6 +199,5 @@ def main(runs: str, out: str) -> int:
     if not runs_root.is_dir():
         print(f"report: no runs folder at {runs_root}; the report will say 'no runs yet' "
               "(train with `make reproduce` or pass --runs)", file=sys.stderr)
-    report = generate(runs_root, Path(out))
-    print(f"report: wrote {report}")
+    print(f"report: wrote {generate(runs_root, Path(out))}")
     return 0
