@@ -37,13 +37,8 @@ def thin_metrics(text: str, max_rows: int = MAX_ROWS) -> str:
     header, rows = lines[0], lines[1:]
     cols = [i for i, name in enumerate(header.rstrip("\r\n").split(",")) if name == "val_metric" or name.startswith("fid_")]
     every = math.ceil(len(rows) / max_rows)
-
-    def measured(r: str) -> bool:
-        values = next(csv.reader([r]))
-        return any(i < len(values) and values[i] != "" for i in cols)
-
-    keep = [r for i, r in enumerate(rows) if i % every == 0 or i == len(rows) - 1 or (cols and measured(r))]
-    return header + "".join(keep)
+    return header + "".join(r for i, (r, values) in enumerate(zip(rows, csv.reader(rows)))
+                            if i % every == 0 or i == len(rows) - 1 or any(values[j] for j in cols if j < len(values)))
 
 
 _RUN_DIR_JSON = re.compile(r'("run_dir": )"((?:/|[A-Za-z]:[\\/])[^"]*)"')
@@ -62,12 +57,11 @@ def relative_paths(rel: Path, text: str) -> str:
         return text
     rows = list(csv.reader(io.StringIO(text, newline="")))
     col = rows[0].index("run_dir")
-    relative = [[*r[:col], study_relative(r[col]), *r[col + 1:]] if len(r) > col and r[col] else r for r in rows[1:]]
-    if relative == rows[1:]:
+    relative = [[*r[:col], study_relative(r[col]), *r[col + 1:]] if len(r) > col and r[col] else r for r in rows]
+    if relative == rows:  # the header's "run_dir" is a relative path too, so it stays
         return text
-    rows[1:] = relative
     buf = io.StringIO(newline="")
-    csv.writer(buf, lineterminator="\n").writerows(rows)
+    csv.writer(buf, lineterminator="\n").writerows(relative)
     return buf.getvalue()
 
 
@@ -91,17 +85,16 @@ def _study_name(folder: Path) -> str | None:
 
 
 def collect(src: Path, dst: Path) -> int:
-    files = record_files(src)
-    if not files:
+    if not src.is_dir():
+        raise FileNotFoundError(f"{src} is not a folder of run records; run the target that writes it first")
+    if not (files := record_files(src)):
         raise FileNotFoundError(f"no records under {src}: run the target that writes them first")
     dst.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", dir=dst.parent))
     for f in files:
-        target = tmp / f.relative_to(src)
-        target.parent.mkdir(parents=True, exist_ok=True)
+        (target := tmp / f.relative_to(src)).parent.mkdir(parents=True, exist_ok=True)
         text = f.read_text()
-        text = thin_metrics(text) if f.name == "metrics.csv" else relative_paths(f.relative_to(src), text)
-        target.write_text(text)
+        target.write_text(thin_metrics(text) if f.name == "metrics.csv" else relative_paths(f.relative_to(src), text))
     old = dst.with_name(f".{dst.name}.old")
     shutil.rmtree(old, ignore_errors=True)
     if dst.exists():
@@ -115,16 +108,11 @@ def main(argv: list[str]) -> int:
     if len(argv) != 2:
         print("usage: python -m reporting.collect SRC DST", file=sys.stderr)
         return 2
-    src, dst = Path(argv[0]), Path(argv[1])
-    if not src.is_dir():
-        print(f"error: {src} is not a folder of run records; run the target that writes it first", file=sys.stderr)
-        return 2
     try:
-        n = collect(src, dst)
+        print(f"collect: {collect(Path(argv[0]), Path(argv[1]))} record files {argv[0]} → {argv[1]}")
     except FileNotFoundError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(f"collect: {n} record files {src} → {dst}")
     return 0
 
 

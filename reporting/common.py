@@ -5,8 +5,6 @@ import csv
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
-
 import catalog
 
 from .render import fmt, fmt_g, fmt_pm, is_missing
@@ -65,12 +63,6 @@ def setting_rank(setting: str) -> tuple:
     return (SETTING_ORDER.index(setting), "") if setting in SETTING_ORDER else (len(SETTING_ORDER), setting)
 
 
-def records(frame: pd.DataFrame) -> list[dict]:
-    """Rows as dicts with missing values as None, in the canonical report order."""
-    rows = [{k: clean(v) for k, v in r.items()} for r in frame.to_dict("records")] if not frame.empty else []
-    return records_sorted(rows)
-
-
 def config_key(row: dict) -> tuple:
     return tuple(clean(row.get(k)) for k in CONFIG_KEYS)
 
@@ -78,11 +70,10 @@ def config_key(row: dict) -> tuple:
 def budget_kind(row: dict) -> str | None:
     """``paper``: a completed paper-profile run that did all its iterations; ``converged``: one
     the declared early-stop rule ended (``eval.early_stop``); None for any other run."""
-    if row["profile"] != "paper" or row["status"] != "completed":
-        return None
-    if row["iterations_done"] >= row["meta_iterations"]:
-        return "paper"
-    return "converged" if row.get("stopped_by") == "converged" else None
+    if row["profile"] == "paper" and row["status"] == "completed":
+        return "paper" if row["iterations_done"] >= row["meta_iterations"] else (
+            "converged" if row.get("stopped_by") == "converged" else None)
+    return None
 
 
 def label_text(row: dict) -> str:
@@ -95,10 +86,8 @@ def status_text(row: dict) -> str:
         return "completed"
     if row["status"] == "running":  # the trainer leaves this when it is killed before finishing
         return "running, or killed before writing its final record"
-    it = row.get("failure_iteration")
-    it = row["iterations_done"] if it is None else it
-    text = f"{row['status']} at iteration {it}"
-    return f"{text}: {row['failure_reason']}" if row.get("failure_reason") else text
+    it = row["iterations_done"] if row.get("failure_iteration") is None else row["failure_iteration"]
+    return f"{row['status']} at iteration {it}" + (f": {row['failure_reason']}" if row.get("failure_reason") else "")
 
 
 def budget_text(row: dict) -> str:
@@ -126,9 +115,8 @@ def steps_text(row: dict) -> str:
 
 
 def lam_cg_text(row: dict) -> str:
-    if row.get("lam") is None and row.get("cg_steps") is None:
-        return "—"
-    return f"{fmt_g(row.get('lam'))} / {fmt_g(row.get('cg_steps'))}"
+    none = row.get("lam") is None and row.get("cg_steps") is None
+    return "—" if none else f"{fmt_g(row.get('lam'))} / {fmt_g(row.get('cg_steps'))}"
 
 
 def scale_of(metric: str | None) -> tuple[float, int]:
@@ -137,10 +125,8 @@ def scale_of(metric: str | None) -> tuple[float, int]:
 
 
 def result_text(row: dict) -> str:
-    if row["status"] != "completed":
-        return "—"
     s, d = scale_of(row["metric"])
-    return fmt_pm(row["mean"], row["ci95"], d, s)
+    return fmt_pm(row["mean"], row["ci95"], d, s) if row["status"] == "completed" else "—"
 
 
 def config_groups(rows: list[dict]) -> list[list[dict]]:
@@ -148,7 +134,7 @@ def config_groups(rows: list[dict]) -> list[list[dict]]:
     out: dict[tuple, list[dict]] = {}
     for r in rows:
         out.setdefault(config_key(r), []).append(r)
-    return [sorted(v, key=lambda r: (-1 if r.get("seed") is None else r["seed"], r["run"])) for v in out.values()]
+    return [sorted(v, key=lambda r: (_seed(r), r["run"])) for v in out.values()]
 
 
 def seeds_list(runs: list[dict]) -> str:
@@ -158,11 +144,10 @@ def seeds_list(runs: list[dict]) -> str:
 
 def runs_text(runs: list[dict]) -> str:
     """The run folders of a configuration's seeds, compressed: 'a/x-s{0,1,2}' for a/x-s0, a/x-s1, a/x-s2."""
-    names = [r["run"] for r in runs]
-    stems = {n.rsplit("-s", 1)[0] for n in names}
-    if len(names) > 1 and len(stems) == 1 and all("-s" in n for n in names):
-        return f"{stems.pop()}-s{{{','.join(n.rsplit('-s', 1)[1] for n in names)}}}"
-    return "; ".join(names)
+    names = [r["run"].rsplit("-s", 1) for r in runs]
+    if len(names) > 1 and all(len(n) == 2 for n in names) and len({n[0] for n in names}) == 1:
+        return f"{names[0][0]}-s{{{','.join(n[1] for n in names)}}}"
+    return "; ".join(r["run"] for r in runs)
 
 
 def over_seeds(runs: list[dict]) -> dict:
@@ -175,10 +160,8 @@ def over_seeds(runs: list[dict]) -> dict:
 def spread_text(runs: list[dict]) -> str:
     """Mean ± std over seeds with their count, or one run's mean ± 95% CI over test tasks."""
     g = over_seeds(runs)
-    if not g["n"]:
-        return "—"
-    if g["n"] == 1:
-        return result_text(g["done"][0])
+    if g["n"] < 2:
+        return result_text(g["done"][0]) if g["n"] else "—"
     s, d = scale_of(g["done"][0]["metric"])
     return f"{fmt(g['mean'], d, s)} ± {fmt(g['std'], d, s)} ({g['n']} seeds)"
 
@@ -191,24 +174,26 @@ def per_seed_text(runs: list[dict]) -> str:
 
 def status_summary(runs: list[dict]) -> str:
     """'completed' when every seed completed, else each stopped seed's status."""
-    bad = [r for r in runs if r["status"] != "completed"]
-    if not bad:
+    if not (bad := [r for r in runs if r["status"] != "completed"]):
         return "completed"
-    done = len(runs) - len(bad)
-    head = f"{done} of {len(runs)} completed; " if len(runs) > 1 else ""
-    return head + "; ".join((f"seed {fmt_g(r.get('seed'))} " if len(runs) > 1 else "") + status_text(r) for r in bad)
+    many = len(runs) > 1
+    head = f"{len(runs) - len(bad)} of {len(runs)} completed; " if many else ""
+    return head + "; ".join((f"seed {fmt_g(r.get('seed'))} " if many else "") + status_text(r) for r in bad)
 
 
 def records_sorted(rows: list[dict]) -> list[dict]:
     """Row dicts in the canonical report order."""
     return sorted(rows, key=lambda r: (r["dataset"], setting_rank(r["setting"]), label_rank(r["label"]),
-                                       r["profile"], -1 if r.get("seed") is None else r["seed"], r["run"]))
+                                       r["profile"], _seed(r), r["run"]))
+
+
+def _seed(row: dict) -> int:
+    return -1 if row.get("seed") is None else row["seed"]
 
 
 def metrics_rows(folder: str) -> list[dict]:
     """The rows of a run folder's ``metrics.csv`` as dicts of strings (empty cells ""); [] without one."""
-    path = Path(folder) / "metrics.csv"
-    if not path.exists():
+    if not (path := Path(folder) / "metrics.csv").exists():
         return []
     with path.open(newline="") as f:
         return list(csv.DictReader(f))

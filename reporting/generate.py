@@ -139,7 +139,8 @@ def generate(runs_root: Path, out: Path, paper: PaperNumbers | None = None, benc
     recs, extra = load(runs_root), load(bench)  # no bench folder: no records
     skipped = recs.skipped + extra.skipped
     w = Writer(out)
-    all_rows, base_rows = baselines.split(c.records(recs.runs))
+    all_rows, base_rows = baselines.split(c.records_sorted([{k: c.clean(v) for k, v in r.items()}
+                                                            for r in recs.runs.to_dict("records")]))
     judged = baselines.judge_all(all_rows, base_rows)
     sweep = [r for r in all_rows if budget.is_sweep(r)]
     rows = [r for r in all_rows if not budget.is_sweep(r)]

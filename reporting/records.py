@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any, get_args
 
@@ -25,35 +25,29 @@ UNFINISHED = "unfinished"
 STATUSES = get_args(record.Status)
 # Each study's CSVs (the first is its result) with the columns each must have (SCHEMA.md beside the report);
 # a CSV without them is skipped.
-STUDY_TABLES = {
-    "fidelity": {"fidelity.csv": ("theta_source", "task", "method", "inner_steps", "cg_steps", "cosine", "rel_error",
-                                  "hvps", "grad_evals")},
-    "precision": {"precision.csv": ("inner_steps", "task", "rel_diff", "norm32", "norm64", "nonfinite32",
-                                    "nonfinite64"),
-                  "precision_train.csv": ("dtype", "metric", "mean", "ci95", "n", "verdict")},
-    "assumptions": {"assumptions.csv": ("checkpoint", "task", "lam", "eig_min", "eig_max", "strongly_convex",
-                                        "hess_lipschitz", "inner_grad_norm", "cg_residual", "query_grad_norm")},
-    "cost": {"cost.csv": ("algorithm", "inner_optimizer", "inner_steps", "median_iter_s", "cpu_time_s",
-                          "alloc_peak_bytes", "rss_peak_bytes", "gpu_peak_bytes", "device", "status")},
-    "failures": {"failures.csv": ("algorithm", "lam", "inner_steps", "cg_steps", "inner_lr", "final_metric", "metric",
-                                  "status")},
-    "deviations": {"deviations.csv": ("group", "rung", "deviations", "algorithm", "test_split", "accuracy", "ci95",
-                                      "n", "iterations_done", "train_minutes", "median_iter_s", "status",
-                                      "fingerprint", "run_dir", "vs", "diff_mean", "diff_low", "diff_high",
-                                      "diff_kind", "budget_minutes")},
-    "rescaling": {"rescaling.csv": ("scale", "inner_steps", "task", "rel_diff", "norm32", "norm64", "nonfinite32",
-                                    "nonfinite64"),
-                  "rescaling_train.csv": ("scale", "seed", "experiment", "status", "iterations_done",
-                                          "meta_iterations", "test_mse", "run_dir")},
-}
+STUDY_TABLES = {study: {name: tuple(columns.split()) for name, columns in files.items()} for study, files in {
+    "fidelity": {"fidelity.csv": "theta_source task method inner_steps cg_steps cosine rel_error hvps grad_evals"},
+    "precision": {"precision.csv": "inner_steps task rel_diff norm32 norm64 nonfinite32 nonfinite64",
+                  "precision_train.csv": "dtype metric mean ci95 n verdict"},
+    "assumptions": {"assumptions.csv": "checkpoint task lam eig_min eig_max strongly_convex hess_lipschitz "
+                                       "inner_grad_norm cg_residual query_grad_norm"},
+    "cost": {"cost.csv": "algorithm inner_optimizer inner_steps median_iter_s cpu_time_s alloc_peak_bytes "
+                         "rss_peak_bytes gpu_peak_bytes device status"},
+    "failures": {"failures.csv": "algorithm lam inner_steps cg_steps inner_lr final_metric metric status"},
+    "deviations": {"deviations.csv": "group rung deviations algorithm test_split accuracy ci95 n iterations_done "
+                                     "train_minutes median_iter_s status fingerprint run_dir vs diff_mean diff_low "
+                                     "diff_high diff_kind budget_minutes"},
+    "rescaling": {"rescaling.csv": "scale inner_steps task rel_diff norm32 norm64 nonfinite32 nonfinite64",
+                  "rescaling_train.csv": "scale seed experiment status iterations_done meta_iterations test_mse "
+                                         "run_dir"},
+}.items()}
 STUDY_FILES = {name: tuple(files) for name, files in STUDY_TABLES.items()}
 # A study whose own training runs' records travel with it (``reporting.collect``): the runs behind
 # each of its rows (``run_dir``, relative to the study folder), never tabulated as runs themselves.
 STUDY_RUN_FILES = {"deviations": ("train/*/summary.json", "train/*/metrics.csv", "train/*/retest/*.json"),
                    "rescaling": ("train/*/summary.json", "train/*/metrics.csv")}
-TEXT_COLUMNS = {"theta_source", "method", "dtype", "metric", "verdict", "algorithm", "inner_optimizer", "device",
-                "status", "strongly_convex", "group", "rung", "deviations", "test_split", "fingerprint", "run_dir",
-                "vs", "diff_kind", "experiment", "failure_stage"}
+TEXT_COLUMNS = set("theta_source method dtype metric verdict algorithm inner_optimizer device status strongly_convex "
+                   "group rung deviations test_split fingerprint run_dir vs diff_kind experiment failure_stage".split())
 
 
 def study_relative(path: str) -> str:
@@ -81,7 +75,7 @@ class Records:
     runs: pd.DataFrame                  # one row per readable summary.json (all statuses)
     studies: list[dict]                 # one dict per readable study.json, with loaded CSVs
     skipped: list[Skipped]
-    selections: list[dict] = field(default_factory=list)  # one dict per selection.json (validation-only tuning)
+    selections: list[dict]              # one dict per selection.json (validation-only tuning)
 
 
 def read_json(path: Path) -> dict:
@@ -93,11 +87,9 @@ def read_json(path: Path) -> dict:
     if not raw.strip():
         raise RecordError("empty file")
     try:
-        text = raw.decode("utf-8")
+        obj = json.loads(text := raw.decode("utf-8"))
     except UnicodeDecodeError:
         raise RecordError("not UTF-8 text (garbage bytes)") from None
-    try:
-        obj = json.loads(text)
     except json.JSONDecodeError as e:
         if e.pos >= len(text.rstrip()):
             raise RecordError(f"truncated JSON (ends after {len(raw)} bytes)") from None
@@ -174,10 +166,9 @@ def _load_study(d: dict, folder: Path, run: str) -> dict:
             df[col] = values
     if status == "completed" and STUDY_FILES[name][0] not in tables:
         raise RecordError(f"status is completed but {STUDY_FILES[name][0]} is missing")
-    config = d.get("config") if isinstance(d.get("config"), dict) else {}
-    return {"run": run, "study": name, "status": status, "config": config,
-            "device": _get(d, "device", str, required=False),
-            "device_name": _get(d, "device_name", str, required=False), "tables": tables}
+    config = d["config"] if isinstance(d.get("config"), dict) else {}
+    return {"run": run, "study": name, "status": status, "config": config, "folder": str(folder), "tables": tables,
+            "device": _get(d, "device", str, required=False), "device_name": _get(d, "device_name", str, required=False)}
 
 
 def load(runs_root: Path) -> Records:
@@ -201,8 +192,7 @@ def load(runs_root: Path) -> Records:
                 dirnames[:] = []
             for fname, into, read in (("summary.json", rows, lambda d: _train_row(d, run, folder)),
                                       ("selection.json", selections, lambda d: _load_selection(d, run)),
-                                      ("study.json", studies, lambda d: dict(_load_study(d, folder, run),
-                                                                             folder=str(folder)))):
+                                      ("study.json", studies, lambda d: _load_study(d, folder, run))):
                 try:
                     if fname in names and (item := read(read_json(folder / fname))) is not None:
                         into.append(item)

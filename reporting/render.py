@@ -1,13 +1,15 @@
 """Tables and figures as files: Markdown, CSV, booktabs LaTeX and PNG, all deterministic.
 
 A :class:`Table` carries two views of the same rows: display cells (strings, for Markdown
-and LaTeX) and raw values (numbers, for CSV). The LaTeX writer is our own ten lines, so
+and LaTeX) and raw values (numbers, for CSV). The LaTeX writer is our own few lines, so
 the report does not depend on jinja2 (pandas' ``to_latex`` needs it).
 """
 from __future__ import annotations
 
 import functools
+import io
 import math
+import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +18,7 @@ from typing import Any
 import pandas as pd
 import yaml
 
+import catalog
 from atomic import atomic_write_bytes, atomic_write_text
 
 DPI = 100
@@ -31,48 +34,29 @@ class Table:
     notes: list[str] = field(default_factory=list)
 
 
-# A table column: (header, row → cell text, *row keys the cell shows), or (header, key): the key's value as text.
-Column = tuple[Any, ...]
-
-
-def make_table(name: str, rows: Sequence[dict], columns: Sequence[Column], notes: Sequence[str] = (),
+def make_table(name: str, rows: Sequence[dict], columns: Sequence[tuple[Any, ...]], notes: Sequence[str] = (),
                extra: Sequence[str] = ()) -> Table:
-    """A table of row dicts.
-
-    columns: ``(header, row → cell text, *keys)``, ``keys`` the row values the cell shows; or
-    ``(header, key)``: the key's value as text.
-    notes: lines under the table.
-    extra: row keys the CSV keeps that no cell shows.
-
-    The CSV holds every column's keys in column order, then ``extra``, each key once.
-    """
+    """A table of row dicts. A column is ``(header, row → cell text, *keys)``, ``keys`` the row values the
+    cell shows, or ``(header, key)``: the key's value as text. ``notes``: lines under the table. The CSV
+    holds every column's keys in column order, then ``extra`` (keys no cell shows), each key once; a list
+    value as ``a;b``."""
     columns = [(c[0], (lambda k: lambda r: str(r[k]))(c[1]), c[1]) if isinstance(c[1], str) else c for c in columns]
-    keys = list(dict.fromkeys([*(k for col in columns for k in col[2:]), *extra]))  # each key once, in column order
-    cells = [[col[1](r) for col in columns] for r in rows]
-    raw = pd.DataFrame([{k: _csv_value(r.get(k)) for k in keys} for r in rows], columns=keys)
-    return Table(name, [col[0] for col in columns], cells, raw, list(notes))
+    keys = list(dict.fromkeys([*(k for col in columns for k in col[2:]), *extra]))
+    csv_value = lambda v: ";".join(map(str, v)) if isinstance(v, (list, tuple)) else v  # noqa: E731
+    raw = pd.DataFrame([{k: csv_value(r.get(k)) for k in keys} for r in rows], columns=keys)
+    return Table(name, [col[0] for col in columns], [[col[1](r) for col in columns] for r in rows], raw, list(notes))
 
 
 def compact(t: Table) -> Table:
     """The main-text view of a table: a column whose cells are all equal (over two or more rows)
     says nothing per row, so it moves into the caption ("All rows: seed 0; device cpu.")."""
-    if len(t.cells) < 2:
-        return t
-    constant = [i for i in range(len(t.headers)) if len({row[i] for row in t.cells}) == 1]
-    if len(constant) == len(t.headers):
-        constant = constant[1:]  # keep the first column, so the table still has one
-    if not constant:
+    constant = [i for i in range(len(t.headers)) if len(t.cells) > 1 and len({row[i] for row in t.cells}) == 1]
+    if not (constant := constant[1:] if len(constant) == len(t.headers) else constant):  # keep one column
         return t
     keep = [i for i in range(len(t.headers)) if i not in constant]
     caption = "All rows: " + "; ".join(f"{t.headers[i]} {t.cells[0][i]}" for i in constant) + "."
     return Table(t.name, [t.headers[i] for i in keep], [[row[i] for i in keep] for row in t.cells], t.raw,
                  [caption, *t.notes])
-
-
-def _csv_value(v: Any) -> Any:
-    if isinstance(v, (list, tuple)):
-        return ";".join(str(x) for x in v)
-    return v
 
 
 # ---------------------------------------------------------------- number formatting
@@ -111,17 +95,10 @@ def fmt_p(p: Any) -> str:
     return "<0.0001" if p < 1e-4 else f"{p:.4f}"
 
 
-
-
 # ---------------------------------------------------------------- writers
-def _md_cell(text: str) -> str:
-    return str(text).replace("|", "\\|").replace("\n", " ")
-
-
 def to_markdown(t: Table) -> str:
-    lines = ["| " + " | ".join(_md_cell(h) for h in t.headers) + " |", "|" + "|".join("---" for _ in t.headers) + "|"]
-    lines += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in t.cells]
-    return "\n".join(lines) + "\n"
+    line = lambda cells: "| " + " | ".join(str(x).replace("|", "\\|").replace("\n", " ") for x in cells) + " |"  # noqa: E731
+    return "\n".join([line(t.headers), "|" + "|".join("---" for _ in t.headers) + "|", *map(line, t.cells)]) + "\n"
 
 
 _TEX = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
@@ -131,32 +108,18 @@ _TEX = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#
         "<": r"\textless{}", ">": r"\textgreater{}"}
 
 
-def tex_escape(text: str) -> str:
-    return "".join(_TEX.get(ch, ch) for ch in str(text))
-
-
-def to_latex(t: Table) -> str:
-    """A booktabs tabular (needs ``\\usepackage{booktabs}``)."""
-    lines = ["% generated by report.py from run records; do not edit",
-             r"\begin{tabular}{" + "l" * len(t.headers) + "}", r"\toprule",
-             " & ".join(tex_escape(h) for h in t.headers) + r" \\", r"\midrule"]
-    lines += [" & ".join(tex_escape(c) for c in row) + r" \\" for row in t.cells]
-    lines += [r"\bottomrule", r"\end{tabular}"]
-    return "\n".join(lines) + "\n"
-
-
 def write_table(t: Table, tables_dir: Path) -> list[Path]:
-    """The table's raw values as CSV and its display cells as LaTeX, under ``tables_dir``."""
-    csv = t.raw.to_csv(index=False, lineterminator="\n", float_format="%.10g")
-    for ext, text in (("csv", csv), ("tex", to_latex(t))):
-        atomic_write_text(tables_dir / f"{t.name}.{ext}", text)
+    """The table's raw values as CSV and its display cells as a booktabs LaTeX tabular, under ``tables_dir``."""
+    row = lambda cells: " & ".join("".join(_TEX.get(ch, ch) for ch in str(x)) for x in cells) + r" \\"  # noqa: E731
+    tex = ["% generated by report.py from run records; do not edit", r"\begin{tabular}{" + "l" * len(t.headers) + "}",
+           r"\toprule", row(t.headers), r"\midrule", *map(row, t.cells), r"\bottomrule", r"\end{tabular}"]
+    atomic_write_text(tables_dir / f"{t.name}.csv", t.raw.to_csv(index=False, lineterminator="\n", float_format="%.10g"))
+    atomic_write_text(tables_dir / f"{t.name}.tex", "\n".join(tex) + "\n")
     return [tables_dir / f"{t.name}.csv", tables_dir / f"{t.name}.tex"]
 
 
 def save_figure(fig, path: Path) -> Path:
     """PNG at a fixed dpi without the 'Software' text chunk, so equal inputs give equal bytes."""
-    import io
-
     import matplotlib.pyplot as plt
 
     buf = io.BytesIO()
@@ -187,10 +150,6 @@ PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#98df8a", "#d62728", "#9467bd", "#8
 
 
 def colour(label: str) -> str:
-    import zlib
-
-    import catalog
-
     known = catalog.label_order()
     if label in known:
         return PALETTE[known.index(label) % len(PALETTE)]

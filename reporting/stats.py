@@ -1,10 +1,5 @@
 """The report's statistics: across seeds, over a family of comparisons, and a claim's verdict
-(the paired statistics themselves are :mod:`pairing`'s, which the studies share).
-
-- :func:`mean_std` — mean ± sample std (ddof 1) across seeds.
-- :func:`improvement_interval` — a paired difference turned to the metric's good direction.
-- :func:`holm` — Holm step-down adjusted p-values of one family of comparisons.
-"""
+(the paired statistics themselves are :mod:`pairing`'s, which the studies share)."""
 from __future__ import annotations
 
 import math
@@ -18,10 +13,8 @@ from pairing import Paired
 def mean_std(values: Sequence[float]) -> tuple[float, float, int]:
     """Mean, sample standard deviation (ddof 1; NaN for a single value) and count."""
     arr = np.asarray(values, dtype=np.float64)
-    if arr.size == 0:
-        return math.nan, math.nan, 0
-    std = float(arr.std(ddof=1)) if arr.size > 1 else math.nan
-    return float(arr.mean()), std, int(arr.size)
+    mean = float(arr.mean()) if arr.size else math.nan
+    return mean, float(arr.std(ddof=1)) if arr.size > 1 else math.nan, int(arr.size)
 
 
 def improvement_interval(p: Paired, higher_is_better: bool) -> tuple[float, float, float]:
@@ -33,11 +26,7 @@ def improvement_interval(p: Paired, higher_is_better: bool) -> tuple[float, floa
 
 def direction(low: float, high: float) -> str:
     """'better' / 'worse' when a 95% improvement interval excludes 0, else 'tie'."""
-    if low > 0:
-        return "better"
-    if high < 0:
-        return "worse"
-    return "tie"
+    return "better" if low > 0 else "worse" if high < 0 else "tie"
 
 
 def claim_verdict(directions: Sequence[str], relation: str) -> str:
@@ -54,9 +43,8 @@ def claim_verdict(directions: Sequence[str], relation: str) -> str:
     better, worse = directions.count("better"), directions.count("worse")
     if worse and not better:
         return "contradicted"
-    if relation == ">":
-        return "supported" if better == len(directions) else "not supported"
-    return "supported" if not worse else "not supported"
+    supported = better == len(directions) if relation == ">" else not worse
+    return "supported" if supported else "not supported"
 
 
 def holm(pvalues: Sequence[float]) -> list[float]:
