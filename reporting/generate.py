@@ -14,7 +14,7 @@ from atomic import atomic_write_text
 
 from . import anatomy, baselines, budget, front, paired, studies, tables, tta
 from . import common as c
-from .paper import PaperNumbers, load_paper_numbers
+from .paper import load_paper_numbers
 from .records import STATUSES, STUDY_FILES, Skipped, load
 from .render import TEXT, Table, compact, make_table, to_markdown, write_table
 
@@ -24,7 +24,7 @@ class Writer:
     main-text view of a table drops its constant columns into the caption; the files keep all."""
 
     def __init__(self, out: Path):
-        self.out, self.fig_dir, self.tab_dir = out, out / "figures", out / "tables"
+        self.fig_dir, self.tab_dir = out / "figures", out / "tables"
         self.files: set[Path] = set()
         self.raw: dict = {}  # table name → its raw DataFrame, the cells the first page quotes
 
@@ -60,7 +60,7 @@ def _heading(anchor: str, title: str) -> str:
 
 
 def _protocols(rows, judged, w, pool) -> str:
-    text = _heading("protocols", "1. Published protocols at an equal training-time budget") + TEXT["protocols_intro"]
+    text = TEXT["protocols_intro"]
     by_budget = budget.groups(rows)
     for key, members in by_budget.items():
         text += f"\n### {budget.budget_title(*key, members)}\n"
@@ -73,7 +73,7 @@ def _protocols(rows, judged, w, pool) -> str:
 
 def _paired(rows, judged, w) -> str:
     pairs, refused, notes = paired.compare_all(rows)
-    text = _heading("paired", "2. Paired comparisons on identical test tasks") + TEXT["paired_intro"]
+    text = TEXT["paired_intro"]
     if pairs:
         text += "".join(f"\n### {title}\n" + w.table(t)
                         for title, t in paired.matrix_tables(pairs, baselines.statuses(judged)))
@@ -86,7 +86,7 @@ def _paired(rows, judged, w) -> str:
 
 
 def _study_sections(studies_list, w, skipped: list[Skipped]) -> str:
-    text = _heading("studies", "6. Reviewer studies")
+    text = ""
     for i, name in enumerate(studies.SECTIONS, 1):
         text += f"\n### 6.{i} {studies.TITLES[name]}\n"
         command = f"python study.py study={name}"
@@ -130,13 +130,12 @@ def _first_page(table, rows, bases, paper, runs_root: Path, w: Writer, body: str
     return text + "\n" + _heading("findings", "Findings") + "\n" + (found or "No findings yet: no records.\n")
 
 
-def generate(runs_root: Path, out: Path, paper: PaperNumbers | None = None, bench: Path | None = None) -> Path:
-    """Write the report folder; returns the path of ``REPORT.md``. ``bench`` holds the
-    ``bench.tta`` records and extra study records (default: ``bench_tta`` beside ``runs_root``)."""
-    runs_root, out = Path(runs_root), Path(out)
-    bench = Path(bench) if bench is not None else runs_root.parent / "bench_tta"
-    paper = paper or load_paper_numbers()
-    recs, extra = load(runs_root), load(bench)  # no bench folder: no records
+def generate(runs_root: Path, out: Path) -> Path:
+    """Write the report folder; returns the path of ``REPORT.md``. The ``bench.tta`` records and extra
+    study records are read from ``bench_tta`` beside ``runs_root`` (none when it does not exist)."""
+    runs_root, out, paper = Path(runs_root), Path(out), load_paper_numbers()
+    bench = runs_root.parent / "bench_tta"
+    recs, extra = load(runs_root), load(bench)
     skipped = recs.skipped + extra.skipped
     w = Writer(out)
     all_rows, base_rows = baselines.split(c.records_sorted([{k: c.clean(v) for k, v in r.items()}
@@ -150,37 +149,41 @@ def generate(runs_root: Path, out: Path, paper: PaperNumbers | None = None, benc
     # here, not the algorithm matrices of section 2
     claim_rows = rows + [b for b in bases if b["label"] == "Pretrained"]
     claim_pairs, claim_refused, _ = paired.compare_all(claim_rows)
-    body = [_protocols(c.records_sorted(rows + bases), judged, w, all_rows + base_rows), _paired(rows, judged, w),
-            _heading("inner-steps", "3. Shared protocol: test metric vs inner steps") + TEXT["inner_steps_intro"]
-            + (tables.sweep_section(sweep, w) or _no_runs("make sweep")
-               + "(needs one algorithm trained at two or more inner-step counts)\n"),
-            _heading("claims", "4. The papers' claims") + w.table(paired.claims_table(
-                paper.claims, claim_pairs, claim_refused, claim_rows, baselines.statuses(judged))),
-            _heading("time-to-accuracy", "5. Time to accuracy (wall-clock)") + TEXT["tta_intro"]
-            + (w.table(tta.table(tta_records)) + w.figure(tta.figure(tta_records, w.fig_dir), "Time to accuracy")
-               if tta_records else _no_runs(f"python -m bench.tta algorithm={catalog.algorithms()[0]}")),
-            _study_sections(sorted(recs.studies + extra.studies, key=lambda s: s["run"]), w, skipped),
-            _heading("assumptions-fail", "7. When the assumptions fail") + anatomy.fidelity_section(rows, w)
-            + "\n### Where each method fails (R3.1)\n" + anatomy.section(rows, judged, runs_root, w)]
     summary = front.summary(rows, bases, judged)
     devices = sorted({r.get("device_name") or r.get("device") or "?" for r in rows + bases}
                      | set(tta.devices(tta_records)))
     labels = {r.get("experiment"): r["label"] for r in rows + bases}
-    body.append(_heading("limitations", "8. Limitations")
-                + (w.table(front.limitations(summary, paper, devices)) if not summary.empty
-                   else "\nNo records yet, so nothing has been measured.\n")
-                + ("\nProtocol choices not taken from a paper, tuned on validation tasks only:\n"
-                   + w.table(tables.selection_table(recs.selections, labels)) if recs.selections else ""))
-    body.append(_heading("inventory", "Appendix A. Run inventory") + (
-        "\nEvery readable training record with its status, result, device and commit: "
-        f"{w.files_only(tables.inventory(all_rows + base_rows))}\n" if all_rows + base_rows
-        else _no_runs("make reproduce")))
-    skipped_rows = [vars(s) for s in sorted(skipped, key=lambda s: (s.path, s.reason))]
-    body.append(_heading("skipped", "Appendix B. Skipped records") + (
-        "\nThese records could not be read and are left out of every table above.\n"
-        + w.table(make_table("skipped", skipped_rows, [("record", "path"), ("reason", "reason")]))
-        if skipped else "\nnone\n"))
-    body_text = "\n".join(body)
+    sections = [  # (anchor, heading, text), built in this order: the study sections add to ``skipped``
+        ("protocols", "1. Published protocols at an equal training-time budget",
+         _protocols(c.records_sorted(rows + bases), judged, w, all_rows + base_rows)),
+        ("paired", "2. Paired comparisons on identical test tasks", _paired(rows, judged, w)),
+        ("inner-steps", "3. Shared protocol: test metric vs inner steps", TEXT["inner_steps_intro"] + (
+            tables.sweep_section(sweep, w)
+            or _no_runs("make sweep") + "(needs one algorithm trained at two or more inner-step counts)\n")),
+        ("claims", "4. The papers' claims", w.table(paired.claims_table(
+            paper.claims, claim_pairs, claim_refused, claim_rows, baselines.statuses(judged)))),
+        ("time-to-accuracy", "5. Time to accuracy (wall-clock)", TEXT["tta_intro"] + (
+            w.table(tta.table(tta_records)) + w.figure(tta.figure(tta_records, w.fig_dir), "Time to accuracy")
+            if tta_records else _no_runs(f"python -m bench.tta algorithm={catalog.algorithms()[0]}"))),
+        ("studies", "6. Reviewer studies",
+         _study_sections(sorted(recs.studies + extra.studies, key=lambda s: s["run"]), w, skipped)),
+        ("assumptions-fail", "7. When the assumptions fail", anatomy.fidelity_section(rows, w)
+         + "\n### Where each method fails (R3.1)\n" + anatomy.section(rows, judged, runs_root, w)),
+        ("limitations", "8. Limitations", (
+            w.table(front.limitations(summary, paper, devices)) if not summary.empty
+            else "\nNo records yet, so nothing has been measured.\n") + (
+            "\nProtocol choices not taken from a paper, tuned on validation tasks only:\n"
+            + w.table(tables.selection_table(recs.selections, labels)) if recs.selections else "")),
+        ("inventory", "Appendix A. Run inventory", (
+            "\nEvery readable training record with its status, result, device and commit: "
+            f"{w.files_only(tables.inventory(all_rows + base_rows))}\n" if all_rows + base_rows
+            else _no_runs("make reproduce"))),
+        ("skipped", "Appendix B. Skipped records", (
+            "\nThese records could not be read and are left out of every table above.\n"
+            + w.table(make_table("skipped", [vars(s) for s in sorted(skipped, key=lambda s: (s.path, s.reason))],
+                                 [("record", "path"), ("reason", "reason")])) if skipped else "\nnone\n")),
+    ]
+    body_text = "\n".join(_heading(anchor, title) + text for anchor, title, text in sections)
     first = _first_page(summary, rows, bases, paper, runs_root, w, body_text)
     counts = recs.runs["status"].value_counts().to_dict() if not recs.runs.empty else {}
     status = ", ".join(f"{counts[s]} {s}" for s in STATUSES if counts.get(s))

@@ -159,11 +159,8 @@ def _load_study(d: dict, folder: Path, run: str) -> dict:
             df["run_dir"] = [v if not isinstance(v, str) else study_relative(v) for v in df["run_dir"]]
         if missing := [col for col in columns if col not in df.columns]:
             raise RecordError(f"{fname}: missing columns {', '.join(missing)}")
-        for col in (col for col in columns if col not in TEXT_COLUMNS):
-            values = pd.to_numeric(df[col], errors="coerce")
-            if (values.isna() & df[col].notna()).any():
-                raise RecordError(f"{fname}: column {col} holds non-numbers")
-            df[col] = values
+        if bad := [col for col in columns if col not in TEXT_COLUMNS and not pd.api.types.is_numeric_dtype(df[col])]:
+            raise RecordError(f"{fname}: column {bad[0]} holds non-numbers")  # read_csv parsed every number
     if status == "completed" and STUDY_FILES[name][0] not in tables:
         raise RecordError(f"status is completed but {STUDY_FILES[name][0]} is missing")
     config = d["config"] if isinstance(d.get("config"), dict) else {}

@@ -136,8 +136,7 @@ def new_figure(ncols: int = 1, width: float = 6.4, height: float = 4.0):
     matplotlib.use("Agg", force=True)
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, ncols, figsize=(width * ncols if ncols > 1 else width, height),
-                             squeeze=False, layout="constrained")
+    fig, axes = plt.subplots(1, ncols, figsize=(width * ncols, height), squeeze=False, layout="constrained")
     return fig, list(axes[0])
 
 
