@@ -29,7 +29,9 @@ def inner_steps_points(rows: list[dict]) -> pd.DataFrame:
     """One point per (dataset, setting, profile, algorithm, train inner steps K) over its completed runs,
     kept where the algorithm was run at two or more K (a sweep); in report order."""
     key = ["dataset", "setting", "profile", "label", "inner_steps"]
-    df = pd.DataFrame([r for r in rows if r["status"] == "completed" and r.get("inner_steps") is not None])
+    rows = sorted((r for r in rows if r["status"] == "completed" and r.get("inner_steps") is not None), key=lambda r: (
+        r["dataset"], c.setting_rank(r["setting"]), r["profile"], c.label_rank(r["label"]), int(r["inner_steps"])))
+    df = pd.DataFrame(rows)  # in report order, which the groups below keep
     if df.empty:
         return df
     df = df.astype({"inner_steps": int})
@@ -43,9 +45,7 @@ def inner_steps_points(rows: list[dict]) -> pd.DataFrame:
     pts["err"] = pts["std"].where(pts["n_runs"] > 1, pts["ci95"])
     pts["text"] = [fmt_pm(mean, err, c.scale_of(metric)[1], c.scale_of(metric)[0])
                    for mean, err, metric in zip(pts["mean"], pts["err"], pts["metric"])]
-    order = pts.apply(lambda g: (g["dataset"], c.setting_rank(g["setting"]), g["profile"], c.label_rank(g["label"]),
-                                 g["inner_steps"]), axis=1)
-    return pts.loc[sorted(pts.index, key=order.get)].reset_index(drop=True)
+    return pts
 
 
 def sweep_section(rows: list[dict], w) -> str:
