@@ -73,15 +73,12 @@ def record_files(src: Path) -> list[Path]:
         out += [p for p in src.rglob(name) if not any(s in p.parents for s in studies)]
     for folder in studies:
         out += [folder / f for files in STUDY_FILES.values() for f in files if (folder / f).exists()]
-        out += [p for pattern in STUDY_RUN_FILES.get(_study_name(folder), ()) for p in folder.glob(pattern)]
+        try:
+            name = json.loads((folder / "study.json").read_text()).get("study")
+        except (OSError, ValueError, AttributeError):  # an unreadable study.json: the report skips it
+            name = None
+        out += [p for pattern in STUDY_RUN_FILES.get(name, ()) for p in folder.glob(pattern)]
     return sorted(set(out))
-
-
-def _study_name(folder: Path) -> str | None:
-    try:
-        return json.loads((folder / "study.json").read_text()).get("study")
-    except (OSError, ValueError, AttributeError):
-        return None
 
 
 def collect(src: Path, dst: Path) -> int:

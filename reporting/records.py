@@ -195,8 +195,7 @@ def load(runs_root: Path) -> Records:
                         into.append(item)
                 except RecordError as e:
                     skipped.append(Skipped(f"{run}/{fname}", str(e)))
-    frame = pd.DataFrame(rows, dtype=object)  # each value as the record's model typed it (an int stays an int)
-    if not frame.empty:
-        frame = frame.sort_values("run", kind="stable").reset_index(drop=True)
+    # each value as the record's model typed it (an int stays an int)
+    frame = pd.DataFrame(sorted(rows, key=lambda r: r["run"]), dtype=object)
     return Records(frame, sorted(studies, key=lambda s: s["run"]), sorted(skipped, key=lambda s: s.path),
                    sorted(selections, key=lambda s: s["run"]))
