@@ -45,14 +45,8 @@ def stage(r: dict, root: Path, judged: dict | None = None) -> tuple[str, list[st
     elif d is None:
         text = (TEXT["not_better"].format(baseline=judged.get("missed")) if r["status"] == "completed" and judged
                 else "not diagnosed")
-    elif d.get("kind") == "unlearned":
-        ctrl = d.get("control") or {}
-        on = "val" if ctrl.get("val") else "test"
-        val = (ctrl.get(on) or {}).get("mean")
-        tail = (TEXT["unlearned_control"].format(on=on, val=val)
-                if ctrl.get("status") == "completed" and val is not None else "")
-        text = TEXT["unlearned_stage"].format(cos=d["cos_procedure_of_mean"], dense=d["medians"]["cos_dense"],
-                                              left=d["medians"]["inner_residual_rel"], tail=tail)
+    elif d.get("kind") == "unlearned":  # its numbers: the unlearned runs' table below
+        text = TEXT["unlearned_stage"]
     elif d.get("kind") == "worst_test":
         text = TEXT["worst_test"].format(task=d["task"], value=d["task_value"], without=d["mean_without_task"],
                                          median=d["median"])

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from .render import TEXT, fmt, fmt_g, fmt_p, fmt_pm, is_missing, make_table, new_figure, save_figure
+from .render import TEXT, fmt, fmt_g, fmt_p, fmt_pm, is_missing, make_table
 
 S = 100.0  # accuracy in percent
 
@@ -161,35 +161,22 @@ def gain(a: dict, b: dict) -> tuple[float, float, float, str] | None:
 
 def reptile_section(seeds: list[dict], w) -> str:
     rows = rungs(seeds)
-    name = lambda r: "fresh state" if r["rung"] == "paper" else f"+ {r['rung']}"  # noqa: E731
     table_rows = [{"rung": r["rung"], "seeds": len(r["acc"]), "accuracy_mean": np.mean(r["acc"]) if r["acc"] else None,
                    "accuracy_std": np.std(r["acc"]) if len(r["acc"]) > 1 else None,
                    **dict(zip(("gain_mean", "gain_low", "gain_high", "gain_kind"),
                               (gain(rows[i - 1], r) if i else None) or (None,) * 4)),
-                   "iterations": "/".join(f"{v:,}" for v in r["iters"]) or "—"} for i, r in enumerate(rows)]
-    cols = [("rung", lambda r: f"{name(r)} (the suite before)" if r["rung"] == "paper" else name(r), "rung"),
+                   "per_seed": "; ".join(f"s{seed} {fmt(acc, 2, S)} ({it:,})" for seed, acc, it in
+                                         zip(r["seeds"], r["acc"], r["iters"])) or "—"} for i, r in enumerate(rows)]
+    cols = [("rung", lambda r: "fresh state (the suite before)" if r["rung"] == "paper" else f"+ {r['rung']}", "rung"),
             ("seeds", "seeds"),
             ("test accuracy % (mean ± std over seeds)", lambda r: fmt_pm(r["accuracy_mean"], r["accuracy_std"], 2, S),
              "accuracy_mean", "accuracy_std"),
             ("gain over the rung above, pooled over seeds [95% CI]", lambda r: _diff(r, "gain"),
              "gain_mean", "gain_low", "gain_high", "gain_kind"),
-            ("iterations per seed", "iterations")]
+            ("per seed: test accuracy % (iterations)", "per_seed")]
     iters = sorted({int(m) for st in seeds if (m := ((st.get("config") or {}).get("study") or {}).get("meta_iterations"))})
     minutes, devices = _where([s["tables"]["deviations.csv"] for s in seeds])
-    budget = (f"{', '.join(f'{m:,}' for m in iters)} iterations per run (the outer step annealed to 0 over them)" if iters
-              else f"{minutes} min of training per run")
-    at = f"{budget} on {devices}"
-    out = TEXT["reptile_ladder_intro"].format(at=at, seeds=len(seeds))
-    out += w.table(make_table("deviations_reptile_ladder", table_rows, cols, [TEXT["reptile_ladder_note"]]))
-    if done := [r for r in rows if r["acc"]]:  # each seed's accuracy per rung (dots) and their mean (bar)
-        fig, (ax,) = new_figure(1, width=5.6, height=3.2)
-        y = list(range(len(done)))[::-1]
-        for yi, r in zip(y, done):
-            ax.plot([a * S for a in r["acc"]], [yi] * len(r["acc"]), "o", color="tab:green", alpha=0.5, ms=4)
-            ax.plot([np.mean(r["acc"]) * S], [yi], "|", color="black", ms=14)
-        ax.set_yticks(y, [name(r) for r in done], fontsize=8)
-        ax.set_xlabel("test accuracy % (dots: seeds; bar: mean)")
-        ax.grid(axis="x", alpha=0.3)
-        fig.suptitle(f"Reptile, Omniglot 5w1s: the suite's earlier protocol → the reference code, {at}", fontsize=8)
-        out += w.figure(save_figure(fig, w.fig_dir / "deviations_reptile.png"), "Reptile ladder: test accuracy per rung")
-    return out
+    at = (f"{', '.join(f'{m:,}' for m in iters)} iterations per run (the outer step annealed to 0 over them)" if iters
+          else f"{minutes} min of training per run") + f" on {devices}"
+    table = make_table("deviations_reptile_ladder", table_rows, cols, [TEXT["reptile_ladder_note"]])
+    return TEXT["reptile_ladder_intro"].format(at=at, seeds=len(seeds)) + w.table(table)

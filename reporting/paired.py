@@ -58,6 +58,14 @@ def _order(s: tuple) -> tuple:
     return (s[0], c.setting_rank(s[1]), s[2], s[3] is None, s[3] or 0, s[4] or "")
 
 
+def _by_setting(pairs: list[dict]) -> list[tuple[tuple, list[dict]]]:
+    """The pairs of each setting, settings in report order: one Holm family, one matrix, one claim row."""
+    out: dict[tuple, list[dict]] = {}
+    for p in pairs:
+        out.setdefault(_setting(p), []).append(p)
+    return sorted(out.items(), key=lambda kv: _order(kv[0]))
+
+
 def _words(setting: tuple) -> str:
     """A setting's budget in words: minutes per run (and the profile unless it is the paper's), or the
     profile when there is no time cap; and the early-stop rule, if any."""
@@ -119,8 +127,7 @@ def compare_all(rows: list[dict]) -> tuple[list[dict], list[dict], list[str]]:
                 if unpaired := sorted(set(a_seeds) ^ set(b_seeds), key=_seed_order):
                     notes.append(f"{a_label} vs {b_label}, {setting[0]} {setting[1]} ({_words(setting)}): seed(s) "
                                  f"{', '.join(str(s) for s in unpaired)} run by only one of the two")
-    for setting in {_setting(p) for p in pairs}:  # the pairs of one setting are one family
-        family = [p for p in pairs if _setting(p) == setting]
+    for _, family in _by_setting(pairs):
         for p, adj in zip(family, holm([p["p_value"] for p in family])):
             p["p_holm"] = adj
     return pairs, refused, sorted(notes)
@@ -138,8 +145,7 @@ def matrix_tables(pairs: list[dict], learned: dict[str, str]) -> list[tuple[str,
     over seeds ± their std, * where every seed's comparison is significant that way in one direction,
     (k/n*) where k of the n are. A seed's comparison with a run that did not learn is left out."""
     out = []
-    for setting in sorted({_setting(p) for p in pairs}, key=_order):
-        sel = [p for p in pairs if _setting(p) == setting]
+    for setting, sel in _by_setting(pairs):
         labels = sorted({p["a"] for p in sel} | {p["b"] for p in sel}, key=c.label_rank)
         metric, seeds = sel[0]["metric"], sorted({p["seed"] for p in sel}, key=_seed_order)
         rows = []
@@ -231,12 +237,10 @@ def claims_table(claims: tuple[Claim, ...], pairs: list[dict], refused: list[dic
             verdict = (f"not paired: {why[0]}" if why
                        else "no paired runs" if {cl.better, cl.worse} <= have else "no runs")
             out.append(dict(base, verdict=verdict, seeds=0, metric=None, imp=None, text=None, budget=None, runs=None))
-        for budget in sorted({_setting(p) for p in found}, key=_order):
-            out.append(_claim_row(base, cl, [p for p in found if _setting(p) == budget], learned))
-    cols = [(header, (lambda k: lambda r: r[k] or "—")(key), key) for header, key in (
-        ("claim", "claim"), ("paper", "paper"), ("verdict", "verdict"),
-        ("improvement of the claimed-better [95% CI]", "text"))]
-    cols += [("seeds", "seeds"), ("budget", lambda r: r["budget"] or "—", "budget")]
+        out += [_claim_row(base, cl, sel, learned) for _, sel in _by_setting(found)]
+    cols = [("claim", "claim"), ("paper", "paper"), ("verdict", "verdict"),
+            ("improvement of the claimed-better [95% CI]", lambda r: r["text"] or "—", "text"), ("seeds", "seeds"),
+            ("budget", lambda r: r["budget"] or "—", "budget")]
     notes = [TEXT["claims_note_verdicts"], TEXT["claims_note_budget"], TEXT["claims_note_no_runs"]]
     return make_table("claims", out, cols, notes, extra=("relation", "metric", "imp", "runs"))
 
@@ -257,6 +261,6 @@ def _claim_row(base: dict, cl: Claim, sel: list[dict], learned: dict[str, str]) 
     if at_paper:
         budget += {"paper": " (both runs of every pair at the paper's budget)",
                    "converged": " (both runs of every pair converged by the declared rule)"}.get(next(iter(kinds)), "")
-    return dict(base, verdict=verdict, kind=next(iter(kinds)) if at_paper else None, seeds=len(sel), metric=metric,
+    return dict(base, verdict=verdict, seeds=len(sel), metric=metric,
                 imp=mean_std([p["imp"] for p in sel])[0], text="; ".join(delta_text(p, metric) for p in sel),
                 budget=budget, runs="; ".join(f"{p['a_run']} vs {p['b_run']}" for p in sel))
