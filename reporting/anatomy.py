@@ -15,6 +15,7 @@ import pandas as pd
 
 from . import common as c
 from .render import MARKERS, TEXT, colour, fmt, fmt_g, is_missing, make_table, new_figure, save_figure
+from .studies import spec_column
 
 
 def _diagnoses(r: dict, root: Path, pattern: str) -> list[tuple[dict, str]]:
@@ -53,9 +54,8 @@ def stage(r: dict, root: Path, judged: dict | None = None) -> tuple[str, list[st
     elif g := d.get("degradation"):
         dense = d.get("dense_implicit") or {}
         text = f"degraded, dissected at iteration {g['iteration']}: worst task's CG residual {max(g['cg_residuals']):.3g}"
-        if "positive_definite" in dense:
-            text += "; its system " + ("positive definite" if dense["positive_definite"] else
-                                       f"indefinite (λ_min {dense['system_eig_min']:.3g})")
+        text += "" if "positive_definite" not in dense else "; its system " + (
+            "positive definite" if dense["positive_definite"] else f"indefinite (λ_min {dense['system_eig_min']:.3g})")
     else:
         text = (d.get("anatomy") or {}).get("stage", "unknown") if d.get("failed_again") else \
             "did not fail again in the rerun"
@@ -109,16 +109,13 @@ def section(rows: list[dict], judged: dict, root: Path, w) -> str:
             ("where it diverged or degraded", "stages"), ("evidence", "evidence")]
     text += w.table(make_table("failures_by_algorithm", table_rows, cols))
     if controls := control_rows(root):
-        ccols = [("record", lambda r: f"`{r['record']}`", "record"),
-                 ("iterations", lambda r: f"{r['iterations']:,}", "iterations"),
-                 ("cosine with the procedure's gradient (batch mean)", lambda r: f"{r['cos_procedure']:.2f}",
-                  "cos_procedure"),
-                 ("cosine with a float64 dense solve (median)", lambda r: f"{r['cos_dense']:.2f}", "cos_dense"),
-                 ("inner problem left (median ‖∇G(φ_K)‖ / ‖∇G(θ)‖)", lambda r: f"{r['inner_left']:.0%}", "inner_left"),
+        ccols = [("record", lambda r: f"`{r['record']}`", "record"), spec_column("iterations", ",", "iterations"),
+                 spec_column("cosine with the procedure's gradient (batch mean)", ".2f", "cos_procedure"),
+                 spec_column("cosine with a float64 dense solve (median)", ".2f", "cos_dense"),
+                 spec_column("inner problem left (median ‖∇G(φ_K)‖ / ‖∇G(θ)‖)", ".0%", "inner_left"),
                  ("tasks whose I + H/λ is indefinite", lambda r: f"{r['indefinite']} of {r['tasks']}", "indefinite",
-                  "tasks"),
-                 ("final MSE on", "on"), ("iMAML", lambda r: f"{r['val']:.3g}", "val"),
-                 ("control", lambda r: fmt(r["control_val"], 3), "control_val")]
+                  "tasks"), ("final MSE on", "on"), spec_column("iMAML", ".3g", "val"),
+                 spec_column("control", ".3g", "control_val")]
         text += TEXT["controls_intro"] + w.table(make_table("unlearned_controls", controls, ccols,
                                                             [TEXT["controls_note"]]))
     if (fig := figure(rows, root, w.fig_dir)) is not None:

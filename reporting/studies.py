@@ -21,13 +21,13 @@ TITLES = {"fidelity": "Gradient fidelity vs inner and CG steps", "precision": "f
 
 def _summary_table(name: str, frame: pd.DataFrame, cols: list, note: str):
     """A study's summary table (one row per group of ``frame``) whose CSV keeps every column of ``frame``."""
-    t = make_table(name, frame.reset_index().to_dict("records"), cols, [TEXT[note]])
-    t.raw = pd.DataFrame(frame.reset_index().to_dict("records"))  # the CSV: every column, in the frame's order
+    t = make_table(name, (rows := frame.reset_index()).to_dict("records"), cols, [TEXT[note]])
+    t.raw = rows  # the CSV: every column, in the frame's order
     return t
 
 
-def _spec(header: str, spec: str, *keys: str) -> tuple:
-    """A column showing ``keys`` formatted with ``spec``, joined by ' / '."""
+def spec_column(header: str, spec: str, *keys: str) -> tuple:
+    """A column showing ``keys`` formatted with ``spec`` ('—' where missing), joined by ' / '."""
     return (header, lambda r: " / ".join("—" if is_missing(r[k]) else format(r[k], spec) for k in keys), *keys)
 
 
@@ -125,26 +125,25 @@ def fidelity(study: dict, w) -> str:
 
 
 def precision(study: dict, w) -> str:
-    """The meta-gradient's float32 error per K (the figure of earlier reports plotted these same medians and
-    maxima), then the short training runs in both precisions."""
+    """The meta-gradient's float32 error per K (no figure: it would re-plot the table's medians and maxima),
+    then the short training runs in both precisions."""
     df = study["tables"]["precision.csv"].astype({"nonfinite32": bool, "nonfinite64": bool})
     t = df.groupby("inner_steps", sort=True).agg(
         tasks=("task", "nunique"), rel_diff_median=("rel_diff", "median"), rel_diff_max=("rel_diff", "max"),
         norm32_mean=("norm32", "mean"), norm64_mean=("norm64", "mean"), nonfinite32=("nonfinite32", "sum"),
         nonfinite64=("nonfinite64", "sum"))
     cols = [("inner steps K", lambda r: fmt_g(r["inner_steps"])), ("tasks", "tasks"),
-            _spec("rel. diff median", ".2e", "rel_diff_median"), _spec("rel. diff max", ".2e", "rel_diff_max"),
-            _spec("‖g‖ float32", ".4f", "norm32_mean"), _spec("‖g‖ float64", ".4f", "norm64_mean"),
-            _spec("non-finite tasks f32 / f64", "d", "nonfinite32", "nonfinite64")]
+            spec_column("rel. diff median", ".2e", "rel_diff_median"), spec_column("rel. diff max", ".2e", "rel_diff_max"),
+            spec_column("‖g‖ float32", ".4f", "norm32_mean"), spec_column("‖g‖ float64", ".4f", "norm64_mean"),
+            spec_column("non-finite tasks f32 / f64", "d", "nonfinite32", "nonfinite64")]
     out = w.table(_summary_table("precision", t, cols, "precision_note"))
     train = study["tables"].get("precision_train.csv")
     if train is None:
         return out
     sort = [k for k in ("role", "dtype", "seed") if k in train.columns]
     trows = train.sort_values(sort, ascending=[k != "role" for k in sort], kind="stable").to_dict("records")
-    roles = {"paired": "paired (same seed in both precisions)", "control": "control (float32, another seed)"}
     tcols = [("dtype", lambda r: str(r["dtype"])), ("seed", lambda r: fmt_g(r.get("seed"))),
-             ("role", lambda r: roles.get(r.get("role"), str(r.get("role", "—")))), ("metric", lambda r: str(r["metric"])),
+             ("role", lambda r: str(r.get("role", "—"))), ("metric", lambda r: str(r["metric"])),
              ("mean (± 95% CI)", lambda r: f"{fmt(r['mean'], 4)} ± {fmt(r['ci95'], 4)}"),
              ("tasks", lambda r: fmt_g(r["n"])), ("verdict", lambda r: str(r["verdict"])),
              ("run", lambda r: str(r.get("run_dir") or "—"))]
@@ -167,11 +166,11 @@ def assumptions(study: dict, w) -> str:
         cg_residual_q90=("cg_residual", q90), query_grad_norm_median=("query_grad_norm", "median"))
     cols = [("checkpoint (iteration)", lambda r: fmt_g(r["checkpoint"])), ("λ", lambda r: fmt_g(r["lam"])),
             ("not strongly convex (tasks)", lambda r: f"{r['not_strongly_convex']} of {r['pairs']}"),
-            _spec("λ_min min / median", ".3g", "eig_min_min", "eig_min_median"),
-            _spec("λ_max median", ".3g", "eig_max_median"),
-            _spec("Hessian-Lipschitz median", ".2e", "hess_lipschitz_median"),
-            _spec("‖∇G(φ_K)‖ median / q90", ".2e", "inner_grad_norm_median", "inner_grad_norm_q90"),
-            _spec("CG residual median / q90", ".2e", "cg_residual_median", "cg_residual_q90")]
+            spec_column("λ_min min / median", ".3g", "eig_min_min", "eig_min_median"),
+            spec_column("λ_max median", ".3g", "eig_max_median"),
+            spec_column("Hessian-Lipschitz median", ".2e", "hess_lipschitz_median"),
+            spec_column("‖∇G(φ_K)‖ median / q90", ".2e", "inner_grad_norm_median", "inner_grad_norm_q90"),
+            spec_column("CG residual median / q90", ".2e", "cg_residual_median", "cg_residual_q90")]
     return w.table(_summary_table(f"assumptions_{_dataset(study)}", t, cols, "assumptions_note"))
 
 
