@@ -148,12 +148,13 @@ def figure(rows: list[dict], root: Path, fig_dir: Path):
         d = diagnosis(r, root)[0] if r["status"] == "diverged" else None
         if not d or not d.get("failed_again") or not r.get("folder"):
             continue
-        metrics = pd.DataFrame(c.metrics_rows(r["folder"])).replace("", None)
-        if "cg_residual" not in metrics or metrics["cg_residual"].isna().all():
+        keys = ["train_loss", "cg_residual", "inner_grad_norm"]
+        metrics = pd.DataFrame(c.metrics_rows(r["folder"]), columns=["iter", *keys]).apply(pd.to_numeric, errors="coerce")
+        if metrics["cg_residual"].isna().all():
             continue
         fig, axes = new_figure(3, width=3.4, height=2.8)
-        for ax, k in zip(axes, ("train_loss", "cg_residual", "inner_grad_norm")):
-            pts = metrics[["iter", k]].dropna().astype(float) if k in metrics else pd.DataFrame(columns=["iter", k])
+        for ax, k in zip(axes, keys):
+            pts = metrics[["iter", k]].dropna()
             ax.plot(pts["iter"].astype(int), pts[k], lw=0.8)
             ax.axvline(d["failure_iteration"], color="red", ls="--", lw=0.8)
             ax.set_yscale("log")
