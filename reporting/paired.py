@@ -199,13 +199,9 @@ def _setting_column(*keys: str) -> tuple:
 
 def long_table(pairs: list[dict]) -> Table:
     """Every comparison in one long table (files only): the matrices' cells with their statistics."""
-    def d(key):
-        return lambda r: fmt(r[key], *reversed(c.scale_of(r["metric"])))
-
     cols = [_setting_column("dataset", "setting", "profile", "max_train_minutes"),
-            ("a vs b", lambda r: f"{r['a']} vs {r['b']}", "a", "b"),
-            ("seed", "seed"), ("improvement of a over b", d("imp"), "imp"),
-            ("95% CI", lambda r: f"[{d('low')(r)}, {d('high')(r)}]", "low", "high"),
+            ("a vs b", lambda r: f"{r['a']} vs {r['b']}", "a", "b"), ("seed", "seed"),
+            ("improvement of a over b [95% CI]", lambda r: delta_text(r, r["metric"]), "imp", "low", "high"),
             ("Holm p", lambda r: fmt_p(r["p_holm"]), "p_holm"),
             ("tasks a / b better / tie", lambda r: f"{r['a_better']} / {r['b_better']} / {r['ties']}",
              "a_better", "b_better", "ties")]
