@@ -78,7 +78,8 @@ def protocol(r: dict) -> str:
 
 
 def rows_of(rows: list[dict], judged: dict, root: Path) -> list[dict]:
-    """One row per setting × algorithm × inner loop × budget: its runs' outcomes, and where each failed."""
+    """One row per setting × algorithm × inner loop × budget with a run that diverged or did not learn: its
+    runs' outcomes, and where each failed."""
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
         budget = (f"{r['max_train_minutes']:g} min of training" if r.get("max_train_minutes")
@@ -91,17 +92,18 @@ def rows_of(rows: list[dict], judged: dict, root: Path) -> list[dict]:
                     else str(r["status"]) for r in runs]
         failed = [(r, stage(r, root, judged.get(r["run"])))
                   for r, v in zip(runs, verdicts) if v in ("diverged", "did not learn")]
+        if not failed:
+            continue
         links = [link for _, (_, found) in failed for link in found]
         out.append({"setting": setting, "algorithm": label, "protocol": proto, "budget": budget, "seeds": len(runs),
                     "outcome": ", ".join(f"{k} {v}" for k, v in sorted(Counter(verdicts).items())),
-                    "stages": "; ".join(f"s{r.get('seed')}: {where}" for r, (where, _) in failed) or "—",
+                    "stages": "; ".join(f"s{r.get('seed')}: {where}" for r, (where, _) in failed),
                     "evidence": ", ".join(f"[{i}]({link})" for i, link in enumerate(links, 1)) or "—"})
     return out
 
 
 def section(rows: list[dict], judged: dict, root: Path, w) -> str:
-    table_rows = [r for r in rows_of(rows, judged, root) if r["stages"] != "—" or "did not learn" in r["outcome"]]
-    text = TEXT["failures_intro"]
+    table_rows, text = rows_of(rows, judged, root), TEXT["failures_intro"]
     if not table_rows:
         return text + "\nNo run diverged or failed to learn.\n"
     cols = [("setting", "setting"), ("algorithm", "algorithm"), ("inner loop", "protocol"), ("budget", "budget"),
