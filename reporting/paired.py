@@ -20,6 +20,7 @@ from .render import TEXT, Table, fmt, fmt_p, make_table
 from .stats import claim_verdict, direction, holm, improvement_interval, mean_std
 
 ALPHA = 0.05
+KEYS = ("dataset", "setting", "profile", "max_train_minutes", "early_stop")
 
 
 def improvement(a: dict, b: dict) -> dict:
@@ -50,11 +51,19 @@ def delta_text(d: dict, metric: str) -> str:
 def _setting(r: dict) -> tuple:
     """(dataset, test setting, profile, training-minutes cap, early stop): runs are paired only within
     one budget, and a run ended by the declared plateau rule only with runs under the same rule."""
-    return (r["dataset"], r["setting"], r["profile"], r.get("max_train_minutes"), r.get("early_stop"))
+    return tuple(r.get(k) for k in KEYS)
 
 
 def _order(s: tuple) -> tuple:
     return (s[0], c.setting_rank(s[1]), s[2], s[3] is None, s[3] or 0, s[4] or "")
+
+
+def _by_setting(pairs: list[dict]) -> list[tuple[tuple, list[dict]]]:
+    """The pairs of each setting, settings in report order: one Holm family, one matrix, one claim row."""
+    out: dict[tuple, list[dict]] = {}
+    for p in pairs:
+        out.setdefault(_setting(p), []).append(p)
+    return sorted(out.items(), key=lambda kv: _order(kv[0]))
 
 
 def _words(setting: tuple) -> str:
@@ -67,35 +76,27 @@ def _words(setting: tuple) -> str:
     return f"{c.fmt_g(minutes)} min per run" + ("" if profile == "paper" else f", {profile} profile") + rule
 
 
-def representatives(rows: list[dict]) -> tuple[dict[tuple, dict[str, list[dict]]], list[str]]:
-    """(setting → algorithm → runs of its representative configuration, notes)."""
+def representatives(rows: list[dict]) -> tuple[dict[tuple, dict[str, dict]], list[str]]:
+    """(setting → algorithm → seed → run of its representative configuration, notes). A seed run twice
+    with one configuration keeps its latest folder."""
     notes = [f"{r['run']}: no per-task test metrics in the record, not paired" for r in rows
              if r["status"] == "completed" and r.get("per_task") is None]
-    cands: dict[tuple, dict[str, dict[tuple, list[dict]]]] = {}
-    for r in rows:
+    cands: dict[tuple, dict[tuple, list[dict]]] = {}
+    for r in sorted(rows, key=lambda r: r["run"]):
         if r["status"] == "completed" and r.get("per_task") is not None:
-            cands.setdefault(_setting(r), {}).setdefault(r["label"], {}).setdefault(c.config_key(r), []).append(r)
-    chosen: dict[tuple, dict[str, list[dict]]] = {}
-    for setting, by_label in cands.items():
-        where = f"{setting[0]} {setting[1]} ({_words(setting)})"
-        for label, configs in by_label.items():
-            best_key, best = max(configs.items(), key=lambda kv: (kv[1][0].get("experiment") is not None, len(kv[1]),
-                                                                  max(r["iterations_done"] for r in kv[1]),
-                                                                  max(r["run"] for r in kv[1])))
-            runs = chosen.setdefault(setting, {})[label] = sorted(best, key=lambda r: r["run"])
-            kept = {r["run"] for r in _by_seed(runs).values()}
-            if repeats := [r["run"] for r in runs if r["run"] not in kept]:
-                notes.append(f"{label} {where}: a seed run more than once; the latest folder is paired, not: "
-                             f"{', '.join(repeats)}")
-            if others := sorted(r["run"] for k, runs in configs.items() if k != best_key for r in runs):
-                notes.append(f"{label} {where}: paired runs of one configuration; other configurations not "
-                             f"paired: {', '.join(others)}")
+            cands.setdefault((_setting(r), r["label"]), {}).setdefault(c.config_key(r), []).append(r)
+    chosen: dict[tuple, dict[str, dict]] = {}
+    for (setting, label), configs in cands.items():
+        where = f"{label} {setting[0]} {setting[1]} ({_words(setting)})"
+        best = max(configs, key=lambda k: (configs[k][0].get("experiment") is not None, len(configs[k]),
+                                           max(r["iterations_done"] for r in configs[k]), configs[k][-1]["run"]))
+        by_seed = chosen.setdefault(setting, {})[label] = {r.get("seed"): r for r in configs[best]}
+        if repeats := [r["run"] for r in configs[best] if r is not by_seed[r.get("seed")]]:
+            notes.append(f"{where}: a seed run more than once; the latest folder is paired, not: {', '.join(repeats)}")
+        if others := sorted(r["run"] for k, runs in configs.items() if k != best for r in runs):
+            notes.append(f"{where}: paired runs of one configuration; other configurations not paired: "
+                         f"{', '.join(others)}")
     return chosen, sorted(notes)
-
-
-def _by_seed(runs: list[dict]) -> dict:
-    """seed → run; a seed run twice with one configuration keeps its latest folder (runs are sorted)."""
-    return {r.get("seed"): r for r in runs}
 
 
 def _seed_order(s) -> tuple:
@@ -111,27 +112,22 @@ def compare_all(rows: list[dict]) -> tuple[list[dict], list[dict], list[str]]:
         labels = sorted(chosen[setting], key=c.label_rank)
         for j, a_label in enumerate(labels):
             for b_label in labels[:j]:
-                a_by_seed, b_by_seed = _by_seed(chosen[setting][a_label]), _by_seed(chosen[setting][b_label])
-                for seed in sorted(set(a_by_seed) & set(b_by_seed), key=_seed_order):
-                    a, b = a_by_seed[seed], b_by_seed[seed]
-                    base = dict(zip(("dataset", "setting", "profile", "max_train_minutes", "early_stop"), setting),
-                                a=a_label, b=b_label, seed=seed, a_run=a["run"], b_run=b["run"])
+                a_seeds, b_seeds = chosen[setting][a_label], chosen[setting][b_label]
+                for seed in sorted(set(a_seeds) & set(b_seeds), key=_seed_order):
+                    a, b = a_seeds[seed], b_seeds[seed]
+                    base = dict(zip(KEYS, setting), a=a_label, b=b_label, seed=seed, a_run=a["run"], b_run=b["run"])
                     try:
                         d = improvement(a, b)
                     except PairingError as e:
                         refused.append(dict(base, reason=str(e)))
                         continue
                     kind = c.budget_kind(a)
-                    pairs.append(dict(base, **d, metric=a["metric"], a_iters=c.budget_text(a),
-                                      b_iters=c.budget_text(b), minutes=a.get("max_train_minutes")
-                                      if a.get("max_train_minutes") == b.get("max_train_minutes") else None,
-                                      device_name=a.get("device_name") or a.get("device"),
+                    pairs.append(dict(base, **d, metric=a["metric"], a_iters=c.budget_text(a), b_iters=c.budget_text(b),
                                       paper_scale=kind is not None and kind == c.budget_kind(b), budget_kind=kind))
-                if unpaired := sorted(set(a_by_seed) ^ set(b_by_seed), key=_seed_order):
+                if unpaired := sorted(set(a_seeds) ^ set(b_seeds), key=_seed_order):
                     notes.append(f"{a_label} vs {b_label}, {setting[0]} {setting[1]} ({_words(setting)}): seed(s) "
                                  f"{', '.join(str(s) for s in unpaired)} run by only one of the two")
-    for setting in {_setting(p) for p in pairs}:  # the pairs of one setting are one family
-        family = [p for p in pairs if _setting(p) == setting]
+    for _, family in _by_setting(pairs):
         for p, adj in zip(family, holm([p["p_value"] for p in family])):
             p["p_holm"] = adj
     return pairs, refused, sorted(notes)
@@ -149,8 +145,7 @@ def matrix_tables(pairs: list[dict], learned: dict[str, str]) -> list[tuple[str,
     over seeds ± their std, * where every seed's comparison is significant that way in one direction,
     (k/n*) where k of the n are. A seed's comparison with a run that did not learn is left out."""
     out = []
-    for setting in sorted({_setting(p) for p in pairs}, key=_order):
-        sel = [p for p in pairs if _setting(p) == setting]
+    for setting, sel in _by_setting(pairs):
         labels = sorted({p["a"] for p in sel} | {p["b"] for p in sel}, key=c.label_rank)
         metric, seeds = sel[0]["metric"], sorted({p["seed"] for p in sel}, key=_seed_order)
         rows = []
@@ -204,13 +199,9 @@ def _setting_column(*keys: str) -> tuple:
 
 def long_table(pairs: list[dict]) -> Table:
     """Every comparison in one long table (files only): the matrices' cells with their statistics."""
-    def d(key):
-        return lambda r: fmt(r[key], *reversed(c.scale_of(r["metric"])))
-
     cols = [_setting_column("dataset", "setting", "profile", "max_train_minutes"),
-            ("a vs b", lambda r: f"{r['a']} vs {r['b']}", "a", "b"),
-            ("seed", "seed"), ("improvement of a over b", d("imp"), "imp"),
-            ("95% CI", lambda r: f"[{d('low')(r)}, {d('high')(r)}]", "low", "high"),
+            ("a vs b", lambda r: f"{r['a']} vs {r['b']}", "a", "b"), ("seed", "seed"),
+            ("improvement of a over b [95% CI]", lambda r: delta_text(r, r["metric"]), "imp", "low", "high"),
             ("Holm p", lambda r: fmt_p(r["p_holm"]), "p_holm"),
             ("tasks a / b better / tie", lambda r: f"{r['a_better']} / {r['b_better']} / {r['ties']}",
              "a_better", "b_better", "ties")]
@@ -242,12 +233,10 @@ def claims_table(claims: tuple[Claim, ...], pairs: list[dict], refused: list[dic
             verdict = (f"not paired: {why[0]}" if why
                        else "no paired runs" if {cl.better, cl.worse} <= have else "no runs")
             out.append(dict(base, verdict=verdict, seeds=0, metric=None, imp=None, text=None, budget=None, runs=None))
-        for budget in sorted({_setting(p) for p in found}, key=_order):
-            out.append(_claim_row(base, cl, [p for p in found if _setting(p) == budget], learned))
-    cols = [(header, (lambda k: lambda r: r[k] or "—")(key), key) for header, key in (
-        ("claim", "claim"), ("paper", "paper"), ("verdict", "verdict"),
-        ("improvement of the claimed-better [95% CI]", "text"))]
-    cols += [("seeds", "seeds"), ("budget", lambda r: r["budget"] or "—", "budget")]
+        out += [_claim_row(base, cl, sel, learned) for _, sel in _by_setting(found)]
+    cols = [("claim", "claim"), ("paper", "paper"), ("verdict", "verdict"),
+            ("improvement of the claimed-better [95% CI]", lambda r: r["text"] or "—", "text"), ("seeds", "seeds"),
+            ("budget", lambda r: r["budget"] or "—", "budget")]
     notes = [TEXT["claims_note_verdicts"], TEXT["claims_note_budget"], TEXT["claims_note_no_runs"]]
     return make_table("claims", out, cols, notes, extra=("relation", "metric", "imp", "runs"))
 
@@ -262,12 +251,12 @@ def _claim_row(base: dict, cl: Claim, sel: list[dict], learned: dict[str, str]) 
     else:
         verdict = (claim_verdict([direction(p["low"], p["high"]) for p in sel], cl.relation) if at_paper
                    else "not tested at paper budget")
-    metric, minutes = sel[0]["metric"], sel[0]["minutes"]
+    metric, minutes = sel[0]["metric"], sel[0]["max_train_minutes"]
     budget = (f"{c.fmt_g(minutes)} min per run" if minutes is not None else sel[0]["profile"] + " profile")
     budget += "; iterations " + "; ".join(f"{p['a']} {p['a_iters']}, {p['b']} {p['b_iters']}" for p in sel)
     if at_paper:
         budget += {"paper": " (both runs of every pair at the paper's budget)",
                    "converged": " (both runs of every pair converged by the declared rule)"}.get(next(iter(kinds)), "")
-    return dict(base, verdict=verdict, kind=next(iter(kinds)) if at_paper else None, seeds=len(sel), metric=metric,
+    return dict(base, verdict=verdict, seeds=len(sel), metric=metric,
                 imp=mean_std([p["imp"] for p in sel])[0], text="; ".join(delta_text(p, metric) for p in sel),
                 budget=budget, runs="; ".join(f"{p['a_run']} vs {p['b_run']}" for p in sel))

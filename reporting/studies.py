@@ -5,14 +5,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-import numpy as np
 import pandas as pd
 
 import catalog
 
 from . import deviations as _deviations
 from .common import DATASET_NAMES, DATASETS, is_regression, task_words
-from .render import MARKERS, TEXT, fmt, fmt_g, log_x, make_table, new_figure, save_figure
+from .render import TEXT, fmt, fmt_g, is_missing, make_table
 
 TITLES = {"fidelity": "Gradient fidelity vs inner and CG steps", "precision": "float32 vs float64",
           "assumptions": "Assumption audit", "cost": "Cost: time and memory vs inner steps",
@@ -20,9 +19,16 @@ TITLES = {"fidelity": "Gradient fidelity vs inner and CG steps", "precision": "f
           "deviations": TEXT["deviations_title"]}
 
 
-def _every_key_table(name: str, rows: list[dict], cols: list, notes: list[str]):
-    """A study table whose CSV keeps every key of its rows (the study's own summary rows)."""
-    return make_table(name, rows, cols, notes, extra=list(rows[0]) if rows else [])
+def _summary_table(name: str, frame: pd.DataFrame, cols: list, note: str):
+    """A study's summary table (one row per group of ``frame``) whose CSV keeps every column of ``frame``."""
+    t = make_table(name, (rows := frame.reset_index()).to_dict("records"), cols, [TEXT[note]])
+    t.raw = rows  # the CSV: every column, in the frame's order
+    return t
+
+
+def spec_column(header: str, spec: str, *keys: str) -> tuple:
+    """A column showing ``keys`` formatted with ``spec`` ('—' where missing), joined by ' / '."""
+    return (header, lambda r: " / ".join("—" if is_missing(r[k]) else format(r[k], spec) for k in keys), *keys)
 
 
 def _dataset(study: dict) -> str:
@@ -38,10 +44,8 @@ def picks(studies: list[dict], name: str) -> list[tuple[dict | None, list[str]]]
     mine = [s for s in studies if s["study"] == name and not apart(s)]
     kind = ((lambda s: (list(_deviations.LADDERS).index(_deviations.target(s)["experiment"]), _deviations.is_long(s)))
             if name == "deviations" else lambda s: (not is_regression(_dataset(s)), _dataset(s)))
-    chosen = []
-    for k in sorted({kind(s) for s in mine}):
-        same = [s for s in mine if kind(s) == k]
-        chosen.append(([s for s in same if s["status"] == "completed"] or same)[-1])
+    chosen = [([s for s in same if s["status"] == "completed"] or same)[-1]
+              for k in sorted({kind(s) for s in mine}) if (same := [s for s in mine if kind(s) == k])]
     others = [s["run"] for s in mine if all(s is not c for c in chosen)]
     shown = [(s, others if i == 0 else []) for i, s in enumerate(chosen)]
     shown += [(dict(seeds[0], seeds=seeds), [])] if seeds else []
@@ -62,8 +66,7 @@ def ran_on(study: dict) -> str:
         return TEXT[f"{_deviations.target(study)['text']}_ladder_ran_on"]
     cfg = study.get("config") or {}
     s, ds = cfg.get("study") or {}, cfg.get("dataset") or {}
-    name = ds.get("name")
-    if name is None:
+    if (name := ds.get("name")) is None:
         return "Ran on: not recorded in study.json."
     where = (f"{DATASET_NAMES.get(name, name)} regression" if is_regression(name) else
              task_words(name, ds.get("ways", cfg.get("ways")), ds.get("shots", cfg.get("shots"))))
@@ -74,24 +77,22 @@ def ran_on(study: dict) -> str:
     grids = {"λ": first(s.get("lam"), s.get("lams"), axes.get("lam"), train.get("lam")),
              "K": first(s.get("inner_steps"), axes.get("inner_steps"), train.get("inner_steps")),
              "CG steps": s.get("cg_steps")}
-    parts = [where, f"{net}, {s.get('activation', 'relu')} activation",
-             *(f"{k} = {_grid(v)}" for k, v in grids.items() if v is not None), _checkpoint(s, train, trained)]
-    return "Ran on: " + "; ".join(parts) + "."
-
-
-def _checkpoint(s: dict, train: dict, trained: dict) -> str:
     if s.get("checkpoints") is not None:
-        return f"checkpoints at iterations {_grid(s['checkpoints'])} of one {train.get('algorithm', '?')} training run"
-    if s.get("theta_sources") is not None:
-        algo = trained.get("algorithm") or train.get("algorithm") or "?"
-        iters = trained.get("meta_iterations") or train.get("meta_iterations")
-        return (f"θ = {' and '.join(s['theta_sources'])} (trained: {algo}, {fmt_g(iters)} meta-iterations, "
-                f"seed {(s.get('seed') or 0)})")
-    if s.get("iterations") is not None:
-        return f"initial θ, {fmt_g(s['iterations'])} timed meta-iterations after {fmt_g(s.get('warmup', 0))} warm-up"
-    if s.get("meta_iterations") is not None:
-        return f"each grid point trained for {fmt_g(s['meta_iterations'])} meta-iterations from the initial θ"
-    return "checkpoint not recorded"
+        point = f"checkpoints at iterations {_grid(s['checkpoints'])} of one {train.get('algorithm', '?')} training run"
+    elif s.get("theta_sources") is not None:
+        point = (f"θ = {' and '.join(s['theta_sources'])} (trained: "
+                 f"{trained.get('algorithm') or train.get('algorithm') or '?'}, "
+                 f"{fmt_g(trained.get('meta_iterations') or train.get('meta_iterations'))} meta-iterations, "
+                 f"seed {s.get('seed') or 0})")
+    elif s.get("iterations") is not None:
+        point = f"initial θ, {fmt_g(s['iterations'])} timed meta-iterations after {fmt_g(s.get('warmup', 0))} warm-up"
+    elif s.get("meta_iterations") is not None:
+        point = f"each grid point trained for {fmt_g(s['meta_iterations'])} meta-iterations from the initial θ"
+    else:
+        point = "checkpoint not recorded"
+    parts = [where, f"{net}, {s.get('activation', 'relu')} activation",
+             *(f"{k} = {_grid(v)}" for k, v in grids.items() if v is not None), point]
+    return "Ran on: " + "; ".join(parts) + "."
 
 
 def _pivot(name: str, df: pd.DataFrame, index: list[str], cell: Callable[[pd.DataFrame], str],
@@ -101,14 +102,10 @@ def _pivot(name: str, df: pd.DataFrame, index: list[str], cell: Callable[[pd.Dat
     by = df[df["inner_steps"].notna()].groupby([*index, "inner_steps"], dropna=False, sort=True)
     text, number = by.apply(cell).unstack(fill_value="—"), by.apply(value).unstack()
     ks = [fmt_g(k) for k in text.columns]
-    rows = [{**{i: None if isinstance(v, float) and np.isnan(v) else v
-                for i, v in zip(index, idx if len(index) > 1 else (idx,))},
-             **{f"K={k}": t for k, t in zip(ks, texts)}, **{f"inner_steps={k}": v for k, v in zip(ks, values)}}
-            for idx, texts, values in zip(text.index, text.to_numpy(), number.to_numpy())]
-    cols = [(i, lambda r, i=i: "—" if r[i] is None else r[i] if isinstance(r[i], str) else fmt_g(r[i]), i)
-            for i in index]
+    frame = text.set_axis([f"K={k}" for k in ks], axis=1).join(number.set_axis([f"inner_steps={k}" for k in ks], axis=1))
+    cols = [(i, lambda r, i=i: r[i] if isinstance(r[i], str) else fmt_g(r[i]), i) for i in index]
     cols += [(f"K={k}", lambda r, k=k: r[f"K={k}"], f"inner_steps={k}") for k in ks]
-    return make_table(name, rows, cols, notes)
+    return make_table(name, frame.reset_index().astype(object).to_dict("records"), cols, notes)
 
 
 def fidelity(study: dict, w) -> str:
@@ -122,76 +119,36 @@ def fidelity(study: dict, w) -> str:
     for name, data, col, spec in (("fidelity_rel_error", scaled, "rel_error", ".2e"), ("fidelity_cosine", df, "cosine", ".4f")):
         out += w.table(_pivot(name, data, ["theta_source", "estimator"], lambda g: f"{g[col].median():{spec}}",
                               lambda g: float(g[col].median()), [TEXT[f"{name}_note"]]))
-    fig, (ax1, ax2) = new_figure(2)
-    cg_max = df["cg_steps"].max()
-    for i, ((theta, method), g) in enumerate(df.groupby(["theta_source", "method"], sort=True)):
-        if method in by_cg and not np.isnan(cg_max):
-            g = g[g["cg_steps"] == cg_max]
-        m = g.groupby("inner_steps")["rel_error"].median()
-        suffix = f" (CG {fmt_g(cg_max)})" if method in by_cg else ""
-        ax1.plot(m.index, m.values, marker=MARKERS[i % len(MARKERS)], label=f"{method}{suffix}, θ {theta}")
-    implicit = df[df["method"].isin(by_cg)]
-    if len(implicit):
-        theta0 = sorted(implicit["theta_source"].unique())[0]
-        for i, (k, g) in enumerate(implicit[implicit["theta_source"] == theta0].groupby("inner_steps", sort=True)):
-            m = g.groupby("cg_steps")["rel_error"].median()
-            ax2.plot(m.index, m.values, marker=MARKERS[i % len(MARKERS)], label=f"K={fmt_g(k)}")
-        ax2.set_title(f"iMAML, θ {theta0}")
-    for ax, xl, xs in ((ax1, "inner steps K", df["inner_steps"]), (ax2, "CG steps", implicit["cg_steps"])):
-        log_x(ax, xs)
-        ax.set_yscale("log")
-        ax.set_xlabel(xl)
-        ax.set_ylabel("relative error (median over tasks)")
-        if ax.lines:
-            ax.legend(fontsize=7)
-    ax1.set_title("meta-gradient error vs inner steps")
-    out += w.figure(save_figure(fig, w.fig_dir / "fidelity.png"), "Relative error to the exact meta-gradient")
-    out += w.table(_pivot("fidelity_cost", df[df["theta_source"] == df["theta_source"].min()], ["estimator"],
-                          lambda g: f"{g['hvps'].mean():.0f} / {g['grad_evals'].mean():.0f}",
-                          lambda g: float(g["hvps"].mean()), [TEXT["fidelity_cost_note"]]))
-    return out
+    return out + w.table(_pivot("fidelity_cost", df[df["theta_source"] == df["theta_source"].min()], ["estimator"],
+                                lambda g: f"{g['hvps'].mean():.0f} / {g['grad_evals'].mean():.0f}",
+                                lambda g: float(g["hvps"].mean()), [TEXT["fidelity_cost_note"]]))
 
 
 def precision(study: dict, w) -> str:
-    df = study["tables"]["precision.csv"]
-    rows = df.groupby("inner_steps", sort=True).agg(
+    """The meta-gradient's float32 error per K (no figure: it would re-plot the table's medians and maxima),
+    then the short training runs in both precisions."""
+    df = study["tables"]["precision.csv"].astype({"nonfinite32": bool, "nonfinite64": bool})
+    t = df.groupby("inner_steps", sort=True).agg(
         tasks=("task", "nunique"), rel_diff_median=("rel_diff", "median"), rel_diff_max=("rel_diff", "max"),
-        norm32_mean=("norm32", lambda s: s.mean()), norm64_mean=("norm64", lambda s: s.mean()),
-        nonfinite32=("nonfinite32", lambda s: s.astype(bool).sum()),
-        nonfinite64=("nonfinite64", lambda s: s.astype(bool).sum())).reset_index().to_dict("records")
-    cols = [("inner steps K", lambda r: fmt_g(r["inner_steps"])), ("tasks", lambda r: str(r["tasks"])),
-            ("rel. diff median", lambda r: f"{r['rel_diff_median']:.2e}"),
-            ("rel. diff max", lambda r: f"{r['rel_diff_max']:.2e}"),
-            ("‖g‖ float32", lambda r: fmt(r["norm32_mean"], 4)), ("‖g‖ float64", lambda r: fmt(r["norm64_mean"], 4)),
-            ("non-finite tasks f32 / f64", lambda r: f"{r['nonfinite32']} / {r['nonfinite64']}")]
-    out = w.table(_every_key_table("precision", rows, cols, [TEXT["precision_note"]]))
-    fig, (ax,) = new_figure()
-    if rows:
-        ks = [r["inner_steps"] for r in rows]
-        ax.plot(ks, [r["rel_diff_median"] for r in rows], marker="o", label="median")
-        ax.plot(ks, [r["rel_diff_max"] for r in rows], marker="s", label="max")
-        log_x(ax, ks)
-        ax.set_yscale("log")
-        ax.legend()
-    ax.set_xlabel("inner steps K")
-    ax.set_ylabel("||g32 − g64|| / ||g64||")
-    ax.set_title("MAML meta-gradient: float32 vs float64")
-    out += w.figure(save_figure(fig, w.fig_dir / "precision.png"), "float32 vs float64 meta-gradient difference")
+        norm32_mean=("norm32", "mean"), norm64_mean=("norm64", "mean"), nonfinite32=("nonfinite32", "sum"),
+        nonfinite64=("nonfinite64", "sum"))
+    cols = [("inner steps K", lambda r: fmt_g(r["inner_steps"])), ("tasks", "tasks"),
+            spec_column("rel. diff median", ".2e", "rel_diff_median"), spec_column("rel. diff max", ".2e", "rel_diff_max"),
+            spec_column("‖g‖ float32", ".4f", "norm32_mean"), spec_column("‖g‖ float64", ".4f", "norm64_mean"),
+            spec_column("non-finite tasks f32 / f64", "d", "nonfinite32", "nonfinite64")]
+    out = w.table(_summary_table("precision", t, cols, "precision_note"))
     train = study["tables"].get("precision_train.csv")
-    if train is not None:
-        sort = [k for k in ("role", "dtype", "seed") if k in train.columns]
-        trows = train.sort_values(sort, ascending=[k != "role" for k in sort], kind="stable").to_dict("records")
-        tcols = [("dtype", lambda r: str(r["dtype"])), ("seed", lambda r: fmt_g(r.get("seed"))),
-                 ("role", lambda r: {"paired": "paired (same seed in both precisions)",
-                                     "control": "control (float32, another seed)"}.get(r.get("role"),
-                                                                                      str(r.get("role", "—")))),
-                 ("metric", lambda r: str(r["metric"])),
-                 ("mean (± 95% CI)", lambda r: f"{fmt(r['mean'], 4)} ± {fmt(r['ci95'], 4)}"),
-                 ("tasks", lambda r: fmt_g(r["n"])), ("verdict", lambda r: str(r["verdict"])),
-                 ("run", lambda r: str(r.get("run_dir") or "—"))]
-        out += w.table(make_table("precision_train", trows, tcols, [TEXT["precision_train_note"]],
-                                  extra=list(train.columns)))
-    return out
+    if train is None:
+        return out
+    sort = [k for k in ("role", "dtype", "seed") if k in train.columns]
+    trows = train.sort_values(sort, ascending=[k != "role" for k in sort], kind="stable").to_dict("records")
+    tcols = [("dtype", lambda r: str(r["dtype"])), ("seed", lambda r: fmt_g(r.get("seed"))),
+             ("role", lambda r: str(r.get("role", "—"))), ("metric", lambda r: str(r["metric"])),
+             ("mean (± 95% CI)", lambda r: f"{fmt(r['mean'], 4)} ± {fmt(r['ci95'], 4)}"),
+             ("tasks", lambda r: fmt_g(r["n"])), ("verdict", lambda r: str(r["verdict"])),
+             ("run", lambda r: str(r.get("run_dir") or "—"))]
+    return out + w.table(make_table("precision_train", trows, tcols, [TEXT["precision_train_note"]],
+                                    extra=list(train.columns)))
 
 
 def assumptions(study: dict, w) -> str:
@@ -200,22 +157,21 @@ def assumptions(study: dict, w) -> str:
     df = study["tables"]["assumptions.csv"].copy()
     df["violated"] = ~df["strongly_convex"].astype(str).str.strip().str.lower().isin(["true", "1", "1.0", "yes"])
     q90 = lambda s: s.quantile(0.9)
-    rows = df.groupby(["checkpoint", "lam"], sort=True).agg(
+    t = df.groupby(["checkpoint", "lam"], sort=True).agg(
         tasks=("task", "nunique"), pairs=("task", "size"), not_strongly_convex=("violated", "sum"),
         frac_not_strongly_convex=("violated", "mean"), eig_min_min=("eig_min", "min"),
         eig_min_median=("eig_min", "median"), eig_max_median=("eig_max", "median"),
         hess_lipschitz_median=("hess_lipschitz", "median"), inner_grad_norm_median=("inner_grad_norm", "median"),
         inner_grad_norm_q90=("inner_grad_norm", q90), cg_residual_median=("cg_residual", "median"),
-        cg_residual_q90=("cg_residual", q90), query_grad_norm_median=("query_grad_norm", "median"),
-    ).reset_index().to_dict("records")
+        cg_residual_q90=("cg_residual", q90), query_grad_norm_median=("query_grad_norm", "median"))
     cols = [("checkpoint (iteration)", lambda r: fmt_g(r["checkpoint"])), ("λ", lambda r: fmt_g(r["lam"])),
             ("not strongly convex (tasks)", lambda r: f"{r['not_strongly_convex']} of {r['pairs']}"),
-            ("λ_min min / median", lambda r: f"{r['eig_min_min']:.3g} / {r['eig_min_median']:.3g}"),
-            ("λ_max median", lambda r: f"{r['eig_max_median']:.3g}"),
-            ("Hessian-Lipschitz median", lambda r: f"{r['hess_lipschitz_median']:.2e}"),
-            ("‖∇G(φ_K)‖ median / q90", lambda r: f"{r['inner_grad_norm_median']:.2e} / {r['inner_grad_norm_q90']:.2e}"),
-            ("CG residual median / q90", lambda r: f"{r['cg_residual_median']:.2e} / {r['cg_residual_q90']:.2e}")]
-    return w.table(_every_key_table(f"assumptions_{_dataset(study)}", rows, cols, [TEXT["assumptions_note"]]))
+            spec_column("λ_min min / median", ".3g", "eig_min_min", "eig_min_median"),
+            spec_column("λ_max median", ".3g", "eig_max_median"),
+            spec_column("Hessian-Lipschitz median", ".2e", "hess_lipschitz_median"),
+            spec_column("‖∇G(φ_K)‖ median / q90", ".2e", "inner_grad_norm_median", "inner_grad_norm_q90"),
+            spec_column("CG residual median / q90", ".2e", "cg_residual_median", "cg_residual_q90")]
+    return w.table(_summary_table(f"assumptions_{_dataset(study)}", t, cols, "assumptions_note"))
 
 
 def cost(study: dict, w) -> str:
@@ -223,28 +179,10 @@ def cost(study: dict, w) -> str:
     df["memory"] = df["gpu_peak_bytes"].where(df["gpu_peak_bytes"].notna(), df["alloc_peak_bytes"])
     ok = lambda g: g[g["status"] == "completed"]  # noqa: E731
     out = ""
-    for name, col, scale, note in (("cost_time", "median_iter_s", 1000.0, TEXT["cost_time_note"]),
-                                   ("cost_memory", "memory", 2.0**-20, TEXT["cost_memory_note"])):
+    for name, col, scale in (("cost_time", "median_iter_s", 1000.0), ("cost_memory", "memory", 2.0**-20)):
         out += w.table(_pivot(name, df, ["algorithm", "inner_optimizer"],
                               lambda g: fmt(ok(g)[col].median(), 1, scale) if len(ok(g)) else "oom",
-                              lambda g: float(ok(g)[col].median()) if len(ok(g)) else None, [note]))
-    devices = ", ".join(sorted(df["device"].dropna().astype(str).unique()))
-    fig, (ax1, ax2) = new_figure(2)
-    for i, ((algo, opt), g) in enumerate(df.groupby(["algorithm", "inner_optimizer"], sort=True)):
-        oom = sorted(g.loc[g["status"] == "oom", "inner_steps"].tolist())
-        label = f"{algo} / {opt}" + (f" (oom at K={', '.join(fmt_g(k) for k in oom)})" if oom else "")
-        g = g[g["status"] == "completed"].sort_values("inner_steps")
-        style = {"marker": MARKERS[i % len(MARKERS)], "label": label}
-        ax1.plot(g["inner_steps"], 1000 * g["median_iter_s"], **style)
-        ax2.plot(g["inner_steps"], g["memory"] / 2**20, **style)
-    for ax, yl in ((ax1, "ms per meta-iteration"), (ax2, "peak memory (MiB)")):
-        log_x(ax, df["inner_steps"])
-        ax.set_xlabel("inner steps K")
-        ax.set_ylabel(yl)
-        if ax.lines:
-            ax.legend(fontsize=7)
-    fig.suptitle(f"Cost vs inner steps ({devices or 'device unknown'})")
-    out += w.figure(save_figure(fig, w.fig_dir / "cost.png"), "Time and memory vs inner steps")
+                              lambda g: float(ok(g)[col].median()) if len(ok(g)) else None, [TEXT[f"{name}_note"]]))
     return out
 
 
@@ -255,39 +193,36 @@ def failures(study: dict, w) -> str:
     t = df.groupby(["algorithm", "status"], sort=True).agg(
         configs=("status", "size"), **{col: (col, span) for col in ("lam", "inner_steps", "cg_steps", "inner_lr")})
     t.insert(1, "of", t.index.get_level_values("algorithm").map(df["algorithm"].value_counts()))
-    rows = t.reset_index().to_dict("records")
-    cols = [("algorithm", lambda r: str(r["algorithm"])), ("status", lambda r: str(r["status"])),
-            ("grid points", lambda r: f"{r['configs']} of {r['of']}"), ("λ", lambda r: r["lam"]),
-            ("inner steps", lambda r: r["inner_steps"]), ("CG steps", lambda r: r["cg_steps"]),
-            ("inner lr", lambda r: r["inner_lr"])]
-    return w.table(_every_key_table("failures", rows, cols, [TEXT["failures_note"]]))
+    cols = [("algorithm", "algorithm"), ("status", "status"), ("grid points", lambda r: f"{r['configs']} of {r['of']}"),
+            ("λ", "lam"), ("inner steps", "inner_steps"), ("CG steps", "cg_steps"), ("inner lr", "inner_lr")]
+    return w.table(_summary_table("failures", t, cols, "failures_note"))
 
 
 def rescaling(study: dict, w) -> str:
     """Per target scale: float32's error in MAML's meta-gradient at the largest K, and how the
     protocol that diverged fared trained on the rescaled targets (MSE in the original units)."""
     grads = study["tables"]["rescaling.csv"]
+    grads = grads.assign(top=grads["inner_steps"] == grads.groupby("scale")["inner_steps"].transform("max"),
+                         nonfinite32=grads["nonfinite32"].astype(str).str.lower().eq("true"))
     train = study["tables"].get("rescaling_train.csv", pd.DataFrame(
         columns=["scale", "status", "meta_iterations", "experiment", "test_mse", "iterations_done"]))
-    rows = []
-    for scale, g in grads.groupby("scale", sort=True):
-        k, t = g["inner_steps"].max(), train[train["scale"] == scale]
-        done = t[t["status"] == "completed"]
-        rows.append({"scale": scale, "inner_steps": int(k), "rel_diff_median": g[g["inner_steps"] == k]["rel_diff"].median(),
-                     "nonfinite32": int(g["nonfinite32"].astype(str).str.lower().eq("true").sum()),
-                     "seeds": len(t), "diverged": int((t["status"] == "diverged").sum()),
-                     "iterations": int(t["meta_iterations"].max()) if len(t) else None,
-                     "experiment": str(t["experiment"].iloc[0]) if len(t) else "—",
-                     "test_mse_mean": float(done["test_mse"].mean()) if len(done) else None,
-                     "diverged_at": ", ".join(str(int(i)) for i in t.loc[t["status"] == "diverged", "iterations_done"])})
+    diverged = train["status"] == "diverged"
+    t = grads.groupby("scale", sort=True).agg(inner_steps=("inner_steps", "max"), nonfinite32=("nonfinite32", "sum"))
+    t.insert(1, "rel_diff_median", grads[grads["top"]].groupby("scale")["rel_diff"].median())
+    t = t.join(train.assign(diverged=diverged, done_mse=train["test_mse"].where(train["status"] == "completed"),
+                            at=train["iterations_done"].where(diverged)).groupby("scale").agg(
+        seeds=("status", "size"), diverged=("diverged", "sum"), iterations=("meta_iterations", "max"),
+        experiment=("experiment", "first"), test_mse_mean=("done_mse", "mean"),
+        diverged_at=("at", lambda s: ", ".join(str(int(i)) for i in s.dropna())))).fillna(
+        {"seeds": 0, "diverged": 0, "experiment": "—", "diverged_at": ""})
     cols = [("target scale", lambda r: fmt_g(r["scale"])),
-            ("f32 vs f64 rel. diff (median, K)", lambda r: f"{r['rel_diff_median']:.2e} (K={r['inner_steps']})"),
-            ("non-finite f32 gradients", lambda r: str(r["nonfinite32"])),
-            ("training runs diverged", lambda r: f"{r['diverged']} of {r['seeds']}"
+            ("f32 vs f64 rel. diff (median, K)", lambda r: f"{r['rel_diff_median']:.2e} (K={fmt_g(r['inner_steps'])})"),
+            ("non-finite f32 gradients", lambda r: fmt_g(r["nonfinite32"])),
+            ("training runs diverged", lambda r: f"{fmt_g(r['diverged'])} of {fmt_g(r['seeds'])}"
              + (f" (at {r['diverged_at']})" if r["diverged_at"] else "")),
             ("test MSE, original units (completed runs)", lambda r: fmt(r["test_mse_mean"], 3)),
             ("protocol, iterations", lambda r: f"`{r['experiment']}`, {fmt_g(r['iterations'])}")]
-    return w.table(_every_key_table("rescaling", rows, cols, [TEXT["rescaling_note"]]))
+    return w.table(_summary_table("rescaling", t, cols, "rescaling_note"))
 
 
 SECTIONS = {"fidelity": fidelity, "precision": precision, "assumptions": assumptions, "cost": cost,
