@@ -36,21 +36,6 @@ def split(rows: list[dict]) -> tuple[list[dict], list[dict]]:
     return [r for r in rows if not is_baseline(r)], [r for r in rows if is_baseline(r)]
 
 
-def _same_budget(a: dict, b: dict) -> bool:
-    return (a.get("profile"), a.get("max_train_minutes")) == (b.get("profile"), b.get("max_train_minutes"))
-
-
-def _record_candidates(r: dict, baselines: list[dict]) -> list[dict]:
-    """The baseline records a row is judged against: same dataset, test setting and metric;
-    a regression row only the baseline network of its own seed and budget."""
-    mine = [b for b in baselines if b["status"] == "completed"
-            and (b["dataset"], b["setting"], b["metric"]) == (r["dataset"], r["setting"], r["metric"])]
-    if r["metric"] == "mse":
-        return [b for b in mine if b.get("seed") == r.get("seed") and _same_budget(b, r)]
-    same_protocol = [b for b in mine if b.get("experiment") and b.get("experiment") == r.get("experiment")]
-    return same_protocol or mine
-
-
 def zero_predictor(r: dict, rows: list[dict]) -> dict | None:
     """The zero predictor on r's test tasks, as a pseudo-record (its own, else one with r's fingerprint)."""
     src = r if r.get("zero_mean") is not None else next(
@@ -64,37 +49,40 @@ def zero_predictor(r: dict, rows: list[dict]) -> dict | None:
 
 
 def _beats(r: dict, b: dict) -> bool:
-    higher = r["metric"] == "accuracy"
-    if b["kind"] == "chance":
-        return r["mean"] - r["ci95"] > b["mean"]
     try:  # paired on identical test tasks when possible
         return improvement(r, b)["low"] > 0
-    except PairingError:  # else the two intervals must not overlap
-        return (r["mean"] - r["ci95"] > b["mean"] + b["ci95"]) if higher else \
-            (r["mean"] + r["ci95"] < b["mean"] - b["ci95"])
+    except PairingError:  # else the two 95% intervals must not overlap (chance has none: r's lies above it)
+        better = r["mean"] - b["mean"] if r["metric"] == "accuracy" else b["mean"] - r["mean"]
+        return better > r["ci95"] + b["ci95"]
 
 
 def _text(b: dict) -> str:
-    s, digits = (100.0, 2) if b["metric"] == "accuracy" else (1.0, 3)
-    value = fmt(b["mean"], digits, s)
-    name = {"chance": "chance", "zero": ZERO}.get(b["kind"])
-    if name:
-        return f"{name} {value}"
+    value = fmt(b["mean"], 2, 100.0) if b["metric"] == "accuracy" else fmt(b["mean"], 3)
+    if b["kind"] != "record":
+        return f"{b['label']} {value}"
     if b.get("iterations_done"):  # a trained baseline, by its algorithm config's name
         return f"{b['variant']} {value}" + (f" (seed {b['seed']})" if b.get("seed") is not None else "")
     return f"{b['label']} untrained {value}"
 
 
 def candidates(r: dict, baselines: list[dict], rows: list[dict]) -> list[dict]:
-    """Every baseline r is judged against, best first."""
-    cands = [dict(b, kind="record") for b in _record_candidates(r, baselines)]
+    """Every baseline r is judged against, best first: the completed baseline records of its dataset, test
+    setting and metric (for a regression row only the baseline network of its own seed and budget; for a
+    classification row those of its own experiment where there are any), chance and the zero predictor."""
+    mine = [b for b in baselines if b["status"] == "completed"
+            and (b["dataset"], b["setting"], b["metric"]) == (r["dataset"], r["setting"], r["metric"])]
+    if r["metric"] == "mse":
+        same = ("seed", "profile", "max_train_minutes")
+        mine = [b for b in mine if all(b.get(k) == r.get(k) for k in same)]
+    else:
+        mine = [b for b in mine if b.get("experiment") and b.get("experiment") == r.get("experiment")] or mine
+    cands = [dict(b, kind="record") for b in mine]
     if r["metric"] == "accuracy" and r.get("ways"):
-        cands.append({"kind": "chance", "metric": "accuracy", "mean": 1.0 / r["ways"], "ci95": 0.0, "run": None,
-                      "label": "chance"})
-    zero = zero_predictor(r, rows) if r["metric"] == "mse" else None
-    cands += [zero] if zero else []
-    higher = r["metric"] == "accuracy"
-    return sorted(cands, key=lambda b: -b["mean"] if higher else b["mean"])
+        cands.append({"kind": "chance", "label": "chance", "metric": "accuracy", "mean": 1.0 / r["ways"],
+                      "ci95": 0.0, "run": None})
+    if r["metric"] == "mse" and (zero := zero_predictor(r, rows)):
+        cands.append(zero)
+    return sorted(cands, key=lambda b: -b["mean"] if r["metric"] == "accuracy" else b["mean"])
 
 
 def judge(r: dict, baselines: list[dict], rows: list[dict] = ()) -> dict:
