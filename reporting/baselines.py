@@ -21,7 +21,7 @@ from __future__ import annotations
 from pairing import PairingError
 
 from .paired import improvement
-from .render import fmt
+from .render import fmt, fmt_g
 
 LEARNED, DID_NOT_LEARN, NO_BASELINE = "learned", "did not learn", "no baseline record"
 ZERO = "zero predictor"
@@ -104,8 +104,15 @@ def statuses(judged: dict[str, dict]) -> dict[str, str]:
     return {run: j["status"] for run, j in judged.items()}
 
 
-def text(r: dict, judged: dict[str, dict]) -> str:
-    j = judged.get(r["run"])
-    if j is None:
-        return "—"
-    return j["status"] if j["status"] == NO_BASELINE else f"{j['status']} (vs {j['baseline']})"
+def text(runs: list[dict], judged: dict[str, dict]) -> str:
+    """Whether a configuration beat its baselines: one run's judgement (against which), or how many seeds did."""
+    done = [r for r in runs if r["run"] in judged]
+    states = [judged[r["run"]]["status"] for r in done]
+    if not done:
+        return "— (a baseline)" if is_baseline(runs[0]) else "—"
+    if len(done) == 1:
+        return states[0] if states[0] == NO_BASELINE else f"{states[0]} (vs {judged[done[0]['run']]['baseline']})"
+    if len(set(states)) == 1:
+        return f"{states[0]} (all {len(done)} seeds)"
+    bad = [fmt_g(r.get("seed")) for r, state in zip(done, states) if state == DID_NOT_LEARN]
+    return f"learned in {len(done) - len(bad)} of {len(done)} seeds; did not learn: seed {', '.join(bad)}"

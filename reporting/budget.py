@@ -7,6 +7,8 @@ figure plots the validation metric against minutes of training, one line per alg
 """
 from __future__ import annotations
 
+import math
+from itertools import groupby
 from pathlib import Path
 
 from . import baselines, render
@@ -56,20 +58,6 @@ def setup_table(key: tuple, rows: list[dict]) -> Table:
                       extra=("experiment", "profile", "iterations_done", "meta_iterations", "device_name", "run"))
 
 
-def learned_text(runs: list[dict], judged: dict[str, dict]) -> str:
-    """Whether the configuration beat its baselines: one run's judgement, or how many seeds did."""
-    if baselines.is_baseline(runs[0]):
-        return "— (a baseline)"
-    done = [r for r in runs if r["run"] in judged]
-    if len(done) <= 1:
-        return baselines.text(done[0], judged) if done else "—"
-    states = {judged[r["run"]]["status"] for r in done}
-    if len(states) == 1:
-        return f"{states.pop()} (all {len(done)} seeds)"
-    bad = [fmt_g(r.get("seed")) for r in done if judged[r["run"]]["status"] == baselines.DID_NOT_LEARN]
-    return f"learned in {len(done) - len(bad)} of {len(done)} seeds; did not learn: seed {', '.join(bad)}"
-
-
 def _reached(runs: list[dict]) -> str:
     done = sorted(r["iterations_done"] for r in runs)
     span = f"{done[0]:,}" if done[0] == done[-1] else f"{done[0]:,}–{done[-1]:,}"
@@ -78,35 +66,52 @@ def _reached(runs: list[dict]) -> str:
     return f"{span} of {runs[0]['meta_iterations']:,}{tail}"
 
 
-def _mean_of(runs: list[dict], key: str) -> float | None:
-    vals = [r[key] for r in runs if r.get(key) is not None]
-    return sum(vals) / len(vals) if vals else None
+def _mean_of(runs: list[dict], key: str) -> float:
+    return c.mean_std([r[key] for r in runs if r.get(key) is not None])[0]
+
+
+def pooled(runs: list[dict], judged: dict[str, dict], pool: list[dict]) -> dict:
+    """A configuration's seeds pooled (a row of the report's ``summary``): outcome counts, the test metric over
+    seeds (and after 1, 5 and 10 test steps where the records hold them), cost and run folders. ``pool``: the
+    records where a zero predictor on the same test tasks is found."""
+    r, g = runs[0], c.over_seeds(runs)
+    done, base, minutes = g["done"], baselines.is_baseline(r), r.get("max_train_minutes")
+    steps = {k: c.mean_std([x["by_steps"][k] for x in done if (x.get("by_steps") or {}).get(k) is not None])
+             for k in (1, 5, 10)}
+    peaks = [x.get("gpu_peak_bytes") if x.get("device") == "cuda" else x.get("alloc_peak_bytes") for x in runs]
+    return {
+        "dataset": r["dataset"], "setting": r["setting"], "label": r["label"], "role": "baseline" if base else "method",
+        "budget": f"{fmt_g(minutes)} min" if minutes is not None else "paper" if r.get("profile") == "paper"
+        else r.get("profile") or "?", "minutes": minutes, "metric": r.get("metric") or c.metric_of(r["dataset"]),
+        "seeds": len(runs), "completed": g["n"], "diverged": sum(x["status"] == "diverged" for x in runs),
+        "at_paper_budget": sum(c.budget_kind(x) is not None for x in done),
+        "learned": sum(judged.get(x["run"], {}).get("status") == baselines.LEARNED for x in done),
+        "beat_chance": 0 if base else sum(baselines.judge(x, [], pool)["status"] == baselines.LEARNED for x in done),
+        "mean": g["mean"], "std": g["std"], "ci95": c.mean_std([x["ci95"] for x in done])[0],
+        **{f"{stat}_{k}": ms[i] for k, ms in steps.items() for i, stat in enumerate(("mean", "std"))},
+        "iterations_min": min(x["iterations_done"] for x in runs), "iterations_max": max(x["iterations_done"] for x in runs),
+        "meta_iterations": r["meta_iterations"], "bn_mode": r.get("bn_mode"),
+        "train_minutes": _mean_of(runs, "train_wall_s") / 60, "s_per_iter": _mean_of(runs, "median_iter_s"),
+        "peak_mib": max((p / 2**20 for p in peaks if p is not None), default=math.nan),
+        "experiment": r.get("experiment"), "run": c.runs_text(runs)}
 
 
 def protocol_table(key: tuple, rows: list[dict], judged: dict[str, dict], pool: list[dict] = ()) -> Table:
     """Results at the budget, one row per configuration: the test metric (mean ± std over seeds and
     each seed's value with its 95% CI, or one run's value ± 95% CI), whether it beat its baselines and
     how far the runs got. ``pool``: every record, where a zero predictor on the same test tasks is found."""
-    dataset = key[0]
-    configs = c.config_groups(rows)
-    out = []
-    for runs in configs:
-        g = c.over_seeds(runs)
-        peaks = [r.get("gpu_peak_bytes") if r.get("device") == "cuda" else r.get("alloc_peak_bytes") for r in runs]
-        out.append(dict(runs[0], _runs=runs, seeds=c.seeds_list(runs), seeds_mean=g["mean"], seeds_std=g["std"],
-                        seeds_runs=g["n"], peak_mib=max((p / 2**20 for p in peaks if p is not None), default=None),
-                        learned=learned_text(runs, judged), run=c.runs_text(runs),
-                        train_wall_s=_mean_of(runs, "train_wall_s"), median_iter_s=_mean_of(runs, "median_iter_s")))
-    spread = ("test metric (mean ± std over seeds)", lambda r: c.spread_text(r["_runs"]), "seeds_mean", "seeds_std",
-              "seeds_runs")
+    dataset, configs = key[0], c.config_groups(rows)
+    out = [{**runs[0], **pooled(runs, judged, [*rows, *pool]), "_runs": runs, "seeds": c.seeds_list(runs),
+            "learned": baselines.text(runs, judged)} for runs in configs]
+    spread = ("test metric (mean ± std over seeds)", lambda r: c.spread_text(r["_runs"]), "mean", "std", "completed")
     several = any(len(runs) > 1 for runs in configs)
     cols = [("algorithm", _label, "label"), ("status", lambda r: c.status_summary(r["_runs"]), "status"),
             *([spread, ("per seed (± 95% CI over test tasks)", lambda r: c.per_seed_text(r["_runs"]), "seeds")]
               if several else [("seed", "seeds"), ("test metric (± 95% CI)", *spread[1:])]),
             ("vs baseline", "learned"),
             ("iterations (of the paper's)", lambda r: _reached(r["_runs"]), "iterations_done", "meta_iterations"),
-            ("training min", lambda r: fmt(r["train_wall_s"], 1, 1 / 60), "train_wall_s"),
-            ("s / iteration", lambda r: fmt(r["median_iter_s"], 3), "median_iter_s"),
+            ("training min", lambda r: fmt(r["train_minutes"], 1), "train_minutes"),
+            ("s / iteration", lambda r: fmt(r["s_per_iter"], 3), "s_per_iter"),
             ("peak MiB", lambda r: fmt(r["peak_mib"], 1), "peak_mib"), ("run", "run")]
     accuracy = (rows[0].get("metric") or c.metric_of(dataset)) == "accuracy"
     notes = [TEXT["protocols_note"].format(metric="accuracy in %" if accuracy else "MSE (lower is better)")]
@@ -133,30 +138,25 @@ def draw(axes: list, rows: list[dict], dataset: str) -> bool:
     are the tables'. False when no run has a learning curve."""
     import numpy as np
 
-    by_label: dict[str, list[dict]] = {}
-    for r in sorted(rows, key=lambda r: (c.label_rank(r["label"]), r.get("seed") or 0)):
-        by_label.setdefault(r["label"], []).append(r)
-    drawn = False
-    for label, runs in by_label.items():
-        s, _ = c.scale_of(runs[0].get("metric") or c.metric_of(dataset))
-        colour = render.colour(label)
-        curves = [(r, pts) for r in runs if r.get("folder") and (pts := curve(r["folder"]))]
+    scale, _ = c.scale_of(c.metric_of(dataset))
+    for label, runs in groupby(sorted(rows, key=lambda r: (c.label_rank(r["label"]), r.get("seed") or 0)),
+                               key=lambda r: r["label"]):
+        curves = [pts for r in runs if r.get("folder") and (pts := curve(r["folder"]))]
         if not curves:
             continue
         for ax, x in zip(axes, (0, 2)):
-            last = min(pts[-1][x] for _, pts in curves)
-            grid = np.array(sorted({p[x] for _, pts in curves for p in pts if p[x] <= last}))
-            ys = np.array([np.interp(grid, [p[x] for p in pts], [p[1] * s for p in pts]) for _, pts in curves])
-            ax.plot(grid, ys.mean(0), color=colour, lw=1.4, label=f"{label} ({len(curves)} seed{'s' * (len(curves) > 1)})")
+            last = min(pts[-1][x] for pts in curves)
+            grid = np.array(sorted({p[x] for pts in curves for p in pts if p[x] <= last}))
+            ys = np.array([np.interp(grid, [p[x] for p in pts], [p[1] * scale for p in pts]) for pts in curves])
+            ax.plot(grid, ys.mean(0), color=render.colour(label), lw=1.4,
+                    label=f"{label} ({len(curves)} seed{'s' * (len(curves) > 1)})")
             if len(curves) > 1:
-                ax.fill_between(grid, ys.min(0), ys.max(0), color=colour, alpha=0.2, lw=0)
-            drawn = True
+                ax.fill_between(grid, ys.min(0), ys.max(0), color=render.colour(label), alpha=0.2, lw=0)
+    regression = c.is_regression(dataset)
     for ax, xlabel in zip(axes, ("training wall-clock (minutes)", "meta-iteration")):
-        if c.is_regression(dataset):
-            ax.set_yscale("log")
-        ax.set_xlabel(xlabel)
-        ax.set_ylabel("validation MSE" if c.is_regression(dataset) else "validation accuracy (%)")
-    return drawn
+        ax.set(xlabel=xlabel, ylabel="validation MSE" if regression else "validation accuracy (%)",
+               yscale="log" if regression else "linear")
+    return bool(axes[0].lines)
 
 
 def curves_figure(key: tuple, rows: list[dict], fig_dir: Path) -> Path | None:
@@ -175,10 +175,7 @@ def curves_figure(key: tuple, rows: list[dict], fig_dir: Path) -> Path | None:
 def groups(rows: list[dict]) -> dict[tuple, list[dict]]:
     """Runs of named published-protocol experiments (comparison a, not the inner-step sweep) by
     (dataset, test setting, training-minutes cap), each group's runs by algorithm and seed."""
-    out: dict[tuple, list[dict]] = {}
-    for r in sorted(rows, key=lambda r: (r["dataset"], c.setting_rank(r["setting"]), r.get("max_train_minutes") is None,
-                                         r.get("max_train_minutes") or 0, c.label_rank(r["label"]),
-                                         r.get("seed") or 0, r["run"])):
-        if r.get("experiment") and not is_sweep(r) and r.get("protocol"):
-            out.setdefault((r["dataset"], r["setting"], r.get("max_train_minutes")), []).append(r)
-    return out
+    ours = sorted((r for r in rows if r.get("experiment") and not is_sweep(r) and r.get("protocol")),
+                  key=lambda r: (r["dataset"], c.setting_rank(r["setting"]), r.get("max_train_minutes") is None,
+                                 r.get("max_train_minutes") or 0, c.label_rank(r["label"]), r.get("seed") or 0, r["run"]))
+    return {k: list(g) for k, g in groupby(ours, key=lambda r: (r["dataset"], r["setting"], r.get("max_train_minutes")))}

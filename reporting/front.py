@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from . import baselines, budget, campaign, render
+from . import budget, campaign, render
 from . import common as c
 from .paper import PaperNumbers
 from .records import setting_name
@@ -28,33 +28,9 @@ EXPLAINED = {"iMAML-GD": "table-deviations_ladder", "iMAML-HF": "table-failures_
 
 
 def summary(rows: list[dict], bases: list[dict], judged: dict[str, dict]) -> pd.DataFrame:
-    """One row per configuration (its seeds pooled): outcome counts, metric over seeds, cost, run folders."""
+    """One row per configuration, its seeds pooled (:func:`budget.pooled`)."""
     pool = rows + bases
-    out = []
-    for runs in c.config_groups(c.records_sorted(pool)):
-        r, g = runs[0], c.over_seeds(runs)
-        done, base, minutes = g["done"], baselines.is_baseline(r), r.get("max_train_minutes")
-        steps = {k: c.mean_std([x["by_steps"][k] for x in done if (x.get("by_steps") or {}).get(k) is not None])
-                 for k in (1, 5, 10)}
-        out.append({
-            "dataset": r["dataset"], "setting": r["setting"], "label": r["label"],
-            "role": "baseline" if base else "method", "budget": f"{fmt_g(minutes)} min" if minutes is not None
-            else "paper" if r.get("profile") == "paper" else r.get("profile") or "?",
-            "minutes": minutes, "metric": r.get("metric") or c.metric_of(r["dataset"]),
-            "seeds": len(runs), "completed": g["n"], "diverged": sum(x["status"] == "diverged" for x in runs),
-            "at_paper_budget": sum(c.budget_kind(x) is not None for x in done),
-            "learned": sum(judged.get(x["run"], {}).get("status") == baselines.LEARNED for x in done),
-            "beat_chance": 0 if base else sum(baselines.judge(x, [], pool)["status"] == baselines.LEARNED
-                                              for x in done),
-            "mean": g["mean"], "std": g["std"], "ci95": c.mean_std([x["ci95"] for x in done])[0],
-            **{f"{stat}_{k}": ms[i] for k, ms in steps.items() for i, stat in enumerate(("mean", "std"))},
-            "iterations_min": min(x["iterations_done"] for x in runs),
-            "iterations_max": max(x["iterations_done"] for x in runs), "meta_iterations": r["meta_iterations"],
-            "bn_mode": r.get("bn_mode"), "s_per_iter": c.mean_std([x["median_iter_s"] for x in runs
-                                                                    if x.get("median_iter_s") is not None])[0],
-            "peak_mib": max((x["alloc_peak_bytes"] / 2**20 for x in runs if x.get("alloc_peak_bytes") is not None),
-                            default=math.nan), "experiment": r.get("experiment"), "run": c.runs_text(runs)})
-    return pd.DataFrame(out)
+    return pd.DataFrame([budget.pooled(runs, judged, pool) for runs in c.config_groups(c.records_sorted(pool))])
 
 
 def outcome(s: pd.Series) -> str:

@@ -25,13 +25,11 @@ def load(folder: Path) -> list[dict]:
         except (OSError, ValueError):
             continue
         if isinstance(r, dict) and r.get("segments"):
-            out.append(dict(r, name=r.get("name") or f.stem, file=f.name, first=r["segments"][0]["summary"]))
+            first = r["segments"][0]["summary"]
+            out.append(dict(r, name=r.get("name") or f.stem, label=first.get("label") or r["algorithm"],
+                            seed=first.get("seed"), device=first.get("device_name") or first.get("device") or "?"))
     exact = {n for n in catalog.algorithms() if catalog.algorithm(n)["family"] == "exact"}
     return sorted(out, key=lambda r: (r["algorithm"] not in exact, r["name"]))
-
-
-def label(r: dict) -> str:
-    return r["first"].get("label") or r["algorithm"]
 
 
 def _at(s: dict | None, what: str = "{min} min ({it:,} it., {acc})") -> str:
@@ -48,8 +46,8 @@ def table(records: list[dict]) -> Table:
         first = {t: next((s for s in r["segments"] if s["test_mean"] >= t), None) for t in THRESHOLDS}
         best = max(r["segments"], key=lambda s: (s["test_mean"], -s["train_wall_s"]))
         changed = [o.replace("algorithm.hparams.", "") for o in r.get("overrides", []) if not o.startswith(FIXED)]
-        rows.append({"name": r["name"], "label": label(r), "changed": ", ".join(changed) or "the published protocol",
-                     "seed": r["first"].get("seed"), "first": first, "best": best,
+        rows.append({"name": r["name"], "label": r["label"], "changed": ", ".join(changed) or "the published protocol",
+                     "seed": r["seed"], "first": first, "best": best,
                      **{f"min_{t}": (s or {}).get("train_wall_s") for t, s in first.items()},
                      "best_mean": best["test_mean"], "best_ci95": best["test_ci95"],
                      "best_minutes": best["train_wall_s"] / 60})
@@ -66,7 +64,7 @@ def figure(records: list[dict], fig_dir: Path) -> Path:
     for r in records:
         ax.errorbar([s["train_wall_s"] / 60 for s in r["segments"]], [100 * s["test_mean"] for s in r["segments"]],
                     yerr=[100 * s["test_ci95"] for s in r["segments"]], marker="o", ms=4, capsize=3,
-                    label=f"{r['name']} ({label(r)})")
+                    label=f"{r['name']} ({r['label']})")
     for t, style in zip(THRESHOLDS, ("--", ":")):
         ax.axhline(100 * t, color="gray", ls=style, lw=0.8)
     ax.set_xlabel("training wall-clock (minutes, one CPU thread)")
@@ -77,4 +75,4 @@ def figure(records: list[dict], fig_dir: Path) -> Path:
 
 
 def devices(records: list[dict]) -> list[str]:
-    return sorted({r["first"].get("device_name") or r["first"].get("device") or "?" for r in records})
+    return sorted({r["device"] for r in records})
