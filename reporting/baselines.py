@@ -1,20 +1,17 @@
 """Did a row learn? Each completed run against the baselines of its setting.
 
 Baselines:
-- classification: chance accuracy (1 / ways), and baseline records in the same dataset and test
-  setting;
-- regression: a trained baseline network (trained on the pooled tasks, no inner steps in
-  training, the same test-time adaptation) of the same seed and the same training budget, and the
-  zero predictor (the MSE of predicting 0, stored beside every regression test result; it depends on
-  the test tasks only, so a record without it borrows it from a record with the same test-task
-  fingerprint).
+- classification: chance accuracy (1 / ways), and baseline records in the same dataset and test setting;
+- regression: a trained baseline network (trained on the pooled tasks, no inner steps in training, the same
+  test-time adaptation) of the same seed and the same training budget, and the zero predictor (the MSE of
+  predicting 0, stored beside every regression test result; it depends on the test tasks only, so a record
+  without it borrows it from a record with the same test-task fingerprint).
 
 A baseline record is a training record whose ``role`` is ``baseline`` (the trainer decides it,
 :func:`trainer.record.role`): an algorithm of family ``baseline`` (a network trained without inner steps) or an
-untrained θ₀ (completed with no meta-iteration). A row learned when it beats every
-baseline it is judged against — paired on identical test tasks where both have per-task values
-(the 95% CI of the improvement lies above 0), otherwise with non-overlapping 95% CIs. A row that
-did not learn gets no better/worse wording anywhere.
+untrained θ₀ (completed with no meta-iteration). A row learned when it beats every baseline it is judged
+against — paired on identical test tasks where both have per-task values (the 95% CI of the improvement lies
+above 0), otherwise with non-overlapping 95% CIs. A row that did not learn gets no better/worse wording anywhere.
 """
 from __future__ import annotations
 
@@ -66,9 +63,8 @@ def _text(b: dict) -> str:
 
 
 def candidates(r: dict, baselines: list[dict], rows: list[dict]) -> list[dict]:
-    """Every baseline r is judged against, best first: the completed baseline records of its dataset, test
-    setting and metric (for a regression row only the baseline network of its own seed and budget; for a
-    classification row those of its own experiment where there are any), chance and the zero predictor."""
+    """Every baseline r is judged against, best first (of a classification row's baseline records, those of its
+    own experiment where there are any)."""
     mine = [b for b in baselines if b["status"] == "completed"
             and (b["dataset"], b["setting"], b["metric"]) == (r["dataset"], r["setting"], r["metric"])]
     if r["metric"] == "mse":

@@ -1,9 +1,9 @@
 """Comparison a: each algorithm at its published protocol, all at one training-time budget.
 
-Runs are grouped by (dataset, test setting, budget): one setup table says how each run was
-configured, one results table shows the test metric, whether it beat its baseline and how far
-each run got in that budget (iterations, seconds per iteration, peak memory). The learning-curve
-figure plots the validation metric against minutes of training, one line per algorithm.
+Runs are grouped by (dataset, test setting, budget): one setup table says how each run was configured, one
+results table shows the test metric, whether it beat its baseline and how far each run got in that budget
+(iterations, seconds per iteration, peak memory). The learning-curve figure plots the validation metric
+against minutes of training, one line per algorithm; the first page's grid draws its panels the same way.
 """
 from __future__ import annotations
 
@@ -81,8 +81,8 @@ def pooled(runs: list[dict], judged: dict[str, dict], pool: list[dict]) -> dict:
     peaks = [x.get("gpu_peak_bytes") if x.get("device") == "cuda" else x.get("alloc_peak_bytes") for x in runs]
     return {
         "dataset": r["dataset"], "setting": r["setting"], "label": r["label"], "role": "baseline" if base else "method",
-        "budget": f"{fmt_g(minutes)} min" if minutes is not None else "paper" if r.get("profile") == "paper"
-        else r.get("profile") or "?", "minutes": minutes, "metric": r.get("metric") or c.metric_of(r["dataset"]),
+        "budget": r.get("profile") or "?" if minutes is None else f"{fmt_g(minutes)} min", "minutes": minutes,
+        "metric": r.get("metric") or c.metric_of(r["dataset"]),
         "seeds": len(runs), "completed": g["n"], "diverged": sum(x["status"] == "diverged" for x in runs),
         "at_paper_budget": sum(c.budget_kind(x) is not None for x in done),
         "learned": sum(judged.get(x["run"], {}).get("status") == baselines.LEARNED for x in done),

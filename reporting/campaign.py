@@ -1,8 +1,8 @@
-"""What the paper-budget campaign still needs (``configs/campaign.yaml``): per run, its state in the
-committed records and the CPU-hours left to its end — the declared rule's earliest stop (its 9th
-validation) where the rule applies, else its planned iterations — at the seconds per iteration it
-ran at (or that a run of the same experiment ran at). The first page's reproduction table uses it
-to say what a published number not yet reached would cost.
+"""What the paper-budget campaign still needs (``configs/campaign.yaml``): per run, its state in the committed
+records and the CPU-hours left to its end — the declared rule's earliest stop (its 9th validation) where the
+rule applies, else its planned iterations — at the seconds per iteration it ran at (or that a run of the same
+experiment ran at). The first page's reproduction table uses it to say what a published number not yet reached
+would cost.
 """
 from __future__ import annotations
 

@@ -1,10 +1,9 @@
-"""The report's first page: did the papers reproduce, the reviewers' questions, the methods at equal
-compute, and the findings.
+"""The report's first page: did the papers reproduce, the reviewers' questions, the methods at equal compute,
+and the findings.
 
-Everything here comes from one tidy DataFrame (``summary``: one row per setting × algorithm ×
-budget, its seeds pooled) and from the tables the detail sections wrote. The questions and the
-findings are short templates in ``questions.yaml`` whose numbers are cells of those tables, so a
-sentence can only say what a table holds.
+Everything here comes from one tidy DataFrame (``summary``: one row per setting × algorithm × budget, its seeds
+pooled) and from the tables the detail sections wrote. The questions and the findings are short templates in
+``questions.yaml`` whose numbers are cells of those tables, so a sentence can only say what a table holds.
 """
 from __future__ import annotations
 
@@ -64,24 +63,26 @@ def _plateau(s: pd.Series) -> str:
             if s["iterations_max"] < s["meta_iterations"] else "")
 
 
-def _not_run(p, table: pd.DataFrame, plan: list[dict]) -> tuple[str, float]:
+def _hours_to_run(paper_row, table: pd.DataFrame, plan: list[dict]) -> tuple[str, float]:
     """'not run' with the CPU-hours it would take: the campaign's hours left where the plan holds it, else
     the planned iterations at the seconds per iteration a run of the same setting and algorithm measured."""
-    planned = [q for q in plan if (q["dataset"], q["ways"], q["shots"], q["label"]) == (p.dataset, p.ways, p.shots,
-                                                                                       p.label)]
-    left = [q["cpu_hours_left"] for q in planned if q["status"] not in ("completed", "diverged")]
-    if left and None not in left:
-        saved = "".join(f", {q['name']} saved at {q['done']:,} of {q['target']:,} iterations" for q in planned
-                        if q["status"] == "saved")
+    planned = [p for p in plan if (p["dataset"], p["ways"], p["shots"], p["label"])
+               == (paper_row.dataset, paper_row.ways, paper_row.shots, paper_row.label)]
+    left = [p["cpu_hours_left"] for p in planned if p["status"] not in ("completed", "diverged")]
+    if left and all(h is not None for h in left):
+        saved = "".join(f", {p['name']} saved at {p['done']:,} of {p['target']:,} iterations" for p in planned
+                        if p["status"] == "saved")
         return f"not run: in the campaign plan{saved}; ≈ {sum(left):.1f} CPU-h left (`make campaign-status`)", sum(left)
-    timed = table[(table["dataset"] == p.dataset) & (table["label"].str.lower() == p.label.lower())
-                  & (table["setting"] == setting_name(p.dataset, p.ways, p.shots)) & table["s_per_iter"].notna()]
+    timed = table[(table["dataset"] == paper_row.dataset) & (table["label"].str.lower() == paper_row.label.lower())
+                  & (table["setting"] == setting_name(paper_row.dataset, paper_row.ways, paper_row.shots))
+                  & table["s_per_iter"].notna()]
     if timed.empty:
         return "not run: no run of this setting to time", math.nan
     t = timed.iloc[0]
     hours = t["meta_iterations"] * t["s_per_iter"] / 3600
-    return (f"not run: ≈ {f'{hours:,.0f}' if hours >= 10 else f'{hours:.2g}'} CPU-h ({t['meta_iterations']:,} "
-            f"iterations at the {t['s_per_iter']:.2f} s/iteration of {t['run']})"), hours
+    amount = f"{hours:,.0f}" if hours >= 10 else f"{hours:.2g}"
+    return (f"not run: ≈ {amount} CPU-h ({t['meta_iterations']:,} iterations at the {t['s_per_iter']:.2f} "
+            f"s/iteration of {t['run']})"), hours
 
 
 def reproduction(table: pd.DataFrame, paper: PaperNumbers, plan: list[dict], anchors: set[str]):
@@ -100,7 +101,7 @@ def reproduction(table: pd.DataFrame, paper: PaperNumbers, plan: list[dict], anc
                "seeds": 0, "run": "—", "cpu_hours": math.nan, "setting": c.title(p.dataset, setting)
                + (f", {p.steps} step{'s' * (p.steps > 1)}" if p.steps else "")}
         if mine.empty:
-            row["verdict"], row["cpu_hours"] = _not_run(p, table, plan)
+            row["verdict"], row["cpu_hours"] = _hours_to_run(p, table, plan)
             variants = here[(here["at_paper_budget"] > 0) & here["label"].str.startswith(p.label + " (")]
             row["verdict"] += "".join(f"; {v['label']} reached {ours_text(v)}"
                                       + (f", {_plateau(v)}" if _plateau(v) else " at the paper's budget")
@@ -111,8 +112,7 @@ def reproduction(table: pd.DataFrame, paper: PaperNumbers, plan: list[dict], anc
         scale, _ = c.scale_of(s["metric"])
         mean, std = (s[f"mean_{p.steps}"], s[f"std_{p.steps}"]) if p.steps else (s["mean"], s["std"])
         # the larger of the std over seeds and the mean 95% CI over test tasks (the CI of the test metric only)
-        half = max((v for v in (std, s["ci95"] if p.steps in (None, 10) else math.nan) if not render.is_missing(v)),
-                   default=math.nan)
+        half = pd.Series([std, s["ci95"] if p.steps in (None, 10) else math.nan]).max()
         row.update(ours=ours_text(s, p.steps), ours_mean=mean * scale, seeds=int(s["completed"]), run=s["run"])
         explained = EXPLAINED.get(p.label) if s["diverged"] or not c.is_regression(p.dataset) else None
         anchor = next((a for a in (explained, "table-" + c.slug("protocols", p.dataset, setting, "paper"))
@@ -157,9 +157,9 @@ def grid_figure(eq: pd.DataFrame, rows: list[dict], fig_dir: Path) -> Path | Non
 
     panels = list(dict.fromkeys(zip(eq["column"], eq["dataset"], eq["setting"], eq["minutes"])))
     ncols = 2 if len(panels) > 1 else 1
+    nrows = math.ceil(len(panels) / ncols)
     new_figure()  # selects the Agg backend
-    fig, axes = plt.subplots(math.ceil(len(panels) / ncols), ncols, figsize=(6.0 * ncols, 3.6 * math.ceil(
-        len(panels) / ncols)), squeeze=False, layout="constrained")
+    fig, axes = plt.subplots(nrows, ncols, figsize=(6.0 * ncols, 3.6 * nrows), squeeze=False, layout="constrained")
     for ax, (title, *key) in zip(axes.flat, panels):
         budget.draw([ax], [r for r in rows if (r["dataset"], r["setting"], r.get("max_train_minutes")) == tuple(key)],
                     key[0])
@@ -183,7 +183,9 @@ def cell(tables: dict[str, pd.DataFrame], spec: dict):
         return None
     value = (col.iloc[0] if agg == "first" else len(col) if agg == "count"
              else getattr(pd.to_numeric(col, errors="coerce"), agg)())
-    return None if render.is_missing(value) else value * spec["scale"] if "scale" in spec else value
+    if render.is_missing(value):
+        return None
+    return value * spec["scale"] if "scale" in spec else value
 
 
 def fill(entry: dict, tables: dict[str, pd.DataFrame]) -> str | None:
@@ -225,6 +227,7 @@ def limitations(table: pd.DataFrame, paper: PaperNumbers, devices: list[str]):
     missing = sorted({(p.dataset, setting_name(p.dataset, p.ways, p.shots)) for p in paper.results}
                      - set(zip(table["dataset"], table["setting"])))
     at_paper = sorted(set(m[m["at_paper_budget"] > 0]["dataset"]))
+    unlearned = m[m["learned"] < m["completed"]]
     measured = {
         "seeds": f"{(m['seeds'] == 1).sum()} of {len(m)} configurations have one seed",
         "budget": f"{len(below)} of {len(m)} configurations ran below the paper's budget "
@@ -232,8 +235,7 @@ def limitations(table: pd.DataFrame, paper: PaperNumbers, devices: list[str]):
         "paper budget": f"reached on {', '.join(c.DATASET_NAMES.get(d, d) for d in at_paper) or 'no dataset'} only",
         "settings never run": ", ".join(c.title(d, s) for d, s in missing) or "none",
         "stopped runs": f"{int(table['diverged'].sum())} runs diverged",
-        "did not learn": f"{(m['learned'] < m['completed']).sum()} configurations have seeds that did not beat every "
-                         "baseline",
+        "did not learn": f"{len(unlearned)} configurations have seeds that did not beat every baseline",
         "baselines": "classification is judged against chance (and baseline records, where there are any)",
         "devices": ", ".join(devices) or "none"}
     cols = [("limit", "limit"), ("measured", "measured"),
