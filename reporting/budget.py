@@ -134,8 +134,8 @@ def curve(folder: str) -> list[tuple[float, float, int]]:
 def draw(axes: list, rows: list[dict], dataset: str) -> bool:
     """Each algorithm's validation metric on ``axes`` (the first against training minutes, a second, if given,
     against iterations): the mean over its seeds on the points of all up to where the shortest ends, a band
-    from their minimum to their maximum, one colour per algorithm (``render.colour``); the final test results
-    are the tables'. False when no run has a learning curve."""
+    from their minimum to their maximum, one colour per algorithm (``render.colour``); no final test results
+    (the tables hold them). False when no run has a learning curve."""
     import numpy as np
 
     scale, _ = c.scale_of(c.metric_of(dataset))
