@@ -1,27 +1,24 @@
 """Did a row learn? Each completed run against the baselines of its setting.
 
 Baselines:
-- classification: chance accuracy (1 / ways), and baseline records in the same dataset and test
-  setting;
-- regression: a trained baseline network (trained on the pooled tasks, no inner steps in
-  training, the same test-time adaptation) of the same seed and the same training budget, and the
-  zero predictor (the MSE of predicting 0, stored beside every regression test result; it depends on
-  the test tasks only, so a record without it borrows it from a record with the same test-task
-  fingerprint).
+- classification: chance accuracy (1 / ways), and baseline records in the same dataset and test setting;
+- regression: a trained baseline network (trained on the pooled tasks, no inner steps in training, the same
+  test-time adaptation) of the same seed and the same training budget, and the zero predictor (the MSE of
+  predicting 0, stored beside every regression test result; it depends on the test tasks only, so a record
+  without it borrows it from a record with the same test-task fingerprint).
 
 A baseline record is a training record whose ``role`` is ``baseline`` (the trainer decides it,
 :func:`trainer.record.role`): an algorithm of family ``baseline`` (a network trained without inner steps) or an
-untrained θ₀ (completed with no meta-iteration). A row learned when it beats every
-baseline it is judged against — paired on identical test tasks where both have per-task values
-(the 95% CI of the improvement lies above 0), otherwise with non-overlapping 95% CIs. A row that
-did not learn gets no better/worse wording anywhere.
+untrained θ₀ (completed with no meta-iteration). A row learned when it beats every baseline it is judged
+against — paired on identical test tasks where both have per-task values (the 95% CI of the improvement lies
+above 0), otherwise with non-overlapping 95% CIs. A row that did not learn gets no better/worse wording anywhere.
 """
 from __future__ import annotations
 
 from pairing import PairingError
 
 from .paired import improvement
-from .render import fmt
+from .render import fmt, fmt_g
 
 LEARNED, DID_NOT_LEARN, NO_BASELINE = "learned", "did not learn", "no baseline record"
 ZERO = "zero predictor"
@@ -34,21 +31,6 @@ def is_baseline(r: dict) -> bool:
 def split(rows: list[dict]) -> tuple[list[dict], list[dict]]:
     """(algorithm rows, baseline records)."""
     return [r for r in rows if not is_baseline(r)], [r for r in rows if is_baseline(r)]
-
-
-def _same_budget(a: dict, b: dict) -> bool:
-    return (a.get("profile"), a.get("max_train_minutes")) == (b.get("profile"), b.get("max_train_minutes"))
-
-
-def _record_candidates(r: dict, baselines: list[dict]) -> list[dict]:
-    """The baseline records a row is judged against: same dataset, test setting and metric;
-    a regression row only the baseline network of its own seed and budget."""
-    mine = [b for b in baselines if b["status"] == "completed"
-            and (b["dataset"], b["setting"], b["metric"]) == (r["dataset"], r["setting"], r["metric"])]
-    if r["metric"] == "mse":
-        return [b for b in mine if b.get("seed") == r.get("seed") and _same_budget(b, r)]
-    same_protocol = [b for b in mine if b.get("experiment") and b.get("experiment") == r.get("experiment")]
-    return same_protocol or mine
 
 
 def zero_predictor(r: dict, rows: list[dict]) -> dict | None:
@@ -64,37 +46,39 @@ def zero_predictor(r: dict, rows: list[dict]) -> dict | None:
 
 
 def _beats(r: dict, b: dict) -> bool:
-    higher = r["metric"] == "accuracy"
-    if b["kind"] == "chance":
-        return r["mean"] - r["ci95"] > b["mean"]
     try:  # paired on identical test tasks when possible
         return improvement(r, b)["low"] > 0
-    except PairingError:  # else the two intervals must not overlap
-        return (r["mean"] - r["ci95"] > b["mean"] + b["ci95"]) if higher else \
-            (r["mean"] + r["ci95"] < b["mean"] - b["ci95"])
+    except PairingError:  # else the two 95% intervals must not overlap (chance has none: r's lies above it)
+        better = r["mean"] - b["mean"] if r["metric"] == "accuracy" else b["mean"] - r["mean"]
+        return better > r["ci95"] + b["ci95"]
 
 
 def _text(b: dict) -> str:
-    s, digits = (100.0, 2) if b["metric"] == "accuracy" else (1.0, 3)
-    value = fmt(b["mean"], digits, s)
-    name = {"chance": "chance", "zero": ZERO}.get(b["kind"])
-    if name:
-        return f"{name} {value}"
+    value = fmt(b["mean"], 2, 100.0) if b["metric"] == "accuracy" else fmt(b["mean"], 3)
+    if b["kind"] != "record":
+        return f"{b['label']} {value}"
     if b.get("iterations_done"):  # a trained baseline, by its algorithm config's name
         return f"{b['variant']} {value}" + (f" (seed {b['seed']})" if b.get("seed") is not None else "")
     return f"{b['label']} untrained {value}"
 
 
 def candidates(r: dict, baselines: list[dict], rows: list[dict]) -> list[dict]:
-    """Every baseline r is judged against, best first."""
-    cands = [dict(b, kind="record") for b in _record_candidates(r, baselines)]
+    """Every baseline r is judged against, best first (of a classification row's baseline records, those of its
+    own experiment where there are any)."""
+    mine = [b for b in baselines if b["status"] == "completed"
+            and (b["dataset"], b["setting"], b["metric"]) == (r["dataset"], r["setting"], r["metric"])]
+    if r["metric"] == "mse":
+        same = ("seed", "profile", "max_train_minutes")
+        mine = [b for b in mine if all(b.get(k) == r.get(k) for k in same)]
+    else:
+        mine = [b for b in mine if b.get("experiment") and b.get("experiment") == r.get("experiment")] or mine
+    cands = [dict(b, kind="record") for b in mine]
     if r["metric"] == "accuracy" and r.get("ways"):
-        cands.append({"kind": "chance", "metric": "accuracy", "mean": 1.0 / r["ways"], "ci95": 0.0, "run": None,
-                      "label": "chance"})
-    zero = zero_predictor(r, rows) if r["metric"] == "mse" else None
-    cands += [zero] if zero else []
-    higher = r["metric"] == "accuracy"
-    return sorted(cands, key=lambda b: -b["mean"] if higher else b["mean"])
+        cands.append({"kind": "chance", "label": "chance", "metric": "accuracy", "mean": 1.0 / r["ways"],
+                      "ci95": 0.0, "run": None})
+    if r["metric"] == "mse" and (zero := zero_predictor(r, rows)):
+        cands.append(zero)
+    return sorted(cands, key=lambda b: -b["mean"] if r["metric"] == "accuracy" else b["mean"])
 
 
 def judge(r: dict, baselines: list[dict], rows: list[dict] = ()) -> dict:
@@ -116,8 +100,15 @@ def statuses(judged: dict[str, dict]) -> dict[str, str]:
     return {run: j["status"] for run, j in judged.items()}
 
 
-def text(r: dict, judged: dict[str, dict]) -> str:
-    j = judged.get(r["run"])
-    if j is None:
-        return "—"
-    return j["status"] if j["status"] == NO_BASELINE else f"{j['status']} (vs {j['baseline']})"
+def text(runs: list[dict], judged: dict[str, dict]) -> str:
+    """Whether a configuration beat its baselines: one run's judgement (against which), or how many seeds did."""
+    done = [r for r in runs if r["run"] in judged]
+    states = [judged[r["run"]]["status"] for r in done]
+    if not done:
+        return "— (a baseline)" if is_baseline(runs[0]) else "—"
+    if len(done) == 1:
+        return states[0] if states[0] == NO_BASELINE else f"{states[0]} (vs {judged[done[0]['run']]['baseline']})"
+    if len(set(states)) == 1:
+        return f"{states[0]} (all {len(done)} seeds)"
+    bad = [fmt_g(r.get("seed")) for r, state in zip(done, states) if state == DID_NOT_LEARN]
+    return f"learned in {len(done) - len(bad)} of {len(done)} seeds; did not learn: seed {', '.join(bad)}"

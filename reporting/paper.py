@@ -55,16 +55,12 @@ class PaperNumbers:
 
     def lookup(self, dataset: str, ways: int, shots: int, label: str, bn_mode: str | None,
                steps: int | None = None) -> PaperResult | None:
-        """The published number for a run: same setting and algorithm; the transductive
-        number for a transductive (batch-statistics) run, the non-transductive one otherwise
-        when the papers give one."""
+        """The published number for a run: same setting and algorithm; the transductive number for a transductive
+        (batch-statistics) run, the non-transductive one otherwise when the papers give one (else the transductive)."""
         found = [r for r in self.results if (r.dataset, r.ways, r.shots, r.label, r.steps)
                  == (dataset, ways, shots, label, steps)]
-        if len(found) <= 1:
-            return found[0] if found else None
         want = bn_mode is None or bn_mode == "transductive"
-        matching = [r for r in found if r.transductive is want]
-        return (matching or [r for r in found if r.transductive])[0]
+        return min(found, key=lambda r: (r.transductive is not want, not r.transductive), default=None)
 
 
 # What each declared field type of an entry accepts (an int is a valid float; a bool is no number).

@@ -25,21 +25,19 @@ def load(folder: Path) -> list[dict]:
         except (OSError, ValueError):
             continue
         if isinstance(r, dict) and r.get("segments"):
-            out.append(dict(r, name=r.get("name") or f.stem, file=f.name))
+            first = r["segments"][0]["summary"]
+            out.append(dict(r, name=r.get("name") or f.stem, label=first.get("label") or r["algorithm"],
+                            seed=first.get("seed"), device=first.get("device_name") or first.get("device") or "?"))
     exact = {n for n in catalog.algorithms() if catalog.algorithm(n)["family"] == "exact"}
     return sorted(out, key=lambda r: (r["algorithm"] not in exact, r["name"]))
 
 
-def label(r: dict) -> str:
-    return r["segments"][0]["summary"].get("label") or r["algorithm"]
-
-
-def _acc(s: dict) -> str:
-    return f"{fmt(s['test_mean'], 2, 100)} ± {fmt(s['test_ci95'], 2, 100)}"
-
-
-def _at(s: dict | None) -> str:
-    return "not reached" if s is None else f"{fmt(s['train_wall_s'] / 60, 1)} min ({s['iterations']:,} it., {_acc(s)})"
+def _at(s: dict | None, what: str = "{min} min ({it:,} it., {acc})") -> str:
+    """A segment's minutes, iterations and test accuracy ± 95% CI, in ``what``'s words."""
+    if s is None:
+        return "not reached"
+    acc = f"{fmt(s['test_mean'], 2, 100)} ± {fmt(s['test_ci95'], 2, 100)}"
+    return what.format(min=fmt(s["train_wall_s"] / 60, 1), it=s["iterations"], acc=acc)
 
 
 def table(records: list[dict]) -> Table:
@@ -48,26 +46,25 @@ def table(records: list[dict]) -> Table:
         first = {t: next((s for s in r["segments"] if s["test_mean"] >= t), None) for t in THRESHOLDS}
         best = max(r["segments"], key=lambda s: (s["test_mean"], -s["train_wall_s"]))
         changed = [o.replace("algorithm.hparams.", "") for o in r.get("overrides", []) if not o.startswith(FIXED)]
-        rows.append({"name": r["name"], "label": label(r), "changed": ", ".join(changed) or "the published protocol",
-                     "seed": r["segments"][0]["summary"].get("seed"), "first": first, "best": best,
+        rows.append({"name": r["name"], "label": r["label"], "changed": ", ".join(changed) or "the published protocol",
+                     "seed": r["seed"], "first": first, "best": best,
                      **{f"min_{t}": (s or {}).get("train_wall_s") for t, s in first.items()},
                      "best_mean": best["test_mean"], "best_ci95": best["test_ci95"],
                      "best_minutes": best["train_wall_s"] / 60})
     cols = [("run", lambda d: f"`{d['name']}`", "name"), ("algorithm", "label"),
             ("changed from the protocol", "changed"),
-            *((f"first ≥ {100 * t:g}%", (lambda t: lambda d: _at(d["first"][t]))(t), f"min_{t}") for t in THRESHOLDS),
-            ("best (± 95% CI)", lambda d: f"{_acc(d['best'])} after {fmt(d['best_minutes'], 1)} min",
-             "best_mean", "best_ci95", "best_minutes")]
+            *((f"first ≥ {100 * t:g}%", lambda d, t=t: _at(d["first"][t]), f"min_{t}") for t in THRESHOLDS),
+            ("best (± 95% CI)", lambda d: _at(d["best"], "{acc} after {min} min"), "best_mean", "best_ci95",
+             "best_minutes")]
     return make_table("time_to_accuracy", rows, cols, [TEXT["tta_note"]], extra=("seed",))
 
 
 def figure(records: list[dict], fig_dir: Path) -> Path:
     fig, (ax,) = new_figure(width=7.5, height=4.2)
     for r in records:
-        xs = [s["train_wall_s"] / 60 for s in r["segments"]]
-        ax.errorbar(xs, [100 * s["test_mean"] for s in r["segments"]],
+        ax.errorbar([s["train_wall_s"] / 60 for s in r["segments"]], [100 * s["test_mean"] for s in r["segments"]],
                     yerr=[100 * s["test_ci95"] for s in r["segments"]], marker="o", ms=4, capsize=3,
-                    label=f"{r['name']} ({label(r)})")
+                    label=f"{r['name']} ({r['label']})")
     for t, style in zip(THRESHOLDS, ("--", ":")):
         ax.axhline(100 * t, color="gray", ls=style, lw=0.8)
     ax.set_xlabel("training wall-clock (minutes, one CPU thread)")
@@ -78,6 +75,4 @@ def figure(records: list[dict], fig_dir: Path) -> Path:
 
 
 def devices(records: list[dict]) -> list[str]:
-    return sorted({r["segments"][0]["summary"].get("device_name") or r["segments"][0]["summary"].get("device")
-                   or "?" for r in records})
-
+    return sorted({r["device"] for r in records})
