@@ -116,7 +116,7 @@ def section(rows: list[dict], judged: dict, root: Path, w) -> str:
                  spec_column("cosine with a float64 dense solve (median)", ".2f", "cos_dense"),
                  spec_column("inner problem left (median ‖∇G(φ_K)‖ / ‖∇G(θ)‖)", ".0%", "inner_left"),
                  ("tasks whose I + H/λ is indefinite", lambda r: f"{r['indefinite']} of {r['tasks']}", "indefinite",
-                  "tasks"), ("final MSE on", "on"), spec_column("iMAML", ".3g", "val"),
+                  "tasks"), ("final MSE on", "on"), spec_column("the run", ".3g", "val"),
                  spec_column("control", ".3g", "control_val")]
         text += TEXT["controls_intro"] + w.table(make_table("unlearned_controls", controls, ccols,
                                                             [TEXT["controls_note"]]))

@@ -9,10 +9,9 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-import catalog
 from atomic import atomic_write_text
 
-from . import anatomy, baselines, budget, front, paired, studies, tables, tta
+from . import anatomy, baselines, budget, front, paired, studies, tables
 from . import common as c
 from .paper import load_paper_numbers
 from .records import STATUSES, STUDY_FILES, Skipped, load
@@ -131,8 +130,8 @@ def _first_page(table, rows, bases, paper, runs_root: Path, w: Writer, body: str
 
 
 def generate(runs_root: Path, out: Path) -> Path:
-    """Write the report folder; returns the path of ``REPORT.md``. The ``bench.tta`` records and extra
-    study records are read from ``bench_tta`` beside ``runs_root`` (none when it does not exist)."""
+    """Write the report folder; returns the path of ``REPORT.md``. Extra study records are read from
+    ``bench_tta`` beside ``runs_root`` (none when it does not exist)."""
     runs_root, out, paper = Path(runs_root), Path(out), load_paper_numbers()
     bench = runs_root.parent / "bench_tta"
     recs, extra = load(runs_root), load(bench)
@@ -144,14 +143,12 @@ def generate(runs_root: Path, out: Path) -> Path:
     sweep = [r for r in all_rows if budget.is_sweep(r)]
     rows = [r for r in all_rows if not budget.is_sweep(r)]
     bases = [r for r in base_rows if not budget.is_sweep(r)]
-    tta_records = tta.load(bench)
     # a claim against a trained baseline network is paired like any other: its records join the pairing
     # here, not the algorithm matrices of section 2
     claim_rows = rows + [b for b in bases if b["label"] == "Pretrained"]
     claim_pairs, claim_refused, _ = paired.compare_all(claim_rows)
     summary = front.summary(rows, bases, judged)
-    devices = sorted({r.get("device_name") or r.get("device") or "?" for r in rows + bases}
-                     | set(tta.devices(tta_records)))
+    devices = sorted({r.get("device_name") or r.get("device") or "?" for r in rows + bases})
     labels = {r.get("experiment"): r["label"] for r in rows + bases}
     sections = [  # (anchor, heading, text), built in this order: the study sections add to ``skipped``
         ("protocols", "1. Published protocols at an equal training-time budget",
@@ -162,9 +159,7 @@ def generate(runs_root: Path, out: Path) -> Path:
             or _no_runs("make sweep") + "(needs one algorithm trained at two or more inner-step counts)\n")),
         ("claims", "4. The papers' claims", w.table(paired.claims_table(
             paper.claims, claim_pairs, claim_refused, claim_rows, baselines.statuses(judged)))),
-        ("time-to-accuracy", "5. Time to accuracy (wall-clock)", TEXT["tta_intro"] + (
-            w.table(tta.table(tta_records)) + w.figure(tta.figure(tta_records, w.fig_dir), "Time to accuracy")
-            if tta_records else _no_runs(f"python -m bench.tta algorithm={catalog.algorithms()[0]}"))),
+        ("time-to-accuracy", "5. Time to accuracy (wall-clock)", TEXT["tta_intro"]),
         ("studies", "6. Reviewer studies",
          _study_sections(sorted(recs.studies + extra.studies, key=lambda s: s["run"]), w, skipped)),
         ("assumptions-fail", "7. When the assumptions fail", anatomy.fidelity_section(rows, w)
