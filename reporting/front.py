@@ -134,6 +134,29 @@ def reproduction(table: pd.DataFrame, paper: PaperNumbers, plan: list[dict], anc
     return make_table("reproduction", out, cols, [TEXT["reproduction_note"]], extra=("run", "cpu_hours"))
 
 
+def claims(claims, claims_raw: pd.DataFrame, repro_raw: pd.DataFrame):
+    """One row per paper claim: its verdict at the paper's budget (section 4's table) or, without one,
+    what each side still needs at that budget (the reproduction table's CPU-hours and campaign state)."""
+    out = []
+    for cl in claims:
+        found = claims_raw[claims_raw["claim"] == cl.text]
+        final = found[~found["verdict"].isin(["not tested at paper budget"])]
+        verdict = (final if not final.empty else found)["verdict"].iloc[0] if not found.empty else "no runs"
+        needs = []
+        for side in (cl.better, cl.worse):
+            r = repro_raw[repro_raw["setting"].str.startswith(c.title(cl.dataset, cl.setting))
+                          & (repro_raw["label"] == side) & (repro_raw["ours"] == "—")]
+            if not r.empty:
+                hours, planned = r["cpu_hours"].iloc[0], "campaign plan" in r["verdict"].iloc[0]
+                needs.append(f"{side}: " + (f"≈ {hours:,.{int(hours < 10)}f} CPU-h" if not render.is_missing(hours)
+                                            else "no run to time") + (" (in the campaign)" if planned else ""))
+        out.append({"claim": cl.text, "paper": f"{cl.evidence} ({cl.source})", "verdict": verdict,
+                    "needs": "; ".join(needs) or "—"})
+    cols = [("claim", "claim"), ("paper", "paper"), ("verdict", "verdict"),
+            ("still needed at the paper's budget", "needs")]
+    return make_table("claims_summary", out, cols, [TEXT["claims_summary_note"]])
+
+
 def equal_compute(table: pd.DataFrame):
     """Per equal-compute setting, one cell per algorithm: mean ± std over seeds and its outcome word."""
     eq = table[table["minutes"].notna()].copy()

@@ -117,6 +117,9 @@ def _first_page(table, rows, bases, paper, runs_root: Path, w: Writer, body: str
     repro = front.reproduction(table, paper, front.campaign_plan(runs_root, table), anchors)
     eq, eq_rows = front.equal_compute(table)
     text = _heading("reproduce", "Did the papers reproduce?") + w.table(repro) + "\n"
+    if "claims" in w.raw:
+        text += (_heading("claims-summary", "The papers' claims")
+                 + w.table(front.claims(paper.claims, w.raw["claims"], repro.raw)) + "\n")
     doc = front.load_questions()
     w.raw.update({"reproduction": repro.raw, "summary": table})
     text += (_heading("questions", "The reviewers' questions") + TEXT["questions_intro"]

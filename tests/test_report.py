@@ -421,6 +421,9 @@ def test_committed_first_page_links_every_finding_and_question():
     for anchor in re.findall(r"\]\(#([^)]+)\)", page):
         assert f'<a id="{anchor}"></a>' in md, anchor
     assert all(f"| {q['id']} |" in page for q in load_questions()["questions"])
+    from reporting.paper import load_paper_numbers  # every paper claim has its verdict or what it still needs
+    claims = page[page.index("## The papers' claims"):page.index("## The reviewers' questions")]
+    assert all(f"| {cl.text} |" in claims for cl in load_paper_numbers().claims)
 
 
 def test_every_finding_template_is_short():
@@ -769,11 +772,15 @@ def test_runs_ended_by_the_plateau_rule_earn_verdicts_only_beside_each_other(tmp
     md = (tmp_path / "out" / "REPORT.md").read_text()
     section = md[md.index("## 1."):md.index("## 2.")]
     assert "| 9,000 of 60,000, ended by the plateau rule |" in section and "| 60,000 of 60,000 |" in section
-    claims = [line for line in md.splitlines() if line.startswith("| iMAML-HF > MAML on Omniglot 5-way 1-shot |")]
+    claims = [line for line in md[md.index("## 4."):].splitlines()
+              if line.startswith("| iMAML-HF > MAML on Omniglot 5-way 1-shot |")]
     assert len(claims) == 1 and "| contradicted |" in claims[0]
     assert "(both runs of every pair converged by the declared rule)" in claims[0] and "MAML 9000/60000" in claims[0]
     page = _first_page(md)  # the plateau-ended run stands beside the paper's number, and says how it ended
     assert "ended by the plateau rule at 9,000 of 60,000" in page
+    # the first page's claims table carries section 4's verdict
+    row = next(line for line in page.splitlines() if line.startswith("| iMAML-HF > MAML on Omniglot 5-way 1-shot |"))
+    assert "| contradicted |" in row
 
 
 def _sinusoid_claim(tmp_path: Path, maml_level: float, iterations: int) -> str:
@@ -786,7 +793,8 @@ def _sinusoid_claim(tmp_path: Path, maml_level: float, iterations: int) -> str:
             _write(runs / f"{name}-s{seed}", "summary.json", json.dumps(rec))
     generate(runs, tmp_path / "out")
     md = (tmp_path / "out" / "REPORT.md").read_text()
-    return next(line for line in md.splitlines() if line.startswith("| MAML > Pretrained on sinusoid regression"))
+    return next(line for line in md[md.index("## 4."):].splitlines()
+                if line.startswith("| MAML > Pretrained on sinusoid regression"))
 
 
 def test_the_sinusoid_claim_pairs_maml_with_the_pretrained_network(tmp_path: Path):
