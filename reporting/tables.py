@@ -109,7 +109,7 @@ def _sweep_figure(key: tuple, sel: pd.DataFrame, labels: list[str], minutes: str
 
 def selection_table(selections: list[dict], labels: dict) -> Table:
     """Every candidate of every selection on validation tasks, its validation score and the choice."""
-    rows = [{"setting": s["setting"], "algorithm": labels.get(s["experiment"], s["algorithm"]), "run": s["run"],
+    rows = [{"setting": c.title(*s["setting"].partition("_")[::2]).strip(), "algorithm": labels.get(s["experiment"], s["algorithm"]), "run": s["run"],
              "metric": s["metric"], "chosen": cand.get("candidate") == s.get("winner_name"), **cand}
             for s in selections for cand in s["candidate_rows"]]
 
