@@ -1,6 +1,6 @@
 """What the paper-budget campaign still needs (``configs/campaign.yaml``): per run, its state in the committed
 records and the CPU-hours left to its end — the declared rule's earliest stop (its 9th validation) where the
-rule applies, else its planned iterations — at the seconds per iteration it ran at (or that a run of the same
+rule applies and the run has not passed it, else its planned iterations — at the seconds per iteration it ran at (or that a run of the same
 experiment ran at). The first page's reproduction table uses it to say what a published number not yet reached
 would cost.
 """
@@ -24,7 +24,8 @@ def _composed(overrides: tuple[str, ...]) -> dict:
     rule = cfg.eval.get("early_stop") == "plateau"
     return {"dataset": cfg.dataset.name, "ways": cfg.ways, "shots": cfg.eval.shots or cfg.shots,
             "label": cfg.algorithm.label,
-            "target": PLATEAU_MIN_VALIDATIONS * int(cfg.eval.val_every) if rule else int(cfg.meta_iterations)}
+            "target": PLATEAU_MIN_VALIDATIONS * int(cfg.eval.val_every) if rule else int(cfg.meta_iterations),
+            "planned": int(cfg.meta_iterations)}
 
 
 def seconds_per_iteration(rows: list[dict], summary: dict | None) -> float | None:
@@ -51,6 +52,8 @@ def runs(records: Path, rates: dict[str, float] | None = None) -> list[dict]:
                     "done": summary.get("iterations_done") or (rows[-1]["iter"] if rows else 0)})
     rates = {**(rates or {}), **{r["experiment"]: r["s_per_iter"] for r in out if r["s_per_iter"] is not None}}
     for r in out:
+        if r["done"] >= r["target"]:  # past the rule's earliest stop without stopping: it may run to the plan
+            r["target"] = r["planned"]
         per = r["s_per_iter"] or rates.get(r["experiment"])
         ended = r["status"] in ("completed", "diverged")
         r["cpu_hours_left"] = 0.0 if ended else (max(0, r["target"] - r["done"]) * per / 3600 if per else None)
