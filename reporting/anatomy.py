@@ -68,7 +68,7 @@ def stage(r: dict, root: Path, judged: dict | None = None) -> tuple[str, list[st
             text += TEXT["precursor"].format(iteration=g["iteration"], task=g["task"], first=losses[0],
                                              last=losses[-1], steps=len(losses))
             links.append(where)
-    if d and r["label"] != "MAML" and len(losses := (d.get("maml_inner_loop") or {}).get("inner_losses") or []) > 1:
+    if d and len(losses := (d.get("maml_inner_loop") or {}).get("inner_losses") or []) > 1:
         text += TEXT["maml_there"].format(first=losses[0], last=losses[-1], steps=len(losses))
     return text, links
 
