@@ -45,13 +45,13 @@ reproduce: setup  ## comparison a (published protocols, equal budgets) on Omnigl
 	rm -rf $(OUT)
 	{ $(PY) catalog.py jobs reproduce $(SEEDS) $(call MINUTES,OMNIGLOT SINUSOID); \
 	  for s in $(STUDIES); do echo "study/$$s study.py study=$$s"; done; } | PY=$(PY) $(PY) tools/jobs.py $(OUT)
-	$(PY) -m reporting.collect $(OUT) $(RECORDS)/reproduce-$(PROFILE)
+	$(PY) tools/collect.py $(OUT) $(RECORDS)/reproduce-$(PROFILE)
 	$(PY) report.py
 
 large: setup  ## comparison a on Omniglot 20w1s and mini-ImageNet 5w1s (cpu: BUDGET_LARGE=15 min per run)
 	rm -rf runs/large/$(PROFILE)
 	$(PY) catalog.py jobs large $(SEEDS) $(call MINUTES,LARGE) | PY=$(PY) $(PY) tools/jobs.py runs/large/$(PROFILE)
-	$(PY) -m reporting.collect runs/large/$(PROFILE) $(RECORDS)/large-$(PROFILE)
+	$(PY) tools/collect.py runs/large/$(PROFILE) $(RECORDS)/large-$(PROFILE)
 	$(PY) report.py
 
 # Protocol choices no paper fixes, selected on validation tasks only (configs/selection.yaml).
@@ -84,7 +84,7 @@ sweep: setup  ## comparison b: algorithm × inner steps at equal budgets, sinuso
 	for st in $$($(PY) catalog.py sweeps); do rm -rf $(SWEEP_OUT)/$$st; \
 	  $(PY) catalog.py sweep $$st $(SEEDS) $(call MINUTES,SINUSOID OMNIGLOT_SWEEP) \
 	    | PY=$(PY) $(PY) tools/jobs.py $(SWEEP_OUT) || exit 1; done
-	$(PY) -m reporting.collect $(SWEEP_OUT) $(RECORDS)/sweep-$(PROFILE)
+	$(PY) tools/collect.py $(SWEEP_OUT) $(RECORDS)/sweep-$(PROFILE)
 	$(PY) report.py
 
 # The deviation ladder, iMAML as written → the official release (Omniglot 5w1s): one process, runs one after
@@ -93,25 +93,25 @@ sweep: setup  ## comparison b: algorithm × inner steps at equal budgets, sinuso
 deviations: setup  ## deviation ladder iMAML paper → release, 15 runs × BUDGET_DEVIATIONS=3 min (≈ 1 h) → report
 	$(PY) study.py study=deviations study.budget_minutes=$(BUDGET_DEVIATIONS) study.eval_tasks=$(DEVIATIONS_TASKS) \
 	  hydra.run.dir=runs/study/deviations
-	$(PY) -m reporting.collect runs/study/deviations $(RECORDS)/deviations-cpu
+	$(PY) tools/collect.py runs/study/deviations $(RECORDS)/deviations-cpu
 	$(PY) report.py
 
 deviations-long: setup  ## its two end points (paper, release) for BUDGET_DEVIATIONS_LONG=60 min each (≈ 2 h 10 min)
 	$(PY) study.py study=deviations study.long_budget_minutes=$(BUDGET_DEVIATIONS_LONG) \
 	  study.eval_tasks=$(DEVIATIONS_TASKS) hydra.run.dir=runs/study/deviations-long
-	$(PY) -m reporting.collect runs/study/deviations-long $(RECORDS)/deviations-long-cpu
+	$(PY) tools/collect.py runs/study/deviations-long $(RECORDS)/deviations-long-cpu
 	$(PY) report.py
 
 rescaling: setup  ## R2.2: does rescaling sinusoid's targets remove the numerical problems? (configs/study/rescaling.yaml, ~20 min)
 	$(PY) study.py study=rescaling hydra.run.dir=runs/study/rescaling
-	$(PY) -m reporting.collect runs/study/rescaling $(RECORDS)/rescaling-cpu
+	$(PY) tools/collect.py runs/study/rescaling $(RECORDS)/rescaling-cpu
 
 # The Reptile ladder (configs/study/deviations_reptile.yaml): the suite's earlier Reptile → its reference code, one
 # difference at a time, 4 trained rungs + 1 retest per seed, 1,500 iterations each, seeds 0, 1, 2.
 deviations-reptile: setup  ## Reptile ladder, fresh inner state → openai/supervised-reptile, 3 seeds × 4 runs × 1,500 iterations (≈ 70 min) → report
 	for s in 0 1 2; do $(PY) study.py study=deviations_reptile seed=$$s \
 	  study.eval_tasks=$(DEVIATIONS_TASKS) hydra.run.dir=runs/study/deviations_reptile/s$$s || exit 1; \
-	  $(PY) -m reporting.collect runs/study/deviations_reptile/s$$s $(RECORDS)/deviations-reptile-cpu/s$$s || exit 1; done
+	  $(PY) tools/collect.py runs/study/deviations_reptile/s$$s $(RECORDS)/deviations-reptile-cpu/s$$s || exit 1; done
 	$(PY) report.py
 
 report: setup  ## regenerate reports/REPORT.md, tables and figures from the records in reports/records/

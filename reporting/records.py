@@ -42,7 +42,7 @@ STUDY_TABLES = {study: {name: tuple(columns.split()) for name, columns in files.
                                          "run_dir"},
 }.items()}
 STUDY_FILES = {name: tuple(files) for name, files in STUDY_TABLES.items()}
-# A study whose own training runs' records travel with it (``reporting.collect``): the runs behind
+# A study whose own training runs' records travel with it (``tools/collect.py``): the runs behind
 # each of its rows (``run_dir``, relative to the study folder), never tabulated as runs themselves.
 STUDY_RUN_FILES = {"deviations": ("train/*/summary.json", "train/*/metrics.csv", "train/*/retest/*.json"),
                    "rescaling": ("train/*/summary.json", "train/*/metrics.csv")}

@@ -1,6 +1,6 @@
 """Shared test setup.
 
-- The suite runs from its checkout (it is never installed), so the repo root goes on
+- The suite runs from its checkout (it is never installed), so the repo root (and ``tools/``) goes on
   ``sys.path``; the top-level ``algorithms``/``models`` packages are imported from there.
 - The profiler's environment must be set before torch is first imported (kineto reads it
   when libtorch loads), and tests must never talk to wandb's servers.
@@ -26,6 +26,7 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+sys.path.append(str(ROOT / "tools"))  # the tools' own modules, e.g. tools/collect.py
 
 import math  # noqa: E402
 from types import SimpleNamespace  # noqa: E402

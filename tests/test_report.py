@@ -502,7 +502,7 @@ def test_bench_records_are_written_portable(tmp_path: Path, monkeypatch):
 
 
 def test_collect_makes_run_dirs_relative(tmp_path: Path):
-    from reporting.collect import collect
+    from collect import collect
 
     src = tmp_path / "runs"
     _write(src / "omni" / "maml-s0", "summary.json", json.dumps(dict(summary(test=accuracy_test(0.9, 1)),
@@ -726,7 +726,7 @@ def test_deviation_ladder_section(report_dir: Path):
 
 
 def test_collect_keeps_the_deviation_study_runs_behind_its_rows(tmp_path: Path):
-    from reporting.collect import collect
+    from collect import collect
 
     src = tmp_path / "runs" / "study" / "deviations"
     _study(src, "deviations", {"deviations.csv": deviations_csv(DEVIATION_ROWS[:1], 3)})
@@ -920,7 +920,7 @@ def test_garbage_study_values_are_skipped_not_fatal(tmp_path: Path):
 
 
 def test_collect_copies_records_only_and_replaces_the_destination(tmp_path: Path):
-    from reporting.collect import collect
+    from collect import collect
 
     src, dst = tmp_path / "runs", tmp_path / "reports" / "records" / "reproduce"
     _write(src / "omniglot" / "maml-s0", "summary.json", json.dumps(summary(test=accuracy_test(0.9, 1))))
@@ -940,14 +940,14 @@ def test_collect_copies_records_only_and_replaces_the_destination(tmp_path: Path
 
 
 def test_collect_refuses_an_empty_source(tmp_path: Path):
-    proc = subprocess.run([sys.executable, "-m", "reporting.collect", str(tmp_path / "nothing"), str(tmp_path / "d")],
+    proc = subprocess.run([sys.executable, "tools/collect.py", str(tmp_path / "nothing"), str(tmp_path / "d")],
                           cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "is not a folder of run records" in proc.stderr
     assert not (tmp_path / "d").exists()
 
 
 def test_collect_thins_long_metrics_but_keeps_every_validation_row():
-    from reporting.collect import thin_metrics
+    from collect import thin_metrics
 
     rows = ["iter,train_loss,val_metric"] + [f"{i},1.0,{0.5 if i % 997 == 0 else ''}" for i in range(1, 5001)]
     kept = thin_metrics("\n".join(rows) + "\n", max_rows=100).splitlines()

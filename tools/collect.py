@@ -1,4 +1,4 @@
-"""Copy the records behind a report out of a run tree: ``python -m reporting.collect SRC DST``.
+"""Copy the records behind a report out of a run tree: ``python tools/collect.py SRC DST``.
 
 The report is built from the committed records folder beside it, not from ``runs/``
 (git-ignored), so a reader of a clone can check every number. Copied per run: ``summary.json`` and ``metrics.csv``;
@@ -21,7 +21,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from .records import STUDY_FILES, STUDY_RUN_FILES, study_relative
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from reporting.records import STUDY_FILES, STUDY_RUN_FILES, study_relative  # noqa: E402
 
 RUN_FILES = ("summary.json", "metrics.csv")
 MAX_ROWS = 400
@@ -103,7 +104,7 @@ def collect(src: Path, dst: Path) -> int:
 
 def main(argv: list[str]) -> int:
     if len(argv) != 2:
-        print("usage: python -m reporting.collect SRC DST", file=sys.stderr)
+        print("usage: python tools/collect.py SRC DST", file=sys.stderr)
         return 2
     try:
         print(f"collect: {collect(Path(argv[0]), Path(argv[1]))} record files {argv[0]} → {argv[1]}")
