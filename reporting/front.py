@@ -63,26 +63,27 @@ def _plateau(s: pd.Series) -> str:
             if s["iterations_max"] < s["meta_iterations"] else "")
 
 
-def _hours_to_run(paper_row, table: pd.DataFrame, plan: list[dict]) -> tuple[str, float]:
-    """'not run' with the CPU-hours it would take: the campaign's hours left where the plan holds it, else
-    the planned iterations at the seconds per iteration a run of the same setting and algorithm measured."""
+def _hours_to_run(paper_row, table: pd.DataFrame, plan: list[dict]) -> tuple[str, float, bool]:
+    """'not run' with the CPU-hours it would take and whether the campaign plan holds it: the campaign's hours
+    left where it does, else the planned iterations at the seconds per iteration a run of the same setting and
+    algorithm measured."""
     planned = [p for p in plan if (p["dataset"], p["ways"], p["shots"], p["label"])
                == (paper_row.dataset, paper_row.ways, paper_row.shots, paper_row.label)]
     left = [p["cpu_hours_left"] for p in planned if p["status"] not in ("completed", "diverged")]
     if left and all(h is not None for h in left):
         saved = "".join(f", {p['name']} saved at {p['done']:,} of {p['target']:,} iterations" for p in planned
                         if p["status"] == "saved")
-        return f"not run: in the campaign plan{saved}; ≈ {sum(left):.1f} CPU-h left (`make campaign-status`)", sum(left)
+        return f"not run: in the campaign plan{saved}; ≈ {sum(left):.1f} CPU-h left (`make campaign-status`)", sum(left), True
     timed = table[(table["dataset"] == paper_row.dataset) & (table["label"].str.lower() == paper_row.label.lower())
                   & (table["setting"] == setting_name(paper_row.dataset, paper_row.ways, paper_row.shots))
                   & table["s_per_iter"].notna()]
     if timed.empty:
-        return "not run: no run of this setting to time", math.nan
+        return "not run: no run of this setting to time", math.nan, False
     t = timed.iloc[0]
     hours = t["meta_iterations"] * t["s_per_iter"] / 3600
     amount = f"{hours:,.0f}" if hours >= 10 else f"{hours:.2g}"
     return (f"not run: ≈ {amount} CPU-h ({t['meta_iterations']:,} iterations at the {t['s_per_iter']:.2f} "
-            f"s/iteration of {t['run']})"), hours
+            f"s/iteration of {t['run']})"), hours, False
 
 
 def reproduction(table: pd.DataFrame, paper: PaperNumbers, plan: list[dict], anchors: set[str]):
@@ -98,10 +99,11 @@ def reproduction(table: pd.DataFrame, paper: PaperNumbers, plan: list[dict], anc
         # the transductive number for a transductive run, else the papers' other number where they give one
         p = paper.lookup(*key[:4], None if mine.empty else c.clean(mine.iloc[0]["bn_mode"]), steps=key[4])
         row = {"source": p.source, "label": p.label, "paper": p.value, "ours": "—", "ours_mean": math.nan,
-               "seeds": 0, "run": "—", "cpu_hours": math.nan, "setting": c.title(p.dataset, setting)
+               "seeds": 0, "run": "—", "cpu_hours": math.nan, "in_campaign": False, "dataset": p.dataset,
+               "test_setting": setting, "setting": c.title(p.dataset, setting)
                + (f", {p.steps} step{'s' * (p.steps > 1)}" if p.steps else "")}
         if mine.empty:
-            row["verdict"], row["cpu_hours"] = _hours_to_run(p, table, plan)
+            row["verdict"], row["cpu_hours"], row["in_campaign"] = _hours_to_run(p, table, plan)
             variants = here[(here["at_paper_budget"] > 0) & here["label"].str.startswith(p.label + " (")]
             row["verdict"] += "".join(f"; {v['label']} reached {ours_text(v)}"
                                       + (f", {_plateau(v)}" if _plateau(v) else " at the paper's budget")
@@ -131,7 +133,7 @@ def reproduction(table: pd.DataFrame, paper: PaperNumbers, plan: list[dict], anc
         out.append(row)
     cols = [("setting", "setting"), ("algorithm", "label"), ("paper", lambda r: fmt_g(r["paper"]), "paper", "source"),
             ("ours at the paper's budget", lambda r: r["ours"], "ours", "ours_mean", "seeds"), ("verdict", "verdict")]
-    return make_table("reproduction", out, cols, [TEXT["reproduction_note"]], extra=("run", "cpu_hours"))
+    return make_table("reproduction", out, cols, [TEXT["reproduction_note"]], extra=("run", "cpu_hours", "in_campaign", "dataset", "test_setting"))
 
 
 def claims(claims, claims_raw: pd.DataFrame, repro_raw: pd.DataFrame):
@@ -144,10 +146,10 @@ def claims(claims, claims_raw: pd.DataFrame, repro_raw: pd.DataFrame):
         verdict = (final if not final.empty else found)["verdict"].iloc[0] if not found.empty else "no runs"
         needs = []
         for side in (cl.better, cl.worse):
-            r = repro_raw[repro_raw["setting"].str.startswith(c.title(cl.dataset, cl.setting))
+            r = repro_raw[(repro_raw["dataset"] == cl.dataset) & (repro_raw["test_setting"] == cl.setting)
                           & (repro_raw["label"] == side) & (repro_raw["ours"] == "—")]
             if not r.empty:
-                hours, planned = r["cpu_hours"].iloc[0], "campaign plan" in r["verdict"].iloc[0]
+                hours, planned = r["cpu_hours"].iloc[0], r["in_campaign"].iloc[0]
                 needs.append(f"{side}: " + (f"≈ {hours:,.{int(hours < 10)}f} CPU-h" if not render.is_missing(hours)
                                             else "no run to time") + (" (in the campaign)" if planned else ""))
         out.append({"claim": cl.text, "paper": f"{cl.evidence} ({cl.source})", "verdict": verdict,
