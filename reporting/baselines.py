@@ -1,17 +1,12 @@
 """Did a row learn? Each completed run against the baselines of its setting.
 
-Baselines:
-- classification: chance accuracy (1 / ways), and baseline records in the same dataset and test setting;
-- regression: a trained baseline network (trained on the pooled tasks, no inner steps in training, the same
-  test-time adaptation) of the same seed and the same training budget, and the zero predictor (the MSE of
-  predicting 0, stored beside every regression test result; it depends on the test tasks only, so a record
-  without it borrows it from a record with the same test-task fingerprint).
-
-A baseline record is a training record whose ``role`` is ``baseline`` (the trainer decides it,
-:func:`trainer.record.role`): an algorithm of family ``baseline`` (a network trained without inner steps) or an
-untrained θ₀ (completed with no meta-iteration). A row learned when it beats every baseline it is judged
-against — paired on identical test tasks where both have per-task values (the 95% CI of the improvement lies
-above 0), otherwise with non-overlapping 95% CIs. A row that did not learn gets no better/worse wording anywhere.
+Classification: chance (1 / ways) and the baseline records of its dataset and test setting. Regression: a baseline
+network trained without inner steps (same seed, training budget and test-time adaptation) and the zero predictor
+(the MSE of predicting 0, stored beside every regression test result, else borrowed from a record with the same
+test-task fingerprint). A baseline record is one whose ``role`` is ``baseline`` (:func:`trainer.record.role`): a
+``baseline``-family network or an untrained θ₀. A row learned when it beats every baseline: the paired improvement's
+95% CI above 0 on identical test tasks, else non-overlapping 95% CIs. A row that did not learn is never called better
+or worse.
 """
 from __future__ import annotations
 
