@@ -45,7 +45,7 @@ def oriented(pairs: list[dict], a: str, b: str) -> list[dict]:
 def _flipped(d: dict) -> dict:
     """The same comparison read from b's side."""
     out = dict(d, imp=-d["imp"], low=-d["high"], high=-d["low"])
-    for k in ("", "_run", "_better"):
+    for k in ("", "_run", "_better", "_iters"):
         out["a" + k], out["b" + k] = d["b" + k], d["a" + k]
     return out
 

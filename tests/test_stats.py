@@ -15,7 +15,7 @@ from pairing import (
     wilcoxon_p,
     win_counts,
 )
-from reporting.paired import improvement
+from reporting.paired import improvement, oriented
 from reporting.stats import claim_verdict, direction, holm, mean_std
 
 FP = "f" * 64
@@ -96,6 +96,15 @@ def test_improvement_flips_for_mse():
     assert d["imp"] == pytest.approx(0.225) and d["low"] == pytest.approx(-p.ci_high)
     assert d["high"] == pytest.approx(-p.ci_low)
     assert direction(d["low"], d["high"]) == "better"
+
+
+def test_a_comparison_read_from_b_side_swaps_every_side():
+    d = {"a": "A", "b": "B", "a_run": "ra", "b_run": "rb", "a_better": 3, "b_better": 1, "a_iters": "5/9",
+         "b_iters": "7/9", "imp": 0.1, "low": 0.05, "high": 0.2}
+    (f,) = oriented([d], "B", "A")
+    assert (f["a"], f["a_run"], f["a_better"], f["a_iters"]) == ("B", "rb", 1, "7/9")
+    assert (f["b"], f["b_run"], f["b_better"], f["b_iters"]) == ("A", "ra", 3, "5/9")
+    assert (f["imp"], f["low"], f["high"]) == (-0.1, -0.2, -0.05)
 
 
 def test_mean_std_across_seeds():
