@@ -136,10 +136,8 @@ def compare_all(rows: list[dict]) -> tuple[list[dict], list[dict], list[str]]:
 
 
 def matrix_tables(pairs: list[dict], learned: dict[str, str]) -> list[tuple[str, Table]]:
-    """One matrix per setting and budget: cell (row a, column b) = a's improvement over b. One seed:
-    Δ [95% CI], * where the Holm-adjusted Wilcoxon p < α and the CI excludes 0. Several seeds: the mean
-    over seeds ± their std, * where every seed's comparison is significant that way in one direction,
-    (k/n*) where k of the n are. A seed's comparison with a run that did not learn is left out."""
+    """One matrix per setting and budget: cell (row a, column b) = a's improvement over b, as its note
+    (``matrix_note``) says; a seed's comparison with a run that did not learn is left out."""
     out = []
     for setting, sel in _by_setting(pairs):
         dataset, test, profile, minutes, rule = setting
@@ -173,8 +171,9 @@ def matrix_tables(pairs: list[dict], learned: dict[str, str]) -> list[tuple[str,
 
 
 def _cell(found: list[dict], metric: str, n_seeds: int) -> tuple[str, float]:
-    """One matrix cell and its mean improvement; the cell names its seed count when fewer seeds than the
-    table's were paired."""
+    """(cell, mean improvement). One seed: Δ [95% CI]; several: mean ± std over seeds. * where every seed's
+    Holm-adjusted Wilcoxon p < α with the CI excluding 0 in one direction, (k/n*) where k of n are; the seed
+    count where fewer seeds than the table's were paired."""
     s, digits = c.scale_of(metric)
     m, sd, n = mean_std([f["imp"] for f in found])
     sig = [f for f in found if f["p_holm"] < ALPHA and direction(f["low"], f["high"]) != "tie"]
@@ -220,8 +219,7 @@ def claims_table(claims: tuple[Claim, ...], pairs: list[dict], refused: list[dic
         if not found:
             why = [f["reason"] for f in refused if (f["dataset"], f["setting"]) == where and {f["a"], f["b"]} == names]
             have = {r["label"] for r in rows if (r["dataset"], r["setting"]) == where and r["status"] == "completed"}
-            verdict = (f"not paired: {why[0]}" if why
-                       else "no paired runs" if names <= have else "no runs")
+            verdict = f"not paired: {why[0]}" if why else "no paired runs" if names <= have else "no runs"
             out.append(dict(base, verdict=verdict, seeds=0, metric=None, imp=None, text=None, budget=None, runs=None))
         out += [_claim_row(base, cl, sel, learned) for _, sel in _by_setting(found)]
     cols = [("claim", "claim"), ("paper", "paper"), ("verdict", "verdict"),
