@@ -50,8 +50,8 @@ def _flipped(d: dict) -> dict:
     return out
 
 
-def delta_text(d: dict, metric: str) -> str:
-    s, digits = c.scale_of(metric)
+def delta_text(d: dict) -> str:
+    s, digits = c.scale_of(d["metric"])
     return f"{fmt(d['imp'], digits, s)} [{fmt(d['low'], digits, s)}, {fmt(d['high'], digits, s)}]"
 
 
@@ -178,7 +178,7 @@ def _cell(found: list[dict], metric: str, n_seeds: int) -> tuple[str, float]:
     m, sd, n = mean_std([f["imp"] for f in found])
     sig = [f for f in found if f["p_holm"] < ALPHA and direction(f["low"], f["high"]) != "tie"]
     one_way = len({direction(f["low"], f["high"]) for f in sig}) == 1
-    value = delta_text(found[0], metric) if n == 1 else f"{fmt(m, digits, s)} ± {fmt(sd, digits, s)}"
+    value = delta_text(found[0]) if n == 1 else f"{fmt(m, digits, s)} ± {fmt(sd, digits, s)}"
     mark = "*" if len(sig) == n and one_way else f" ({len(sig)}/{n}*)" if sig else ""
     return value + mark + (f" ({n} seed{'s' if n > 1 else ''})" if n < n_seeds else ""), m
 
@@ -191,7 +191,7 @@ def long_table(pairs: list[dict]) -> Table:
     """Every comparison in one long table (files only): the matrices' cells with their statistics."""
     cols = [_setting_column("dataset", "setting", "profile", "max_train_minutes"),
             ("a vs b", lambda r: f"{r['a']} vs {r['b']}", "a", "b"), ("seed", "seed"),
-            ("improvement of a over b [95% CI]", lambda r: delta_text(r, r["metric"]), "imp", "low", "high"),
+            ("improvement of a over b [95% CI]", delta_text, "imp", "low", "high"),
             ("Holm p", lambda r: fmt_p(r["p_holm"]), "p_holm"),
             ("tasks a / b better / tie", lambda r: f"{r['a_better']} / {r['b_better']} / {r['ties']}",
              "a_better", "b_better", "ties")]
@@ -221,7 +221,7 @@ def claims_table(claims: tuple[Claim, ...], pairs: list[dict], refused: list[dic
             have = {r["label"] for r in rows if (r["dataset"], r["setting"]) == where and r["status"] == "completed"}
             verdict = f"not paired: {why[0]}" if why else "no paired runs" if names <= have else "no runs"
             out.append(dict(base, verdict=verdict, seeds=0, metric=None, imp=None, text=None, budget=None, runs=None))
-        out += [_claim_row(base, cl, sel, learned) for _, sel in _by_setting(found)]
+        out += [_claim_row(base, sel, learned) for _, sel in _by_setting(found)]
     cols = [("claim", "claim"), ("paper", "paper"), ("verdict", "verdict"),
             ("improvement of the claimed-better [95% CI]", lambda r: r["text"] or "—", "text"), ("seeds", "seeds"),
             ("budget", lambda r: r["budget"] or "—", "budget")]
@@ -229,12 +229,12 @@ def claims_table(claims: tuple[Claim, ...], pairs: list[dict], refused: list[dic
     return make_table("claims", out, cols, notes, extra=("relation", "metric", "imp", "runs"))
 
 
-def _claim_row(base: dict, cl: Claim, sel: list[dict], learned: dict[str, str]) -> dict:
+def _claim_row(base: dict, sel: list[dict], learned: dict[str, str]) -> dict:
     dnl = sorted({p[k] for p in sel for k in "ab" if learned.get(p[k + "_run"]) == DNL}, key=c.label_rank)
     kinds = {p["budget_kind"] for p in sel}
     at_paper = len(kinds) == 1 and None not in kinds
     verdict = (f"no verdict: {', '.join(dnl)} did not learn" if dnl
-               else claim_verdict([direction(p["low"], p["high"]) for p in sel], cl.relation) if at_paper
+               else claim_verdict([direction(p["low"], p["high"]) for p in sel], base["relation"]) if at_paper
                else "not tested at paper budget")
     metric, minutes = sel[0]["metric"], sel[0]["max_train_minutes"]
     budget = f"{c.fmt_g(minutes)} min per run" if minutes is not None else sel[0]["profile"] + " profile"
@@ -243,5 +243,5 @@ def _claim_row(base: dict, cl: Claim, sel: list[dict], learned: dict[str, str]) 
         budget += {"paper": " (both runs of every pair at the paper's budget)",
                    "converged": " (both runs of every pair converged by the declared rule)"}[kinds.pop()]
     return dict(base, verdict=verdict, seeds=len(sel), metric=metric,
-                imp=mean_std([p["imp"] for p in sel])[0], text="; ".join(delta_text(p, metric) for p in sel),
+                imp=mean_std([p["imp"] for p in sel])[0], text="; ".join(map(delta_text, sel)),
                 budget=budget, runs="; ".join(f"{p['a_run']} vs {p['b_run']}" for p in sel))
