@@ -1,17 +1,12 @@
 """Did a row learn? Each completed run against the baselines of its setting.
 
-Baselines:
-- classification: chance accuracy (1 / ways), and baseline records in the same dataset and test setting;
-- regression: a trained baseline network (trained on the pooled tasks, no inner steps in training, the same
-  test-time adaptation) of the same seed and the same training budget, and the zero predictor (the MSE of
-  predicting 0, stored beside every regression test result; it depends on the test tasks only, so a record
-  without it borrows it from a record with the same test-task fingerprint).
-
-A baseline record is a training record whose ``role`` is ``baseline`` (the trainer decides it,
-:func:`trainer.record.role`): an algorithm of family ``baseline`` (a network trained without inner steps) or an
-untrained θ₀ (completed with no meta-iteration). A row learned when it beats every baseline it is judged
-against — paired on identical test tasks where both have per-task values (the 95% CI of the improvement lies
-above 0), otherwise with non-overlapping 95% CIs. A row that did not learn gets no better/worse wording anywhere.
+Classification: chance (1 / ways) and the baseline records of its dataset and test setting. Regression: a baseline
+network trained without inner steps (same seed, training budget and test-time adaptation) and the zero predictor
+(the MSE of predicting 0, stored beside every regression test result, else borrowed from a record with the same
+test-task fingerprint). A baseline record is one whose ``role`` is ``baseline`` (:func:`trainer.record.role`): a
+``baseline``-family network or an untrained θ₀. A row learned when it beats every baseline: the paired improvement's
+95% CI above 0 on identical test tasks, else non-overlapping 95% CIs. A row that did not learn is never called better
+or worse.
 """
 from __future__ import annotations
 
@@ -21,7 +16,6 @@ from .paired import improvement
 from .render import fmt, fmt_g
 
 LEARNED, DID_NOT_LEARN, NO_BASELINE = "learned", "did not learn", "no baseline record"
-ZERO = "zero predictor"
 
 
 def is_baseline(r: dict) -> bool:
@@ -40,7 +34,7 @@ def zero_predictor(r: dict, rows: list[dict]) -> dict | None:
          and o.get("fingerprint") == r.get("fingerprint")), None)
     if src is None:
         return None
-    return {"kind": "zero", "label": ZERO, "run": None, "metric": "mse", "mean": src["zero_mean"],
+    return {"kind": "zero", "label": "zero predictor", "metric": "mse", "mean": src["zero_mean"],
             "ci95": src.get("zero_ci95") or 0.0, "per_task": src.get("zero_per_task"),
             "fingerprint": src.get("fingerprint")}
 
@@ -63,32 +57,28 @@ def _text(b: dict) -> str:
 
 
 def candidates(r: dict, baselines: list[dict], rows: list[dict]) -> list[dict]:
-    """Every baseline r is judged against, best first (of a classification row's baseline records, those of its
-    own experiment where there are any)."""
-    mine = [b for b in baselines if b["status"] == "completed"
-            and (b["dataset"], b["setting"], b["metric"]) == (r["dataset"], r["setting"], r["metric"])]
+    """Every baseline r is judged against, best first: a regression row's baseline records of its seed and budget
+    and the zero predictor; a classification row's (those of its own experiment where there are any) and chance."""
+    cands = [dict(b, kind="record") for b in baselines if b["status"] == "completed"
+             and (b["dataset"], b["setting"], b["metric"]) == (r["dataset"], r["setting"], r["metric"])]
     if r["metric"] == "mse":
-        same = ("seed", "profile", "max_train_minutes")
-        mine = [b for b in mine if all(b.get(k) == r.get(k) for k in same)]
+        cands = [b for b in cands if all(b.get(k) == r.get(k) for k in ("seed", "profile", "max_train_minutes"))]
+        cands += [zero for zero in [zero_predictor(r, rows)] if zero]
     else:
-        mine = [b for b in mine if b.get("experiment") and b.get("experiment") == r.get("experiment")] or mine
-    cands = [dict(b, kind="record") for b in mine]
+        cands = [b for b in cands if b.get("experiment") and b.get("experiment") == r.get("experiment")] or cands
     if r["metric"] == "accuracy" and r.get("ways"):
-        cands.append({"kind": "chance", "label": "chance", "metric": "accuracy", "mean": 1.0 / r["ways"],
-                      "ci95": 0.0, "run": None})
-    if r["metric"] == "mse" and (zero := zero_predictor(r, rows)):
-        cands.append(zero)
+        cands.append({"kind": "chance", "label": "chance", "metric": "accuracy", "mean": 1.0 / r["ways"], "ci95": 0.0})
     return sorted(cands, key=lambda b: -b["mean"] if r["metric"] == "accuracy" else b["mean"])
 
 
 def judge(r: dict, baselines: list[dict], rows: list[dict] = ()) -> dict:
-    """{'status', 'baseline' (text), 'run' (the best baseline record or None)} for one completed row."""
-    cands = candidates(r, baselines, list(rows) + list(baselines))
+    """{'status', 'baseline': every baseline as text, 'missed': those r did not beat} for one completed row."""
+    cands = candidates(r, baselines, [*rows, *baselines])
     if not cands:
-        return {"status": NO_BASELINE, "baseline": NO_BASELINE, "run": None}
+        return {"status": NO_BASELINE, "baseline": NO_BASELINE}
     missed = [b for b in cands if not _beats(r, b)]
-    return {"status": DID_NOT_LEARN if missed else LEARNED, "baseline": ", ".join(_text(b) for b in cands),
-            "missed": ", ".join(_text(b) for b in missed), "run": cands[0].get("run")}
+    return {"status": DID_NOT_LEARN if missed else LEARNED, "baseline": ", ".join(map(_text, cands)),
+            "missed": ", ".join(map(_text, missed))}
 
 
 def judge_all(rows: list[dict], baselines: list[dict]) -> dict[str, dict]:

@@ -1,5 +1,5 @@
-"""The report's statistics: across seeds, over a family of comparisons, and a claim's verdict
-(the paired statistics themselves are :mod:`pairing`'s, which the studies share)."""
+"""The report's statistics across seeds, over a family of comparisons, and a claim's verdict (the paired
+statistics themselves are :mod:`pairing`'s, which the studies share)."""
 from __future__ import annotations
 
 import math
@@ -7,21 +7,12 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from pairing import Paired
-
 
 def mean_std(values: Sequence[float]) -> tuple[float, float, int]:
     """Mean, sample standard deviation (ddof 1; NaN for a single value) and count."""
     arr = np.asarray(values, dtype=np.float64)
-    mean = float(arr.mean()) if arr.size else math.nan
-    return mean, float(arr.std(ddof=1)) if arr.size > 1 else math.nan, int(arr.size)
-
-
-def improvement_interval(p: Paired, higher_is_better: bool) -> tuple[float, float, float]:
-    """(mean, low, high) of a's improvement over b in the metric's good direction."""
-    if higher_is_better:
-        return p.mean_diff, p.ci_low, p.ci_high
-    return -p.mean_diff, -p.ci_high, -p.ci_low
+    return (float(arr.mean()) if arr.size else math.nan, float(arr.std(ddof=1)) if arr.size > 1 else math.nan,
+            int(arr.size))
 
 
 def direction(low: float, high: float) -> str:
@@ -30,12 +21,8 @@ def direction(low: float, high: float) -> str:
 
 
 def claim_verdict(directions: Sequence[str], relation: str) -> str:
-    """Verdict on "a > b" or "a >= b" from one significance direction per seed.
-
-    '>' is supported only when every seed shows a significantly better; '>=' when no seed
-    shows a significantly worse. A claim is contradicted when some seed shows a
-    significantly worse and none shows it better; mixed seeds are "not supported".
-    """
+    """Verdict on "a > b" (supported when every seed is significantly better) or "a >= b" (when none is
+    significantly worse); contradicted when some seed is worse and none better; otherwise not supported."""
     if relation not in (">", ">="):
         raise ValueError(f"relation={relation!r}: expected '>' or '>='")
     if not directions:

@@ -15,7 +15,8 @@ from pairing import (
     wilcoxon_p,
     win_counts,
 )
-from reporting.stats import claim_verdict, direction, holm, improvement_interval, mean_std
+from reporting.paired import improvement, oriented
+from reporting.stats import claim_verdict, direction, holm, mean_std
 
 FP = "f" * 64
 
@@ -87,12 +88,23 @@ def test_win_counts_honour_the_metric_direction():
     assert win_counts([0.1, 0.1], [0.2, 0.3], higher_is_better=True) == (0, 2, 0)
 
 
-def test_improvement_interval_flips_for_mse():
-    p = paired_comparison([0.1, 0.2, 0.1, 0.2], [0.3, 0.4, 0.3, 0.5], FP, FP, higher_is_better=False)
+def test_improvement_flips_for_mse():
+    a, b = [0.1, 0.2, 0.1, 0.2], [0.3, 0.4, 0.3, 0.5]
+    p = paired_comparison(a, b, FP, FP, higher_is_better=False)
     assert p.mean_diff == pytest.approx(-0.225)
-    m, lo, hi = improvement_interval(p, higher_is_better=False)
-    assert m == pytest.approx(0.225) and lo == pytest.approx(-p.ci_high) and hi == pytest.approx(-p.ci_low)
-    assert direction(lo, hi) == "better"
+    d = improvement(*({"metric": "mse", "per_task": x, "fingerprint": FP} for x in (a, b)))
+    assert d["imp"] == pytest.approx(0.225) and d["low"] == pytest.approx(-p.ci_high)
+    assert d["high"] == pytest.approx(-p.ci_low)
+    assert direction(d["low"], d["high"]) == "better"
+
+
+def test_a_comparison_read_from_b_side_swaps_every_side():
+    d = {"a": "A", "b": "B", "a_run": "ra", "b_run": "rb", "a_better": 3, "b_better": 1, "a_iters": "5/9",
+         "b_iters": "7/9", "imp": 0.1, "low": 0.05, "high": 0.2}
+    (f,) = oriented([d], "B", "A")
+    assert (f["a"], f["a_run"], f["a_better"], f["a_iters"]) == ("B", "rb", 1, "7/9")
+    assert (f["b"], f["b_run"], f["b_better"], f["b_iters"]) == ("A", "ra", 3, "5/9")
+    assert (f["imp"], f["low"], f["high"]) == (-0.1, -0.2, -0.05)
 
 
 def test_mean_std_across_seeds():
