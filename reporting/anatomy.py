@@ -39,8 +39,7 @@ def stage(r: dict, root: Path, judged: dict | None = None) -> tuple[str, list[st
     elif d.get("kind") == "unlearned":  # its numbers: the unlearned runs' table below
         text = TEXT["unlearned_stage"]
     elif d.get("kind") == "worst_test":
-        text = TEXT["worst_test"].format(task=d["task"], value=d["task_value"], without=d["mean_without_task"],
-                                         median=d["median"])
+        text = TEXT["worst_test"].format(**d)  # its task, task_value, mean_without_task and median
     elif g := d.get("degradation"):
         dense = d.get("dense_implicit") or {}
         text = (f"degraded, dissected at iteration {g['iteration']}: "
@@ -180,9 +179,7 @@ def fidelity_figure(key: tuple, df: pd.DataFrame, fig_dir: Path) -> Path:
             ax.plot(run["iter"], run["fid_cos_exact"], marker=MARKERS[i % len(MARKERS)], markersize=2, lw=0.8,
                     color=colour(label), label=None if i else f"{label} ({n} seed{'s' * (n > 1)})")
     ax.set_xscale("symlog", linthresh=10)
-    ax.set_xlabel("meta-iteration")
-    ax.set_ylabel("cosine with the exact meta-gradient")
-    ax.set_ylim(-1.05, 1.05)
+    ax.set(xlabel="meta-iteration", ylabel="cosine with the exact meta-gradient", ylim=(-1.05, 1.05))
     ax.grid(alpha=0.3)
     ax.set_title(f"{c.title(dataset, setting)}: fidelity along training"
                  + ("" if is_missing(minutes) else f" ({fmt_g(minutes)} min budget)"), fontsize=10)
