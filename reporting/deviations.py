@@ -119,9 +119,9 @@ def section(study: dict, w) -> str:
 
 
 def _per_task(r) -> list[float] | None:
+    path = Path(r.folder) / str(r.run_dir) / str(r.evaluation)
     try:
-        return [float(v) for v in json.loads((Path(r.folder) / str(r.run_dir) / str(r.evaluation)).read_text())
-                ["test"]["per_task"]]
+        return [float(v) for v in json.loads(path.read_text())["test"]["per_task"]]
     except (OSError, ValueError, KeyError, TypeError):
         return None
 
