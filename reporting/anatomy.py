@@ -1,9 +1,6 @@
-"""Section 7, when the assumptions fail (R3.1). Fidelity: each comparison run's meta-gradient against the
-exact one along training (the trainer's ``fid_*`` metrics, ``trainer/fidelity.py``). Failures: per setting
-× algorithm, who learned, did not learn or diverged, each divergence's stage from the record's own failure
-anatomy or ``tools/diagnose.py``'s rerun (``records/diagnoses/<record>/diagnosis.json``, linked as
-evidence), each unlearned run's ``diagnose --unlearned`` dissection against its control, and one
-diagnosed run's training curves with its failure marked.
+"""Section 7, when the assumptions fail (R3.1): each comparison run's meta-gradient against the exact one along
+training (its ``fid_*`` metrics), and per setting × algorithm who did not learn or diverged, where, with the
+diagnoses of ``tools/diagnose.py`` (``records/diagnoses/<record>/diagnosis.json``) linked as evidence.
 """
 from __future__ import annotations
 
@@ -19,27 +16,20 @@ from .studies import spec_column
 
 
 def _diagnoses(r: dict, root: Path, pattern: str) -> list[tuple[dict, str]]:
-    """The diagnoses of run ``r`` matching ``pattern`` under ``root/diagnoses``, each with its path relative
-    to the report (the run's first folder, which the report links from, then ``diagnoses/…``)."""
+    """Run ``r``'s diagnoses matching ``pattern``, each with its path from the report (``<top>/diagnoses/…``)."""
     top, *rest = Path(str(r["run"])).parts
     found = sorted((root / "diagnoses" / Path(*rest)).glob(pattern)) if rest else []
     return [(json.loads(p.read_text()), f"{top}/diagnoses/{p.relative_to(root / 'diagnoses').as_posix()}")
             for p in found]
 
 
-def diagnosis(r: dict, root: Path) -> tuple[dict | None, str | None]:
-    """(the diagnosis of run ``r``, its path relative to the report) where one exists."""
-    try:
-        return next(iter(_diagnoses(r, root, "diagnosis.json")), (None, None))
-    except ValueError:
-        return None, None
-
-
 def stage(r: dict, root: Path, judged: dict | None = None) -> tuple[str, list[str]]:
-    """Where run ``r`` failed, in words (a divergence with its iteration), and the links to its diagnoses.
-    A divergence dissected the iteration before (``diagnose --at N``, saved as ``at-N/``) also names the
-    failing task's inner losses, when an exploded but finite adaptation moved θ first."""
-    d, link = diagnosis(r, root)
+    """Where run ``r`` failed, in words, and the links to its diagnoses; one dissected the iteration before
+    (``diagnose --at N``, saved as ``at-N/``) also names the failing task's exploded but finite inner losses."""
+    try:
+        d, link = next(iter(_diagnoses(r, root, "diagnosis.json")), (None, None))
+    except ValueError:  # an unreadable diagnosis: none
+        d, link = None, None
     links = [link] if link else []
     if r.get("failure_stage"):
         text = r["failure_stage"]
@@ -49,11 +39,11 @@ def stage(r: dict, root: Path, judged: dict | None = None) -> tuple[str, list[st
     elif d.get("kind") == "unlearned":  # its numbers: the unlearned runs' table below
         text = TEXT["unlearned_stage"]
     elif d.get("kind") == "worst_test":
-        text = TEXT["worst_test"].format(task=d["task"], value=d["task_value"], without=d["mean_without_task"],
-                                         median=d["median"])
+        text = TEXT["worst_test"].format(**d)  # its task, task_value, mean_without_task and median
     elif g := d.get("degradation"):
         dense = d.get("dense_implicit") or {}
-        text = f"degraded, dissected at iteration {g['iteration']}: worst task's CG residual {max(g['cg_residuals']):.3g}"
+        text = (f"degraded, dissected at iteration {g['iteration']}: "
+                f"worst task's CG residual {max(g['cg_residuals']):.3g}")
         text += "" if "positive_definite" not in dense else "; its system " + (
             "positive definite" if dense["positive_definite"] else f"indefinite (λ_min {dense['system_eig_min']:.3g})")
     else:
@@ -73,23 +63,17 @@ def stage(r: dict, root: Path, judged: dict | None = None) -> tuple[str, list[st
     return text, links
 
 
-def protocol(r: dict) -> str:
-    """The inner loop a row ran, short: what tells apart protocols of one algorithm."""
-    lam = r.get("prox_lam")
-    return f"K={r['inner_steps']}, α={r['inner_lr']:g}" + (f", λ={lam:g}" if lam and lam == lam else "")
-
-
 def rows_of(rows: list[dict], judged: dict, root: Path) -> list[dict]:
-    """One row per setting × algorithm × inner loop × budget with a run that diverged or did not learn: its
-    runs' outcomes, and where each failed."""
+    """Per setting × algorithm × inner loop × budget with a run that diverged or did not learn: outcomes, stages."""
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
         budget = (f"{r['max_train_minutes']:g} min of training" if r.get("max_train_minutes")
                   else f"{r['meta_iterations']:,} iterations" + (" or the plateau rule" if r.get("early_stop") else ""))
-        groups.setdefault((r["setting"], r["label"], protocol(r), budget), []).append(r)
-    out = []
-    for (setting, label, proto, budget), runs in sorted(groups.items(),
-                                                        key=lambda kv: (kv[0][0], c.label_rank(kv[0][1]), *kv[0][:1:-1])):
+        lam = f", λ={r['prox_lam']:g}" if r.get("prox_lam") and not is_missing(r["prox_lam"]) else ""
+        protocol = f"K={r['inner_steps']}, α={r['inner_lr']:g}{lam}"  # what tells apart protocols of one algorithm
+        groups.setdefault((r["setting"], r["label"], budget, protocol), []).append(r)
+    out, order = [], lambda kv: (kv[0][0], c.label_rank(kv[0][1]), *kv[0][2:])  # setting, algorithm, budget, loop
+    for (setting, label, budget, proto), runs in sorted(groups.items(), key=order):
         verdicts = [(judged.get(r["run"]) or {}).get("status", "no baseline record") if r["status"] == "completed"
                     else str(r["status"]) for r in runs]
         failed = [(r, stage(r, root, judged.get(r["run"])))
@@ -122,8 +106,6 @@ def section(rows: list[dict], judged: dict, root: Path, w) -> str:
                  spec_column("control", ".3g", "control_val")]
         text += TEXT["controls_intro"] + w.table(make_table("unlearned_controls", controls, ccols,
                                                             [TEXT["controls_note"]]))
-    if (fig := figure(rows, root, w.fig_dir)) is not None:
-        text += w.figure(fig, "Anatomy of one divergence")
     return text
 
 
@@ -146,37 +128,12 @@ def control_rows(root: Path) -> list[dict]:
     return out
 
 
-def figure(rows: list[dict], root: Path, fig_dir: Path):
-    """Training loss, CG residual and inner-gradient norm of the first diagnosed diverged iMAML run."""
-    for r in rows:
-        d = diagnosis(r, root)[0] if r["status"] == "diverged" else None
-        if not d or not d.get("failed_again") or not r.get("folder"):
-            continue
-        keys = ["train_loss", "cg_residual", "inner_grad_norm"]
-        metrics = pd.DataFrame(c.metrics_rows(r["folder"]), columns=["iter", *keys]).apply(pd.to_numeric, errors="coerce")
-        if metrics["cg_residual"].isna().all():
-            continue
-        fig, axes = new_figure(3, width=3.4, height=2.8)
-        for ax, k in zip(axes, keys):
-            pts = metrics[["iter", k]].dropna()
-            ax.plot(pts["iter"].astype(int), pts[k], lw=0.8)
-            ax.axvline(d["failure_iteration"], color="red", ls="--", lw=0.8)
-            ax.set_yscale("log")
-            ax.set_xlabel("iteration")
-            ax.set_title(k.replace("_", " "), fontsize=9)
-        fig.suptitle(f"{r['label']}, {r['setting']}, seed {r.get('seed')}: non-finite at iteration "
-                     f"{d['failure_iteration']}, {(d.get('anatomy') or {}).get('stage')} (red)", fontsize=8)
-        return save_figure(fig, fig_dir / "failure_anatomy.png")
-    return None
-
-
 FIELDS = ("fid_cos_exact", "fid_cos_solved", "fid_rel_exact")  # iMAML-HF has no exact one: no unrolled Newton solve
 KEY = ["dataset", "setting", "minutes"]
 
 
 def fidelity_points(rows: list[dict]) -> pd.DataFrame:
-    """Every run's fidelity rows of its metrics.csv (iteration and the ``fid_*`` values), with the run's
-    label, seed and (dataset, setting, time cap); a run without fidelity rows has none."""
+    """Every run's ``fid_*`` rows of its metrics.csv, with its label, seed and (dataset, setting, time cap)."""
     frames = [pd.DataFrame(c.metrics_rows(r["folder"]), columns=["iter", *FIELDS]).apply(pd.to_numeric, errors="coerce")
               .dropna(subset=list(FIELDS), how="all")
               .assign(run=r["run"], label=r["label"], seed=r.get("seed"), dataset=r["dataset"], setting=r["setting"],
@@ -200,8 +157,8 @@ def fidelity_table(key: tuple, df: pd.DataFrame):
         runs = [{"run": r.run, "seed": None if is_missing(r.seed) else r.seed}
                 for r in g.drop_duplicates("run").itertuples()]
         rows.append({"label": label[1], "seeds": c.seeds_list(runs), "n_points": len(g), "last_iter": g["iter"].max(),
-                     **{k.removeprefix("fid_"): "—" if is_missing(ends[0][k]) else f"{fmt(ends[0][k])} → {fmt(ends[1][k])}"
-                        for k in FIELDS}, "run": c.runs_text(runs)})
+                     **{k.removeprefix("fid_"): "—" if is_missing(ends[0][k]) else
+                        f"{fmt(ends[0][k])} → {fmt(ends[1][k])}" for k in FIELDS}, "run": c.runs_text(runs)})
     cols = [("algorithm", "label"), ("seeds", "seeds"),
             ("measurements (last iteration)", lambda r: f"{r['n_points']} ({fmt_g(r['last_iter'])})", "n_points",
              "last_iter"),
@@ -213,8 +170,7 @@ def fidelity_table(key: tuple, df: pd.DataFrame):
 
 
 def fidelity_figure(key: tuple, df: pd.DataFrame, fig_dir: Path) -> Path:
-    """Cosine with the exact meta-gradient vs training iteration: one colour per algorithm, a thin line per
-    seed, one legend entry per algorithm."""
+    """Cosine with the exact meta-gradient vs iteration: a colour per algorithm, a line per seed."""
     dataset, setting, minutes = key
     fig, (ax,) = new_figure()
     for (_, label), g in df.dropna(subset=["fid_cos_exact"]).groupby(["rank", "label"], sort=True):
@@ -223,9 +179,7 @@ def fidelity_figure(key: tuple, df: pd.DataFrame, fig_dir: Path) -> Path:
             ax.plot(run["iter"], run["fid_cos_exact"], marker=MARKERS[i % len(MARKERS)], markersize=2, lw=0.8,
                     color=colour(label), label=None if i else f"{label} ({n} seed{'s' * (n > 1)})")
     ax.set_xscale("symlog", linthresh=10)
-    ax.set_xlabel("meta-iteration")
-    ax.set_ylabel("cosine with the exact meta-gradient")
-    ax.set_ylim(-1.05, 1.05)
+    ax.set(xlabel="meta-iteration", ylabel="cosine with the exact meta-gradient", ylim=(-1.05, 1.05))
     ax.grid(alpha=0.3)
     ax.set_title(f"{c.title(dataset, setting)}: fidelity along training"
                  + ("" if is_missing(minutes) else f" ({fmt_g(minutes)} min budget)"), fontsize=10)
@@ -238,7 +192,8 @@ def fidelity_section(rows: list[dict], w) -> str:
     out = TEXT["fidelity_train_intro"]
     if df.empty:
         return out + TEXT["fidelity_train_none"]
-    for key, g in sorted(df.groupby(KEY, sort=False, dropna=False), key=lambda kv: (kv[0][0], c.setting_rank(kv[0][1]))):
+    order = lambda kv: (kv[0][0], c.setting_rank(kv[0][1]))  # dataset, then setting
+    for key, g in sorted(df.groupby(KEY, sort=False, dropna=False), key=order):
         out += w.table(fidelity_table(key, g)) + w.figure(fidelity_figure(key, g, w.fig_dir),
                                                           "Cosine with the exact meta-gradient along training")
     return out

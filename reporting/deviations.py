@@ -1,8 +1,6 @@
-"""The deviation-ladder studies' sections (``study=deviations``, ``deviations.csv``): a protocol as its paper
-writes it → a reference implementation (the official iMAML release, hypertorch's example, the Reptile reference
-code), one deviation at a time at one training budget. The study computed every difference (paired on identical
-test tasks, else unpaired); this module lays them out. The Reptile ladder keeps one study folder per seed and is
-pooled here: each rung's mean ± std over seeds, its gain as the per-task difference averaged over seeds.
+"""The deviation-ladder studies' sections (``deviations.csv``): a protocol as its paper writes it → a reference
+implementation (the iMAML release, hypertorch's example, the Reptile code), one deviation at a time. The study
+computed every difference; this module lays them out, and pools the Reptile ladder's one study per seed.
 """
 from __future__ import annotations
 
@@ -25,13 +23,13 @@ def is_long(study: dict) -> bool:
 
 
 def _ladders() -> dict[str, dict]:
-    """Every deviation ladder's report block (``configs/study/*.yaml`` of study ``deviations``), by the
-    experiment its top rung composes to (``release``), in file order (the release's ladder first)."""
+    """Every deviation ladder's report block (``configs/study/*.yaml``) by its top rung's experiment, in file order."""
     out = {}
     for path in sorted((Path(__file__).resolve().parents[1] / "configs" / "study").glob("*.yaml")):
         cfg = yaml.safe_load(path.read_text())
         if cfg.get("name") == "deviations":
-            out[cfg["release"]] = {**cfg["report"], "experiment": cfg["release"], "config": f"configs/study/{path.name}"}
+            out[cfg["release"]] = {**cfg["report"], "experiment": cfg["release"],
+                                   "config": f"configs/study/{path.name}"}
     return out
 
 
@@ -68,7 +66,7 @@ def _split(r: dict) -> str:
         return "—"
     sizes = r.get("split_sizes") or "—"
     if r["test_split"] == "release_leaky":
-        test = str(sizes).split("/")[-1]
+        test = str(sizes).split("/")[-1]  # sizes: train/val/test
         return f"release_leaky: {fmt_g(r.get('test_train_overlap'))} of {test} are training characters"
     return f"held-out, split seed {fmt_g(r.get('split_seed'))} ({sizes})"
 
@@ -82,8 +80,7 @@ def _where(frames: list[pd.DataFrame]) -> tuple[str, str]:
 
 
 def section(study: dict, w) -> str:
-    """One table per group of rows the study wrote (``TEXT["ladder_tables"]``: its heading, the rung's
-    column and its names, the difference's title and a note), each at the study's budget and device."""
+    """A table per group of rows the study wrote, worded by ``TEXT["ladder_tables"]``."""
     if "seeds" in study:
         return reptile_section(study["seeds"], w)
     df = study["tables"]["deviations.csv"]
@@ -91,15 +88,16 @@ def section(study: dict, w) -> str:
     minutes, devices = _where([df])
     at = f"at {minutes} min of training per run on {devices}"
     n = ", ".join(sorted({fmt_g(v) for v in df["n"].dropna()})) or "—"
+    steps = "the two end points" if long else "one deviation at a time"
     out = TEXT["ladder_intro"].format(goal=goal["words"], experiment=goal["experiment"], config=goal["config"],
-                                      minutes=minutes, n=n, steps="the two end points" if long else "one deviation at a time")
+                                      minutes=minutes, n=n, steps=steps)
     out += TEXT["ladder_long_budget" if long else "ladder_short_budget"] + TEXT["ladder_differences"]
     out += TEXT[f"ladder_{goal['text']}_split"]
     ladder, fill = {r["rung"]: r for r in _rows(df, "ladder")}, {"top": goal["top"], "last": goal["last"]}
     first = {"endpoints": [("deviations on", lambda r: "none" if r.get("deviations") in (None, "none")
                             else str(r["deviations"]).replace("+", " + "), "deviations")]}
     more = {"maml": [("iMAML ladder's gain from the same deviation [95% CI]",
-                      lambda r: _diff(ladder[r["rung"]]) if r["rung"] in ladder else "—")]}
+                      lambda r: _diff(ladder.get(r["rung"], {})))]}
     for group, spec in TEXT["ladder_tables"].items():
         if not (df["group"] == group).any():
             continue
@@ -120,53 +118,45 @@ def section(study: dict, w) -> str:
     return out
 
 
-def _per_task(study: dict, row: dict) -> list[float] | None:
-    path = Path(study["folder"]) / str(row["run_dir"]) / str(row["evaluation"])
+def _per_task(r) -> list[float] | None:
+    path = Path(r.folder) / str(r.run_dir) / str(r.evaluation)
     try:
         return [float(v) for v in json.loads(path.read_text())["test"]["per_task"]]
     except (OSError, ValueError, KeyError, TypeError):
         return None
 
 
-def rungs(seeds: list[dict]) -> list[dict]:
-    """One dict per ladder rung: its completed seeds' accuracies and per-task values, fingerprints, iterations."""
-    out: dict[str, dict] = {}
-    for study in seeds:
-        df = study["tables"]["deviations.csv"]
-        for r in df[df["group"] == "ladder"].to_dict("records"):
-            d = out.setdefault(r["rung"], {"rung": r["rung"], "acc": [], "tasks": [], "fp": set(), "iters": [],
-                                           "seeds": []})
-            if (values := _per_task(study, r)) is not None and r["status"] == "completed":
-                seed = int(((study.get("config") or {}).get("seed")) or 0)
-                for key, v in zip(("acc", "tasks", "iters", "seeds"),
-                                  (float(r["accuracy"]), values, int(r["iterations_done"]), seed)):
-                    d[key].append(v)
-                d["fp"].add(r["fingerprint"])
-    return list(out.values())
-
-
-def gain(a: dict, b: dict) -> tuple[float, float, float, str] | None:
-    """b − a (accuracy points as fractions) with its 95% interval and kind, pooled over the seeds both have:
+def gain(a: pd.DataFrame, b: pd.DataFrame) -> tuple[float, float, float, str] | None:
+    """b − a (accuracy points as fractions) with its 95% interval and kind, over the same completed seeds:
     paired on identical test tasks (each task's difference averaged over the seeds), else unpaired."""
-    if not a["tasks"] or not b["tasks"] or len(a["tasks"]) != len(b["tasks"]) or a["seeds"] != b["seeds"]:
+    if a.empty or list(a["seed"]) != list(b["seed"]):
         return None
-    if a["fp"] == b["fp"] and len(a["fp"]) == 1:
-        diffs = (np.array(b["tasks"]) - np.array(a["tasks"])).mean(axis=0)
+    if a["fingerprint"].nunique() == 1 and set(a["fingerprint"]) == set(b["fingerprint"]):
+        diffs = (np.array(list(b["tasks"])) - np.array(list(a["tasks"]))).mean(axis=0)
         m, h = float(diffs.mean()), 1.96 * float(diffs.std()) / math.sqrt(len(diffs))
         return m, m - h, m + h, "paired"
-    pa, pb = np.concatenate(a["tasks"]), np.concatenate(b["tasks"])
+    pa, pb = np.concatenate(list(a["tasks"])), np.concatenate(list(b["tasks"]))
     m, h = float(pb.mean() - pa.mean()), 1.96 * math.sqrt(pa.var() / len(pa) + pb.var() / len(pb))
     return m, m - h, m + h, "unpaired"
 
 
 def reptile_section(seeds: list[dict], w) -> str:
-    rows = rungs(seeds)
-    table_rows = [{"rung": r["rung"], "seeds": len(r["acc"]), "accuracy_mean": np.mean(r["acc"]) if r["acc"] else None,
-                   "accuracy_std": np.std(r["acc"]) if len(r["acc"]) > 1 else None,
-                   **dict(zip(("gain_mean", "gain_low", "gain_high", "gain_kind"),
-                              (gain(rows[i - 1], r) if i else None) or (None,) * 4)),
-                   "per_seed": "; ".join(f"s{seed} {fmt(acc, 2, S)} ({it:,})" for seed, acc, it in
-                                         zip(r["seeds"], r["acc"], r["iters"])) or "—"} for i, r in enumerate(rows)]
+    """The Reptile ladder, one study per seed: per rung its completed seeds' mean ± std and its gain over the rung
+    above, pooled over the seeds."""
+    runs = pd.concat([s["tables"]["deviations.csv"].assign(seed=int(((s.get("config") or {}).get("seed")) or 0),
+                                                          folder=s["folder"]) for s in seeds])
+    runs = runs[runs["group"] == "ladder"]
+    runs = runs.assign(tasks=[_per_task(r) if r.status == "completed" else None for r in runs.itertuples()])
+    done = [(rung, g[g["tasks"].notna()]) for rung, g in runs.groupby("rung", sort=False)]
+    rows = []
+    for i, (rung, d) in enumerate(done):
+        acc = d["accuracy"].to_numpy(float)
+        rows.append({"rung": rung, "seeds": len(d), "accuracy_mean": acc.mean() if len(d) else None,
+                     "accuracy_std": acc.std() if len(d) > 1 else None,
+                     **dict(zip(("gain_mean", "gain_low", "gain_high", "gain_kind"),
+                                (gain(done[i - 1][1], d) if i else None) or (None,) * 4)),
+                     "per_seed": "; ".join(f"s{r.seed} {fmt(r.accuracy, 2, S)} ({int(r.iterations_done):,})"
+                                           for r in d.itertuples()) or "—"})
     cols = [("rung", lambda r: "fresh state (the suite before)" if r["rung"] == "paper" else f"+ {r['rung']}", "rung"),
             ("seeds", "seeds"),
             ("test accuracy % (mean ± std over seeds)", lambda r: fmt_pm(r["accuracy_mean"], r["accuracy_std"], 2, S),
@@ -174,9 +164,10 @@ def reptile_section(seeds: list[dict], w) -> str:
             ("gain over the rung above, pooled over seeds [95% CI]", lambda r: _diff(r, "gain"),
              "gain_mean", "gain_low", "gain_high", "gain_kind"),
             ("per seed: test accuracy % (iterations)", "per_seed")]
-    iters = sorted({int(m) for st in seeds if (m := ((st.get("config") or {}).get("study") or {}).get("meta_iterations"))})
+    iters = sorted({int(m) for s in seeds
+                    if (m := ((s.get("config") or {}).get("study") or {}).get("meta_iterations"))})
     minutes, devices = _where([s["tables"]["deviations.csv"] for s in seeds])
     at = (f"{', '.join(f'{m:,}' for m in iters)} iterations per run (the outer step annealed to 0 over them)" if iters
           else f"{minutes} min of training per run") + f" on {devices}"
-    table = make_table("deviations_reptile_ladder", table_rows, cols, [TEXT["reptile_ladder_note"]])
+    table = make_table("deviations_reptile_ladder", rows, cols, [TEXT["reptile_ladder_note"]])
     return TEXT["reptile_ladder_intro"].format(at=at, seeds=len(seeds)) + w.table(table)

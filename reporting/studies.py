@@ -53,11 +53,19 @@ def picks(studies: list[dict], name: str) -> list[tuple[dict | None, list[str]]]
 
 
 def _grid(values) -> str:
-    return "{" + ", ".join(fmt_g(v) for v in values) + "}" if isinstance(values, list) else fmt_g(values)
+    text = lambda v: v if isinstance(v, str) else fmt_g(v)
+    return "{" + ", ".join(map(text, values)) + "}" if isinstance(values, list) else text(values)
+
+
+# The recorded config fields ``ran_on`` names (the study's, its grid axes', its θ-training run's), in this order.
+RAN_ON = {"scales": "target scale", "lam": "λ", "lams": "λ", "inner_steps": "K", "cg_steps": "CG steps",
+          "inner_lr": "inner lr", "theta_sources": "θ", "checkpoints": "checkpoint iterations",
+          "iterations": "timed meta-iterations", "warmup": "warm-up iterations", "algorithm": "training algorithm",
+          "experiment": "training experiment", "meta_iterations": "training meta-iterations", "seeds": "training seeds"}
 
 
 def ran_on(study: dict) -> str:
-    """What a study ran on, from its recorded config: dataset, network, activation, λ, K grid, checkpoint."""
+    """What a study ran on: its dataset and network, then the recorded fields of ``RAN_ON``."""
     if study["study"] == "deviations" and "seeds" in study:
         return (TEXT["reptile_ladder_ran_on"]
                 + ", ".join(str(((s.get("config") or {}).get("seed")) or 0) for s in study["seeds"])
@@ -72,27 +80,9 @@ def ran_on(study: dict) -> str:
              task_words(name, ds.get("ways", cfg.get("ways")), ds.get("shots", cfg.get("shots"))))
     net = ("MLP 1-40-40-1" if DATASETS.get(name, {}).get("model") == "mlp" else
            f"conv4 ({ds.get('arch', 'maml')} layout, {ds.get('head', 'mean')} head)")
-    train, trained, axes = s.get("train") or {}, s.get("trained") or {}, s.get("axes") or {}
-    first = lambda *values: next((v for v in values if v is not None), None)
-    grids = {"λ": first(s.get("lam"), s.get("lams"), axes.get("lam"), train.get("lam")),
-             "K": first(s.get("inner_steps"), axes.get("inner_steps"), train.get("inner_steps")),
-             "CG steps": s.get("cg_steps")}
-    if s.get("checkpoints") is not None:
-        point = f"checkpoints at iterations {_grid(s['checkpoints'])} of one {train.get('algorithm', '?')} training run"
-    elif s.get("theta_sources") is not None:
-        point = (f"θ = {' and '.join(s['theta_sources'])} (trained: "
-                 f"{trained.get('algorithm') or train.get('algorithm') or '?'}, "
-                 f"{fmt_g(trained.get('meta_iterations') or train.get('meta_iterations'))} meta-iterations, "
-                 f"seed {s.get('seed') or 0})")
-    elif s.get("iterations") is not None:
-        point = f"initial θ, {fmt_g(s['iterations'])} timed meta-iterations after {fmt_g(s.get('warmup', 0))} warm-up"
-    elif s.get("meta_iterations") is not None:
-        point = f"each grid point trained for {fmt_g(s['meta_iterations'])} meta-iterations from the initial θ"
-    else:
-        point = "checkpoint not recorded"
-    parts = [where, f"{net}, {s.get('activation', 'relu')} activation",
-             *(f"{k} = {_grid(v)}" for k, v in grids.items() if v is not None), point]
-    return "Ran on: " + "; ".join(parts) + "."
+    fields = {**(s.get("trained") or s.get("train") or {}), **(s.get("axes") or {}), **s}
+    recorded = [f"{w} = {_grid(fields[k])}" for k, w in RAN_ON.items() if fields.get(k) is not None]
+    return "Ran on: " + "; ".join([where, f"{net}, {s.get('activation', 'relu')} activation", *recorded]) + "."
 
 
 def _pivot(name: str, df: pd.DataFrame, index: list[str], cell: Callable[[pd.DataFrame], str],
@@ -102,21 +92,23 @@ def _pivot(name: str, df: pd.DataFrame, index: list[str], cell: Callable[[pd.Dat
     by = df[df["inner_steps"].notna()].groupby([*index, "inner_steps"], dropna=False, sort=True)
     text, number = by.apply(cell).unstack(fill_value="—"), by.apply(value).unstack()
     ks = [fmt_g(k) for k in text.columns]
-    frame = text.set_axis([f"K={k}" for k in ks], axis=1).join(number.set_axis([f"inner_steps={k}" for k in ks], axis=1))
+    frame = text.set_axis([f"K={k}" for k in ks], axis=1).join(
+        number.set_axis([f"inner_steps={k}" for k in ks], axis=1))
     cols = [(i, lambda r, i=i: r[i] if isinstance(r[i], str) else fmt_g(r[i]), i) for i in index]
     cols += [(f"K={k}", lambda r, k=k: r[f"K={k}"], f"inner_steps={k}") for k in ks]
     return make_table(name, frame.reset_index().astype(object).to_dict("records"), cols, notes)
 
 
 def fidelity(study: dict, w) -> str:
-    configs = {n: catalog.algorithm(n) for n in catalog.algorithms()}  # a method's name: its ``fidelity.row`` or its own
-    methods = {a["fidelity"].get("row") or n: a for n, a in configs.items() if a["fidelity"]}
+    configs = {n: catalog.algorithm(n) for n in catalog.algorithms()}
+    methods = {a["fidelity"].get("row") or n: a for n, a in configs.items() if a["fidelity"]}  # by fidelity.csv's name
     by_cg = {m for m, a in methods.items() if a["family"] == "implicit"}  # solved by CG: a row per CG-step count
     df = study["tables"]["fidelity.csv"].copy()
     df["estimator"] = [f"{m}, CG {fmt_g(c)}" if m in by_cg else str(m) for m, c in zip(df["method"], df["cg_steps"])]
     scaled = df[~df["method"].isin([m for m, a in methods.items() if a["fidelity"].get("direction_only")])]
     out = ""
-    for name, data, col, spec in (("fidelity_rel_error", scaled, "rel_error", ".2e"), ("fidelity_cosine", df, "cosine", ".4f")):
+    for name, data, col, spec in (("fidelity_rel_error", scaled, "rel_error", ".2e"),
+                                  ("fidelity_cosine", df, "cosine", ".4f")):
         out += w.table(_pivot(name, data, ["theta_source", "estimator"], lambda g: f"{g[col].median():{spec}}",
                               lambda g: float(g[col].median()), [TEXT[f"{name}_note"]]))
     return out + w.table(_pivot("fidelity_cost", df[df["theta_source"] == df["theta_source"].min()], ["estimator"],
@@ -125,16 +117,16 @@ def fidelity(study: dict, w) -> str:
 
 
 def precision(study: dict, w) -> str:
-    """The meta-gradient's float32 error per K (no figure: it would re-plot the table's medians and maxima),
-    then the short training runs in both precisions."""
+    """The meta-gradient's float32 error per K, then the short training runs in both precisions."""
     df = study["tables"]["precision.csv"].astype({"nonfinite32": bool, "nonfinite64": bool})
     t = df.groupby("inner_steps", sort=True).agg(
         tasks=("task", "nunique"), rel_diff_median=("rel_diff", "median"), rel_diff_max=("rel_diff", "max"),
         norm32_mean=("norm32", "mean"), norm64_mean=("norm64", "mean"), nonfinite32=("nonfinite32", "sum"),
         nonfinite64=("nonfinite64", "sum"))
     cols = [("inner steps K", lambda r: fmt_g(r["inner_steps"])), ("tasks", "tasks"),
-            spec_column("rel. diff median", ".2e", "rel_diff_median"), spec_column("rel. diff max", ".2e", "rel_diff_max"),
-            spec_column("‖g‖ float32", ".4f", "norm32_mean"), spec_column("‖g‖ float64", ".4f", "norm64_mean"),
+            spec_column("rel. diff median", ".2e", "rel_diff_median"),
+            spec_column("rel. diff max", ".2e", "rel_diff_max"), spec_column("‖g‖ float32", ".4f", "norm32_mean"),
+            spec_column("‖g‖ float64", ".4f", "norm64_mean"),
             spec_column("non-finite tasks f32 / f64", "d", "nonfinite32", "nonfinite64")]
     out = w.table(_summary_table("precision", t, cols, "precision_note"))
     train = study["tables"].get("precision_train.csv")
@@ -152,8 +144,7 @@ def precision(study: dict, w) -> str:
 
 
 def assumptions(study: dict, w) -> str:
-    """Per (checkpoint, λ): how many tasks' regularised inner objective is not strongly convex, and
-    quantiles of the other audited quantities."""
+    """Per (checkpoint, λ): the tasks whose inner objective is not strongly convex, quantiles of the rest."""
     df = study["tables"]["assumptions.csv"].copy()
     df["violated"] = ~df["strongly_convex"].astype(str).str.strip().str.lower().isin(["true", "1", "1.0", "yes"])
     q90 = lambda s: s.quantile(0.9)
@@ -199,16 +190,15 @@ def failures(study: dict, w) -> str:
 
 
 def rescaling(study: dict, w) -> str:
-    """Per target scale: float32's error in MAML's meta-gradient at the largest K, and how the
-    protocol that diverged fared trained on the rescaled targets (MSE in the original units)."""
+    """Per target scale: float32's error in MAML's meta-gradient at the largest K, and the diverging protocol
+    trained on the rescaled targets (MSE in the original units)."""
     grads = study["tables"]["rescaling.csv"]
-    grads = grads.assign(top=grads["inner_steps"] == grads.groupby("scale")["inner_steps"].transform("max"),
-                         nonfinite32=grads["nonfinite32"].astype(str).str.lower().eq("true"))
+    top = grads[grads["inner_steps"] == grads.groupby("scale")["inner_steps"].transform("max")]
+    t = top.groupby("scale", sort=True).agg(inner_steps=("inner_steps", "max"), rel_diff_median=("rel_diff", "median"))
+    t["nonfinite32"] = grads["nonfinite32"].astype(str).str.lower().eq("true").groupby(grads["scale"]).sum()
     train = study["tables"].get("rescaling_train.csv", pd.DataFrame(
         columns=["scale", "status", "meta_iterations", "experiment", "test_mse", "iterations_done"]))
     diverged = train["status"] == "diverged"
-    t = grads.groupby("scale", sort=True).agg(inner_steps=("inner_steps", "max"), nonfinite32=("nonfinite32", "sum"))
-    t.insert(1, "rel_diff_median", grads[grads["top"]].groupby("scale")["rel_diff"].median())
     t = t.join(train.assign(diverged=diverged, done_mse=train["test_mse"].where(train["status"] == "completed"),
                             at=train["iterations_done"].where(diverged)).groupby("scale").agg(
         seeds=("status", "size"), diverged=("diverged", "sum"), iterations=("meta_iterations", "max"),
