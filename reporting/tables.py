@@ -71,12 +71,10 @@ def sweep_section(rows: list[dict], w) -> str:
         raw.columns = [f"K={k}" for k in raw.columns]
         metric, minutes = sel["metric"].iloc[0], "/".join(sorted({fmt_g(m) for m in sel["minutes"].dropna()}))
         same_k = all(t == [k] for t, k in zip(sel["test_steps"], sel["inner_steps"]))
-        tests = sorted({t for ts in sel["test_steps"] for t in ts})
-        spread = "± 95% CI over test tasks (one run each)" if (sel["n_runs"] == 1).all() else "± std across runs"
-        note = (f"{'Test accuracy %' if metric == 'accuracy' else 'Test MSE'} {spread}; every run trained for "
-                f"{minutes or '?'} min with K inner steps, tested after "
-                f"{'K' if same_k else ', '.join(fmt_g(t) for t in tests)} steps. Time and memory per point: "
-                "`tables/inner_steps.csv` and the figure.")
+        note = TEXT["sweep_note"].format(
+            metric="Test accuracy %" if metric == "accuracy" else "Test MSE", minutes=minutes or "?",
+            spread="± 95% CI over test tasks (one run each)" if (sel["n_runs"] == 1).all() else "± std across runs",
+            tests="K" if same_k else ", ".join(fmt_g(t) for t in sorted({t for ts in sel["test_steps"] for t in ts})))
         text += w.table(Table(c.slug("inner_steps", *key), ["algorithm", *raw.columns],
                               [[label, *row] for label, row in zip(labels, cells.values.tolist())],
                               raw.reset_index(), [note]))
@@ -109,8 +107,9 @@ def _sweep_figure(key: tuple, sel: pd.DataFrame, labels: list[str], minutes: str
 
 def selection_table(selections: list[dict], labels: dict) -> Table:
     """Every candidate of every selection on validation tasks, its validation score and the choice."""
-    rows = [{"setting": c.title(*s["setting"].partition("_")[::2]).strip(), "algorithm": labels.get(s["experiment"], s["algorithm"]), "run": s["run"],
-             "metric": s["metric"], "chosen": cand.get("candidate") == s.get("winner_name"), **cand}
+    rows = [{"setting": c.title(*s["setting"].partition("_")[::2]).strip(), "run": s["run"], "metric": s["metric"],
+             "algorithm": labels.get(s["experiment"], s["algorithm"]),
+             "chosen": cand.get("candidate") == s.get("winner_name"), **cand}
             for s in selections for cand in s["candidate_rows"]]
 
     def score(r):
