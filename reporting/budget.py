@@ -85,9 +85,8 @@ def _mean_of(runs: list[dict], key: str) -> float:
 
 
 def pooled(runs: list[dict], judged: dict[str, dict], pool: list[dict]) -> dict:
-    """A configuration's seeds pooled (a row of the report's ``summary``): outcome counts, the test metric over
-    seeds (and after 1, 5 and 10 test steps where the records hold them), cost and run folders. ``pool``: the
-    records where a zero predictor on the same test tasks is found."""
+    """A configuration's seeds pooled (a row of the report's ``summary``): outcome counts, the test metric over seeds
+    (and after 1, 5 and 10 test steps), cost and run folders. ``pool``: where to find a zero predictor."""
     r, base, minutes = runs[0], baselines.is_baseline(runs[0]), runs[0].get("max_train_minutes")
     done = [x for x in runs if x["status"] == "completed"]
     mean, std, n = mean_std([x["mean"] for x in done])
@@ -167,15 +166,12 @@ def protocol_table(key: tuple, rows: list[dict], judged: dict[str, dict], pool: 
 def curve(folder: str) -> list[tuple[float, float, int]]:
     """(training minutes, validation metric, iteration) of every validated iteration in metrics.csv."""
     return [(float(row["train_wall_s"]) / 60, float(row["val_metric"]), int(float(row["iter"])))
-            for row in c.metrics_rows(folder) if row.get("val_metric") not in (None, "")
-            and row.get("train_wall_s") not in (None, "")]
+            for row in c.metrics_rows(folder) if row.get("val_metric") and row.get("train_wall_s")]
 
 
 def draw(axes: list, rows: list[dict], dataset: str) -> bool:
-    """Each algorithm's validation metric on ``axes`` (the first against training minutes, a second, if given,
-    against iterations): the mean over its seeds on the points of all up to where the shortest ends, a band
-    from their minimum to their maximum, one colour per algorithm (``render.colour``); no final test results
-    (the tables hold them). False when no run has a learning curve."""
+    """Each algorithm's validation metric against training minutes (and iterations, on a second axis if given):
+    the mean over its seeds up to where the shortest ends, a band from their min to max. False without curves."""
     import numpy as np
 
     scale, _ = c.scale_of(c.metric_of(dataset))
@@ -200,8 +196,7 @@ def draw(axes: list, rows: list[dict], dataset: str) -> bool:
 
 
 def curves_figure(key: tuple, rows: list[dict], fig_dir: Path) -> Path | None:
-    """The group's learning curves (:func:`draw`); for runs without a time cap (the papers' budgets) also
-    against iterations, in a second panel."""
+    """The group's learning curves (:func:`draw`); without a time cap (the papers' budgets) also vs iterations."""
     dataset, setting, minutes = key
     fig, axes = new_figure(1 if minutes is not None else 2)
     if not draw(axes, rows, dataset):

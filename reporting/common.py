@@ -1,4 +1,4 @@
-"""Shared row helpers: ordering, configuration identity, display of a run's budget and setup."""
+"""Shared row helpers: ordering, configuration identity, display of a run's status and result."""
 from __future__ import annotations
 
 import csv

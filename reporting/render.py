@@ -33,7 +33,7 @@ def make_table(name: str, rows: Sequence[dict], columns: Sequence[tuple[Any, ...
                extra: Sequence[str] = ()) -> Table:
     """A table of row dicts. A column is ``(header, row → cell text, *keys)`` or ``(header, key)`` (the key's value
     as text). The CSV holds every column's keys, then ``extra``, each key once; a list value as ``a;b``."""
-    columns = [(c[0], (lambda k: lambda r: str(r[k]))(c[1]), c[1]) if isinstance(c[1], str) else c for c in columns]
+    columns = [(c[0], lambda r, k=c[1]: str(r[k]), c[1]) if isinstance(c[1], str) else c for c in columns]
     keys = list(dict.fromkeys([*(k for col in columns for k in col[2:]), *extra]))
     csv_value = lambda v: ";".join(map(str, v)) if isinstance(v, (list, tuple)) else v  # noqa: E731
     raw = pd.DataFrame([{k: csv_value(r.get(k)) for k in keys} for r in rows], columns=keys)
@@ -87,11 +87,10 @@ def to_markdown(t: Table) -> str:
 
 
 # LaTeX escapes, the cells' unicode (±, λ, —) included, which pandas' Styler.to_latex would leave as it is
-_TEX = str.maketrans({"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
-                      "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
-                      "<": r"\textless{}", ">": r"\textgreater{}", "±": r"$\pm$", "λ": r"$\lambda$", "≥": r"$\geq$",
-                      "≤": r"$\leq$", "×": r"$\times$", "—": "---", "–": "--", "−": "-", "≈": r"$\approx$",
-                      "†": r"\textdagger{}", "→": r"$\to$"})
+_TEX = str.maketrans({**{ch: "\\" + ch for ch in "&%$#_{}"}, "\\": r"\textbackslash{}", "~": r"\textasciitilde{}",
+                      "^": r"\textasciicircum{}", "<": r"\textless{}", ">": r"\textgreater{}", "†": r"\textdagger{}",
+                      "±": r"$\pm$", "λ": r"$\lambda$", "≥": r"$\geq$", "≤": r"$\leq$", "×": r"$\times$",
+                      "≈": r"$\approx$", "→": r"$\to$", "—": "---", "–": "--", "−": "-"})
 
 
 def write_table(t: Table, tables_dir: Path) -> list[Path]:

@@ -93,13 +93,11 @@ def _sweep_figure(key: tuple, sel: pd.DataFrame, labels: list[str], minutes: str
         axes[0].errorbar(p["inner_steps"], p["mean"] * scale, yerr=p["err"].fillna(0) * scale, capsize=3, **style)
         axes[1].plot(p["inner_steps"], p["median_iter_s"], **style)
         axes[2].plot(p["inner_steps"], p["alloc_peak_bytes"].where(p["alloc_peak_bytes"] > 0) / 2**20, **style)
-    for ax, ylabel in zip(axes, ("test accuracy (%)" if metric == "accuracy" else "test MSE", "s / meta-iteration",
-                                 "peak allocation (MiB)")):
+    ylabels = ("test accuracy (%)" if metric == "accuracy" else "test MSE", "s / meta-iteration",
+               "peak allocation (MiB)")
+    for ax, ylabel, yscale in zip(axes, ylabels, ("log" if metric == "mse" else "linear", "log", "linear")):
         log_x(ax, sel["inner_steps"])
-        ax.set(xlabel="inner steps K (train)", ylabel=ylabel)
-    axes[1].set_yscale("log")
-    if metric == "mse":
-        axes[0].set_yscale("log")
+        ax.set(xlabel="inner steps K (train)", ylabel=ylabel, yscale=yscale)
     axes[0].set_title(c.title(dataset, setting) + (f", {minutes} min per run" if minutes else ""), fontsize=10)
     axes[0].legend(fontsize=8)
     return save_figure(fig, fig_dir / f"inner_steps_{c.slug(dataset, setting, profile)}.png")
