@@ -38,29 +38,24 @@ def _label(r: dict) -> str:
     return r["label"] if c.budget_kind(r) is not None else f"{r['label']} †"
 
 
-def _optimizer(r: dict, side: str, *extras: str | None) -> str:
-    """'<side>_optimizer <side>_lr' and the extras that apply, comma-separated: 'sgd 0.1, prox 2'."""
-    return ", ".join([f"{r.get(side + '_optimizer') or '—'} {fmt_g(r.get(side + '_lr'))}", *filter(None, extras)])
-
-
-def _inner(r: dict) -> str:
-    prox = r.get("prox_lam") and f"prox {fmt_g(r['prox_lam'])}"
-    return f"{_optimizer(r, 'inner', prox)}; {fmt_g(r.get('inner_steps'))}/{fmt_g(r.get('test_steps'))} steps"
-
-
-def _outer(r: dict) -> str:
-    clip = r.get("outer_clip") is not None and f"clip {fmt_g(r['outer_clip'])}"
-    return _optimizer(r, "outer", clip, r.get("outer_anneal") and "annealed")
+def _optimizer(r: dict, side: str) -> str:
+    """'sgd 0.1, prox 2' or 'adam 0.001, clip 10, annealed': the side's optimizer, learning rate and options set."""
+    options = ([f"prox {fmt_g(r['prox_lam'])}" if r.get("prox_lam") else ""] if side == "inner" else
+               [f"clip {fmt_g(r['outer_clip'])}" if r.get("outer_clip") is not None else "",
+                "annealed" if r.get("outer_anneal") else ""])
+    return ", ".join([f"{r.get(side + '_optimizer') or '—'} {fmt_g(r.get(side + '_lr'))}", *filter(None, options)])
 
 
 def setup_table(key: tuple, rows: list[dict]) -> Table:
     """How each configuration of the setting was set up, one row per configuration (its seeds together)."""
     cols = [("algorithm", _label, "label"), ("protocol", lambda r: r.get("protocol") or "—", "protocol"),
-            ("inner (opt lr; steps train/test)", _inner,
+            ("inner (opt lr; steps train/test)",
+             lambda r: f"{_optimizer(r, 'inner')}; {fmt_g(r.get('inner_steps'))}/{fmt_g(r.get('test_steps'))} steps",
              "inner_optimizer", "inner_lr", "prox_lam", "inner_steps", "test_steps"),
             ("λ / CG", lambda r: "—" if r.get("lam") is None and r.get("cg_steps") is None
              else f"{fmt_g(r.get('lam'))} / {fmt_g(r.get('cg_steps'))}", "lam", "cg_steps"),
-            ("outer (opt lr)", _outer, "outer_optimizer", "outer_lr", "outer_clip", "outer_anneal"),
+            ("outer (opt lr)", lambda r: _optimizer(r, "outer"),
+             "outer_optimizer", "outer_lr", "outer_clip", "outer_anneal"),
             ("meta-batch", lambda r: fmt_g(r.get("meta_batch_size")), "meta_batch_size"),
             *((f"{side} shots (support + query)", lambda r, s=s, q=q: f"{fmt_g(r.get(s))} + {fmt_g(r.get(q))}", s, q)
               for side, s, q in (("train", "shots", "query_shots"), ("test", "test_shots", "test_query_shots"))),
