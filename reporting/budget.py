@@ -1,10 +1,5 @@
-"""Comparison a: each algorithm at its published protocol, all at one training-time budget.
-
-Runs are grouped by (dataset, test setting, budget): one setup table says how each run was configured, one
-results table shows the test metric, whether it beat its baseline and how far each run got in that budget
-(iterations, seconds per iteration, peak memory). The learning-curve figure plots the validation metric
-against minutes of training, one line per algorithm; the first page's grid draws its panels the same way.
-"""
+"""Comparison a: each algorithm at its published protocol, all at one training-time budget. Per (dataset, test
+setting, budget): a setup table, a results table (test metric, baseline, how far the runs got) and learning curves."""
 from __future__ import annotations
 
 import math
@@ -14,6 +9,7 @@ from pathlib import Path
 from . import baselines, render
 from . import common as c
 from .render import TEXT, Table, fmt, fmt_g, fmt_pm, make_table, new_figure, save_figure
+from .stats import mean_std
 
 
 def is_sweep(row: dict) -> bool:
@@ -36,17 +32,30 @@ def budget_title(dataset: str, setting: str, minutes, rows: list[dict]) -> str:
 
 
 def _label(r: dict) -> str:
-    return f"{r['label']} (baseline)" if baselines.is_baseline(r) else c.label_text(r)
+    """The run's label, marked † when it is below the paper's scale."""
+    if baselines.is_baseline(r):
+        return f"{r['label']} (baseline)"
+    return r["label"] if c.budget_kind(r) is not None else f"{r['label']} †"
+
+
+def _optimizer(r: dict, side: str) -> str:
+    """'sgd 0.1, prox 2' or 'adam 0.001, clip 10, annealed': the side's optimizer, learning rate and options set."""
+    options = ([f"prox {fmt_g(r['prox_lam'])}" if r.get("prox_lam") else ""] if side == "inner" else
+               [f"clip {fmt_g(r['outer_clip'])}" if r.get("outer_clip") is not None else "",
+                "annealed" if r.get("outer_anneal") else ""])
+    return ", ".join([f"{r.get(side + '_optimizer') or '—'} {fmt_g(r.get(side + '_lr'))}", *filter(None, options)])
 
 
 def setup_table(key: tuple, rows: list[dict]) -> Table:
-    """What each configuration of the setting was set up with (one row per configuration, its seeds
-    together): one table per setting, so the results tables carry results only."""
+    """How each configuration of the setting was set up, one row per configuration (its seeds together)."""
     cols = [("algorithm", _label, "label"), ("protocol", lambda r: r.get("protocol") or "—", "protocol"),
-            ("inner (opt lr; steps train/test)", lambda r: f"{c.inner_text(r)}; {c.steps_text(r)} steps",
+            ("inner (opt lr; steps train/test)",
+             lambda r: f"{_optimizer(r, 'inner')}; {fmt_g(r.get('inner_steps'))}/{fmt_g(r.get('test_steps'))} steps",
              "inner_optimizer", "inner_lr", "prox_lam", "inner_steps", "test_steps"),
-            ("λ / CG", c.lam_cg_text, "lam", "cg_steps"),
-            ("outer (opt lr)", c.outer_text, "outer_optimizer", "outer_lr", "outer_clip", "outer_anneal"),
+            ("λ / CG", lambda r: "—" if r.get("lam") is None and r.get("cg_steps") is None
+             else f"{fmt_g(r.get('lam'))} / {fmt_g(r.get('cg_steps'))}", "lam", "cg_steps"),
+            ("outer (opt lr)", lambda r: _optimizer(r, "outer"),
+             "outer_optimizer", "outer_lr", "outer_clip", "outer_anneal"),
             ("meta-batch", lambda r: fmt_g(r.get("meta_batch_size")), "meta_batch_size"),
             *((f"{side} shots (support + query)", lambda r, s=s, q=q: f"{fmt_g(r.get(s))} + {fmt_g(r.get(q))}", s, q)
               for side, s, q in (("train", "shots", "query_shots"), ("test", "test_shots", "test_query_shots"))),
@@ -67,47 +76,72 @@ def _reached(runs: list[dict]) -> str:
 
 
 def _mean_of(runs: list[dict], key: str) -> float:
-    return c.mean_std([r[key] for r in runs if r.get(key) is not None])[0]
+    return mean_std([r[key] for r in runs if r.get(key) is not None])[0]
 
 
 def pooled(runs: list[dict], judged: dict[str, dict], pool: list[dict]) -> dict:
-    """A configuration's seeds pooled (a row of the report's ``summary``): outcome counts, the test metric over
-    seeds (and after 1, 5 and 10 test steps where the records hold them), cost and run folders. ``pool``: the
-    records where a zero predictor on the same test tasks is found."""
-    r, g = runs[0], c.over_seeds(runs)
-    done, base, minutes = g["done"], baselines.is_baseline(r), r.get("max_train_minutes")
-    steps = {k: c.mean_std([x["by_steps"][k] for x in done if (x.get("by_steps") or {}).get(k) is not None])
+    """A configuration's seeds pooled (a row of the report's ``summary``): outcome counts, the test metric over seeds
+    (and after 1, 5 and 10 test steps), cost and run folders. ``pool``: where to find a zero predictor."""
+    r, base, minutes = runs[0], baselines.is_baseline(runs[0]), runs[0].get("max_train_minutes")
+    done = [x for x in runs if x["status"] == "completed"]
+    mean, std, n = mean_std([x["mean"] for x in done])
+    steps = {k: mean_std([x["by_steps"][k] for x in done if (x.get("by_steps") or {}).get(k) is not None])
              for k in (1, 5, 10)}
     peaks = [x.get("gpu_peak_bytes") if x.get("device") == "cuda" else x.get("alloc_peak_bytes") for x in runs]
     return {
         "dataset": r["dataset"], "setting": r["setting"], "label": r["label"], "role": "baseline" if base else "method",
         "budget": r.get("profile") or "?" if minutes is None else f"{fmt_g(minutes)} min", "minutes": minutes,
         "metric": r.get("metric") or c.metric_of(r["dataset"]),
-        "seeds": len(runs), "completed": g["n"], "diverged": sum(x["status"] == "diverged" for x in runs),
+        "seeds": len(runs), "completed": n, "diverged": sum(x["status"] == "diverged" for x in runs),
         "at_paper_budget": sum(c.budget_kind(x) is not None for x in done),
         "learned": sum(judged.get(x["run"], {}).get("status") == baselines.LEARNED for x in done),
         "beat_chance": 0 if base else sum(baselines.judge(x, [], pool)["status"] == baselines.LEARNED for x in done),
-        "mean": g["mean"], "std": g["std"], "ci95": c.mean_std([x["ci95"] for x in done])[0],
+        "mean": mean, "std": std, "ci95": mean_std([x["ci95"] for x in done])[0],
         **{f"{stat}_{k}": ms[i] for k, ms in steps.items() for i, stat in enumerate(("mean", "std"))},
-        "iterations_min": min(x["iterations_done"] for x in runs), "iterations_max": max(x["iterations_done"] for x in runs),
+        "iterations_min": min(x["iterations_done"] for x in runs),
+        "iterations_max": max(x["iterations_done"] for x in runs),
         "meta_iterations": r["meta_iterations"], "bn_mode": r.get("bn_mode"),
         "train_minutes": _mean_of(runs, "train_wall_s") / 60, "s_per_iter": _mean_of(runs, "median_iter_s"),
         "peak_mib": max((p / 2**20 for p in peaks if p is not None), default=math.nan),
         "experiment": r.get("experiment"), "run": c.runs_text(runs)}
 
 
+def _status(runs: list[dict]) -> str:
+    """'completed' when every seed completed, else each stopped seed's status."""
+    if not (bad := [r for r in runs if r["status"] != "completed"]):
+        return "completed"
+    if len(runs) == 1:
+        return c.status_text(bad[0])
+    return f"{len(runs) - len(bad)} of {len(runs)} completed; " + "; ".join(
+        f"seed {fmt_g(r.get('seed'))} {c.status_text(r)}" for r in bad)
+
+
+def _spread(r: dict) -> str:
+    """A pooled row's test metric: mean ± std over its completed seeds, or one run's mean ± 95% CI."""
+    s, d = c.scale_of(r["metric"])
+    if r["completed"] < 2:
+        return fmt_pm(r["mean"], r["ci95"], d, s)
+    return f"{fmt(r['mean'], d, s)} ± {fmt(r['std'], d, s)} ({r['completed']} seeds)"
+
+
+def _per_seed(r: dict) -> str:
+    """Each seed's result ± 95% CI over test tasks, or its status."""
+    return "; ".join(f"s{fmt_g(x.get('seed'))} {c.result_text(x) if x['status'] == 'completed' else x['status']}"
+                     for x in r["_runs"])
+
+
 def protocol_table(key: tuple, rows: list[dict], judged: dict[str, dict], pool: list[dict] = ()) -> Table:
-    """Results at the budget, one row per configuration: the test metric (mean ± std over seeds and
-    each seed's value with its 95% CI, or one run's value ± 95% CI), whether it beat its baselines and
+    """Results at the budget, one row per configuration: the test metric, whether it beat its baselines and
     how far the runs got. ``pool``: every record, where a zero predictor on the same test tasks is found."""
     dataset, configs = key[0], c.config_groups(rows)
     out = [{**runs[0], **pooled(runs, judged, [*rows, *pool]), "_runs": runs, "seeds": c.seeds_list(runs),
             "learned": baselines.text(runs, judged)} for runs in configs]
-    spread = ("test metric (mean ± std over seeds)", lambda r: c.spread_text(r["_runs"]), "mean", "std", "completed")
     several = any(len(runs) > 1 for runs in configs)
-    cols = [("algorithm", _label, "label"), ("status", lambda r: c.status_summary(r["_runs"]), "status"),
-            *([spread, ("per seed (± 95% CI over test tasks)", lambda r: c.per_seed_text(r["_runs"]), "seeds")]
-              if several else [("seed", "seeds"), ("test metric (± 95% CI)", *spread[1:])]),
+    spread = ("test metric (mean ± std over seeds)" if several else "test metric (± 95% CI)", _spread,
+              "mean", "std", "completed")
+    cols = [("algorithm", _label, "label"), ("status", lambda r: _status(r["_runs"]), "status"),
+            *([spread, ("per seed (± 95% CI over test tasks)", _per_seed, "seeds")] if several
+              else [("seed", "seeds"), spread]),
             ("vs baseline", "learned"),
             ("iterations (of the paper's)", lambda r: _reached(r["_runs"]), "iterations_done", "meta_iterations"),
             ("training min", lambda r: fmt(r["train_minutes"], 1), "train_minutes"),
@@ -127,15 +161,12 @@ def protocol_table(key: tuple, rows: list[dict], judged: dict[str, dict], pool: 
 def curve(folder: str) -> list[tuple[float, float, int]]:
     """(training minutes, validation metric, iteration) of every validated iteration in metrics.csv."""
     return [(float(row["train_wall_s"]) / 60, float(row["val_metric"]), int(float(row["iter"])))
-            for row in c.metrics_rows(folder) if row.get("val_metric") not in (None, "")
-            and row.get("train_wall_s") not in (None, "")]
+            for row in c.metrics_rows(folder) if row.get("val_metric") and row.get("train_wall_s")]
 
 
 def draw(axes: list, rows: list[dict], dataset: str) -> bool:
-    """Each algorithm's validation metric on ``axes`` (the first against training minutes, a second, if given,
-    against iterations): the mean over its seeds on the points of all up to where the shortest ends, a band
-    from their minimum to their maximum, one colour per algorithm (``render.colour``); no final test results
-    (the tables hold them). False when no run has a learning curve."""
+    """Each algorithm's validation metric against training minutes (and iterations, on a second axis if given):
+    the mean over its seeds up to where the shortest ends, a band from their min to max. False without curves."""
     import numpy as np
 
     scale, _ = c.scale_of(c.metric_of(dataset))
@@ -160,8 +191,7 @@ def draw(axes: list, rows: list[dict], dataset: str) -> bool:
 
 
 def curves_figure(key: tuple, rows: list[dict], fig_dir: Path) -> Path | None:
-    """The group's learning curves (:func:`draw`); for runs without a time cap (the papers' budgets) also
-    against iterations, in a second panel."""
+    """The group's learning curves (:func:`draw`); without a time cap (the papers' budgets) also vs iterations."""
     dataset, setting, minutes = key
     fig, axes = new_figure(1 if minutes is not None else 2)
     if not draw(axes, rows, dataset):
@@ -177,5 +207,7 @@ def groups(rows: list[dict]) -> dict[tuple, list[dict]]:
     (dataset, test setting, training-minutes cap), each group's runs by algorithm and seed."""
     ours = sorted((r for r in rows if r.get("experiment") and not is_sweep(r) and r.get("protocol")),
                   key=lambda r: (r["dataset"], c.setting_rank(r["setting"]), r.get("max_train_minutes") is None,
-                                 r.get("max_train_minutes") or 0, c.label_rank(r["label"]), r.get("seed") or 0, r["run"]))
-    return {k: list(g) for k, g in groupby(ours, key=lambda r: (r["dataset"], r["setting"], r.get("max_train_minutes")))}
+                                 r.get("max_train_minutes") or 0, c.label_rank(r["label"]), r.get("seed") or 0,
+                                 r["run"]))
+    key = lambda r: (r["dataset"], r["setting"], r.get("max_train_minutes"))  # noqa: E731
+    return {k: list(g) for k, g in groupby(ours, key=key)}

@@ -1,4 +1,4 @@
-"""Shared row helpers: ordering, configuration identity, display of a run's budget and setup."""
+"""Shared row helpers: ordering, configuration identity, display of a run's status and result."""
 from __future__ import annotations
 
 import csv
@@ -8,20 +8,17 @@ from typing import Any
 import catalog
 
 from .render import fmt, fmt_g, fmt_pm, is_missing
-from .stats import mean_std
 
 LABEL_ORDER = catalog.label_order()  # the configs' labels; any other label (your own method) after, by name
 SETTING_ORDER = ("5w1s", "5w5s", "20w1s", "20w5s")
 DATASETS = {name: catalog.dataset(name) for name in catalog.datasets()}  # the fields each dataset config declares
 DATASET_NAMES = {name: d["label"] for name, d in DATASETS.items()}
-# Everything that defines a training configuration except the seed: runs sharing these
-# are seeds of one setting and are aggregated across seeds.
+# Everything that defines a training configuration except the seed: runs sharing these are its seeds.
 CONFIG_KEYS = ("label", "variant", "algorithm", "dataset", "ways", "shots", "query_shots", "test_shots",
                "test_query_shots", "profile", "experiment", "meta_iterations", "meta_batch_size",
                "inner_optimizer", "inner_lr", "inner_steps", "test_steps", "prox_lam", "lam", "cg_steps",
                "outer_optimizer", "outer_lr", "outer_clip", "outer_anneal", "bn_mode", "dtype", "device",
                "max_train_minutes", "early_stop", "inner_state", "test_inner_state")
-NOT_PAPER = "†"
 
 
 def metric_of(dataset: str) -> str:
@@ -76,11 +73,6 @@ def budget_kind(row: dict) -> str | None:
     return None
 
 
-def label_text(row: dict) -> str:
-    """The run's label, marked when it is below the paper's scale."""
-    return row["label"] if budget_kind(row) is not None else f"{row['label']} {NOT_PAPER}"
-
-
 def status_text(row: dict) -> str:
     if row["status"] == "completed":
         return "completed"
@@ -92,31 +84,6 @@ def status_text(row: dict) -> str:
 
 def budget_text(row: dict) -> str:
     return f"{row['iterations_done']}/{row['meta_iterations']}"
-
-
-def _optimizer_text(row: dict, side: str, *extras: str | None) -> str:
-    """``<side>_optimizer <side>_lr`` and the extras that apply, comma-separated."""
-    head = f"{row.get(side + '_optimizer') or '—'} {fmt_g(row.get(side + '_lr'))}"
-    return ", ".join([head, *(e for e in extras if e)])
-
-
-def outer_text(row: dict) -> str:
-    clip = row.get("outer_clip")
-    return _optimizer_text(row, "outer", clip is not None and f"clip {fmt_g(clip)}",
-                           row.get("outer_anneal") and "annealed")
-
-
-def inner_text(row: dict) -> str:
-    return _optimizer_text(row, "inner", row.get("prox_lam") and f"prox {fmt_g(row['prox_lam'])}")
-
-
-def steps_text(row: dict) -> str:
-    return f"{fmt_g(row.get('inner_steps'))}/{fmt_g(row.get('test_steps'))}"
-
-
-def lam_cg_text(row: dict) -> str:
-    none = row.get("lam") is None and row.get("cg_steps") is None
-    return "—" if none else f"{fmt_g(row.get('lam'))} / {fmt_g(row.get('cg_steps'))}"
 
 
 def scale_of(metric: str | None) -> tuple[float, int]:
@@ -148,37 +115,6 @@ def runs_text(runs: list[dict]) -> str:
     if len(names) > 1 and all(len(n) == 2 for n in names) and len({n[0] for n in names}) == 1:
         return f"{names[0][0]}-s{{{','.join(n[1] for n in names)}}}"
     return "; ".join(r["run"] for r in runs)
-
-
-def over_seeds(runs: list[dict]) -> dict:
-    """The completed runs' test metric across seeds: mean, std (ddof 1), count and seeds."""
-    done = [r for r in runs if r["status"] == "completed"]
-    mean, std, n = mean_std([r["mean"] for r in done])
-    return {"mean": mean, "std": std, "n": n, "done": done, "seeds": seeds_list(done)}
-
-
-def spread_text(runs: list[dict]) -> str:
-    """Mean ± std over seeds with their count, or one run's mean ± 95% CI over test tasks."""
-    g = over_seeds(runs)
-    if g["n"] < 2:
-        return result_text(g["done"][0]) if g["n"] else "—"
-    s, d = scale_of(g["done"][0]["metric"])
-    return f"{fmt(g['mean'], d, s)} ± {fmt(g['std'], d, s)} ({g['n']} seeds)"
-
-
-def per_seed_text(runs: list[dict]) -> str:
-    """Each seed's result ± 95% CI over test tasks, or its status."""
-    return "; ".join(f"s{fmt_g(r.get('seed'))} {result_text(r) if r['status'] == 'completed' else r['status']}"
-                     for r in runs)
-
-
-def status_summary(runs: list[dict]) -> str:
-    """'completed' when every seed completed, else each stopped seed's status."""
-    if not (bad := [r for r in runs if r["status"] != "completed"]):
-        return "completed"
-    many = len(runs) > 1
-    head = f"{len(runs) - len(bad)} of {len(runs)} completed; " if many else ""
-    return head + "; ".join((f"seed {fmt_g(r.get('seed'))} " if many else "") + status_text(r) for r in bad)
 
 
 def records_sorted(rows: list[dict]) -> list[dict]:

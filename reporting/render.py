@@ -1,16 +1,10 @@
-"""Tables and figures as files: Markdown, CSV, booktabs LaTeX and PNG, all deterministic.
-
-A :class:`Table` carries two views of the same rows: display cells (strings, for Markdown
-and LaTeX) and raw values (numbers, for CSV). The LaTeX writer is our own few lines, so
-the report does not depend on jinja2 (pandas' ``to_latex`` needs it).
-"""
+"""Tables and figures as files: Markdown, CSV, booktabs LaTeX and PNG, all deterministic."""
 from __future__ import annotations
 
-import functools
 import io
 import math
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,20 +21,19 @@ TEXT: dict[str, str] = yaml.safe_load(Path(__file__).with_name("text.yaml").read
 
 @dataclass
 class Table:
+    """Two views of the same rows: display cells (Markdown and LaTeX) and raw values (CSV)."""
     name: str                          # file stem under tables/
-    headers: list[str]                 # display headers
-    cells: list[list[str]]             # display rows
-    raw: pd.DataFrame                  # raw values, written as CSV
+    headers: list[str]
+    cells: list[list[str]]
+    raw: pd.DataFrame
     notes: list[str] = field(default_factory=list)
 
 
 def make_table(name: str, rows: Sequence[dict], columns: Sequence[tuple[Any, ...]], notes: Sequence[str] = (),
                extra: Sequence[str] = ()) -> Table:
-    """A table of row dicts. A column is ``(header, row → cell text, *keys)``, ``keys`` the row values the
-    cell shows, or ``(header, key)``: the key's value as text. ``notes``: lines under the table. The CSV
-    holds every column's keys in column order, then ``extra`` (keys no cell shows), each key once; a list
-    value as ``a;b``."""
-    columns = [(c[0], (lambda k: lambda r: str(r[k]))(c[1]), c[1]) if isinstance(c[1], str) else c for c in columns]
+    """A table of row dicts. A column is ``(header, row → cell text, *keys)`` or ``(header, key)`` (the key's value
+    as text). The CSV holds every column's keys, then ``extra``, each key once; a list value as ``a;b``."""
+    columns = [(c[0], lambda r, k=c[1]: str(r[k]), c[1]) if isinstance(c[1], str) else c for c in columns]
     keys = list(dict.fromkeys([*(k for col in columns for k in col[2:]), *extra]))
     csv_value = lambda v: ";".join(map(str, v)) if isinstance(v, (list, tuple)) else v  # noqa: E731
     raw = pd.DataFrame([{k: csv_value(r.get(k)) for k in keys} for r in rows], columns=keys)
@@ -59,63 +52,56 @@ def compact(t: Table) -> Table:
                  [caption, *t.notes])
 
 
-# ---------------------------------------------------------------- number formatting
+# ---------------------------------------------------------------- number formatting ('—' when missing)
 def is_missing(v: Any) -> bool:
     return v is None or (isinstance(v, float) and math.isnan(v))
 
 
-def _dash(fn: Callable[..., str]) -> Callable[..., str]:
-    """``fn``, returning '—' where its first argument is missing."""
-    @functools.wraps(fn)
-    def text(v: Any, *args, **kwargs) -> str:
-        return "—" if is_missing(v) else fn(v, *args, **kwargs)
-    return text
-
-
-@_dash
 def fmt(v: Any, digits: int = 2, scale: float = 1.0) -> str:
-    """Fixed-point text of a number ('—' when missing); a blown-up one (≥ 1e6) in scientific notation."""
+    """Fixed-point text of a number; a blown-up one (≥ 1e6) in scientific notation."""
+    if is_missing(v):
+        return "—"
     x = float(v) * scale
     return f"{x:.{digits}e}" if abs(x) >= 1e6 else f"{x:.{digits}f}"
 
 
-@_dash
 def fmt_pm(mean: Any, pm: Any, digits: int = 2, scale: float = 1.0) -> str:
-    return fmt(mean, digits, scale) if is_missing(pm) else f"{fmt(mean, digits, scale)} ± {fmt(pm, digits, scale)}"
+    return fmt(mean, digits, scale) + ("" if is_missing(mean) or is_missing(pm) else f" ± {fmt(pm, digits, scale)}")
 
 
-@_dash
 def fmt_g(v: Any) -> str:
     """Shortest faithful text of a configuration number (1e-3 → '0.001', 2.0 → '2')."""
+    if is_missing(v):
+        return "—"
     return str(int(v)) if isinstance(v, float) and v.is_integer() and abs(v) < 1e15 else f"{v:g}"
 
 
-@_dash
 def fmt_p(p: Any) -> str:
-    return "<0.0001" if p < 1e-4 else f"{p:.4f}"
+    return "—" if is_missing(p) else "<0.0001" if p < 1e-4 else f"{p:.4f}"
 
 
 # ---------------------------------------------------------------- writers
 def to_markdown(t: Table) -> str:
-    line = lambda cells: "| " + " | ".join(str(x).replace("|", "\\|").replace("\n", " ") for x in cells) + " |"  # noqa: E731
+    line = lambda cells: "| " + " | ".join(str(x).replace("|", "\\|").replace("\n", " ") for x in cells) + " |"  # noqa
     return "\n".join([line(t.headers), "|" + "|".join("---" for _ in t.headers) + "|", *map(line, t.cells)]) + "\n"
 
 
-_TEX = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
-        "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
-        "±": r"$\pm$", "λ": r"$\lambda$", "≥": r"$\geq$", "≤": r"$\leq$", "×": r"$\times$",
-        "—": "---", "–": "--", "−": "-", "≈": r"$\approx$", "†": r"\textdagger{}", "→": r"$\to$",
-        "<": r"\textless{}", ">": r"\textgreater{}"}
+# LaTeX escapes, the cells' unicode (±, λ, —) included, which pandas' Styler.to_latex would leave as it is
+_TEX = str.maketrans({**{ch: "\\" + ch for ch in "&%$#_{}"}, "\\": r"\textbackslash{}", "~": r"\textasciitilde{}",
+                      "^": r"\textasciicircum{}", "<": r"\textless{}", ">": r"\textgreater{}", "†": r"\textdagger{}",
+                      "±": r"$\pm$", "λ": r"$\lambda$", "≥": r"$\geq$", "≤": r"$\leq$", "×": r"$\times$",
+                      "≈": r"$\approx$", "→": r"$\to$", "—": "---", "–": "--", "−": "-"})
 
 
 def write_table(t: Table, tables_dir: Path) -> list[Path]:
     """The table's raw values as CSV and its display cells as a booktabs LaTeX tabular, under ``tables_dir``."""
-    row = lambda cells: " & ".join("".join(_TEX.get(ch, ch) for ch in str(x)) for x in cells) + r" \\"  # noqa: E731
+    row = lambda cells: " & ".join(str(x).translate(_TEX) for x in cells) + r" \\"  # noqa: E731
     tex = ["% generated by report.py from run records; do not edit", r"\begin{tabular}{" + "l" * len(t.headers) + "}",
            r"\toprule", row(t.headers), r"\midrule", *map(row, t.cells), r"\bottomrule", r"\end{tabular}"]
-    atomic_write_text(tables_dir / f"{t.name}.csv", t.raw.to_csv(index=False, lineterminator="\n", float_format="%.10g"))
-    atomic_write_text(tables_dir / f"{t.name}.tex", "\n".join(tex) + "\n")
-    return [tables_dir / f"{t.name}.csv", tables_dir / f"{t.name}.tex"]
+    csv, tex_path = tables_dir / f"{t.name}.csv", tables_dir / f"{t.name}.tex"
+    atomic_write_text(csv, t.raw.to_csv(index=False, lineterminator="\n", float_format="%.10g"))
+    atomic_write_text(tex_path, "\n".join(tex) + "\n")
+    return [csv, tex_path]
 
 
 def save_figure(fig, path: Path) -> Path:
@@ -141,9 +127,8 @@ def new_figure(ncols: int = 1, width: float = 6.4, height: float = 4.0):
 
 
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
-# One colour per algorithm label, everywhere in the report: the labels the configs give, in report
-# order (catalog.label_order), take the palette in turn; any other label (your own method) a colour
-# of its own from the rest of the palette, chosen by its name so that it never changes.
+# One colour per algorithm label, everywhere: the configs' labels (catalog.label_order) take the palette in turn,
+# any other label one of the rest, chosen by its name so that it never changes.
 PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#98df8a", "#d62728", "#9467bd", "#8c564b", "#7f7f7f", "#e377c2",
            "#bcbd22", "#17becf", "#aec7e8", "#ffbb78", "#c5b0d5")
 

@@ -71,12 +71,10 @@ def sweep_section(rows: list[dict], w) -> str:
         raw.columns = [f"K={k}" for k in raw.columns]
         metric, minutes = sel["metric"].iloc[0], "/".join(sorted({fmt_g(m) for m in sel["minutes"].dropna()}))
         same_k = all(t == [k] for t, k in zip(sel["test_steps"], sel["inner_steps"]))
-        tests = sorted({t for ts in sel["test_steps"] for t in ts})
-        spread = "± 95% CI over test tasks (one run each)" if (sel["n_runs"] == 1).all() else "± std across runs"
-        note = (f"{'Test accuracy %' if metric == 'accuracy' else 'Test MSE'} {spread}; every run trained for "
-                f"{minutes or '?'} min with K inner steps, tested after "
-                f"{'K' if same_k else ', '.join(fmt_g(t) for t in tests)} steps. Time and memory per point: "
-                "`tables/inner_steps.csv` and the figure.")
+        note = TEXT["sweep_note"].format(
+            metric="Test accuracy %" if metric == "accuracy" else "Test MSE", minutes=minutes or "?",
+            spread="± 95% CI over test tasks (one run each)" if (sel["n_runs"] == 1).all() else "± std across runs",
+            tests="K" if same_k else ", ".join(fmt_g(t) for t in sorted({t for ts in sel["test_steps"] for t in ts})))
         text += w.table(Table(c.slug("inner_steps", *key), ["algorithm", *raw.columns],
                               [[label, *row] for label, row in zip(labels, cells.values.tolist())],
                               raw.reset_index(), [note]))
@@ -95,13 +93,11 @@ def _sweep_figure(key: tuple, sel: pd.DataFrame, labels: list[str], minutes: str
         axes[0].errorbar(p["inner_steps"], p["mean"] * scale, yerr=p["err"].fillna(0) * scale, capsize=3, **style)
         axes[1].plot(p["inner_steps"], p["median_iter_s"], **style)
         axes[2].plot(p["inner_steps"], p["alloc_peak_bytes"].where(p["alloc_peak_bytes"] > 0) / 2**20, **style)
-    for ax, ylabel in zip(axes, ("test accuracy (%)" if metric == "accuracy" else "test MSE", "s / meta-iteration",
-                                 "peak allocation (MiB)")):
+    ylabels = ("test accuracy (%)" if metric == "accuracy" else "test MSE", "s / meta-iteration",
+               "peak allocation (MiB)")
+    for ax, ylabel, yscale in zip(axes, ylabels, ("log" if metric == "mse" else "linear", "log", "linear")):
         log_x(ax, sel["inner_steps"])
-        ax.set(xlabel="inner steps K (train)", ylabel=ylabel)
-    axes[1].set_yscale("log")
-    if metric == "mse":
-        axes[0].set_yscale("log")
+        ax.set(xlabel="inner steps K (train)", ylabel=ylabel, yscale=yscale)
     axes[0].set_title(c.title(dataset, setting) + (f", {minutes} min per run" if minutes else ""), fontsize=10)
     axes[0].legend(fontsize=8)
     return save_figure(fig, fig_dir / f"inner_steps_{c.slug(dataset, setting, profile)}.png")
@@ -109,8 +105,9 @@ def _sweep_figure(key: tuple, sel: pd.DataFrame, labels: list[str], minutes: str
 
 def selection_table(selections: list[dict], labels: dict) -> Table:
     """Every candidate of every selection on validation tasks, its validation score and the choice."""
-    rows = [{"setting": c.title(*s["setting"].partition("_")[::2]).strip(), "algorithm": labels.get(s["experiment"], s["algorithm"]), "run": s["run"],
-             "metric": s["metric"], "chosen": cand.get("candidate") == s.get("winner_name"), **cand}
+    rows = [{"setting": c.title(*s["setting"].partition("_")[::2]).strip(), "run": s["run"], "metric": s["metric"],
+             "algorithm": labels.get(s["experiment"], s["algorithm"]),
+             "chosen": cand.get("candidate") == s.get("winner_name"), **cand}
             for s in selections for cand in s["candidate_rows"]]
 
     def score(r):
