@@ -133,7 +133,8 @@ def reproduction(table: pd.DataFrame, paper: PaperNumbers, plan: list[dict], anc
         out.append(row)
     cols = [("setting", "setting"), ("algorithm", "label"), ("paper", lambda r: fmt_g(r["paper"]), "paper", "source"),
             ("ours at the paper's budget", lambda r: r["ours"], "ours", "ours_mean", "seeds"), ("verdict", "verdict")]
-    return make_table("reproduction", out, cols, [TEXT["reproduction_note"]], extra=("run", "cpu_hours", "in_campaign", "dataset", "test_setting"))
+    return make_table("reproduction", out, cols, [TEXT["reproduction_note"]],
+                      extra=("run", "cpu_hours", "in_campaign", "dataset", "test_setting"))
 
 
 def claims(claims, claims_raw: pd.DataFrame, repro_raw: pd.DataFrame):
