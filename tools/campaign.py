@@ -190,7 +190,7 @@ def status() -> None:
             return "-" if done(name) or per is None or not target else f"{max(0, target - it) * per / 3600:.1f} h"
         shown = "-" if per is None else f"{'~' if borrowed else ''}{per:.3f}"
         print(f"{name:{width}} {state:12} {it:>8,}/{planned or 0:>8,} {'-' if val is None else f'{val:.4g}':>8} "
-              f"{shown:>7} {eta(planned):>8} {eta(earliest) if rule else '-':>8}")
+              f"{shown:>7} {eta(planned):>8} {('any val.' if it >= earliest else eta(earliest)) if rule else '-':>8}")
 
 
 def _metrics(name: str) -> list[dict]:
