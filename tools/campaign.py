@@ -164,7 +164,8 @@ def run(jobs: int) -> int:
 def status() -> None:
     """Each run: status, iterations, latest validation, seconds per iteration and ETA on one core — to
     its planned iterations and, under the plateau rule, to the rule's earliest stop (its 9th validation).
-    A run not started yet borrows the seconds per iteration of a run of the same experiment (marked ~)."""
+    A run not started yet borrows the seconds per iteration of a campaign run of the same experiment, else of a
+    committed record of it (marked ~)."""
     width = max(len(n) for n, _ in PLAN)
     print(f"{'run':{width}} {'status':12} {'iterations':>17} {'val':>8} {'s/iter':>7} {'ETA':>8} {'ETA rule':>8}")
     per_experiment: dict[str, float] = {}
@@ -175,6 +176,10 @@ def status() -> None:
         if per is not None:
             per_experiment.setdefault(overrides[0], per)
         table.append((name, overrides, rows, per))
+    for path in sorted(RECORDS.parent.rglob("summary.json")):  # else a committed run of the same experiment
+        s = _read(path) or {}
+        if (per := (s.get("timing") or {}).get("median_iter_s")) is not None:
+            per_experiment.setdefault(f"experiment={s.get('experiment')}", per)
     for name, overrides, rows, per in table:
         s = _read(RECORDS / name / "summary.json") or _read(RUNS / name / "summary.json") or {}
         planned = s.get("meta_iterations") or _planned(overrides)
@@ -190,7 +195,7 @@ def status() -> None:
             return "-" if done(name) or per is None or not target else f"{max(0, target - it) * per / 3600:.1f} h"
         shown = "-" if per is None else f"{'~' if borrowed else ''}{per:.3f}"
         print(f"{name:{width}} {state:12} {it:>8,}/{planned or 0:>8,} {'-' if val is None else f'{val:.4g}':>8} "
-              f"{shown:>7} {eta(planned):>8} {('any val.' if it >= earliest else eta(earliest)) if rule else '-':>8}")
+              f"{shown:>7} {eta(planned):>8} {('any val.' if it >= earliest else eta(earliest)) if rule and not done(name) else '-':>8}")
 
 
 def _metrics(name: str) -> list[dict]:
