@@ -59,8 +59,9 @@ def ours_text(s: pd.Series, step: int | None = None) -> str:
 
 def _plateau(s: pd.Series) -> str:
     """Where the declared plateau rule ended the configuration's runs before the paper's iterations, if it did."""
-    return (f"ended by the plateau rule at {s['iterations_max']:,} of {s['meta_iterations']:,}"
-            if s["iterations_max"] < s["meta_iterations"] else "")
+    lo, hi = s["iterations_min"], s["iterations_max"]
+    at = f"{lo:,}–{hi:,}" if lo < hi and not s["diverged"] else f"{hi:,}"  # a diverged seed's count is no rule's
+    return f"ended by the plateau rule at {at} of {s['meta_iterations']:,}" if hi < s["meta_iterations"] else ""
 
 
 def _hours_to_run(paper_row, table: pd.DataFrame, plan: list[dict]) -> tuple[str, float, bool]:
