@@ -7,7 +7,7 @@ from typing import Any
 
 import catalog
 
-from .render import fmt, fmt_g, fmt_pm, is_missing
+from .render import fmt_g, fmt_pm, is_missing
 
 LABEL_ORDER = catalog.label_order()  # the configs' labels; any other label (your own method) after, by name
 SETTING_ORDER = ("5w1s", "5w5s", "20w1s", "20w5s")

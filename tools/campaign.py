@@ -28,9 +28,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tools")]  # the suite, and tools/collect.py
+from collect import thin_metrics  # noqa: E402  (tools/collect.py)
+
 from catalog import campaign_plan  # noqa: E402
 from reporting.campaign import seconds_per_iteration  # noqa: E402
-from collect import thin_metrics  # noqa: E402  (tools/collect.py)
 
 RUNS = ROOT / "runs" / "campaign"
 OUTCOMES = ("completed", "diverged")  # a run's result either way: recorded, never rerun

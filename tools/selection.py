@@ -26,8 +26,9 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tools")]  # the suite, and tools/collect.py
-from atomic import atomic_write_json  # noqa: E402
 from collect import collect  # noqa: E402  (tools/collect.py)
+
+from atomic import atomic_write_json  # noqa: E402
 
 RECORDS = ROOT / "reports" / "records" / "selection-cpu"
 
