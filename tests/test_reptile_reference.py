@@ -172,12 +172,17 @@ def test_meta_gradient_carried_repeats_itself_and_refuses_estimators_without_sta
 
 
 def test_the_ladder_pools_paired_gains_over_seeds_and_says_when_unpaired():
+    import pandas as pd
+
     from reporting.deviations import gain
 
-    a = {"tasks": [[0.0, 1.0, 1.0, 0.0], [1.0, 1.0, 0.0, 0.0]], "fp": {"x"}, "seeds": [0, 1]}
-    b = {"tasks": [[1.0, 1.0, 1.0, 0.0], [1.0, 1.0, 1.0, 0.0]], "fp": {"x"}, "seeds": [0, 1]}
+    def rung(tasks, fingerprint="x", seeds=(0, 1)):  # a rung's completed seeds, one row each
+        return pd.DataFrame({"seed": list(seeds), "fingerprint": fingerprint, "tasks": tasks})
+
+    a = rung([[0.0, 1.0, 1.0, 0.0], [1.0, 1.0, 0.0, 0.0]])
+    b = rung([[1.0, 1.0, 1.0, 0.0], [1.0, 1.0, 1.0, 0.0]])
     m, lo, hi, kind = gain(a, b)
     # per task, b − a averaged over the seeds: [0.5, 0, 0.5, 0] → mean 0.25, sd 0.25, n 4
     assert kind == "paired" and m == pytest.approx(0.25) and hi - m == pytest.approx(1.96 * 0.25 / 2)
-    other = dict(b, fp={"y"})
-    assert gain(a, other)[3] == "unpaired" and gain(a, dict(b, seeds=[0, 2])) is None
+    assert gain(a, rung(list(b["tasks"]), fingerprint="y"))[3] == "unpaired"
+    assert gain(a, rung(list(b["tasks"]), seeds=(0, 2))) is None
