@@ -1,8 +1,11 @@
-"""What the paper-budget campaign still needs (``configs/campaign.yaml``): per run, its state in the committed
-records and the CPU-hours left to its end — the declared rule's earliest stop (its 9th validation) where the
-rule applies and the run has not passed it, else its planned iterations — at the seconds per iteration it ran at (or that a run of the same
-experiment ran at). The first page's reproduction table uses it to say what a published number not yet reached
-would cost.
+"""What the paper-budget campaign (``configs/campaign.yaml``) holds and still needs: per run, its state, iterations,
+latest validation and the CPU-hours left on one core. ``make campaign-status`` prints it, and the first page's
+reproduction table says with it what a published number not yet reached would cost.
+
+A run's target is the declared plateau rule's earliest stop (its 9th validation) while the rule applies and the run has
+not passed it, else its planned iterations. Its rate is the median seconds per iteration (compute + sampling) of its own
+last 200 logged iterations, else of another campaign run of the same experiment, else the median over the committed CPU
+records of that experiment (``borrowed``).
 """
 from __future__ import annotations
 
@@ -14,6 +17,8 @@ from pathlib import Path
 
 import catalog
 
+OUTCOMES = ("completed", "diverged")  # a run's result either way: recorded, never rerun
+
 
 @cache
 def _composed(overrides: tuple[str, ...]) -> dict:
@@ -23,38 +28,53 @@ def _composed(overrides: tuple[str, ...]) -> dict:
     cfg = compose(list(overrides))
     rule = cfg.eval.get("early_stop") == "plateau"
     return {"dataset": cfg.dataset.name, "ways": cfg.ways, "shots": cfg.eval.shots or cfg.shots,
-            "label": cfg.algorithm.label,
-            "target": PLATEAU_MIN_VALIDATIONS * int(cfg.eval.val_every) if rule else int(cfg.meta_iterations),
-            "planned": int(cfg.meta_iterations)}
+            "label": cfg.algorithm.label, "planned": int(cfg.meta_iterations),
+            "earliest": PLATEAU_MIN_VALIDATIONS * int(cfg.eval.val_every) if rule else None}
 
 
-def seconds_per_iteration(rows: list[dict], summary: dict | None) -> float | None:
-    """Median seconds per iteration (compute + sampling) over a run's last 200 logged iterations
-    (``metrics.jsonl`` rows), else the median its record gives; None when neither has one."""
-    times = [x["iter_s"] + x.get("sample_s", 0.0) for x in rows[-200:] if "iter_s" in x]
-    return statistics.median(times) if times else ((summary or {}).get("timing") or {}).get("median_iter_s")
+def _read(path: Path):
+    with contextlib.suppress(OSError, ValueError):
+        text = path.read_text()
+        return json.loads(text) if path.suffix == ".json" else [json.loads(x) for x in text.splitlines() if x.strip()]
+    return None
 
 
-def runs(records: Path, rates: dict[str, float] | None = None) -> list[dict]:
-    """Every campaign run with its setting, label, state, iterations and CPU-hours left (None: unknown).
-    ``rates``: seconds per iteration by experiment name, measured by other records (the report's rows),
-    for a run not started whose experiment the campaign has not run yet."""
+def recorded_rates(records: Path) -> dict[str, float]:
+    """Median seconds per iteration by experiment over the committed CPU records under ``records``."""
+    seen: dict[str, list[float]] = {}
+    for path in sorted(records.rglob("summary.json")):
+        s = _read(path) or {}
+        if s.get("device") == "cpu" and (t := (s.get("timing") or {}).get("median_iter_s")) is not None:
+            seen.setdefault(s.get("experiment"), []).append(t)
+    return {e: statistics.median(ts) for e, ts in seen.items()}
+
+
+def runs(saved: Path, live: Path | None = None, plan: list[dict] | None = None) -> list[dict]:
+    """Every campaign run of ``plan`` (default: the committed plan) with its setting, label, ``status``, ``done`` and
+    ``planned`` iterations, ``target``, latest validation ``val``, ``s_per_iter`` (``borrowed`` when not its own) and
+    ``cpu_hours_left`` to the target (0 once ended, None with no rate). ``saved``: the campaign's records folder (in
+    a records root, whose other CPU records lend rates); ``live``: the run folders of a campaign running on this
+    machine, read before the saved state."""
     out = []
-    for r in catalog.campaign_plan():
-        folder, summary, rows = records / "campaign-cpu" / r["name"], {}, []
-        with contextlib.suppress(OSError, ValueError):
-            summary = json.loads((folder / "summary.json").read_text())
-        with contextlib.suppress(OSError, ValueError):
-            text = (folder / "unfinished" / "metrics.jsonl").read_text()
-            rows = [json.loads(line) for line in text.splitlines() if line.strip()]
-        out.append({**r, **_composed(tuple(r["overrides"])), "s_per_iter": seconds_per_iteration(rows, summary),
-                    "status": summary.get("status") or ("saved" if rows else "not started"),
-                    "done": summary.get("iterations_done") or (rows[-1]["iter"] if rows else 0)})
-    rates = {**(rates or {}), **{r["experiment"]: r["s_per_iter"] for r in out if r["s_per_iter"] is not None}}
+    for r in catalog.campaign_plan() if plan is None else plan:
+        folder = saved / r["name"]
+        summary = _read(folder / "summary.json") or {}
+        rows = next((x for x in ([] if live is None else [_read(live / r["name"] / "metrics.jsonl")])
+                     + [_read(folder / "unfinished" / "metrics.jsonl")] if x), [])
+        ended = summary.get("status") in OUTCOMES
+        times = [x["iter_s"] + x.get("sample_s", 0) for x in rows[-200:] if "iter_s" in x]
+        done = summary.get("iterations_done") or 0 if ended else (rows[-1]["iter"] if rows else 0)
+        out.append({**r, **_composed(tuple(r["overrides"])), "status": summary.get("status") if ended
+                    else ("saved" if rows else "not started"), "done": done,
+                    "val": next((x["val_metric"] for x in reversed(rows) if "val_metric" in x), None),
+                    "s_per_iter": statistics.median(times) if times else (summary.get("timing") or {}).get("median_iter_s"),
+                    "borrowed": False})
+    rates = {**recorded_rates(saved.parent), **{r["experiment"]: r["s_per_iter"] for r in out if r["s_per_iter"]}}
     for r in out:
-        if r["done"] >= r["target"]:  # past the rule's earliest stop without stopping: it may run to the plan
-            r["target"] = r["planned"]
-        per = r["s_per_iter"] or rates.get(r["experiment"])
-        ended = r["status"] in ("completed", "diverged")
+        if r["s_per_iter"] is None and r["experiment"] in rates:
+            r["s_per_iter"], r["borrowed"] = rates[r["experiment"]], True
+        rule = r["earliest"] is not None and r["done"] < r["earliest"]  # past it without stopping: it may run to plan
+        r["target"] = r["earliest"] if rule else r["planned"]
+        per, ended = r["s_per_iter"], r["status"] in OUTCOMES
         r["cpu_hours_left"] = 0.0 if ended else (max(0, r["target"] - r["done"]) * per / 3600 if per else None)
     return out

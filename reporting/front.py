@@ -242,11 +242,8 @@ def findings(doc: dict, tables: dict[str, pd.DataFrame], anchors: set[str]) -> l
             for f in doc["findings"] if (text := fill(f, tables)) is not None]
 
 
-def campaign_plan(runs_root: Path, table: pd.DataFrame) -> list[dict]:
-    if not (runs_root / "campaign-cpu").is_dir():
-        return []
-    timed = table[table["experiment"].notna() & table["s_per_iter"].notna()]
-    return campaign.runs(runs_root, dict(zip(timed["experiment"], timed["s_per_iter"])))
+def campaign_plan(runs_root: Path) -> list[dict]:
+    return campaign.runs(runs_root / "campaign-cpu") if (runs_root / "campaign-cpu").is_dir() else []
 
 
 def limitations(table: pd.DataFrame, paper: PaperNumbers, devices: list[str]):

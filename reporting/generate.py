@@ -114,7 +114,7 @@ def _first_page(table, rows, bases, paper, runs_root: Path, w: Writer, body: str
     if table.empty:
         return "\nNo records yet: run `make reproduce`.\n"
     w.files_only(make_table("summary", table.to_dict("records"), [(k, k) for k in table.columns]))
-    repro = front.reproduction(table, paper, front.campaign_plan(runs_root, table), anchors)
+    repro = front.reproduction(table, paper, front.campaign_plan(runs_root), anchors)
     eq, eq_rows = front.equal_compute(table)
     text = _heading("reproduce", "Did the papers reproduce?") + w.table(repro) + "\n"
     if "claims" in w.raw:

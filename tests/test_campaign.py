@@ -86,3 +86,44 @@ def test_the_plan_is_data_every_run_composes_and_says_why(campaign, tmp_path):
     bad.write_text("validation: []\nruns:\n  - {name: a, experiment: smoke, seed: 0}\n")
     with pytest.raises(SystemExit, match="lacks \\['why'\\]"):
         campaign.load_plan(bad)
+
+
+
+def test_status_and_report_read_one_eta(campaign, tmp_path, capsys):
+    """reporting.campaign.runs is the one place ETAs come from (status prints it, the report reads it): a run's own
+    rate, else a campaign run's of the same experiment, else the median of committed CPU records (borrowed, ~); the
+    rule's earliest stop is the target until a run passes it; an ended run needs nothing; a live run folder is read
+    before the saved state."""
+    from reporting import campaign as eta
+
+    rule = ["experiment=smoke", "meta_iterations=1000", "eval.val_every=10", "eval.early_stop=plateau"]
+    campaign.PLAN[:] = [("s/ended", ["experiment=smoke"]), ("s/past", rule), ("s/live", rule), ("s/sibling", rule),
+                        ("s/recorded", ["experiment=sinusoid_maml"])]
+    rec = campaign.RECORDS
+
+    def write(path, text):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+
+    def rows(n, s):
+        return "".join(json.dumps({"iter": i, "iter_s": s, **({"val_metric": 0.5} if i % 10 == 0 else {})}) + "\n"
+                       for i in range(1, n + 1))
+    write(rec / "s/ended/summary.json", json.dumps({"status": "completed", "iterations_done": 20}))
+    write(rec / "s/past/unfinished/metrics.jsonl", rows(120, 2.0))
+    write(rec / "s/live/unfinished/metrics.jsonl", rows(30, 2.0))
+    write(campaign.RUNS / "s/live/metrics.jsonl", rows(40, 36.0))  # the running process is ahead of its saved state
+    for i, (device, t) in enumerate([("cpu", 1.0), ("cpu", 5.0), ("cpu", 2.0), ("cuda", 0.01)]):
+        write(tmp_path / "other" / str(i) / "summary.json",
+              json.dumps({"device": device, "experiment": "sinusoid_maml", "timing": {"median_iter_s": t}}))
+    got = {r["name"]: r for r in eta.runs(rec, campaign.RUNS, [
+        {"name": n, "overrides": o, "experiment": o[0].split("=")[1]} for n, o in campaign.PLAN])}
+    assert got["s/ended"]["status"] == "completed" and got["s/ended"]["cpu_hours_left"] == 0.0
+    assert got["s/past"]["target"] == 1000 and got["s/past"]["cpu_hours_left"] == pytest.approx(880 * 2.0 / 3600)
+    assert (got["s/live"]["done"], got["s/live"]["target"], got["s/live"]["val"]) == (40, 90, 0.5)
+    assert got["s/live"]["cpu_hours_left"] == pytest.approx(50 * 36.0 / 3600)
+    assert got["s/sibling"]["borrowed"] and got["s/sibling"]["s_per_iter"] == 36.0
+    assert got["s/recorded"]["borrowed"] and got["s/recorded"]["s_per_iter"] == 2.0  # median of the CPU records
+    campaign.status()
+    out = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()[1:]}
+    assert out["s/ended"].split()[-2:] == ["-", "-"] and out["s/past"].endswith("any val.")
+    assert out["s/live"].split()[-4:] == ["9.6", "h", "0.5", "h"] and "~2.000" in out["s/recorded"]

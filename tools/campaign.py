@@ -31,10 +31,10 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tools")]  # the suite, and tools/collect.
 from collect import thin_metrics  # noqa: E402  (tools/collect.py)
 
 from catalog import campaign_plan  # noqa: E402
-from reporting.campaign import seconds_per_iteration  # noqa: E402
+from reporting.campaign import OUTCOMES  # noqa: E402
+from reporting.campaign import runs as campaign_runs  # noqa: E402
 
 RUNS = ROOT / "runs" / "campaign"
-OUTCOMES = ("completed", "diverged")  # a run's result either way: recorded, never rerun
 RECORDS = ROOT / "reports" / "records" / "campaign-cpu"
 PLAN_FILE = ROOT / "configs" / "campaign.yaml"
 
@@ -163,52 +163,23 @@ def run(jobs: int) -> int:
 
 
 def status() -> None:
-    """Each run: status, iterations, latest validation, seconds per iteration and ETA on one core — to
-    its planned iterations and, under the plateau rule, to the rule's earliest stop (its 9th validation).
-    A run not started yet borrows the seconds per iteration of a campaign run of the same experiment, else of a
-    committed record of it (marked ~)."""
-    width = max(len(n) for n, _ in PLAN)
+    """Each run: status, iterations, latest validation, seconds per iteration and CPU-hours left on one core — to its
+    planned iterations and, under the plateau rule, to the rule's earliest stop (its 9th validation; "any val." once
+    past it). A borrowed rate (a run not started) is marked ~ (:func:`reporting.campaign.runs`)."""
+    table = campaign_runs(RECORDS, RUNS, [{"name": n, "overrides": o, "experiment": o[0].split("=", 1)[1]}
+                                                  for n, o in PLAN])
+    width = max(len(r["name"]) for r in table)
     print(f"{'run':{width}} {'status':12} {'iterations':>17} {'val':>8} {'s/iter':>7} {'ETA':>8} {'ETA rule':>8}")
-    per_experiment: dict[str, float] = {}
-    table = []
-    for name, overrides in PLAN:
-        rows = _metrics(name)
-        per = seconds_per_iteration(rows, _read(RECORDS / name / "summary.json"))
-        if per is not None:
-            per_experiment.setdefault(overrides[0], per)
-        table.append((name, overrides, rows, per))
-    for path in sorted(RECORDS.parent.rglob("summary.json")):  # else a committed run of the same experiment
-        s = _read(path) or {}
-        if (per := (s.get("timing") or {}).get("median_iter_s")) is not None:
-            per_experiment.setdefault(f"experiment={s.get('experiment')}", per)
-    for name, overrides, rows, per in table:
-        s = _read(RECORDS / name / "summary.json") or _read(RUNS / name / "summary.json") or {}
-        planned = s.get("meta_iterations") or _planned(overrides)
-        it = rows[-1]["iter"] if rows else (s.get("iterations_done") or 0)
-        state = s.get("status") if done(name) else (s.get("status") or ("saved" if it else "not started"))
-        val = next((r["val_metric"] for r in reversed(rows) if "val_metric" in r), None)
-        borrowed = per is None and overrides[0] in per_experiment
-        per = per_experiment.get(overrides[0]) if per is None else per
-        rule = "eval.early_stop=plateau" in overrides
-        earliest = 9 * 1000  # the rule's 9th validation at eval.val_every=1000 (configs/campaign.yaml)
+    for r in table:
+        ended, per = r["status"] in OUTCOMES, r["s_per_iter"]
 
         def eta(target):
-            return "-" if done(name) or per is None or not target else f"{max(0, target - it) * per / 3600:.1f} h"
-        shown = "-" if per is None else f"{'~' if borrowed else ''}{per:.3f}"
-        print(f"{name:{width}} {state:12} {it:>8,}/{planned or 0:>8,} {'-' if val is None else f'{val:.4g}':>8} "
-              f"{shown:>7} {eta(planned):>8} {('any val.' if it >= earliest else eta(earliest)) if rule and not done(name) else '-':>8}")
-
-
-def _metrics(name: str) -> list[dict]:
-    for path in (RUNS / name / "metrics.jsonl", RECORDS / name / "unfinished" / "metrics.jsonl"):
-        if path.exists():
-            return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return []
-
-
-def _planned(overrides: list[str]) -> int:
-    from trainer import compose  # only for runs that have not started (no summary yet)
-    return int(compose(overrides).meta_iterations)
+            return "-" if ended or per is None else f"{max(0, target - r['done']) * per / 3600:.1f} h"
+        rule = "-" if ended or r["earliest"] is None else "any val." if r["done"] >= r["earliest"] else eta(r["earliest"])
+        val = "-" if r["val"] is None else f"{r['val']:.4g}"
+        rate = "-" if per is None else ("~" if r["borrowed"] else "") + f"{per:.3f}"
+        print(f"{r['name']:{width}} {r['status']:12} {r['done']:>8,}/{r['planned']:>8,} {val:>8} {rate:>7} "
+              f"{eta(r['planned']):>8} {rule:>8}")
 
 
 def main(argv=None) -> int:
