@@ -16,6 +16,7 @@ from functools import cache
 from pathlib import Path
 
 import catalog
+from trainer.records import read_jsonl
 
 OUTCOMES = ("completed", "diverged")  # a run's result either way: recorded, never rerun
 
@@ -32,18 +33,17 @@ def _composed(overrides: tuple[str, ...]) -> dict:
             "earliest": PLATEAU_MIN_VALIDATIONS * int(cfg.eval.val_every) if rule else None}
 
 
-def _read(path: Path):
+def _read(path: Path) -> dict:
     with contextlib.suppress(OSError, ValueError):
-        text = path.read_text()
-        return json.loads(text) if path.suffix == ".json" else [json.loads(x) for x in text.splitlines() if x.strip()]
-    return None
+        return json.loads(path.read_text())
+    return {}
 
 
 def recorded_rates(records: Path) -> dict[str, float]:
     """Median seconds per iteration by experiment over the committed CPU records under ``records``."""
     seen: dict[str, list[float]] = {}
     for path in sorted(records.rglob("summary.json")):
-        s = _read(path) or {}
+        s = _read(path)
         if s.get("device") == "cpu" and (t := (s.get("timing") or {}).get("median_iter_s")) is not None:
             seen.setdefault(s.get("experiment"), []).append(t)
     return {e: statistics.median(ts) for e, ts in seen.items()}
@@ -58,9 +58,9 @@ def runs(saved: Path, live: Path | None = None, plan: list[dict] | None = None) 
     out = []
     for r in catalog.campaign_plan() if plan is None else plan:
         folder = saved / r["name"]
-        summary = _read(folder / "summary.json") or {}
-        rows = next((x for x in ([] if live is None else [_read(live / r["name"] / "metrics.jsonl")])
-                     + [_read(folder / "unfinished" / "metrics.jsonl")] if x), [])
+        summary = _read(folder / "summary.json")
+        rows = next((x for x in ([] if live is None else [read_jsonl(live / r["name"] / "metrics.jsonl")])
+                     + [read_jsonl(folder / "unfinished" / "metrics.jsonl")] if x), [])
         ended = summary.get("status") in OUTCOMES
         times = [x["iter_s"] + x.get("sample_s", 0) for x in rows[-200:] if "iter_s" in x]
         done = summary.get("iterations_done") or 0 if ended else (rows[-1]["iter"] if rows else 0)
