@@ -64,27 +64,28 @@ def _plateau(s: pd.Series) -> str:
     return f"ended by the plateau rule at {at} of {s['meta_iterations']:,}" if hi < s["meta_iterations"] else ""
 
 
-def _hours_to_run(paper_row, table: pd.DataFrame, plan: list[dict]) -> tuple[str, float, bool]:
-    """'not run' with the CPU-hours it would take and whether the campaign plan holds it: the campaign's hours
-    left where it does, else the planned iterations at the seconds per iteration a run of the same setting and
-    algorithm measured."""
+def _hours_to_run(paper_row, table: pd.DataFrame, plan: list[dict]) -> dict:
+    """The row's ``verdict`` ('not run' with the CPU-hours it would take), ``cpu_hours`` and ``in_campaign`` (whether
+    the campaign plan holds it): the campaign's hours left where it does, else the planned iterations at the seconds
+    per iteration a run of the same setting and algorithm measured."""
     planned = [p for p in plan if (p["dataset"], p["ways"], p["shots"], p["label"])
                == (paper_row.dataset, paper_row.ways, paper_row.shots, paper_row.label)]
-    left = [p["cpu_hours_left"] for p in planned if p["status"] not in ("completed", "diverged")]
+    left = [p["cpu_hours_left"] for p in planned if p["status"] not in campaign.OUTCOMES]
     if left and all(h is not None for h in left):
         saved = "".join(f", {p['name']} saved at {p['done']:,} of {p['target']:,} iterations" for p in planned
                         if p["status"] == "saved")
-        return f"not run: in the campaign plan{saved}; ≈ {sum(left):.1f} CPU-h left (`make campaign-status`)", sum(left), True
+        return {"verdict": f"not run: in the campaign plan{saved}; ≈ {sum(left):.1f} CPU-h left (`make campaign-status`)",
+                "cpu_hours": sum(left), "in_campaign": True}
     timed = table[(table["dataset"] == paper_row.dataset) & (table["label"].str.lower() == paper_row.label.lower())
                   & (table["setting"] == setting_name(paper_row.dataset, paper_row.ways, paper_row.shots))
                   & table["s_per_iter"].notna()]
     if timed.empty:
-        return "not run: no run of this setting to time", math.nan, False
+        return {"verdict": "not run: no run of this setting to time"}
     t = timed.iloc[0]
     hours = t["meta_iterations"] * t["s_per_iter"] / 3600
     amount = f"{hours:,.0f}" if hours >= 10 else f"{hours:.2g}"
-    return (f"not run: ≈ {amount} CPU-h ({t['meta_iterations']:,} iterations at the {t['s_per_iter']:.2f} "
-            f"s/iteration of {t['run']})"), hours, False
+    return {"verdict": f"not run: ≈ {amount} CPU-h ({t['meta_iterations']:,} iterations at the {t['s_per_iter']:.2f} "
+                       f"s/iteration of {t['run']})", "cpu_hours": hours}
 
 
 def reproduction(table: pd.DataFrame, paper: PaperNumbers, plan: list[dict], anchors: set[str]):
@@ -104,7 +105,7 @@ def reproduction(table: pd.DataFrame, paper: PaperNumbers, plan: list[dict], anc
                "test_setting": setting, "setting": c.title(p.dataset, setting)
                + (f", {p.steps} step{'s' * (p.steps > 1)}" if p.steps else "")}
         if mine.empty:
-            row["verdict"], row["cpu_hours"], row["in_campaign"] = _hours_to_run(p, table, plan)
+            row |= _hours_to_run(p, table, plan)
             variants = here[(here["at_paper_budget"] > 0) & here["label"].str.startswith(p.label + " (")]
             row["verdict"] += "".join(f"; {v['label']} reached {ours_text(v)}"
                                       + (f", {_plateau(v)}" if _plateau(v) else " at the paper's budget")
