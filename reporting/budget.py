@@ -130,7 +130,7 @@ def _per_seed(r: dict) -> str:
                      for x in r["_runs"])
 
 
-def protocol_table(key: tuple, rows: list[dict], judged: dict[str, dict], pool: list[dict] = ()) -> Table:
+def protocol_table(key: tuple, rows: list[dict], judged: dict[str, dict], pool: list[dict]) -> Table:
     """Results at the budget, one row per configuration: the test metric, whether it beat its baselines and
     how far the runs got. ``pool``: every record, where a zero predictor on the same test tasks is found."""
     dataset, configs = key[0], c.config_groups(rows)
