@@ -48,6 +48,21 @@ def test_an_unfinished_run_is_saved_and_restored_on_a_fresh_machine(campaign, tm
     assert (run / "ckpt.pt").read_bytes() == b"state" and "resume=true" in campaign.command(name, [])
 
 
+def test_a_running_run_is_saved_up_to_its_checkpoint(campaign, tmp_path):
+    """A run still training has logged past its last checkpoint: its saved metrics stop at the checkpoint's
+    iteration, so the records never claim iterations a fresh clone would not resume from."""
+    import torch
+
+    name = campaign.PLAN[0][0]
+    run = campaign.RUNS / name
+    run.mkdir(parents=True)
+    torch.save({"iteration": 5}, run / "ckpt.pt")
+    (run / "metrics.jsonl").write_text("".join(json.dumps({"iter": i}) + "\n" for i in range(1, 9)) + '{"it')
+    assert campaign.save(name)
+    saved = (tmp_path / "records" / name / "unfinished" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(x)["iter"] for x in saved] == [1, 2, 3, 4, 5]
+
+
 def test_a_diverged_run_is_an_outcome_recorded_and_not_rerun(campaign, tmp_path, monkeypatch):
     monkeypatch.setattr(campaign, "PLAN", [("smoke/diverges", ["experiment=smoke", "algorithm=maml", "inner_lr=1e30"])])
     assert campaign.run(jobs=1) == 0

@@ -80,13 +80,17 @@ def restore(name: str) -> None:
 
 
 def save(name: str) -> bool:
-    """Copy an unfinished run's checkpoint and metrics into the records; True when saved."""
-    run = RUNS / name
+    """Copy an unfinished run's checkpoint, and its metrics up to the checkpoint's iteration (a run still training
+    has logged past it; resuming drops those rows anyway), into the records; True when saved."""
+    from trainer.records import load_checkpoint, read_jsonl  # torch: only when saving
+
+    run, saved = RUNS / name, RECORDS / name / "unfinished"
     if done(name) or not (run / "ckpt.pt").exists():
         return False
-    _copy_atomic(run / "ckpt.pt", RECORDS / name / "unfinished" / "ckpt.pt")
-    _copy_atomic(run / "metrics.jsonl", RECORDS / name / "unfinished" / "metrics.jsonl",
-                 thin_jsonl((run / "metrics.jsonl").read_text()))
+    _copy_atomic(run / "ckpt.pt", saved / "ckpt.pt")
+    rows = read_jsonl(run / "metrics.jsonl", max_iter=(load_checkpoint(saved / "ckpt.pt") or {}).get("iteration"))
+    _copy_atomic(run / "metrics.jsonl", saved / "metrics.jsonl",
+                 thin_jsonl("".join(json.dumps(r, sort_keys=True) + "\n" for r in rows)))
     return True
 
 
