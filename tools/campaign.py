@@ -170,8 +170,8 @@ def status() -> None:
     """Each run: status, iterations, latest validation, seconds per iteration and CPU-hours left on one core — to its
     planned iterations and, under the plateau rule, to the rule's earliest stop (its 9th validation; "any val." once
     past it). A borrowed rate (a run not started) is marked ~ (:func:`reporting.campaign.runs`)."""
-    table = campaign_runs(RECORDS, RUNS, [{"name": n, "overrides": o, "experiment": o[0].split("=", 1)[1]}
-                                                  for n, o in PLAN])
+    plan = [{"name": n, "overrides": o, "experiment": o[0].split("=", 1)[1]} for n, o in PLAN]  # experiment=… first
+    table = campaign_runs(RECORDS, RUNS, plan)
     width = max(len(r["name"]) for r in table)
     print(f"{'run':{width}} {'status':12} {'iterations':>17} {'val':>8} {'s/iter':>7} {'ETA':>8} {'ETA rule':>8}")
     for r in table:
