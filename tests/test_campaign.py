@@ -3,12 +3,19 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import shutil
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def plan(*runs):
+    """A campaign plan as tools/campaign.py holds it, from (name, overrides) pairs whose first override names the
+    experiment."""
+    return [{"name": n, "overrides": o, "experiment": o[0].split("=", 1)[1]} for n, o in runs]
 
 
 @pytest.fixture
@@ -19,15 +26,15 @@ def campaign(tmp_path, monkeypatch):
     runs = ROOT / "runs" / "test-campaign" / tmp_path.name  # run folders are named relative to the checkout
     monkeypatch.setattr(mod, "RUNS", runs)
     monkeypatch.setattr(mod, "RECORDS", tmp_path / "records")
-    monkeypatch.setattr(mod, "PLAN", [(f"smoke/{a}", ["experiment=smoke", f"algorithm={a}", "ckpt_every=5"])
-                                      for a in ("maml", "fomaml")])
+    monkeypatch.setattr(mod, "PLAN", plan(*[(f"smoke/{a}", ["experiment=smoke", f"algorithm={a}", "ckpt_every=5"])
+                                            for a in ("maml", "fomaml")]))
     yield mod
     shutil.rmtree(runs, ignore_errors=True)
 
 
 def test_runs_collects_and_a_complete_campaign_changes_nothing(campaign, tmp_path):
     assert campaign.run(jobs=2) == 0
-    for name, _ in campaign.PLAN:
+    for name in (r["name"] for r in campaign.PLAN):
         s = json.loads((tmp_path / "records" / name / "summary.json").read_text())
         assert s["status"] == "completed" and s["iterations_done"] == 20
         assert not s["run_dir"].startswith("/") and (tmp_path / "records" / name / "metrics.csv").exists()
@@ -37,7 +44,7 @@ def test_runs_collects_and_a_complete_campaign_changes_nothing(campaign, tmp_pat
 
 
 def test_an_unfinished_run_is_saved_and_restored_on_a_fresh_machine(campaign, tmp_path):
-    name = campaign.PLAN[0][0]
+    name = campaign.PLAN[0]["name"]
     run = campaign.RUNS / name
     run.mkdir(parents=True)
     (run / "ckpt.pt").write_bytes(b"state")
@@ -53,7 +60,7 @@ def test_a_running_run_is_saved_up_to_its_checkpoint(campaign, tmp_path):
     iteration, so the records never claim iterations a fresh clone would not resume from."""
     import torch
 
-    name = campaign.PLAN[0][0]
+    name = campaign.PLAN[0]["name"]
     run = campaign.RUNS / name
     run.mkdir(parents=True)
     torch.save({"iteration": 5}, run / "ckpt.pt")
@@ -64,7 +71,7 @@ def test_a_running_run_is_saved_up_to_its_checkpoint(campaign, tmp_path):
 
 
 def test_a_diverged_run_is_an_outcome_recorded_and_not_rerun(campaign, tmp_path, monkeypatch):
-    monkeypatch.setattr(campaign, "PLAN", [("smoke/diverges", ["experiment=smoke", "algorithm=maml", "inner_lr=1e30"])])
+    monkeypatch.setattr(campaign, "PLAN", plan(("smoke/diverges", ["experiment=smoke", "algorithm=maml", "inner_lr=1e30"])))
     assert campaign.run(jobs=1) == 0
     s = json.loads((tmp_path / "records" / "smoke" / "diverges" / "summary.json").read_text())
     assert s["status"] == "diverged" and campaign.done("smoke/diverges")
@@ -82,14 +89,13 @@ def test_the_plan_is_data_every_run_composes_and_says_why(campaign, tmp_path):
     from trainer import compose
     from trainer.config import validate
 
-    plan = campaign.load_plan()
     spec = yaml.safe_load((ROOT / "configs" / "campaign.yaml").read_text())
-    assert [n for n, _ in plan] == [r["name"] for r in spec["runs"]] and all(r["why"].strip() for r in spec["runs"])
-    names = [n for n, _ in plan]
+    names = [r["name"] for r in campaign.campaign_plan(campaign.PLAN_FILE)]
+    assert names == [r["name"] for r in spec["runs"]] and all(r["why"].strip() for r in spec["runs"])
     order = ["imaml-s0", "maml-s1", "fomaml-s1", "imaml_release_algo-s0", "reptile_ref-s0", "imaml_hf-s0", "imaml-s1"]
     positions = [names.index(f"omniglot_5w1s/{n}") for n in order]
     assert positions == sorted(positions) and len(set(names)) == len(names)
-    for name, overrides in plan:
+    for name, overrides in ((r["name"], r["overrides"]) for r in campaign.campaign_plan(campaign.PLAN_FILE)):
         cfg = compose(overrides)
         if not name.startswith("sinusoid/"):
             assert cfg.profile_budget.meta_iterations >= 60000, name
@@ -100,7 +106,7 @@ def test_the_plan_is_data_every_run_composes_and_says_why(campaign, tmp_path):
     bad = tmp_path / "plan.yaml"
     bad.write_text("validation: []\nruns:\n  - {name: a, experiment: smoke, seed: 0}\n")
     with pytest.raises(SystemExit, match="lacks \\['why'\\]"):
-        campaign.load_plan(bad)
+        campaign.campaign_plan(bad)
 
 
 
@@ -112,8 +118,8 @@ def test_status_and_report_read_one_eta(campaign, tmp_path, capsys):
     from reporting import campaign as eta
 
     rule = ["experiment=smoke", "meta_iterations=1000", "eval.val_every=10", "eval.early_stop=plateau"]
-    campaign.PLAN[:] = [("s/ended", ["experiment=smoke"]), ("s/past", rule), ("s/live", rule), ("s/sibling", rule),
-                        ("s/recorded", ["experiment=sinusoid_maml"])]
+    campaign.PLAN[:] = plan(("s/ended", ["experiment=smoke"]), ("s/past", rule), ("s/live", rule), ("s/sibling", rule),
+                            ("s/recorded", ["experiment=sinusoid_maml"]))
     rec = campaign.RECORDS
 
     def write(path, text):
@@ -130,15 +136,18 @@ def test_status_and_report_read_one_eta(campaign, tmp_path, capsys):
     for i, (device, t) in enumerate([("cpu", 1.0), ("cpu", 5.0), ("cpu", 2.0), ("cuda", 0.01)]):
         write(tmp_path / "other" / str(i) / "summary.json",
               json.dumps({"device": device, "experiment": "sinusoid_maml", "timing": {"median_iter_s": t}}))
-    got = {r["name"]: r for r in eta.runs(rec, campaign.RUNS, [
-        {"name": n, "overrides": o, "experiment": o[0].split("=")[1]} for n, o in campaign.PLAN])}
+    got = {r["name"]: r for r in eta.runs(rec, campaign.RUNS, campaign.PLAN)}
     assert got["s/ended"]["status"] == "completed" and got["s/ended"]["cpu_hours_left"] == 0.0
     assert got["s/past"]["target"] == 1000 and got["s/past"]["cpu_hours_left"] == pytest.approx(880 * 2.0 / 3600)
     assert (got["s/live"]["done"], got["s/live"]["target"], got["s/live"]["val"]) == (40, 90, 0.5)
     assert got["s/live"]["cpu_hours_left"] == pytest.approx(50 * 36.0 / 3600)
     assert got["s/sibling"]["borrowed"] and got["s/sibling"]["s_per_iter"] == 36.0
     assert got["s/recorded"]["borrowed"] and got["s/recorded"]["s_per_iter"] == 2.0  # median of the CPU records
+    (campaign.RUNS / "s/live/campaign.pid").write_text(f"{os.getpid()}\n")  # a live process trains it
+    (campaign.RUNS / "s/past").mkdir(parents=True)
+    (campaign.RUNS / "s/past/campaign.pid").write_text("not a pid\n")
     campaign.status()
     out = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()[1:]}
     assert out["s/ended"].split()[-2:] == ["-", "-"] and out["s/past"].endswith("any val.")
     assert out["s/live"].split()[-4:] == ["9.6", "h", "0.5", "h"] and "~2.000" in out["s/recorded"]
+    assert out["s/live"].split()[1] == "training" and out["s/past"].split()[1] == "saved"

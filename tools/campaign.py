@@ -39,13 +39,7 @@ RECORDS = ROOT / "reports" / "records" / "campaign-cpu"
 PLAN_FILE = ROOT / "configs" / "campaign.yaml"
 
 
-def load_plan(path: Path = PLAN_FILE) -> list[tuple[str, list[str]]]:
-    """(name, overrides) of each run of ``configs/campaign.yaml`` (:func:`catalog.campaign_plan`), in
-    the order they start; each entry says why it runs (``why``), so the plan is read, not inferred."""
-    return [(r["name"], r["overrides"]) for r in campaign_plan(path)]
-
-
-PLAN = load_plan()
+PLAN = campaign_plan(PLAN_FILE)  # each run's {name, experiment, seed, why, overrides}, in the order they start
 
 
 def _read(path: Path) -> dict | None:
@@ -124,7 +118,7 @@ def command(name: str, overrides: list[str]) -> list[str]:
 
 
 def run(jobs: int) -> int:
-    todo = [(n, o) for n, o in PLAN if not done(n)]
+    todo = [(r["name"], r["overrides"]) for r in PLAN if not done(r["name"])]
     if not todo:
         print("campaign: every run is complete")
         return 0
@@ -142,6 +136,7 @@ def run(jobs: int) -> int:
             log = open(RUNS / name / "campaign.log", "a")
             running[name] = subprocess.Popen(command(name, overrides), cwd=ROOT, env=env, stdout=log,
                                              stderr=subprocess.STDOUT, start_new_session=True)
+            (RUNS / name / "campaign.pid").write_text(f"{running[name].pid}\n")  # status: it is training now
             print(f"campaign: started {name}", flush=True)
         if stopping:
             for p in running.values():
@@ -153,6 +148,7 @@ def run(jobs: int) -> int:
             if p.poll() is None:
                 continue
             del running[name]
+            (RUNS / name / "campaign.pid").unlink(missing_ok=True)
             if collect(name):
                 print(f"campaign: {name} {_read(RUNS / name / 'summary.json')['status']}", flush=True)
             else:
@@ -160,18 +156,27 @@ def run(jobs: int) -> int:
                 failed += s.get("status") != "interrupted"
                 print(f"campaign: {name} ended {s.get('status', 'without a summary')} (exit {p.returncode}; "
                       f"log {RUNS / name / 'campaign.log'})", flush=True)
-    saved = [n for n, _ in PLAN if save(n)]
+    saved = [r["name"] for r in PLAN if save(r["name"])]
     if saved:
         print(f"campaign: saved the state of {len(saved)} unfinished run(s) under {RECORDS.relative_to(ROOT)}")
     return 1 if failed else 0
+
+
+def training(name: str) -> bool:
+    """Whether a campaign on this machine trains ``name`` now (its process, named in ``campaign.pid``, lives)."""
+    try:
+        os.kill(int((RUNS / name / "campaign.pid").read_text()), 0)
+    except (OSError, ValueError):
+        return False
+    return True
 
 
 def status() -> None:
     """Each run: status, iterations, latest validation, seconds per iteration and CPU-hours left on one core — to its
     planned iterations and, under the plateau rule, to the rule's earliest stop (its 9th validation; "any val." once
     past it). A borrowed rate (a run not started) is marked ~ (:func:`reporting.campaign.runs`)."""
-    plan = [{"name": n, "overrides": o, "experiment": o[0].split("=", 1)[1]} for n, o in PLAN]  # experiment=… first
-    table = campaign_runs(RECORDS, RUNS, plan)
+    table = [{**r, "status": "training" if training(r["name"]) else r["status"]}
+             for r in campaign_runs(RECORDS, RUNS, PLAN)]
     width = max(len(r["name"]) for r in table)
     print(f"{'run':{width}} {'status':12} {'iterations':>17} {'val':>8} {'s/iter':>7} {'ETA':>8} {'ETA rule':>8}")
     for r in table:
@@ -194,7 +199,7 @@ def main(argv=None) -> int:
     if a.action == "run":
         return run(a.jobs)
     if a.action == "save":
-        print(f"campaign: saved {sum(save(n) for n, _ in PLAN)} unfinished run(s)")
+        print(f"campaign: saved {sum(save(r['name']) for r in PLAN)} unfinished run(s)")
         return 0
     status()
     return 0
