@@ -70,6 +70,18 @@ def test_a_running_run_is_saved_up_to_its_checkpoint(campaign, tmp_path):
     assert [json.loads(x)["iter"] for x in saved] == [1, 2, 3, 4, 5]
 
 
+def test_saving_again_does_not_thin_older_rows(campaign):
+    """A run saved in one session and again, further on, in the next keeps the rows that one save of the whole run
+    would keep: every validated row and every row at a power-of-two step, never sparser with each session."""
+    def rows(a, b):
+        return "".join(json.dumps({"iter": i, **({"val_metric": 0.5} if i % 1000 == 0 else {})}) + "\n"
+                       for i in range(a, b + 1))
+    twice = campaign.thin_jsonl(campaign.thin_jsonl(rows(1, 5000), 100) + rows(5001, 9000), 100)
+    assert twice == campaign.thin_jsonl(rows(1, 9000), 100)
+    kept = [json.loads(x)["iter"] for x in twice.splitlines()]
+    assert 60 <= len(kept) <= 100 and kept[-1] == 9000 and {1000 * k for k in range(1, 10)} <= set(kept)
+
+
 def test_a_diverged_run_is_an_outcome_recorded_and_not_rerun(campaign, tmp_path, monkeypatch):
     monkeypatch.setattr(campaign, "PLAN", plan(("smoke/diverges", ["experiment=smoke", "algorithm=maml", "inner_lr=1e30"])))
     assert campaign.run(jobs=1) == 0

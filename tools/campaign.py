@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import shutil
 import signal
@@ -89,11 +90,16 @@ def save(name: str) -> bool:
 
 
 def thin_jsonl(text: str, max_rows: int = 1000) -> str:
-    """The metrics rows an unfinished run's saved state keeps (so that it stays small): every
-    validated row, the last one and every n-th other; the final metrics.csv is thinned anyway."""
+    """The metrics rows an unfinished run's saved state keeps (so that it stays small): every validated row, the last
+    one, and the rows whose iteration is a multiple of the smallest power of two that leaves about ``max_rows``. The
+    step only grows by powers of two, so saving again keeps every row that one save of the whole run would: the
+    older rows do not grow sparser with each session."""
     lines = [line for line in text.splitlines() if line.strip()]
-    every = max(1, -(-len(lines) // max_rows))
-    keep = [line for i, line in enumerate(lines) if i % every == 0 or i == len(lines) - 1 or '"val_metric"' in line]
+    if not lines:
+        return ""
+    every = 1 << math.ceil(math.log2(max(1, -(-json.loads(lines[-1])["iter"] // max_rows))))
+    keep = [line for i, line in enumerate(lines)
+            if i == len(lines) - 1 or '"val_metric"' in line or json.loads(line)["iter"] % every == 0]
     return "".join(line + "\n" for line in keep)
 
 
