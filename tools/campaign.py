@@ -91,15 +91,22 @@ def save(name: str) -> bool:
 
 def thin_jsonl(text: str, max_rows: int = 1000) -> str:
     """The metrics rows an unfinished run's saved state keeps (so that it stays small): every validated row, the last
-    one, and the rows whose iteration is a multiple of the smallest power of two that leaves about ``max_rows``. The
-    step only grows by powers of two, so saving again keeps every row that one save of the whole run would: the
-    older rows do not grow sparser with each session."""
+    one, and from the first on each row at least ``every`` iterations after the one kept before it, ``every`` the
+    smallest power of two that leaves about ``max_rows``. Rows already that sparse are all kept, and ``every`` only
+    doubles, so saving again in a later session keeps what one save of the whole run would keep: the older rows do
+    not thin out session after session."""
     lines = [line for line in text.splitlines() if line.strip()]
     if not lines:
         return ""
     every = 1 << math.ceil(math.log2(max(1, -(-json.loads(lines[-1])["iter"] // max_rows))))
-    keep = [line for i, line in enumerate(lines)
-            if i == len(lines) - 1 or '"val_metric"' in line or json.loads(line)["iter"] % every == 0]
+    keep, last = [], None
+    for i, line in enumerate(lines):
+        it = json.loads(line)["iter"]
+        if last is None or it - last >= every:
+            last = it
+        elif i < len(lines) - 1 and '"val_metric"' not in line:
+            continue
+        keep.append(line)
     return "".join(line + "\n" for line in keep)
 
 
