@@ -72,9 +72,12 @@ def _hours_to_run(paper_row, table: pd.DataFrame, plan: list[dict]) -> dict:
                == (paper_row.dataset, paper_row.ways, paper_row.shots, paper_row.label)]
     left = [p["cpu_hours_left"] for p in planned if p["status"] not in campaign.OUTCOMES]
     if left and all(h is not None for h in left):
-        saved = "".join(f", {p['name']} saved at {p['done']:,} of {p['target']:,} iterations" for p in planned
-                        if p["status"] == "saved")
-        return {"verdict": f"not run: in the campaign plan{saved}; ≈ {sum(left):.1f} CPU-h left (`make campaign-status`)",
+        each = "; ".join(
+            f"{p['name']} " + (f"at {p['done']:,} of {p['planned']:,} iterations" if p["done"] else "not started")
+            + f", ≈ {p['cpu_hours_left']:.1f} CPU-h to " + ("the rule's earliest stop" if p["target"] < p["planned"]
+                                                               else f"{p['planned']:,}")
+            for p in planned if p["status"] not in campaign.OUTCOMES)
+        return {"verdict": f"not run: in the campaign plan ({each}; `make campaign-status`)",
                 "cpu_hours": sum(left), "in_campaign": True}
     timed = table[(table["dataset"] == paper_row.dataset) & (table["label"].str.lower() == paper_row.label.lower())
                   & (table["setting"] == setting_name(paper_row.dataset, paper_row.ways, paper_row.shots))
