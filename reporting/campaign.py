@@ -52,7 +52,7 @@ def recorded_rates(records: Path) -> dict[str, float]:
 def runs(saved: Path, live: Path | None = None, plan: list[dict] | None = None) -> list[dict]:
     """Every campaign run of ``plan`` (default: the committed plan) with its setting, label, ``status``, ``done`` and
     ``planned`` iterations, ``target``, latest validation ``val``, ``s_per_iter`` (``borrowed`` when not its own) and
-    ``cpu_hours_left`` to the target (0 once ended, None with no rate). ``saved``: the campaign's records folder (in
+    ``cpu_hours_left`` to the target and ``cpu_hours_max`` to the planned iterations (0 once ended, None with no rate). ``saved``: the campaign's records folder (in
     a records root, whose other CPU records lend rates); ``live``: the run folders of a campaign running on this
     machine, read before the saved state."""
     out = []
@@ -77,4 +77,17 @@ def runs(saved: Path, live: Path | None = None, plan: list[dict] | None = None) 
         r["target"] = r["earliest"] if rule else r["planned"]
         per, ended = r["s_per_iter"], r["status"] in OUTCOMES
         r["cpu_hours_left"] = 0.0 if ended else (max(0, r["target"] - r["done"]) * per / 3600 if per else None)
+        r["cpu_hours_max"] = 0.0 if ended else (max(0, r["planned"] - r["done"]) * per / 3600 if per else None)
     return out
+
+
+def hours(r: dict) -> str:
+    """A run's CPU-hours left, in words: a range while the plateau rule may end it before its planned iterations."""
+    if r["status"] in OUTCOMES or r["cpu_hours_max"] is None:
+        return r["status"] if r["status"] in OUTCOMES else "no rate to time it"
+    if r["earliest"] is None:
+        return f"≈ {r['cpu_hours_max']:.1f} CPU-h"
+    if r["done"] >= r["earliest"]:
+        return f"≤ {r['cpu_hours_max']:.1f} CPU-h (the rule may end it at any validation)"
+    return (f"{r['cpu_hours_left']:.1f}–{r['cpu_hours_max']:.1f} CPU-h (the rule may end it from iteration "
+            f"{r['earliest']:,})")

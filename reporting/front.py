@@ -65,30 +65,29 @@ def _plateau(s: pd.Series) -> str:
 
 
 def _hours_to_run(paper_row, table: pd.DataFrame, plan: list[dict]) -> dict:
-    """The row's ``verdict`` ('not run' with the CPU-hours it would take), ``cpu_hours`` and ``in_campaign`` (whether
-    the campaign plan holds it): the campaign's hours left where it does, else the planned iterations at the seconds
-    per iteration a run of the same setting and algorithm measured."""
+    """The row's ``verdict`` ('not run' with the CPU-hours it would take), ``needs`` (those hours, for the claims
+    table), ``cpu_hours`` and ``in_campaign`` (whether the campaign plan holds it): where it does, each run not yet
+    ended with its hours left (the row's first result comes from the first of them, the one ``needs`` names); else the
+    planned iterations at the seconds per iteration a run of the same setting and algorithm measured."""
     planned = [p for p in plan if (p["dataset"], p["ways"], p["shots"], p["label"])
-               == (paper_row.dataset, paper_row.ways, paper_row.shots, paper_row.label)]
-    left = [p["cpu_hours_left"] for p in planned if p["status"] not in campaign.OUTCOMES]
-    if left and all(h is not None for h in left):
-        each = "; ".join(
-            f"{p['name']} " + (f"at {p['done']:,} of {p['planned']:,} iterations" if p["done"] else "not started")
-            + f", ≈ {p['cpu_hours_left']:.1f} CPU-h to " + ("the rule's earliest stop" if p["target"] < p["planned"]
-                                                               else f"{p['planned']:,}")
-            for p in planned if p["status"] not in campaign.OUTCOMES)
-        return {"verdict": f"not run: in the campaign plan ({each}; `make campaign-status`)",
-                "cpu_hours": sum(left), "in_campaign": True}
+               == (paper_row.dataset, paper_row.ways, paper_row.shots, paper_row.label)
+               and p["status"] not in campaign.OUTCOMES]
+    if planned and all(p["cpu_hours_max"] is not None for p in planned):
+        each = "; ".join(f"{p['name']} " + (f"at {p['done']:,} of {p['planned']:,} iterations" if p["done"]
+                                            else "not started") + f", {campaign.hours(p)}" for p in planned)
+        return {"verdict": f"not run: in the campaign plan ({each}; `make campaign-status`)", "in_campaign": True,
+                "cpu_hours": planned[0]["cpu_hours_max"],
+                "needs": f"{campaign.hours(planned[0])} in the campaign ({planned[0]['name']})"}
     timed = table[(table["dataset"] == paper_row.dataset) & (table["label"].str.lower() == paper_row.label.lower())
                   & (table["setting"] == setting_name(paper_row.dataset, paper_row.ways, paper_row.shots))
                   & table["s_per_iter"].notna()]
     if timed.empty:
-        return {"verdict": "not run: no run of this setting to time"}
+        return {"verdict": "not run: no run of this setting to time", "needs": "no run to time"}
     t = timed.iloc[0]
     hours = t["meta_iterations"] * t["s_per_iter"] / 3600
     amount = f"{hours:,.0f}" if hours >= 10 else f"{hours:.2g}"
     return {"verdict": f"not run: ≈ {amount} CPU-h ({t['meta_iterations']:,} iterations at the {t['s_per_iter']:.2f} "
-                       f"s/iteration of {t['run']})", "cpu_hours": hours}
+                       f"s/iteration of {t['run']})", "cpu_hours": hours, "needs": f"≈ {amount} CPU-h"}
 
 
 def reproduction(table: pd.DataFrame, paper: PaperNumbers, plan: list[dict], anchors: set[str]):
@@ -104,7 +103,7 @@ def reproduction(table: pd.DataFrame, paper: PaperNumbers, plan: list[dict], anc
         # the transductive number for a transductive run, else the papers' other number where they give one
         p = paper.lookup(*key[:4], None if mine.empty else c.clean(mine.iloc[0]["bn_mode"]), steps=key[4])
         row = {"source": p.source, "label": p.label, "paper": p.value, "ours": "—", "ours_mean": math.nan,
-               "seeds": 0, "run": "—", "cpu_hours": math.nan, "in_campaign": False, "dataset": p.dataset,
+               "seeds": 0, "run": "—", "cpu_hours": math.nan, "in_campaign": False, "needs": "—", "dataset": p.dataset,
                "test_setting": setting, "setting": c.title(p.dataset, setting)
                + (f", {p.steps} step{'s' * (p.steps > 1)}" if p.steps else "")}
         if mine.empty:
@@ -139,7 +138,7 @@ def reproduction(table: pd.DataFrame, paper: PaperNumbers, plan: list[dict], anc
     cols = [("setting", "setting"), ("algorithm", "label"), ("paper", lambda r: fmt_g(r["paper"]), "paper", "source"),
             ("ours at the paper's budget", lambda r: r["ours"], "ours", "ours_mean", "seeds"), ("verdict", "verdict")]
     return make_table("reproduction", out, cols, [TEXT["reproduction_note"]],
-                      extra=("run", "cpu_hours", "in_campaign", "dataset", "test_setting"))
+                      extra=("run", "cpu_hours", "in_campaign", "needs", "dataset", "test_setting"))
 
 
 def claims(claims, claims_raw: pd.DataFrame, repro_raw: pd.DataFrame):
@@ -155,9 +154,7 @@ def claims(claims, claims_raw: pd.DataFrame, repro_raw: pd.DataFrame):
             r = repro_raw[(repro_raw["dataset"] == cl.dataset) & (repro_raw["test_setting"] == cl.setting)
                           & (repro_raw["label"] == side) & (repro_raw["ours"] == "—")]
             if not r.empty:
-                hours, planned = r["cpu_hours"].iloc[0], r["in_campaign"].iloc[0]
-                needs.append(f"{side}: " + (f"≈ {hours:,.{int(hours < 10)}f} CPU-h" if not render.is_missing(hours)
-                                            else "no run to time") + (" (in the campaign)" if planned else ""))
+                needs.append(f"{side}: {r['needs'].iloc[0]}")
         out.append({"claim": cl.text, "paper": f"{cl.evidence} ({cl.source})", "verdict": verdict,
                     "needs": "; ".join(needs) or "—"})
     cols = [("claim", "claim"), ("paper", "paper"), ("verdict", "verdict"),

@@ -166,21 +166,30 @@ def test_status_and_report_read_one_eta(campaign, tmp_path, capsys):
 
 
 def test_the_report_names_each_unended_campaign_run_with_its_hours():
-    """A paper row the campaign holds says, per run not yet ended, where it stands and the CPU-hours to its target
-    (the rule's earliest stop, or the planned iterations once past it); the row's hours are their sum."""
+    """A paper row the campaign holds says, per run not yet ended, where it stands and its CPU-hours left: a range
+    from the rule's earliest stop to the planned iterations, at most the latter once past the earliest stop, the
+    planned iterations' alone without the rule. The claims table names the first such run, which gives the row's
+    first result."""
     from types import SimpleNamespace
 
     from reporting.front import _hours_to_run
 
     row = SimpleNamespace(dataset="omniglot", ways=5, shots=1, label="iMAML-GD")
-    base = {"dataset": "omniglot", "ways": 5, "shots": 1, "label": "iMAML-GD", "planned": 60000}
-    plan = [{**base, "name": "o/imaml-s0", "status": "saved", "done": 12010, "target": 60000, "cpu_hours_left": 44.0},
-            {**base, "name": "o/imaml-s1", "status": "not started", "done": 0, "target": 9000, "cpu_hours_left": 8.25},
-            {**base, "name": "o/imaml-s2", "status": "completed", "done": 9000, "target": 60000, "cpu_hours_left": 0.0},
-            {**base, "name": "o/maml-s0", "label": "MAML", "status": "saved", "done": 5, "target": 9000,
-             "cpu_hours_left": 1.0}]
+    base = {"dataset": "omniglot", "ways": 5, "shots": 1, "label": "iMAML-GD", "planned": 60000, "earliest": 9000}
+    plan = [{**base, "name": "o/imaml-s2", "status": "completed", "done": 9000, "cpu_hours_left": 0.0,
+             "cpu_hours_max": 0.0},
+            {**base, "name": "o/imaml-s0", "status": "saved", "done": 12010, "cpu_hours_left": 44.0,
+             "cpu_hours_max": 44.0},
+            {**base, "name": "o/imaml-s1", "status": "not started", "done": 0, "cpu_hours_left": 8.25,
+             "cpu_hours_max": 55.0},
+            {**base, "name": "o/imaml-s3", "status": "saved", "done": 10, "earliest": None, "cpu_hours_left": 3.0,
+             "cpu_hours_max": 3.0},
+            {**base, "name": "o/maml-s0", "label": "MAML", "status": "saved", "done": 5, "cpu_hours_left": 1.0,
+             "cpu_hours_max": 9.0}]
     got = _hours_to_run(row, None, plan)
-    assert got["in_campaign"] and got["cpu_hours"] == 52.25
-    assert got["verdict"] == ("not run: in the campaign plan (o/imaml-s0 at 12,010 of 60,000 iterations, ≈ 44.0 CPU-h "
-                              "to 60,000; o/imaml-s1 not started, ≈ 8.2 CPU-h to the rule's earliest stop; "
-                              "`make campaign-status`)")
+    assert got["in_campaign"] and got["cpu_hours"] == 44.0
+    assert got["verdict"] == (
+        "not run: in the campaign plan (o/imaml-s0 at 12,010 of 60,000 iterations, ≤ 44.0 CPU-h (the rule may end it "
+        "at any validation); o/imaml-s1 not started, 8.2–55.0 CPU-h (the rule may end it from iteration 9,000); "
+        "o/imaml-s3 at 10 of 60,000 iterations, ≈ 3.0 CPU-h; `make campaign-status`)")
+    assert got["needs"] == "≤ 44.0 CPU-h (the rule may end it at any validation) in the campaign (o/imaml-s0)"
