@@ -64,17 +64,29 @@ def _plateau(s: pd.Series) -> str:
     return f"ended by the plateau rule at {at} of {s['meta_iterations']:,}" if hi < s["meta_iterations"] else ""
 
 
+def _validated(run: dict) -> str:
+    """An unfinished campaign run's latest validation (on its validation tasks, never a test result), in words."""
+    if run["val"] is None:
+        return ""
+    value = f"MSE {run['val']:.3g}" if run["dataset"] == "sinusoid" else f"{100 * run['val']:.1f}%"
+    return f" (validation {value} at {run['val_iter']:,})"
+
+
 def _hours_to_run(paper_row, table: pd.DataFrame, plan: list[dict]) -> dict:
     """The row's ``verdict`` ('not run' with the CPU-hours it would take), ``needs`` (those hours, for the claims
     table), ``cpu_hours`` and ``in_campaign`` (whether the campaign plan holds it): where it does, each run not yet
-    ended with its hours left (the row's first result comes from the first of them, the one ``needs`` names); else the
+    ended with its hours left, then its variants' (e.g. "iMAML-GD (release)"), whose results are not the row's; the
+    row's first result comes from the first run, the one ``needs`` names; else the
     planned iterations at the seconds per iteration a run of the same setting and algorithm measured."""
-    planned = [p for p in plan if (p["dataset"], p["ways"], p["shots"], p["label"])
-               == (paper_row.dataset, paper_row.ways, paper_row.shots, paper_row.label)
-               and p["status"] not in campaign.OUTCOMES]
+    here = [p for p in plan if (p["dataset"], p["ways"], p["shots"]) == (paper_row.dataset, paper_row.ways,
+                                                                         paper_row.shots)
+            and p["status"] not in campaign.OUTCOMES]
+    planned = [p for p in here if p["label"] == paper_row.label]
     if planned and all(p["cpu_hours_max"] is not None for p in planned):
+        planned += [p for p in here if p["label"].startswith(f"{paper_row.label} (") and p["cpu_hours_max"] is not None]
         each = "; ".join(f"{p['name']} " + (f"at {p['done']:,} of {p['planned']:,} iterations" if p["done"]
-                                            else "not started") + f", {campaign.hours(p)}" for p in planned)
+                                            else "not started") + _validated(p) + f", {campaign.hours(p)}"
+                         for p in planned)
         return {"verdict": f"not run: in the campaign plan ({each}; `make campaign-status`)", "in_campaign": True,
                 "cpu_hours": planned[0]["cpu_hours_max"],
                 "needs": f"{campaign.hours(planned[0])} in the campaign ({planned[0]['name']})"}

@@ -151,7 +151,8 @@ def test_status_and_report_read_one_eta(campaign, tmp_path, capsys):
     got = {r["name"]: r for r in eta.runs(rec, campaign.RUNS, campaign.PLAN)}
     assert got["s/ended"]["status"] == "completed" and got["s/ended"]["cpu_hours_left"] == 0.0
     assert got["s/past"]["target"] == 1000 and got["s/past"]["cpu_hours_left"] == pytest.approx(880 * 2.0 / 3600)
-    assert (got["s/live"]["done"], got["s/live"]["target"], got["s/live"]["val"]) == (40, 90, 0.5)
+    assert (got["s/live"]["done"], got["s/live"]["target"], got["s/live"]["val"], got["s/live"]["val_iter"]) == (
+        40, 90, 0.5, 40)
     assert got["s/live"]["cpu_hours_left"] == pytest.approx(50 * 36.0 / 3600)
     assert got["s/sibling"]["borrowed"] and got["s/sibling"]["s_per_iter"] == 36.0
     assert got["s/recorded"]["borrowed"] and got["s/recorded"]["s_per_iter"] == 2.0  # median of the CPU records
@@ -168,28 +169,33 @@ def test_status_and_report_read_one_eta(campaign, tmp_path, capsys):
 def test_the_report_names_each_unended_campaign_run_with_its_hours():
     """A paper row the campaign holds says, per run not yet ended, where it stands and its CPU-hours left: a range
     from the rule's earliest stop to the planned iterations, at most the latter once past the earliest stop, the
-    planned iterations' alone without the rule. The claims table names the first such run, which gives the row's
-    first result."""
+    planned iterations' alone without the rule; then its variants' runs. The claims table names the first run of the
+    row's own protocol, which gives the row's first result."""
     from types import SimpleNamespace
 
     from reporting.front import _hours_to_run
 
     row = SimpleNamespace(dataset="omniglot", ways=5, shots=1, label="iMAML-GD")
-    base = {"dataset": "omniglot", "ways": 5, "shots": 1, "label": "iMAML-GD", "planned": 60000, "earliest": 9000}
+    base = {"dataset": "omniglot", "ways": 5, "shots": 1, "label": "iMAML-GD", "planned": 60000, "earliest": 9000,
+            "val": None, "val_iter": None}
     plan = [{**base, "name": "o/imaml-s2", "status": "completed", "done": 9000, "cpu_hours_left": 0.0,
              "cpu_hours_max": 0.0},
             {**base, "name": "o/imaml-s0", "status": "saved", "done": 12010, "cpu_hours_left": 44.0,
-             "cpu_hours_max": 44.0},
+             "cpu_hours_max": 44.0, "val": 0.631, "val_iter": 12000},
             {**base, "name": "o/imaml-s1", "status": "not started", "done": 0, "cpu_hours_left": 8.25,
              "cpu_hours_max": 55.0},
             {**base, "name": "o/imaml-s3", "status": "saved", "done": 10, "earliest": None, "cpu_hours_left": 3.0,
              "cpu_hours_max": 3.0},
+            {**base, "name": "o/release-s0", "label": "iMAML-GD (release)", "status": "saved", "done": 2000,
+             "cpu_hours_left": 6.0, "cpu_hours_max": 50.0, "val": 0.909, "val_iter": 2000},
             {**base, "name": "o/maml-s0", "label": "MAML", "status": "saved", "done": 5, "cpu_hours_left": 1.0,
              "cpu_hours_max": 9.0}]
     got = _hours_to_run(row, None, plan)
     assert got["in_campaign"] and got["cpu_hours"] == 44.0
     assert got["verdict"] == (
-        "not run: in the campaign plan (o/imaml-s0 at 12,010 of 60,000 iterations, ≤ 44.0 CPU-h (the rule may end it "
+        "not run: in the campaign plan (o/imaml-s0 at 12,010 of 60,000 iterations (validation 63.1% at 12,000), "
+        "≤ 44.0 CPU-h (the rule may end it "
         "at any validation); o/imaml-s1 not started, 8.2–55.0 CPU-h (the rule may end it from iteration 9,000); "
-        "o/imaml-s3 at 10 of 60,000 iterations, ≈ 3.0 CPU-h; `make campaign-status`)")
+        "o/imaml-s3 at 10 of 60,000 iterations, ≈ 3.0 CPU-h; o/release-s0 at 2,000 of 60,000 iterations (validation "
+        "90.9% at 2,000), 6.0–50.0 CPU-h (the rule may end it from iteration 9,000); `make campaign-status`)")
     assert got["needs"] == "≤ 44.0 CPU-h (the rule may end it at any validation) in the campaign (o/imaml-s0)"
