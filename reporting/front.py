@@ -68,7 +68,11 @@ def _validated(run: dict) -> str:
     """An unfinished campaign run's latest validation (on its validation tasks, never a test result), in words."""
     if run["val"] is None:
         return ""
-    value = f"MSE {run['val']:.3g}" if run["dataset"] == "sinusoid" else f"{100 * run['val']:.1f}%"
+    val, ci = run["val"], run.get("val_ci95")
+    if run["dataset"] == "sinusoid":
+        value = f"MSE {val:.3g}" + ("" if ci is None else f" ± {ci:.2g}")
+    else:
+        value = f"{100 * val:.1f}" + ("" if ci is None else f" ± {100 * ci:.1f}") + "%"
     return f" (validation {value} at {run['val_iter']:,})"
 
 

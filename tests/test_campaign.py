@@ -181,7 +181,7 @@ def test_the_report_names_each_unended_campaign_run_with_its_hours():
     plan = [{**base, "name": "o/imaml-s2", "status": "completed", "done": 9000, "cpu_hours_left": 0.0,
              "cpu_hours_max": 0.0},
             {**base, "name": "o/imaml-s0", "status": "saved", "done": 12010, "cpu_hours_left": 44.0,
-             "cpu_hours_max": 44.0, "val": 0.631, "val_iter": 12000},
+             "cpu_hours_max": 44.0, "val": 0.631, "val_ci95": 0.0302, "val_iter": 12000},
             {**base, "name": "o/imaml-s1", "status": "not started", "done": 0, "cpu_hours_left": 8.25,
              "cpu_hours_max": 55.0},
             {**base, "name": "o/imaml-s3", "status": "saved", "done": 10, "earliest": None, "cpu_hours_left": 3.0,
@@ -193,7 +193,7 @@ def test_the_report_names_each_unended_campaign_run_with_its_hours():
     got = _hours_to_run(row, None, plan)
     assert got["in_campaign"] and got["cpu_hours"] == 44.0
     assert got["verdict"] == (
-        "not run: in the campaign plan (o/imaml-s0 at 12,010 of 60,000 iterations (validation 63.1% at 12,000), "
+        "not run: in the campaign plan (o/imaml-s0 at 12,010 of 60,000 iterations (validation 63.1 ± 3.0% at 12,000), "
         "≤ 44.0 CPU-h (the rule may end it "
         "at any validation); o/imaml-s1 not started, 8.2–55.0 CPU-h (the rule may end it from iteration 9,000); "
         "o/imaml-s3 at 10 of 60,000 iterations, ≈ 3.0 CPU-h; o/release-s0 at 2,000 of 60,000 iterations (validation "
