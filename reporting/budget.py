@@ -8,6 +8,7 @@ from pathlib import Path
 
 from . import baselines, render
 from . import common as c
+from .records import setting_name
 from .render import TEXT, Table, fmt, fmt_g, fmt_pm, make_table, new_figure, save_figure
 from .stats import mean_std
 
@@ -190,15 +191,39 @@ def draw(axes: list, rows: list[dict], dataset: str) -> bool:
     return bool(axes[0].lines)
 
 
-def curves_figure(key: tuple, rows: list[dict], fig_dir: Path) -> Path | None:
-    """The group's learning curves (:func:`draw`); without a time cap (the papers' budgets) also vs iterations."""
+def unfinished(key: tuple, plan: list[dict], campaign_root: Path) -> list[dict]:
+    """The campaign runs of the group (papers' budgets only) that have trained but not ended, each with its saved
+    validation ``curve`` (as :func:`curve`)."""
+    from trainer.records import read_jsonl
+
+    dataset, setting, minutes = key
+    out = []
+    for r in plan if minutes is None else []:
+        if (r["dataset"], setting_name(r["dataset"], r["ways"], r["shots"])) == (dataset, setting) and r["val"] \
+                is not None and r["status"] not in ("completed", "diverged"):
+            rows = read_jsonl(campaign_root / r["name"] / "unfinished" / "metrics.jsonl")
+            out.append({**r, "curve": [(x["train_wall_s"] / 60, x["val_metric"], x["iter"]) for x in rows
+                                       if "val_metric" in x]})
+    return out
+
+
+def curves_figure(key: tuple, rows: list[dict], fig_dir: Path, running: list[dict] = ()) -> Path | None:
+    """The group's learning curves (:func:`draw`); without a time cap (the papers' budgets) also vs iterations,
+    with the saved validations of its campaign runs not yet ended (:func:`unfinished`) dashed against iterations."""
     dataset, setting, minutes = key
     fig, axes = new_figure(1 if minutes is not None else 2)
-    if not draw(axes, rows, dataset):
+    if not draw(axes, rows, dataset) and not running:
         return None
+    scale, _ = c.scale_of(c.metric_of(dataset))
+    for r in running:  # against iterations only: its minutes may mix machines, and they would squash the rest
+        axes[-1].plot([p[2] for p in r["curve"]], [p[1] * scale for p in r["curve"]], ls="--", lw=1.2,
+                      color=render.colour(r["label"]), label=f"{r['label']} (s{r['seed']}, unfinished: "
+                                                              f"{r['done']:,} of {r['planned']:,})")
     axes[0].set_title(f"{c.title(dataset, setting)}: learning curves"
                       + (f" ({fmt_g(minutes)} min budget)" if minutes is not None else ""), fontsize=10)
-    axes[0].legend(fontsize=7)
+    for ax in axes[:1] if not running else axes:  # the dashed runs' legend beside them
+        if ax.lines:
+            ax.legend(fontsize=7)
     return save_figure(fig, fig_dir / f"{_name('curves', key)}.png")
 
 

@@ -58,15 +58,16 @@ def _heading(anchor: str, title: str) -> str:
     return f'<a id="{anchor}"></a>\n\n## {title}\n'
 
 
-def _protocols(rows, judged, w, pool) -> str:
+def _protocols(rows, judged, w, pool, plan: list[dict], runs_root: Path) -> str:
     text = TEXT["protocols_intro"]
     by_budget = budget.groups(rows)
     for key, members in by_budget.items():
         text += f"\n### {budget.budget_title(*key, members)}\n"
         text += w.table(budget.setup_table(key, members)) + w.table(budget.protocol_table(key, members, judged, pool))
-        if (fig := budget.curves_figure(key, members, w.fig_dir)) is not None:
+        running = budget.unfinished(key, plan, runs_root / "campaign-cpu")
+        if (fig := budget.curves_figure(key, members, w.fig_dir, running)) is not None:
             caption = "Validation metric vs training wall-clock" + (" and meta-iterations" if key[2] is None else "")
-            text += w.figure(fig, caption) + TEXT["curves_caption"]
+            text += w.figure(fig, caption) + TEXT["curves_caption"] + (TEXT["unfinished_caption"] if running else "")
     return text if by_budget else text + _no_runs("make reproduce")
 
 
@@ -107,14 +108,14 @@ def _study_sections(studies_list, w, skipped: list[Skipped]) -> str:
     return text
 
 
-def _first_page(table, rows, bases, paper, runs_root: Path, w: Writer, body: str) -> str:
+def _first_page(table, rows, bases, paper, plan: list[dict], w: Writer, body: str) -> str:
     """The answers before any detail (``reporting/front.py``); quotes cells of the tables ``body`` wrote."""
     anchors = ({a.split('"')[1] for a in body.split("<a id=")[1:]} | {f"table-{n}" for n in w.raw}
                | {"table-reproduction", "table-equal_compute"})
     if table.empty:
         return "\nNo records yet: run `make reproduce`.\n"
     w.files_only(make_table("summary", table.to_dict("records"), [(k, k) for k in table.columns]))
-    repro = front.reproduction(table, paper, front.campaign_plan(runs_root), anchors)
+    repro = front.reproduction(table, paper, plan, anchors)
     eq, eq_rows = front.equal_compute(table)
     text = _heading("reproduce", "Did the papers reproduce?") + w.table(repro) + "\n"
     if "claims" in w.raw:
@@ -153,9 +154,10 @@ def generate(runs_root: Path, out: Path) -> Path:
     summary = front.summary(rows, bases, judged)
     devices = sorted({r.get("device_name") or r.get("device") or "?" for r in rows + bases})
     labels = {r.get("experiment"): r["label"] for r in rows + bases}
+    plan = front.campaign_plan(runs_root)
     sections = [  # (anchor, heading, text), built in this order: the study sections add to ``skipped``
         ("protocols", "1. Published protocols at an equal training-time budget",
-         _protocols(c.records_sorted(rows + bases), judged, w, all_rows + base_rows)),
+         _protocols(c.records_sorted(rows + bases), judged, w, all_rows + base_rows, plan, runs_root)),
         ("paired", "2. Paired comparisons on identical test tasks", _paired(rows, judged, w)),
         ("inner-steps", "3. Shared protocol: test metric vs inner steps", TEXT["inner_steps_intro"] + (
             tables.sweep_section(sweep, w)
@@ -182,7 +184,7 @@ def generate(runs_root: Path, out: Path) -> Path:
                                  [("record", "path"), ("reason", "reason")])) if skipped else "\nnone\n")),
     ]
     body_text = "\n".join(_heading(anchor, title) + text for anchor, title, text in sections)
-    first = _first_page(summary, rows, bases, paper, runs_root, w, body_text)
+    first = _first_page(summary, rows, bases, paper, plan, w, body_text)
     counts = recs.runs["status"].value_counts().to_dict() if not recs.runs.empty else {}
     status = ", ".join(f"{counts[s]} {s}" for s in STATUSES if counts.get(s))
     header = TEXT["header"].format(

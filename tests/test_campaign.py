@@ -199,3 +199,26 @@ def test_the_report_names_each_unended_campaign_run_with_its_hours():
         "o/imaml-s3 at 10 of 60,000 iterations, ≈ 3.0 CPU-h; o/release-s0 at 2,000 of 60,000 iterations (validation "
         "90.9% at 2,000), 6.0–50.0 CPU-h (the rule may end it from iteration 9,000); `make campaign-status`)")
     assert got["needs"] == "≤ 44.0 CPU-h (the rule may end it at any validation) in the campaign (o/imaml-s0)"
+
+
+def test_the_paper_budget_figure_draws_unfinished_campaign_runs_dashed(tmp_path):
+    """A campaign run that trained and validated but has not ended joins its setting's paper-budget curves, dashed,
+    against iterations; ended runs (their records draw them), runs of other settings, runs with no validation yet
+    and time-capped groups are left out."""
+    from reporting import budget
+
+    base = {"dataset": "omniglot", "ways": 5, "shots": 1, "label": "iMAML-GD", "seed": 0, "planned": 60000,
+            "val": 0.6, "done": 2000, "status": "saved"}
+    plan = [{**base, "name": "o/run"}, {**base, "name": "o/ended", "status": "completed"},
+            {**base, "name": "o/fresh", "val": None}, {**base, "name": "o/20w", "ways": 20}]
+    for r in plan:
+        p = tmp_path / "campaign" / r["name"] / "unfinished" / "metrics.jsonl"
+        p.parent.mkdir(parents=True)
+        p.write_text("".join(json.dumps({"iter": i, "train_wall_s": 3.0 * i, **({"val_metric": i / 4000}
+                                                                                  if i % 1000 == 0 else {})}) + "\n"
+                             for i in range(1, 2001)))
+    got = budget.unfinished(("omniglot", "5w1s", None), plan, tmp_path / "campaign")
+    assert [(r["name"], r["curve"]) for r in got] == [("o/run", [(50.0, 0.25, 1000), (100.0, 0.5, 2000)])]
+    assert budget.unfinished(("omniglot", "5w1s", 4.0), plan, tmp_path / "campaign") == []
+    fig = budget.curves_figure(("omniglot", "5w1s", None), [], tmp_path / "fig", got)
+    assert fig is not None and fig.stat().st_size > 0
