@@ -8,6 +8,7 @@ from pathlib import Path
 
 from . import baselines, render
 from . import common as c
+from .campaign import OUTCOMES
 from .records import setting_name
 from .render import TEXT, Table, fmt, fmt_g, fmt_pm, make_table, new_figure, save_figure
 from .stats import mean_std
@@ -200,7 +201,7 @@ def unfinished(key: tuple, plan: list[dict], campaign_root: Path) -> list[dict]:
     out = []
     for r in plan if minutes is None else []:
         if (r["dataset"], setting_name(r["dataset"], r["ways"], r["shots"])) == (dataset, setting) and r["val"] \
-                is not None and r["status"] not in ("completed", "diverged"):
+                is not None and r["status"] not in OUTCOMES:
             rows = read_jsonl(campaign_root / r["name"] / "unfinished" / "metrics.jsonl")
             out.append({**r, "curve": [(x["train_wall_s"] / 60, x["val_metric"], x["iter"]) for x in rows
                                        if "val_metric" in x]})

@@ -78,10 +78,10 @@ def _validated(run: dict) -> str:
 
 def _hours_to_run(paper_row, table: pd.DataFrame, plan: list[dict]) -> dict:
     """The row's ``verdict`` ('not run' with the CPU-hours it would take), ``needs`` (those hours, for the claims
-    table), ``cpu_hours`` and ``in_campaign`` (whether the campaign plan holds it): where it does, each run not yet
-    ended with its hours left, then its variants' (e.g. "iMAML-GD (release)"), whose results are not the row's; the
-    row's first result comes from the first run, the one ``needs`` names; else the
-    planned iterations at the seconds per iteration a run of the same setting and algorithm measured."""
+    table), ``cpu_hours`` and ``in_campaign`` (whether the campaign plan holds it). Where it does: each of its runs not
+    yet ended with its hours left, then its variants' (e.g. "iMAML-GD (release)", whose results are not the row's);
+    the row's first result will come from the first, the run ``needs`` names. Else: the planned iterations at the
+    seconds per iteration a run of the same setting and algorithm measured."""
     here = [p for p in plan if (p["dataset"], p["ways"], p["shots"]) == (paper_row.dataset, paper_row.ways,
                                                                          paper_row.shots)
             and p["status"] not in campaign.OUTCOMES]
