@@ -85,9 +85,8 @@ def runs(saved: Path, live: Path | None = None, plan: list[dict] | None = None) 
 
 
 def hours(r: dict) -> str:
-    """A run's CPU-hours left, in words: a range while the plateau rule may end it before its planned iterations."""
-    if r["status"] in OUTCOMES or r["cpu_hours_max"] is None:
-        return r["status"] if r["status"] in OUTCOMES else "no rate to time it"
+    """A run's CPU-hours left (a run not ended, with a rate), in words: a range while the plateau rule may end it
+    before its planned iterations."""
     if r["earliest"] is None:
         return f"≈ {r['cpu_hours_max']:.1f} CPU-h"
     if r["done"] >= r["earliest"]:

@@ -69,10 +69,10 @@ def _validated(run: dict) -> str:
     if run["val"] is None:
         return ""
     val, ci = run["val"], run.get("val_ci95")
-    if run["dataset"] == "sinusoid":
-        value = f"MSE {val:.3g}" + ("" if ci is None else f" ± {ci:.2g}")
-    else:
+    if c.metric_of(run["dataset"]) == "accuracy":
         value = f"{100 * val:.1f}" + ("" if ci is None else f" ± {100 * ci:.1f}") + "%"
+    else:
+        value = f"MSE {val:.3g}" + ("" if ci is None else f" ± {ci:.2g}")
     return f" (validation {value} at {run['val_iter']:,})"
 
 
