@@ -192,20 +192,12 @@ def draw(axes: list, rows: list[dict], dataset: str) -> bool:
     return bool(axes[0].lines)
 
 
-def unfinished(key: tuple, plan: list[dict], campaign_root: Path) -> list[dict]:
-    """The campaign runs of the group (papers' budgets only) that have trained but not ended, each with its saved
-    validation ``curve`` (as :func:`curve`)."""
-    from trainer.records import read_jsonl
-
+def unfinished(key: tuple, plan: list[dict]) -> list[dict]:
+    """The campaign runs (:func:`reporting.campaign.runs`) of the group (papers' budgets only) that have validated but
+    not ended."""
     dataset, setting, minutes = key
-    out = []
-    for r in plan if minutes is None else []:
-        if (r["dataset"], setting_name(r["dataset"], r["ways"], r["shots"])) == (dataset, setting) and r["val"] \
-                is not None and r["status"] not in OUTCOMES:
-            rows = read_jsonl(campaign_root / r["name"] / "unfinished" / "metrics.jsonl")
-            out.append({**r, "curve": [(x["train_wall_s"] / 60, x["val_metric"], x["iter"]) for x in rows
-                                       if "val_metric" in x]})
-    return out
+    return [r for r in plan if minutes is None and r["curve"] and r["status"] not in OUTCOMES
+            and (r["dataset"], setting_name(r["dataset"], r["ways"], r["shots"])) == (dataset, setting)]
 
 
 def curves_figure(key: tuple, rows: list[dict], fig_dir: Path, running: list[dict] = ()) -> Path | None:
@@ -217,7 +209,7 @@ def curves_figure(key: tuple, rows: list[dict], fig_dir: Path, running: list[dic
         return None
     scale, _ = c.scale_of(c.metric_of(dataset))
     for r in running:  # against iterations only: its minutes may mix machines, and they would squash the rest
-        axes[-1].plot([p[2] for p in r["curve"]], [p[1] * scale for p in r["curve"]], ls="--", lw=1.2,
+        axes[-1].plot([p[0] for p in r["curve"]], [p[1] * scale for p in r["curve"]], ls="--", lw=1.2,
                       color=render.colour(r["label"]), label=f"{r['label']} (s{r['seed']}, unfinished: "
                                                               f"{r['done']:,} of {r['planned']:,})")
     axes[0].set_title(f"{c.title(dataset, setting)}: learning curves"

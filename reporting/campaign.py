@@ -51,8 +51,8 @@ def recorded_rates(records: Path) -> dict[str, float]:
 
 def runs(saved: Path, live: Path | None = None, plan: list[dict] | None = None) -> list[dict]:
     """Every campaign run of ``plan`` (default: the committed plan) with its setting, label, ``status``, ``done`` and
-    ``planned`` iterations, ``target``, latest validation ``val`` (± ``val_ci95``, at iteration ``val_iter``),
-    ``s_per_iter`` (``borrowed`` when not its own), ``cpu_hours_left`` to the target and ``cpu_hours_max`` to the
+    ``planned`` iterations, ``target``, latest validation ``val`` (± ``val_ci95``, at iteration ``val_iter``), every
+    validation as ``curve`` [(iteration, value)], ``s_per_iter`` (``borrowed`` when not its own), ``cpu_hours_left`` to the target and ``cpu_hours_max`` to the
     planned iterations (0 once ended, None with no rate). ``saved``: the campaign's records folder (in a records root,
     whose other CPU records lend rates); ``live``: the run folders of a campaign running on this machine, read before
     the saved state."""
@@ -70,6 +70,7 @@ def runs(saved: Path, live: Path | None = None, plan: list[dict] | None = None) 
                     **next(({"val": x["val_metric"], "val_ci95": x.get("val_ci95"), "val_iter": x["iter"]}
                             for x in reversed(rows) if "val_metric" in x),
                            {"val": None, "val_ci95": None, "val_iter": None}),
+                    "curve": [(x["iter"], x["val_metric"]) for x in rows if "val_metric" in x],
                     "s_per_iter": statistics.median(times) if times else (summary.get("timing") or {}).get("median_iter_s"),
                     "borrowed": False})
     rates = {**recorded_rates(saved.parent), **{r["experiment"]: r["s_per_iter"] for r in out if r["s_per_iter"]}}

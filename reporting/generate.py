@@ -58,13 +58,13 @@ def _heading(anchor: str, title: str) -> str:
     return f'<a id="{anchor}"></a>\n\n## {title}\n'
 
 
-def _protocols(rows, judged, w, pool, plan: list[dict], runs_root: Path) -> str:
+def _protocols(rows, judged, w, pool, plan: list[dict]) -> str:
     text = TEXT["protocols_intro"]
     by_budget = budget.groups(rows)
     for key, members in by_budget.items():
         text += f"\n### {budget.budget_title(*key, members)}\n"
         text += w.table(budget.setup_table(key, members)) + w.table(budget.protocol_table(key, members, judged, pool))
-        running = budget.unfinished(key, plan, runs_root / "campaign-cpu")
+        running = budget.unfinished(key, plan)
         if (fig := budget.curves_figure(key, members, w.fig_dir, running)) is not None:
             caption = "Validation metric vs training wall-clock" + (" and meta-iterations" if key[2] is None else "")
             text += w.figure(fig, caption) + TEXT["curves_caption"] + (TEXT["unfinished_caption"] if running else "")
@@ -157,7 +157,7 @@ def generate(runs_root: Path, out: Path) -> Path:
     plan = front.campaign_plan(runs_root)
     sections = [  # (anchor, heading, text), built in this order: the study sections add to ``skipped``
         ("protocols", "1. Published protocols at an equal training-time budget",
-         _protocols(c.records_sorted(rows + bases), judged, w, all_rows + base_rows, plan, runs_root)),
+         _protocols(c.records_sorted(rows + bases), judged, w, all_rows + base_rows, plan)),
         ("paired", "2. Paired comparisons on identical test tasks", _paired(rows, judged, w)),
         ("inner-steps", "3. Shared protocol: test metric vs inner steps", TEXT["inner_steps_intro"] + (
             tables.sweep_section(sweep, w)

@@ -5,6 +5,8 @@ import importlib.util
 import json
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -154,16 +156,25 @@ def test_status_and_report_read_one_eta(campaign, tmp_path, capsys):
     assert (got["s/live"]["done"], got["s/live"]["target"], got["s/live"]["val"], got["s/live"]["val_iter"]) == (
         40, 90, 0.5, 40)
     assert got["s/live"]["cpu_hours_left"] == pytest.approx(50 * 36.0 / 3600)
+    assert got["s/live"]["curve"] == [(10, 0.5), (20, 0.5), (30, 0.5), (40, 0.5)]  # the live run's, not the saved
     assert got["s/sibling"]["borrowed"] and got["s/sibling"]["s_per_iter"] == 36.0
     assert got["s/recorded"]["borrowed"] and got["s/recorded"]["s_per_iter"] == 2.0  # median of the CPU records
-    (campaign.RUNS / "s/live/campaign.pid").write_text(f"{os.getpid()}\n")  # a live process trains it
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)",  # a live process trains it
+                             *campaign.command("s/live", [])[2:]])
+    (campaign.RUNS / "s/live/campaign.pid").write_text(f"{live.pid}\n")
     (campaign.RUNS / "s/past").mkdir(parents=True)
-    (campaign.RUNS / "s/past/campaign.pid").write_text("not a pid\n")
-    campaign.status()
+    (campaign.RUNS / "s/past/campaign.pid").write_text(f"{os.getpid()}\n")  # a live pid that trains something else
+    (campaign.RUNS / "s/sibling").mkdir(parents=True)
+    (campaign.RUNS / "s/sibling/campaign.pid").write_text("not a pid\n")
+    try:
+        campaign.status()
+    finally:
+        live.kill()
     out = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()[1:]}
     assert out["s/ended"].split()[-2:] == ["-", "-"] and out["s/past"].endswith("any val.")
     assert out["s/live"].split()[-4:] == ["9.6", "h", "0.5", "h"] and "~2.000" in out["s/recorded"]
     assert out["s/live"].split()[1] == "training" and out["s/past"].split()[1] == "saved"
+    assert out["s/sibling"].split()[1] == "not"  # "not started"
 
 
 def test_the_report_names_each_unended_campaign_run_with_its_hours():
@@ -208,17 +219,11 @@ def test_the_paper_budget_figure_draws_unfinished_campaign_runs_dashed(tmp_path)
     from reporting import budget
 
     base = {"dataset": "omniglot", "ways": 5, "shots": 1, "label": "iMAML-GD", "seed": 0, "planned": 60000,
-            "val": 0.6, "done": 2000, "status": "saved"}
+            "done": 2000, "status": "saved", "curve": [(1000, 0.25), (2000, 0.5)]}
     plan = [{**base, "name": "o/run"}, {**base, "name": "o/ended", "status": "completed"},
-            {**base, "name": "o/fresh", "val": None}, {**base, "name": "o/20w", "ways": 20}]
-    for r in plan:
-        p = tmp_path / "campaign" / r["name"] / "unfinished" / "metrics.jsonl"
-        p.parent.mkdir(parents=True)
-        p.write_text("".join(json.dumps({"iter": i, "train_wall_s": 3.0 * i, **({"val_metric": i / 4000}
-                                                                                  if i % 1000 == 0 else {})}) + "\n"
-                             for i in range(1, 2001)))
-    got = budget.unfinished(("omniglot", "5w1s", None), plan, tmp_path / "campaign")
-    assert [(r["name"], r["curve"]) for r in got] == [("o/run", [(50.0, 0.25, 1000), (100.0, 0.5, 2000)])]
-    assert budget.unfinished(("omniglot", "5w1s", 4.0), plan, tmp_path / "campaign") == []
+            {**base, "name": "o/fresh", "curve": []}, {**base, "name": "o/20w", "ways": 20}]
+    got = budget.unfinished(("omniglot", "5w1s", None), plan)
+    assert [r["name"] for r in got] == ["o/run"]
+    assert budget.unfinished(("omniglot", "5w1s", 4.0), plan) == []
     fig = budget.curves_figure(("omniglot", "5w1s", None), [], tmp_path / "fig", got)
     assert fig is not None and fig.stat().st_size > 0

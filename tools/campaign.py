@@ -176,12 +176,15 @@ def run(jobs: int) -> int:
 
 
 def training(name: str) -> bool:
-    """Whether a campaign on this machine trains ``name`` now (its process, named in ``campaign.pid``, lives)."""
+    """Whether a campaign on this machine trains ``name`` now: the process named in ``campaign.pid`` lives and,
+    where ``/proc`` shows its command line, trains this run's folder (a pid reused after a SIGKILL does not)."""
     try:
-        os.kill(int((RUNS / name / "campaign.pid").read_text()), 0)
+        pid = int((RUNS / name / "campaign.pid").read_text())
+        os.kill(pid, 0)
     except (OSError, ValueError):
         return False
-    return True
+    argv = Path(f"/proc/{pid}/cmdline")
+    return not argv.exists() or f"hydra.run.dir={(RUNS / name).relative_to(ROOT)}".encode() in argv.read_bytes()
 
 
 def status() -> None:
