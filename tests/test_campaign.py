@@ -141,8 +141,8 @@ def test_status_and_report_read_one_eta(campaign, tmp_path, capsys):
         path.write_text(text)
 
     def rows(n, s):
-        return "".join(json.dumps({"iter": i, "iter_s": s, **({"val_metric": 0.5} if i % 10 == 0 else {})}) + "\n"
-                       for i in range(1, n + 1))
+        return "".join(json.dumps({"iter": i, "iter_s": s, **({"val_metric": i / 1000, "val_ci95": 0.01}
+                                                              if i % 10 == 0 else {})}) + "\n" for i in range(1, n + 1))
     write(rec / "s/ended/summary.json", json.dumps({"status": "completed", "iterations_done": 20}))
     write(rec / "s/past/unfinished/metrics.jsonl", rows(120, 2.0))
     write(rec / "s/live/unfinished/metrics.jsonl", rows(30, 2.0))
@@ -154,9 +154,12 @@ def test_status_and_report_read_one_eta(campaign, tmp_path, capsys):
     assert got["s/ended"]["status"] == "completed" and got["s/ended"]["cpu_hours_left"] == 0.0
     assert got["s/past"]["target"] == 1000 and got["s/past"]["cpu_hours_left"] == pytest.approx(880 * 2.0 / 3600)
     assert (got["s/live"]["done"], got["s/live"]["target"], got["s/live"]["val"], got["s/live"]["val_iter"]) == (
-        40, 90, 0.5, 40)
+        40, 90, 0.04, 40)
     assert got["s/live"]["cpu_hours_left"] == pytest.approx(50 * 36.0 / 3600)
-    assert got["s/live"]["curve"] == [(10, 0.5), (20, 0.5), (30, 0.5), (40, 0.5)]  # the live run's, not the saved
+    assert got["s/live"]["curve"] == [(10, 0.01), (20, 0.02), (30, 0.03), (40, 0.04)]  # the live run's, not the saved
+    # the rule on s/past's 12 validations: the last third (0.09-0.12) against the one before (0.05-0.08), an MSE
+    # (smoke is sinusoid), so a loss of 0.04
+    assert got["s/past"]["rule"] == pytest.approx((-0.04, 0.01)) and got["s/live"]["rule"] is None
     assert got["s/sibling"]["borrowed"] and got["s/sibling"]["s_per_iter"] == 36.0
     assert got["s/recorded"]["borrowed"] and got["s/recorded"]["s_per_iter"] == 2.0  # median of the CPU records
     live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)",  # a live process trains it
@@ -171,8 +174,8 @@ def test_status_and_report_read_one_eta(campaign, tmp_path, capsys):
     finally:
         live.kill()
     out = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()[1:]}
-    assert out["s/ended"].split()[-2:] == ["-", "-"] and out["s/past"].endswith("any val.")
-    assert out["s/live"].split()[-4:] == ["9.6", "h", "0.5", "h"] and "~2.000" in out["s/recorded"]
+    assert out["s/ended"].split()[-3:] == ["-", "-", "-"] and out["s/past"].endswith("any val. -0.0400 ≤ 0.0100")
+    assert out["s/live"].split()[-5:] == ["9.6", "h", "0.5", "h", "-"] and "~2.000" in out["s/recorded"]
     assert out["s/live"].split()[1] == "training" and out["s/past"].split()[1] == "saved"
     assert out["s/sibling"].split()[1] == "not"  # "not started"
 

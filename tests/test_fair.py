@@ -149,9 +149,11 @@ def test_fidelity_along_training_compares_with_the_exact_gradient_of_the_same_ob
 def test_the_declared_plateau_rule():
     """From the 9th validation on: the last third's mean must beat the third before it by more
     than that third's mean CI half-width, in the metric's direction."""
-    from trainer.evaluate import plateaued
+    from trainer.evaluate import plateau_gain, plateaued
     rising = [(0.5 + 0.05 * i, 0.01) for i in range(12)]
     assert not plateaued(rising, lower_is_better=False)
+    # thirds of 4: validations 8-11 against 4-7, 4 × 0.05 apart; the earlier third's mean CI
+    assert plateau_gain(rising, False) == pytest.approx((0.2, 0.01)) and plateau_gain(rising[:8], False) is None
     assert plateaued(rising[:1] * 12, lower_is_better=False)
     assert not plateaued(rising[:1] * 8, lower_is_better=False)  # too few validations
     falling = [(v, ci) for v, ci in reversed(rising)]

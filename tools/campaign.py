@@ -190,11 +190,13 @@ def training(name: str) -> bool:
 def status() -> None:
     """Each run: status, iterations, latest validation, seconds per iteration and CPU-hours left on one core — to its
     planned iterations and, under the plateau rule, to the rule's earliest stop (its 9th validation; "any val." once
-    past it). A borrowed rate (a run not started) is marked ~ (:func:`reporting.campaign.runs`)."""
+    past it, and the rule's two sides now: the last third's gain and the CI it must not exceed to end the run). A
+    borrowed rate (a run not started) is marked ~ (:func:`reporting.campaign.runs`)."""
     table = [{**r, "status": "training" if training(r["name"]) else r["status"]}
              for r in campaign_runs(RECORDS, RUNS, PLAN)]
     width = max(len(r["name"]) for r in table)
-    print(f"{'run':{width}} {'status':12} {'iterations':>17} {'val':>8} {'s/iter':>7} {'ETA':>8} {'ETA rule':>8}")
+    print(f"{'run':{width}} {'status':12} {'iterations':>17} {'val':>8} {'s/iter':>7} {'ETA':>8} {'ETA rule':>8} "
+          f"{'gain > CI':>16}")
     for r in table:
         ended, per = r["status"] in OUTCOMES, r["s_per_iter"]
 
@@ -203,8 +205,10 @@ def status() -> None:
         rule = "-" if ended or r["earliest"] is None else "any val." if r["done"] >= r["earliest"] else eta(r["earliest"])
         val = "-" if r["val"] is None else f"{r['val']:.4g}"
         rate = "-" if per is None else ("~" if r["borrowed"] else "") + f"{per:.3f}"
+        sides = "-" if ended or r["rule"] is None else "{:+.4f} {} {:.4f}".format(
+            r["rule"][0], ">" if r["rule"][0] > r["rule"][1] else "≤", r["rule"][1])
         print(f"{r['name']:{width}} {r['status']:12} {r['done']:>8,}/{r['planned']:>8,} {val:>8} {rate:>7} "
-              f"{eta(r['planned']):>8} {rule:>8}")
+              f"{eta(r['planned']):>8} {rule:>8} {sides:>16}")
 
 
 def main(argv=None) -> int:

@@ -138,13 +138,20 @@ PLATEAU_MIN_VALIDATIONS = 9
 PLATEAU_MIN_TASKS = 200
 
 
-def plateaued(history: list[tuple[float, float]], lower_is_better: bool) -> bool:
-    """Whether validations ``[(mean, ci95), ...]`` (in order) meet :data:`PLATEAU_RULE`."""
+def plateau_gain(history: list[tuple[float, float]], lower_is_better: bool) -> tuple[float, float] | None:
+    """The two sides of :data:`PLATEAU_RULE` for validations ``[(mean, ci95), ...]`` (in order): the last third's
+    mean gain over the third before it, and that earlier third's mean 95% CI half-width; None before the rule
+    applies (fewer than :data:`PLATEAU_MIN_VALIDATIONS`)."""
     n = len(history)
     if n < PLATEAU_MIN_VALIDATIONS:
-        return False
+        return None
     m = n // 3
     last, before = history[n - m:], history[n - 2 * m:n - m]
     mean = [sum(v for v, _ in h) / m for h in (last, before)]
-    gain = (mean[1] - mean[0]) if lower_is_better else (mean[0] - mean[1])
-    return gain <= sum(ci for _, ci in before) / m
+    return (mean[1] - mean[0]) if lower_is_better else (mean[0] - mean[1]), sum(ci for _, ci in before) / m
+
+
+def plateaued(history: list[tuple[float, float]], lower_is_better: bool) -> bool:
+    """Whether validations ``[(mean, ci95), ...]`` (in order) meet :data:`PLATEAU_RULE`: a gain no larger than the CI."""
+    sides = plateau_gain(history, lower_is_better)
+    return sides is not None and sides[0] <= sides[1]
