@@ -30,8 +30,8 @@ def _composed(overrides: tuple[str, ...]) -> dict:
     cfg = compose(list(overrides))
     rule = cfg.eval.get("early_stop") == "plateau"
     return {"dataset": cfg.dataset.name, "ways": cfg.ways, "shots": cfg.eval.shots or cfg.shots,
-            "label": cfg.algorithm.label, "planned": int(cfg.meta_iterations), "lower_is_better": cfg.dataset.lower_is_better,
-            "earliest": PLATEAU_MIN_VALIDATIONS * int(cfg.eval.val_every) if rule else None}
+            "label": cfg.algorithm.label, "planned": int(cfg.meta_iterations),
+            "lower_is_better": cfg.dataset.lower_is_better, "earliest": PLATEAU_MIN_VALIDATIONS * int(cfg.eval.val_every) if rule else None}
 
 
 def _read(path: Path) -> dict:
@@ -54,8 +54,8 @@ def runs(saved: Path, live: Path | None = None, plan: list[dict] | None = None) 
     """Every campaign run of ``plan`` (default: the committed plan) with its setting, label, ``status``, ``done`` and
     ``planned`` iterations, ``target``, latest validation ``val`` (± ``val_ci95``, at iteration ``val_iter``), every
     validation as ``curve`` [(iteration, value)], ``rule``: the plateau rule's (gain, CI) on them once it applies
-    (:func:`trainer.evaluate.plateau_gain`; else None), ``s_per_iter`` (``borrowed`` when not its own), ``cpu_hours_left`` to the target and ``cpu_hours_max`` to the
-    planned iterations (0 once ended, None with no rate). ``saved``: the campaign's records folder (in a records root,
+    (:func:`trainer.evaluate.plateau_gain`; else None), ``s_per_iter`` (``borrowed`` when not its own),
+    ``cpu_hours_left`` to the target and ``cpu_hours_max`` to the planned iterations (0 once ended, None with no rate). ``saved``: the campaign's records folder (in a records root,
     whose other CPU records lend rates); ``live``: the run folders of a campaign running on this machine, read before
     the saved state."""
     out = []
@@ -64,16 +64,17 @@ def runs(saved: Path, live: Path | None = None, plan: list[dict] | None = None) 
         summary = _read(folder / "summary.json")
         rows = next((x for x in ([] if live is None else [read_jsonl(live / r["name"] / "metrics.jsonl")])
                      + [read_jsonl(folder / "unfinished" / "metrics.jsonl")] if x), [])
-        ended = summary.get("status") in OUTCOMES
+        ended, setting = summary.get("status") in OUTCOMES, _composed(tuple(r["overrides"]))
+        validated = [(x["val_metric"], x["val_ci95"]) for x in rows if "val_metric" in x and "val_ci95" in x]
         times = [x["iter_s"] + x.get("sample_s", 0) for x in rows[-200:] if "iter_s" in x]
         done = summary.get("iterations_done") or 0 if ended else (rows[-1]["iter"] if rows else 0)
-        out.append({**r, **_composed(tuple(r["overrides"])), "status": summary.get("status") if ended
+        out.append({**r, **setting, "status": summary.get("status") if ended
                     else ("saved" if rows else "not started"), "done": done,
                     **next(({"val": x["val_metric"], "val_ci95": x.get("val_ci95"), "val_iter": x["iter"]}
                             for x in reversed(rows) if "val_metric" in x),
                            {"val": None, "val_ci95": None, "val_iter": None}),
                     "curve": [(x["iter"], x["val_metric"]) for x in rows if "val_metric" in x],
-                    "validated": [x for x in rows if "val_metric" in x and "val_ci95" in x],
+                    "rule": plateau_gain(validated, setting["lower_is_better"]) if setting["earliest"] else None,
                     "s_per_iter": statistics.median(times) if times else (summary.get("timing") or {}).get("median_iter_s"),
                     "borrowed": False})
     rates = {**recorded_rates(saved.parent), **{r["experiment"]: r["s_per_iter"] for r in out if r["s_per_iter"]}}
@@ -81,8 +82,6 @@ def runs(saved: Path, live: Path | None = None, plan: list[dict] | None = None) 
         if r["s_per_iter"] is None and r["experiment"] in rates:
             r["s_per_iter"], r["borrowed"] = rates[r["experiment"]], True
         rule = r["earliest"] is not None and r["done"] < r["earliest"]  # past it without stopping: it may run to plan
-        r["rule"] = None if r["earliest"] is None else plateau_gain(
-            [(x["val_metric"], x["val_ci95"]) for x in r.pop("validated")], r["lower_is_better"])
         r["target"] = r["earliest"] if rule else r["planned"]
         per, ended = r["s_per_iter"], r["status"] in OUTCOMES
         r["cpu_hours_left"] = 0.0 if ended else (max(0, r["target"] - r["done"]) * per / 3600 if per else None)

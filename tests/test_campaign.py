@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -165,6 +166,10 @@ def test_status_and_report_read_one_eta(campaign, tmp_path, capsys):
     live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)",  # a live process trains it
                              *campaign.command("s/live", [])[2:]])
     (campaign.RUNS / "s/live/campaign.pid").write_text(f"{live.pid}\n")
+    argv, waited = Path(f"/proc/{live.pid}/cmdline"), 0
+    while argv.exists() and b"hydra.run.dir" not in argv.read_bytes() and waited < 100:  # its exec may still be under way
+        time.sleep(0.1)
+        waited += 1
     (campaign.RUNS / "s/past").mkdir(parents=True)
     (campaign.RUNS / "s/past/campaign.pid").write_text(f"{os.getpid()}\n")  # a live pid that trains something else
     (campaign.RUNS / "s/sibling").mkdir(parents=True)

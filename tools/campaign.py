@@ -190,7 +190,7 @@ def training(name: str) -> bool:
 def status() -> None:
     """Each run: status, iterations, latest validation, seconds per iteration and CPU-hours left on one core — to its
     planned iterations and, under the plateau rule, to the rule's earliest stop (its 9th validation; "any val." once
-    past it, and the rule's two sides now: the last third's gain and the CI it must not exceed to end the run). A
+    past it, and the rule's two sides now: the last third's gain and the CI it must exceed to go on). A
     borrowed rate (a run not started) is marked ~ (:func:`reporting.campaign.runs`)."""
     table = [{**r, "status": "training" if training(r["name"]) else r["status"]}
              for r in campaign_runs(RECORDS, RUNS, PLAN)]
