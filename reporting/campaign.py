@@ -31,7 +31,8 @@ def _composed(overrides: tuple[str, ...]) -> dict:
     rule = cfg.eval.get("early_stop") == "plateau"
     return {"dataset": cfg.dataset.name, "ways": cfg.ways, "shots": cfg.eval.shots or cfg.shots,
             "label": cfg.algorithm.label, "planned": int(cfg.meta_iterations),
-            "lower_is_better": cfg.dataset.lower_is_better, "earliest": PLATEAU_MIN_VALIDATIONS * int(cfg.eval.val_every) if rule else None}
+            "lower_is_better": cfg.dataset.lower_is_better,
+            "earliest": PLATEAU_MIN_VALIDATIONS * int(cfg.eval.val_every) if rule else None}
 
 
 def _read(path: Path) -> dict:
@@ -55,9 +56,9 @@ def runs(saved: Path, live: Path | None = None, plan: list[dict] | None = None) 
     ``planned`` iterations, ``target``, latest validation ``val`` (± ``val_ci95``, at iteration ``val_iter``), every
     validation as ``curve`` [(iteration, value)], ``rule``: the plateau rule's (gain, CI) on them once it applies
     (:func:`trainer.evaluate.plateau_gain`; else None), ``s_per_iter`` (``borrowed`` when not its own),
-    ``cpu_hours_left`` to the target and ``cpu_hours_max`` to the planned iterations (0 once ended, None with no rate). ``saved``: the campaign's records folder (in a records root,
-    whose other CPU records lend rates); ``live``: the run folders of a campaign running on this machine, read before
-    the saved state."""
+    ``cpu_hours_left`` to the target and ``cpu_hours_max`` to the planned iterations (0 once ended, None with no
+    rate). ``saved``: the campaign's records folder (in a records root, whose other CPU records lend rates);
+    ``live``: the run folders of a campaign running on this machine, read before the saved state."""
     out = []
     for r in catalog.campaign_plan() if plan is None else plan:
         folder = saved / r["name"]
