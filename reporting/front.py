@@ -122,12 +122,13 @@ def reproduction(table: pd.DataFrame, paper: PaperNumbers, plan: list[dict], anc
                "seeds": 0, "run": "—", "cpu_hours": math.nan, "in_campaign": False, "needs": "—", "dataset": p.dataset,
                "test_setting": setting, "setting": c.title(p.dataset, setting)
                + (f", {p.steps} step{'s' * (p.steps > 1)}" if p.steps else "")}
+        # the same algorithm under another protocol (the release's, a fresh inner state) at the paper's budget
+        variants = here[(here["at_paper_budget"] > 0) & here["label"].str.startswith(p.label + " (")]
+        also = "".join(f"; {v['label']} reached {ours_text(v)}"
+                       + (f", {_plateau(v)}" if _plateau(v) else " at the paper's budget") for _, v in variants.iterrows())
         if mine.empty:
             row |= _hours_to_run(p, table, plan)
-            variants = here[(here["at_paper_budget"] > 0) & here["label"].str.startswith(p.label + " (")]
-            row["verdict"] += "".join(f"; {v['label']} reached {ours_text(v)}"
-                                      + (f", {_plateau(v)}" if _plateau(v) else " at the paper's budget")
-                                      for _, v in variants.iterrows())
+            row["verdict"] += also
             out.append(row)
             continue
         s = mine.iloc[0]
@@ -150,6 +151,7 @@ def reproduction(table: pd.DataFrame, paper: PaperNumbers, plan: list[dict], anc
                               else "reproduced" if half * scale <= p.value / 4
                               else f"inconclusive: our spread ± {half * scale:.3g} exceeds a quarter of the paper's number")
             row["verdict"] += (f"; {diverged}" if s["diverged"] else "") + (f"; {_plateau(s)}" if _plateau(s) else "")
+        row["verdict"] += also
         out.append(row)
     cols = [("setting", "setting"), ("algorithm", "label"), ("paper", lambda r: fmt_g(r["paper"]), "paper", "source"),
             ("ours at the paper's budget", lambda r: r["ours"], "ours", "ours_mean", "seeds"), ("verdict", "verdict")]

@@ -783,6 +783,23 @@ def test_runs_ended_by_the_plateau_rule_earn_verdicts_only_beside_each_other(tmp
     assert "| contradicted |" in row
 
 
+def test_the_same_algorithm_under_another_protocol_stands_beside_its_paper_row(tmp_path: Path):
+    """A paper row with our number also names the algorithm's other protocol at the paper's budget
+    (iMAML-GD beside the release's algorithm, Reptile beside its fresh-state run), so the verdict says
+    what the other protocol reached on the same tasks."""
+    runs = tmp_path / "runs"
+    rule = {"max_train_minutes": None, "stopped_by": "converged", "config": {"eval": {"early_stop": "plateau"}}}
+    _write(runs / "maml", "summary.json", json.dumps(protocol_run("MAML", 9000, 0.6, 40, **rule)))
+    other = protocol_run("MAML", 11000, 0.95, 41, **rule)
+    other.update(label="MAML (release)", variant="maml_release", experiment="omniglot_5w_maml_release")
+    _write(runs / "maml_release", "summary.json", json.dumps(other))
+    generate(runs, tmp_path / "out")
+    row = next(line for line in _first_page((tmp_path / "out" / "REPORT.md").read_text()).splitlines()
+               if line.startswith("| Omniglot 5w1s | MAML |"))
+    assert "not reproduced" in row and "ended by the plateau rule at 9,000 of 60,000" in row
+    assert "; MAML (release) reached 92.50 ± 3.31 (1 seed, ± 95% CI over tasks)" in row and "ended by the plateau rule at 11,000 of 60,000 |" in row
+
+
 def _sinusoid_claim(tmp_path: Path, maml_level: float, iterations: int) -> str:
     runs = tmp_path / "runs"
     for name, level in (("maml", maml_level), ("pretrained", 2.4)):
