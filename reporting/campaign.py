@@ -4,7 +4,7 @@ reproduction table says with it what a published number not yet reached would co
 
 A run's target is the declared plateau rule's earliest stop (its 9th validation) while the rule applies and the run has
 not passed it, else its planned iterations. Its rate is the median seconds per iteration (compute + sampling) of its own
-last 200 logged iterations, else of another campaign run of the same experiment, else the median over the committed CPU
+last ``RATE_WINDOW`` iterations, else of another campaign run of the same experiment, else the median over the committed CPU
 records of that experiment (``borrowed``).
 """
 from __future__ import annotations
@@ -20,6 +20,9 @@ from trainer.evaluate import plateau_gain
 from trainer.records import read_jsonl
 
 OUTCOMES = ("completed", "diverged")  # a run's result either way: recorded, never rerun
+# A run's own rate: the median over its last RATE_WINDOW iterations, a span of iterations rather than of rows, so
+# that the live metrics and the saved state's thinned copy of them give the same rate.
+RATE_WINDOW = 2000
 
 
 @cache
@@ -67,7 +70,8 @@ def runs(saved: Path, live: Path | None = None, plan: list[dict] | None = None) 
                      + [read_jsonl(folder / "unfinished" / "metrics.jsonl")] if x), [])
         ended, setting = summary.get("status") in OUTCOMES, _composed(tuple(r["overrides"]))
         validated = [(x["val_metric"], x["val_ci95"]) for x in rows if "val_metric" in x and "val_ci95" in x]
-        times = [x["iter_s"] + x.get("sample_s", 0) for x in rows[-200:] if "iter_s" in x]
+        times = [x["iter_s"] + x.get("sample_s", 0) for x in rows if "iter_s" in x
+                 and x["iter"] > rows[-1]["iter"] - RATE_WINDOW]
         done = summary.get("iterations_done") or 0 if ended else (rows[-1]["iter"] if rows else 0)
         out.append({**r, **setting, "status": summary.get("status") if ended
                     else ("saved" if rows else "not started"), "done": done,

@@ -163,6 +163,15 @@ def test_status_and_report_read_one_eta(campaign, tmp_path, capsys):
     assert got["s/past"]["rule"] == pytest.approx((-0.04, 0.01)) and got["s/live"]["rule"] is None
     assert got["s/sibling"]["borrowed"] and got["s/sibling"]["s_per_iter"] == 36.0
     assert got["s/recorded"]["borrowed"] and got["s/recorded"]["s_per_iter"] == 2.0  # median of the CPU records
+    # a run that sped up: its live rows and the saved state's thinned copy of them give the recent rate
+    long = "".join(json.dumps({"iter": i, "iter_s": 2.0 if i <= 3000 else 1.0}) + "\n" for i in range(1, 5001))
+    write(campaign.RUNS / "s/past/metrics.jsonl", long)
+    write(rec / "s/past/unfinished/metrics.jsonl", campaign.thin_jsonl(long, max_rows=100))
+    assert eta.runs(rec, campaign.RUNS, campaign.PLAN)[1]["s_per_iter"] == 1.0
+    assert eta.runs(rec, None, campaign.PLAN)[1]["s_per_iter"] == 1.0
+    (campaign.RUNS / "s/past/metrics.jsonl").unlink()
+    (campaign.RUNS / "s/past").rmdir()
+    write(rec / "s/past/unfinished/metrics.jsonl", rows(120, 2.0))
     live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)",  # a live process trains it
                              *campaign.command("s/live", [])[2:]])
     (campaign.RUNS / "s/live/campaign.pid").write_text(f"{live.pid}\n")
